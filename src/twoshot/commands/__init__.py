@@ -1,0 +1,1 @@
+"""One module per ``twoshot`` subcommand (see :mod:`twoshot.cli`)."""

@@ -1,0 +1,38 @@
+"""Arguments shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from twoshot.config import PRESETS, Config, load_config
+from twoshot.errors import UserError
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str = "stcn") -> None:
+    """Add --preset, --config and trailing ``section.key=value`` overrides."""
+    parser.add_argument("--preset", choices=PRESETS, default=None,
+                        help=f"shipped configuration preset (default: {default_preset})")
+    parser.add_argument("--config", metavar="FILE", help="YAML file with config sections")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. main.lr=1e-4 model.key_dim=32")
+    parser.set_defaults(_default_preset=default_preset)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Build the Config described by --preset / --config / overrides."""
+    return load_config(args.preset, args.config, args.overrides,
+                       default_preset=args._default_preset)
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map 'auto' | 'cpu' | 'cuda' | 'cuda:N' to a torch.device; UserError if CUDA is absent."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"--device {name}: not a device name (auto, cpu, cuda, cuda:N)") from exc

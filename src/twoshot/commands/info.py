@@ -1,0 +1,28 @@
+"""``twoshot info``: versions, devices and presets, for bug reports."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+import torch
+
+from twoshot import __version__
+from twoshot.config import PRESETS
+
+HELP = "print versions, available devices and presets"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No arguments."""
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the environment summary. Returns 0."""
+    print(f"twoshot {__version__}")
+    print(f"python {platform.python_version()}  torch {torch.__version__}")
+    cuda = torch.cuda.is_available()
+    print(f"cuda available: {cuda}" + (f" ({torch.cuda.get_device_name(0)})" if cuda else ""))
+    print(f"cpu threads: {torch.get_num_threads()}")
+    print(f"presets: {', '.join(PRESETS)}")
+    return 0

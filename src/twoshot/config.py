@@ -1,0 +1,244 @@
+"""Typed configuration: one dataclass per stage, YAML presets shipped in the package, and
+``section.key=value`` overrides from the command line.
+
+A preset file (``configs/<name>.yaml``) has one mapping per section of :class:`Config`. Values
+not given keep the dataclass default. Overrides are parsed with YAML's scalar rules
+(``1e-5`` is a float, ``true`` a bool, ``[1, 2]`` a list) and checked against the field's
+type; an unknown key or a value of the wrong type raises :class:`UserError` naming the key and
+the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from twoshot.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    """STCN network sizes. The defaults are the published STCN (``stcn`` preset)."""
+
+    key_block: str = "bottleneck"            # ResNet block of the key encoder: bottleneck | basic
+    key_layers: list[int] = field(default_factory=lambda: [3, 4, 6])
+    key_width: int = 64                      # channels of the ResNet stem
+    value_block: str = "basic"
+    value_layers: list[int] = field(default_factory=lambda: [2, 2, 2])
+    value_width: int = 64
+    key_dim: int = 64                        # key projection channels
+    value_dim: int = 512                     # memory value / key_comp channels
+    decoder_dims: list[int] = field(default_factory=lambda: [512, 256, 256])
+    backbone_weights: str | None = None      # torchvision ResNet-50/-18 .pth files (file, dir, or "a,b")
+
+
+@dataclass
+class TrainConfig:
+    """One training stage (static pretraining, main training, two-shot phase 1 or 2)."""
+
+    iterations: int = 150_000
+    batch_size: int = 4                      # per process; the global batch is this x world size
+    lr: float = 1e-5
+    weight_decay: float = 1e-7
+    lr_steps: list[int] = field(default_factory=lambda: [125_000])
+    lr_gamma: float = 0.1
+    amp: bool = True                         # used on CUDA only; CPU trains in fp32
+    grad_clip: float | None = None
+    seed: int = 14159265
+    crop_size: int = 384
+    num_frames: int = 3
+    num_workers: int = 4
+    max_skip_values: list[int] = field(default_factory=lambda: [5, 10, 15, 20, 25, 5])
+    max_skip_fractions: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.9])
+    loss_start_warm: int = 20_000            # bootstrapped CE: plain CE before this iteration
+    loss_end_warm: int = 70_000              # top-p reaches its final value here
+    loss_top_p: float = 0.15
+    save_every: int = 10_000
+    log_every: int = 100
+    image_every: int = 1_000
+
+
+@dataclass
+class TwoShotConfig:
+    """The two-shot method's own settings (DESIGN §2)."""
+
+    end_warm: int = 70_000                   # phase 1: supervised warm-up on labeled frames until here
+    ema_alpha: float = 0.995
+    pseudo_threshold: float = 0.9            # phase 1 teacher confidence for a pseudo label
+    use_teacher: bool = True                 # false: the student labels its own clips
+    phase2_start_update: int = 70_000        # phase 2: online refinement from this iteration
+    refine_threshold: float = 0.99
+    write_back: bool = False                 # phase 2: write refined labels back to the bank
+
+
+@dataclass
+class InferenceConfig:
+    """Propagation settings (STCN's evaluation defaults)."""
+
+    mem_every: int = 5
+    top_k: int = 20
+    size: int = 480                          # shorter side for processing; -1 keeps native size
+    include_last: bool = False               # temporary memory of the previous frame
+    amp: bool = False                        # CUDA only
+    device: str = "auto"                     # auto | cpu | cuda | cuda:N
+    max_memory_frames: int | None = None     # bounded memory for long videos; None = unbounded
+
+
+@dataclass
+class Config:
+    """Everything a run needs; each section is one stage's configuration."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    static: TrainConfig = field(default_factory=TrainConfig)
+    main: TrainConfig = field(default_factory=TrainConfig)
+    twoshot: TwoShotConfig = field(default_factory=TwoShotConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
+PRESETS = ("stcn", "tiny")
+
+
+def preset_path(name: str) -> Path:
+    """Path of the shipped preset YAML ``name``; UserError listing the presets if unknown."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return Path(str(resources.files("twoshot") / "configs" / f"{name}.yaml"))
+
+
+def load_config(preset: str | None = None, file: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = (), default_preset: str = "stcn") -> Config:
+    """Build a Config: dataclass defaults <- preset <- YAML ``file`` <- ``key=value`` overrides.
+
+    The preset is ``preset`` if given, else the YAML file's top-level ``preset:`` key, else
+    ``default_preset``.
+    """
+    config = Config()
+    file_data: dict[str, Any] = {}
+    if file is not None:
+        file_data = _read_yaml(Path(file))
+        file_preset = file_data.pop("preset", None)
+        preset = preset or file_preset
+    preset = preset or default_preset
+    _merge(config, _read_yaml(preset_path(preset)), str(preset_path(preset)))
+    if file is not None:
+        _merge(config, file_data, str(file))
+    for item in overrides:
+        apply_override(config, item)
+    return config
+
+
+def apply_override(config: Any, item: str) -> None:
+    """Apply one ``section.key=value`` override to ``config`` in place."""
+    if "=" not in item:
+        raise UserError(f"override {item!r} is not of the form key=value (e.g. main.lr=1e-4)")
+    dotted, raw = item.split("=", 1)
+    parts = dotted.strip().split(".")
+    target = config
+    for depth, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(target)]
+        if part not in names:
+            where = ".".join(parts[:depth]) or "top level"
+            raise UserError(f"unknown config key {dotted!r}: {part!r} is not in {where}; "
+                            f"valid keys: {', '.join(names)}")
+        if depth == len(parts) - 1:
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError as exc:
+                raise UserError(f"config key {dotted!r}: cannot parse value {raw!r}") from exc
+            setattr(target, part, _check_type(target, part, value, dotted))
+        else:
+            target = getattr(target, part)
+            if not dataclasses.is_dataclass(target):
+                raise UserError(f"config key {dotted!r}: {part!r} is a value, not a section")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict of a config dataclass (for saving next to checkpoints and reports)."""
+    return dataclasses.asdict(config)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as exc:
+        raise UserError(f"{path}: config file not found") from exc
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file must be a mapping of sections")
+    return data
+
+
+def _merge(target: Any, data: dict[str, Any], source: str, prefix: str = "") -> None:
+    names = {f.name: f for f in dataclasses.fields(target)}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise UserError(f"{source}: unknown config key {dotted!r}; valid keys: {', '.join(names)}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"{source}: {dotted!r} must be a mapping")
+            _merge(current, value, source, dotted + ".")
+        else:
+            setattr(target, key, _check_type(target, key, value, dotted, source))
+
+
+def _check_type(target: Any, name: str, value: Any, dotted: str, source: str = "override") -> Any:
+    hints = typing.get_type_hints(type(target))
+    expected = hints[name]
+    coerced = _coerce(value, expected)
+    if coerced is _INVALID:
+        raise UserError(f"{source}: config key {dotted!r} expects {_type_name(expected)}, "
+                        f"got {value!r}")
+    return coerced
+
+
+_INVALID = object()
+
+
+def _coerce(value: Any, expected: Any) -> Any:
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(expected):
+            result = _coerce(value, option)
+            if result is not _INVALID:
+                return result
+        return _INVALID
+    if expected is type(None):
+        return None if value is None else _INVALID
+    if origin is list:
+        if not isinstance(value, list):
+            return _INVALID
+        (item_type,) = typing.get_args(expected)
+        items = [_coerce(v, item_type) for v in value]
+        return _INVALID if any(i is _INVALID for i in items) else items
+    if expected is bool:
+        return value if isinstance(value, bool) else _INVALID
+    if expected is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _INVALID
+    if expected is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        return _INVALID
+    if expected is str:
+        return value if isinstance(value, str) else (str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _INVALID)
+    return value
+
+
+def _type_name(expected: Any) -> str:
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(expected))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(expected)[0])}"
+    if expected is type(None):
+        return "null"
+    return getattr(expected, "__name__", str(expected))

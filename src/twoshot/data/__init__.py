@@ -1,0 +1,1 @@
+"""Datasets: layouts on disk, label budgets, training clips, augmentation, generated videos."""
