@@ -1,0 +1,200 @@
+"""Checkpoint I/O in STCN's format: a raw ``state_dict`` written with ``torch.save``.
+
+Accepted on load: a raw state dict, one saved from ``DataParallel`` / DDP (``module.``
+prefixes), and a training checkpoint ``{it, network, optimizer, scheduler}``. A stage-0
+(static pretraining) checkpoint whose value encoder takes 4 input channels is expanded to 5
+channels the way STCN does (orthogonally initialised extra channel).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from twoshot.config import ModelConfig, load_config, PRESETS
+from twoshot.errors import UserError
+from twoshot.fsutil import save_torch
+
+VALUE_CONV1 = "value_encoder.conv1.weight"
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> "OrderedDict[str, torch.Tensor]":
+    """Load the network weights from any accepted checkpoint form.
+
+    Returns a state dict with plain STCN names (no ``module.`` prefix), the value encoder's
+    first convolution expanded to 5 input channels if it had 4.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types (KeyError, UnpicklingError ...) on junk
+        raise UserError(f"{path}: not a PyTorch checkpoint ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from exc
+    if isinstance(obj, Mapping) and "network" in obj and isinstance(obj["network"], Mapping):
+        obj = obj["network"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path}: not a state dict of tensors (nor a training checkpoint "
+                        "with a 'network' entry)")
+    state = OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in obj.items())
+    if VALUE_CONV1 in state and state[VALUE_CONV1].dim() == 4 and state[VALUE_CONV1].shape[1] == 4:
+        state[VALUE_CONV1] = expand_value_conv1(state[VALUE_CONV1])
+    return state
+
+
+def expand_value_conv1(weight: torch.Tensor) -> torch.Tensor:
+    """Add the 'other objects' input channel to a stage-0 value encoder conv1.
+
+    weight [C,4,7,7] -> [C,5,7,7]; the new channel is orthogonally initialised, as in STCN.
+    """
+    pad = torch.zeros((weight.shape[0], 1, *weight.shape[2:]), dtype=weight.dtype)
+    nn.init.orthogonal_(pad)
+    return torch.cat([weight, pad], dim=1)
+
+
+def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise UserError if ``state`` does not fit ``model`` exactly (names and shapes).
+
+    The message names ``source``, the first offending keys with their count, and a preset
+    whose sizes would fit, if there is one.
+    """
+    problems = _mismatches(model.state_dict(), state)
+    if not problems:
+        return
+    lines = [f"{source}: checkpoint does not match the model"]
+    for label, items in problems.items():
+        if items:
+            shown = ", ".join(items[:5]) + (", ..." if len(items) > 5 else "")
+            lines.append(f"  {len(items)} {label}: {shown}")
+    fitting = matching_preset(state)
+    if fitting:
+        lines.append(f"  the weights fit the '{fitting}' preset: use --preset {fitting}")
+    raise UserError("\n".join(lines))
+
+
+def matching_preset(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of a shipped preset whose model has exactly these names and shapes, or None."""
+    from twoshot.model.network import STCN
+    for name in PRESETS:
+        with torch.device("meta"):
+            candidate = STCN(load_config(name).model)
+        if not any(_mismatches(candidate.state_dict(), state).values()):
+            return name
+    return None
+
+
+def _mismatches(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in expected if k in state and state[k].shape != expected[k].shape]
+    result = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": shapes}
+    return result if any(result.values()) else {}
+
+
+def load_checkpoint(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
+    """Load a checkpoint file into ``model`` (strict: every name and shape must match).
+
+    Returns the same model. Raises UserError naming the file and the mismatching keys.
+    """
+    state = read_state_dict(path)
+    check_state_dict(model, state, str(path))
+    model.load_state_dict(state)
+    return model
+
+
+def load_model(path: str | os.PathLike[str], config: ModelConfig | None = None) -> nn.Module:
+    """Build an STCN for ``config`` (or the preset the weights fit, if None) and load ``path``."""
+    from twoshot.model.network import STCN
+    state = read_state_dict(path)
+    if config is None:
+        preset = matching_preset(state)
+        if preset is None:
+            raise UserError(f"{path}: the weights fit no shipped preset ({', '.join(PRESETS)}); "
+                            "pass the model configuration that produced them")
+        config = load_config(preset).model
+    model = STCN(config)
+    check_state_dict(model, state, str(path))
+    model.load_state_dict(state)
+    return model
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Write ``model``'s raw state dict (STCN's checkpoint format) to ``path`` atomically."""
+    module: Any = getattr(model, "module", model)
+    save_torch(path, module.state_dict())
+
+
+def load_backbone_weights(model: nn.Module, spec: str) -> None:
+    """Initialise the key and value encoders from torchvision ImageNet ResNet files.
+
+    spec: one ``.pth`` file, a comma-separated pair, or a folder holding them. Each file is
+    matched to the encoder whose backbone it fits (ResNet-50 -> key, ResNet-18 -> value).
+    The value encoder's extra mask channels are orthogonally initialised and torchvision's
+    missing conv biases keep their initial values, as in STCN.
+    """
+    paths = _backbone_files(spec)
+    targets = {"key_encoder": model.key_encoder, "value_encoder": model.value_encoder}
+    used: set[str] = set()
+    for path in paths:
+        try:
+            source = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a bad file
+            raise UserError(f"{path}: not a PyTorch checkpoint ({exc})") from exc
+        if not isinstance(source, Mapping):
+            raise UserError(f"{path}: not a state dict")
+        source = {k[len("module."):] if k.startswith("module.") else k: v for k, v in source.items()}
+        for name, encoder in targets.items():
+            if name in used:
+                continue
+            renamed = {("res2" + k[len("layer1"):] if name == "key_encoder" and k.startswith("layer1.") else k): v
+                       for k, v in source.items()}
+            loaded = _load_matching(encoder, renamed)
+            if loaded is not None:
+                used.add(name)
+                break
+        else:
+            raise UserError(f"{path}: fits neither the key encoder nor the value encoder "
+                            f"of this model (is it a torchvision ResNet of the right depth?)")
+
+
+def _load_matching(encoder: nn.Module, source: Mapping[str, torch.Tensor]) -> int | None:
+    own = encoder.state_dict()
+    names = [k for k in own if not k.startswith("fuser.") and not k.endswith("num_batches_tracked")
+             and not (k.endswith(".bias") and "bn" not in k and "downsample.1" not in k)]
+    if any(k not in source for k in names):
+        return None
+    new_state = {}
+    for k in names:
+        value = source[k]
+        if value.shape != own[k].shape:
+            if k == "conv1.weight" and value.shape[1] < own[k].shape[1] and value.shape[0] == own[k].shape[0]:
+                pad = torch.zeros((value.shape[0], own[k].shape[1] - value.shape[1], *value.shape[2:]))
+                nn.init.orthogonal_(pad)
+                value = torch.cat([value, pad], dim=1)
+            else:
+                return None
+        new_state[k] = value
+    encoder.load_state_dict(new_state, strict=False)
+    return len(new_state)
+
+
+def _backbone_files(spec: str) -> list[Path]:
+    if "," in spec:
+        paths = [Path(p.strip()) for p in spec.split(",") if p.strip()]
+    elif Path(spec).is_dir():
+        paths = sorted(Path(spec).glob("resnet*.pth")) + sorted(Path(spec).glob("resnet*.pt"))
+        if not paths:
+            raise UserError(f"{spec}: no resnet*.pth files in this folder")
+    else:
+        paths = [Path(spec)]
+    for path in paths:
+        if not path.is_file():
+            raise UserError(f"model.backbone_weights: {path} not found")
+    return paths
