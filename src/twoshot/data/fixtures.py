@@ -13,10 +13,11 @@ folder (use pytest's ``tmp_path``) in well under a second and returns a
     data.labels["bear"]        # uint8 [6, H, W], the mask of every frame
     data.annotated["bear"]     # frame indices whose PNG exists ([0..5] here)
 
-Videos come from :func:`random_video`: a background of random 4x4 colour blocks and rectangular objects
-of distinct flat colours, each in its own horizontal band (so objects never hide each other
-and every object is visible on every frame from its first one), moving left and right.
-Frames are saved as JPEG (lossy: compare pixels with a tolerance); masks as indexed PNGs
+Videos come from :func:`random_video`: a background of random 4x4 colour blocks and
+rectangular objects of distinct flat colours, each in its own horizontal band (so objects
+never hide each other and every object is visible on every frame from its first one),
+moving left and right. Frames are saved as JPEG (lossy: compare pixels with a tolerance;
+the mean error is about 5 grey levels); masks as indexed PNGs
 with the DAVIS palette unless another is given, so labels read back exactly.
 
 Object ids can be non-contiguous (``object_ids=(1, 3)``) and objects can appear late
