@@ -18,7 +18,6 @@ from twoshot.errors import UserError
 # Order shown in --help; each name is a module in twoshot.commands.
 COMMANDS: tuple[str, ...] = (
     "info",
-    "eval",
     "budget",
 )
 
