@@ -1,0 +1,372 @@
+"""Training augmentation for 3-frame clips (STCN's reference transforms), with plain OpenCV.
+
+Library choice: ``benchmarks/augment_throughput.py`` runs the same clip pipeline with OpenCV
+(this module), albumentations and kornia on the same frames, one process, one thread.
+OpenCV was fastest at both crop sizes (figures in docs/training-data.md), and it is already a
+dependency, so nothing is added to pyproject.toml. It also lets every random draw come from
+one explicit ``numpy.random.Generator`` (a clip is a pure function of its seed), whereas
+albumentations and kornia keep their own or torch's global random state.
+
+Video clips (:class:`ClipAugment`, DESIGN.md §3), in the reference order:
+
+- shared by the clip: horizontal flip (p 0.5), random resized crop (area 0.36-1, aspect
+  3/4-4/3) to ``crop_size`` (bicubic for images, nearest for masks; area averaging when it
+  shrinks a lot, so small crops from 480p frames do not alias), colour jitter (brightness
+  0.1, contrast 0.03, saturation 0.03), grayscale with p 0.05;
+- per frame: affine (rotation +-15 deg, x-shear +-10 deg about the centre; bicubic with the
+  ImageNet mean as fill for images, nearest with 0 for masks) and colour jitter 0.01.
+
+Static images (:class:`StaticClipAugment`, STCN stage 0): one image + binary mask become 3
+frames by a shared scale (0.8-1.5) + flip, per-frame affine (+-20 deg, scale 0.9-1.1, shear
+10), resize of the shorter side to the crop, random crop, colour jitter, and a thin-plate
+spline warp with p 0.33. The affines compose into one warp per frame (one resampling).
+
+Images stay uint8 RGB throughout, as in the reference (PIL): in as [H, W, 3], out as
+[T, S, S, 3]; :func:`to_normalized_tensor` makes the network input. The geometric parameters of a frame
+are applied to its image and its mask alike.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FILL_RGB = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)  # (124, 116, 104): reads as ~0
+
+
+@dataclass(frozen=True)
+class Jitter:
+    """Colour jitter strengths (torchvision ColorJitter semantics): factors are drawn from
+    ``[max(0, 1-v), 1+v]`` for brightness, contrast, saturation and ``[-hue, hue]`` for hue
+    (a fraction of the colour wheel); the four are applied in a random order."""
+
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+
+
+@dataclass(frozen=True)
+class JitterDraw:
+    """One drawn jitter: the factors and the order (a permutation of 0..3)."""
+
+    order: tuple[int, ...]
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+
+
+def draw_jitter(rng: np.random.Generator, jitter: Jitter) -> JitterDraw:
+    """Draw factors for ``jitter``: always 5 draws (order + 4 factors), so the random stream
+    does not depend on which strengths are zero."""
+    order = tuple(int(i) for i in rng.permutation(4))
+    factors = [float(rng.uniform(max(0.0, 1.0 - s), 1.0 + s))
+               for s in (jitter.brightness, jitter.contrast, jitter.saturation)]
+    hue = float(rng.uniform(-jitter.hue, jitter.hue))
+    return JitterDraw(order, factors[0], factors[1], factors[2], hue)
+
+
+def _identity_lut() -> np.ndarray:
+    return np.arange(256, dtype=np.float32)
+
+
+def _lut(values: np.ndarray) -> np.ndarray:
+    """float values per input level -> a uint8 lookup table (rounded, clipped)."""
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def to_grayscale(image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] RGB -> its luma (ITU-R 601, as PIL's "L") repeated on 3 channels,
+    RandomGrayscale's output."""
+    return cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+
+
+def apply_jitter(image: np.ndarray, draw: JitterDraw) -> np.ndarray:
+    """Apply a drawn colour jitter to uint8 [H, W, 3] RGB; returns uint8 [H, W, 3].
+
+    The PIL/torchvision operations, on uint8 like the reference: brightness scales;
+    contrast blends with the mean luma; saturation blends with the per-pixel luma; hue
+    rotates the hue channel. Each step rounds and clips to [0, 255]. Brightness and
+    contrast are lookup tables, saturation one weighted sum: cheap enough per frame.
+    """
+    for op in draw.order:
+        if op == 0 and draw.brightness != 1.0:
+            image = cv2.LUT(image, _lut(_identity_lut() * draw.brightness))
+        elif op == 1 and draw.contrast != 1.0:
+            mean = float(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).mean())
+            mean = float(int(mean + 0.5))      # PIL rounds the mean luma
+            image = cv2.LUT(image, _lut(mean + draw.contrast * (_identity_lut() - mean)))
+        elif op == 2 and draw.saturation != 1.0:
+            image = cv2.addWeighted(image, draw.saturation, to_grayscale(image),
+                                    1.0 - draw.saturation, 0.0)
+        elif op == 3 and draw.hue != 0.0:
+            hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV_FULL)   # H in 0..255 as PIL's
+            shift = int(round(draw.hue * 255))
+            hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + shift) % 256).astype(np.uint8)
+            image = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+    return image
+
+
+def random_resized_crop_box(rng: np.random.Generator, height: int, width: int,
+                            scale: tuple[float, float] = (0.36, 1.0),
+                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """torchvision RandomResizedCrop.get_params: (top, left, crop_h, crop_w) in pixels.
+
+    Up to 10 tries for a box of area ``scale`` x image area and aspect ``ratio`` (log-uniform)
+    that fits; otherwise a centred crop with the aspect clamped into ``ratio``.
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * float(rng.uniform(scale[0], scale[1]))
+        aspect = math.exp(float(rng.uniform(log_ratio[0], log_ratio[1])))
+        crop_w = int(round(math.sqrt(target_area * aspect)))
+        crop_h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            top = int(rng.integers(height - crop_h + 1))
+            left = int(rng.integers(width - crop_w + 1))
+            return top, left, crop_h, crop_w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        crop_w, crop_h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        crop_h, crop_w = height, int(round(height * ratio[1]))
+    else:
+        crop_w, crop_h = width, height
+    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+def affine_matrix(angle: float, shear_x: float, shear_y: float = 0.0, scale: float = 1.0,
+                  center: tuple[float, float] = (0.0, 0.0),
+                  translate: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Forward 2x3 matrix (source -> destination pixel, OpenCV convention) of torchvision's
+    RandomAffine: rotation-scale-shear ``R(a) S(s) SHy(sy) SHx(sx)`` about ``center``, then
+    ``translate``. Angles in degrees."""
+    a, sx, sy = math.radians(angle), math.radians(shear_x), math.radians(shear_y)
+    m00 = math.cos(a - sy) / math.cos(sy)
+    m01 = -math.cos(a - sy) * math.tan(sx) / math.cos(sy) - math.sin(a)
+    m10 = math.sin(a - sy) / math.cos(sy)
+    m11 = -math.sin(a - sy) * math.tan(sx) / math.cos(sy) + math.cos(a)
+    lin = scale * np.array([[m00, m01], [m10, m11]], dtype=np.float64)
+    c = np.asarray(center, dtype=np.float64)
+    offset = c - lin @ c + np.asarray(translate, dtype=np.float64)
+    return np.concatenate([lin, offset[:, None]], axis=1)
+
+
+def _resize(image: np.ndarray, width: int, height: int, nearest: bool = False) -> np.ndarray:
+    """Resize with half-pixel-centre conventions for image and mask alike (so they stay
+    aligned): INTER_NEAREST_EXACT for labels; area averaging when shrinking by more than
+    1.5x (antialiasing, as PIL's bicubic does), bicubic otherwise."""
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    if nearest:
+        flag = cv2.INTER_NEAREST_EXACT
+    elif image.shape[1] > 1.5 * width or image.shape[0] > 1.5 * height:
+        flag = cv2.INTER_AREA
+    else:
+        flag = cv2.INTER_CUBIC
+    return cv2.resize(image, (width, height), interpolation=flag)
+
+
+@dataclass(frozen=True)
+class ClipAugment:
+    """The reference VOS clip augmentation (DESIGN.md §3); call it to augment one clip.
+
+    Defaults are STCN's; tests switch the colour parts off with ``dataclasses.replace``.
+    """
+
+    crop_size: int
+    hflip_p: float = 0.5
+    crop_scale: tuple[float, float] = (0.36, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    clip_jitter: Jitter = Jitter(0.1, 0.03, 0.03, 0.0)
+    grayscale_p: float = 0.05
+    rotate: float = 15.0
+    shear: float = 10.0
+    frame_jitter: Jitter = Jitter(0.01, 0.01, 0.01, 0.0)
+
+    def __call__(self, rng: np.random.Generator, images: Sequence[np.ndarray],
+                 masks: Sequence[np.ndarray | None]) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """Augment a clip.
+
+        images: T uint8 RGB frames [H, W, 3] of one video (same size); masks: T uint8 label
+        maps [H, W] or None for a frame without labels (its geometry is drawn all the same,
+        so the random stream does not depend on which frames are labeled).
+        Returns (uint8 [T, S, S, 3], list of T uint8 [S, S] or None).
+        """
+        size = self.crop_size
+        height, width = images[0].shape[:2]
+        # Shared by the clip: one crop box, one flip, one colour draw.
+        top, left, crop_h, crop_w = random_resized_crop_box(rng, height, width,
+                                                            self.crop_scale, self.crop_ratio)
+        flip = bool(rng.random() < self.hflip_p)
+        shared = draw_jitter(rng, self.clip_jitter)
+        gray = bool(rng.random() < self.grayscale_p)
+        center = ((size - 1) / 2.0, (size - 1) / 2.0)
+        # The flip is folded into each frame's warp (x -> S-1-x first): no extra copy.
+        mirror = np.array([[-1.0, 0.0, size - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        out_images = np.empty((len(images), size, size, 3), dtype=np.uint8)
+        out_masks: list[np.ndarray | None] = []
+        for t, (image, mask) in enumerate(zip(images, masks)):
+            if image.shape[:2] != (height, width):
+                raise ValueError(f"frame {t} is {image.shape[:2]}, frame 0 is {(height, width)}")
+            # Per frame: affine and a small jitter, drawn whether or not the frame has a mask.
+            matrix = affine_matrix(float(rng.uniform(-self.rotate, self.rotate)),
+                                   float(rng.uniform(-self.shear, self.shear)), center=center)
+            if flip:
+                matrix = matrix @ mirror
+            own = draw_jitter(rng, self.frame_jitter)
+
+            crop = image[top:top + crop_h, left:left + crop_w]
+            crop = _resize(crop, size, size)
+            pixels = apply_jitter(np.ascontiguousarray(crop), shared)
+            if gray:
+                pixels = to_grayscale(pixels)
+            pixels = cv2.warpAffine(pixels, matrix, (size, size), flags=cv2.INTER_CUBIC,
+                                    borderMode=cv2.BORDER_CONSTANT, borderValue=FILL_RGB)
+            out_images[t] = apply_jitter(pixels, own)
+
+            if mask is None:
+                out_masks.append(None)
+                continue
+            if mask.shape[:2] != (height, width):
+                raise ValueError(f"mask {t} is {mask.shape[:2]}, its frame is {(height, width)}")
+            labels = _resize(mask[top:top + crop_h, left:left + crop_w], size, size, nearest=True)
+            labels = cv2.warpAffine(np.ascontiguousarray(labels), matrix, (size, size),
+                                    flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                                    borderValue=0)
+            out_masks.append(labels)
+        return out_images, out_masks
+
+
+def tps_maps(rng: np.random.Generator, height: int, width: int, num_points: int = 12,
+             scale: float = 0.02, grid_step: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Random thin-plate-spline warp as ``cv2.remap`` maps (float32 [H, W] each).
+
+    ``num_points`` control points at random positions (coordinates normalised to [0, 1])
+    move by N(0, scale); the spline through the moved points gives, for each output pixel,
+    where to sample the input. The spline is evaluated on a grid ``grid_step`` times coarser
+    and upsampled linearly (it is smooth; this is ~16x cheaper).
+    """
+    src = rng.random((num_points, 2))
+    dst = src + rng.normal(scale=scale, size=src.shape)
+
+    def kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+        return np.where(d2 > 0, d2 * np.log(np.maximum(d2, 1e-12)), 0.0)  # r^2 log r^2
+
+    n = num_points
+    system = np.zeros((n + 3, n + 3))
+    system[:n, :n] = kernel(dst, dst) + 1e-8 * np.eye(n)  # tiny ridge: well-posed for any points
+    system[:n, n] = 1.0
+    system[:n, n + 1:] = dst
+    system[n, :n] = 1.0
+    system[n + 1:, :n] = dst.T
+    rhs = np.zeros((n + 3, 2))
+    rhs[:n] = src
+    coef = np.linalg.solve(system, rhs)
+
+    gh, gw = max(2, -(-height // grid_step)), max(2, -(-width // grid_step))
+    gy, gx = np.meshgrid(np.linspace(0, 1, gh), np.linspace(0, 1, gw), indexing="ij")
+    grid = np.stack([gx.ravel(), gy.ravel()], axis=1)
+    mapped = kernel(grid, dst) @ coef[:n] + coef[n] + grid @ coef[n + 1:]
+    map_x = cv2.resize((mapped[:, 0] * (width - 1)).reshape(gh, gw).astype(np.float32),
+                       (width, height), interpolation=cv2.INTER_LINEAR)
+    map_y = cv2.resize((mapped[:, 1] * (height - 1)).reshape(gh, gw).astype(np.float32),
+                       (width, height), interpolation=cv2.INTER_LINEAR)
+    return map_x, map_y
+
+
+@dataclass(frozen=True)
+class StaticClipAugment:
+    """STCN stage-0 augmentation: one image + binary mask -> a 3-frame pseudo video."""
+
+    crop_size: int
+    num_frames: int = 3
+    shared_scale: tuple[float, float] = (0.8, 1.5)
+    hflip_p: float = 0.5
+    clip_jitter: Jitter = Jitter(0.1, 0.05, 0.05, 0.05)
+    grayscale_p: float = 0.05
+    rotate: float = 20.0
+    frame_scale: tuple[float, float] = (0.9, 1.1)
+    shear: float = 10.0
+    frame_jitter: Jitter = Jitter(0.1, 0.05, 0.05, 0.0)
+    tps_p: float = 0.33
+    tps_scale: float = 0.02
+
+    def __call__(self, rng: np.random.Generator, image: np.ndarray,
+                 mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """image: uint8 [H, W, 3]; mask: bool or 0/1 [H, W].
+        Returns (uint8 [T, S, S, 3], uint8 [T, S, S] with values 0/1)."""
+        size = self.crop_size
+        height, width = image.shape[:2]
+        # Resizing the shorter side to the crop first (the reference resizes after its
+        # affines) is the same geometry: the centred affines commute with an isotropic
+        # resize, and one area-averaged shrink of a large image is cheaper and cleaner.
+        factor = size / min(height, width)
+        new_w, new_h = max(size, round(width * factor)), max(size, round(height * factor))
+        base = _resize(image, new_w, new_h)
+        base_mask = cv2.resize(mask.astype(np.float32), (new_w, new_h),
+                               interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+        center = ((new_w - 1) / 2.0, (new_h - 1) / 2.0)
+
+        # Shared by the clip (applied to the one source image, hence once).
+        shared_scale = float(rng.uniform(*self.shared_scale))
+        flip = bool(rng.random() < self.hflip_p)
+        base = apply_jitter(base, draw_jitter(rng, self.clip_jitter))
+        if rng.random() < self.grayscale_p:
+            base = to_grayscale(base)
+        shared = np.eye(3)
+        shared[:2] = affine_matrix(0.0, 0.0, scale=shared_scale, center=center)
+        if flip:
+            mirror = np.array([[-1.0, 0.0, new_w - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+            shared = mirror @ shared
+        out_images = np.empty((self.num_frames, size, size, 3), dtype=np.uint8)
+        out_masks = np.empty((self.num_frames, size, size), dtype=np.uint8)
+        for t in range(self.num_frames):
+            frame = np.eye(3)
+            frame[:2] = affine_matrix(float(rng.uniform(-self.rotate, self.rotate)),
+                                      float(rng.uniform(-self.shear, self.shear)),
+                                      scale=float(rng.uniform(*self.frame_scale)), center=center)
+            top = int(rng.integers(new_h - size + 1))
+            left = int(rng.integers(new_w - size + 1))
+            crop = np.array([[1.0, 0.0, -left], [0.0, 1.0, -top], [0.0, 0.0, 1.0]])
+            matrix = (crop @ frame @ shared)[:2]
+            pixels = cv2.warpAffine(base, matrix, (size, size), flags=cv2.INTER_CUBIC,
+                                    borderMode=cv2.BORDER_CONSTANT, borderValue=FILL_RGB)
+            pixels = apply_jitter(pixels, draw_jitter(rng, self.frame_jitter))
+            soft = cv2.warpAffine(base_mask, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+            labels = (soft > 0.5).astype(np.uint8)
+            # TPS on a third of the frames, as the reference (it is the slow part).
+            if rng.random() < self.tps_p:
+                map_x, map_y = tps_maps(rng, size, size, scale=self.tps_scale)
+                pixels = cv2.remap(pixels, map_x, map_y, cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=FILL_RGB)
+                labels = cv2.remap(labels, map_x, map_y, cv2.INTER_NEAREST,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            out_images[t] = pixels
+            out_masks[t] = labels
+        return out_images, out_masks
+
+
+def to_normalized_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [T, H, W, 3] RGB -> ImageNet-normalised float32 tensor [T, 3, H, W]
+    (``(x/255 - mean) / std``)."""
+    std = np.asarray(IMAGENET_STD, dtype=np.float32)
+    scale = (1.0 / (255.0 * std))[:, None, None]
+    offset = (-np.asarray(IMAGENET_MEAN, dtype=np.float32) / std)[:, None, None]
+    # Transpose the uint8 array (1 byte per value), then scale in place: ~15x faster than
+    # scaling first and copying floats through a strided transpose.
+    planar = np.ascontiguousarray(images.transpose(0, 3, 1, 2)).astype(np.float32)
+    planar *= scale
+    planar += offset
+    return torch.from_numpy(planar)
