@@ -19,6 +19,7 @@ from twoshot.errors import UserError
 COMMANDS: tuple[str, ...] = (
     "info",
     "budget",
+    "synth",
 )
 
 
