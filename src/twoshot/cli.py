@@ -18,6 +18,7 @@ from twoshot.errors import UserError
 # Order shown in --help; each name is a module in twoshot.commands.
 COMMANDS: tuple[str, ...] = (
     "info",
+    "eval",
     "budget",
     "synth",
 )
