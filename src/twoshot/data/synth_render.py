@@ -209,8 +209,10 @@ def _actor(rng: np.random.Generator, label: int, family: TextureFamily, start: n
     reach_t = np.max([np.linalg.norm(p.offset, axis=1) + p.size * (1 + np.abs(p.coeffs).sum(axis=1))
                       for p in parts], axis=0) + wobble
     reach = float(reach_t.max())
-    scale = np.exp(cfg.scale_change * _curve(rng, s))
-    scale = scale / scale[0]  # start at the sampled radius, which frame 0 placement assumed
+    # Relative to frame 0 (whose placement assumed the sampled radius), and clipped so the
+    # size stays within exp(+-scale_change) of it: without the clip a video could double it.
+    log_scale = _curve(rng, s)
+    scale = np.exp(cfg.scale_change * np.clip(log_scale - log_scale[0], -1.0, 1.0))
     stretch = np.exp(0.6 * cfg.deformation * np.stack([_curve(rng, s), _curve(rng, s)], axis=1))
     angle = rng.uniform(0, 2 * np.pi) + np.deg2rad(cfg.rotation) * _curve(rng, s, trend=2.0)
     extent = reach * radius * float(scale.max() * stretch.max())
