@@ -2,16 +2,16 @@
 
 A scene is a textured background seen by a moving camera plus *actors*: the annotated
 objects (label 1..n) and distractors (label 0, drawn like objects from the same texture
-families). Every actor is a union of 1-3 "parts", each a blob whose radius is a Fourier
-series of the angle; all of an actor's changes over the video are smooth curves of time:
-path (through key points, possibly off the frame and back), scale, rotation, squash and
-stretch, articulation of its parts, contour harmonics, a sinusoidal warp of shape and
-texture, texture blending towards a second crop, colour gain and depth.
+families). Every actor is a union of "parts" (1-3 by default), each a blob whose radius
+is a Fourier series of the angle; all of an actor's changes over the video are smooth
+curves of time: path (through key points, possibly off the frame and back), scale,
+rotation, squash and stretch, articulation of its parts, contour harmonics, a sinusoidal
+warp of shape and texture, texture blending towards a second crop, colour gain and depth.
 
-Rendering works on each actor's bounding box only, with numpy and OpenCV (``remap`` for
-the texture, ``warpAffine`` for the camera), so a 96x96 frame with a few actors takes
-around a millisecond. All randomness comes from the ``numpy.random.Generator`` passed in,
-so a scene is a pure function of its seed and arguments.
+Rendering works on each actor's bounding box only, with OpenCV (``fillPoly`` for the
+anti-aliased outline, ``remap`` for the texture, ``warpAffine`` for the camera), so a
+96x96 frame with a few actors takes a few milliseconds. All randomness comes from the
+``numpy.random.Generator`` passed in, so a scene is a pure function of its seed and arguments.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class Scene:
     canvas: np.ndarray       # [C, C, 3] background texture
     camera: np.ndarray       # [T, 2, 3] frame pixel -> canvas pixel affine maps
     light_gain: np.ndarray   # [T, 3] global lighting gain
-    light_plane: np.ndarray  # [T, 3] a, b, c of the lighting plane 1 + a*x + b*y (+ c unused)
+    light_plane: np.ndarray  # [T, 2] a, b of the light gradient 1 + a*x + b*y (x, y in -0.5..0.5)
     actors: list[Actor]
     noise: float             # sensor noise std, 0..1 units
     shading: float
@@ -192,8 +192,7 @@ def _contour(rng: np.random.Generator, s: np.ndarray, cfg: SynthConfig, spin: np
 
 
 def _actor(rng: np.random.Generator, label: int, family: TextureFamily, start: np.ndarray,
-           radius: float, frames: int, height: int, width: int, cfg: SynthConfig,
-           photo_share: float) -> Actor:
+           radius: float, frames: int, height: int, width: int, cfg: SynthConfig) -> Actor:
     """Sample one actor's shape, texture and motion over the video."""
     s = np.linspace(0.0, 1.0, frames) if frames > 1 else np.zeros(1)
     parts = [Part(np.zeros((frames, 2)), 1.0, _contour(rng, s, cfg, 0.2 * _curve(rng, s)))]
@@ -270,8 +269,7 @@ def sample_scene(rng: np.random.Generator, frames: int, height: int, width: int,
                                               + 0.4 * np.stack([_curve(rng, s) for _ in range(3)],
                                                                axis=1)))
     beta = rng.uniform(0, 2 * np.pi) + 2.0 * _curve(rng, s)
-    light_plane = np.stack([cfg.lighting_drift * np.cos(beta), cfg.lighting_drift * np.sin(beta),
-                            np.zeros_like(beta)], axis=1)
+    light_plane = cfg.lighting_drift * np.stack([np.cos(beta), np.sin(beta)], axis=1)
 
     families = [random_family(rng, photo_share, cfg.photo_textures) for _ in range(num_objects)]
     actors = []
@@ -289,8 +287,7 @@ def sample_scene(rng: np.random.Generator, frames: int, height: int, width: int,
         else:
             start = cands[0]
         starts.append(start)
-        actors.append(_actor(rng, i + 1, families[i], start, radius, frames, height, width, cfg,
-                             photo_share))
+        actors.append(_actor(rng, i + 1, families[i], start, radius, frames, height, width, cfg))
     n_distractors = int(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1))
     for _ in range(n_distractors):
         if num_objects and rng.random() < cfg.distractor_similarity:
@@ -299,7 +296,7 @@ def sample_scene(rng: np.random.Generator, frames: int, height: int, width: int,
             family = random_family(rng, photo_share, cfg.photo_textures)
         radius = rng.uniform(*cfg.object_size) * side
         start = np.array([rng.uniform(0, width), rng.uniform(0, height)])
-        actors.append(_actor(rng, 0, family, start, radius, frames, height, width, cfg, photo_share))
+        actors.append(_actor(rng, 0, family, start, radius, frames, height, width, cfg))
     return Scene(height=height, width=width, frames=frames, num_objects=num_objects,
                  canvas=canvas, camera=camera, light_gain=light_gain, light_plane=light_plane,
                  actors=actors, noise=cfg.noise / 255.0, shading=cfg.shading, shadow=cfg.shadow,
@@ -464,7 +461,7 @@ def _finish(scene: Scene, t: int, image: np.ndarray, noise_rng: np.random.Genera
     h, w = scene.height, scene.width
     yy = (np.arange(h, dtype=np.float32) / h - 0.5)[:, None]
     xx = (np.arange(w, dtype=np.float32) / w - 0.5)[None, :]
-    pa, pb, _ = scene.light_plane[t]
+    pa, pb = scene.light_plane[t]
     plane = np.maximum(0.2, 1.0 + np.float32(pa) * xx + np.float32(pb) * yy)
     gain = tuple(255.0 * float(g) for g in scene.light_gain[t]) + (0.0,)
     image = cv2.multiply(cv2.multiply(image, cv2.cvtColor(plane, cv2.COLOR_GRAY2RGB)), gain)
