@@ -1,0 +1,140 @@
+"""The two training phases of the two-shot method as :class:`TrainingMode` hooks (DESIGN §2).
+
+Phase 1 trains on the labeled frames only until ``end_warm``, then on clips that start at a
+labeled frame and run over all frames, with the unlabeled frames' targets taken from an EMA
+teacher where it is confident. Phase 2 trains on the pseudo-label bank and, from
+``phase2_start_update`` on, lets the model's own confident predictions overwrite the bank's
+targets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from twoshot.config import TwoShotConfig
+from twoshot.train.forward import ClipOutput, forward_batch
+from twoshot.train.modes import Batch, SupervisedMode
+from twoshot.train.targets import IGNORE, confident_labels, pseudo_label_targets, refine_targets
+from twoshot.train.teacher import ema_update, make_teacher
+
+
+class _Averages:
+    """Running sums of scalars between two logging steps."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, name: str, value: float) -> None:
+        if value == value:  # skip NaN (nothing to measure in this batch)
+            self.sums[name] = self.sums.get(name, 0.0) + value
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def pop(self) -> dict[str, float]:
+        means = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        self.sums, self.counts = {}, {}
+        return means
+
+
+class Phase1Mode(SupervisedMode):
+    """Two-shot phase 1: labeled-frame warm-up, then EMA-teacher pseudo labels.
+
+    warmup_dataset: clips from labeled frames only (VOSClipDataset mode ``labeled_only``).
+    clip_dataset: clips starting at a labeled frame over all frames (mode ``phase1``), whose
+    unlabeled frames have ``cls_gt`` -1 and ``labeled`` False.
+    """
+
+    name = "phase1"
+
+    def __init__(self, warmup_dataset: Dataset[Any], clip_dataset: Dataset[Any],
+                 settings: TwoShotConfig) -> None:
+        self.warmup_dataset = warmup_dataset
+        self.clip_dataset = clip_dataset
+        self.settings = settings
+        self.teacher: nn.Module | None = None
+        self.averages = _Averages()
+
+    def start(self, model: nn.Module, device: torch.device) -> None:
+        """Make the EMA teacher from the initial student."""
+        if self.settings.use_teacher:
+            self.teacher = make_teacher(model).to(device)
+
+    def dataset(self, it: int) -> Dataset[Any]:
+        """Labeled-only clips before ``end_warm``, phase-1 clips from then on."""
+        return self.warmup_dataset if it < self.settings.end_warm else self.clip_dataset
+
+    def prepare_targets(self, batch: Batch, outputs: ClipOutput, it: int) -> Batch:
+        """Fill unlabeled frames with confident teacher (or student) labels; -1 elsewhere."""
+        if it < self.settings.end_warm:
+            return batch
+        if self.teacher is not None:
+            probs = forward_batch(self.teacher, batch).probs
+        else:
+            probs = outputs.probs.detach()
+        targets = pseudo_label_targets(batch["cls_gt"], batch["labeled"], probs,
+                                       self.settings.pseudo_threshold)
+        self._measure(batch, probs, targets)
+        return {**batch, "cls_gt": targets}
+
+    def _measure(self, batch: Batch, probs: torch.Tensor, targets: torch.Tensor) -> None:
+        unlabeled = ~batch["labeled"][:, 1:]
+        if unlabeled.any():
+            self.averages.add("pseudo_label_share",
+                              float((targets[:, 1:][unlabeled] != IGNORE).float().mean()))
+        # Accuracy only where ground truth happens to exist: labeled frames 1..T-1 of the
+        # clip, labeled as if they were not. It is logged, never used in the loss.
+        labeled = batch["labeled"][:, 1:]
+        if labeled.any():
+            guess = confident_labels(probs.flatten(0, 1), self.settings.pseudo_threshold)
+            guess = guess.view_as(targets[:, 1:])[labeled]
+            truth = batch["cls_gt"][:, 1:][labeled]
+            confident = (guess != IGNORE) & (truth != IGNORE)
+            if confident.any():
+                self.averages.add("pseudo_label_accuracy",
+                                  float((guess[confident] == truth[confident]).float().mean()))
+
+    def after_step(self, model: nn.Module, it: int) -> None:
+        """EMA update of the teacher: t = a t + (1 - a) s, a = min(1 - 1/(it+1), ema_alpha)."""
+        if self.teacher is not None:
+            ema_update(self.teacher, model, it, self.settings.ema_alpha)
+
+    def extra_state(self) -> dict[str, Any]:
+        """The teacher's weights."""
+        return {"teacher": self.teacher.state_dict()} if self.teacher is not None else {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore the teacher's weights."""
+        if self.teacher is not None and "teacher" in state:
+            self.teacher.load_state_dict(state["teacher"])
+
+    def log_scalars(self) -> dict[str, float]:
+        """Mean pseudo-label share and accuracy since the last call."""
+        return self.averages.pop()
+
+
+class Phase2Mode(SupervisedMode):
+    """Two-shot phase 2: train on the pseudo-label bank with online refinement."""
+
+    name = "phase2"
+
+    def __init__(self, settings: TwoShotConfig) -> None:
+        self.settings = settings
+        self.averages = _Averages()
+
+    def prepare_targets(self, batch: Batch, outputs: ClipOutput, it: int) -> Batch:
+        """From ``phase2_start_update`` on, confident predictions overwrite frames 1..T-1."""
+        if it < self.settings.phase2_start_update:
+            return batch
+        targets = refine_targets(batch["cls_gt"], outputs.probs.detach(),
+                                 self.settings.refine_threshold)
+        self.averages.add("refined_share",
+                          float((targets[:, 1:] != batch["cls_gt"][:, 1:]).float().mean()))
+        return {**batch, "cls_gt": targets}
+
+    def log_scalars(self) -> dict[str, float]:
+        """Mean share of target pixels changed by refinement since the last call."""
+        return self.averages.pop()

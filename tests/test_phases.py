@@ -1,0 +1,89 @@
+"""Two-shot phase modes: dataset switch, teacher pseudo labels, EMA, refinement."""
+
+from __future__ import annotations
+
+import torch
+
+from twoshot.config import TwoShotConfig, load_config
+from twoshot.model import build_model
+from twoshot.train.forward import forward_batch
+from twoshot.train.phases import Phase1Mode, Phase2Mode
+from twoshot.train.targets import IGNORE, confident_labels
+
+
+def _batch(labeled: list[bool]) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    b, t, s = 2, len(labeled), 32
+    gt = torch.zeros(b, t, 1, s, s)
+    gt[:, :, :, 8:20, 8:20] = 1
+    cls = gt[:, :, 0].long()
+    flags = torch.tensor([labeled] * b)
+    cls[~flags] = IGNORE
+    return {"rgb": torch.randn(b, t, 3, s, s), "gt": gt, "sec_gt": torch.zeros_like(gt),
+            "cls_gt": cls, "selector": torch.tensor([[1.0, 0.0]] * b), "labeled": flags}
+
+
+def test_phase1_switches_dataset_at_end_of_warmup() -> None:
+    mode = Phase1Mode("warm", "clips", TwoShotConfig(end_warm=10))  # type: ignore[arg-type]
+    assert mode.dataset(9) == "warm" and mode.dataset(10) == "clips"
+
+
+def test_phase1_targets_come_from_the_teacher_where_confident() -> None:
+    model = build_model(load_config("tiny").model).eval()
+    settings = TwoShotConfig(end_warm=0, pseudo_threshold=0.5)
+    mode = Phase1Mode(None, None, settings)  # type: ignore[arg-type]
+    mode.start(model, torch.device("cpu"))
+    batch = _batch([True, False, True])
+    with torch.no_grad():
+        outputs = forward_batch(model, batch)
+        prepared = mode.prepare_targets(batch, outputs, it=5)
+        expected = confident_labels(forward_batch(mode.teacher, batch).probs[:, 0], 0.5)
+    assert torch.equal(prepared["cls_gt"][:, 0], batch["cls_gt"][:, 0])
+    assert torch.equal(prepared["cls_gt"][:, 2], batch["cls_gt"][:, 2])   # labeled: ground truth
+    assert torch.equal(prepared["cls_gt"][:, 1], expected)                 # unlabeled: teacher
+    scalars = mode.log_scalars()
+    assert 0.0 <= scalars["pseudo_label_share"] <= 1.0
+    assert "pseudo_label_accuracy" in scalars or (expected == IGNORE).all()
+    assert mode.log_scalars() == {}
+
+
+def test_phase1_leaves_warmup_batches_alone_and_updates_the_teacher() -> None:
+    model = build_model(load_config("tiny").model)
+    mode = Phase1Mode(None, None, TwoShotConfig(end_warm=100))  # type: ignore[arg-type]
+    mode.start(model, torch.device("cpu"))
+    batch = _batch([True, True, True])
+    assert mode.prepare_targets(batch, None, it=3) is batch  # type: ignore[arg-type]
+    with torch.no_grad():
+        model.decoder.pred.bias.add_(1.0)
+    before = mode.teacher.decoder.pred.bias.clone()
+    mode.after_step(model, it=1)  # alpha 0.5
+    torch.testing.assert_close(mode.teacher.decoder.pred.bias, before + 0.5)
+    restored = Phase1Mode(None, None, TwoShotConfig())  # type: ignore[arg-type]
+    restored.start(build_model(load_config("tiny").model), torch.device("cpu"))
+    restored.load_extra_state(mode.extra_state())
+    assert torch.equal(restored.teacher.decoder.pred.bias, mode.teacher.decoder.pred.bias)
+
+
+def test_phase1_without_teacher_uses_the_student() -> None:
+    model = build_model(load_config("tiny").model).eval()
+    mode = Phase1Mode(None, None, TwoShotConfig(end_warm=0, use_teacher=False, pseudo_threshold=0.5))  # type: ignore[arg-type]
+    mode.start(model, torch.device("cpu"))
+    assert mode.teacher is None and mode.extra_state() == {}
+    batch = _batch([True, False, False])
+    with torch.no_grad():
+        outputs = forward_batch(model, batch)
+    prepared = mode.prepare_targets(batch, outputs, it=1)
+    assert torch.equal(prepared["cls_gt"][:, 2], confident_labels(outputs.probs[:, 1], 0.5))
+
+
+def test_phase2_refines_only_after_the_start_iteration() -> None:
+    mode = Phase2Mode(TwoShotConfig(phase2_start_update=10, refine_threshold=0.99))
+    batch = _batch([True, True, True])
+    probs = torch.zeros(2, 2, 3, 32, 32)
+    probs[:, :, 0] = 1.0  # the model is sure everything is background
+    from twoshot.train.forward import ClipOutput
+    outputs = ClipOutput(probs.log(), probs)
+    assert mode.prepare_targets(batch, outputs, it=9) is batch
+    refined = mode.prepare_targets(batch, outputs, it=10)["cls_gt"]
+    assert (refined[:, 1:] == 0).all() and torch.equal(refined[:, 0], batch["cls_gt"][:, 0])
+    assert mode.log_scalars()["refined_share"] > 0
