@@ -237,6 +237,9 @@ def test_bad_lists_and_options(dataset: tuple[Path, Path], tmp_path: Path,
     listing.write_text("shift\nghost\n")
     expect_error(capsys, tmp_path, gt_root, pred_root, "ghost", "ground-truth folder",
                  extra=("--sequences", str(listing)))
+    listing.write_text("shift\ntwo\nshift\n")
+    expect_error(capsys, tmp_path, gt_root, pred_root, "more than once", "shift",
+                 extra=("--sequences", str(listing)))
     expect_error(capsys, tmp_path, gt_root, pred_root, "--workers -1", extra=("--workers", "-1"))
     (gt_root / "ImageSets" / "2017" / "val.txt").unlink()
     expect_error(capsys, tmp_path, gt_root, pred_root, "val.txt", "--sequences")
