@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from twoshot.data.masks import read_mask, write_mask
-from twoshot.evaluate import EvalResult, SequenceScores, evaluate_folders, evaluate_sequence
+from twoshot.evaluate import EvalResult, evaluate_folders, evaluate_sequence
 
 
 # ---------------------------------------------------------------- straightforward reference
