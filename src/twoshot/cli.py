@@ -21,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "eval",
     "budget",
     "synth",
+    "train",
 )
 
 

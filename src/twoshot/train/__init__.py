@@ -1,0 +1,33 @@
+"""Training: the STCN loop, its loss and clip forward pass, and the two-shot extension point.
+
+The public entry points are re-exported lazily (``from twoshot.train import train``) so that
+importing a light submodule (``twoshot.train.targets``) does not load the whole loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "train": "twoshot.train.trainer",
+    "Trainer": "twoshot.train.trainer",
+    "TrainingDiverged": "twoshot.train.trainer",
+    "build_stage_dataset": "twoshot.train.trainer",
+    "STAGES": "twoshot.train.trainer",
+    "TrainingMode": "twoshot.train.modes",
+    "SupervisedMode": "twoshot.train.modes",
+    "ClipOutput": "twoshot.train.forward",
+    "clip_forward": "twoshot.train.forward",
+    "forward_batch": "twoshot.train.forward",
+    "clip_loss": "twoshot.train.loss",
+    "bootstrap_p": "twoshot.train.loss",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'twoshot.train' has no attribute {name!r}")

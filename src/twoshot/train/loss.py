@@ -1,0 +1,120 @@
+"""Bootstrapped cross-entropy (STCN) with ignored pixels (two-shot), and training IoU.
+
+STCN's loss: per sample and per predicted frame, ``F.cross_entropy`` on the soft-aggregated
+logits (background + K objects); plain CE before ``loss_start_warm``; afterwards the mean of
+the hardest ``p`` fraction of pixels, ``p`` falling linearly from 1.0 to ``loss_top_p`` at
+``loss_end_warm``. Samples without a second object use only the first two logit channels.
+The clip loss is the sum over frames 1..T-1 of the mean over the batch.
+
+Two-shot adds the label -1 (no target for this pixel): those pixels are removed *before* the
+top-p selection, so ``p`` is a fraction of the labeled pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from twoshot.config import TrainConfig
+
+IGNORE = -1
+
+
+def bootstrap_p(it: int, start_warm: int, end_warm: int, top_p: float) -> float:
+    """Fraction of the hardest pixels kept at iteration ``it`` (0-based).
+
+    1.0 before ``start_warm``; then linear from 1.0 (at ``start_warm``) to ``top_p`` (at
+    ``end_warm``); ``top_p`` after. Same formula as STCN's BootstrappedCE.
+    """
+    if it < start_warm:
+        return 1.0
+    if it >= end_warm or end_warm <= start_warm:
+        return float(top_p)
+    return float(top_p + (1.0 - top_p) * (end_warm - it) / (end_warm - start_warm))
+
+
+def bootstrapped_ce(logits: torch.Tensor, target: torch.Tensor, p: float,
+                    plain: bool = False) -> torch.Tensor:
+    """Bootstrapped CE of one frame of one sample.
+
+    logits [C,H,W] (float, any dtype; computed in fp32); target int64 [H,W] with classes
+    0..C-1 and IGNORE (-1). ``plain``: mean over all labeled pixels (STCN before warm-up);
+    otherwise the mean of the ``max(1, int(n*p))`` largest pixel losses of the n labeled ones.
+    Returns a scalar tensor; 0 (still attached to ``logits``) when no pixel is labeled, so a
+    fully ignored frame neither produces NaN nor disconnects the graph.
+    """
+    valid = target != IGNORE
+    raw = F.cross_entropy(logits[None].float(), target[None].clamp(min=0), reduction="none")[0]
+    raw = raw[valid]
+    count = raw.numel()
+    if count == 0:
+        return logits.sum() * 0.0
+    if plain or p >= 1.0:
+        return raw.mean()
+    kept, _ = torch.topk(raw, max(1, int(count * p)), sorted=False)
+    return kept.mean()
+
+
+@dataclass
+class LossResult:
+    """The clip loss and what is logged about it.
+
+    total: scalar tensor to back-propagate. frames: per predicted frame (1..T-1) the batch-
+    mean loss, detached. p: the bootstrap fraction used.
+    """
+
+    total: torch.Tensor
+    frames: list[torch.Tensor] = field(default_factory=list)
+    p: float = 1.0
+
+
+def clip_loss(logits: torch.Tensor, cls_gt: torch.Tensor, selector: torch.Tensor, it: int,
+              config: TrainConfig) -> LossResult:
+    """STCN's training loss over frames 1..T-1 of a batch of clips.
+
+    logits [B,T-1,K+1,H,W] (ClipOutput.logits); cls_gt int64 [B,T,H,W] with 0 background,
+    1 target, 2 second object, -1 ignored (frame 0 is not scored); selector [B,K], the second
+    object present when selector[:, 1] > 0.5. ``it``: 0-based iteration (bootstrap schedule).
+    Returns a :class:`LossResult`: total = sum over frames of the mean over samples.
+    """
+    batch, predicted = logits.shape[:2]
+    p = bootstrap_p(it, config.loss_start_warm, config.loss_end_warm, config.loss_top_p)
+    plain = it < config.loss_start_warm
+    total = logits.new_zeros((), dtype=torch.float32)
+    frames = []
+    has_second = (selector[:, 1] > 0.5).tolist()   # one host sync, not one per sample
+    for i in range(predicted):
+        frame_loss = logits.new_zeros((), dtype=torch.float32)
+        for j in range(batch):
+            # A loop, as STCN: samples differ in object count and in labeled-pixel count.
+            channels = logits.shape[2] if has_second[j] else 2
+            frame_loss = frame_loss + bootstrapped_ce(logits[j, i, :channels], cls_gt[j, i + 1],
+                                                      p, plain) / batch
+        frames.append(frame_loss.detach())
+        total = total + frame_loss
+    return LossResult(total, frames, p)
+
+
+def iou_counts(probs: torch.Tensor, cls_gt: torch.Tensor,
+               selector: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Intersection and union of thresholded predictions vs targets on labeled pixels.
+
+    probs [B,T-1,K+1,H,W] (ClipOutput.probs); cls_gt [B,T,H,W]; selector [B,K].
+    An object is predicted where its aggregated probability is > 0.5; pixels labeled -1 are
+    left out; the second object counts only in samples that have one.
+    Returns detached scalar tensors {"i", "u", "sec_i", "sec_u"} summed over the batch.
+    """
+    target = cls_gt[:, 1:]
+    valid = target != IGNORE
+    pred = probs[:, :, 1] > 0.5
+    truth = target == 1
+    counts = {"i": (pred & truth & valid).sum(), "u": ((pred | truth) & valid).sum()}
+    if probs.shape[2] > 2:
+        has_second = (selector[:, 1] > 0.5)[:, None, None, None]
+        pred2 = (probs[:, :, 2] > 0.5) & has_second
+        truth2 = (target == 2) & has_second
+        counts["sec_i"] = (pred2 & truth2 & valid).sum()
+        counts["sec_u"] = ((pred2 | truth2) & valid).sum()
+    return {k: v.detach().float() for k, v in counts.items()}
