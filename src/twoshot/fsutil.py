@@ -14,8 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-import torch
-
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -54,6 +52,8 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 def save_torch(path: str | os.PathLike[str], obj: Any) -> None:
     """``torch.save`` ``obj`` to ``path`` atomically."""
+    import torch  # here, so that modules that only write files do not pay torch's import
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
