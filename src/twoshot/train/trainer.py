@@ -21,6 +21,7 @@ the schedules (bootstrap, learning rate, curriculum) receive the 0-based step in
 
 from __future__ import annotations
 
+import inspect
 import random
 import time
 from pathlib import Path
@@ -120,9 +121,14 @@ class Trainer:
         clip_model = ClipModel(self.model)
         self.net: torch.nn.Module = clip_model
         if self.ctx.distributed:
+            # Eval-mode BatchNorm: buffers never change, so they need no per-step sync (the
+            # initial weights and buffers are identical on every rank: same seed, same init).
+            sync = ({"forward_sync_buffers": False}
+                    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                    else {"broadcast_buffers": False})
             self.net = DistributedDataParallel(
                 clip_model, device_ids=[self.device] if self.device.type == "cuda" else None,
-                broadcast_buffers=False)  # eval-mode BatchNorm: buffers never change
+                **sync)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.lr_steps,
