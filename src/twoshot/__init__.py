@@ -4,6 +4,16 @@ Implements *Two-shot Video Object Segmentation* (Yan et al., CVPR 2023) on top o
 network that loads the published checkpoints unchanged.
 """
 
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "Predictor"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: ``import twoshot`` stays light (no torch) until the Predictor is asked for.
+    if name == "Predictor":
+        from twoshot.inference.predictor import Predictor
+        return Predictor
+    raise AttributeError(f"module 'twoshot' has no attribute {name!r}")

@@ -89,6 +89,7 @@ class InferenceConfig:
     amp: bool = False                        # CUDA only
     device: str = "auto"                     # auto | cpu | cuda | cuda:N
     max_memory_frames: int | None = None     # bounded memory for long videos; None = unbounded
+    key_batch: int = 8                       # frames per key-encoder call (features are cached per video)
 
 
 @dataclass

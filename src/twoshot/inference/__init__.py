@@ -1,0 +1,23 @@
+"""Inference: the propagation engine, memory bank, bidirectional pseudo-labelling, bank store.
+
+- :class:`Predictor`: load a checkpoint, segment a video from Python.
+- :class:`PropagationEngine`: STCN inference over one video (forward, or from labeled frames
+  in both directions), with per-video key-feature caching.
+- :func:`assign_sources`: the nearest-labeled-frame rule of the two-shot pseudo labels.
+- :func:`build_bank` (``twoshot.inference.pseudo_label``): the pseudo-label bank of a dataset.
+"""
+
+from twoshot.inference.engine import EngineStats, PropagationEngine, PropagationResult
+from twoshot.inference.predictor import Predictor
+from twoshot.inference.schedule import assign_sources
+
+__all__ = ["Predictor", "PropagationEngine", "PropagationResult", "EngineStats", "assign_sources",
+           "build_bank"]
+
+
+def __getattr__(name: str) -> object:
+    # build_bank pulls in the dataset readers and writers: imported on first use only.
+    if name == "build_bank":
+        from twoshot.inference.pseudo_label import build_bank
+        return build_bank
+    raise AttributeError(f"module 'twoshot.inference' has no attribute {name!r}")

@@ -1,0 +1,117 @@
+"""From original frames to the network's input and back: resizing, padding, output masks.
+
+STCN processes a video at a fixed shorter side (480 by default, DESIGN.md section 3), padded
+to a multiple of 16, and maps its output probabilities back to the original size by
+unpadding, bilinear upsampling and argmax. Everything here works on torch tensors on the
+engine's device; sizes are (height, width).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from twoshot.model.preprocess import Padding, normalize_images, pad_divide_by, unpad
+
+
+def processing_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(h, w) at which a (height, width) video is processed: shorter side ``size``.
+
+    ``size == -1`` keeps the native size. The longer side is ``int(size * long / short)``
+    (truncated), as the torchvision ``Resize(size)`` STCN's test datasets use.
+    """
+    if size == -1:
+        return height, width
+    if size <= 0:
+        raise ValueError(f"size must be positive or -1, got {size}")
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes of one video: original (height, width), processed (height, width), padding."""
+
+    original: tuple[int, int]
+    processed: tuple[int, int]
+    padding: Padding
+
+    @classmethod
+    def for_frames(cls, height: int, width: int, size: int) -> "Geometry":
+        """Geometry of a (height, width) video processed at shorter side ``size`` (-1 native)."""
+        proc = processing_size(height, width, size)
+        extra_h, extra_w = (-proc[0]) % 16, (-proc[1]) % 16
+        pad = (extra_w // 2, extra_w - extra_w // 2, extra_h // 2, extra_h - extra_h // 2)
+        return cls((height, width), proc, pad)
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        """(H, W) of the padded network input (multiples of 16)."""
+        left, right, top, bottom = self.padding
+        return self.processed[0] + top + bottom, self.processed[1] + left + right
+
+    @property
+    def resized(self) -> bool:
+        """Whether processing resizes the frames."""
+        return self.original != self.processed
+
+
+def prepare_frames(frames: np.ndarray | torch.Tensor, geometry: Geometry,
+                   device: torch.device) -> torch.Tensor:
+    """Network input of RGB frames: normalise, resize (bilinear), pad to a multiple of 16.
+
+    frames: uint8 [B, H, W, 3] at the original size. Returns float32 [B, 3, Hp, Wp] on
+    ``device``. Normalisation comes before resizing, as in STCN's test datasets; resizing is
+    antialiased, which only matters when shrinking (large videos to 480p).
+    """
+    x = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
+    x = normalize_images(x.to(device).permute(0, 3, 1, 2))
+    if geometry.resized:
+        x = F.interpolate(x, size=geometry.processed, mode="bilinear", align_corners=False,
+                          antialias=True)
+    x, pad = pad_divide_by(x, 16)
+    assert pad == geometry.padding
+    # Channels-first memory, as STCN's ToTensor gives: the HWC permute would otherwise make
+    # every feature map channels-last, and CPU kernels round differently on that layout.
+    return x.contiguous()
+
+
+def prepare_masks(labels: np.ndarray, object_ids: list[int], geometry: Geometry,
+                  device: torch.device) -> torch.Tensor:
+    """One-hot object masks at the network's resolution.
+
+    labels: uint8 [H, W] object ids at the original size; object_ids: the K ids wanted.
+    Returns float32 [K, Hp, Wp]: labels resized with nearest neighbour (ids stay ids), one
+    channel per id, zero padding.
+    """
+    x = torch.as_tensor(np.ascontiguousarray(labels)).to(device)
+    if geometry.resized:
+        x = F.interpolate(x[None, None].float(), size=geometry.processed, mode="nearest")[0, 0]
+    ids = torch.tensor(object_ids, device=device, dtype=x.dtype).view(-1, 1, 1)
+    onehot = (x[None] == ids).float()
+    return pad_divide_by(onehot, 16)[0]
+
+
+def to_original(prob: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Unpad network-resolution probabilities and upsample them bilinearly to the original size.
+
+    prob: [C, Hp, Wp] -> float32 [C, H, W].
+    """
+    x = unpad(prob.float(), geometry.padding)
+    if x.shape[-2:] != geometry.original:
+        x = F.interpolate(x[None], size=geometry.original, mode="bilinear", align_corners=False)[0]
+    return x
+
+
+def labels_from_prob(prob: torch.Tensor, object_ids: list[int]) -> torch.Tensor:
+    """Argmax over background + K objects, mapped to the objects' ids.
+
+    prob: [K+1, H, W] (background first); object_ids: the K ids of channels 1..K.
+    Returns uint8 [H, W] (0 = background).
+    """
+    lookup = torch.tensor([0, *object_ids], dtype=torch.uint8, device=prob.device)
+    return lookup[prob.argmax(dim=0)]

@@ -1,0 +1,100 @@
+"""Per-video cache of key-encoder features: each frame is encoded once, in batches.
+
+The key encoder (a ResNet-50 up to layer3 in STCN) is the most expensive part of a frame's
+processing, and its output depends on the frame only: every object, and every propagation
+direction of a video, can share it. The cache is told in advance how many times each frame
+will be needed (:meth:`KeyCache.plan`), encodes frames in batches in the order a direction
+will ask for them, and frees a frame after its last use, so memory stays bounded by about
+``batch_size`` frames plus the frames waiting for a second direction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from twoshot.inference.geometry import Geometry, prepare_frames
+from twoshot.model.network import STCN, KeyFeatures
+
+FrameSource = Sequence[np.ndarray]  # frames[t] -> uint8 [H, W, 3]; an array [T, H, W, 3] works
+
+
+@dataclass
+class CachedFrame:
+    """A frame's network input image [1, 3, Hp, Wp] and its key features (batch of one)."""
+
+    image: torch.Tensor
+    features: KeyFeatures
+
+
+class KeyCache:
+    """Key features of one video's frames, encoded in batches and freed after their last use.
+
+    model: the network (its ``encode_key``); frames: ``frames[t]`` gives uint8 [H, W, 3];
+    geometry: the video's sizes; batch_size: frames per ``encode_key`` call;
+    autocast: context manager factory wrapping encoder calls (AMP on CUDA).
+    """
+
+    def __init__(self, model: STCN, frames: FrameSource, geometry: Geometry, device: torch.device,
+                 batch_size: int = 8,
+                 autocast: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
+                 ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.model = model
+        self.frames = frames
+        self.geometry = geometry
+        self.device = device
+        self.batch_size = batch_size
+        self.autocast = autocast
+        self.uses: Counter[int] = Counter()
+        self.cached: dict[int, CachedFrame] = {}
+        self.encode_count: Counter[int] = Counter()   # frame -> times encoded (1 when planned right)
+        self.encoder_calls = 0
+        self.peak_cached = 0
+
+    def plan(self, frames: Iterable[int]) -> None:
+        """Announce one future use of each frame in ``frames`` (a frame may repeat)."""
+        self.uses.update(frames)
+
+    def acquire(self, frame: int, upcoming: Sequence[int] = ()) -> CachedFrame:
+        """The features of ``frame``, encoding it now if needed together with the next frames
+        of ``upcoming`` (the caller's future requests, in order) that are not cached yet."""
+        if frame not in self.cached:
+            batch = [frame]
+            for other in upcoming:
+                if len(batch) >= self.batch_size:
+                    break
+                if other not in self.cached and other not in batch and self.uses[other] > 0:
+                    batch.append(other)
+            self._encode(batch)
+        return self.cached[frame]
+
+    def release(self, frame: int) -> None:
+        """One use of ``frame`` is over; its features are freed after the last planned use."""
+        self.uses[frame] -= 1
+        if self.uses[frame] <= 0:
+            self.cached.pop(frame, None)
+            del self.uses[frame]
+
+    def _encode(self, batch: list[int]) -> None:
+        images = prepare_frames(np.stack([np.asarray(self.frames[t]) for t in batch]),
+                                self.geometry, self.device)
+        with self.autocast():
+            features = self.model.encode_key(images)
+        self.encoder_calls += 1
+        for i, t in enumerate(batch):
+            image, feats = images[i:i + 1], features.index(i)
+            if self.uses[t] > 1 and len(batch) > 1:
+                # A frame waiting for another direction must not keep its batch-mates' large
+                # feature maps alive: give it its own copy.
+                image = image.clone()
+                feats = KeyFeatures(*(x.clone() for x in (feats.key, feats.thin, feats.f16, feats.f8, feats.f4)))
+            self.cached[t] = CachedFrame(image, feats)
+            self.encode_count[t] += 1
+        self.peak_cached = max(self.peak_cached, len(self.cached))

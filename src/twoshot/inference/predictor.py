@@ -1,0 +1,105 @@
+"""A small front door for segmenting videos from Python.
+
+::
+
+    from twoshot import Predictor
+    predictor = Predictor.from_checkpoint("stcn.pth")              # preset guessed from the weights
+    masks = predictor.propagate(frames, {0: first_mask})           # frames uint8 [T, H, W, 3]
+    # masks: uint8 [T, H, W] with the ids of first_mask
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from twoshot.config import InferenceConfig, load_config
+from twoshot.inference.engine import PropagationEngine, PropagationResult
+from twoshot.inference.key_cache import FrameSource
+from twoshot.model.network import STCN
+
+
+class Predictor:
+    """Segments the objects of given masks through videos with one STCN model.
+
+    model: the network; config: inference settings (STCN's defaults if None); device:
+    overrides ``config.device`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | torch.device).
+    """
+
+    def __init__(self, model: STCN, config: InferenceConfig | None = None,
+                 device: str | torch.device | None = None) -> None:
+        config = dataclasses.replace(config) if config is not None else InferenceConfig()
+        if isinstance(device, str):
+            config.device = device
+        resolved = device if isinstance(device, torch.device) else None
+        self.engine = PropagationEngine(model, config, resolved)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], preset: str | None = None,
+                        config: InferenceConfig | None = None,
+                        device: str | torch.device | None = None) -> "Predictor":
+        """Load STCN weights from ``path`` (raw state dict or training checkpoint).
+
+        preset: model sizes (``stcn``, ``tiny``); None = the preset the weights fit.
+        config: inference settings; None = the preset's ``inference`` section.
+        Raises UserError for an unreadable checkpoint or weights that do not fit.
+        """
+        from twoshot.model.checkpoint import load_model
+
+        model_config = load_config(preset).model if preset is not None else None
+        model = load_model(path, model_config)
+        if config is None:
+            config = load_config(preset).inference if preset is not None else _preset_inference(model)
+        return cls(model, config, device)
+
+    @property
+    def config(self) -> InferenceConfig:
+        """The inference settings in use."""
+        return self.engine.config
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model runs on."""
+        return self.engine.device
+
+    def propagate(self, frames: FrameSource, masks_by_frame: Mapping[int, np.ndarray], *,
+                  backward: bool = False) -> np.ndarray:
+        """Segment a video. frames: uint8 [T, H, W, 3] (or a sequence of [H, W, 3]);
+        masks_by_frame: {frame index: uint8 [H, W] object ids} on the frames where objects
+        first appear. backward: also propagate backwards (every given mask then counts as
+        a complete labeling of its frame; see ``PropagationEngine.propagate``).
+        Returns uint8 [T, H, W] object ids.
+        """
+        return self.run(frames, masks_by_frame, backward=backward).masks
+
+    def probabilities(self, frames: FrameSource, masks_by_frame: Mapping[int, np.ndarray], *,
+                      backward: bool = False) -> tuple[np.ndarray, list[int]]:
+        """Like :meth:`propagate` but returns (float32 [T, K+1, H, W] probabilities,
+        background first, and the K object ids of channels 1..K)."""
+        result = self.run(frames, masks_by_frame, backward=backward, probabilities=True)
+        assert result.probabilities is not None
+        return result.probabilities, result.object_ids
+
+    def run(self, frames: FrameSource, masks_by_frame: Mapping[int, np.ndarray], *,
+            backward: bool = False, probabilities: bool = False,
+            confidence: bool = False) -> PropagationResult:
+        """The full :class:`PropagationResult` (masks, sources, optional confidence and
+        probabilities, work statistics)."""
+        return self.engine.propagate(frames, masks_by_frame,
+                                     mode="bidirectional" if backward else "forward",
+                                     probabilities=probabilities, confidence=confidence)
+
+
+def _preset_inference(model: STCN) -> InferenceConfig:
+    """The inference section of the preset whose model sizes equal ``model``'s, else defaults."""
+    from twoshot.config import PRESETS
+
+    for name in PRESETS:
+        config = load_config(name)
+        if config.model == model.config:
+            return config.inference
+    return InferenceConfig()
