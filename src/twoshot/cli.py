@@ -22,6 +22,8 @@ COMMANDS: tuple[str, ...] = (
     "budget",
     "synth",
     "train",
+    "infer",
+    "pseudo-label",
 )
 
 

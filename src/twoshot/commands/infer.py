@@ -1,0 +1,140 @@
+"""``twoshot infer``: segment every video of a dataset from its given masks."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+from twoshot.config import PRESETS, InferenceConfig, load_config
+from twoshot.errors import UserError
+
+HELP = "segment videos (DAVIS, YouTube-VOS, generic folders, a video file) from their first masks"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint, --preset and the inference settings shared with ``pseudo-label``."""
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT",
+                        help="STCN weights (raw state dict or training checkpoint)")
+    parser.add_argument("--preset", choices=PRESETS, default=None,
+                        help="model sizes and inference defaults (default: guessed from the weights)")
+    parser.add_argument("--mem-every", type=int, default=None, metavar="N",
+                        help="add a memory frame every N frames (default 5)")
+    parser.add_argument("--top-k", type=int, default=None, metavar="K",
+                        help="memory entries read per query pixel (default 20)")
+    parser.add_argument("--size", type=int, default=None, metavar="PX",
+                        help="process at this shorter side; -1 keeps the native size (default: "
+                             "the preset's, 480 for stcn)")
+    parser.add_argument("--include-last", action="store_true",
+                        help="keep the previous frame as temporary memory")
+    parser.add_argument("--max-memory-frames", type=int, default=None, metavar="N",
+                        help="bound memory for long videos (labeled frames are always kept)")
+    parser.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+
+
+def load_model_and_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """(model, InferenceConfig) from --checkpoint / --preset and the setting flags."""
+    from twoshot.inference.predictor import _preset_inference
+    from twoshot.model.checkpoint import load_model
+
+    if args.preset is not None:
+        preset = load_config(args.preset)
+        model = load_model(args.checkpoint, preset.model)
+        config = preset.inference
+    else:
+        model = load_model(args.checkpoint)
+        config = _preset_inference(model)
+    changes = {"mem_every": args.mem_every, "top_k": args.top_k, "size": args.size,
+               "max_memory_frames": args.max_memory_frames}
+    config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None},
+                                 device=args.device, amp=args.amp or config.amp,
+                                 include_last=args.include_last or config.include_last)
+    _check_settings(config)
+    return model, config
+
+
+def _check_settings(config: InferenceConfig) -> None:
+    if config.mem_every < 1:
+        raise UserError(f"--mem-every {config.mem_every}: must be at least 1")
+    if config.top_k < 1:
+        raise UserError(f"--top-k {config.top_k}: must be at least 1")
+    if config.size != -1 and config.size < 16:
+        raise UserError(f"--size {config.size}: use -1 (native size) or at least 16 pixels")
+    if config.max_memory_frames is not None and config.max_memory_frames < 1:
+        raise UserError(f"--max-memory-frames {config.max_memory_frames}: must be at least 1")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``twoshot infer``."""
+    parser.add_argument("--dataset", choices=("davis", "youtube", "generic", "video"), default=None,
+                        help="layout of --data (default: detected)")
+    parser.add_argument("--data", required=True, metavar="PATH",
+                        help="dataset root, or a video file (with --masks)")
+    parser.add_argument("--split", default=None,
+                        help="DAVIS: val (default) / train / ...; YouTube-VOS: valid (default) ...")
+    parser.add_argument("--masks", default=None, metavar="DIR",
+                        help="video file only: folder of <frame_index>.png masks "
+                             "(default: <video stem>_masks next to it)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    add_model_arguments(parser)
+    parser.add_argument("--backward", action="store_true",
+                        help="also propagate backwards: every frame takes the propagation from its "
+                             "nearest annotated frame (each annotated frame must show all objects)")
+    parser.add_argument("--overlay", action="store_true",
+                        help="also write overlays of the masks on the frames (OUT/overlays/<video>/)")
+    parser.add_argument("--all-frames", action="store_true",
+                        help="YouTube-VOS: write every frame, not only those meta.json lists")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Segment every video and write the masks. Returns 0."""
+    from tqdm import tqdm
+
+    from twoshot.data.readers import detect_kind, load_frames, open_dataset, reference_annotations
+    from twoshot.data.writers import write_davis_masks, write_overlay_pngs, write_youtube_submission
+    from twoshot.inference.engine import PropagationEngine
+
+    kind = args.dataset or detect_kind(args.data, args.split)
+    split = args.split
+    if split is None and kind == "davis":
+        split = "val"
+    elif split is None and kind == "youtube" and (Path(args.data) / "valid" / "meta.json").is_file():
+        split = "valid"
+    masks = args.masks
+    if kind == "video" and masks is None:
+        masks = str(Path(args.data).with_name(f"{Path(args.data).stem}_masks"))
+    sequences = open_dataset(kind, args.data, split, masks=masks if kind == "video" else None)
+    model, config = load_model_and_config(args)
+    engine = PropagationEngine(model, config)
+    out = Path(args.out)
+    print(f"twoshot infer: {len(sequences)} videos from {args.data} ({kind}"
+          f"{', ' + split if split else ''}) on {engine.device}, shorter side "
+          f"{'native' if config.size == -1 else config.size}")
+    start = time.perf_counter()
+    total_frames = total_objects = 0
+    with tqdm(total=sum(seq.num_frames for seq in sequences), unit="frame", dynamic_ncols=True) as bar:
+        for seq in sequences:
+            bar.set_postfix_str(seq.name)
+            given, palette, first = reference_annotations(seq)
+            if not given:
+                raise UserError(f"video {seq.name}: no annotation PNG shows an object")
+            frames = load_frames(seq)
+            youtube_subset = kind == "youtube" and not args.all_frames and seq.frames_to_save is not None
+            wanted = seq.frames_to_save if youtube_subset else None
+            result = engine.propagate(frames, given, mode="bidirectional" if args.backward else "forward",
+                                      output_frames=wanted, progress=lambda _: bar.update(1))
+            if kind == "youtube":
+                write_youtube_submission(out, seq, result.masks, palette, all_frames=not youtube_subset)
+            else:
+                write_davis_masks(out, seq, result.masks, palette)
+            if args.overlay:
+                write_overlay_pngs(out / "overlays" / seq.name, frames, result.masks, palette,
+                                   names=seq.frame_names)
+            total_frames += seq.num_frames
+            total_objects += len(first)
+    seconds = time.perf_counter() - start
+    print(f"done: {len(sequences)} videos, {total_frames} frames, {total_objects} objects in "
+          f"{seconds:.1f} s ({total_frames / max(seconds, 1e-9):.1f} frames/s) -> {out}")
+    return 0

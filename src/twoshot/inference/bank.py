@@ -1,0 +1,214 @@
+"""The pseudo-label bank on disk: one PNG per frame in DAVIS layout, a manifest, resumable.
+
+Layout::
+
+    BANK/manifest.json             what made the bank, and each frame's source labeled frame
+    BANK/progress*.jsonl           one line per finished video (one file per process)
+    BANK/<video>/<frame>.png       indexed PNG, the input's palette, original size
+    BANK/<video>/confidence/<frame>.png   optional: max probability x 255 (uint8 grey)
+
+Each video folder is written atomically (``twoshot.fsutil.atomic_dir``) and then recorded
+in the progress file, so an interrupted run leaves only complete videos behind, and a rerun
+with the same checkpoint and budget skips the recorded ones. The manifest's identity
+(checkpoint and budget sha256, inference settings) is written when the bank is started; a
+folder made from another checkpoint, budget or settings is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from twoshot import __version__
+from twoshot.data.masks import write_mask
+from twoshot.errors import UserError
+from twoshot.fsutil import atomic_dir, write_json
+
+FORMAT = "twoshot-pseudo-label-bank/1"
+MANIFEST = "manifest.json"
+CONFIDENCE_DIR = "confidence"
+
+PathLike = str | os.PathLike[str]
+
+
+def file_sha256(path: PathLike) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_sha256(state_dict: Mapping[str, Any]) -> str:
+    """Hex sha256 of a state dict's names, shapes, dtypes and bytes (for models not from a file)."""
+    digest = hashlib.sha256()
+    for name, tensor in state_dict.items():
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(data.shape)}:{data.dtype};".encode())
+        digest.update(data.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def budget_sha256(budget: Mapping[str, Sequence[str]]) -> str:
+    """Hex sha256 of a budget's canonical JSON (sorted videos, frames in the given order)."""
+    text = json.dumps({k: list(budget[k]) for k in sorted(budget)}, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class BankIdentity:
+    """What a bank is made from. checkpoint / budget: {"path": str | None, "sha256": str};
+    inference: the settings that change the bank's files (propagation settings and whether
+    confidence maps are written)."""
+
+    checkpoint: dict[str, Any]
+    budget: dict[str, Any]
+    inference: dict[str, Any]
+
+    def mismatches(self, other: Mapping[str, Any]) -> list[str]:
+        """Human-readable differences from a manifest's recorded identity (empty if the same)."""
+        problems = []
+        for key in ("checkpoint", "budget"):
+            mine, theirs = getattr(self, key), other.get(key) or {}
+            if mine.get("sha256") != theirs.get("sha256"):
+                problems.append(f"{key}: the bank was made from {theirs.get('path') or 'weights'} "
+                                f"(sha256 {str(theirs.get('sha256'))[:12]}...), this run uses "
+                                f"{mine.get('path') or 'weights'} (sha256 {str(mine.get('sha256'))[:12]}...)")
+        theirs_inf = other.get("inference") or {}
+        for name, value in self.inference.items():
+            if theirs_inf.get(name) != value:
+                problems.append(f"inference.{name}: the bank used {theirs_inf.get(name)!r}, "
+                                f"this run {value!r}")
+        return problems
+
+
+@dataclass
+class VideoRecord:
+    """One finished video: labeled frame names, each frame's source labeled frame, objects."""
+
+    video: str
+    labeled: list[str]
+    sources: dict[str, str]
+    objects: list[int] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest / progress entry."""
+        return {"video": self.video, "labeled": self.labeled, "objects": self.objects,
+                "frames": self.sources}
+
+
+class BankStore:
+    """Reads and writes one bank folder for one process (``rank`` of ``world``)."""
+
+    def __init__(self, root: PathLike, identity: BankIdentity, *, confidence: bool = False,
+                 rank: int = 0, world: int = 1) -> None:
+        self.root = Path(root)
+        self.identity = identity
+        self.confidence = confidence
+        self.rank = rank
+        self.world = world
+
+    @property
+    def manifest_path(self) -> Path:
+        """BANK/manifest.json."""
+        return self.root / MANIFEST
+
+    @property
+    def progress_path(self) -> Path:
+        """This process's progress file."""
+        name = "progress.jsonl" if self.rank == 0 else f"progress.rank{self.rank}.jsonl"
+        return self.root / name
+
+    def check(self) -> bool:
+        """Refuse a folder this run must not write into. Returns whether a bank already exists.
+
+        UserError if ``root`` is a file, a non-empty folder without a manifest, or a bank made
+        from another checkpoint, budget or inference settings.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"{self.root}: exists and is not a folder")
+        if not self.manifest_path.is_file():
+            if self.root.is_dir() and any(not p.name.startswith(".") for p in self.root.iterdir()):
+                raise UserError(f"{self.root}: folder is not empty and holds no {MANIFEST}; "
+                                "refusing to write a pseudo-label bank into it")
+            return False
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"{self.manifest_path}: cannot read manifest ({exc})") from exc
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise UserError(f"{self.manifest_path}: not a twoshot pseudo-label bank manifest")
+        problems = self.identity.mismatches(manifest)
+        if problems:
+            raise UserError(f"{self.manifest_path}: this bank was made with other inputs; use "
+                            "another --out folder or delete it\n  " + "\n  ".join(problems))
+        return True
+
+    def start(self) -> None:
+        """Write the manifest's identity (status "in progress") if the bank is new."""
+        if not self.manifest_path.is_file():
+            write_json(self.manifest_path, self._manifest("in progress", {}))
+
+    def done(self) -> dict[str, VideoRecord]:
+        """Videos recorded in any progress file whose folder exists."""
+        records: dict[str, VideoRecord] = {}
+        for path in sorted(self.root.glob("progress*.jsonl")):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                    record = VideoRecord(entry["video"], entry["labeled"], entry["frames"],
+                                         entry.get("objects", []))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line cut short by a kill: that video is simply redone
+                if (self.root / record.video).is_dir():
+                    records[record.video] = record
+        return records
+
+    def write_video(self, record: VideoRecord, frame_names: Sequence[str], masks: np.ndarray,
+                    palette: bytes | None, confidence: np.ndarray | None = None) -> Path:
+        """Write one video's masks uint8 [T, H, W] (and confidence uint8 [T, H, W]) atomically,
+        then record it as done. Returns the video folder."""
+        final = self.root / record.video
+        with atomic_dir(final) as tmp:
+            for name, labels in zip(frame_names, masks):
+                write_mask(tmp / f"{name}.png", labels, palette)
+            if confidence is not None:
+                (tmp / CONFIDENCE_DIR).mkdir()
+                for name, conf in zip(frame_names, confidence):
+                    Image.fromarray(np.ascontiguousarray(conf), mode="L").save(
+                        tmp / CONFIDENCE_DIR / f"{name}.png")
+        with open(self.progress_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record.to_json()) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        return final
+
+    def finish(self, videos: Sequence[str]) -> dict[str, Any]:
+        """Write the final manifest listing ``videos`` (in this order) that are done.
+
+        Status is "complete" when all of them are. Returns the manifest.
+        """
+        done = self.done()
+        listed = {name: done[name].to_json() for name in videos if name in done}
+        for entry in listed.values():
+            del entry["video"]
+        status = "complete" if len(listed) == len(videos) else "in progress"
+        manifest = self._manifest(status, listed)
+        write_json(self.manifest_path, manifest)
+        return manifest
+
+    def _manifest(self, status: str, videos: dict[str, Any]) -> dict[str, Any]:
+        return {"format": FORMAT, "status": status, "twoshot_version": __version__,
+                "checkpoint": self.identity.checkpoint, "budget": self.identity.budget,
+                "inference": self.identity.inference, "confidence_maps": self.confidence,
+                "videos": videos}

@@ -1,0 +1,203 @@
+"""Two-shot intermediate inference: dense pseudo labels from a few labeled frames per video.
+
+For every video, each labeled frame is propagated backward and forward, every direction
+holding only its own labeled frame and the frames it predicted in memory; each unlabeled
+frame takes the direction of its nearest labeled frame (ties to the later one, DESIGN.md
+section 2) and labeled frames keep their ground truth. The reference implementation runs
+the model four times per video over the whole video; here each frame's key features are
+computed once and shared by every direction, and each direction stops at the last frame
+assigned to it (propagation is causal, so the masks are the same).
+
+:func:`build_bank` writes the result as a bank (:mod:`twoshot.inference.bank`), resumable,
+and shards videos over ``torchrun`` processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from twoshot.config import InferenceConfig
+from twoshot.data.budget import Budget, apply_budget, load_budget
+from twoshot.data.layout import VideoSequence
+from twoshot.data.readers import load_annotations, load_frames
+from twoshot.errors import UserError
+from twoshot.inference.bank import (BankIdentity, BankStore, VideoRecord, budget_sha256,
+                                    file_sha256, weights_sha256)
+from twoshot.inference.engine import PropagationEngine, PropagationResult
+from twoshot.model.network import STCN
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass
+class VideoPseudoLabels:
+    """Pseudo labels of one video: the engine's result, the labeled frames, the palette."""
+
+    result: PropagationResult
+    labeled: list[int]
+    palette: bytes | None
+
+
+@dataclass
+class BankSummary:
+    """What :func:`build_bank` did on this process.
+
+    videos: videos in the (budgeted) dataset; written: written now; skipped: already done
+    (resume) or another rank's; frames: frames written now; seconds: wall time;
+    manifest: the final manifest (rank 0 only, else None).
+    """
+
+    videos: int
+    written: int
+    skipped: int
+    frames: int
+    seconds: float
+    out: Path
+    manifest: dict | None = None
+
+    @property
+    def frames_per_second(self) -> float:
+        """Frames written per second of wall time."""
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def pseudo_label_video(engine: PropagationEngine, seq: VideoSequence, *, confidence: bool = False,
+                       progress: Callable[[int], None] | None = None) -> VideoPseudoLabels:
+    """Pseudo labels of one budget-restricted video (its ``mask_paths`` = labeled frames).
+
+    Reads the frames and only the labeled frames' PNGs. Returns masks uint8 [T, H, W]
+    (labeled frames as given) with each frame's source labeled frame.
+    """
+    labeled_masks, palette = load_annotations(seq)
+    if not labeled_masks:
+        raise UserError(f"video {seq.name}: no labeled frame")
+    for index, labels in labeled_masks.items():
+        if not labels.any():
+            raise UserError(f"{seq.mask_paths[index]}: labeled frame shows no object")
+    frames = load_frames(seq)
+    result = engine.propagate(frames, labeled_masks, mode="bidirectional", confidence=confidence,
+                              progress=progress)
+    return VideoPseudoLabels(result, sorted(labeled_masks), palette)
+
+
+def build_bank(model: STCN, sequences: Sequence[VideoSequence], budget: Budget | PathLike,
+               out: PathLike, config: InferenceConfig | None = None, *,
+               checkpoint: PathLike | None = None, confidence: bool = False,
+               device: str | torch.device | None = None, progress: bool = True) -> BankSummary:
+    """Write the pseudo-label bank of ``sequences`` under ``out``.
+
+    model: the phase-1 network; sequences: the training videos (all annotation PNGs listed;
+    only the budgeted ones are opened); budget: ``{video: [labeled frame files]}`` or a
+    budget JSON path; config: inference settings (STCN's defaults if None); checkpoint: the
+    file the weights came from (recorded with its sha256; None = hash of the weights);
+    confidence: also write max-probability maps; device: overrides ``config.device``;
+    progress: show a tqdm bar (rank 0 only).
+
+    Resumable: videos recorded as done are skipped; a bank from another checkpoint, budget or
+    settings is refused (UserError). Under ``torchrun`` (``WORLD_SIZE`` > 1, or an initialised
+    process group) rank r takes videos r::world and rank 0 writes the manifest after all are
+    done. Returns this process's :class:`BankSummary`.
+    """
+    start = time.perf_counter()
+    config = dataclasses.replace(config) if config is not None else InferenceConfig()
+    if isinstance(budget, (str, os.PathLike)):
+        budget_info = {"path": str(budget), "sha256": file_sha256(budget)}
+        budget = load_budget(budget)
+    else:
+        budget_info = {"path": None, "sha256": budget_sha256(budget)}
+    labeled_sequences = apply_budget(sequences, budget)
+    if not labeled_sequences:
+        raise UserError("the budget labels none of the dataset's videos")
+    checkpoint_info = ({"path": str(checkpoint), "sha256": file_sha256(checkpoint)} if checkpoint
+                       else {"path": None, "sha256": weights_sha256(model.state_dict())})
+    settings = {"mem_every": config.mem_every, "top_k": config.top_k, "size": config.size,
+                "include_last": config.include_last, "max_memory_frames": config.max_memory_frames,
+                "confidence_maps": confidence}
+    identity = BankIdentity(checkpoint_info, budget_info, settings)
+
+    rank, world, created_group = _distributed(config, device)
+    if world > 1 and not isinstance(device, torch.device):
+        device = _rank_device(device or config.device, world)
+    store = BankStore(out, identity, confidence=confidence, rank=rank, world=world)
+    try:
+        store.check()                 # every rank refuses a mismatching bank the same way
+        if rank == 0:
+            store.start()
+        _barrier(world)
+        done = store.done()
+        mine = labeled_sequences[rank::world]
+        todo = [seq for seq in mine if seq.name not in done]
+        engine = PropagationEngine(model, config, device)
+        bar = _progress_bar(sum(seq.num_frames for seq in todo), progress and rank == 0)
+        frames_written = 0
+        for seq in todo:
+            if bar is not None:
+                bar.set_postfix_str(seq.name)
+            labels = pseudo_label_video(engine, seq, confidence=confidence,
+                                        progress=(lambda _: bar.update(1)) if bar is not None else None)
+            names = seq.frame_names
+            record = VideoRecord(
+                seq.name, [names[i] for i in labels.labeled],
+                {names[i]: names[s] for i, s in enumerate(labels.result.sources) if s is not None},
+                labels.result.object_ids)
+            store.write_video(record, names, labels.result.masks, labels.palette,
+                              labels.result.confidence)
+            frames_written += seq.num_frames
+        if bar is not None:
+            bar.close()
+        _barrier(world)
+        manifest = store.finish([seq.name for seq in labeled_sequences]) if rank == 0 else None
+        return BankSummary(len(labeled_sequences), len(todo), len(labeled_sequences) - len(todo),
+                           frames_written, time.perf_counter() - start, Path(out), manifest)
+    finally:
+        if created_group:
+            torch.distributed.destroy_process_group()
+
+
+def _distributed(config: InferenceConfig, device: str | torch.device | None) -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group).
+
+    Uses an initialised process group; otherwise starts one (gloo on CPU, nccl on CUDA) when
+    torchrun's ``WORLD_SIZE`` is above 1; otherwise a single process.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, False
+    if not dist.is_available():
+        raise UserError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    name = str(device if device is not None else config.device)
+    cuda = torch.cuda.is_available() and (name.startswith("cuda") or name == "auto")
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), True
+
+
+def _rank_device(name: str, world: int) -> str:
+    """One GPU per process under torchrun (cuda:LOCAL_RANK); other devices unchanged."""
+    if world > 1 and torch.cuda.is_available() and name in ("auto", "cuda"):
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return name
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _progress_bar(total: int, enabled: bool):  # type: ignore[no-untyped-def]
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, unit="frame", desc="pseudo labels", dynamic_ncols=True)
+
