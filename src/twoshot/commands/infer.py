@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from twoshot.data.writers import write_davis_masks, write_overlay_pngs, write_youtube_submission
     from twoshot.inference.engine import PropagationEngine
 
-    kind = args.dataset or detect_kind(args.data, args.split)
+    # YouTube-VOS roots hold split folders: look for valid/meta.json when no split is given.
+    kind = args.dataset or detect_kind(args.data, args.split or "valid")
     split = args.split
     if split is None and kind == "davis":
         split = "val"
