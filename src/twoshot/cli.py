@@ -17,13 +17,15 @@ from twoshot.errors import UserError
 
 # Order shown in --help; each name is a module in twoshot.commands.
 COMMANDS: tuple[str, ...] = (
-    "info",
-    "eval",
-    "budget",
+    "demo",
+    "pipeline",
     "synth",
+    "budget",
     "train",
-    "infer",
     "pseudo-label",
+    "infer",
+    "eval",
+    "info",
 )
 
 

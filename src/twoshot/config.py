@@ -93,6 +93,26 @@ class InferenceConfig:
 
 
 @dataclass
+class PipelineConfig:
+    """What ``twoshot pipeline`` runs: data, label budget, stages and baselines."""
+
+    data: str = ""                           # dataset root (DAVIS 2017, YouTube-VOS or generic layout)
+    dataset: str | None = None               # davis | youtube | generic; None = detect
+    train_split: str = "train"
+    val_split: str = "val"
+    out: str = "twoshot-run"
+    budget: str | None = None                # label-budget JSON; None = make one from shots/strategy/seed
+    shots: int = 2
+    budget_strategy: str = "random"
+    budget_seed: int = 0
+    static_data: str | None = None           # image/mask pairs for static pretraining; None = skip
+    init: str | None = None                  # weights every training stage starts from (instead of static)
+    baselines: list[str] = field(default_factory=lambda: ["naive", "full"])
+    device: str = "auto"
+    eval_workers: int = 1
+
+
+@dataclass
 class Config:
     """Everything a run needs; each section is one stage's configuration."""
 
@@ -101,6 +121,7 @@ class Config:
     main: TrainConfig = field(default_factory=TrainConfig)
     twoshot: TwoShotConfig = field(default_factory=TwoShotConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
 PRESETS = ("stcn", "tiny")

@@ -1,0 +1,383 @@
+"""The whole two-shot method as one resumable run (DESIGN §2).
+
+Steps, each writing under ``pipeline.out`` and skipped when its output is complete, so a run
+killed at any point resumes where it stopped (a training step resumes from its checkpoint):
+
+1. ``budget``   the label budget (given, or made from shots / strategy / seed);
+2. ``static``   optional static-image pretraining (all later training starts from it);
+3. ``phase1``   semi-supervised training with the EMA teacher;
+4. ``bank``     the pseudo-label bank from phase 1's model (bidirectional propagation);
+5. ``phase2``   retraining on the bank with online refinement;
+6. baselines    ``naive`` (labeled frames only) and ``full`` (every frame, when the data has
+                full annotations), trained with the same schedule;
+7. ``evaluate`` inference on the validation videos and DAVIS J&F for every model;
+8. ``report``   ``report.json`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from twoshot.config import Config, to_dict
+from twoshot.data.budget import Budget, apply_budget, load_budget, make_budget, save_budget, summarize_budget
+from twoshot.data.layout import VideoSequence
+from twoshot.data.readers import detect_kind, open_dataset
+from twoshot.devices import resolve_device
+from twoshot.errors import UserError
+from twoshot.fsutil import atomic_open, write_json
+
+TRAINED_MODELS = ("static", "phase1", "phase2", "naive", "full")
+BASELINES = ("naive", "full")
+MODEL_TITLES = {
+    "static": "static pretraining only",
+    "naive": "naive k-shot (labeled frames only)",
+    "phase1": "two-shot phase 1 (teacher)",
+    "phase2": "two-shot (phase 2 on the bank)",
+    "full": "full supervision",
+}
+
+
+@dataclass
+class ModelScore:
+    """One trained model's validation result."""
+
+    name: str
+    title: str
+    j_and_f: float
+    j_mean: float
+    f_mean: float
+    labeled_share: float           # share of training frames whose annotation the model used
+    train_seconds: float | None
+
+
+@dataclass
+class PipelineReport:
+    """What :func:`run_pipeline` returns and writes as ``report.json``."""
+
+    out: str
+    budget: str
+    labeled_frames: int
+    total_frames: int
+    models: list[ModelScore] = field(default_factory=list)
+    bank_j_and_f: float | None = None   # pseudo-label bank vs ground truth (evaluation only)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def score(self, name: str) -> ModelScore | None:
+        """The score of model ``name``, if it was trained and evaluated."""
+        return next((m for m in self.models if m.name == name), None)
+
+    def gap_recovered(self) -> float | None:
+        """(two-shot - naive) / (full - naive): the share of the naive-to-full gap recovered."""
+        two, naive, full = self.score("phase2"), self.score("naive"), self.score("full")
+        if not (two and naive and full) or full.j_and_f == naive.j_and_f:
+            return None
+        return (two.j_and_f - naive.j_and_f) / (full.j_and_f - naive.j_and_f)
+
+
+class Pipeline:
+    """Runs the steps of one configured experiment; see the module docstring."""
+
+    def __init__(self, config: Config, log: Callable[[str], None] = print, progress: bool = True) -> None:
+        self.config = config
+        self.p = config.pipeline
+        if not self.p.data:
+            raise UserError("pipeline.data is not set: the dataset root to train on")
+        unknown = [b for b in self.p.baselines if b not in BASELINES]
+        if unknown:
+            raise UserError(f"pipeline.baselines: unknown {unknown}; choose from {list(BASELINES)}")
+        self.out = Path(self.p.out)
+        self.log = log
+        self.progress = progress
+        self.kind = self.p.dataset or detect_kind(self.p.data, self.p.train_split)
+        self.timings_path = self.out / "timings.json"
+        self.timings: dict[str, float] = (json.loads(self.timings_path.read_text())
+                                          if self.timings_path.is_file() else {})
+        self._train: list[VideoSequence] | None = None
+
+    # -- data -------------------------------------------------------------------------------
+
+    @property
+    def train_sequences(self) -> list[VideoSequence]:
+        """The training videos, every annotation PNG listed (opened only where budgeted)."""
+        if self._train is None:
+            self._train = open_dataset(self.kind, self.p.data, self.p.train_split)
+        return self._train
+
+    def val_sequences(self) -> list[VideoSequence]:
+        """The validation videos."""
+        return open_dataset(self.kind, self.p.data, self.p.val_split)
+
+    def has_full_annotations(self) -> bool:
+        """Whether every training frame has an annotation (full supervision possible)."""
+        stride = 5 if self.kind == "youtube" else 1
+        return all(len(s.mask_paths) >= -(-s.num_frames // stride) for s in self.train_sequences)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _timed(self, name: str, work: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        self.log(f"[{name}] running")
+        result = work()
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        write_json(self.timings_path, self.timings)
+        self.log(f"[{name}] done in {self.timings[name]:.1f}s")
+        return result
+
+    def budget(self) -> tuple[Path, Budget]:
+        """Step 1: the label budget (copied into the run folder so the run is self-contained)."""
+        path = self.out / "budget.json"
+        if path.is_file():
+            return path, load_budget(path)
+        if self.p.budget:
+            budget = load_budget(self.p.budget)
+        else:
+            budget = make_budget(self.train_sequences, shots=self.p.shots,
+                                 strategy=self.p.budget_strategy, seed=self.p.budget_seed)
+        apply_budget(self.train_sequences, budget)  # validate before anything trains on it
+        save_budget(path, budget)
+        return path, budget
+
+    def budgeted(self, budget: Budget) -> list[VideoSequence]:
+        """Training videos restricted to the budget's labeled frames."""
+        return apply_budget(self.train_sequences, budget)
+
+    def _train_step(self, name: str, stage: str, make: Callable[[], tuple[Any, Any]],
+                    init: Path | str | None) -> Path:
+        """Train model ``name`` unless its weights exist; resumes from a checkpoint."""
+        from twoshot.train.trainer import train
+        out_dir = self.out / name
+        final = out_dir / "final.pth"
+        if final.is_file():
+            self.log(f"[{name}] complete, skipped ({final})")
+            return final
+
+        def work() -> Path:
+            dataset, mode = make()
+            resume = (out_dir / "checkpoint.pt").is_file()
+            return train(self.config, stage, dataset, out_dir, init=init, resume=resume, mode=mode,
+                         device=self.p.device, progress=self.progress)
+        return self._timed(name, work)
+
+    def _crop_kwargs(self) -> dict[str, Any]:
+        cfg = self.config.main
+        return {"max_skip": cfg.max_skip_values[0], "seed": cfg.seed,
+                "annotation_stride": 5 if self.kind == "youtube" else 1}
+
+    def static(self) -> Path | None:
+        """Step 2: static-image pretraining, when ``static_data`` is given."""
+        if self.p.init:
+            return Path(self.p.init)
+        if not self.p.static_data:
+            return None
+        from twoshot.data.static_clips import StaticClipDataset
+        cfg = self.config.static
+        return self._train_step(
+            "static", "static",
+            lambda: (StaticClipDataset(self.p.static_data, cfg.crop_size, seed=cfg.seed), None), None)
+
+    def phase1(self, budget: Budget, init: Path | None) -> Path:
+        """Step 3: two-shot phase 1 on the budgeted videos."""
+        from twoshot.data.vos_clips import VOSClipDataset
+        from twoshot.train.phases import Phase1Mode
+
+        def make() -> tuple[Any, Any]:
+            videos, crop = self.budgeted(budget), self.config.main.crop_size
+            warm = VOSClipDataset(videos, crop, mode="labeled_only", **self._crop_kwargs())
+            clips = VOSClipDataset(videos, crop, mode="phase1", **self._crop_kwargs())
+            return None, Phase1Mode(warm, clips, self.config.twoshot)
+        return self._train_step("phase1", "main", make, init)
+
+    def bank(self, budget_path: Path, weights: Path) -> Path:
+        """Step 4: the pseudo-label bank from phase 1's weights."""
+        from twoshot.inference.pseudo_label import build_bank
+        from twoshot.model import load_model
+        bank = self.out / "bank"
+        manifest = bank / "manifest.json"
+        if manifest.is_file() and json.loads(manifest.read_text()).get("status") == "complete":
+            self.log(f"[bank] complete, skipped ({bank})")
+            return bank
+
+        def work() -> Path:
+            model = load_model(weights, self.config.model)
+            build_bank(model, self.train_sequences, budget_path, bank, self.config.inference,
+                       checkpoint=weights, device=resolve_device(self.p.device), progress=self.progress)
+            return bank
+        return self._timed("bank", work)
+
+    def phase2(self, bank: Path, init: Path | None) -> Path:
+        """Step 5: retraining on the pseudo-label bank with online refinement."""
+        from twoshot.data.vos_clips import VOSClipDataset
+        from twoshot.train.phases import Phase2Mode
+
+        def make() -> tuple[Any, Any]:
+            videos = bank_sequences(self.train_sequences, bank)
+            kwargs = {**self._crop_kwargs(), "annotation_stride": 1}  # the bank labels every frame
+            dataset = VOSClipDataset(videos, self.config.main.crop_size, mode="bank", **kwargs)
+            return dataset, Phase2Mode(self.config.twoshot)
+        return self._train_step("phase2", "main", make, init)
+
+    def naive(self, budget: Budget, init: Path | None) -> Path:
+        """Baseline: supervised training on the labeled frames only."""
+        from twoshot.data.vos_clips import VOSClipDataset
+        return self._train_step("naive", "main", lambda: (VOSClipDataset(
+            self.budgeted(budget), self.config.main.crop_size, mode="labeled_only",
+            **self._crop_kwargs()), None), init)
+
+    def full(self, init: Path | None) -> Path:
+        """Baseline: supervised training on every annotated frame."""
+        from twoshot.data.vos_clips import VOSClipDataset
+        return self._train_step("full", "main", lambda: (VOSClipDataset(
+            self.train_sequences, self.config.main.crop_size, mode="full",
+            **self._crop_kwargs()), None), init)
+
+    def predict(self, name: str, weights: Path) -> Path:
+        """Segment the validation videos with model ``name``; DAVIS-layout PNGs."""
+        from twoshot.inference.predict import predict_sequences
+        from twoshot.model import load_model
+        out = self.out / "predictions" / name
+        done = out / ".complete"
+        if done.is_file():
+            return out
+
+        def work() -> Path:
+            model = load_model(weights, self.config.model)
+            predict_sequences(model, self.val_sequences(), out, self.config.inference,
+                              device=resolve_device(self.p.device), progress=self.progress)
+            done.write_text("ok\n")
+            return out
+        return self._timed(f"infer:{name}", work)
+
+    def evaluate(self, name: str, predictions: Path) -> dict[str, float]:
+        """J&F of one model's predictions on the validation videos (cached as JSON)."""
+        from twoshot.evaluate.folders import evaluate_folders
+        path = self.out / "eval" / f"{name}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        gt = self._annotation_root(self.p.val_split)
+        result = evaluate_folders(predictions, gt, [s.name for s in self.val_sequences()],
+                                  workers=self.p.eval_workers)
+        scores = {k: float(result.scores[k]) for k in ("J&F-Mean", "J-Mean", "F-Mean")}
+        write_json(path, scores)
+        return scores
+
+    def _annotation_root(self, split: str) -> Path:
+        """The folder of per-video ground-truth folders for ``split``."""
+        root = Path(self.p.data)
+        if self.kind == "davis":
+            return root / "Annotations" / "480p"
+        if self.kind == "youtube":
+            return root / split / "Annotations"
+        return root / "Annotations"
+
+    def evaluate_bank(self, bank: Path) -> float | None:
+        """J&F of the pseudo-label bank against full training annotations, if they exist.
+
+        Reported for insight only; no training step ever reads these annotations.
+        """
+        if not self.has_full_annotations():
+            return None
+        from twoshot.evaluate.folders import evaluate_folders
+        path = self.out / "eval" / "bank.json"
+        if path.is_file():
+            return float(json.loads(path.read_text())["J&F-Mean"])
+        result = evaluate_folders(bank, self._annotation_root(self.p.train_split),
+                                  [s.name for s in self.train_sequences], workers=self.p.eval_workers)
+        write_json(path, {"J&F-Mean": result.j_and_f})
+        return float(result.j_and_f)
+
+    # -- the whole run ----------------------------------------------------------------------
+
+    def run(self) -> PipelineReport:
+        """Run every step (skipping complete ones) and write the report. Returns it."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json(self.out / "config.json", to_dict(self.config))
+        budget_path, budget = self._timed("budget", self.budget) if not (self.out / "budget.json").is_file() \
+            else self.budget()
+        summary = summarize_budget(self.train_sequences, budget)
+        init = self.static()
+        weights: dict[str, Path] = {}
+        if init is not None and self.p.static_data and not self.p.init:
+            weights["static"] = init
+        weights["phase1"] = self.phase1(budget, init)
+        bank = self.bank(budget_path, weights["phase1"])
+        weights["phase2"] = self.phase2(bank, init)
+        if "naive" in self.p.baselines:
+            weights["naive"] = self.naive(budget, init)
+        if "full" in self.p.baselines:
+            if self.has_full_annotations():
+                weights["full"] = self.full(init)
+            else:
+                self.log("[full] skipped: the training videos are not fully annotated")
+
+        share = summary.labeled_frames / max(summary.total_frames, 1)
+        shares = {"static": 0.0, "phase1": share, "phase2": share, "naive": share, "full": 1.0}
+        report = PipelineReport(out=str(self.out), budget=str(budget_path),
+                                labeled_frames=summary.labeled_frames, total_frames=summary.total_frames)
+        for name in TRAINED_MODELS:
+            if name not in weights:
+                continue
+            scores = self.evaluate(name, self.predict(name, weights[name]))
+            report.models.append(ModelScore(name, MODEL_TITLES[name], scores["J&F-Mean"],
+                                            scores["J-Mean"], scores["F-Mean"], shares[name],
+                                            self.timings.get(name)))
+        report.bank_j_and_f = self.evaluate_bank(bank)
+        report.stage_seconds = dict(self.timings)
+        write_report(report, self.out)
+        return report
+
+
+def bank_sequences(sequences: list[VideoSequence], bank: Path) -> list[VideoSequence]:
+    """The training videos with every frame's annotation taken from the pseudo-label bank.
+
+    Videos the bank does not hold (no labeled frame in the budget) are left out.
+    """
+    result = []
+    for seq in sequences:
+        folder = bank / seq.name
+        if not folder.is_dir():
+            continue
+        paths = {i: folder / f"{name}.png" for i, name in enumerate(seq.frame_names)}
+        missing = [p for p in paths.values() if not p.is_file()]
+        if missing:
+            raise UserError(f"{missing[0]}: pseudo-label bank is missing this frame "
+                            f"({len(missing)} missing in {folder})")
+        result.append(replace(seq, mask_paths=paths, object_first_frame=None))
+    if not result:
+        raise UserError(f"{bank}: the pseudo-label bank holds none of the training videos")
+    return result
+
+
+def run_pipeline(config: Config, log: Callable[[str], None] = print, progress: bool = True) -> PipelineReport:
+    """Run the configured experiment (see the module docstring) and return its report."""
+    return Pipeline(config, log=log, progress=progress).run()
+
+
+def format_report(report: PipelineReport) -> str:
+    """The report as a Markdown table (J&F x 100, share of labeled frames, training time)."""
+    lines = ["| model | J&F | J | F | labeled frames | training time |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for m in report.models:
+        seconds = f"{m.train_seconds:.0f} s" if m.train_seconds is not None else "-"
+        lines.append(f"| {m.title} | {100 * m.j_and_f:.1f} | {100 * m.j_mean:.1f} | "
+                     f"{100 * m.f_mean:.1f} | {100 * m.labeled_share:.1f}% | {seconds} |")
+    notes = [f"Labeled frames: {report.labeled_frames} of {report.total_frames} "
+             f"({100 * report.labeled_frames / max(report.total_frames, 1):.1f}%)."]
+    if report.bank_j_and_f is not None:
+        notes.append(f"Pseudo-label bank vs. ground truth on the training videos: "
+                     f"J&F {100 * report.bank_j_and_f:.1f}.")
+    gap = report.gap_recovered()
+    if gap is not None:
+        notes.append(f"Two-shot recovers {100 * gap:.0f}% of the gap between naive training "
+                     "and full supervision.")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def write_report(report: PipelineReport, out: Path) -> None:
+    """Write ``report.json`` and ``report.md`` into ``out`` atomically."""
+    write_json(out / "report.json", asdict(report))
+    with atomic_open(out / "report.md", "w", encoding="utf-8") as handle:
+        handle.write("# twoshot pipeline report\n\n" + format_report(report))
