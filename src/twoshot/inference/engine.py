@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -263,10 +263,10 @@ class _Collector:
     def put(self, frame: int, prob: torch.Tensor, ids: list[int], source: int) -> None:
         """Store frame ``frame``'s network-resolution probabilities [1+K, Hp, Wp] of ``ids``."""
         full = to_original(prob, self.geometry)
-        self.masks[frame] = labels_from_prob(full, ids).cpu().numpy()
+        labels, top = labels_from_prob(full, ids)
+        self.masks[frame] = labels.cpu().numpy()
         self.sources[frame] = source
         if self.confidence is not None:
-            top = full.max(dim=0).values
             self.confidence[frame] = (top * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
         if self.probabilities is not None:
             channels = [0] + [1 + self.object_ids.index(o) for o in ids]
