@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 from pathlib import Path
 
 from twoshot.config import PRESETS, InferenceConfig, load_config
@@ -90,11 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Segment every video and write the masks. Returns 0."""
-    from tqdm import tqdm
-
-    from twoshot.data.readers import detect_kind, load_frames, open_dataset, reference_annotations
-    from twoshot.data.writers import write_davis_masks, write_overlay_pngs, write_youtube_submission
+    from twoshot.data.readers import detect_kind, open_dataset
     from twoshot.inference.engine import PropagationEngine
+    from twoshot.inference.predict import predict_sequences
 
     # YouTube-VOS roots hold split folders: look for valid/meta.json when no split is given.
     kind = args.dataset or detect_kind(args.data, args.split or "valid")
@@ -109,33 +106,12 @@ def run(args: argparse.Namespace) -> int:
     sequences = open_dataset(kind, args.data, split, masks=masks if kind == "video" else None)
     model, config = load_model_and_config(args)
     engine = PropagationEngine(model, config)
-    out = Path(args.out)
     print(f"twoshot infer: {len(sequences)} videos from {args.data} ({kind}"
           f"{', ' + split if split else ''}) on {engine.device}, shorter side "
           f"{'native' if config.size == -1 else config.size}")
-    start = time.perf_counter()
-    total_frames = total_objects = 0
-    with tqdm(total=sum(seq.num_frames for seq in sequences), unit="frame", dynamic_ncols=True) as bar:
-        for seq in sequences:
-            bar.set_postfix_str(seq.name)
-            given, palette, first = reference_annotations(seq)
-            if not given:
-                raise UserError(f"video {seq.name}: no annotation PNG shows an object")
-            frames = load_frames(seq)
-            youtube_subset = kind == "youtube" and not args.all_frames and seq.frames_to_save is not None
-            wanted = seq.frames_to_save if youtube_subset else None
-            result = engine.propagate(frames, given, mode="bidirectional" if args.backward else "forward",
-                                      output_frames=wanted, progress=lambda _: bar.update(1))
-            if kind == "youtube":
-                write_youtube_submission(out, seq, result.masks, palette, all_frames=not youtube_subset)
-            else:
-                write_davis_masks(out, seq, result.masks, palette)
-            if args.overlay:
-                write_overlay_pngs(out / "overlays" / seq.name, frames, result.masks, palette,
-                                   names=seq.frame_names)
-            total_frames += seq.num_frames
-            total_objects += len(first)
-    seconds = time.perf_counter() - start
-    print(f"done: {len(sequences)} videos, {total_frames} frames, {total_objects} objects in "
-          f"{seconds:.1f} s ({total_frames / max(seconds, 1e-9):.1f} frames/s) -> {out}")
+    summary = predict_sequences(engine, sequences, args.out, youtube=kind == "youtube",
+                                all_frames=args.all_frames, backward=args.backward,
+                                overlay=args.overlay)
+    print(f"done: {summary.videos} videos, {summary.frames} frames, {summary.objects} objects in "
+          f"{summary.seconds:.1f} s ({summary.frames_per_second:.1f} frames/s) -> {args.out}")
     return 0
