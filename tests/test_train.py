@@ -382,3 +382,31 @@ def test_cli_trains_on_a_davis_folder(tmp_path: Path, capsys: pytest.CaptureFixt
     assert cli_main(args + ["--resume"]) == 0              # already complete: nothing to do
     assert cli_main(args) == 2                             # would overwrite the checkpoint
     assert "--resume" in capsys.readouterr().err
+
+
+_FORK_SCRIPT = """
+import cv2, numpy as np, torch
+from test_train import ToyClips, toy_config
+from twoshot.train.trainer import train
+
+class CvClips(ToyClips):
+    def __getitem__(self, index):
+        cv2.setNumThreads(1)          # what the clip datasets do in a worker
+        return super().__getitem__(index)
+
+image = np.random.rand(800, 800, 3).astype(np.float32)
+for _ in range(3):                    # the parent's OpenCV pool now has threads
+    cv2.warpAffine(image, np.eye(2, 3), (800, 800))
+train(toy_config("main.iterations=2", "main.num_workers=2"), "main", CvClips(), {out!r},
+      device="cpu", progress=False)
+print("done")
+"""
+
+
+def test_workers_fork_safely_after_opencv_ran_in_the_parent(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    script = _FORK_SCRIPT.format(out=str(tmp_path / "run"))
+    result = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "done" in result.stdout, result.stderr[-2000:]

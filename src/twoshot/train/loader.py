@@ -21,7 +21,9 @@ independently of the worker that makes the sample.
 
 from __future__ import annotations
 
+import contextlib
 import random
+import sys
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -180,7 +182,8 @@ class ClipStream:
                 num_workers=self.num_workers, collate_fn=collate, pin_memory=self.pin_memory,
                 worker_init_fn=seed_worker if self.num_workers else None,
                 generator=torch.Generator().manual_seed(_mix(self.seed, self.epoch, self.position)))
-            self._iterator = iter(self._loader)
+            with _quiet_opencv_pool(self.num_workers > 0):
+                self._iterator = iter(self._loader)   # forks the workers
         batch = next(self._iterator)
         self.position += 1
         if isinstance(batch, dict) and _ERROR in batch:
@@ -191,6 +194,27 @@ class ClipStream:
         """Stop the worker processes (if any)."""
         self._iterator = None
         self._loader = None
+
+
+@contextlib.contextmanager
+def _quiet_opencv_pool(forking: bool) -> Iterator[None]:
+    """Park OpenCV's thread pool while DataLoader workers are forked.
+
+    A worker forked while the parent's OpenCV pool has threads inherits the pool's state
+    without its threads; ``cv2.setNumThreads`` in the worker (the clip datasets call it) then
+    waits forever for them (observed: pthread_cond_destroy in the child). One thread in the
+    parent during the fork avoids that; the parent's setting is restored right after.
+    """
+    cv2 = sys.modules.get("cv2") if forking else None
+    if cv2 is None:
+        yield
+        return
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def _mix(*values: int) -> int:
