@@ -410,3 +410,17 @@ def test_workers_fork_safely_after_opencv_ran_in_the_parent(tmp_path: Path) -> N
     result = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "done" in result.stdout, result.stderr[-2000:]
+
+
+def test_init_weights_and_bad_init(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    source = build_model(load_config("tiny").model)
+    torch.save(source.state_dict(), tmp_path / "init.pth")
+    trainer = Trainer(toy_config(), "main", ToyClips(), tmp_path / "run", init=tmp_path / "init.pth",
+                      device="cpu")
+    for name, value in source.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[name], value), name
+    (tmp_path / "junk.pth").write_text("not weights")
+    with pytest.raises(UserError, match="junk.pth"):
+        Trainer(toy_config(), "main", ToyClips(), tmp_path / "run2", init=tmp_path / "junk.pth",
+                device="cpu")

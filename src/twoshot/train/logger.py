@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -136,8 +135,3 @@ def clip_grid(rgb: torch.Tensor, targets: torch.Tensor, probs: torch.Tensor,
         rows += [torch.cat(frames, 2), torch.cat(truth, 2), torch.cat(pred, 2)]
     return torch.cat(rows, 1)
 
-
-def to_float(values: Mapping[str, Any]) -> dict[str, float]:
-    """Plain floats of tensors / numbers (for JSON)."""
-    return {k: float(v.item() if isinstance(v, torch.Tensor) else np.asarray(v).item())
-            for k, v in values.items()}

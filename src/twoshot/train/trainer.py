@@ -97,8 +97,6 @@ class Trainer:
         self.mode: TrainingMode = mode if mode is not None else SupervisedMode()
         self.dataset = dataset
         self.progress = progress
-        self.ctx: DistContext = dist_utils.setup(resolve_device(device))
-        self.device = self.ctx.device
         self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
         self.final_path = self.out_dir / FINAL_NAME
         if not resume and self.checkpoint_path.exists():
@@ -108,10 +106,20 @@ class Trainer:
         if resume and not self.checkpoint_path.exists():
             raise UserError(f"--resume: no {CHECKPOINT_NAME} in {self.out_dir} to resume from")
         cfg = self.cfg
-        self.use_amp = bool(cfg.amp and self.device.type == "cuda")
         # The curriculum's lists are checked here, not at the first switch hours later.
         max_skip_at(0, cfg.iterations, cfg.max_skip_values, cfg.max_skip_fractions)
+        self.ctx: DistContext = dist_utils.setup(resolve_device(device))
+        self.device = self.ctx.device
+        self.use_amp = bool(cfg.amp and self.device.type == "cuda")
+        try:
+            self._build(init, resume)
+        except BaseException:
+            dist_utils.teardown(self.ctx)   # a bad --init must not leave the group open
+            raise
 
+    def _build(self, init: str | Path | None, resume: bool) -> None:
+        """Model, DDP wrapper, optimiser, scheduler, scaler, stream; the checkpoint if resuming."""
+        cfg, config = self.cfg, self.config
         seed_everything(cfg.seed)  # same seed on every rank: identical initial weights
         self.model: STCN = build_model(config.model)
         if init is not None and not resume:
