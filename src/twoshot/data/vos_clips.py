@@ -1,0 +1,257 @@
+"""Map-style dataset of 3-frame training clips from videos (STCN main training, two-shot phases).
+
+:class:`VOSClipDataset` turns ``list[VideoSequence]`` into sample dicts that the trainer
+consumes (batched by the default collate; T = 3, S = crop size):
+
+- ``rgb``      float32 [T, 3, S, S], ImageNet-normalised
+- ``gt``       float32 [T, 1, S, S], target-object mask (zeros on frames without labels)
+- ``sec_gt``   float32 [T, 1, S, S], second-object mask (zeros if there is none)
+- ``cls_gt``   int64 [T, S, S]: 0 background, 1 target, 2 second object, -1 unknown
+- ``selector`` float32 [2]: [1, 1 if a second object exists else 0]
+- ``labeled``  bool [T]: which frames carry ground truth (frame 0 always does)
+- ``info``     {"name": video name, "frames": [frame index per clip frame]}
+
+Modes (DESIGN.md §2):
+
+- ``full``: STCN main training; clips by STCN's sampling over the annotated frames (all of
+  them in DAVIS; YouTube-VOS's every-5th-frame lists use ``annotation_stride=5``).
+- ``labeled_only``: two-shot warm-up; the same sampling over the labeled frames only, as the
+  reference's warm-up does with its budget list (so two labeled frames give A,A,B clips).
+- ``phase1``: the clip starts at a labeled frame, the next two come from all frames within
+  the skip window (see :func:`twoshot.data.sampling.sample_phase1_frames`); frames without a
+  label get ``cls_gt`` -1 and ``labeled`` False, and their annotation is never opened: only
+  ``VideoSequence.mask_paths`` is read, for labeled frames, and no folder is listed.
+- ``bank``: phase 2; every frame has a (pseudo) label in the bank and any may be the
+  reference; STCN sampling over all frames. A video missing bank PNGs is an error.
+
+A sample is a pure function of ``(seed, epoch, index)`` and the current max skip:
+:meth:`set_epoch` and :meth:`set_max_skip` change them. DataLoader workers hold a copy of the
+dataset made when an iterator starts, so call these before creating the epoch's iterator (and
+do not use ``persistent_workers=True`` across a change).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from twoshot.data.augment import ClipAugment, to_normalized_tensor
+from twoshot.data.layout import VideoSequence
+from twoshot.data.masks import read_frame, read_mask
+from twoshot.data.sampling import (
+    CLIP_LENGTH,
+    clip_rng,
+    effective_max_skip,
+    sample_list_frames,
+    sample_phase1_frames,
+    sample_stcn_frames,
+)
+from twoshot.errors import UserError
+
+MODES = ("full", "labeled_only", "phase1", "bank")
+VOID_LABEL = 255  # DAVIS-style "don't care"; never chosen as an object, read as background
+
+
+class VOSClipDataset(Dataset):
+    """Training clips from videos; one sample per video per ``repeats`` (see module doc).
+
+    sequences: the videos; crop_size: S; mode: one of :data:`MODES`; max_skip: the initial
+    curriculum value (frames; divided by ``annotation_stride`` for lists of every n-th
+    frame, e.g. 5 for YouTube-VOS); seed: base of every sample's generator; repeats: the
+    dataset lists each video this many times (distinct samples; helps tiny datasets fill
+    batches); max_tries: crops re-drawn when the first frame loses every object (STCN: 5);
+    augment: the clip augmentation (STCN's at ``crop_size`` by default).
+    Videos with fewer than 3 frames or without annotations are skipped with one warning;
+    UserError if none is usable or if a listed file is missing.
+    """
+
+    def __init__(self, sequences: Sequence[VideoSequence], crop_size: int, mode: str = "full", *,
+                 max_skip: int = 5, annotation_stride: int = 1, seed: int = 0, repeats: int = 1,
+                 max_tries: int = 5, augment: ClipAugment | None = None) -> None:
+        if mode not in MODES:
+            raise UserError(f"unknown clip mode {mode!r}; choose one of: {', '.join(MODES)}")
+        if crop_size < 1:
+            raise UserError(f"crop size must be positive, got {crop_size}")
+        if repeats < 1 or max_tries < 1:
+            raise UserError(f"repeats and max_tries must be >= 1 (got {repeats}, {max_tries})")
+        if not sequences:
+            raise UserError("no training videos: the dataset is empty")
+        self.mode = mode
+        self.crop_size = crop_size
+        self.annotation_stride = annotation_stride
+        self.seed = seed
+        self.repeats = repeats
+        self.max_tries = max_tries
+        self.augment = augment or ClipAugment(crop_size)
+        self.epoch = 0
+        self.max_skip = effective_max_skip(max_skip, annotation_stride)
+        self.videos: list[VideoSequence] = []
+        self._annotated: list[list[int]] = []
+        self._empty_checked: dict[str, bool] = {}
+        skipped: list[str] = []
+        for video in sequences:
+            reason = self._unusable(video)
+            if reason:
+                skipped.append(f"{video.name} ({reason})")
+                continue
+            self.videos.append(video)
+            self._annotated.append(sorted(video.mask_paths))
+        if not self.videos:
+            raise UserError(f"no usable training videos among {len(sequences)}: "
+                            + "; ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
+        if skipped:
+            warnings.warn(f"skipping {len(skipped)} of {len(sequences)} training videos: "
+                          + "; ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""),
+                          UserWarning, stacklevel=2)
+
+    def _unusable(self, video: VideoSequence) -> str | None:
+        """Why ``video`` cannot give clips (None if it can); UserError for broken listings."""
+        if not video.frame_paths:
+            return "frames in a video file; extract them to images for training"
+        if len(video.frame_paths) != len(video.frame_names):
+            raise UserError(f"video {video.name}: {len(video.frame_paths)} frame files but "
+                            f"{len(video.frame_names)} frame names")
+        if video.num_frames < CLIP_LENGTH:
+            return f"{video.num_frames} frames, clips need {CLIP_LENGTH}"
+        if not video.mask_paths:
+            return "no annotated frame"
+        bad = [i for i in video.mask_paths if not 0 <= i < video.num_frames]
+        if bad:
+            raise UserError(f"video {video.name}: annotation for frame {bad[0]}, but the video "
+                            f"has {video.num_frames} frames")
+        if self.mode == "bank" and len(video.mask_paths) < video.num_frames:
+            missing = next(i for i in range(video.num_frames) if i not in video.mask_paths)
+            raise UserError(f"video {video.name}: the pseudo-label bank has no mask for frame "
+                            f"{video.frame_names[missing]} ({len(video.mask_paths)} of "
+                            f"{video.num_frames} frames); regenerate the bank")
+        # Existence only (a stat per file): unreadable contents are reported when read.
+        for path in list(video.frame_paths) + list(video.mask_paths.values()):
+            if not Path(path).is_file():
+                raise UserError(f"video {video.name}: {path} does not exist")
+        return None
+
+    def __len__(self) -> int:
+        """Number of samples per epoch: usable videos x repeats."""
+        return len(self.videos) * self.repeats
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose samples ``__getitem__`` returns."""
+        self.epoch = int(epoch)
+
+    def set_max_skip(self, max_skip: int) -> None:
+        """Set the curriculum's max skip (in frames; divided by ``annotation_stride``)."""
+        self.max_skip = effective_max_skip(max_skip, self.annotation_stride)
+
+    def sample_frames(self, rng: np.random.Generator, video_index: int) -> list[int]:
+        """Frame indices of one clip of video ``video_index`` under the dataset's mode."""
+        video = self.videos[video_index]
+        if self.mode == "phase1":
+            return sample_phase1_frames(rng, video.num_frames, self._annotated[video_index],
+                                        self.max_skip)
+        if self.mode == "bank":
+            return sample_stcn_frames(rng, video.num_frames, self.max_skip)
+        return sample_list_frames(rng, self._annotated[video_index], self.max_skip)
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        """Sample ``index`` of the current epoch (see the module doc for the dict)."""
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        video_index = index % len(self.videos)
+        video = self.videos[video_index]
+        rng = clip_rng(self.seed, self.epoch, index)
+        frame_cache: dict[int, np.ndarray] = {}
+        mask_cache: dict[int, np.ndarray] = {}
+        target = second = None
+        for _ in range(self.max_tries):
+            frames = self.sample_frames(rng, video_index)
+            images = [self._frame(video, f, frame_cache) for f in frames]
+            masks = [self._mask(video, f, mask_cache, images[t].shape[:2])
+                     if f in video.mask_paths else None for t, f in enumerate(frames)]
+            pixels, labels = self.augment(rng, images, masks)
+            first = labels[0]
+            assert first is not None  # every mode starts at an annotated frame
+            objects = [int(o) for o in np.unique(first) if o not in (0, VOID_LABEL)]
+            if objects:
+                target = int(rng.choice(objects))
+                others = [o for o in objects if o != target]
+                second = int(rng.choice(others)) if others else None
+                break
+        else:
+            # Like STCN, a clip whose crops never showed an object is all background; but a
+            # video with no object at all is a mistake in the data, so say so.
+            self._check_not_empty(video)
+        return _pack(pixels, labels, target, second, video.name, frames)
+
+    def _frame(self, video: VideoSequence, index: int, cache: dict[int, np.ndarray]) -> np.ndarray:
+        if index not in cache:
+            cache[index] = read_frame(video.frame_paths[index])
+        return cache[index]
+
+    def _mask(self, video: VideoSequence, index: int, cache: dict[int, np.ndarray],
+              shape: tuple[int, ...]) -> np.ndarray:
+        if index not in cache:
+            path = video.mask_paths[index]
+            labels, _ = read_mask(path)
+            if labels.shape != tuple(shape):
+                raise UserError(f"{path}: mask is {labels.shape[1]}x{labels.shape[0]} but frame "
+                                f"{video.frame_paths[index]} is {shape[1]}x{shape[0]}")
+            cache[index] = labels
+        return cache[index]
+
+    def _check_not_empty(self, video: VideoSequence) -> None:
+        """UserError if none of the video's annotation files (only those listed) has an object."""
+        if video.name not in self._empty_checked:
+            has_object = False
+            for path in video.mask_paths.values():
+                labels, _ = read_mask(path)
+                if np.any((labels != 0) & (labels != VOID_LABEL)):
+                    has_object = True
+                    break
+            self._empty_checked[video.name] = has_object
+        if not self._empty_checked[video.name]:
+            raise UserError(f"video {video.name}: no object in any of its "
+                            f"{len(video.mask_paths)} annotation masks "
+                            f"(e.g. {next(iter(video.mask_paths.values()))})")
+
+    def validate_masks(self) -> None:
+        """Read every listed annotation now and raise UserError for a video with no object.
+
+        Optional up-front check (``__getitem__`` finds such videos only when it meets them).
+        """
+        for video in self.videos:
+            self._check_not_empty(video)
+
+
+def _pack(pixels: np.ndarray, labels: Sequence[np.ndarray | None], target: int | None,
+          second: int | None, name: str, frames: Sequence[int]) -> dict[str, object]:
+    """Build the sample dict from augmented frames (float32 [T,S,S,3]) and label maps."""
+    steps, size = pixels.shape[0], pixels.shape[1]
+    gt = np.zeros((steps, 1, size, size), dtype=np.float32)
+    sec_gt = np.zeros_like(gt)
+    cls_gt = np.zeros((steps, size, size), dtype=np.int64)
+    labeled = np.zeros(steps, dtype=bool)
+    for t, frame_labels in enumerate(labels):
+        if frame_labels is None:
+            cls_gt[t] = -1
+            continue
+        labeled[t] = True
+        if target is not None:
+            gt[t, 0] = frame_labels == target
+            cls_gt[t][frame_labels == target] = 1
+        if second is not None:
+            sec_gt[t, 0] = frame_labels == second
+            cls_gt[t][frame_labels == second] = 2
+    return {
+        "rgb": to_normalized_tensor(pixels),
+        "gt": torch.from_numpy(gt),
+        "sec_gt": torch.from_numpy(sec_gt),
+        "cls_gt": torch.from_numpy(cls_gt),
+        "selector": torch.tensor([1.0, 1.0 if second is not None else 0.0], dtype=torch.float32),
+        "labeled": torch.from_numpy(labeled),
+        "info": {"name": name, "frames": [int(f) for f in frames]},
+    }
