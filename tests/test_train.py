@@ -363,7 +363,7 @@ def test_cli_bad_input_is_a_clean_message(tmp_path: Path, capsys: pytest.Capture
     assert code == 2 and "missing" in err and "Traceback" not in err
     code = cli_main(["train", "--stage", "main", "--data", str(tmp_path), "--dataset", "static",
                      "--out", str(tmp_path / "out"), "--preset", "tiny"])
-    assert code == 2 and "--stage static" in capsys.readouterr().err
+    assert code == 2 and "does not fit --stage main" in capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("ignore:skipping 1 of 3 training videos")
@@ -424,3 +424,25 @@ def test_init_weights_and_bad_init(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="junk.pth"):
         Trainer(toy_config(), "main", ToyClips(), tmp_path / "run2", init=tmp_path / "junk.pth",
                 device="cpu")
+
+
+def test_cli_static_stage_and_empty_mask(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from twoshot.data.masks import write_frame, write_mask
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write_frame(tmp_path / "pairs" / f"im{i}.jpg", rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
+        mask = np.zeros((40, 48), dtype=np.uint8)
+        mask[10:30, 12:36] = 1
+        write_mask(tmp_path / "pairs" / f"im{i}.png", mask)
+    common = ["--stage", "static", "--preset", "tiny", "--device", "cpu", "--no-progress",
+              "static.iterations=2", "static.batch_size=3", "static.crop_size=32",
+              "static.num_workers=0"]
+    assert cli_main(["train", "--data", str(tmp_path / "pairs"), "--out", str(tmp_path / "a"),
+                     *common]) == 0
+    assert (tmp_path / "a" / "final.pth").is_file()
+    write_mask(tmp_path / "pairs" / "im1.png", np.zeros((40, 48), dtype=np.uint8))
+    capsys.readouterr()
+    assert cli_main(["train", "--data", str(tmp_path / "pairs"), "--out", str(tmp_path / "b"),
+                     *common]) == 2
+    err = capsys.readouterr().err
+    assert "im1.png: mask has no object" in err and "Traceback" not in err

@@ -398,9 +398,10 @@ def build_stage_dataset(stage: str, config: Config, data: str | Path, kind: str 
     TrainConfig. Raises UserError for a missing or unusable dataset.
     """
     cfg = stage_config(config, stage)
-    if stage == "static" or kind == "static":
-        if stage != "static":
-            raise UserError("--dataset static holds image/mask pairs: use it with --stage static")
+    if (kind not in (None, "static")) if stage == "static" else (kind == "static"):
+        raise UserError(f"--dataset {kind} does not fit --stage {stage}: the static stage trains "
+                        "on image/mask pairs (--dataset static), the main stage on videos")
+    if stage == "static":
         from twoshot.data.static_clips import StaticClipDataset
         return StaticClipDataset(data, cfg.crop_size, seed=cfg.seed)
     from twoshot.data.readers import detect_kind, open_dataset
