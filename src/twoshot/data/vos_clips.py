@@ -25,9 +25,9 @@ Modes (DESIGN.md §2):
   reference; STCN sampling over all frames. A video missing bank PNGs is an error.
 
 A sample is a pure function of ``(seed, epoch, index)`` and the current max skip:
-:meth:`set_epoch` and :meth:`set_max_skip` change them. DataLoader workers hold a copy of the
-dataset made when an iterator starts, so call these before creating the epoch's iterator (and
-do not use ``persistent_workers=True`` across a change).
+:meth:`set_epoch` and :meth:`set_max_skip` change them. DataLoader workers hold their own copy
+of the dataset, so call these in the process that makes the sample (as the trainer's
+``StreamItems`` wrapper does) or before the epoch's iterator starts the workers.
 """
 
 from __future__ import annotations
