@@ -1,0 +1,222 @@
+"""Training speed: optimisation steps per second, data-loader clips per second, GPU use.
+
+- step: one full training iteration (clip forward of 3 frames, bootstrapped CE, backward,
+  Adam step) on an in-memory batch, so the figure is the model's alone. CPU: ``tiny`` preset,
+  batch 4 x 3 frames at 96x96, fp32. CUDA (if present): ``stcn`` preset, batch 8 x 3 frames
+  at 384x384 with AMP, and the GPU utilisation sampled with nvidia-smi while it runs.
+- loader: clips per second from ``VOSClipDataset`` (mode full, STCN augmentation) through the
+  trainer's batch stream, on a generated DAVIS-layout folder of 480x854 JPEG videos, with 0
+  and N DataLoader workers.
+- trainer: iterations per second of :class:`twoshot.train.trainer.Trainer` end to end (data,
+  step, logging) on the same folder.
+
+    python benchmarks/train_speed.py                   # CPU figures (+ CUDA when available)
+    python benchmarks/train_speed.py --device cuda --cuda-batch 8
+
+``run(...) -> dict`` does the same for a benchmark runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from twoshot.config import load_config
+from twoshot.model import build_model
+from twoshot.train.forward import forward_batch
+from twoshot.train.loss import clip_loss
+
+
+def synthetic_batch(batch: int, frames: int, size: int, device: torch.device) -> dict[str, Any]:
+    """A training batch of random frames with a target and a second object (sample dict)."""
+    generator = torch.Generator().manual_seed(0)
+    rgb = torch.randn(batch, frames, 3, size, size, generator=generator)
+    cls = torch.zeros(batch, frames, size, size, dtype=torch.int64)
+    cls[:, :, size // 4: size // 2, size // 4: size // 2] = 1
+    cls[:, :, -size // 4:, : size // 4] = 2
+    return {"rgb": rgb.to(device), "gt": (cls == 1).float()[:, :, None].to(device),
+            "sec_gt": (cls == 2).float()[:, :, None].to(device), "cls_gt": cls.to(device),
+            "selector": torch.ones(batch, 2, device=device),
+            "labeled": torch.ones(batch, frames, dtype=torch.bool, device=device)}
+
+
+def time_steps(preset: str, batch: int, frames: int, size: int, device: torch.device,
+               amp: bool, steps: int, warmup: int = 3) -> dict[str, float]:
+    """Time ``steps`` training iterations after ``warmup``. Returns it/s and step times (s)."""
+    config = load_config(preset)
+    torch.manual_seed(0)
+    model = build_model(config.model).to(device).eval()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-7)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    data = synthetic_batch(batch, frames, size, device)
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        with torch.autocast(device.type, enabled=amp):
+            output = forward_batch(model, data)
+        loss = clip_loss(output.logits, data["cls_gt"], data["selector"], 30_000, config.main)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss.total).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    times.sort()
+    result = {"it_per_s": len(times) / sum(times), "step_median_s": times[len(times) // 2],
+              "step_min_s": times[0], "step_max_s": times[-1]}
+    if device.type == "cuda":
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return result
+
+
+class GpuSampler:
+    """Samples ``nvidia-smi`` GPU utilisation (%) every ``interval`` seconds in a thread."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu",
+                                      "--format=csv,noheader,nounits", "-i", "0"],
+                                     capture_output=True, text=True, timeout=5).stdout
+                self.samples.append(float(out.strip().splitlines()[0]))
+            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                return
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "GpuSampler":
+        if shutil.which("nvidia-smi"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def mean(self) -> float | None:
+        """Mean utilisation, None without samples."""
+        return sum(self.samples) / len(self.samples) if self.samples else None
+
+
+def make_videos(root: Path, videos: int, frames: int, size: tuple[int, int]) -> Path:
+    """A DAVIS-layout folder of generated videos; returns its root."""
+    from twoshot.data.fixtures import make_davis
+    names = {f"video{i:02d}": frames for i in range(videos)}
+    return make_davis(root, names, size=size).root
+
+
+def time_loader(root: Path, crop: int, batch: int, workers: int, batches: int) -> float:
+    """Clips per second from VOSClipDataset through the trainer's ClipStream."""
+    from twoshot.data.readers import open_dataset
+    from twoshot.data.vos_clips import VOSClipDataset
+    from twoshot.train.loader import ClipStream
+    dataset = VOSClipDataset(open_dataset("davis", root, "train"), crop, mode="full", repeats=8)
+    stream = ClipStream(batch, workers, seed=0, rank=0, world=1, skip_at=lambda it: 10)
+    stream.next_batch(dataset, 0)                       # start the workers
+    start = time.perf_counter()
+    for it in range(1, batches + 1):
+        stream.next_batch(dataset, it)
+    elapsed = time.perf_counter() - start
+    stream.close()
+    return batches * batch / elapsed
+
+
+def time_trainer(root: Path, iterations: int, workers: int, out: Path) -> float:
+    """Iterations per second of the whole Trainer (tiny, batch 4, 96 px) after 2 warm-up steps."""
+    from twoshot.train.trainer import Trainer, build_stage_dataset
+    config = load_config("tiny", overrides=[f"main.iterations={iterations}", "main.batch_size=4",
+                                            "main.crop_size=96", f"main.num_workers={workers}",
+                                            "main.log_every=1000000", "main.image_every=1000000",
+                                            "main.save_every=1000000"])
+    dataset = build_stage_dataset("main", config, root, "davis", "train")
+    trainer = Trainer(config, "main", dataset, out, device="cpu", progress=False)
+    times: list[float] = []
+    original = trainer.mode.after_step
+    trainer.mode.after_step = lambda model, it: (times.append(time.perf_counter()),  # type: ignore[method-assign]
+                                                 original(model, it))
+    trainer.run()
+    trainer.close()
+    return (len(times) - 3) / (times[-1] - times[2])
+
+
+def _cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo on Linux), else platform.processor()."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def run(cpu_steps: int = 20, cuda_steps: int = 20, cuda_batch: int = 8, loader_batches: int = 10,
+        workers: int = 2, trainer_iterations: int = 20, device: str = "auto",
+        videos: int = 4, frames: int = 20) -> dict[str, Any]:
+    """All measurements as a dict (see the module docstring)."""
+    result: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "processor": _cpu_name(),
+                    "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                    "torch_threads": torch.get_num_threads()},
+    }
+    cpu = torch.device("cpu")
+    result["cpu_step_tiny_b4_t3_96px"] = time_steps("tiny", 4, 3, 96, cpu, amp=False,
+                                                    steps=cpu_steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_videos(Path(tmp) / "davis", videos, frames, (480, 854))
+        result["loader_clips_per_s_384px"] = {
+            f"workers_{n}": time_loader(root, 384, 4, n, loader_batches) for n in sorted({0, workers})}
+        result["loader_clips_per_s_96px"] = {
+            f"workers_{n}": time_loader(root, 96, 4, n, loader_batches) for n in sorted({0, workers})}
+        result["cpu_trainer_it_per_s_tiny_b4_96px"] = time_trainer(
+            root, trainer_iterations, workers, Path(tmp) / "run")
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    if use_cuda:
+        gpu = torch.device("cuda")
+        with GpuSampler() as sampler:
+            stcn = time_steps("stcn", cuda_batch, 3, 384, gpu, amp=True, steps=cuda_steps)
+        stcn["gpu_utilisation_percent"] = sampler.mean()
+        stcn["gpu"] = torch.cuda.get_device_name(gpu)
+        result[f"cuda_step_stcn_b{cuda_batch}_t3_384px_amp"] = stcn
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu-steps", type=int, default=20)
+    parser.add_argument("--cuda-steps", type=int, default=20)
+    parser.add_argument("--cuda-batch", type=int, default=8)
+    parser.add_argument("--loader-batches", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--trainer-iterations", type=int, default=20)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    args = parser.parse_args()
+    result = run(args.cpu_steps, args.cuda_steps, args.cuda_batch, args.loader_batches,
+                 args.workers, args.trainer_iterations, args.device)
+    print(json.dumps(result, indent=2))
+    step = result["cpu_step_tiny_b4_t3_96px"]["step_median_s"]
+    print(f"tiny CPU step (batch 4 x 3 frames, 96x96): median {step:.3f} s "
+          f"({'<' if step < 0.5 else '>='} 0.5 s)")
+
+
+if __name__ == "__main__":
+    main()
