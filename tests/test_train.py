@@ -382,6 +382,11 @@ def test_cli_trains_on_a_davis_folder(tmp_path: Path, capsys: pytest.CaptureFixt
     assert cli_main(args + ["--resume"]) == 0              # already complete: nothing to do
     assert cli_main(args) == 2                             # would overwrite the checkpoint
     assert "--resume" in capsys.readouterr().err
+    short = fixtures.make_davis(tmp_path / "short", {"x": 2, "y": 1}, size=(32, 40))
+    assert cli_main(["train", "--stage", "main", "--data", str(short.root), "--out",
+                     str(tmp_path / "out2"), "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "no usable training videos" in err and "Traceback" not in err
 
 
 _FORK_SCRIPT = """
