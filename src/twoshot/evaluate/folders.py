@@ -174,15 +174,14 @@ def _init_worker() -> None:
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
-    """'fork' on Linux: workers start at once instead of each re-importing torch (~2 s).
+    """'spawn': fresh worker processes.
 
-    The workers only read PNGs and run NumPy/OpenCV on one OpenCV thread, so they never
-    use the thread pools they inherit. Elsewhere (macOS, Windows, where forking is unsafe
-    or absent) the platform's default start method is used.
+    Forking a process whose OpenCV (or OpenMP) thread pool is already running can leave the
+    child blocked forever on a lock held by a thread that does not exist in it (seen after
+    training code ran in the same process). The evaluator's imports are light (NumPy, OpenCV,
+    Pillow; not torch), so a spawned worker starts in a fraction of a second.
     """
-    if sys.platform.startswith("linux"):
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context()
+    return multiprocessing.get_context("spawn")
 
 
 def evaluate_folders(pred_dir: str | os.PathLike[str], gt_dir: str | os.PathLike[str],
@@ -212,7 +211,6 @@ def evaluate_folders(pred_dir: str | os.PathLike[str], gt_dir: str | os.PathLike
             scores = pool.imap_unordered(evaluate_files, jobs, chunksize=1)
         else:
             scores = map(evaluate_files, files)
-        # The bar comes after the pool: its monitor thread must not exist when workers fork.
         bar = stack.enter_context(tqdm(total=len(files), desc="eval", unit="video",
                                        file=sys.stderr, disable=not progress or len(files) < 2))
         for item in scores:
