@@ -71,9 +71,10 @@ class ToyClips(Dataset):
 
 
 def toy_config(*overrides: str) -> Config:
-    """The tiny preset, shrunk to a few CPU iterations on 32 px clips."""
+    """The tiny preset, shrunk to a few CPU iterations on 32 px clips, BatchNorm frozen as STCN."""
     return load_config("tiny", overrides=[
         "main.iterations=6", "main.batch_size=2", "main.num_workers=0", "main.save_every=3",
+        "main.freeze_bn=true",
         "main.log_every=2", "main.image_every=3", "main.loss_start_warm=2", "main.loss_end_warm=5",
         "main.lr_steps=[4]", *overrides])
 
@@ -212,6 +213,16 @@ def test_sharding_union_equals_single_process_batch() -> None:
 
 # ----------------------------------------------------------------------------------------
 # the loop
+
+
+def test_freeze_bn_false_trains_batchnorm_statistics(tmp_path: Path) -> None:
+    trainer = Trainer(toy_config("main.freeze_bn=false", "main.iterations=2"), "main", ToyClips(),
+                      tmp_path / "run", device="cpu", progress=False)
+    bn_before = trainer.model.key_encoder.bn1.running_mean.clone()
+    trainer.run()
+    trainer.close()
+    assert trainer.model.training
+    assert not torch.equal(trainer.model.key_encoder.bn1.running_mean, bn_before)
 
 
 def test_train_writes_weights_logs_and_keeps_batchnorm_frozen(tmp_path: Path) -> None:

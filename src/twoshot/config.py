@@ -51,6 +51,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     amp: bool = True                         # used on CUDA only; CPU trains in fp32
     grad_clip: float | None = None
+    freeze_bn: bool = True                   # STCN: BatchNorm frozen (eval mode); false trains it (models from scratch)
     seed: int = 14159265
     crop_size: int = 384
     num_frames: int = 3
@@ -90,6 +91,8 @@ class InferenceConfig:
     device: str = "auto"                     # auto | cpu | cuda | cuda:N
     max_memory_frames: int | None = None     # bounded memory for long videos; None = unbounded
     key_batch: int = 8                       # frames per key-encoder call (features are cached per video)
+    channels_last: bool = False              # NHWC convolutions: faster, not bit-identical (docs/performance.md)
+    compile: bool = False                    # torch.compile the network; falls back to eager where unavailable
 
 
 @dataclass
@@ -249,6 +252,12 @@ def _coerce(value: Any, expected: Any) -> Any:
     if expected is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-4" (no dot) as a string; users mean a number.
+            try:
+                return float(value)
+            except ValueError:
+                return _INVALID
         return _INVALID
     if expected is str:
         return value if isinstance(value, str) else (str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _INVALID)

@@ -34,7 +34,7 @@ class DemoScale:
 
 
 FULL = DemoScale(videos=40, val_videos=10, frames=24, size=96, static_images=200,
-                 static_iterations=400, iterations=600, end_warm=200, phase2_start_update=300)
+                 static_iterations=300, iterations=500, end_warm=150, phase2_start_update=250)
 QUICK = DemoScale(videos=8, val_videos=3, frames=12, size=64, static_images=32,
                   static_iterations=40, iterations=60, end_warm=20, phase2_start_update=30)
 
@@ -62,16 +62,17 @@ def demo_config(scale: DemoScale, data: Path, out: Path, device: str) -> Config:
 
 def run_demo(out: str | Path = "twoshot-demo", quick: bool = False, seed: int = 0,
              device: str = "auto", log: Callable[[str], None] = print,
-             progress: bool = True) -> tuple[PipelineReport, list[Path]]:
+             progress: bool = True, scale: DemoScale | None = None) -> tuple[PipelineReport, list[Path]]:
     """Generate data, run the pipeline, write overlays and a bar plot.
 
     out: demo folder (data in ``out/data``, the run in ``out/run``); quick: the 2-minute
-    smoke flavour; seed: data seed. A second call resumes / reuses what is complete.
+    smoke flavour; seed: data seed; scale: explicit sizes (overrides ``quick``). A second
+    call resumes / reuses what is complete.
     Returns (the pipeline report, the paths of the pictures written).
     """
     from twoshot.data.synth import generate_dataset, is_synth_output
 
-    scale = QUICK if quick else FULL
+    scale = scale or (QUICK if quick else FULL)
     out = Path(out)
     data = out / "data"
     if not is_synth_output(data):

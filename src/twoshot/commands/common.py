@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from twoshot.config import PRESETS, Config, load_config
-from twoshot.errors import UserError
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str = "stcn") -> None:
@@ -24,15 +21,3 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """Build the Config described by --preset / --config / overrides."""
     return load_config(args.preset, args.config, args.overrides,
                        default_preset=args._default_preset)
-
-
-def resolve_device(name: str) -> torch.device:
-    """Map 'auto' | 'cpu' | 'cuda' | 'cuda:N' to a torch.device; UserError if CUDA is absent."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"--device {name}: not a device name (auto, cpu, cuda, cuda:N)") from exc

@@ -37,8 +37,8 @@ import cv2
 import numpy as np
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from twoshot.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
 FILL_RGB = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)  # (124, 116, 104): reads as ~0
 
 

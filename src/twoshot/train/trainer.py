@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 
 from twoshot.config import Config, TrainConfig, to_dict
 from twoshot.data.sampling import max_skip_at
+from twoshot.devices import resolve_device
 from twoshot.errors import UserError
 from twoshot.fsutil import save_torch, write_json
 from twoshot.model.checkpoint import check_state_dict, load_checkpoint, save_weights
@@ -67,14 +68,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
     torch.manual_seed(seed)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' or a torch.device -> torch.device (UserError if no CUDA)."""
-    if isinstance(device, torch.device):
-        return device
-    from twoshot.commands.common import resolve_device as resolve
-    return resolve(device)
 
 
 class Trainer:
@@ -125,15 +118,21 @@ class Trainer:
         if init is not None and not resume:
             load_checkpoint(init, self.model)
         self.model.to(self.device)
-        self.model.eval()  # frozen BatchNorm, as STCN: running statistics never change
+        # STCN freezes BatchNorm (eval mode: pretrained running statistics never change). A
+        # model trained from scratch (the tiny preset, no ImageNet weights) needs batch
+        # statistics to train at all: freeze_bn false keeps BatchNorm in training mode.
+        self.model.train(not cfg.freeze_bn)
         clip_model = ClipModel(self.model)
         self.net: torch.nn.Module = clip_model
         if self.ctx.distributed:
             # Eval-mode BatchNorm: buffers never change, so they need no per-step sync (the
             # initial weights and buffers are identical on every rank: same seed, same init).
-            sync = ({"forward_sync_buffers": False}
-                    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                    else {"broadcast_buffers": False})
+            # Training-mode BatchNorm: rank 0's running statistics are broadcast each step.
+            sync: dict[str, bool] = {}
+            if cfg.freeze_bn:
+                sync = ({"forward_sync_buffers": False}
+                        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                        else {"broadcast_buffers": False})
             self.net = DistributedDataParallel(
                 clip_model, device_ids=[self.device] if self.device.type == "cuda" else None,
                 **sync)
