@@ -88,7 +88,7 @@ class PropagationEngine:
                  device: torch.device | str | None = None) -> None:
         self.config = config or InferenceConfig()
         if device is None:
-            from twoshot.commands.common import resolve_device
+            from twoshot.devices import resolve_device
             device = resolve_device(self.config.device)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
