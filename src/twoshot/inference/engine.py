@@ -9,7 +9,14 @@ For one video the engine
 3. executes each run with its own :class:`~twoshot.inference.memory_bank.MemoryBank`:
    segment (memory read, decoder, soft aggregation), overlay annotated masks, encode the
    values of all objects of a memory frame in one ``encode_value`` call;
-4. maps each output to the original size (unpad, bilinear upsampling, argmax -> object ids).
+4. maps each output to the original size (unpad, bilinear upsampling, argmax -> object ids)
+   and either stores it in [T, H, W] arrays or, with a ``sink``, hands each frame over as
+   soon as it is final (long videos: nothing kept per frame, see ``propagate``).
+
+Fast-path options (``InferenceConfig``): ``amp`` (float16 autocast on CUDA),
+``channels_last`` (NHWC convolutions; not bit-identical to the default layout, see
+docs/performance.md) and ``compile`` (``torch.compile`` of the encoders and the decoder,
+falling back to eager execution where compiling is unavailable or fails).
 
 Masks equal those of STCN's ``InferenceCore`` (DAVIS) / ``inference_core_yv`` (YouTube-VOS)
 for the same weights and settings; see ``tests/test_inference.py``.
@@ -19,8 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +44,10 @@ from twoshot.model.aggregate import aggregate
 from twoshot.model.network import STCN
 
 MODES: tuple[str, ...] = ("forward", "bidirectional")
+
+FrameSink = Callable[[int, np.ndarray, "np.ndarray | None"], None]
+"""``sink(frame, labels, confidence)``: labels uint8 [H, W] object ids of a final frame,
+confidence uint8 [H, W] (max probability x 255) or None when not asked for."""
 
 
 @dataclass
@@ -62,11 +75,13 @@ class EngineStats:
 class PropagationResult:
     """The outputs for one video, at the original frame size.
 
-    masks: uint8 [T, H, W] object ids (0 = background; frames not covered are all 0).
+    masks: uint8 [T, H, W] object ids (0 = background; frames not covered are all 0);
+        [0, H, W] when the frames went to a sink (``streamed``).
     object_ids: the video's object ids, ascending (the channel order of ``probabilities``).
     sources: per frame, the annotated frame whose propagation gave it (None: not covered).
-    confidence: uint8 [T, H, W], max probability x 255 (when asked for).
+    confidence: uint8 [T, H, W], max probability x 255 (when asked for and not streamed).
     probabilities: float32 [T, K+1, H, W], background first then ``object_ids`` (when asked).
+    streamed: the per-frame outputs were handed to a sink instead of being kept here.
     """
 
     masks: np.ndarray
@@ -75,13 +90,18 @@ class PropagationResult:
     confidence: np.ndarray | None = None
     probabilities: np.ndarray | None = None
     stats: EngineStats = field(default_factory=EngineStats)
+    streamed: bool = False
 
 
 class PropagationEngine:
     """Runs STCN inference with ``model`` under ``config`` on ``device``.
 
-    The model is moved to ``device`` and put in eval mode. ``config.key_batch`` frames are
-    key-encoded per call; ``config.amp`` enables float16 autocast on CUDA (CPU runs fp32).
+    The model is moved to ``device`` and put in eval mode, its convolution weights in
+    channels-last memory when ``config.channels_last`` and in the default layout otherwise
+    (in place, values unchanged: one layout per model at a time). ``config.key_batch`` frames
+    are key-encoded per call; ``config.amp`` enables float16 autocast on CUDA (CPU runs
+    fp32); ``config.compile`` runs the key encoder, value encoder and decoder through
+    ``torch.compile`` (compiled on first use, per engine).
     """
 
     def __init__(self, model: STCN, config: InferenceConfig | None = None,
@@ -91,7 +111,14 @@ class PropagationEngine:
             from twoshot.devices import resolve_device
             device = resolve_device(self.config.device)
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        # The layout is set both ways: weights an earlier channels-last engine converted
+        # would otherwise make every convolution here NHWC too.
+        self.memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format).eval()
+        compile_ = self.config.compile
+        self.encode_key = _maybe_compiled(self.model.encode_key, "encode_key", compile_)
+        self.encode_value = _maybe_compiled(self.model.encode_value, "encode_value", compile_)
+        self.decode = _maybe_compiled(self.model.decode, "decode", compile_)
 
     def autocast(self) -> contextlib.AbstractContextManager[object]:
         """float16 autocast on CUDA when ``config.amp``; a no-op otherwise."""
@@ -102,7 +129,8 @@ class PropagationEngine:
     def propagate(self, frames: FrameSource, masks_by_frame: Mapping[int, np.ndarray], *,
                   mode: str = "forward", output_frames: Collection[int] | None = None,
                   confidence: bool = False, probabilities: bool = False,
-                  progress: Callable[[int], None] | None = None) -> PropagationResult:
+                  progress: Callable[[int], None] | None = None,
+                  sink: FrameSink | None = None) -> PropagationResult:
         """Segment the annotated objects in every frame of one video.
 
         frames: T frames, uint8 [H, W, 3] each (an array [T, H, W, 3] or a lazy sequence).
@@ -115,9 +143,26 @@ class PropagationEngine:
         output_frames: frames whose result is needed (None = all); others may be skipped.
         confidence / probabilities: also return those arrays (see PropagationResult).
         progress: called with a frame index each time a frame's output is final.
+        sink: ``sink(frame, labels, confidence)`` is called once per frame as soon as its
+            output is final (any order; frames no run reaches, e.g. before the first
+            annotation, come last as background) and nothing per frame is kept, so memory
+            does not grow with the video's length; the result's ``masks`` is then [0, H, W].
+            Not with ``probabilities``.
+        Runs under ``torch.inference_mode``.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if sink is not None and probabilities:
+            raise ValueError("probabilities are not streamed: use sink or probabilities, not both")
+        with torch.inference_mode():
+            return self._propagate(frames, masks_by_frame, mode, output_frames, confidence,
+                                   probabilities, progress, sink)
+
+    def _propagate(self, frames: FrameSource, masks_by_frame: Mapping[int, np.ndarray], mode: str,
+                   output_frames: Collection[int] | None, confidence: bool, probabilities: bool,
+                   progress: Callable[[int], None] | None,
+                   sink: FrameSink | None) -> PropagationResult:
+        """The body of :meth:`propagate` (arguments checked, under inference mode)."""
         start = time.perf_counter()
         num_frames = len(frames)
         if num_frames == 0:
@@ -136,17 +181,17 @@ class PropagationEngine:
         else:
             runs = nearest_runs(num_frames, list(masks), wanted, cfg.mem_every, cfg.include_last)
 
-        out = _Collector(num_frames, geometry, object_ids, confidence, probabilities, progress)
+        out = _Collector(num_frames, geometry, object_ids, confidence, probabilities, progress, sink)
         if mode == "bidirectional":
             for frame, labels in masks.items():
                 out.put_labels(frame, labels, source=frame)
-        cache = KeyCache(self.model, frames, geometry, self.device, cfg.key_batch, self.autocast)
+        cache = KeyCache(self.model, frames, geometry, self.device, cfg.key_batch, self.autocast,
+                         encode=self.encode_key, memory_format=self.memory_format)
         for run in runs:
             cache.plan(run.frames)
         stats = EngineStats(runs=len(runs))
-        with torch.inference_mode():
-            for run in runs:
-                self._execute(run, masks, geometry, cache, out, stats)
+        for run in runs:
+            self._execute(run, masks, geometry, cache, out, stats)
         out.fill_uncovered()
         stats.key_encodes = sum(cache.encode_count.values())
         stats.encoder_calls = cache.encoder_calls
@@ -170,7 +215,7 @@ class PropagationEngine:
             if step.predict:
                 with self.autocast():
                     readout = bank.read(feats.key, cfg.top_k)
-                    logits = self.model.decode(readout, feats)
+                    logits = self.decode(readout, feats)
                 prob = aggregate(torch.sigmoid(logits.float()), dim=1)
                 stats.segmented += 1
             if step.annotation:
@@ -184,7 +229,7 @@ class PropagationEngine:
                 out.put(step.frame, prob[0], ids, source=source)
             if step.memory is not None:
                 with self.autocast():
-                    values = self.model.encode_value(cached.image, feats.f16, prob[:, 1:])
+                    values = self.encode_value(cached.image, feats.f16, prob[:, 1:])
                 stats.value_encodes += 1
                 bank.add(feats.key[0], values[0], temporary=step.memory == TEMPORARY,
                          pinned=step.annotation)
@@ -245,62 +290,115 @@ def _check_masks(masks_by_frame: Mapping[int, np.ndarray], num_frames: int,
 
 
 class _Collector:
-    """Gathers per-frame outputs at the original size into the result arrays."""
+    """Gathers per-frame outputs at the original size: into [T, H, W] result arrays, or, with
+    a sink, hands each frame to it and keeps nothing per frame."""
 
     def __init__(self, num_frames: int, geometry: Geometry, object_ids: list[int],
                  confidence: bool, probabilities: bool,
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None,
+                 sink: FrameSink | None = None) -> None:
         height, width = geometry.original
         self.progress = progress
+        self.sink = sink
         self.geometry = geometry
         self.object_ids = object_ids
-        self.masks = np.zeros((num_frames, height, width), dtype=np.uint8)
+        self.want_confidence = confidence
+        kept = 0 if sink is not None else num_frames
+        self.masks = np.zeros((kept, height, width), dtype=np.uint8)
         self.sources: list[int | None] = [None] * num_frames
-        self.confidence = np.zeros((num_frames, height, width), np.uint8) if confidence else None
+        self.confidence = (np.zeros((num_frames, height, width), np.uint8)
+                           if confidence and sink is None else None)
         self.probabilities = (np.zeros((num_frames, len(object_ids) + 1, height, width), np.float32)
                               if probabilities else None)
 
+    def _emit(self, frame: int, labels: np.ndarray, confidence: np.ndarray | None) -> None:
+        """A final frame: store it or hand it to the sink, then report progress."""
+        if self.sink is not None:
+            self.sink(frame, labels, confidence)
+        else:
+            self.masks[frame] = labels
+            if self.confidence is not None:
+                self.confidence[frame] = confidence
+        if self.progress is not None:
+            self.progress(frame)
+
     def put(self, frame: int, prob: torch.Tensor, ids: list[int], source: int) -> None:
-        """Store frame ``frame``'s network-resolution probabilities [1+K, Hp, Wp] of ``ids``."""
+        """Output frame ``frame`` from its network-resolution probabilities [1+K, Hp, Wp] of ``ids``."""
         full = to_original(prob, self.geometry)
         labels, top = labels_from_prob(full, ids)
-        self.masks[frame] = labels.cpu().numpy()
         self.sources[frame] = source
-        if self.confidence is not None:
-            self.confidence[frame] = (top * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        confidence = None
+        if self.want_confidence:
+            confidence = (top * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
         if self.probabilities is not None:
             channels = [0] + [1 + self.object_ids.index(o) for o in ids]
             self.probabilities[frame] = 0
             self.probabilities[frame, channels] = full.cpu().numpy()
-        if self.progress is not None:
-            self.progress(frame)
+        self._emit(frame, labels.cpu().numpy(), confidence)
 
     def put_labels(self, frame: int, labels: np.ndarray, source: int) -> None:
-        """Store a given mask as the output of ``frame`` (certain: confidence 255)."""
-        self.masks[frame] = labels
+        """Output a given mask as the result of ``frame`` (certain: confidence 255)."""
         self.sources[frame] = source
-        if self.confidence is not None:
-            self.confidence[frame] = 255
         if self.probabilities is not None:
             self.probabilities[frame] = 0
             self.probabilities[frame, 0] = labels == 0
             for channel, obj in enumerate(self.object_ids, start=1):
                 self.probabilities[frame, channel] = labels == obj
-        if self.progress is not None:
-            self.progress(frame)
+        self._emit(frame, labels, self._certain() if self.want_confidence else None)
 
     def fill_uncovered(self) -> None:
         """Frames no run reached are background with certainty."""
+        height, width = self.geometry.original
         for frame, source in enumerate(self.sources):
             if source is None:
-                if self.confidence is not None:
-                    self.confidence[frame] = 255
                 if self.probabilities is not None:
                     self.probabilities[frame, 0] = 1
-                if self.progress is not None:
-                    self.progress(frame)
+                self._emit(frame, np.zeros((height, width), np.uint8),
+                           self._certain() if self.want_confidence else None)
+
+    def _certain(self) -> np.ndarray:
+        """Confidence of a frame known for sure: uint8 [H, W] all 255."""
+        return np.full(self.geometry.original, 255, np.uint8)
 
     def result(self, stats: EngineStats) -> PropagationResult:
         """The collected PropagationResult."""
         return PropagationResult(self.masks, self.object_ids, self.sources, self.confidence,
-                                 self.probabilities, stats)
+                                 self.probabilities, stats, streamed=self.sink is not None)
+
+
+class _CompiledOrEager:
+    """``torch.compile(fn)``, falling back to ``fn`` itself for good when compiling is not
+    available here or fails (no C++ compiler for inductor, an unsupported Python or
+    platform, an operator dynamo cannot trace): the fast path must never stop a run."""
+
+    def __init__(self, fn: Callable[..., object], name: str) -> None:
+        self.eager = fn
+        self.name = name
+        self.compiled: Callable[..., object] | None = None
+        compile_fn = getattr(torch, "compile", None)
+        if compile_fn is None:
+            self._fall_back("this torch has no torch.compile")
+            return
+        try:
+            self.compiled = compile_fn(fn)
+        except Exception as exc:  # noqa: BLE001 - any failure means: run eagerly
+            self._fall_back(f"{type(exc).__name__}: {exc}")
+
+    def _fall_back(self, why: str) -> None:
+        self.compiled = None
+        warnings.warn(f"inference compile=True: running {self.name} without torch.compile ({why})",
+                      RuntimeWarning, stacklevel=3)
+
+    def __call__(self, *args: object) -> object:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as exc:  # noqa: BLE001 - compilation happens on the first calls
+                # A real error in the computation itself is raised again by the eager call.
+                self._fall_back(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return self.eager(*args)
+
+
+def _maybe_compiled(fn: Callable[..., object], name: str, enabled: bool) -> Callable[..., Any]:
+    """``fn`` itself, or with ``enabled`` a :class:`_CompiledOrEager` wrapper of it."""
+    return _CompiledOrEager(fn, name) if enabled else fn

@@ -37,16 +37,22 @@ class KeyCache:
 
     model: the network (its ``encode_key``); frames: ``frames[t]`` gives uint8 [H, W, 3];
     geometry: the video's sizes; batch_size: frames per ``encode_key`` call;
-    autocast: context manager factory wrapping encoder calls (AMP on CUDA).
+    autocast: context manager factory wrapping encoder calls (AMP on CUDA);
+    encode: what computes the features of images [B, 3, Hp, Wp] (default ``model.encode_key``;
+    the engine passes a compiled version when asked to); memory_format: layout of the
+    network input (``torch.channels_last`` for the NHWC fast path).
     """
 
     def __init__(self, model: STCN, frames: FrameSource, geometry: Geometry, device: torch.device,
                  batch_size: int = 8,
-                 autocast: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
-                 ) -> None:
+                 autocast: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+                 encode: Callable[[torch.Tensor], KeyFeatures] | None = None,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model
+        self.encode = encode if encode is not None else model.encode_key
+        self.memory_format = memory_format
         self.frames = frames
         self.geometry = geometry
         self.device = device
@@ -85,8 +91,10 @@ class KeyCache:
     def _encode(self, batch: list[int]) -> None:
         images = prepare_frames(np.stack([np.asarray(self.frames[t]) for t in batch]),
                                 self.geometry, self.device)
+        if self.memory_format != torch.contiguous_format:
+            images = images.contiguous(memory_format=self.memory_format)
         with self.autocast():
-            features = self.model.encode_key(images)
+            features = self.encode(images)
         self.encoder_calls += 1
         for i, t in enumerate(batch):
             image, feats = images[i:i + 1], features.index(i)

@@ -1,14 +1,25 @@
 """Segment a list of videos with a model and write the masks: the body of ``twoshot infer``
-and of the pipeline's validation step."""
+and of the pipeline's validation step.
+
+A video whose frames would take more than :data:`STREAM_MIN_BYTES` in memory is *streamed*:
+its frames are read when the engine asks for them (:class:`LazyFrames`) and each frame's
+PNG is written as soon as its mask is final, so memory does not grow with the video's
+length. Short videos are read whole and written after propagation. Both give the same files
+(``tests/test_long_video.py``), and either way a video's folder appears complete or not at
+all (``twoshot.fsutil.atomic_dir``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
+import numpy as np
 import torch
 
 from twoshot.config import InferenceConfig
@@ -16,6 +27,9 @@ from twoshot.data.layout import VideoSequence
 from twoshot.errors import UserError
 from twoshot.inference.engine import PropagationEngine
 from twoshot.model.network import STCN
+
+STREAM_MIN_BYTES = 512 * 2**20
+"""Videos whose RGB frames (T x H x W x 3 bytes) exceed this are streamed (``stream=None``)."""
 
 
 @dataclass
@@ -37,7 +51,7 @@ def predict_sequences(model: STCN | PropagationEngine, sequences: Sequence[Video
                       out: str | os.PathLike[str], config: InferenceConfig | None = None, *,
                       youtube: bool = False, all_frames: bool = False, backward: bool = False,
                       overlay: bool = False, device: str | torch.device | None = None,
-                      progress: bool = True) -> PredictionSummary:
+                      progress: bool = True, stream: bool | None = None) -> PredictionSummary:
     """Propagate each video's first-appearance masks and write the predicted masks.
 
     model: an STCN (wrapped in a PropagationEngine with ``config`` on ``device``) or an engine.
@@ -45,6 +59,9 @@ def predict_sequences(model: STCN | PropagationEngine, sequences: Sequence[Video
     DAVIS layout ``out/<video>/<frame>.png`` or, with ``youtube``, the YouTube-VOS submission
     layout (only ``frames_to_save`` unless ``all_frames``). backward: propagate from the
     annotated frames in both directions. overlay: also write ``out/overlays/<video>/``.
+    stream: write each frame's PNG as soon as it is final and read frames on demand (True),
+    hold the whole video in memory (False), or decide per video (None: stream when its frames
+    exceed :data:`STREAM_MIN_BYTES`). The files are the same either way.
     Each video's folder is written atomically. Returns a :class:`PredictionSummary`.
     """
     from tqdm import tqdm
@@ -63,8 +80,14 @@ def predict_sequences(model: STCN | PropagationEngine, sequences: Sequence[Video
             given, palette, first = reference_annotations(seq)
             if not given:
                 raise UserError(f"video {seq.name}: no annotation PNG shows an object")
-            frames = load_frames(seq)
             subset = youtube and not all_frames and seq.frames_to_save is not None
+            if _should_stream(seq, stream):
+                _stream_video(engine, seq, out, given, palette, youtube=youtube, subset=subset,
+                              backward=backward, overlay=overlay, progress=lambda _: bar.update(1))
+                frames_done += seq.num_frames
+                objects += len(first)
+                continue
+            frames = load_frames(seq)
             result = engine.propagate(frames, given, mode="bidirectional" if backward else "forward",
                                       output_frames=seq.frames_to_save if subset else None,
                                       progress=lambda _: bar.update(1))
@@ -78,3 +101,99 @@ def predict_sequences(model: STCN | PropagationEngine, sequences: Sequence[Video
             frames_done += seq.num_frames
             objects += len(first)
     return PredictionSummary(len(sequences), frames_done, objects, time.perf_counter() - start)
+
+
+def _should_stream(seq: VideoSequence, stream: bool | None) -> bool:
+    """Whether ``seq`` is streamed: as asked, or (None) when its frames are large in memory."""
+    if stream is not None:
+        return stream
+    from twoshot.data.readers import frame_size
+
+    height, width = frame_size(seq)
+    return seq.num_frames * height * width * 3 > STREAM_MIN_BYTES
+
+
+class LazyFrames(Sequence[np.ndarray]):
+    """The frames of an image-folder video, read from disk each time one is asked for.
+
+    ``frames[t]`` -> uint8 [H, W, 3]. The engine's key cache asks for each frame about once
+    (twice with ``--overlay``), so only about ``key_batch`` frames are in memory at a time.
+    A frame whose size differs from the first frame's raises the same UserError as
+    :func:`twoshot.data.readers.load_frames`.
+    """
+
+    def __init__(self, seq: VideoSequence) -> None:
+        from twoshot.data.readers import frame_size
+
+        if seq.video_file is not None:
+            raise ValueError(f"video {seq.name}: LazyFrames reads image folders, not video files")
+        self.seq = seq
+        self.size = frame_size(seq, 0)
+
+    def __len__(self) -> int:
+        return self.seq.num_frames
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        from twoshot.data.masks import read_frame
+
+        paths = self.seq.frame_paths
+        rgb = read_frame(paths[index])
+        if rgb.shape[:2] != self.size:
+            raise UserError(f"{paths[index]}: frame is {rgb.shape[1]}x{rgb.shape[0]} but "
+                            f"{paths[0].name} is {self.size[1]}x{self.size[0]}; all frames of a "
+                            "video must have the same size")
+        return rgb
+
+
+def _stream_video(engine: PropagationEngine, seq: VideoSequence, out: Path,
+                  given: dict[int, np.ndarray], palette: bytes | None, *, youtube: bool,
+                  subset: bool, backward: bool, overlay: bool,
+                  progress: Callable[[int], None]) -> None:
+    """Propagate one video and write each frame's PNG (and overlay) as soon as it is final.
+
+    Same files as the in-memory path of :func:`predict_sequences`: masks in
+    ``out/<video>/`` (YouTube-VOS: ``out/Annotations/<video>/``, only ``frames_to_save`` when
+    ``subset``), overlays in ``out/overlays/<video>/``; each folder is built in a temporary
+    folder that takes its name only when the whole video is done. Video files are decoded
+    whole (no random access), image folders read frame by frame.
+    """
+    from twoshot.data.masks import write_frame, write_mask
+    from twoshot.data.readers import frame_size, load_frames
+    from twoshot.data.writers import overlay as overlay_image
+    from twoshot.data.writers import resize_labels
+    from twoshot.fsutil import atomic_dir
+
+    frames: Sequence[np.ndarray] = LazyFrames(seq) if seq.video_file is None else load_frames(seq)
+    names = seq.frame_names
+    target = frame_size(seq)
+    folder = out / "Annotations" / seq.name if youtube else out / seq.name
+    wanted = set(seq.frames_to_save) if subset and seq.frames_to_save is not None else None
+    written: set[int] = set()
+    with contextlib.ExitStack() as stack:
+        # Entered first, committed last: the masks' folder takes its name before the overlays'.
+        overlays = stack.enter_context(atomic_dir(out / "overlays" / seq.name)) if overlay else None
+        masks_dir = stack.enter_context(atomic_dir(folder))
+
+        def sink(frame: int, labels: np.ndarray, _confidence: np.ndarray | None) -> None:
+            if wanted is None or frame in wanted:
+                write_mask(masks_dir / f"{names[frame]}.png", resize_labels(labels, target), palette)
+                written.add(frame)
+            if overlays is not None:
+                write_frame(overlays / f"{names[frame]}.png",
+                            overlay_image(np.asarray(frames[frame]), labels, palette))
+
+        engine.propagate(frames, given, mode="bidirectional" if backward else "forward",
+                         output_frames=sorted(wanted) if wanted is not None else None,
+                         progress=progress, sink=sink)
+        missing = sorted((wanted if wanted is not None else set(range(seq.num_frames))) - written)
+        if missing:  # cannot happen when the engine covers every output frame; never half-write
+            raise ValueError(f"video {seq.name}: no mask for frame(s) "
+                             f"{', '.join(names[i] for i in missing[:5])}")
