@@ -76,7 +76,6 @@ class TwoShotConfig:
     use_teacher: bool = True                 # false: the student labels its own clips
     phase2_start_update: int = 70_000        # phase 2: online refinement from this iteration
     refine_threshold: float = 0.99
-    write_back: bool = False                 # phase 2: write refined labels back to the bank
 
 
 @dataclass
