@@ -11,6 +11,8 @@ times in the same run:
   :func:`twoshot.evaluate.evaluate_sequence`.
 
 It asserts that every per-frame J and F is identical, then prints the timings and ratios.
+The variants take turns (``--repeat`` rounds, the order reversed every other round, best
+round reported), so a change in the machine's load hits them alike.
 
     python benchmarks/eval_speed.py --videos 6 --frames 40 --objects 3 --workers 2
 
@@ -22,13 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+from common import cpu_name, interleave, load_average
 
 from twoshot.data.masks import read_mask, write_mask
 from twoshot.evaluate import EvalResult, evaluate_folders, evaluate_sequence
@@ -161,28 +162,6 @@ def make_dataset(root: Path, videos: int, frames: int, objects: int,
 
 # ---------------------------------------------------------------- timing
 
-def _cpu_seconds() -> float:
-    """CPU time of this process and of its finished children (the pool's workers)."""
-    try:
-        import resource
-    except ImportError:  # not on Windows: count this process only
-        return time.process_time()
-    return time.process_time() + sum(
-        getattr(resource.getrusage(resource.RUSAGE_CHILDREN), f) for f in ("ru_utime", "ru_stime"))
-
-
-def _best_of(repeat: int, fn):
-    """Run ``fn`` ``repeat`` times: (best wall seconds, CPU seconds of that run, value)."""
-    best, best_cpu, value = float("inf"), float("inf"), None
-    for _ in range(repeat):
-        start, start_cpu = time.perf_counter(), _cpu_seconds()
-        value = fn()
-        wall, cpu = time.perf_counter() - start, _cpu_seconds() - start_cpu
-        if wall < best:
-            best, best_cpu = wall, cpu
-    return best, best_cpu, value
-
-
 def _check_equal(reference: dict[str, tuple[np.ndarray, np.ndarray]], result: EvalResult,
                  what: str) -> None:
     for seq in result.sequences:
@@ -206,11 +185,14 @@ def run(videos: int = 6, frames: int = 40, objects: int = 3, workers: int = 2,
         names = [f"video{v:02d}" for v in range(videos)]
         annotations = gt_root / "Annotations" / "480p"
 
-        slow_s, slow_cpu, reference = _best_of(
-            repeat, lambda: straightforward_folders(pred_root, annotations, names))
-        fast1_s, fast1_cpu, fast1 = _best_of(repeat, lambda: evaluate_folders(pred_root, gt_root))
-        fastn_s, fastn_cpu, fastn = _best_of(
-            repeat, lambda: evaluate_folders(pred_root, gt_root, workers=workers))
+        folders = interleave({
+            "slow": lambda: straightforward_folders(pred_root, annotations, names),
+            "fast1": lambda: evaluate_folders(pred_root, gt_root),
+            "fastn": lambda: evaluate_folders(pred_root, gt_root, workers=workers)}, repeat)
+        slow_s, slow_cpu = folders.best("slow"), folders.best_cpu("slow")
+        fast1_s, fast1_cpu = folders.best("fast1"), folders.best_cpu("fast1")
+        fastn_s, fastn_cpu = folders.best("fastn"), folders.best_cpu("fastn")
+        reference, fast1, fastn = (folders.values[k] for k in ("slow", "fast1", "fastn"))
         _check_equal(reference, fast1, "1 process")
         _check_equal(reference, fastn, f"{workers} processes")
 
@@ -220,18 +202,19 @@ def run(videos: int = 6, frames: int = 40, objects: int = 3, workers: int = 2,
             paths = sorted((annotations / name).glob("*.png"))
             stacks.append((np.stack([read_mask(p)[0] for p in paths]),
                            np.stack([read_mask(pred_root / name / p.name)[0] for p in paths])))
-        mem_slow_s, _, _ = _best_of(
-            repeat, lambda: [straightforward_sequence(p, g) for g, p in stacks])
-        mem_fast_s, _, mem_fast = _best_of(
-            repeat, lambda: [evaluate_sequence(p, g, name=n) for (g, p), n in zip(stacks, names)])
-        _check_equal(reference, EvalResult.from_sequences(mem_fast), "in memory")
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        memory = interleave({
+            "slow": lambda: [straightforward_sequence(p, g) for g, p in stacks],
+            "fast": lambda: [evaluate_sequence(p, g, name=n) for (g, p), n in zip(stacks, names)]},
+            repeat)
+        mem_slow_s, mem_fast_s = memory.best("slow"), memory.best("fast")
+        _check_equal(reference, EvalResult.from_sequences(memory.values["fast"]), "in memory")
+        load = load_average()
 
     scored = videos * (frames - 2) * objects
     return {
         "videos": videos, "frames": frames, "objects": objects, "size": list(size),
         "workers": workers, "object_frames": scored, "cpus": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_name(),
         "load_average_1min": load,
         "straightforward_s": slow_s, "fast_1proc_s": fast1_s, "fast_Nproc_s": fastn_s,
         "straightforward_cpu_s": slow_cpu, "fast_1proc_cpu_s": fast1_cpu,

@@ -4,28 +4,38 @@ Generates a 480x854 video with moving objects, builds a randomly initialised mod
 preset (``tiny`` and the full ``stcn``), and propagates the first frame's masks forward with
 STCN's settings (memory every 5 frames, top-k 20, shorter side 480), timing the whole call
 (frame preparation, key/value encoding, memory reads, decoding, upsampling, argmax).
-Reports frames/s and peak memory: the process's peak resident set (``resource``, a
-high-water mark over the whole run, so presets run smallest first), the peak of
-Python/NumPy allocations (``tracemalloc``) and, on CUDA, ``torch.cuda.max_memory_allocated``.
+Reports frames/s and peak memory: the process's peak resident set (VmHWM, reset before
+each preset where Linux allows it, else a high-water mark over the whole run, so presets run
+smallest first), the peak of Python/NumPy allocations (``tracemalloc``) and, on CUDA,
+``torch.cuda.max_memory_allocated``.
+
+``--fast-path`` instead compares the engine's speed options on one preset, interleaved
+round by round on the same clip: the default engine, unbatched key encoding
+(``key_batch=1``), ``channels_last``, ``compile`` (torch.compile; its compile time is
+reported separately), channels_last + compile, one intra-op thread, and on CUDA ``amp``.
+Each option's masks are compared with the default engine's (pixels that differ).
 
     python benchmarks/inference_speed.py                       # tiny 24 frames, stcn 4 frames (CPU)
     python benchmarks/inference_speed.py --frames tiny=60 stcn=30 --device cuda --amp
+    python benchmarks/inference_speed.py --fast-path            # tiny, 16 frames, 3 rounds (CPU)
+    python benchmarks/inference_speed.py --fast-path --presets stcn --frames stcn=30 --device cuda
 
-``run(...) -> dict`` does the same for a benchmark runner.
+``run(...) -> dict`` and ``fast_path(...) -> dict`` do the same for a benchmark runner.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import platform
-import resource
 import sys
-import time
 import tracemalloc
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
+from common import interleave, machine_info, peak_rss_mb, reset_peak_rss, rss_mb, timed
 
 from twoshot.config import InferenceConfig, load_config
 from twoshot.data.fixtures import random_video
@@ -33,12 +43,6 @@ from twoshot.inference import PropagationEngine
 from twoshot.model import build_model
 
 DEFAULT_FRAMES = {"tiny": 24, "stcn": 4}
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def run(presets: Sequence[str] = ("tiny", "stcn"), frames: Mapping[str, int] | None = None,
@@ -66,14 +70,12 @@ def run(presets: Sequence[str] = ("tiny", "stcn"), frames: Mapping[str, int] | N
         if engine.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+        reset = reset_peak_rss()
+        base_rss = rss_mb()
         tracemalloc.start()
         best = None
         for _ in range(max(1, repeats)):
-            start = time.perf_counter()
-            result = engine.propagate(clip, {0: labels[0]})
-            if engine.device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
+            result, seconds = timed(lambda: engine.propagate(clip, {0: labels[0]}), engine.device)
             best = seconds if best is None else min(best, seconds)
         _, traced_peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
@@ -81,7 +83,9 @@ def run(presets: Sequence[str] = ("tiny", "stcn"), frames: Mapping[str, int] | N
         results[preset] = {
             "frames": len(clip), "seconds": round(best, 3),
             "frames_per_second": round(len(clip) / best, 2),
-            "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "peak_rss_is_per_preset": reset,
+            "rss_before_mb": None if base_rss is None else round(base_rss, 1),
             "peak_python_numpy_mb": round(traced_peak / 2**20, 1),
             "peak_cuda_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
                              if engine.device.type == "cuda" else None),
@@ -91,15 +95,91 @@ def run(presets: Sequence[str] = ("tiny", "stcn"), frames: Mapping[str, int] | N
         }
         del model, engine
     return {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "device": (torch.cuda.get_device_name(0) if device.startswith("cuda")
-                               else "cpu")},
+        "machine": machine_info(device),
         "settings": {"size": list(size), "processing": "shorter side 480", "objects": objects,
                      "mem_every": 5, "top_k": 20, "amp": amp, "key_batch": key_batch,
                      "repeats": repeats},
         "results": results,
     }
+
+
+FAST_PATH_OPTIONS: tuple[str, ...] = ("default", "key_batch_1", "channels_last", "compile",
+                                      "channels_last_compile", "one_thread", "amp")
+
+
+def fast_path(preset: str = "tiny", num_frames: int = 16, size: tuple[int, int] = (480, 854),
+              options: Sequence[str] = FAST_PATH_OPTIONS, rounds: int = 3, device: str = "cpu",
+              objects: int = 2, seed: int = 0) -> dict:
+    """Speed of each engine option against the default engine, interleaved on one clip.
+
+    options: names from FAST_PATH_OPTIONS (``default`` is always included; ``amp`` only on
+    CUDA, ``compile`` variants skipped when torch has no ``torch.compile``); rounds: timed
+    runs per option after a full warm-up run (which compiles, for the compile options).
+    Returns per option: median / best seconds, frames/s, speed-up over the default (median
+    of per-round ratios), pixels whose mask differs from the default engine's, and for
+    compile its warm-up (compile) seconds and whether it fell back to eager execution.
+    """
+    frames, labels = random_video(num_frames, size, object_ids=tuple(range(1, objects + 1)),
+                                  seed=seed)
+    torch.manual_seed(seed)
+    base = build_model(load_config(preset).model).eval()
+    cuda = device.startswith("cuda")
+    wanted = ["default"] + [o for o in options if o != "default"]
+    if not cuda:
+        wanted = [o for o in wanted if o != "amp"]
+    if not hasattr(torch, "compile"):
+        wanted = [o for o in wanted if "compile" not in o]
+    settings = {"default": {}, "key_batch_1": {"key_batch": 1}, "channels_last": {"channels_last": True},
+                "compile": {"compile": True}, "one_thread": {},
+                "channels_last_compile": {"channels_last": True, "compile": True},
+                "amp": {"amp": True}}
+    threads = torch.get_num_threads()
+    engines: dict[str, PropagationEngine] = {}
+    warmup: dict[str, float] = {}
+    fell_back: dict[str, bool] = {}
+    for name in wanted:
+        # Each option gets its own copy of the weights: channels_last converts them in place.
+        config = InferenceConfig(size=480, device=device, **settings[name])  # type: ignore[arg-type]
+        engines[name] = PropagationEngine(copy.deepcopy(base), config)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _, warmup[name] = timed(lambda: _run_option(engines[name], name, frames, labels, threads),
+                                    engines[name].device)
+        fell_back[name] = any("without torch.compile" in str(w.message) for w in caught)
+    variants: dict[str, Callable[[], np.ndarray]] = {
+        name: (lambda name=name: _run_option(engines[name], name, frames, labels, threads))  # type: ignore[misc]
+        for name in wanted}
+    timing = interleave(variants, rounds, device)
+    reference = timing.values["default"]
+    results = {}
+    for name in wanted:
+        median = timing.median(name)
+        results[name] = {
+            "settings": settings[name] if name != "one_thread" else {"torch_threads": 1},
+            "median_seconds": round(median, 3), "best_seconds": round(timing.best(name), 3),
+            "frames_per_second": round(num_frames / median, 2),
+            "speedup": round(timing.ratio("default", name), 2),
+            "pixels_differing": int((timing.values[name] != reference).sum()),
+            "pixels": int(reference.size),
+            "warmup_seconds": round(warmup[name], 1),
+            "fell_back_to_eager": fell_back[name] if "compile" in name else None,
+        }
+    return {"machine": machine_info(device),
+            "settings": {"preset": preset, "frames": num_frames, "size": list(size),
+                         "processing": "shorter side 480", "objects": objects, "rounds": rounds,
+                         "mem_every": 5, "top_k": 20},
+            "results": results}
+
+
+def _run_option(engine: PropagationEngine, name: str, frames: np.ndarray, labels: np.ndarray,
+                threads: int) -> np.ndarray:
+    """One timed propagation of an option (``one_thread``: with one intra-op thread)."""
+    if name == "one_thread":
+        torch.set_num_threads(1)
+    try:
+        return engine.propagate(frames, {0: labels[0]}).masks
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _frames_arg(items: Sequence[str]) -> dict[str, int]:
@@ -119,7 +199,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--key-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--fast-path", action="store_true",
+                        help="compare the engine's speed options on the first preset instead")
+    parser.add_argument("--options", nargs="+", default=list(FAST_PATH_OPTIONS),
+                        choices=FAST_PATH_OPTIONS, help="with --fast-path: the options to compare")
+    parser.add_argument("--rounds", type=int, default=3, help="with --fast-path: timed rounds")
     args = parser.parse_args(argv)
+    if args.fast_path:
+        preset = args.presets[0] if args.presets != ["tiny", "stcn"] else "tiny"
+        frames = _frames_arg(args.frames).get(preset, 16)
+        report = fast_path(preset, frames, options=args.options, rounds=args.rounds,
+                           device=args.device)
+        print("| option | median s | frames/s | speed-up vs default | pixels differing | warm-up s |")
+        print("|---|---|---|---|---|---|")
+        for name, r in report["results"].items():
+            print(f"| {name} | {r['median_seconds']} | {r['frames_per_second']} | x{r['speedup']} | "
+                  f"{r['pixels_differing']} / {r['pixels']} | {r['warmup_seconds']} |")
+        print(json.dumps(report, indent=1))
+        return 0
     report = run(args.presets, _frames_arg(args.frames), device=args.device, amp=args.amp,
                  key_batch=args.key_batch, repeats=args.repeats)
     print("| preset | frames | seconds | frames/s | peak RSS MiB | peak NumPy MiB | peak CUDA MiB |")

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-import time
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from common import interleave, machine_info
 
 from twoshot.config import InferenceConfig, load_config
 from twoshot.data.fixtures import random_video
@@ -61,12 +60,13 @@ def reference_four_runs(model: torch.nn.Module, config: InferenceConfig, frames:
 
 def run(preset: str = "tiny", num_frames: int = 40, labeled: Sequence[int] | None = None,
         size: tuple[int, int] = (480, 854), device: str = "cpu", amp: bool = False,
-        key_batch: int = 8, seed: int = 0) -> dict:
+        key_batch: int = 8, seed: int = 0, rounds: int = 1) -> dict:
     """Time both ways on one generated video and check they give the same masks.
 
     labeled: the two (or more) labeled frames (default: at 1/4 and 3/4 of the video, as a
-    random two-frame budget places them on average). Returns timings, the speed-up and the
-    work counts; raises AssertionError if the masks differ.
+    random two-frame budget places them on average); rounds: timed runs of each way, taking
+    turns (A B, B A, ...). Returns median timings, the speed-up (median of the per-round
+    ratios) and the work counts; raises AssertionError if the masks differ.
     """
     labeled = list(labeled) if labeled is not None else [num_frames // 4, (3 * num_frames) // 4]
     frames, labels = random_video(num_frames, size, object_ids=(1, 2), seed=seed)
@@ -76,30 +76,24 @@ def run(preset: str = "tiny", num_frames: int = 40, labeled: Sequence[int] | Non
     config = InferenceConfig(size=480, device=device, amp=amp, key_batch=key_batch)
     engine = PropagationEngine(model, config)
     engine.propagate(frames[:2], {0: labels[0]})                 # warm-up
-
-    def timed(fn):  # type: ignore[no-untyped-def]
-        if engine.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = fn()
-        if engine.device.type == "cuda":
-            torch.cuda.synchronize()
-        return out, time.perf_counter() - start
-
-    shared, shared_s = timed(lambda: engine.propagate(frames, given, mode="bidirectional"))
-    (reference, ref_encoded), ref_s = timed(lambda: reference_four_runs(model, config, frames, given))
+    timing = interleave({
+        "shared": lambda: engine.propagate(frames, given, mode="bidirectional"),
+        "reference": lambda: reference_four_runs(model, config, frames, given)},
+        rounds, engine.device)
+    shared, (reference, ref_encoded) = timing.values["shared"], timing.values["reference"]
+    shared_s, ref_s = timing.median("shared"), timing.median("reference")
     differing = int((shared.masks != reference).sum())
     assert differing == 0, f"{differing} pixels differ between the engine and the reference"
     return {
-        "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(),
-                    "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"},
+        "machine": machine_info(device),
         "settings": {"preset": preset, "frames": num_frames, "labeled": labeled,
                      "size": list(size), "processing": "shorter side 480", "mem_every": 5,
-                     "top_k": 20, "key_batch": key_batch, "amp": amp},
+                     "top_k": 20, "key_batch": key_batch, "amp": amp, "rounds": rounds},
         "shared_seconds": round(shared_s, 3),
         "reference_seconds": round(ref_s, 3),
-        "speedup": round(ref_s / shared_s, 2),
+        "speedup": round(timing.ratio("reference", "shared"), 2),
+        "speedup_per_round": [round(r / s, 2) for r, s in zip(timing.seconds["reference"],
+                                                               timing.seconds["shared"])],
         "shared_key_encodes": shared.stats.key_encodes,
         "reference_key_encodes": ref_encoded,
         "identical_masks": True,
@@ -115,9 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--key-batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=1, help="timed runs of each way, interleaved")
     args = parser.parse_args(argv)
     report = run(args.preset, args.frames, args.labeled, device=args.device, amp=args.amp,
-                 key_batch=args.key_batch)
+                 key_batch=args.key_batch, rounds=args.rounds)
     print(f"shared-key engine: {report['shared_seconds']} s ({report['shared_key_encodes']} key "
           f"encodings); four independent runs: {report['reference_seconds']} s "
           f"({report['reference_key_encodes']} key encodings); speed-up x{report['speedup']}; "

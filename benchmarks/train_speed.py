@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import cpu_name
 
 from twoshot.config import load_config
 from twoshot.model import build_model
@@ -158,23 +159,12 @@ def time_trainer(root: Path, iterations: int, workers: int, out: Path) -> float:
     return (len(times) - 3) / (times[-1] - times[2])
 
 
-def _cpu_name() -> str:
-    """The CPU model (from /proc/cpuinfo on Linux), else platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def run(cpu_steps: int = 20, cuda_steps: int = 20, cuda_batch: int = 8, loader_batches: int = 10,
         workers: int = 2, trainer_iterations: int = 20, device: str = "auto",
         videos: int = 4, frames: int = 20) -> dict[str, Any]:
     """All measurements as a dict (see the module docstring)."""
     result: dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "processor": _cpu_name(),
+        "machine": {"platform": platform.platform(), "processor": cpu_name(),
                     "cpu_count": os.cpu_count(), "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads()},
     }
