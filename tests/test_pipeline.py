@@ -1,0 +1,125 @@
+"""End to end: the two-shot pipeline and the demo on tiny generated data (CPU, < 2 min)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from twoshot.cli import main
+from twoshot.config import Config, load_config
+from twoshot.data.budget import load_budget, make_budget
+from twoshot.data.readers import open_dataset
+from twoshot.data.synth import generate_dataset
+from twoshot.demo import DemoScale, run_demo
+from twoshot.errors import UserError
+from twoshot.pipeline import run_pipeline
+
+MODELS = ["static", "phase1", "phase2", "naive", "full"]
+
+
+def _config(data: Path, out: Path, baselines: list[str]) -> Config:
+    config = load_config("tiny", overrides=[
+        "static.iterations=6", "static.batch_size=2", "static.num_workers=0", "static.crop_size=48",
+        "main.iterations=8", "main.batch_size=2", "main.num_workers=0", "main.crop_size=48",
+        "main.save_every=4", "static.save_every=4", "main.log_every=2", "static.log_every=2",
+        "twoshot.end_warm=3", "twoshot.phase2_start_update=4"])
+    config.pipeline.data = str(data)
+    config.pipeline.out = str(out)
+    config.pipeline.static_data = str(data / "static")
+    config.pipeline.baselines = baselines
+    config.pipeline.device = "cpu"
+    return config
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth") / "data"
+    generate_dataset(root, videos=4, frames=8, size=(48, 48), objects=(1, 2), seed=3,
+                     val_videos=2, static_images=8)
+    return root
+
+
+def test_pipeline_runs_every_stage_then_skips_and_resumes(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    logs: list[str] = []
+    report = run_pipeline(_config(dataset, out, ["naive", "full"]), log=logs.append, progress=False)
+    assert [m.name for m in report.models] == MODELS
+    for model in report.models:
+        assert 0.0 <= model.j_and_f <= 1.0
+        assert model.j_and_f == pytest.approx((model.j_mean + model.f_mean) / 2)
+    assert report.labeled_frames == 8 and report.total_frames == 32
+    assert report.score("full").labeled_share == 1.0 and report.score("phase2").labeled_share == 0.25
+    assert report.bank_j_and_f is not None
+    budget = load_budget(out / "budget.json")
+    assert sorted(budget) == [f"train{i:04d}" for i in range(4)]
+    assert all(len(frames) == 2 for frames in budget.values())
+    manifest = json.loads((out / "bank" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and len(manifest["videos"]) == 4
+    saved = json.loads((out / "report.json").read_text())
+    assert [m["name"] for m in saved["models"]] == MODELS
+    assert "| two-shot (phase 2 on the bank) |" in (out / "report.md").read_text()
+
+    # A second run finds every step complete.
+    logs.clear()
+    again = run_pipeline(_config(dataset, out, ["naive", "full"]), log=logs.append, progress=False)
+    assert not any(line.endswith("running") for line in logs), logs
+    assert [m.j_and_f for m in again.models] == [m.j_and_f for m in report.models]
+
+    # Killed after phase 2's last checkpoint: the rerun resumes it and gets the same weights.
+    weights = torch.load(out / "phase2" / "final.pth", weights_only=True)
+    (out / "phase2" / "final.pth").unlink()
+    logs.clear()
+    run_pipeline(_config(dataset, out, ["naive", "full"]), log=logs.append, progress=False)
+    assert "[phase2] running" in logs and "[phase1] running" not in logs
+    resumed = torch.load(out / "phase2" / "final.pth", weights_only=True)
+    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+
+
+def test_pipeline_never_needs_unlabeled_annotations(dataset: Path, tmp_path: Path) -> None:
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    budget = make_budget(open_dataset("davis", data, "train"), shots=2, strategy="uniform")
+    (tmp_path / "budget.json").write_text(json.dumps(budget))
+    for video, frames in budget.items():
+        keep = {Path(frame).stem for frame in frames}
+        for png in (data / "Annotations" / "480p" / video).glob("*.png"):
+            if png.stem not in keep:
+                png.unlink()
+    config = _config(data, tmp_path / "run", ["naive", "full"])
+    config.pipeline.budget = str(tmp_path / "budget.json")
+    logs: list[str] = []
+    report = run_pipeline(config, log=logs.append, progress=False)
+    assert [m.name for m in report.models] == ["static", "phase1", "phase2", "naive"]
+    assert any("[full] skipped" in line for line in logs)
+    assert report.bank_j_and_f is None
+
+
+def test_pipeline_bad_budget_stops_before_training(dataset: Path, tmp_path: Path) -> None:
+    (tmp_path / "budget.json").write_text(json.dumps({"no-such-video": ["00000.jpg"]}))
+    config = _config(dataset, tmp_path / "run", [])
+    config.pipeline.budget = str(tmp_path / "budget.json")
+    with pytest.raises(UserError, match="no-such-video"):
+        run_pipeline(config, log=lambda _: None, progress=False)
+    assert not (tmp_path / "run" / "phase1").exists()
+
+
+def test_pipeline_cli_reports_unknown_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["pipeline", "--preset", "tiny", "pipeline.nope=1"]) == 2
+    assert "unknown config key 'pipeline.nope'" in capsys.readouterr().err
+    assert main(["pipeline", "--preset", "tiny"]) == 2
+    assert "pipeline.data is not set" in capsys.readouterr().err
+
+
+def test_demo_writes_report_plot_and_overlays(tmp_path: Path) -> None:
+    scale = DemoScale(videos=3, val_videos=2, frames=6, size=48, static_images=6,
+                      static_iterations=4, iterations=6, end_warm=2, phase2_start_update=3)
+    report, pictures = run_demo(tmp_path / "demo", scale=scale, device="cpu",
+                                log=lambda _: None, progress=False)
+    assert [m.name for m in report.models] == MODELS
+    names = sorted(p.name for p in pictures)
+    assert names == ["jf.png", "val0000.mp4", "val0000.png", "val0001.mp4", "val0001.png"]
+    assert all(p.is_file() and p.stat().st_size > 0 for p in pictures)
