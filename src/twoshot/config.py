@@ -76,6 +76,10 @@ class TwoShotConfig:
     use_teacher: bool = True                 # false: the student labels its own clips
     phase2_start_update: int = 70_000        # phase 2: online refinement from this iteration
     refine_threshold: float = 0.99
+    # Phase 2: also write the refined labels of unlabeled frames back into the pseudo-label
+    # bank (DESIGN §2, off in the reference). The bank then changes during training, so a
+    # resumed phase 2 is no longer bit-identical to an uninterrupted one.
+    write_back: bool = False
 
 
 @dataclass

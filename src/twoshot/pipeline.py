@@ -7,7 +7,8 @@ killed at any point resumes where it stopped (a training step resumes from its c
 2. ``static``   optional static-image pretraining (all later training starts from it);
 3. ``phase1``   semi-supervised training with the EMA teacher;
 4. ``bank``     the pseudo-label bank from phase 1's model (bidirectional propagation);
-5. ``phase2``   retraining on the bank with online refinement;
+5. ``phase2``   retraining on the bank with online refinement (``twoshot.write_back``:
+                also rewriting the bank's PNGs of unlabeled frames);
 6. baselines    ``naive`` (labeled frames only) and ``full`` (every frame, when the data has
                 full annotations), trained with the same schedule;
 7. ``evaluate`` inference on the validation videos and DAVIS J&F for every model;
@@ -217,7 +218,8 @@ class Pipeline:
             videos = bank_sequences(self.train_sequences, bank)
             kwargs = {**self._crop_kwargs(), "annotation_stride": 1}  # the bank labels every frame
             dataset = VOSClipDataset(videos, self.config.main.crop_size, mode="bank", **kwargs)
-            return dataset, Phase2Mode(self.config.twoshot)
+            # With twoshot.write_back the mode rewrites the bank's PNGs of unlabeled frames.
+            return dataset, Phase2Mode(self.config.twoshot, bank=bank, videos=videos)
         return self._train_step("phase2", "main", make, init)
 
     def naive(self, budget: Budget, init: Path | None) -> Path:

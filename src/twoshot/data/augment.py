@@ -25,6 +25,9 @@ spline warp with p 0.33. The affines compose into one warp per frame (one resamp
 Images stay uint8 RGB throughout, as in the reference (PIL): in as [H, W, 3], out as
 [T, S, S, 3]; :func:`to_normalized_tensor` makes the network input. The geometric
 parameters of a frame are applied to its image and its mask alike.
+:meth:`ClipAugment.augment_clip` also reports each frame's geometry as one 3x3 matrix
+(original-frame pixel -> crop pixel) and :func:`labels_to_frame` inverts it, so that phase 2
+can write refined labels back to the pseudo-label bank.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -177,6 +181,59 @@ def _resize(image: np.ndarray, width: int, height: int, nearest: bool = False) -
     return cv2.resize(image, (width, height), interpolation=flag)
 
 
+def crop_resize_matrix(crop_box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """3x3 map from original-frame pixels to pixels of the crop box resized to size x size.
+
+    crop_box: (top, left, crop_h, crop_w). Pixel centres as in :func:`_resize` (half-pixel
+    convention): ``x' = (x - left + 0.5) * size / crop_w - 0.5``, likewise for y. float64.
+    """
+    top, left, crop_h, crop_w = crop_box
+    sx, sy = size / crop_w, size / crop_h
+    return np.array([[sx, 0.0, (0.5 - left) * sx - 0.5],
+                     [0.0, sy, (0.5 - top) * sy - 0.5],
+                     [0.0, 0.0, 1.0]], dtype=np.float64)
+
+
+def labels_to_frame(labels: np.ndarray, matrix: np.ndarray, crop_box: tuple[int, int, int, int],
+                    frame_size: tuple[int, int], fill: int = 255) -> np.ndarray:
+    """Warp a crop's label map back onto its original frame (inverse of ClipAugment's geometry).
+
+    labels: uint8 [S, S] in crop pixels; matrix: the frame's 3x3 original -> crop map
+    (:attr:`AugmentedClip.matrices`); crop_box: (top, left, crop_h, crop_w); frame_size: (H, W).
+    Each frame pixel inside the crop box takes the label of the crop pixel nearest to its image
+    under ``matrix``; pixels outside the box, or whose image falls outside the crop, get
+    ``fill``. Returns uint8 [H, W].
+    """
+    height, width = frame_size
+    top, left, crop_h, crop_w = crop_box
+    out = np.full((height, width), fill, dtype=np.uint8)
+    # Only the box is warped: frame pixels outside it never reached the crop (the crop
+    # pixels they would map to show the warp's fill, not the frame).
+    from_box = np.array([[1.0, 0.0, left], [0.0, 1.0, top], [0.0, 0.0, 1.0]])
+    box_to_crop = (np.asarray(matrix, dtype=np.float64) @ from_box)[:2]
+    # WARP_INVERSE_MAP: dst(p) = src(box_to_crop @ p), i.e. nearest sampling of the crop at
+    # each box pixel's image, which is what write-back needs.
+    out[top:top + crop_h, left:left + crop_w] = cv2.warpAffine(
+        np.ascontiguousarray(labels, dtype=np.uint8), box_to_crop, (crop_w, crop_h),
+        flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+        borderValue=fill)
+    return out
+
+
+class AugmentedClip(NamedTuple):
+    """What :meth:`ClipAugment.augment_clip` returns.
+
+    pixels: uint8 [T, S, S, 3]; masks: T uint8 [S, S] or None; matrices: float64 [T, 3, 3],
+    each frame's map from original-frame pixels to crop pixels (crop, resize, flip, affine);
+    crop_box: (top, left, crop_h, crop_w) of the clip's crop in the original frame.
+    """
+
+    pixels: np.ndarray
+    masks: list[np.ndarray | None]
+    matrices: np.ndarray
+    crop_box: tuple[int, int, int, int]
+
+
 @dataclass(frozen=True)
 class ClipAugment:
     """The reference VOS clip augmentation (DESIGN.md §3); call it to augment one clip.
@@ -201,8 +258,17 @@ class ClipAugment:
         images: T uint8 RGB frames [H, W, 3] of one video (same size); masks: T uint8 label
         maps [H, W] or None for a frame without labels (its geometry is drawn all the same,
         so the random stream does not depend on which frames are labeled).
-        Returns (uint8 [T, S, S, 3], list of T uint8 [S, S] or None).
+        Returns (uint8 [T, S, S, 3], list of T uint8 [S, S] or None); see
+        :meth:`augment_clip` for the same with each frame's geometry.
         """
+        clip = self.augment_clip(rng, images, masks)
+        return clip.pixels, clip.masks
+
+    def augment_clip(self, rng: np.random.Generator, images: Sequence[np.ndarray],
+                     masks: Sequence[np.ndarray | None]) -> AugmentedClip:
+        """Augment a clip (same arguments and random draws as :meth:`__call__`) and also
+        report its geometry: an :class:`AugmentedClip` whose ``matrices`` [T, 3, 3] map
+        original-frame pixels to crop pixels (invert with :func:`labels_to_frame`)."""
         size = self.crop_size
         height, width = images[0].shape[:2]
         # Shared by the clip: one crop box, one flip, one colour draw.
@@ -214,8 +280,10 @@ class ClipAugment:
         center = ((size - 1) / 2.0, (size - 1) / 2.0)
         # The flip is folded into each frame's warp (x -> S-1-x first): no extra copy.
         mirror = np.array([[-1.0, 0.0, size - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        resize = crop_resize_matrix((top, left, crop_h, crop_w), size)
         out_images = np.empty((len(images), size, size, 3), dtype=np.uint8)
         out_masks: list[np.ndarray | None] = []
+        matrices = np.empty((len(images), 3, 3), dtype=np.float64)
         for t, (image, mask) in enumerate(zip(images, masks)):
             if image.shape[:2] != (height, width):
                 raise ValueError(f"frame {t} is {image.shape[:2]}, frame 0 is {(height, width)}")
@@ -225,6 +293,8 @@ class ClipAugment:
             if flip:
                 matrix = matrix @ mirror
             own = draw_jitter(rng, self.frame_jitter)
+            matrices[t, :2] = matrix @ resize      # original frame -> crop, one 3x3 per frame
+            matrices[t, 2] = (0.0, 0.0, 1.0)
 
             crop = image[top:top + crop_h, left:left + crop_w]
             crop = _resize(crop, size, size)
@@ -245,7 +315,7 @@ class ClipAugment:
                                     flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
                                     borderValue=0)
             out_masks.append(labels)
-        return out_images, out_masks
+        return AugmentedClip(out_images, out_masks, matrices, (top, left, crop_h, crop_w))
 
 
 def tps_maps(rng: np.random.Generator, height: int, width: int, num_points: int = 12,

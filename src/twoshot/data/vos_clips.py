@@ -10,6 +10,14 @@ consumes (batched by the default collate; T = 3, S = crop size):
 - ``selector`` float32 [2]: [1, 1 if a second object exists else 0]
 - ``labeled``  bool [T]: which frames carry ground truth (frame 0 always does)
 - ``info``     {"name": video name, "frames": [frame index per clip frame]}
+- ``geometry``   float64 [T, 3, 3]: each frame's map from original-frame pixels to crop
+  pixels (:meth:`ClipAugment.augment_clip`)
+- ``crop_box``   int64 [4]: the clip's crop in the original frames (top, left, height, width)
+- ``frame_size`` int64 [2]: the original frames' (height, width)
+- ``object_ids`` int64 [2]: the label-map ids of the target and second object (-1: none)
+
+The last four let phase 2 write refined labels back onto the original frames
+(:mod:`twoshot.train.write_back`); they are tensors so that the default collate batches them.
 
 Modes (DESIGN.md §2):
 
@@ -40,7 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from twoshot.data.augment import ClipAugment, to_normalized_tensor
+from twoshot.data.augment import AugmentedClip, ClipAugment, to_normalized_tensor
 from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import read_frame, read_mask
 from twoshot.data.sampling import (
@@ -172,8 +180,8 @@ class VOSClipDataset(Dataset):
             images = [self._frame(video, f, frame_cache) for f in frames]
             masks = [self._mask(video, f, mask_cache, images[t].shape[:2])
                      if f in video.mask_paths else None for t, f in enumerate(frames)]
-            pixels, labels = self.augment(rng, images, masks)
-            first = labels[0]
+            clip = self.augment.augment_clip(rng, images, masks)
+            first = clip.masks[0]
             assert first is not None  # every mode starts at an annotated frame
             objects = [int(o) for o in np.unique(first) if o not in (0, VOID_LABEL)]
             if objects:
@@ -185,7 +193,9 @@ class VOSClipDataset(Dataset):
             # Like STCN, a clip whose crops never showed an object is all background; but a
             # video with no object at all is a mistake in the data, so say so.
             self._check_not_empty(video)
-        return _pack(pixels, labels, target, second, video.name, frames)
+        sample = _pack(clip.pixels, clip.masks, target, second, video.name, frames)
+        sample.update(_geometry(clip, images[0].shape[:2], target, second))
+        return sample
 
     def _frame(self, video: VideoSequence, index: int, cache: dict[int, np.ndarray]) -> np.ndarray:
         if index not in cache:
@@ -225,6 +235,18 @@ class VOSClipDataset(Dataset):
         """
         for video in self.videos:
             self._check_not_empty(video)
+
+
+def _geometry(clip: AugmentedClip, frame_size: tuple[int, ...], target: int | None,
+              second: int | None) -> dict[str, torch.Tensor]:
+    """The sample entries that map the clip back onto its original frames (see module doc)."""
+    return {
+        "geometry": torch.from_numpy(clip.matrices),
+        "crop_box": torch.tensor(clip.crop_box, dtype=torch.int64),
+        "frame_size": torch.tensor(tuple(frame_size), dtype=torch.int64),
+        "object_ids": torch.tensor([-1 if target is None else target,
+                                    -1 if second is None else second], dtype=torch.int64),
+    }
 
 
 def _pack(pixels: np.ndarray, labels: Sequence[np.ndarray | None], target: int | None,

@@ -12,6 +12,10 @@ in the progress file, so an interrupted run leaves only complete videos behind, 
 with the same checkpoint and budget skips the recorded ones. The manifest's identity
 (checkpoint and budget sha256, inference settings) is written when the bank is started; a
 folder made from another checkpoint, budget or settings is refused.
+
+Phase 2 with ``twoshot.write_back`` rewrites unlabeled frames' PNGs in place and records it
+under the manifest's ``write_back`` key (:mod:`twoshot.train.write_back`); :meth:`BankStore.finish`
+keeps that record, so a bank refined this way never looks like plain phase-1 output.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from twoshot.fsutil import atomic_dir, write_json
 
 FORMAT = "twoshot-pseudo-label-bank/1"
 MANIFEST = "manifest.json"
+WRITE_BACK = "write_back"   # manifest key: the phase-2 write-back record, if any
 CONFIDENCE_DIR = "confidence"
 
 PathLike = str | os.PathLike[str]
@@ -204,8 +209,19 @@ class BankStore:
             del entry["video"]
         status = "complete" if len(listed) == len(videos) else "in progress"
         manifest = self._manifest(status, listed)
+        previous = self._read_manifest()
+        if WRITE_BACK in previous:   # phase 2 already changed the files: keep saying so
+            manifest[WRITE_BACK] = previous[WRITE_BACK]
         write_json(self.manifest_path, manifest)
         return manifest
+
+    def _read_manifest(self) -> dict[str, Any]:
+        """The manifest on disk as a dict ({} if missing or unreadable)."""
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return {}
+        return manifest if isinstance(manifest, dict) else {}
 
     def _manifest(self, status: str, videos: dict[str, Any]) -> dict[str, Any]:
         return {"format": FORMAT, "status": status, "twoshot_version": __version__,

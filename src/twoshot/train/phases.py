@@ -4,11 +4,13 @@ Phase 1 trains on the labeled frames only until ``end_warm``, then on clips that
 labeled frame and run over all frames, with the unlabeled frames' targets taken from an EMA
 teacher where it is confident. Phase 2 trains on the pseudo-label bank and, from
 ``phase2_start_update`` on, lets the model's own confident predictions overwrite the bank's
-targets.
+targets; with ``write_back`` they also overwrite the bank's files.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,10 +18,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from twoshot.config import TwoShotConfig
+from twoshot.data.layout import VideoSequence
+from twoshot.errors import UserError
 from twoshot.train.forward import ClipOutput, forward_batch
 from twoshot.train.modes import Batch, SupervisedMode
 from twoshot.train.targets import IGNORE, confident_labels, pseudo_label_targets, refine_targets
 from twoshot.train.teacher import ema_update, make_teacher
+from twoshot.train.write_back import BankWriter
 
 
 class _Averages:
@@ -117,24 +122,49 @@ class Phase1Mode(SupervisedMode):
 
 
 class Phase2Mode(SupervisedMode):
-    """Two-shot phase 2: train on the pseudo-label bank with online refinement."""
+    """Two-shot phase 2: train on the pseudo-label bank with online refinement.
+
+    settings: the two-shot settings. bank / videos: the pseudo-label bank folder and the
+    training videos read from it (``frame_names`` name its PNGs); needed only with
+    ``settings.write_back``, which then writes the refined labels of unlabeled frames back
+    into the bank (:mod:`twoshot.train.write_back`; UserError if either is missing).
+    """
 
     name = "phase2"
 
-    def __init__(self, settings: TwoShotConfig) -> None:
+    def __init__(self, settings: TwoShotConfig, bank: str | Path | None = None,
+                 videos: Sequence[VideoSequence] | None = None) -> None:
         self.settings = settings
         self.averages = _Averages()
+        self.writer: BankWriter | None = None
+        if settings.write_back:
+            if bank is None or videos is None:
+                raise UserError("twoshot.write_back: phase 2 needs the bank folder and its "
+                                "videos to write refined labels back")
+            self.writer = BankWriter(bank, videos)
 
     def prepare_targets(self, batch: Batch, outputs: ClipOutput, it: int) -> Batch:
-        """From ``phase2_start_update`` on, confident predictions overwrite frames 1..T-1."""
+        """From ``phase2_start_update`` on, confident predictions overwrite frames 1..T-1
+        (and, with write-back, the bank's PNGs of those frames)."""
         if it < self.settings.phase2_start_update:
             return batch
-        targets = refine_targets(batch["cls_gt"], outputs.probs.detach(),
-                                 self.settings.refine_threshold)
+        probs = outputs.probs.detach()
+        targets = refine_targets(batch["cls_gt"], probs, self.settings.refine_threshold)
         self.averages.add("refined_share",
                           float((targets[:, 1:] != batch["cls_gt"][:, 1:]).float().mean()))
+        if self.writer is not None:
+            confident = confident_labels(probs.flatten(0, 1), self.settings.refine_threshold)
+            stats = self.writer.write_batch(batch, confident.view_as(batch["cls_gt"][:, 1:]))
+            self.averages.add("written_back_pixels", float(stats.pixels))
+            self.averages.add("written_back_files", float(stats.files))
+            if stats.visited:
+                self.averages.add("written_back_share", stats.pixels / stats.visited)
         return {**batch, "cls_gt": targets}
 
     def log_scalars(self) -> dict[str, float]:
-        """Mean share of target pixels changed by refinement since the last call."""
+        """Means since the last call: share of target pixels changed by refinement; with
+        write-back, bank pixels and files changed per iteration and the share of the visited
+        frames' pixels changed. Also records the write-backs in the bank manifest."""
+        if self.writer is not None:
+            self.writer.flush()
         return self.averages.pop()
