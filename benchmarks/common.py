@@ -7,6 +7,10 @@ does ``benchmarks/run.py`` when it imports the other scripts.
 On a shared machine the load changes from second to second, so comparisons are measured
 *interleaved*: every variant once per round, the order reversed every other round (A B, B A,
 A B ...), and the median per variant (and of the per-round ratios) reported.
+
+torch is imported only inside the functions that need it: a benchmark that starts worker
+processes with ``spawn`` re-imports its main script in every worker, and importing torch
+there would add seconds to each worker's start.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def cpu_name() -> str:
@@ -44,6 +49,8 @@ def load_average() -> float | None:
 def machine_info(device: str = "cpu") -> dict[str, Any]:
     """What the figures were measured on: CPU model and count, OS, Python, torch and its
     intra-op threads, the device (GPU name on CUDA) and the load average now."""
+    import torch
+
     cuda = device.startswith("cuda") and torch.cuda.is_available()
     return {
         "processor": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
@@ -56,8 +63,11 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
 
 def synchronize(device: str | torch.device | None) -> None:
     """Wait for queued CUDA work (timings on a GPU are otherwise only launch times)."""
-    if device is not None and torch.device(device).type == "cuda":
-        torch.cuda.synchronize(torch.device(device))
+    if device is None or "cuda" not in str(device):
+        return
+    import torch
+
+    torch.cuda.synchronize(torch.device(device))
 
 
 def timed(fn: Callable[[], Any], device: str | torch.device | None = None) -> tuple[Any, float]:

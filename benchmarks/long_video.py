@@ -13,9 +13,10 @@ other, so that its peak resident set is its own:
 - ``unbounded``: no cap, streamed;
 - ``cap_in_memory``: the cap, masks kept as a [T, H, W] array (the in-memory path).
 
-For each: the process's RSS (``VmRSS`` in ``/proc/self/status``) sampled as frames finish,
-the peak (``VmHWM``), RSS growth over the second half of the video, and frames/s over the
-first and the last quarter.
+For each: the process's RSS (``VmRSS`` in ``/proc/self/status``) and peak RSS so far
+(``VmHWM``: it includes the transient affinity matrices of memory reads, which the samples
+between frames miss) sampled as frames finish, the growth of both over the second half of
+the video, and frames/s over the first and the last quarter.
 
 **Accuracy.** Generated videos with ground truth (``twoshot.data.synth_render.make_video``,
 default difficulty, ``--jf-frames`` frames at 96x96, 2 objects) are propagated from frame 0
@@ -120,8 +121,9 @@ def measure_memory(config_name: str, frames: int, cap: int, size: tuple[int, int
                    samples: int = 20, seed: int = 0) -> dict[str, Any]:
     """One configuration, in this process (call it in a fresh one: the peak RSS is per process).
 
-    Returns RSS samples [(frame, MiB)], peak RSS, RSS growth over the second half, frames/s
-    of the first and last quarter, and the engine's work counts.
+    Returns samples [(frame, RSS MiB, peak RSS so far MiB)], peak RSS, the growth of RSS and
+    of the peak over the second half, frames/s of the first and last quarter, and the
+    engine's work counts.
     """
     video = LongVideo(frames, size, seed=seed)
     torch.manual_seed(seed)
@@ -132,13 +134,13 @@ def measure_memory(config_name: str, frames: int, cap: int, size: tuple[int, int
     engine.propagate(video[:2], {0: video.labels(0)})             # warm-up
     start_rss = rss_mb()
     every = max(1, frames // samples)
-    rss: list[tuple[int, float]] = []
+    rss: list[tuple[int, float, float]] = []
     stamps: list[float] = []
 
     def progress(frame: int) -> None:
         stamps.append(time.perf_counter())
         if frame % every == 0 or frame == frames - 1:
-            rss.append((frame, round(rss_mb() or 0.0, 1)))
+            rss.append((frame, round(rss_mb() or 0.0, 1), round(peak_rss_mb(), 1)))
 
     def drop(frame: int, labels: np.ndarray, confidence: np.ndarray | None) -> None:
         pass  # streamed: a real caller writes the PNG here (predict_sequences does)
@@ -148,7 +150,7 @@ def measure_memory(config_name: str, frames: int, cap: int, size: tuple[int, int
     result = engine.propagate(video, {0: video.labels(0)}, progress=progress, sink=sink)
     seconds = time.perf_counter() - start
     quarter = max(1, len(stamps) // 4)
-    half = [mb for frame, mb in rss if frame >= frames // 2]
+    half = [(mb, peak) for frame, mb, peak in rss if frame >= frames // 2]
     return {
         "config": config_name, "frames": frames, "max_memory_frames": cap_value,
         "streamed": result.streamed, "seconds": round(seconds, 1),
@@ -157,7 +159,8 @@ def measure_memory(config_name: str, frames: int, cap: int, size: tuple[int, int
         "fps_last_quarter": round(quarter / (stamps[-1] - stamps[-quarter - 1]), 2)
         if len(stamps) > quarter else None,
         "rss_start_mb": start_rss, "peak_rss_mb": round(peak_rss_mb(), 1),
-        "rss_growth_second_half_mb": round(half[-1] - half[0], 1) if len(half) > 1 else None,
+        "rss_growth_second_half_mb": round(half[-1][0] - half[0][0], 1) if len(half) > 1 else None,
+        "peak_growth_second_half_mb": round(half[-1][1] - half[0][1], 1) if len(half) > 1 else None,
         "rss_samples": rss,
         "peak_memory_frames": result.stats.peak_memory_frames,
         "peak_cached_frames": result.stats.peak_cached_frames,
@@ -272,13 +275,15 @@ def format_report(report: dict) -> str:
         rows.append([name, r["frames"], r["max_memory_frames"] or "-",
                      "yes" if r["streamed"] else "no", r["peak_memory_frames"],
                      r["rss_start_mb"] and round(r["rss_start_mb"]), round(r["peak_rss_mb"]),
-                     r["rss_growth_second_half_mb"], r["fps_first_quarter"], r["fps_last_quarter"]])
+                     r["rss_growth_second_half_mb"], r["peak_growth_second_half_mb"],
+                     r["fps_first_quarter"], r["fps_last_quarter"]])
     lines.append(markdown_table(["config", "frames", "cap", "streamed", "memory frames (peak)",
                                  "RSS at start MiB", "peak RSS MiB", "RSS growth, 2nd half MiB",
-                                 "frames/s 1st quarter", "frames/s last quarter"], rows))
+                                 "peak RSS growth, 2nd half MiB", "frames/s 1st quarter",
+                                 "frames/s last quarter"], rows))
     for name, r in report["memory"].items():
-        lines.append(f"RSS samples {name} (frame, MiB): " +
-                     " ".join(f"{f}:{mb:.0f}" for f, mb in r["rss_samples"]))
+        lines.append(f"samples {name} (frame: RSS/peak MiB): " +
+                     " ".join(f"{f}:{mb:.0f}/{peak:.0f}" for f, mb, peak in r["rss_samples"]))
     acc = report["accuracy"]
     if acc is not None:
         lines += ["", f"J&F on {acc['videos']} generated videos of {acc['frames']} frames at "

@@ -38,7 +38,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from common import interleave, load_average, machine_info, markdown_table
 
 SECTIONS: tuple[str, ...] = ("a", "b", "c", "d")
@@ -208,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
     args = parser.parse_args(argv)
+    import torch  # here, not at the top: eval's spawned workers re-import this script
+
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here")
     if args.threads is not None:
