@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -183,11 +184,34 @@ def test_missing_prediction_frame(dataset: tuple[Path, Path], tmp_path: Path,
     assert evaluate_folders(pred_root, gt_root).scores["J-Mean"] == pytest.approx(J_MEAN)
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_prediction_of_another_size(dataset: tuple[Path, Path], tmp_path: Path,
-                                    capsys: pytest.CaptureFixture[str], workers: str) -> None:
+def test_parallel_scores_every_video_once(dataset: tuple[Path, Path]) -> None:
+    """More videos than processes: this process and the spawned workers share them, and the
+    result equals the serial one video for video, in the requested order."""
     gt_root, pred_root = dataset
-    bad = pred_root / "two" / "00001.png"
+    annotations = gt_root / "Annotations" / "480p"
+    names = []
+    for copy in range(3):
+        for video in ("shift", "two"):
+            name = f"{video}{copy}"
+            shutil.copytree(annotations / video, annotations / name)
+            shutil.copytree(pred_root / video, pred_root / name)
+            names.append(name)
+    serial = evaluate_folders(pred_root, gt_root, names)
+    for workers in (2, 3):
+        parallel = evaluate_folders(pred_root, gt_root, names, workers=workers)
+        assert [s.name for s in parallel.sequences] == names
+        assert [o.name for o in parallel.objects] == [o.name for o in serial.objects]
+        assert parallel.scores == serial.scores
+
+
+# With 2 processes this one scores "shift" and the spawned worker "two" (the workers take
+# videos from the end of the list): the error is raised from either side.
+@pytest.mark.parametrize("workers, video", [("1", "two"), ("2", "two"), ("2", "shift")])
+def test_prediction_of_another_size(dataset: tuple[Path, Path], tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str], workers: str,
+                                    video: str) -> None:
+    gt_root, pred_root = dataset
+    bad = pred_root / video / "00001.png"
     write_mask(bad, np.zeros((H, W + 4), np.uint8))
     expect_error(capsys, tmp_path, gt_root, pred_root, str(bad), "54x50", "50x50",
                  extra=("--workers", workers))

@@ -13,13 +13,18 @@ from __future__ import annotations
 import csv
 import io
 import multiprocessing
+import multiprocessing.pool
 import os
+import queue
 import sys
+import threading
+from collections import deque
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -168,8 +173,6 @@ def evaluate_files(files: SequenceFiles) -> SequenceScores:
 
 def _init_worker() -> None:
     """Worker start: one OpenCV thread per process, the processes are the parallelism."""
-    import cv2
-
     cv2.setNumThreads(1)
 
 
@@ -182,6 +185,75 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     Pillow; not torch), so a spawned worker starts in a fraction of a second.
     """
     return multiprocessing.get_context("spawn")
+
+
+def _score_in_parallel(files: Sequence[SequenceFiles], workers: int) -> Iterator[SequenceScores]:
+    """Score videos in ``workers`` processes: this one and ``workers - 1`` spawned ones.
+
+    A spawned worker takes a fraction of a second to start (a fresh interpreter importing
+    NumPy and OpenCV); this process scores videos meanwhile instead of waiting, which on a
+    small evaluation decides whether parallelism pays off at all. Videos are ordered longest
+    first; this process takes from the front, and a worker is handed the next video from the
+    back each time it returns one (so at most one waits per worker). Yields each video's
+    scores as it is finished; an error in a worker is raised here.
+    """
+    jobs = deque(sorted(files, key=lambda item: len(item.gt_paths), reverse=True))
+    lock = threading.Lock()
+    handed = 0
+    results: queue.Queue[SequenceScores | BaseException] = queue.Queue()
+
+    def take(for_worker: bool) -> SequenceFiles | None:
+        nonlocal handed
+        with lock:
+            if not jobs:
+                return None
+            handed += for_worker
+            return jobs.pop() if for_worker else jobs.popleft()
+
+    def hand_next(pool: multiprocessing.pool.Pool) -> None:
+        job = take(for_worker=True)
+        if job is None:
+            return
+        try:
+            pool.apply_async(evaluate_files, (job,), callback=lambda item: returned(pool, item),
+                             error_callback=results.put)
+        except ValueError:  # the pool is closing: this process stopped on an error
+            pass
+
+    def returned(pool: multiprocessing.pool.Pool, item: SequenceScores) -> None:
+        results.put(item)
+        hand_next(pool)
+
+    def received(block: bool) -> Iterator[SequenceScores]:
+        while True:
+            try:
+                item = results.get(block=block)
+            except queue.Empty:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if block:
+                return
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # as in the workers: the processes are the parallelism
+    try:
+        with _pool_context().Pool(workers - 1, initializer=_init_worker) as pool:
+            for _ in range(workers - 1):
+                hand_next(pool)
+            count = 0
+            while (job := take(for_worker=False)) is not None:
+                yield evaluate_files(job)
+                for item in received(block=False):
+                    count += 1
+                    yield item
+            while count < handed:          # every job is handed out now: handed is final
+                for item in received(block=True):
+                    count += 1
+                    yield item
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def evaluate_folders(pred_dir: str | os.PathLike[str], gt_dir: str | os.PathLike[str],
@@ -201,18 +273,9 @@ def evaluate_folders(pred_dir: str | os.PathLike[str], gt_dir: str | os.PathLike
     files = collect_files(pred_dir, gt_dir, sequences)
     workers = min(workers or (os.cpu_count() or 1), len(files))
     results: dict[str, SequenceScores] = {}
-    with ExitStack() as stack:
-        scores: Iterator[SequenceScores]
-        if workers > 1:
-            pool = stack.enter_context(
-                _pool_context().Pool(workers, initializer=_init_worker))
-            # Longest videos first, so that no worker is left alone with a long one at the end.
-            jobs = sorted(files, key=lambda item: len(item.gt_paths), reverse=True)
-            scores = pool.imap_unordered(evaluate_files, jobs, chunksize=1)
-        else:
-            scores = map(evaluate_files, files)
-        bar = stack.enter_context(tqdm(total=len(files), desc="eval", unit="video",
-                                       file=sys.stderr, disable=not progress or len(files) < 2))
+    with tqdm(total=len(files), desc="eval", unit="video", file=sys.stderr,
+              disable=not progress or len(files) < 2) as bar:
+        scores = _score_in_parallel(files, workers) if workers > 1 else map(evaluate_files, files)
         for item in scores:
             results[item.name] = item
             bar.update(1)
