@@ -275,6 +275,33 @@ def test_phase1_opens_only_budgeted_annotations(tmp_path, monkeypatch):
     assert not listed
 
 
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_phase1_labeled_clip_share(tmp_path, share):
+    """The share of phase-1 samples that are labeled-only clips (every frame a budget frame)."""
+    budget = [2, 9]
+    videos = [make_video(tmp_path, name, num_frames=12, labeled=budget) for name in ("a", "b")]
+    dataset = VOSClipDataset(videos, CROP, mode="phase1", seed=0, repeats=40, max_skip=11,
+                             labeled_clip_share=share)
+    all_labeled = [bool(dataset[i]["labeled"].all()) for i in range(len(dataset))]
+    for index, labeled in enumerate(all_labeled):
+        if labeled:
+            assert set(dataset[index]["info"]["frames"]) <= set(budget)
+    fraction = sum(all_labeled) / len(all_labeled)
+    if share == 1.0:
+        assert fraction == 1.0
+    elif share == 0.0:
+        # A reference phase-1 clip is all labeled only when both other frames hit the budget.
+        assert fraction < 0.1
+    else:
+        assert 0.35 < fraction < 0.7
+
+
+def test_labeled_clip_share_must_be_a_probability(tmp_path):
+    video = make_video(tmp_path, "a", num_frames=12, labeled=[2, 9])
+    with pytest.raises(UserError, match="labeled_clip_share must be in"):
+        VOSClipDataset([video], CROP, mode="phase1", labeled_clip_share=1.5)
+
+
 def test_max_skip_and_epoch_setters(tmp_path):
     video = make_video(tmp_path, "a", num_frames=30, size=(24, 24), objects=1)
     dataset = VOSClipDataset([video], 16, seed=5, repeats=40)

@@ -74,6 +74,11 @@ class TwoShotConfig:
     ema_alpha: float = 0.995
     pseudo_threshold: float = 0.9            # phase 1 teacher confidence for a pseudo label
     use_teacher: bool = True                 # false: the student labels its own clips
+    # Phase 1 after end_warm: share of clips that stay labeled-only (ground truth on every
+    # frame) instead of starting at a labeled frame and running over unlabeled ones. The
+    # reference uses 0; a weak teacher (a small model trained briefly) needs some ground
+    # truth beside its pseudo labels (docs/results.md).
+    labeled_clip_share: float = 0.0
     phase2_start_update: int = 70_000        # phase 2: online refinement from this iteration
     refine_threshold: float = 0.99
     # Phase 2: also write the refined labels of unlabeled frames back into the pseudo-label

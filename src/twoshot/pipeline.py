@@ -188,7 +188,8 @@ class Pipeline:
         def make() -> tuple[Any, Any]:
             videos, crop = self.budgeted(budget), self.config.main.crop_size
             warm = VOSClipDataset(videos, crop, mode="labeled_only", **self._crop_kwargs())
-            clips = VOSClipDataset(videos, crop, mode="phase1", **self._crop_kwargs())
+            clips = VOSClipDataset(videos, crop, mode="phase1", **self._crop_kwargs(),
+                                   labeled_clip_share=self.config.twoshot.labeled_clip_share)
             return None, Phase1Mode(warm, clips, self.config.twoshot)
         return self._train_step("phase1", "main", make, init)
 

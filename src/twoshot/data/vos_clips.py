@@ -73,14 +73,17 @@ class VOSClipDataset(Dataset):
     frame, e.g. 5 for YouTube-VOS); seed: base of every sample's generator; repeats: the
     dataset lists each video this many times (distinct samples; helps tiny datasets fill
     batches); max_tries: crops re-drawn when the first frame loses every object (STCN: 5);
-    augment: the clip augmentation (STCN's at ``crop_size`` by default).
+    augment: the clip augmentation (STCN's at ``crop_size`` by default);
+    labeled_clip_share: mode ``phase1`` only, the chance that a sample is a labeled-only
+    clip (as mode ``labeled_only``) instead of a phase-1 clip (0 = the reference).
     Videos with fewer than 3 frames or without annotations are skipped with one warning;
     UserError if none is usable or if a listed file is missing.
     """
 
     def __init__(self, sequences: Sequence[VideoSequence], crop_size: int, mode: str = "full", *,
                  max_skip: int = 5, annotation_stride: int = 1, seed: int = 0, repeats: int = 1,
-                 max_tries: int = 5, augment: ClipAugment | None = None) -> None:
+                 max_tries: int = 5, augment: ClipAugment | None = None,
+                 labeled_clip_share: float = 0.0) -> None:
         if mode not in MODES:
             raise UserError(f"unknown clip mode {mode!r}; choose one of: {', '.join(MODES)}")
         if crop_size < 1:
@@ -89,7 +92,10 @@ class VOSClipDataset(Dataset):
             raise UserError(f"repeats and max_tries must be >= 1 (got {repeats}, {max_tries})")
         if not sequences:
             raise UserError("no training videos: the dataset is empty")
+        if not 0.0 <= labeled_clip_share <= 1.0:
+            raise UserError(f"labeled_clip_share must be in [0, 1], got {labeled_clip_share}")
         self.mode = mode
+        self.labeled_clip_share = labeled_clip_share
         self.crop_size = crop_size
         self.annotation_stride = annotation_stride
         self.seed = seed
@@ -158,7 +164,8 @@ class VOSClipDataset(Dataset):
     def sample_frames(self, rng: np.random.Generator, video_index: int) -> list[int]:
         """Frame indices of one clip of video ``video_index`` under the dataset's mode."""
         video = self.videos[video_index]
-        if self.mode == "phase1":
+        if self.mode == "phase1" and not (self.labeled_clip_share > 0
+                                          and rng.random() < self.labeled_clip_share):
             return sample_phase1_frames(rng, video.num_frames, self._annotated[video_index],
                                         self.max_skip)
         if self.mode == "bank":
