@@ -60,7 +60,7 @@ def reference_four_runs(model: torch.nn.Module, config: InferenceConfig, frames:
 
 def run(preset: str = "tiny", num_frames: int = 40, labeled: Sequence[int] | None = None,
         size: tuple[int, int] = (480, 854), device: str = "cpu", amp: bool = False,
-        key_batch: int = 8, seed: int = 0, rounds: int = 1) -> dict:
+        key_batch: int | None = None, seed: int = 0, rounds: int = 1) -> dict:
     """Time both ways on one generated video and check they give the same masks.
 
     labeled: the two (or more) labeled frames (default: at 1/4 and 3/4 of the video, as a
@@ -108,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--labeled", type=int, nargs="+", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true")
-    parser.add_argument("--key-batch", type=int, default=8)
+    parser.add_argument("--key-batch", type=int, default=None,
+                        help="the engine's frames per key-encoder call (default: 1 on CPU, 8 on CUDA)")
     parser.add_argument("--rounds", type=int, default=1, help="timed runs of each way, interleaved")
     args = parser.parse_args(argv)
     report = run(args.preset, args.frames, args.labeled, device=args.device, amp=args.amp,

@@ -203,6 +203,16 @@ def test_forward_equals_stcn_inference_core(model: STCN, mem_every: int, include
         np.testing.assert_array_equal(batched.propagate(frames, {0: labels[0]}).masks, expected)
 
 
+def test_default_engine_equals_stcn_on_cpu(model: STCN) -> None:
+    """With no key_batch set, a CPU engine encodes one frame per call, so its masks are
+    STCN's bit for bit; an explicit key_batch is kept."""
+    frames, labels = random_video(12, (50, 70), object_ids=(1, 3), seed=1)
+    engine = _engine(model)
+    assert engine.key_batch == 1 and _engine(model, key_batch=6).key_batch == 6
+    expected = reference_davis(model, frames, labels[0], mem_every=5, include_last=False)
+    np.testing.assert_array_equal(engine.propagate(frames, {0: labels[0]}).masks, expected)
+
+
 def test_resized_processing_equals_reference(model: STCN) -> None:
     frames, labels = random_video(8, (60, 84), object_ids=(2,), seed=2)
     expected = reference_davis(model, frames, labels[0], size=40)

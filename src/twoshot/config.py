@@ -98,7 +98,9 @@ class InferenceConfig:
     amp: bool = False                        # CUDA only
     device: str = "auto"                     # auto | cpu | cuda | cuda:N
     max_memory_frames: int | None = None     # bounded memory for long videos; None = unbounded
-    key_batch: int = 8                       # frames per key-encoder call (features are cached per video)
+    # Frames per key-encoder call (features are cached per video). None: 8 on CUDA, 1 on a
+    # CPU, where one frame per call measured 1.08-1.14x faster and matches STCN bit for bit.
+    key_batch: int | None = None
     channels_last: bool = False              # NHWC convolutions: faster, not bit-identical (docs/performance.md)
     compile: bool = False                    # torch.compile the network; falls back to eager where unavailable
 

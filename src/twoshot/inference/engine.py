@@ -98,7 +98,7 @@ class PropagationEngine:
 
     The model is moved to ``device`` and put in eval mode, its convolution weights in
     channels-last memory when ``config.channels_last`` and in the default layout otherwise
-    (in place, values unchanged: one layout per model at a time). ``config.key_batch`` frames
+    (in place, values unchanged: one layout per model at a time). :attr:`key_batch` frames
     are key-encoded per call; ``config.amp`` enables float16 autocast on CUDA (CPU runs
     fp32); ``config.compile`` runs the key encoder, value encoder and decoder through
     ``torch.compile`` (compiled on first use, per engine).
@@ -119,6 +119,13 @@ class PropagationEngine:
         self.encode_key = _maybe_compiled(self.model.encode_key, "encode_key", compile_)
         self.encode_value = _maybe_compiled(self.model.encode_value, "encode_value", compile_)
         self.decode = _maybe_compiled(self.model.decode, "decode", compile_)
+
+    @property
+    def key_batch(self) -> int:
+        """Frames per key-encoder call: ``config.key_batch``, or 8 on CUDA and 1 on a CPU."""
+        if self.config.key_batch is not None:
+            return self.config.key_batch
+        return 8 if self.device.type == "cuda" else 1
 
     def autocast(self) -> contextlib.AbstractContextManager[object]:
         """float16 autocast on CUDA when ``config.amp``; a no-op otherwise."""
@@ -185,7 +192,7 @@ class PropagationEngine:
         if mode == "bidirectional":
             for frame, labels in masks.items():
                 out.put_labels(frame, labels, source=frame)
-        cache = KeyCache(self.model, frames, geometry, self.device, cfg.key_batch, self.autocast,
+        cache = KeyCache(self.model, frames, geometry, self.device, self.key_batch, self.autocast,
                          encode=self.encode_key, memory_format=self.memory_format)
         for run in runs:
             cache.plan(run.frames)
