@@ -123,3 +123,24 @@ def test_demo_writes_report_plot_and_overlays(tmp_path: Path) -> None:
     names = sorted(p.name for p in pictures)
     assert names == ["jf.png", "val0000.mp4", "val0000.png", "val0001.mp4", "val0001.png"]
     assert all(p.is_file() and p.stat().st_size > 0 for p in pictures)
+
+
+def _report(**scores: float) -> "PipelineReport":
+    from twoshot.pipeline import ModelScore, PipelineReport
+    report = PipelineReport(out="run", budget="budget.json", labeled_frames=2, total_frames=24)
+    for name, value in scores.items():
+        report.models.append(ModelScore(name, name, value, value, value, 0.1, None))
+    return report
+
+
+def test_gap_recovered_and_its_note() -> None:
+    from twoshot.pipeline import format_report
+    report = _report(naive=0.40, full=0.50, phase2=0.48)
+    assert report.gap_recovered() == pytest.approx(0.8)
+    assert "recovers 80% of the gap" in format_report(report)
+    # Full supervision below naive training: no gap, no ratio, and the report says why.
+    report = _report(naive=0.40, full=0.35, phase2=0.30)
+    assert report.gap_recovered() is None
+    text = format_report(report)
+    assert "recovers" not in text and "no gap" in text
+    assert _report(naive=0.4, phase2=0.5).gap_recovered() is None

@@ -72,9 +72,13 @@ class PipelineReport:
         return next((m for m in self.models if m.name == name), None)
 
     def gap_recovered(self) -> float | None:
-        """(two-shot - naive) / (full - naive): the share of the naive-to-full gap recovered."""
+        """(two-shot - naive) / (full - naive): the share of the naive-to-full gap recovered.
+
+        None unless all three were scored and full supervision is above naive training
+        (without a gap the ratio means nothing).
+        """
         two, naive, full = self.score("phase2"), self.score("naive"), self.score("full")
-        if not (two and naive and full) or full.j_and_f == naive.j_and_f:
+        if not (two and naive and full) or full.j_and_f <= naive.j_and_f:
             return None
         return (two.j_and_f - naive.j_and_f) / (full.j_and_f - naive.j_and_f)
 
@@ -373,9 +377,13 @@ def format_report(report: PipelineReport) -> str:
         notes.append(f"Pseudo-label bank vs. ground truth on the training videos: "
                      f"J&F {100 * report.bank_j_and_f:.1f}.")
     gap = report.gap_recovered()
+    naive, full = report.score("naive"), report.score("full")
     if gap is not None:
         notes.append(f"Two-shot recovers {100 * gap:.0f}% of the gap between naive training "
                      "and full supervision.")
+    elif naive and full and report.score("phase2"):
+        notes.append("Full supervision is not above naive training here, so there is no gap "
+                     "for two-shot training to recover (train longer or on harder data).")
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
