@@ -8,6 +8,7 @@ videos and a bar plot of J&F next to the report.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,7 +35,7 @@ class DemoScale:
 
 
 FULL = DemoScale(videos=40, val_videos=10, frames=24, size=96, static_images=200,
-                 static_iterations=300, iterations=500, end_warm=150, phase2_start_update=250)
+                 static_iterations=300, iterations=600, end_warm=180, phase2_start_update=300)
 QUICK = DemoScale(videos=8, val_videos=3, frames=12, size=64, static_images=32,
                   static_iterations=40, iterations=60, end_warm=20, phase2_start_update=30)
 
@@ -96,9 +97,11 @@ def bar_plot(report: PipelineReport, path: Path) -> Path:
 
     from twoshot.fsutil import atomic_path
 
-    names = [f"{m.title}\n({100 * m.labeled_share:.0f}% labels)" for m in report.models]
+    # Titles wrapped to the bar's width: long ones ran into their neighbours.
+    names = [f"{textwrap.fill(m.title, 20)}\n({100 * m.labeled_share:.0f}% labels)"
+             for m in report.models]
     values = [100 * m.j_and_f for m in report.models]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(names)), 4.0))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(names)), 4.4))
     bars = ax.bar(range(len(values)), values, color=["#999999", "#d98c3f", "#4c72b0", "#2a9d8f", "#444444"][:len(values)])
     for bar, value in zip(bars, values):
         ax.text(bar.get_x() + bar.get_width() / 2, value + 0.5, f"{value:.1f}", ha="center")
