@@ -43,7 +43,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import cv2
 import numpy as np
@@ -52,12 +52,13 @@ from common import machine_info, markdown_table, peak_rss_mb, rss_mb
 
 from twoshot.config import InferenceConfig, load_config
 from twoshot.inference import PropagationEngine
+from twoshot.inference.key_cache import FramesOnDemand
 from twoshot.model import STCN, build_model
 
 CONFIGS: tuple[str, ...] = ("cap", "unbounded", "cap_in_memory")
 
 
-class LongVideo(Sequence[np.ndarray]):
+class LongVideo(FramesOnDemand):
     """A generated video whose frames are rendered on demand: ``video[t]`` -> uint8 [H, W, 3].
 
     A smooth random texture twice the frame's width pans by 2 px per frame (wrapping), and
@@ -90,17 +91,8 @@ class LongVideo(Sequence[np.ndarray]):
             out.append(((int(cx), int(cy)), (int(rx), int(ry)), float((t * 2) % 360)))
         return out
 
-    @overload
-    def __getitem__(self, index: int) -> np.ndarray: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
-
-    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if not 0 <= index < self.num_frames:
-            raise IndexError(index)
+    def frame(self, index: int) -> np.ndarray:
+        """Frame ``index`` rendered now (uint8 [H, W, 3])."""
         x0 = (2 * index) % (2 * self.width)
         image = np.ascontiguousarray(self.texture[:, x0:x0 + self.width])
         for (centre, axes, angle), color in zip(self._ellipses(index), self.colors):

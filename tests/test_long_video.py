@@ -282,3 +282,22 @@ def test_compiled_engine_matches_the_plain_one(model: STCN) -> None:
     assert plain.probabilities is not None and fast.probabilities is not None
     assert np.abs(plain.probabilities - fast.probabilities).max() < 1e-4
     assert (plain.masks != fast.masks).mean() < 1e-3
+
+
+def test_frames_on_demand_indexing() -> None:
+    """Ints (negative too) and slices go through ``frame``; out of range is an IndexError."""
+    from twoshot.inference.key_cache import FramesOnDemand
+
+    class Counting(FramesOnDemand):
+        def __len__(self) -> int:
+            return 5
+
+        def frame(self, index: int) -> np.ndarray:
+            return np.full((2, 3, 3), index, dtype=np.uint8)
+
+    frames = Counting()
+    assert int(frames[3][0, 0, 0]) == 3 and int(frames[-1][0, 0, 0]) == 4
+    assert [int(f[0, 0, 0]) for f in frames[1:5:2]] == [1, 3]
+    assert [int(f[0, 0, 0]) for f in frames] == [0, 1, 2, 3, 4]
+    with pytest.raises(IndexError, match="frame 5 of a 5-frame video"):
+        frames[5]

@@ -14,6 +14,7 @@ import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import torch
@@ -22,6 +23,30 @@ from twoshot.inference.geometry import Geometry, prepare_frames
 from twoshot.model.network import STCN, KeyFeatures
 
 FrameSource = Sequence[np.ndarray]  # frames[t] -> uint8 [H, W, 3]; an array [T, H, W, 3] works
+
+
+class FramesOnDemand(Sequence[np.ndarray]):
+    """A :data:`FrameSource` that makes each frame when it is asked for (read from disk,
+    rendered...), so a long video is never held whole. Subclasses give ``__len__`` and
+    :meth:`frame`; indexing with an int or a slice (a list of frames) is done here.
+    """
+
+    def frame(self, index: int) -> np.ndarray:
+        """Frame ``index`` (0 <= index < len(self)) as uint8 [H, W, 3]."""
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [self.frame(i) for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"frame {index} of a {len(self)}-frame video")
+        return self.frame(index % len(self))
 
 
 @dataclass

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import overload
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ from twoshot.config import InferenceConfig
 from twoshot.data.layout import VideoSequence
 from twoshot.errors import UserError
 from twoshot.inference.engine import PropagationEngine
+from twoshot.inference.key_cache import FramesOnDemand
 from twoshot.model.network import STCN
 
 STREAM_MIN_BYTES = 512 * 2**20
@@ -113,7 +113,7 @@ def _should_stream(seq: VideoSequence, stream: bool | None) -> bool:
     return seq.num_frames * height * width * 3 > STREAM_MIN_BYTES
 
 
-class LazyFrames(Sequence[np.ndarray]):
+class LazyFrames(FramesOnDemand):
     """The frames of an image-folder video, read from disk each time one is asked for.
 
     ``frames[t]`` -> uint8 [H, W, 3]. The engine's key cache asks for each frame about once
@@ -133,15 +133,8 @@ class LazyFrames(Sequence[np.ndarray]):
     def __len__(self) -> int:
         return self.seq.num_frames
 
-    @overload
-    def __getitem__(self, index: int) -> np.ndarray: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
-
-    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+    def frame(self, index: int) -> np.ndarray:
+        """Frame ``index`` read from its image file (uint8 [H, W, 3])."""
         from twoshot.data.masks import read_frame
 
         paths = self.seq.frame_paths
