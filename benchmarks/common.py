@@ -177,3 +177,13 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def print_report(text: str, report: Mapping[str, Any], json_path: str | None) -> None:
+    """Print a benchmark's table; also write ``report`` as JSON to ``json_path`` if given."""
+    print(text)
+    if json_path:
+        from twoshot.fsutil import write_json
+
+        write_json(json_path, report)
+        print(f"wrote {json_path}")

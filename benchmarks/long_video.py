@@ -48,7 +48,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from common import machine_info, markdown_table, peak_rss_mb, rss_mb
+from common import machine_info, markdown_table, peak_rss_mb, print_report, rss_mb
 
 from twoshot.config import InferenceConfig, load_config
 from twoshot.inference import PropagationEngine
@@ -316,11 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run(args.frames, args.cap, args.configs, not args.skip_accuracy, args.checkpoint,
                  args.save_checkpoint, args.train_iterations, args.jf_frames, args.jf_videos,
                  args.jf_caps, args.threads)
-    print(format_report(report))
-    if args.json:
-        from twoshot.fsutil import write_json
-        write_json(args.json, report)
-        print(f"wrote {args.json}")
+    print_report(format_report(report), report, args.json)
     return 0
 
 

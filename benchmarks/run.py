@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common import interleave, load_average, machine_info, markdown_table
+from common import interleave, load_average, machine_info, markdown_table, print_report
 
 SECTIONS: tuple[str, ...] = ("a", "b", "c", "d")
 STCN_PUBLISHED = "STCN paper: 20.2 frames/s, 34.1 with AMP (GTX 2080 Ti, DAVIS 2017 val)"
@@ -214,11 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     report = run(args.quick, args.device, args.only, args.compile)
-    print(format_report(report))
-    if args.json:
-        from twoshot.fsutil import write_json
-        write_json(args.json, report)
-        print(f"wrote {args.json}")
+    print_report(format_report(report), report, args.json)
     return 0
 
 
