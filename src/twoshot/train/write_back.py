@@ -201,6 +201,10 @@ class BankWriter:
                     on_frame = labels_to_frame(classes[b, t - 1], geometry[b, t],
                                                tuple(int(v) for v in boxes[b]),
                                                (int(sizes[b, 0]), int(sizes[b, 1])), NO_LABEL)
+                    if not np.any(on_frame != NO_LABEL):
+                        # Nothing confident landed on the frame: skip reading its PNG.
+                        stats.add(WriteStats(0, 0, on_frame.size))
+                        continue
                     path = self.bank / video / f"{self.frame_names[video][frame]}.png"
                     changed = rewrite_frame(path, on_frame, int(ids[b, 0]), int(ids[b, 1]))
                     stats.add(WriteStats(int(changed > 0), changed, on_frame.size))
