@@ -39,20 +39,21 @@ def test_stcn_preset_has_the_reference_405_names_and_shapes() -> None:
     assert actual == expected
 
 
-@pytest.mark.parametrize("preset", ["tiny", "stcn"])
-def test_shapes(preset: str) -> None:
+@pytest.mark.parametrize("preset,stride", [("tiny", 16), ("tiny", 8), ("stcn", 16)])
+def test_shapes(preset: str, stride: int) -> None:
     torch.manual_seed(0)
-    model = build_model(load_config(preset).model).eval()
+    model = build_model(load_config(preset, overrides=[f"model.output_stride={stride}"]).model).eval()
     cfg = model.config
     frames = torch.randn(2, 3, 64, 96)
+    h, w = 64 // stride, 96 // stride
     with torch.no_grad():
         feats = model.encode_key(frames)
-        assert feats.key.shape == (2, cfg.key_dim, 4, 6)
-        assert feats.thin.shape == (2, cfg.value_dim, 4, 6)
+        assert feats.key.shape == (2, cfg.key_dim, h, w)
+        assert feats.thin.shape == (2, cfg.value_dim, h, w)
         assert feats.f8.shape[-2:] == (8, 12) and feats.f4.shape[-2:] == (16, 24)
         masks = torch.rand(1, 3, 64, 96)
         values = model.encode_value(frames[:1], feats.f16[:1], masks)
-        assert values.shape == (1, 3, cfg.value_dim, 4, 6)
+        assert values.shape == (1, 3, cfg.value_dim, h, w)
         logits, prob = model.segment(feats.index(1), feats.key[:1].flatten(2), values.flatten(3), top_k=20)
     assert logits.shape == prob.shape == (1, 4, 64, 96)
     torch.testing.assert_close(prob.sum(1), torch.ones(1, 64, 96))
@@ -114,6 +115,17 @@ def test_padding_round_trip_puts_odd_pixel_bottom_right() -> None:
     padded, pad = pad_divide_by(x, 4)
     assert padded.shape == (1, 8, 8) and pad == (0, 1, 1, 2)
     assert torch.equal(unpad(padded, pad), x)
+
+
+def test_output_stride_8_keeps_the_parameters_and_rejects_other_strides() -> None:
+    stride16 = STCN(load_config("tiny").model)
+    stride8 = STCN(load_config("tiny", overrides=["model.output_stride=8"]).model)
+    assert {k: v.shape for k, v in stride8.state_dict().items()} == \
+        {k: v.shape for k, v in stride16.state_dict().items()}
+    assert stride8.key_encoder.layer3[0].conv1.stride == (1, 1)
+    assert stride16.key_encoder.layer3[0].conv1.stride == (2, 2)
+    with pytest.raises(ValueError, match="output_stride must be 8 or 16, got 4"):
+        STCN(load_config("tiny", overrides=["model.output_stride=4"]).model)
 
 
 def test_save_load_round_trip_is_bit_exact(tiny: STCN, tmp_path: Path) -> None:

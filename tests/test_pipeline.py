@@ -114,6 +114,17 @@ def test_pipeline_cli_reports_unknown_keys(capsys: pytest.CaptureFixture[str]) -
     assert "pipeline.data is not set" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("override,message", [
+    ("model.output_stride=4", "'model.output_stride': must be 8 or 16, got 4"),
+    ("model.key_block=wide", "'model.key_block': 'wide' is not a ResNet block"),
+    ("model.value_layers=[2,2]", "'model.value_layers': [2, 2] must give 3 stages"),
+])
+def test_model_config_that_builds_no_network_is_refused(override: str, message: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["pipeline", "--preset", "tiny", "--data", "nowhere", override]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_demo_writes_report_plot_and_overlays(tmp_path: Path) -> None:
     scale = DemoScale(videos=3, val_videos=2, frames=6, size=48, static_images=6,
                       static_iterations=4, iterations=6, end_warm=2, phase2_start_update=3)

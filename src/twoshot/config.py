@@ -36,6 +36,9 @@ class ModelConfig:
     key_dim: int = 64                        # key projection channels
     value_dim: int = 512                     # memory value / key_comp channels
     decoder_dims: list[int] = field(default_factory=lambda: [512, 256, 256])
+    # 16 is STCN. 8 keeps layer3 at 1/8 (stride 1): four times the matching positions, for
+    # small frames, where 1/16 leaves a few cells per object (``tiny`` preset).
+    output_stride: int = 16
     backbone_weights: str | None = None      # torchvision ResNet-50/-18 .pth files (file, dir, or "a,b")
 
 
@@ -166,7 +169,22 @@ def load_config(preset: str | None = None, file: str | Path | None = None,
         _merge(config, file_data, str(file))
     for item in overrides:
         apply_override(config, item)
+    check_model_config(config.model)
     return config
+
+
+def check_model_config(model: ModelConfig) -> None:
+    """Raise UserError naming the key if ``model`` describes no network STCN can build."""
+    for name in ("key_block", "value_block"):
+        if getattr(model, name) not in ("basic", "bottleneck"):
+            raise UserError(f"config key 'model.{name}': {getattr(model, name)!r} is not a ResNet "
+                            "block; choose basic or bottleneck")
+    for name in ("key_layers", "value_layers"):
+        layers = getattr(model, name)
+        if len(layers) != 3 or any(n < 1 for n in layers):
+            raise UserError(f"config key 'model.{name}': {layers} must give 3 stages of >= 1 block")
+    if model.output_stride not in (8, 16):
+        raise UserError(f"config key 'model.output_stride': must be 8 or 16, got {model.output_stride}")
 
 
 def apply_override(config: Any, item: str) -> None:

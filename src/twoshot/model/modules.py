@@ -99,15 +99,20 @@ class FeatureFusionBlock(nn.Module):
 class KeyEncoder(nn.Module):
     """ResNet to layer3 on RGB; STCN names its layer1 ``res2``. Returns (f16, f8, f4)."""
 
-    def __init__(self, block: str, layers: list[int], width: int) -> None:
+    def __init__(self, block: str, layers: list[int], width: int, output_stride: int = 16) -> None:
         super().__init__()
-        trunk = ResNetTrunk(block, layers, width, in_channels=3, conv_bias=False)
+        trunk = ResNetTrunk(block, layers, width, in_channels=3, conv_bias=False,
+                            output_stride=output_stride)
         self.conv1, self.bn1, self.relu, self.maxpool = trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool
         self.res2, self.layer2, self.layer3 = trunk.layer1, trunk.layer2, trunk.layer3
         self.channels = trunk.channels
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """images [B,3,H,W] -> f16 [B,C16,H/16,W/16], f8 [B,C8,H/8,W/8], f4 [B,C4,H/4,W/4]."""
+        """images [B,3,H,W] -> f16 [B,C16,H/s,W/s], f8 [B,C8,H/8,W/8], f4 [B,C4,H/4,W/4].
+
+        s is the output stride (16; 8 in models built with ``output_stride=8``, where the
+        "f16" features are at 1/8 and keep STCN's name).
+        """
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
         f4 = self.res2(x)
         f8 = self.layer2(f4)
@@ -119,9 +124,10 @@ class ValueEncoder(nn.Module):
     """ResNet (convs with bias) on RGB + mask + other objects' masks, fused with key f16."""
 
     def __init__(self, block: str, layers: list[int], width: int, key_f16_channels: int,
-                 value_dim: int) -> None:
+                 value_dim: int, output_stride: int = 16) -> None:
         super().__init__()
-        trunk = ResNetTrunk(block, layers, width, in_channels=5, conv_bias=True)
+        trunk = ResNetTrunk(block, layers, width, in_channels=5, conv_bias=True,
+                            output_stride=output_stride)
         self.conv1, self.bn1, self.relu, self.maxpool = trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool
         self.layer1, self.layer2, self.layer3 = trunk.layer1, trunk.layer2, trunk.layer3
         self.fuser = FeatureFusionBlock(trunk.channels[2] + key_f16_channels, value_dim)
@@ -149,7 +155,11 @@ class KeyProjection(nn.Module):
 
 
 class UpsampleBlock(nn.Module):
-    """skip 3x3 conv + x2 bilinear upsampling of the coarser features, then a ResBlock."""
+    """skip 3x3 conv + the coarser features bilinearly upsampled to the skip's size, then a ResBlock.
+
+    Upsampling to the skip's size is x2 in STCN and x1 (the identity) for the 1/8 -> 1/8
+    step of a model with output stride 8.
+    """
 
     def __init__(self, skip_channels: int, up_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -157,7 +167,9 @@ class UpsampleBlock(nn.Module):
         self.out_conv = ResBlock(up_channels, out_channels)
 
     def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        x = self.skip_conv(skip) + F.interpolate(up, scale_factor=2, mode="bilinear", align_corners=False)
+        if up.shape[-2:] != skip.shape[-2:]:
+            up = F.interpolate(up, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.skip_conv(skip) + up
         return self.out_conv(x)
 
 
@@ -173,7 +185,7 @@ class Decoder(nn.Module):
         self.pred = nn.Conv2d(dims[2], 1, 3, padding=1)
 
     def forward(self, x: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:
-        """x [N,Cin,h,w], f8 [N,C8,2h,2w], f4 [N,C4,4h,4w] -> logits [N,1,16h,16w]."""
+        """x [N,Cin,h,w] (1/16, or 1/8), f8 [N,C8,H/8,W/8], f4 [N,C4,H/4,W/4] -> logits [N,1,H,W]."""
         x = self.compress(x)
         x = self.up_16_8(f8, x)
         x = self.up_8_4(f4, x)

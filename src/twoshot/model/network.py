@@ -1,7 +1,7 @@
 """The STCN network: key encoder, value encoder, memory read and decoder.
 
 Shapes use B = batch, K = objects, N = memory positions (frames x h x w), (h, w) = 1/16 of the
-padded input size (H, W).
+padded input size (H, W), or 1/8 with ``model.output_stride: 8``.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from twoshot.model.modules import Decoder, KeyEncoder, KeyProjection, ValueEncod
 
 @dataclass
 class KeyFeatures:
-    """What the key encoder gives for a batch of frames (all [B, C, h*s, w*s])."""
+    """What the key encoder gives for a batch of frames."""
 
     key: torch.Tensor      # [B, key_dim, h, w]   memory / query key
     thin: torch.Tensor     # [B, value_dim, h, w] key_comp(f16), the decoder's query half
     f16: torch.Tensor      # [B, C16, h, w]       goes to the value encoder's fuser
-    f8: torch.Tensor       # [B, C8, 2h, 2w]      decoder skip
-    f4: torch.Tensor       # [B, C4, 4h, 4w]      decoder skip
+    f8: torch.Tensor       # [B, C8, H/8, W/8]    decoder skip
+    f4: torch.Tensor       # [B, C4, H/4, W/4]    decoder skip
 
     def index(self, item: slice | int | torch.Tensor) -> "KeyFeatures":
         """Select batch entries (e.g. frames) from every feature map."""
@@ -41,10 +41,11 @@ class STCN(nn.Module):
         super().__init__()
         config = config or ModelConfig()
         self.config = config
-        self.key_encoder = KeyEncoder(config.key_block, config.key_layers, config.key_width)
+        self.key_encoder = KeyEncoder(config.key_block, config.key_layers, config.key_width,
+                                      config.output_stride)
         c4, c8, c16 = self.key_encoder.channels
         self.value_encoder = ValueEncoder(config.value_block, config.value_layers, config.value_width,
-                                          c16, config.value_dim)
+                                          c16, config.value_dim, config.output_stride)
         self.key_proj = KeyProjection(c16, config.key_dim)
         self.key_comp = nn.Conv2d(c16, config.value_dim, 3, padding=1)
         self.decoder = Decoder(2 * config.value_dim, (c4, c8, c16), config.decoder_dims)

@@ -65,16 +65,20 @@ class ResNetTrunk(nn.Module):
     """conv1 -> bn1 -> relu -> maxpool -> layer1 (1/4) -> layer2 (1/8) -> layer3 (1/16).
 
     block: "basic" or "bottleneck"; layers: blocks per stage, e.g. [3, 4, 6] for ResNet-50;
-    width: stem channels (64 in torchvision); in_channels: 3 plus any extra mask channels.
+    width: stem channels (64 in torchvision); in_channels: 3 plus any extra mask channels;
+    output_stride: 16 (torchvision), or 8 to keep layer3 at 1/8 (its first block unstrided;
+    the parameters keep their names and shapes).
     """
 
     def __init__(self, block: str, layers: list[int], width: int = 64, in_channels: int = 3,
-                 conv_bias: bool = False) -> None:
+                 conv_bias: bool = False, output_stride: int = 16) -> None:
         super().__init__()
         if block not in BLOCKS:
             raise ValueError(f"unknown ResNet block {block!r}; choose one of {sorted(BLOCKS)}")
         if len(layers) != 3:
             raise ValueError(f"layers must give 3 stages (layer1..layer3), got {layers}")
+        if output_stride not in (8, 16):
+            raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
         block_type = BLOCKS[block]
         self.conv_bias = conv_bias
         self.inplanes = width
@@ -84,7 +88,7 @@ class ResNetTrunk(nn.Module):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block_type, width, layers[0], 1)
         self.layer2 = self._make_layer(block_type, width * 2, layers[1], 2)
-        self.layer3 = self._make_layer(block_type, width * 4, layers[2], 2)
+        self.layer3 = self._make_layer(block_type, width * 4, layers[2], output_stride // 8)
         self.channels = (width * block_type.expansion, width * 2 * block_type.expansion,
                          width * 4 * block_type.expansion)
         for module in self.modules():
