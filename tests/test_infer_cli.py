@@ -15,7 +15,10 @@ from twoshot.data.fixtures import make_davis, make_generic, make_video_file, mak
 from twoshot.data.masks import DAVIS_PALETTE, read_mask, write_mask
 from twoshot.data.readers import load_frames, open_dataset, reference_annotations
 from twoshot.inference import PropagationEngine
-from twoshot.model import STCN, build_model, save_weights
+from twoshot.errors import UserError
+from twoshot.fsutil import write_json
+from twoshot.config import to_dict
+from twoshot.model import STCN, build_model, load_model, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +165,33 @@ def test_bad_settings_and_checkpoint(checkpoint: Path, tmp_path: Path,
     junk.write_text("nope")
     assert "junk.pth: not a PyTorch checkpoint" in _fails(junk, root, tmp_path, capsys)
     assert "use --preset tiny" in _fails(checkpoint, root, tmp_path, capsys, "--preset", "stcn")
+
+
+def test_weights_load_with_the_config_saved_beside_them(tmp_path: Path) -> None:
+    # The output stride is not in the weights: only the config.json that training writes
+    # next to them tells a stride-8 model from a stride-16 one with the same parameters.
+    preset_stride = load_config("tiny").model.output_stride
+    other = 24 - preset_stride                      # 8 <-> 16
+    config = load_config("tiny", overrides=[f"model.output_stride={other}"])
+    torch.manual_seed(1)
+    strided = build_model(config.model).eval()
+    run = tmp_path / "run"
+    save_weights(strided, run / "final.pth")
+    write_json(run / "config.json", to_dict(config))
+    assert load_model(run / "final.pth").config.output_stride == other
+
+    data = make_davis(tmp_path / "davis", {"bear": 5}, size=(48, 64))
+    out = tmp_path / "out"
+    assert _infer(run / "final.pth", "--data", str(data.root), "--out", str(out), "--size", "-1") == 0
+    seq = open_dataset("davis", data.root, "val")[0]
+    written = np.stack([read_mask(out / seq.name / f"{n}.png")[0] for n in seq.frame_names])
+    np.testing.assert_array_equal(written, _expected(strided, seq))
+
+    # --preset wins over the saved file; a config.json of something else is ignored.
+    assert load_model(run / "final.pth", load_config("tiny").model).config.output_stride == preset_stride
+    write_json(run / "config.json", {"name": "not a twoshot run"})
+    assert load_model(run / "final.pth").config.output_stride == preset_stride
+
+    write_json(run / "config.json", {"model": {"output_stride": 4}})
+    with pytest.raises(UserError, match=r"config\.json.*'model\.output_stride': must be 8 or 16, got 4"):
+        load_model(run / "final.pth")

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from twoshot.config import PRESETS, InferenceConfig, load_config
+from twoshot.config import PRESETS, InferenceConfig
 from twoshot.errors import UserError
 
 HELP = "segment videos (DAVIS, YouTube-VOS, generic folders, a video file) from their first masks"
@@ -17,7 +17,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
                         help="STCN weights (raw state dict or training checkpoint)")
     parser.add_argument("--preset", choices=PRESETS, default=None,
-                        help="model sizes and inference defaults (default: guessed from the weights)")
+                        help="model sizes and inference defaults (default: the config.json that "
+                             "'twoshot train' wrote beside the weights, else guessed from them)")
     parser.add_argument("--mem-every", type=int, default=None, metavar="N",
                         help="add a memory frame every N frames (default 5)")
     parser.add_argument("--top-k", type=int, default=None, metavar="K",
@@ -36,15 +37,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def load_model_and_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """(model, InferenceConfig) from --checkpoint / --preset and the setting flags."""
     from twoshot.inference.predictor import _preset_inference
-    from twoshot.model.checkpoint import load_model
+    from twoshot.model.checkpoint import load_model, model_config_for
 
-    if args.preset is not None:
-        preset = load_config(args.preset)
-        model = load_model(args.checkpoint, preset.model)
-        config = preset.inference
-    else:
-        model = load_model(args.checkpoint)
-        config = _preset_inference(model)
+    run_config = model_config_for(args.checkpoint, args.preset)
+    model = load_model(args.checkpoint, run_config.model if run_config is not None else None)
+    config = run_config.inference if run_config is not None else _preset_inference(model)
     changes = {"mem_every": args.mem_every, "top_k": args.top_k, "size": args.size,
                "max_memory_frames": args.max_memory_frames}
     config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None},

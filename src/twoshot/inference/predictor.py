@@ -44,16 +44,17 @@ class Predictor:
                         device: str | torch.device | None = None) -> "Predictor":
         """Load STCN weights from ``path`` (raw state dict or training checkpoint).
 
-        preset: model sizes (``stcn``, ``tiny``); None = the preset the weights fit.
-        config: inference settings; None = the preset's ``inference`` section.
+        preset: model sizes (``stcn``, ``tiny``); None = the configuration ``twoshot train``
+        saved beside the weights, else the preset the weights fit.
+        config: inference settings; None = that configuration's ``inference`` section.
         Raises UserError for an unreadable checkpoint or weights that do not fit.
         """
-        from twoshot.model.checkpoint import load_model
+        from twoshot.model.checkpoint import load_model, model_config_for
 
-        model_config = load_config(preset).model if preset is not None else None
-        model = load_model(path, model_config)
+        run_config = model_config_for(path, preset)
+        model = load_model(path, run_config.model if run_config is not None else None)
         if config is None:
-            config = load_config(preset).inference if preset is not None else _preset_inference(model)
+            config = run_config.inference if run_config is not None else _preset_inference(model)
         return cls(model, config, device)
 
     @property

@@ -8,6 +8,7 @@ channels the way STCN does (orthogonally initialised extra channel).
 
 from __future__ import annotations
 
+import json
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from twoshot.config import ModelConfig, load_config, PRESETS
+from twoshot.config import Config, ModelConfig, load_config, PRESETS
 from twoshot.errors import UserError
 from twoshot.fsutil import save_torch
 
@@ -109,10 +110,47 @@ def load_checkpoint(path: str | os.PathLike[str], model: nn.Module) -> nn.Module
     return model
 
 
+def saved_config(path: str | os.PathLike[str]) -> Config | None:
+    """The run configuration ``twoshot train`` saved next to the weights ``path``, or None.
+
+    Training writes ``config.json`` beside ``final.pth`` and its snapshots; it is the only
+    record of settings the weights cannot show (``model.output_stride``). A ``config.json``
+    there that is not a twoshot configuration (no ``model`` section) is ignored; one that
+    is but does not load raises UserError naming it.
+    """
+    sidecar = Path(path).parent / "config.json"
+    if not sidecar.is_file():
+        return None
+    try:
+        data = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        return None
+    try:
+        return load_config(file=sidecar)
+    except UserError as exc:
+        message = str(exc)
+        raise UserError(message if message.startswith(str(sidecar)) else f"{sidecar}: {message}") from None
+
+
+def model_config_for(path: str | os.PathLike[str], preset: str | None = None) -> Config | None:
+    """The configuration to load weights ``path`` with: ``preset``'s if given, else the one
+    saved beside the weights (:func:`saved_config`), else None (guess from the weights)."""
+    return load_config(preset) if preset is not None else saved_config(path)
+
+
 def load_model(path: str | os.PathLike[str], config: ModelConfig | None = None) -> nn.Module:
-    """Build an STCN for ``config`` (or the preset the weights fit, if None) and load ``path``."""
+    """Build an STCN for ``config`` and load ``path``.
+
+    With ``config`` None: the model section saved beside the weights by ``twoshot train``
+    (:func:`saved_config`), else the shipped preset the weights fit.
+    """
     from twoshot.model.network import STCN
     state = read_state_dict(path)
+    if config is None:
+        saved = saved_config(path)
+        config = saved.model if saved is not None else None
     if config is None:
         preset = matching_preset(state)
         if preset is None:
