@@ -61,7 +61,9 @@ def test_two_gloo_processes_match_one_process_with_double_batch(tmp_path: Path) 
     start = Trainer(toy_config(*OVERRIDES), "main", ToyClips(n=8), tmp_path / "init",
                     device="cpu").model.state_dict()
     for name, value in reference.items():
-        if not value.dtype.is_floating_point:
+        # key_proj's bias has an exactly zero gradient (STCN's L2 affinity ignores a shift shared
+        # by memory and query keys), so Adam turns rounding noise into full-size steps there.
+        if not value.dtype.is_floating_point or name == "key_proj.key_proj.bias":
             continue
         torch.testing.assert_close(rank0[name], value, atol=2e-5, rtol=1e-4, msg=name)
         if name.endswith("weight") and "bn" not in name:

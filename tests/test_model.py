@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from pathlib import Path
@@ -118,14 +119,14 @@ def test_padding_round_trip_puts_odd_pixel_bottom_right() -> None:
 
 
 def test_output_stride_8_keeps_the_parameters_and_rejects_other_strides() -> None:
-    stride16 = STCN(load_config("tiny").model)
+    stride16 = STCN(load_config("tiny", overrides=["model.output_stride=16"]).model)
     stride8 = STCN(load_config("tiny", overrides=["model.output_stride=8"]).model)
     assert {k: v.shape for k, v in stride8.state_dict().items()} == \
         {k: v.shape for k, v in stride16.state_dict().items()}
     assert stride8.key_encoder.layer3[0].conv1.stride == (1, 1)
     assert stride16.key_encoder.layer3[0].conv1.stride == (2, 2)
     with pytest.raises(ValueError, match="output_stride must be 8 or 16, got 4"):
-        STCN(load_config("tiny", overrides=["model.output_stride=4"]).model)
+        STCN(dataclasses.replace(load_config("tiny").model, output_stride=4))
 
 
 def test_save_load_round_trip_is_bit_exact(tiny: STCN, tmp_path: Path) -> None:

@@ -72,12 +72,12 @@ class ToyClips(Dataset):
 
 def toy_config(*overrides: str) -> Config:
     """The tiny preset, shrunk to a few CPU iterations on 32 px clips, BatchNorm frozen and
-    the loss bootstrapped (to 15% of the pixels) as STCN."""
+    the loss bootstrapped (to 15% of the pixels) as STCN, learning rate 1e-3."""
     return load_config("tiny", overrides=[
         "main.iterations=6", "main.batch_size=2", "main.num_workers=0", "main.save_every=3",
         "main.freeze_bn=true", "main.loss_top_p=0.15",
         "main.log_every=2", "main.image_every=3", "main.loss_start_warm=2", "main.loss_end_warm=5",
-        "main.lr_steps=[4]", *overrides])
+        "main.lr=1e-3", "main.lr_steps=[4]", *overrides])
 
 
 # ----------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ class DemoScale:
     phase2_start_update: int
 
 
-FULL = DemoScale(videos=40, val_videos=10, frames=24, size=96, static_images=200,
+FULL = DemoScale(videos=40, val_videos=30, frames=24, size=96, static_images=200,
                  static_iterations=300, iterations=600, end_warm=180, phase2_start_update=300)
 QUICK = DemoScale(videos=8, val_videos=3, frames=12, size=64, static_images=32,
                   static_iterations=40, iterations=60, end_warm=20, phase2_start_update=30)
