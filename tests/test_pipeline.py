@@ -149,9 +149,13 @@ def test_gap_recovered_and_its_note() -> None:
     report = _report(naive=0.40, full=0.50, phase2=0.48)
     assert report.gap_recovered() == pytest.approx(0.8)
     assert "recovers 80% of the gap" in format_report(report)
-    # Full supervision below naive training: no gap, no ratio, and the report says why.
-    report = _report(naive=0.40, full=0.35, phase2=0.30)
-    assert report.gap_recovered() is None
-    text = format_report(report)
-    assert "recovers" not in text and "no gap" in text
+    # Full supervision below naive training, or less than 1 J&F above it: no ratio, and the
+    # report says why with the gap it measured.
+    for full, shown in ((0.35, "-5.0 J&F"), (0.406, "+0.6 J&F")):
+        report = _report(naive=0.40, full=full, phase2=0.30)
+        assert report.gap_recovered() is None
+        text = format_report(report)
+        assert "Two-shot recovers" not in text and f"Full supervision is {shown} from naive" in text
+        assert "less than the 1 J&F needed" in text
+    assert _report(naive=0.40, full=0.411, phase2=0.41).gap_recovered() == pytest.approx(10 / 11)
     assert _report(naive=0.4, phase2=0.5).gap_recovered() is None

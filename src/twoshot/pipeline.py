@@ -55,6 +55,11 @@ class ModelScore:
     train_seconds: float | None
 
 
+# Below this naive-to-full gap (1 J&F point) the share recovered is noise: one demo run's
+# scores moved by up to 3 J&F between two sets of validation videos (docs/results.md).
+MIN_GAP = 0.01
+
+
 @dataclass
 class PipelineReport:
     """What :func:`run_pipeline` returns and writes as ``report.json``."""
@@ -71,16 +76,22 @@ class PipelineReport:
         """The score of model ``name``, if it was trained and evaluated."""
         return next((m for m in self.models if m.name == name), None)
 
+    def gap(self) -> float | None:
+        """J&F of full supervision minus naive training (0..1 scale), if both were scored."""
+        naive, full = self.score("naive"), self.score("full")
+        return None if not (naive and full) else full.j_and_f - naive.j_and_f
+
     def gap_recovered(self) -> float | None:
         """(two-shot - naive) / (full - naive): the share of the naive-to-full gap recovered.
 
-        None unless all three were scored and full supervision is above naive training
-        (without a gap the ratio means nothing).
+        None unless all three were scored and full supervision is at least MIN_GAP above
+        naive training: a smaller gap is within the noise of one run (the ratio would mean
+        nothing).
         """
-        two, naive, full = self.score("phase2"), self.score("naive"), self.score("full")
-        if not (two and naive and full) or full.j_and_f <= naive.j_and_f:
+        two, naive, gap = self.score("phase2"), self.score("naive"), self.gap()
+        if not (two and naive) or gap is None or gap < MIN_GAP:
             return None
-        return (two.j_and_f - naive.j_and_f) / (full.j_and_f - naive.j_and_f)
+        return (two.j_and_f - naive.j_and_f) / gap
 
 
 class Pipeline:
@@ -382,8 +393,10 @@ def format_report(report: PipelineReport) -> str:
         notes.append(f"Two-shot recovers {100 * gap:.0f}% of the gap between naive training "
                      "and full supervision.")
     elif naive and full and report.score("phase2"):
-        notes.append("Full supervision is not above naive training here, so there is no gap "
-                     "for two-shot training to recover (train longer or on harder data).")
+        notes.append(f"Full supervision is {100 * (full.j_and_f - naive.j_and_f):+.1f} J&F from naive "
+                     f"training here, less than the {100 * MIN_GAP:.0f} J&F needed to measure how much "
+                     "of the gap two-shot training recovers: labels are not what limits these models "
+                     "(train longer or on harder data).")
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
