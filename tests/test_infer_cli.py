@@ -177,7 +177,9 @@ def test_weights_load_with_the_config_saved_beside_them(tmp_path: Path) -> None:
     strided = build_model(config.model).eval()
     run = tmp_path / "run"
     save_weights(strided, run / "final.pth")
-    write_json(run / "config.json", to_dict(config))
+    write_json(run / "config.json", to_dict(config))            # a pipeline's run configuration
+    assert load_model(run / "final.pth").config.output_stride == other
+    write_json(run / "config.json", {"stage": "main", "config": to_dict(config)})   # the trainer's
     assert load_model(run / "final.pth").config.output_stride == other
 
     data = make_davis(tmp_path / "davis", {"bear": 5}, size=(48, 64))

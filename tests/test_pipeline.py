@@ -15,6 +15,7 @@ from twoshot.data.readers import open_dataset
 from twoshot.data.synth import generate_dataset
 from twoshot.demo import DemoScale, run_demo
 from twoshot.errors import UserError
+from twoshot.model import load_model
 from twoshot.pipeline import run_pipeline
 
 MODELS = ["static", "phase1", "phase2", "naive", "full"]
@@ -134,6 +135,10 @@ def test_demo_writes_report_plot_and_overlays(tmp_path: Path) -> None:
     names = sorted(p.name for p in pictures)
     assert names == ["jf.png", "val0000.mp4", "val0000.png", "val0001.mp4", "val0001.png"]
     assert all(p.is_file() and p.stat().st_size > 0 for p in pictures)
+    # The demo matches at 1/8; its models reload that way from the config saved beside them.
+    run = tmp_path / "demo" / "run"
+    assert json.loads((run / "config.json").read_text())["model"]["output_stride"] == 8
+    assert load_model(run / "phase2" / "final.pth").config.output_stride == 8
 
 
 def _report(**scores: float) -> "PipelineReport":

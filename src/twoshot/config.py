@@ -173,6 +173,18 @@ def load_config(preset: str | None = None, file: str | Path | None = None,
     return config
 
 
+def config_from_dict(data: dict[str, Any], source: str) -> Config:
+    """A Config from a mapping of sections, e.g. a saved run configuration: dataclass defaults
+    <- its ``preset`` (default ``stcn``) <- ``data``. UserError naming ``source`` on a bad key."""
+    data = dict(data)
+    preset = data.pop("preset", None) or "stcn"
+    config = Config()
+    _merge(config, _read_yaml(preset_path(preset)), str(preset_path(preset)))
+    _merge(config, data, source)
+    check_model_config(config.model)
+    return config
+
+
 def check_model_config(model: ModelConfig) -> None:
     """Raise UserError naming the key if ``model`` describes no network STCN can build."""
     for name in ("key_block", "value_block"):

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from twoshot.config import Config, ModelConfig, load_config, PRESETS
+from twoshot.config import Config, ModelConfig, config_from_dict, load_config, PRESETS
 from twoshot.errors import UserError
 from twoshot.fsutil import save_torch
 
@@ -113,10 +113,12 @@ def load_checkpoint(path: str | os.PathLike[str], model: nn.Module) -> nn.Module
 def saved_config(path: str | os.PathLike[str]) -> Config | None:
     """The run configuration ``twoshot train`` saved next to the weights ``path``, or None.
 
-    Training writes ``config.json`` beside ``final.pth`` and its snapshots; it is the only
-    record of settings the weights cannot show (``model.output_stride``). A ``config.json``
-    there that is not a twoshot configuration (no ``model`` section) is ignored; one that
-    is but does not load raises UserError naming it.
+    ``twoshot train`` writes ``config.json`` beside ``final.pth`` and its snapshots (the run
+    configuration under ``config``; a pipeline's own ``config.json`` has the sections at the
+    top). It is the only record of settings the weights cannot show
+    (``model.output_stride``). A ``config.json`` there with no ``model`` section is not a
+    twoshot configuration and is ignored; one that has it but does not load raises UserError
+    naming the file.
     """
     sidecar = Path(path).parent / "config.json"
     if not sidecar.is_file():
@@ -125,10 +127,12 @@ def saved_config(path: str | os.PathLike[str]) -> Config | None:
         data = json.loads(sidecar.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         return None
     try:
-        return load_config(file=sidecar)
+        return config_from_dict(data, str(sidecar))
     except UserError as exc:
         message = str(exc)
         raise UserError(message if message.startswith(str(sidecar)) else f"{sidecar}: {message}") from None
