@@ -34,8 +34,10 @@ class DemoScale:
     phase2_start_update: int
 
 
-FULL = DemoScale(videos=40, val_videos=30, frames=24, size=96, static_images=200,
-                 static_iterations=300, iterations=500, end_warm=150, phase2_start_update=250)
+# On the 2-core development machine, whose speed varies by a third from hour to hour, 500
+# iterations per video stage took 10.8-11.5 min and 400 stay under 10 (docs/results.md).
+FULL = DemoScale(videos=40, val_videos=20, frames=24, size=96, static_images=200,
+                 static_iterations=250, iterations=400, end_warm=120, phase2_start_update=200)
 QUICK = DemoScale(videos=8, val_videos=3, frames=12, size=64, static_images=32,
                   static_iterations=40, iterations=60, end_warm=20, phase2_start_update=30)
 
