@@ -47,7 +47,7 @@ def demo_config(scale: DemoScale, data: Path, out: Path, device: str) -> Config:
     its, steps = scale.iterations, [int(scale.iterations * 0.8)]
     config = load_config("tiny", overrides=[
         # Matching at 1/8: at 96x96, STCN's 1/16 leaves 6x6 cells, a few per object; every
-        # model on the demo's data scored 8-10 J&F higher at 1/8 (docs/results.md).
+        # model on the demo's data scored 6-12 J&F higher at 1/8 (docs/results.md).
         "model.output_stride=8",
         f"static.iterations={scale.static_iterations}",
         f"static.lr_steps=[{int(scale.static_iterations * 0.8)}]",
