@@ -37,7 +37,7 @@ class ModelConfig:
     value_dim: int = 512                     # memory value / key_comp channels
     decoder_dims: list[int] = field(default_factory=lambda: [512, 256, 256])
     # 16 is STCN. 8 keeps layer3 at 1/8 (stride 1): four times the matching positions, for
-    # small frames, where 1/16 leaves a few cells per object (``tiny`` preset).
+    # small frames, where 1/16 leaves a few cells per object (the demo's 96x96 frames).
     output_stride: int = 16
     backbone_weights: str | None = None      # torchvision ResNet-50/-18 .pth files (file, dir, or "a,b")
 
@@ -157,20 +157,13 @@ def load_config(preset: str | None = None, file: str | Path | None = None,
     The preset is ``preset`` if given, else the YAML file's top-level ``preset:`` key, else
     ``default_preset``.
     """
-    config = Config()
-    file_data: dict[str, Any] = {}
+    layers: list[tuple[dict[str, Any], str]] = []
     if file is not None:
         file_data = _read_yaml(Path(file))
         file_preset = file_data.pop("preset", None)
         preset = preset or file_preset
-    preset = preset or default_preset
-    _merge(config, _read_yaml(preset_path(preset)), str(preset_path(preset)))
-    if file is not None:
-        _merge(config, file_data, str(file))
-    for item in overrides:
-        apply_override(config, item)
-    check_model_config(config.model)
-    return config
+        layers.append((file_data, str(file)))
+    return _layered(preset or default_preset, layers, overrides)
 
 
 def config_from_dict(data: dict[str, Any], source: str) -> Config:
@@ -178,9 +171,18 @@ def config_from_dict(data: dict[str, Any], source: str) -> Config:
     <- its ``preset`` (default ``stcn``) <- ``data``. UserError naming ``source`` on a bad key."""
     data = dict(data)
     preset = data.pop("preset", None) or "stcn"
+    return _layered(preset, [(data, source)], ())
+
+
+def _layered(preset: str, layers: list[tuple[dict[str, Any], str]],
+             overrides: list[str] | tuple[str, ...]) -> Config:
+    """Defaults <- ``preset`` <- each (mapping, source) of ``layers`` <- ``overrides``, checked."""
     config = Config()
     _merge(config, _read_yaml(preset_path(preset)), str(preset_path(preset)))
-    _merge(config, data, source)
+    for data, source in layers:
+        _merge(config, data, source)
+    for item in overrides:
+        apply_override(config, item)
     check_model_config(config.model)
     return config
 
