@@ -10,14 +10,13 @@ import torch
 from PIL import Image
 
 from twoshot.cli import main as cli_main
-from twoshot.config import InferenceConfig, load_config
+from twoshot.config import InferenceConfig, load_config, to_dict
 from twoshot.data.fixtures import make_davis, make_generic, make_video_file, make_youtube
 from twoshot.data.masks import DAVIS_PALETTE, read_mask, write_mask
 from twoshot.data.readers import load_frames, open_dataset, reference_annotations
 from twoshot.inference import PropagationEngine
 from twoshot.errors import UserError
 from twoshot.fsutil import write_json
-from twoshot.config import to_dict
 from twoshot.model import STCN, build_model, load_model, save_weights
 
 
