@@ -387,13 +387,12 @@ def format_report(report: PipelineReport) -> str:
     if report.bank_j_and_f is not None:
         notes.append(f"Pseudo-label bank vs. ground truth on the training videos: "
                      f"J&F {100 * report.bank_j_and_f:.1f}.")
-    gap = report.gap_recovered()
-    naive, full = report.score("naive"), report.score("full")
-    if gap is not None:
-        notes.append(f"Two-shot recovers {100 * gap:.0f}% of the gap between naive training "
+    recovered, gap = report.gap_recovered(), report.gap()
+    if recovered is not None:
+        notes.append(f"Two-shot recovers {100 * recovered:.0f}% of the gap between naive training "
                      "and full supervision.")
-    elif naive and full and report.score("phase2"):
-        notes.append(f"Full supervision is {100 * (full.j_and_f - naive.j_and_f):+.1f} J&F from naive "
+    elif gap is not None and report.score("phase2"):
+        notes.append(f"Full supervision is {100 * gap:+.1f} J&F from naive "
                      f"training here, less than the {100 * MIN_GAP:.0f} J&F needed to measure how much "
                      "of the gap two-shot training recovers: labels are not what limits these models "
                      "(train longer or on harder data).")

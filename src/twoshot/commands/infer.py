@@ -36,12 +36,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_model_and_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """(model, InferenceConfig) from --checkpoint / --preset and the setting flags."""
-    from twoshot.inference.predictor import _preset_inference
-    from twoshot.model.checkpoint import load_model, model_config_for
+    from twoshot.inference.predictor import load_for_inference
 
-    run_config = model_config_for(args.checkpoint, args.preset)
-    model = load_model(args.checkpoint, run_config.model if run_config is not None else None)
-    config = run_config.inference if run_config is not None else _preset_inference(model)
+    model, config = load_for_inference(args.checkpoint, args.preset)
     changes = {"mem_every": args.mem_every, "top_k": args.top_k, "size": args.size,
                "max_memory_frames": args.max_memory_frames}
     config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None},

@@ -49,13 +49,8 @@ class Predictor:
         config: inference settings; None = that configuration's ``inference`` section.
         Raises UserError for an unreadable checkpoint or weights that do not fit.
         """
-        from twoshot.model.checkpoint import load_model, model_config_for
-
-        run_config = model_config_for(path, preset)
-        model = load_model(path, run_config.model if run_config is not None else None)
-        if config is None:
-            config = run_config.inference if run_config is not None else _preset_inference(model)
-        return cls(model, config, device)
+        model, saved = load_for_inference(path, preset)
+        return cls(model, config if config is not None else saved, device)
 
     @property
     def config(self) -> InferenceConfig:
@@ -93,6 +88,21 @@ class Predictor:
         return self.engine.propagate(frames, masks_by_frame,
                                      mode="bidirectional" if backward else "forward",
                                      probabilities=probabilities, confidence=confidence)
+
+
+def load_for_inference(path: str | os.PathLike[str], preset: str | None = None) -> tuple[STCN, InferenceConfig]:
+    """(model, inference settings) for weights ``path``.
+
+    Both come from ``preset`` if given, else from the configuration ``twoshot train`` saved
+    beside the weights; without either, the model fits the preset the weights match and the
+    settings are that preset's. Raises UserError for unreadable or non-fitting weights.
+    """
+    from twoshot.model.checkpoint import load_model, model_config_for
+
+    run_config = model_config_for(path, preset)
+    model = load_model(path, run_config.model if run_config is not None else None)
+    inference = run_config.inference if run_config is not None else _preset_inference(model)
+    return model, inference  # type: ignore[return-value]
 
 
 def _preset_inference(model: STCN) -> InferenceConfig:
