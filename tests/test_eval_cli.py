@@ -145,6 +145,16 @@ def test_parallel_cli_matches(dataset: tuple[Path, Path],
     assert code == 0 and parallel == serial
 
 
+def test_no_progress_silences_the_bar(dataset: tuple[Path, Path],
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    gt_root, pred_root = dataset
+    _, with_bar, bar = run_cli(capsys, "--pred", str(pred_root), "--gt", str(gt_root))
+    code, without_bar, err = run_cli(capsys, "--pred", str(pred_root), "--gt", str(gt_root),
+                                     "--no-progress")
+    assert "video/s" in bar and err == ""
+    assert code == 0 and without_bar == with_bar
+
+
 # ----------------------------------------------------------------- errors: exit 2, no output
 
 def expect_error(capsys: pytest.CaptureFixture[str], tmp_path: Path, gt: Path, pred: Path,

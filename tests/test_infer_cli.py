@@ -60,6 +60,17 @@ def test_davis(model: STCN, checkpoint: Path, tmp_path: Path, capsys: pytest.Cap
     assert not list(out.glob(".*"))                                       # no temporary leftovers
 
 
+def test_no_progress_silences_the_bar(checkpoint: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_davis(tmp_path / "davis", {"bear": 4}, size=(32, 32))
+    common = ["--data", str(data.root), "--out"]
+    assert _infer(checkpoint, *common, str(tmp_path / "a")) == 0
+    assert "frame/s" in capsys.readouterr().err                       # the tqdm bar
+    assert _infer(checkpoint, *common, str(tmp_path / "b"), "--no-progress") == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "done: 1 videos, 4 frames" in captured.out
+
+
 def test_youtube_submission_layout(model: STCN, checkpoint: Path, tmp_path: Path) -> None:
     data = make_youtube(tmp_path / "yt", {"a1b2c3": 16}, split="valid", size=(48, 64),
                         object_ids=(1, 3), first_frames={3: 5})

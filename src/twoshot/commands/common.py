@@ -17,6 +17,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str = 
     parser.set_defaults(_default_preset=default_preset)
 
 
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    """Add --no-progress: logs and batch jobs want no progress bars on stderr."""
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """Build the Config described by --preset / --config / overrides."""
     return load_config(args.preset, args.config, args.overrides,

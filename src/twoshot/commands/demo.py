@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from twoshot.commands.common import add_progress_argument
 from twoshot.demo import run_demo
 from twoshot.pipeline import format_report
 
@@ -18,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a 2-minute smoke run on less data with short training")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

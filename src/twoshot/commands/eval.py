@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from twoshot.commands.common import add_progress_argument
 from twoshot.evaluate import (evaluate_folders, format_global_table, format_object_table,
                               read_sequence_list, write_csv)
 
@@ -11,7 +12,7 @@ HELP = "score predicted masks against ground truth (DAVIS 2017 J&F, semi-supervi
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--pred, --gt, --sequences, --csv, --workers."""
+    """--pred, --gt, --sequences, --csv, --workers, --no-progress."""
     parser.add_argument("--pred", required=True, metavar="DIR",
                         help="predictions: DIR/<video>/<frame>.png indexed PNGs")
     parser.add_argument("--gt", required=True, metavar="DIR",
@@ -28,13 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="processes scoring videos in parallel; 0 = one per CPU "
                              "(default: 1)")
+    add_progress_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the global and per-object tables, write the CSVs if asked. Returns 0."""
     sequences = read_sequence_list(args.sequences) if args.sequences else None
     result = evaluate_folders(args.pred, args.gt, sequences=sequences, workers=args.workers,
-                              progress=True)
+                              progress=not args.no_progress)
     # Files first: a failed write must not leave a printed table that looks like success.
     paths = write_csv(result, args.csv) if args.csv else ()
     print(format_global_table(result))

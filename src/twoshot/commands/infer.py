@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from twoshot.commands.common import add_progress_argument
 from twoshot.config import PRESETS, InferenceConfig
 from twoshot.errors import UserError
 
@@ -32,6 +33,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bound memory for long videos (labeled frames are always kept)")
     parser.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    add_progress_argument(parser)
 
 
 def load_model_and_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
           f"{'native' if config.size == -1 else config.size}")
     summary = predict_sequences(engine, sequences, args.out, youtube=kind == "youtube",
                                 all_frames=args.all_frames, backward=args.backward,
-                                overlay=args.overlay)
+                                overlay=args.overlay, progress=not args.no_progress)
     print(f"done: {summary.videos} videos, {summary.frames} frames, {summary.objects} objects in "
           f"{summary.seconds:.1f} s ({summary.frames_per_second:.1f} frames/s) -> {args.out}")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from twoshot.commands.common import add_config_arguments, config_from_args
+from twoshot.commands.common import add_config_arguments, add_progress_argument, config_from_args
 from twoshot.pipeline import format_report, run_pipeline
 
 HELP = "run the whole two-shot method with baselines and write a report (resumable)"
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", help="label-budget JSON (pipeline.budget)")
     parser.add_argument("--static-data", help="image/mask pairs for static pretraining")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     sequences = open_dataset(kind, args.data, split)
     model, config = load_model_and_config(args)
     summary = build_bank(model, sequences, args.budget, args.out, config,
-                         checkpoint=args.checkpoint, confidence=args.confidence)
+                         checkpoint=args.checkpoint, confidence=args.confidence,
+                         progress=not args.no_progress)
     if summary.manifest is not None or summary.written:
         print(f"done: {summary.written} videos written, skipped {summary.skipped} (already in the "
               f"bank or another process's), {summary.frames} frames in {summary.seconds:.1f} s "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from twoshot.commands.common import add_config_arguments, config_from_args
+from twoshot.commands.common import add_config_arguments, add_progress_argument, config_from_args
 
 HELP = "train STCN: static-image pretraining (--stage static) or video training (--stage main)"
 
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue from DIR/checkpoint.pt (weights, optimiser, schedule, "
                              "data position, random states)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(parser)
     add_config_arguments(parser, default_preset="stcn")
 
 
