@@ -13,6 +13,7 @@ from torch import nn
 
 from twoshot.config import ModelConfig
 from twoshot.model.aggregate import aggregate_logits
+from twoshot.model.backbone_weights import load_backbone_weights
 from twoshot.model.memory import memory_affinity, readout
 from twoshot.model.modules import Decoder, KeyEncoder, KeyProjection, ValueEncoder
 
@@ -114,10 +115,9 @@ def build_model(config: ModelConfig | None = None) -> STCN:
     """A randomly initialised STCN with the sizes of ``config`` (published STCN if None).
 
     If ``config.backbone_weights`` names torchvision ImageNet files they are loaded into the
-    encoders (see :func:`twoshot.model.checkpoint.load_backbone_weights`).
+    encoders (see :func:`twoshot.model.backbone_weights.load_backbone_weights`).
     """
     model = STCN(config)
     if model.config.backbone_weights:
-        from twoshot.model.checkpoint import load_backbone_weights
         load_backbone_weights(model, model.config.backbone_weights)
     return model
