@@ -192,7 +192,7 @@ def measure_accuracy(model: STCN, caps: Sequence[int], videos: int = 3, frames: 
     Returns {"J&F": {setting: value}, "delta": {setting: J&F - unbounded J&F}, per-video
     figures and the peak memory frames of each setting}.
     """
-    from twoshot.data.synth import SynthConfig
+    from twoshot.data.synth_config import SynthConfig
     from twoshot.data.synth_render import make_video
     from twoshot.evaluate import EvalResult, evaluate_sequence
 

@@ -14,7 +14,8 @@ from twoshot.cli import main
 from twoshot.data import synth as synth_module
 from twoshot.data import synth_textures as textures
 from twoshot.data.masks import DAVIS_PALETTE, read_mask
-from twoshot.data.synth import SynthConfig, generate_dataset, is_synth_output
+from twoshot.data.synth import generate_dataset, is_synth_output
+from twoshot.data.synth_config import SynthConfig
 from twoshot.errors import UserError
 
 SMALL = dict(videos=3, frames=8, size=(64, 80), objects=(1, 3), seed=7, val_videos=2,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from twoshot.data.synth import SYNTH_PRESETS, generate_dataset
+from twoshot.data.synth import generate_dataset
+from twoshot.data.synth_config import SYNTH_PRESETS
 
 HELP = "generate a procedural video data set in the DAVIS 2017 layout (no download needed)"
 

@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
+from twoshot.data.synth_config import SynthConfig
 from twoshot.data.synth_textures import TextureFamily, random_family, texture_patch
-
-if TYPE_CHECKING:
-    from twoshot.data.synth import SynthConfig
 
 # Contour harmonics are scaled so that sum |c_k| stays below this: the radius never drops
 # under (1 - _MAX_WIGGLE) of a part's size, so a part never pinches into pieces.
