@@ -20,12 +20,11 @@ the share of the naive-to-full gap that two-shot recovers, and writes it as JSON
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from twoshot.config import Config, load_config
+from twoshot.config import Config
 from twoshot.data.synth import generate_dataset, is_synth_output
 from twoshot.demo import FULL, DemoScale, demo_config
 from twoshot.fsutil import write_json

@@ -29,7 +29,6 @@ ratios much less.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile

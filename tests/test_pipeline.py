@@ -16,7 +16,7 @@ from twoshot.data.synth import generate_dataset
 from twoshot.demo import DemoScale, run_demo
 from twoshot.errors import UserError
 from twoshot.model import load_model
-from twoshot.pipeline import run_pipeline
+from twoshot.pipeline import ModelScore, PipelineReport, run_pipeline
 
 MODELS = ["static", "phase1", "phase2", "naive", "full"]
 
@@ -141,8 +141,7 @@ def test_demo_writes_report_plot_and_overlays(tmp_path: Path) -> None:
     assert load_model(run / "phase2" / "final.pth").config.output_stride == 8
 
 
-def _report(**scores: float) -> "PipelineReport":
-    from twoshot.pipeline import ModelScore, PipelineReport
+def _report(**scores: float) -> PipelineReport:
     report = PipelineReport(out="run", budget="budget.json", labeled_frames=2, total_frames=24)
     for name, value in scores.items():
         report.models.append(ModelScore(name, name, value, value, value, 0.1, None))
