@@ -28,7 +28,7 @@ from twoshot.config import Config
 from twoshot.data.synth import generate_dataset, is_synth_output
 from twoshot.demo import FULL, DemoScale, demo_config
 from twoshot.fsutil import write_json
-from twoshot.pipeline import MIN_GAP, PipelineReport, run_pipeline
+from twoshot.pipeline import PipelineReport, gap_note, run_pipeline
 
 SCALES = {
     # The demo's data and schedule: the k2 variant is exactly `twoshot demo`'s run.
@@ -100,14 +100,10 @@ def format_table(table: list[dict[str, object]], gap: float | None) -> str:
         lines.append(f"| {row['method']} | {row['labeled_per_video']} | {share_text} | {jf} |")
     scores = {row["method"]: row["j_and_f"] for row in table}
     full, naive = scores.get("full supervision"), scores.get("naive 2-shot")
-    if gap is not None:
-        lines.append("")
-        lines.append(f"Two-shot (k=2) recovers {100 * gap:.0f}% of the J&F gap between naive 2-shot "
-                     "and full supervision (target: at least 90%).")
-    elif isinstance(full, float) and isinstance(naive, float):
-        lines.append("")
-        lines.append(f"Full supervision is {full - naive:+.1f} J&F from naive 2-shot: less than the "
-                     f"{100 * MIN_GAP:.0f} J&F gap needed to measure what two-shot recovers.")
+    measured = (full - naive) / 100 if isinstance(full, float) and isinstance(naive, float) else None
+    note = gap_note(measured, gap, naive="naive 2-shot")
+    if note:
+        lines += ["", note + (" (Target: at least 90%.)" if gap is not None else "")]
     return "\n".join(lines)
 
 

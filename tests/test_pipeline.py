@@ -155,11 +155,11 @@ def test_gap_recovered_and_its_note() -> None:
     assert "recovers 80% of the gap" in format_report(report)
     # Full supervision below naive training, or less than 1 J&F above it: no ratio, and the
     # report says why with the gap it measured.
-    for full, shown in ((0.35, "-5.0 J&F"), (0.406, "+0.6 J&F")):
+    for full, shown in ((0.35, "5.0 J&F below"), (0.406, "0.6 J&F above")):
         report = _report(naive=0.40, full=full, phase2=0.30)
         assert report.gap_recovered() is None
         text = format_report(report)
-        assert "Two-shot recovers" not in text and f"Full supervision is {shown} from naive" in text
-        assert "less than the 1 J&F needed" in text
+        assert "Two-shot recovers" not in text and f"Full supervision scores {shown} naive" in text
+        assert "a gap of at least 1 J&F is needed" in text
     assert _report(naive=0.40, full=0.411, phase2=0.41).gap_recovered() == pytest.approx(10 / 11)
     assert _report(naive=0.4, phase2=0.5).gap_recovered() is None
