@@ -3,8 +3,10 @@
 No data set can be downloaded on the project's machines, yet the two-shot method must be
 seen to work. :func:`generate_dataset` writes a small dataset whose videos change
 appearance a lot from start to end (texture and colour drift, lighting, deformation,
-occlusion, objects leaving and re-entering), so that a model trained on two frames per
-video does clearly worse than one trained on all of them, while the task stays learnable.
+occlusion, objects leaving and re-entering), meant to make two labeled frames per video
+show too little of each object, while the task stays learnable. (With the tiny model
+trained for minutes on a CPU, training length still limits it more than labels do:
+docs/results.md.)
 
 Layout written under ``out`` (see docs/synthetic-data.md)::
 

@@ -32,7 +32,7 @@ class SynthConfig:
       camera_pan: background travel over the video, fraction of the frame's long side.
       camera_zoom: log-zoom amplitude of the background over the video.
       camera_rotation: background roll amplitude in degrees.
-    Appearance change over the video (what makes two labeled frames too few):
+    Appearance change over the video (what two labeled frames do not show):
       scale_change: log-scale amplitude of each object's size.
       rotation: rotation amplitude in degrees.
       deformation: non-rigid change: contour drift, squash/stretch and a shape+texture warp.
