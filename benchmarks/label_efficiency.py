@@ -90,8 +90,10 @@ def rows(reports: dict[str, PipelineReport]) -> list[dict[str, object]]:
             for m, k, s, j in table]
 
 
-def format_table(table: list[dict[str, object]], gap: float | None) -> str:
-    """Markdown table of :func:`rows` plus the gap-recovered line."""
+def format_table(table: list[dict[str, object]], gap: float | None,
+                 error: float | None = None) -> str:
+    """Markdown table of :func:`rows` plus the gap-recovered line; ``gap``: the share
+    recovered, ``error``: the gap's standard error (both from the k2 run's report)."""
     lines = ["| method | labeled frames / video | frames labeled | J&F |", "|---|---:|---:|---:|"]
     for row in table:
         share = row["labeled_share"]
@@ -101,7 +103,7 @@ def format_table(table: list[dict[str, object]], gap: float | None) -> str:
     scores = {row["method"]: row["j_and_f"] for row in table}
     full, naive = scores.get("full supervision"), scores.get("naive 2-shot")
     measured = (full - naive) / 100 if isinstance(full, float) and isinstance(naive, float) else None
-    note = gap_note(measured, gap, naive="naive 2-shot")
+    note = gap_note(measured, gap, error, naive="naive 2-shot")
     if note:
         lines += ["", note + (" (Target: at least 90%.)" if gap is not None else "")]
     return "\n".join(lines)
@@ -135,6 +137,7 @@ def run(out: str | Path, scale: str = "cpu", seed: int = 0, device: str = "auto"
     table = rows(reports)
     result = {"scale": scale, "seed": seed, "minutes": (time.perf_counter() - start) / 60,
               "gap_recovered": reports["k2"].gap_recovered() if "k2" in reports else None,
+              "gap_error": reports["k2"].gap_error() if "k2" in reports else None,
               "rows": table}
     write_json(out / "label_efficiency.json", result)
     return result
@@ -152,7 +155,7 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args.out, args.scale, args.seed, args.device, args.progress, args.only)
     print()
-    print(format_table(result["rows"], result["gap_recovered"]))  # type: ignore[arg-type]
+    print(format_table(result["rows"], result["gap_recovered"], result["gap_error"]))  # type: ignore[arg-type]
     print(f"\n{result['minutes']:.1f} minutes; results in {Path(args.out) / 'label_efficiency.json'}")
 
 

@@ -11,6 +11,7 @@ import torch
 from twoshot.cli import main
 from twoshot.config import Config, load_config
 from twoshot.data.budget import load_budget, make_budget
+from twoshot.data.masks import read_mask
 from twoshot.data.readers import open_dataset
 from twoshot.data.synth import generate_dataset
 from twoshot.demo import DemoScale, run_demo
@@ -48,9 +49,17 @@ def test_pipeline_runs_every_stage_then_skips_and_resumes(dataset: Path, tmp_pat
     logs: list[str] = []
     report = run_pipeline(_config(dataset, out, ["naive", "full"]), log=logs.append, progress=False)
     assert [m.name for m in report.models] == MODELS
+    # DAVIS scores objects 1..max label of each validation video's first annotation
+    firsts = {s.name: read_mask(s.mask_paths[0])[0] for s in open_dataset("davis", dataset, "val")}
+    expected_objects = sorted(f"{name}_{o}" for name, first in firsts.items()
+                              for o in range(1, int(first.max()) + 1))
     for model in report.models:
         assert 0.0 <= model.j_and_f <= 1.0
         assert model.j_and_f == pytest.approx((model.j_mean + model.f_mean) / 2)
+        # objects weigh equally: the global J&F is the mean of the per-object ones
+        assert sorted(model.objects) == expected_objects
+        assert model.j_and_f == pytest.approx(sum(model.objects.values()) / len(model.objects))
+    assert report.gap_error() is not None
     assert report.labeled_frames == 8 and report.total_frames == 32
     assert report.score("full").labeled_share == 1.0 and report.score("phase2").labeled_share == 0.25
     assert report.bank_j_and_f is not None
@@ -141,11 +150,41 @@ def test_demo_writes_report_plot_and_overlays(tmp_path: Path) -> None:
     assert load_model(run / "phase2" / "final.pth").config.output_stride == 8
 
 
-def _report(**scores: float) -> PipelineReport:
+def _report(objects: dict[str, dict[str, float]] | None = None, **scores: float) -> PipelineReport:
     report = PipelineReport(out="run", budget="budget.json", labeled_frames=2, total_frames=24)
     for name, value in scores.items():
-        report.models.append(ModelScore(name, name, value, value, value, 0.1, None))
+        report.models.append(ModelScore(name, name, value, value, value, 0.1, None,
+                                        (objects or {}).get(name, {})))
     return report
+
+
+def test_paired_standard_error_by_hand() -> None:
+    from twoshot.pipeline import paired_standard_error
+    naive = {"a_1": 0.4, "a_2": 0.5, "b_1": 0.6, "only_naive_1": 0.9}
+    full = {"a_1": 0.5, "a_2": 0.5, "b_1": 0.8}
+    # differences 0.1, 0.0, 0.2: mean 0.1, sample std 0.1, standard error 0.1 / sqrt(3)
+    assert paired_standard_error(naive, full) == pytest.approx(0.1 / 3 ** 0.5)
+    assert paired_standard_error({"a_1": 0.4}, {"a_1": 0.6}) is None
+
+
+def test_a_gap_within_its_standard_error_is_not_measured() -> None:
+    from twoshot.pipeline import format_report
+    # naive 0.40 and full 0.42 on average; per-object differences +0.12 and -0.08: the gap
+    # 0.02 has a standard error of 0.1 (sample std 0.1414 / sqrt 2), so 2 errors = 0.2.
+    noisy = {"naive": {"v_1": 0.30, "v_2": 0.50}, "full": {"v_1": 0.42, "v_2": 0.42}}
+    report = _report(noisy, naive=0.40, full=0.42, phase2=0.41)
+    assert report.gap_error() == pytest.approx(0.1)
+    assert not report.gap_is_measurable() and report.gap_recovered() is None
+    text = format_report(report)
+    assert "Full supervision scores 2.0 ± 10.0 J&F above naive training" in text
+    assert "needs a gap of at least 1 J&F and 2 standard errors (20.0 J&F)" in text
+    # the same means with consistent per-object differences: measurable, share reported
+    steady = {"naive": {"v_1": 0.30, "v_2": 0.50}, "full": {"v_1": 0.32, "v_2": 0.52}}
+    report = _report(steady, naive=0.40, full=0.42, phase2=0.41)
+    assert report.gap_error() == pytest.approx(0.0, abs=1e-12)
+    assert report.gap_recovered() == pytest.approx(0.5)
+    assert "recovers 50% of the gap between naive training and full supervision (2.0 ± 0.0 J&F)" \
+        in format_report(report)
 
 
 def test_gap_recovered_and_its_note() -> None:
@@ -160,6 +199,6 @@ def test_gap_recovered_and_its_note() -> None:
         assert report.gap_recovered() is None
         text = format_report(report)
         assert "Two-shot recovers" not in text and f"Full supervision scores {shown} naive" in text
-        assert "a gap of at least 1 J&F is needed" in text
+        assert "needs a gap of at least 1 J&F." in text
     assert _report(naive=0.40, full=0.411, phase2=0.41).gap_recovered() == pytest.approx(10 / 11)
     assert _report(naive=0.4, phase2=0.5).gap_recovered() is None

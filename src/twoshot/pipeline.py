@@ -53,11 +53,27 @@ class ModelScore:
     f_mean: float
     labeled_share: float           # share of training frames whose annotation the model used
     train_seconds: float | None
+    # J&F of each validation object, keyed "<video>_<object id>" as davis2017-evaluation's
+    # per-sequence rows; empty for scores cached before they were kept.
+    objects: dict[str, float] = field(default_factory=dict)
 
 
-# Below this naive-to-full gap (1 J&F point) the share recovered is noise: one demo run's
-# scores moved by up to 3 J&F between two sets of validation videos (docs/results.md).
+# The share recovered is only reported for a naive-to-full gap of at least 1 J&F point and
+# at least twice the gap's standard error over the validation objects: below that it is
+# noise (one demo model's score moved by 3 J&F between two sets of validation videos).
 MIN_GAP = 0.01
+SIGNIFICANT_ERRORS = 2.0
+
+
+def paired_standard_error(a: dict[str, float], b: dict[str, float]) -> float | None:
+    """Standard error of mean(b - a) over the keys both hold (per-object scores of two models
+    on the same objects), or None with fewer than two shared keys."""
+    import numpy as np
+    shared = sorted(a.keys() & b.keys())
+    if len(shared) < 2:
+        return None
+    diff = np.array([b[k] - a[k] for k in shared], dtype=np.float64)
+    return float(diff.std(ddof=1) / np.sqrt(len(diff)))
 
 
 @dataclass
@@ -81,36 +97,52 @@ class PipelineReport:
         naive, full = self.score("naive"), self.score("full")
         return None if not (naive and full) else full.j_and_f - naive.j_and_f
 
+    def gap_error(self) -> float | None:
+        """Standard error of :meth:`gap` over the validation objects (paired: both models
+        segment the same objects), or None without per-object scores."""
+        naive, full = self.score("naive"), self.score("full")
+        return None if not (naive and full) else paired_standard_error(naive.objects, full.objects)
+
+    def gap_is_measurable(self) -> bool:
+        """Whether full supervision leads naive training by at least MIN_GAP and by at least
+        SIGNIFICANT_ERRORS standard errors (when per-object scores are there to say)."""
+        gap, error = self.gap(), self.gap_error()
+        return gap is not None and gap >= max(MIN_GAP, SIGNIFICANT_ERRORS * (error or 0.0))
+
     def gap_recovered(self) -> float | None:
         """(two-shot - naive) / (full - naive): the share of the naive-to-full gap recovered.
 
-        None unless all three were scored and full supervision is at least MIN_GAP above
-        naive training: a smaller gap is within the noise of one run (the ratio would mean
-        nothing).
+        None unless all three were scored and the gap is measurable
+        (:meth:`gap_is_measurable`): the ratio over a gap within the noise means nothing.
         """
         two, naive, gap = self.score("phase2"), self.score("naive"), self.gap()
-        if not (two and naive) or gap is None or gap < MIN_GAP:
+        if not (two and naive) or gap is None or not self.gap_is_measurable():
             return None
         return (two.j_and_f - naive.j_and_f) / gap
 
 
-def gap_note(gap: float | None, recovered: float | None, naive: str = "naive training") -> str | None:
+def gap_note(gap: float | None, recovered: float | None, error: float | None = None,
+             naive: str = "naive training") -> str | None:
     """The report's sentence on the naive-to-full gap, or None if it was not measured.
 
     gap: full supervision minus ``naive`` in J&F (0..1 scale); recovered: the share of it
     that two-shot training recovered (:meth:`PipelineReport.gap_recovered`), None when the
-    gap is under MIN_GAP, in which case the sentence gives the gap and says why there is no
-    share.
+    gap is not measurable, in which case the sentence gives the gap and says why there is no
+    share; error: the gap's standard error over the validation objects, if known.
     """
-    if recovered is not None:
-        return (f"Two-shot recovers {100 * recovered:.0f}% of the gap between {naive} and full "
-                "supervision.")
     if gap is None:
         return None
+    spread = "" if error is None else f" ± {100 * error:.1f}"
+    if recovered is not None:
+        return (f"Two-shot recovers {100 * recovered:.0f}% of the gap between {naive} and full "
+                f"supervision ({100 * gap:.1f}{spread} J&F).")
     side = "above" if gap >= 0 else "below"
-    return (f"Full supervision scores {100 * abs(gap):.1f} J&F {side} {naive} here; a gap of at "
-            f"least {100 * MIN_GAP:.0f} J&F is needed to measure how much of it two-shot training "
-            "recovers. At this training length labels are not what limits these models.")
+    needed = f"at least {100 * MIN_GAP:.0f} J&F"
+    if error is not None:
+        needed += f" and {SIGNIFICANT_ERRORS:.0f} standard errors ({SIGNIFICANT_ERRORS * 100 * error:.1f} J&F)"
+    return (f"Full supervision scores {100 * abs(gap):.1f}{spread} J&F {side} {naive} here; "
+            f"measuring how much of the gap two-shot training recovers needs a gap of {needed}. "
+            "At this training length labels are not what limits these models.")
 
 
 class Pipeline:
@@ -288,8 +320,9 @@ class Pipeline:
             return out
         return self._timed(f"infer:{name}", work)
 
-    def evaluate(self, name: str, predictions: Path) -> dict[str, float]:
-        """J&F of one model's predictions on the validation videos (cached as JSON)."""
+    def evaluate(self, name: str, predictions: Path) -> dict[str, Any]:
+        """J&F of one model's predictions on the validation videos (cached as JSON): the
+        global "J&F-Mean", "J-Mean", "F-Mean", and "objects", each object's J&F."""
         from twoshot.evaluate.folders import evaluate_folders
         path = self.out / "eval" / f"{name}.json"
         if path.is_file():
@@ -297,7 +330,8 @@ class Pipeline:
         gt = self._annotation_root(self.p.val_split)
         result = evaluate_folders(predictions, gt, [s.name for s in self.val_sequences()],
                                   workers=self.p.eval_workers)
-        scores = {k: float(result.scores[k]) for k in ("J&F-Mean", "J-Mean", "F-Mean")}
+        scores: dict[str, Any] = {k: float(result.scores[k]) for k in ("J&F-Mean", "J-Mean", "F-Mean")}
+        scores["objects"] = {o.name: (o.j_mean + o.f_mean) / 2 for o in result.objects}
         write_json(path, scores)
         return scores
 
@@ -360,7 +394,7 @@ class Pipeline:
             scores = self.evaluate(name, self.predict(name, weights[name]))
             report.models.append(ModelScore(name, MODEL_TITLES[name], scores["J&F-Mean"],
                                             scores["J-Mean"], scores["F-Mean"], shares[name],
-                                            self.timings.get(name)))
+                                            self.timings.get(name), scores.get("objects", {})))
         report.bank_j_and_f = self.evaluate_bank(bank)
         report.stage_seconds = dict(self.timings)
         write_report(report, self.out)
@@ -406,7 +440,8 @@ def format_report(report: PipelineReport) -> str:
     if report.bank_j_and_f is not None:
         notes.append(f"Pseudo-label bank vs. ground truth on the training videos: "
                      f"J&F {100 * report.bank_j_and_f:.1f}.")
-    note = gap_note(report.gap(), report.gap_recovered()) if report.score("phase2") else None
+    note = gap_note(report.gap(), report.gap_recovered(), report.gap_error()) \
+        if report.score("phase2") else None
     if note:
         notes.append(note)
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
