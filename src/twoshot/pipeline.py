@@ -18,6 +18,8 @@ killed at any point resumes where it stopped (a training step resumes from its c
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -68,12 +70,10 @@ SIGNIFICANT_ERRORS = 2.0
 def paired_standard_error(a: dict[str, float], b: dict[str, float]) -> float | None:
     """Standard error of mean(b - a) over the keys both hold (per-object scores of two models
     on the same objects), or None with fewer than two shared keys."""
-    import numpy as np
     shared = sorted(a.keys() & b.keys())
     if len(shared) < 2:
         return None
-    diff = np.array([b[k] - a[k] for k in shared], dtype=np.float64)
-    return float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    return statistics.stdev(b[k] - a[k] for k in shared) / math.sqrt(len(shared))
 
 
 @dataclass
@@ -142,7 +142,7 @@ def gap_note(gap: float | None, recovered: float | None, error: float | None = N
         needed += f" and {SIGNIFICANT_ERRORS:.0f} standard errors ({SIGNIFICANT_ERRORS * 100 * error:.1f} J&F)"
     return (f"Full supervision scores {100 * abs(gap):.1f}{spread} J&F {side} {naive} here; "
             f"measuring how much of the gap two-shot training recovers needs a gap of {needed}. "
-            "At this training length labels are not what limits these models.")
+            "Within this noise, labels do not measurably limit these models.")
 
 
 class Pipeline:
