@@ -167,6 +167,13 @@ def test_paired_standard_error_by_hand() -> None:
     assert paired_standard_error({"a_1": 0.4}, {"a_1": 0.6}) is None
 
 
+def test_model_standard_error_by_hand() -> None:
+    # objects 0.2, 0.4, 0.6: sample std 0.2, standard error 0.2 / sqrt(3)
+    score = ModelScore("naive", "naive", 0.4, 0.4, 0.4, 0.1, None, {"a_1": 0.2, "a_2": 0.4, "b_1": 0.6})
+    assert score.standard_error() == pytest.approx(0.2 / 3 ** 0.5)
+    assert ModelScore("full", "full", 0.4, 0.4, 0.4, 1.0, None, {"a_1": 0.4}).standard_error() is None
+
+
 def test_a_gap_within_its_standard_error_is_not_measured() -> None:
     from twoshot.pipeline import format_report
     # naive 0.40 and full 0.42 on average; per-object differences +0.12 and -0.08: the gap

@@ -106,13 +106,18 @@ def bar_plot(report: PipelineReport, path: Path) -> Path:
     names = [f"{textwrap.fill(m.title, 20)}\n({100 * m.labeled_share:.0f}% labels)"
              for m in report.models]
     values = [100 * m.j_and_f for m in report.models]
+    # Whiskers: one standard error over the validation objects, so that differences smaller
+    # than the noise of this validation set look it.
+    errors = [100 * (m.standard_error() or 0.0) for m in report.models]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(names)), 4.4))
-    bars = ax.bar(range(len(values)), values, color=["#999999", "#d98c3f", "#4c72b0", "#2a9d8f", "#444444"][:len(values)])
-    for bar, value in zip(bars, values):
-        ax.text(bar.get_x() + bar.get_width() / 2, value + 0.5, f"{value:.1f}", ha="center")
+    bars = ax.bar(range(len(values)), values, yerr=errors, capsize=4, ecolor="#555555",
+                  color=["#999999", "#d98c3f", "#4c72b0", "#2a9d8f", "#444444"][:len(values)])
+    for bar, value, error in zip(bars, values, errors):
+        ax.text(bar.get_x() + bar.get_width() / 2, value + error + 0.5, f"{value:.1f}", ha="center")
     ax.set_xticks(range(len(values)), names, fontsize=8)
-    ax.set_ylabel("J&F (validation)")
-    ax.set_ylim(0, max(values + [1.0]) * 1.15)
+    ax.set_ylabel("J&F (validation; whiskers: ± 1 standard error over objects)" if any(errors)
+                  else "J&F (validation)", fontsize=9)
+    ax.set_ylim(0, max([v + e for v, e in zip(values, errors)] + [1.0]) * 1.15)
     ax.set_title("two-shot VOS on generated videos")
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -59,6 +59,13 @@ class ModelScore:
     # per-sequence rows; empty for scores cached before they were kept.
     objects: dict[str, float] = field(default_factory=dict)
 
+    def standard_error(self) -> float | None:
+        """Standard error of :attr:`j_and_f` over the validation objects (0..1 scale), or None
+        with fewer than two per-object scores."""
+        if len(self.objects) < 2:
+            return None
+        return statistics.stdev(self.objects.values()) / math.sqrt(len(self.objects))
+
 
 # The share recovered is only reported for a naive-to-full gap of at least 1 J&F point and
 # at least twice the gap's standard error over the validation objects: below that it is
