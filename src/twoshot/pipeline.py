@@ -62,9 +62,7 @@ class ModelScore:
     def standard_error(self) -> float | None:
         """Standard error of :attr:`j_and_f` over the validation objects (0..1 scale), or None
         with fewer than two per-object scores."""
-        if len(self.objects) < 2:
-            return None
-        return statistics.stdev(self.objects.values()) / math.sqrt(len(self.objects))
+        return standard_error(list(self.objects.values()))
 
 
 # The share recovered is only reported for a naive-to-full gap of at least 1 J&F point and
@@ -74,13 +72,18 @@ MIN_GAP = 0.01
 SIGNIFICANT_ERRORS = 2.0
 
 
+def standard_error(values: list[float]) -> float | None:
+    """Standard error of the mean of ``values`` (sample standard deviation / sqrt(n)), or
+    None with fewer than two values."""
+    if len(values) < 2:
+        return None
+    return statistics.stdev(values) / math.sqrt(len(values))
+
+
 def paired_standard_error(a: dict[str, float], b: dict[str, float]) -> float | None:
     """Standard error of mean(b - a) over the keys both hold (per-object scores of two models
     on the same objects), or None with fewer than two shared keys."""
-    shared = sorted(a.keys() & b.keys())
-    if len(shared) < 2:
-        return None
-    return statistics.stdev(b[k] - a[k] for k in shared) / math.sqrt(len(shared))
+    return standard_error([b[k] - a[k] for k in sorted(a.keys() & b.keys())])
 
 
 @dataclass

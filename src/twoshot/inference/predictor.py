@@ -102,7 +102,7 @@ def load_for_inference(path: str | os.PathLike[str], preset: str | None = None) 
     run_config = model_config_for(path, preset)
     model = load_model(path, run_config.model if run_config is not None else None)
     inference = run_config.inference if run_config is not None else _preset_inference(model)
-    return model, inference  # type: ignore[return-value]
+    return model, inference
 
 
 def _preset_inference(model: STCN) -> InferenceConfig:

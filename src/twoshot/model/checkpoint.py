@@ -144,7 +144,7 @@ def model_config_for(path: str | os.PathLike[str], preset: str | None = None) ->
     return load_config(preset) if preset is not None else saved_config(path)
 
 
-def load_model(path: str | os.PathLike[str], config: ModelConfig | None = None) -> nn.Module:
+def load_model(path: str | os.PathLike[str], config: ModelConfig | None = None) -> STCN:
     """Build an STCN for ``config`` and load ``path``.
 
     With ``config`` None: the model section saved beside the weights by ``twoshot train``
