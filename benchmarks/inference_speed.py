@@ -32,6 +32,7 @@ import sys
 import tracemalloc
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ def run(presets: Sequence[str] = ("tiny", "stcn"), frames: Mapping[str, int] | N
         tracemalloc.start()
         best = None
         for _ in range(max(1, repeats)):
-            result, seconds = timed(lambda: engine.propagate(clip, {0: labels[0]}), engine.device)
+            result, seconds = timed(partial(engine.propagate, clip, {0: labels[0]}), engine.device)
             best = seconds if best is None else min(best, seconds)
         _, traced_peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
