@@ -16,6 +16,7 @@ from twoshot.data.readers import open_dataset
 from twoshot.data.synth import generate_dataset
 from twoshot.demo import DemoScale, run_demo
 from twoshot.errors import UserError
+from twoshot.inference.predictor import load_for_inference
 from twoshot.model import load_model
 from twoshot.pipeline import ModelScore, PipelineReport, run_pipeline
 
@@ -137,7 +138,8 @@ def test_model_config_that_builds_no_network_is_refused(override: str, message: 
 
 def test_demo_writes_report_plot_and_overlays(tmp_path: Path) -> None:
     scale = DemoScale(videos=3, val_videos=2, frames=6, size=48, static_images=6,
-                      static_iterations=4, iterations=6, end_warm=2, phase2_start_update=3)
+                      static_iterations=4, iterations=6, end_warm=2, phase2_start_update=3,
+                      inference_size=96)
     report, pictures = run_demo(tmp_path / "demo", scale=scale, device="cpu",
                                 log=lambda _: None, progress=False)
     assert [m.name for m in report.models] == MODELS
@@ -148,6 +150,9 @@ def test_demo_writes_report_plot_and_overlays(tmp_path: Path) -> None:
     run = tmp_path / "demo" / "run"
     assert json.loads((run / "config.json").read_text())["model"]["output_stride"] == 8
     assert load_model(run / "phase2" / "final.pth").config.output_stride == 8
+    # It segments at twice the frame size, and `twoshot infer` on its weights does too.
+    assert json.loads((run / "config.json").read_text())["inference"]["size"] == 96
+    assert load_for_inference(run / "phase2" / "final.pth")[1].size == 96
 
 
 def _report(objects: dict[str, dict[str, float]] | None = None, **scores: float) -> PipelineReport:
