@@ -34,8 +34,7 @@ SCALES = {
     # The demo's data and schedule: the k2 variant is exactly `twoshot demo`'s run.
     "cpu": FULL,
     "gpu": DemoScale(videos=200, val_videos=30, frames=40, size=192, static_images=2000,
-                     static_iterations=5000, iterations=8000, end_warm=2500, phase2_start_update=4000,
-                     inference_size=384),
+                     static_iterations=5000, iterations=8000, end_warm=2500, phase2_start_update=4000),
 }
 
 

@@ -138,8 +138,7 @@ def test_model_config_that_builds_no_network_is_refused(override: str, message: 
 
 def test_demo_writes_report_plot_and_overlays(tmp_path: Path) -> None:
     scale = DemoScale(videos=3, val_videos=2, frames=6, size=48, static_images=6,
-                      static_iterations=4, iterations=6, end_warm=2, phase2_start_update=3,
-                      inference_size=96)
+                      static_iterations=4, iterations=6, end_warm=2, phase2_start_update=3)
     report, pictures = run_demo(tmp_path / "demo", scale=scale, device="cpu",
                                 log=lambda _: None, progress=False)
     assert [m.name for m in report.models] == MODELS

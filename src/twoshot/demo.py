@@ -32,20 +32,18 @@ class DemoScale:
     iterations: int           # each main-schedule model (phase 1, phase 2, naive, full)
     end_warm: int
     phase2_start_update: int
-    # Shorter side at which validation videos are segmented and the bank is made. Twice the
-    # frame size: at 96x96 every model scored 11-12 J&F higher at 192 (docs/results.md).
-    inference_size: int = -1
+    # Validation videos are segmented, and the bank made, at this multiple of the frame size:
+    # at 96x96 every model scored 11-12 J&F higher at 192 than at 96 (docs/results.md).
+    inference_scale: float = 2.0
 
 
 # On the 2-core development machine, whose speed varies by a third from hour to hour, 500
 # iterations per video stage took 10.8-11.5 min; with inference at 192, 400 took 9.7 min
 # and 350 leave room for the slower hours (docs/results.md).
 FULL = DemoScale(videos=40, val_videos=20, frames=24, size=96, static_images=200,
-                 static_iterations=250, iterations=350, end_warm=105, phase2_start_update=175,
-                 inference_size=192)
+                 static_iterations=250, iterations=350, end_warm=105, phase2_start_update=175)
 QUICK = DemoScale(videos=8, val_videos=3, frames=12, size=64, static_images=32,
-                  static_iterations=40, iterations=60, end_warm=20, phase2_start_update=30,
-                  inference_size=128)
+                  static_iterations=40, iterations=60, end_warm=20, phase2_start_update=30)
 
 
 def demo_config(scale: DemoScale, data: Path, out: Path, device: str) -> Config:
@@ -63,7 +61,7 @@ def demo_config(scale: DemoScale, data: Path, out: Path, device: str) -> Config:
         f"main.save_every={max(its // 3, 1)}", f"static.save_every={max(scale.static_iterations // 2, 1)}",
         f"twoshot.end_warm={scale.end_warm}",
         f"twoshot.phase2_start_update={scale.phase2_start_update}",
-        f"inference.size={scale.inference_size}",
+        f"inference.size={round(scale.size * scale.inference_scale)}",
     ])
     config.pipeline.data = str(data)
     config.pipeline.dataset = "davis"
