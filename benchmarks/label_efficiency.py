@@ -13,7 +13,7 @@ Each variant is one ``twoshot.pipeline`` run in its own folder, so an interrupte
 resumes. Prints a Markdown table (J&F on the validation videos, share of labeled frames) and
 the share of the naive-to-full gap that two-shot recovers, and writes it as JSON.
 
-    python benchmarks/label_efficiency.py --out runs/label-efficiency            # CPU, ~25 min on 2 idle cores
+    python benchmarks/label_efficiency.py --out runs/label-efficiency            # CPU, ~20 min on 2 idle cores
     python benchmarks/label_efficiency.py --scale gpu --device cuda --out ...     # larger, for a GPU
 """
 
