@@ -13,8 +13,16 @@ Each variant is one ``twoshot.pipeline`` run in its own folder, so an interrupte
 resumes. Prints a Markdown table (J&F on the validation videos, share of labeled frames) and
 the share of the naive-to-full gap that two-shot recovers, and writes it as JSON.
 
+Differences of a few J&F between single runs can be the training seed's doing (about 2-3 J&F
+for the tiny model at 4 000 iterations, docs/results.md). ``--repeats R`` trains every variant
+R times with training seeds ``main.seed + r`` (folders ``NAME``, ``NAME-seed1``, ...; the
+data, the budget and the static pretraining stay the same); the table then gives mean J&F
+and the runs' range, and the gap's standard error includes the seeds' spread
+(:func:`twoshot.pipeline.estimate_gap`).
+
     python benchmarks/label_efficiency.py --out runs/label-efficiency            # CPU, ~20 min on 2 idle cores
     python benchmarks/label_efficiency.py --scale gpu --device cuda --out ...     # larger, for a GPU
+    python benchmarks/label_efficiency.py --repeats 3 --out ...                   # 3 training seeds
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ from pathlib import Path
 from twoshot.config import Config
 from twoshot.data.synth import generate_dataset, is_synth_output
 from twoshot.demo import FULL, DemoScale, demo_config
+from twoshot.errors import UserError
 from twoshot.fsutil import write_json
-from twoshot.pipeline import PipelineReport, gap_note, run_pipeline
+from twoshot.pipeline import GapEstimate, PipelineReport, estimate_gap, gap_note, run_pipeline
 
 SCALES = {
     # The demo's data and schedule: the k2 variant is exactly `twoshot demo`'s run.
@@ -56,10 +65,17 @@ VARIANTS = (
 )
 
 
+def run_name(variant: Variant, repeat: int) -> str:
+    """The folder of ``variant``'s run with training seed offset ``repeat`` (0: its name)."""
+    return variant.name if repeat == 0 else f"{variant.name}-seed{repeat}"
+
+
 def variant_config(scale: DemoScale, data: Path, out: Path, variant: Variant, init: Path | None,
-                   device: str) -> Config:
-    """The demo configuration for one variant (same data, schedule and seeds for all)."""
-    config = demo_config(scale, data, out / variant.name, device)
+                   device: str, repeat: int = 0) -> Config:
+    """The demo configuration for one variant (same data, schedule and seeds for all), with
+    the video stages' training seed moved by ``repeat``."""
+    config = demo_config(scale, data, out / run_name(variant, repeat), device)
+    config.main.seed += repeat
     config.pipeline.shots = variant.shots
     config.pipeline.baselines = list(variant.baselines)
     config.twoshot.use_teacher = variant.use_teacher
@@ -69,13 +85,14 @@ def variant_config(scale: DemoScale, data: Path, out: Path, variant: Variant, in
     return config
 
 
-def rows(reports: dict[str, PipelineReport]) -> list[dict[str, object]]:
-    """Table rows: (method, labeled frames per video, share of frames labeled, J&F x 100)."""
-    def score(variant: str, model: str) -> float | None:
-        found = reports[variant].score(model) if variant in reports else None
-        return None if found is None else round(100 * found.j_and_f, 1)
+def rows(reports: dict[str, list[PipelineReport]]) -> list[dict[str, object]]:
+    """Table rows from each variant's runs (one per training seed): method, labeled frames per
+    video, share of frames labeled, mean J&F x 100 and the runs' J&F x 100 (``runs``)."""
+    def score(variant: str, model: str) -> list[float]:
+        found = [r.score(model) for r in reports.get(variant, [])]
+        return [round(100 * s.j_and_f, 1) for s in found if s is not None]
 
-    share = {v: 100 * r.labeled_frames / max(r.total_frames, 1) for v, r in reports.items()}
+    share = {v: 100 * r[0].labeled_frames / max(r[0].total_frames, 1) for v, r in reports.items() if r}
     table = [
         ("full supervision", "all", 100.0, score("k2", "full")),
         ("naive 1-shot", 1, share.get("k1"), score("k1", "naive")),
@@ -86,33 +103,46 @@ def rows(reports: dict[str, PipelineReport]) -> list[dict[str, object]]:
         ("two-shot k=2 without teacher", 2, share.get("k2-no-teacher"), score("k2-no-teacher", "phase2")),
         ("two-shot k=2 without phase 2", 2, share.get("k2"), score("k2", "phase1")),
     ]
-    return [{"method": m, "labeled_per_video": k, "labeled_share": s, "j_and_f": j}
-            for m, k, s, j in table]
+    return [{"method": m, "labeled_per_video": k, "labeled_share": s,
+             "j_and_f": round(sum(runs) / len(runs), 1) if runs else None, "runs": runs}
+            for m, k, s, runs in table]
 
 
-def format_table(table: list[dict[str, object]], gap: float | None = None,
-                 recovered: float | None = None, error: float | None = None) -> str:
-    """Markdown table of :func:`rows` plus the k2 run's line on the naive-to-full gap
+def format_table(table: list[dict[str, object]], gap: GapEstimate | None = None) -> str:
+    """Markdown table of :func:`rows` (with a column of the runs' range when a variant ran
+    more than once) plus the line on the k2 runs' naive-to-full gap
     (:func:`twoshot.pipeline.gap_note`): the gap, the share recovered, its standard error."""
-    lines = ["| method | labeled frames / video | frames labeled | J&F |", "|---|---:|---:|---:|"]
+    repeated = any(len(row["runs"]) > 1 for row in table)  # type: ignore[arg-type]
+    header = "| method | labeled frames / video | frames labeled | J&F |" + (" runs |" if repeated else "")
+    lines = [header, "|---|---:|---:|---:|" + ("---:|" if repeated else "")]
     for row in table:
         share = row["labeled_share"]
         share_text = "-" if share is None else f"{share:.1f}%"
         jf = "-" if row["j_and_f"] is None else f"{row['j_and_f']:.1f}"
-        lines.append(f"| {row['method']} | {row['labeled_per_video']} | {share_text} | {jf} |")
-    note = gap_note(gap, recovered, error, naive="naive 2-shot")
+        line = f"| {row['method']} | {row['labeled_per_video']} | {share_text} | {jf} |"
+        if repeated:
+            runs: list[float] = row["runs"]  # type: ignore[assignment]
+            line += f" {min(runs):.1f}–{max(runs):.1f} |" if len(runs) > 1 else " |"
+        lines.append(line)
+    note = gap_note(gap.gap, gap.recovered, gap.error, naive="naive 2-shot") if gap else None
     if note:
-        lines += ["", note + (" (Target: at least 90%.)" if recovered is not None else "")]
+        if gap is not None and gap.runs > 1:
+            note += (f" (Means of {gap.runs} training seeds; the ± includes how much the seeds "
+                     "move the gap.)")
+        lines += ["", note + (" (Target: at least 90%.)" if gap is not None and gap.recovered is not None else "")]
     return "\n".join(lines)
 
 
 def run(out: str | Path, scale: str = "cpu", seed: int = 0, device: str = "auto",
-        progress: bool = False, only: list[str] | None = None) -> dict[str, object]:
+        progress: bool = False, only: list[str] | None = None, repeats: int = 1) -> dict[str, object]:
     """Generate the data (once), run every variant (resuming), return the table as a dict.
 
-    only: names of the variants to run now (default all); the table covers those run.
-    Every variant starts from the k2 run's static pretraining (made by the first run).
+    seed: the data's; only: names of the variants to run now (default all), the table covers
+    those run; repeats: runs per variant, each with its own training seed. Every run starts
+    from the k2 run's static pretraining (made by the first run).
     """
+    if repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {repeats}")
     size = SCALES[scale]
     out = Path(out)
     data = out / "data"
@@ -121,22 +151,24 @@ def run(out: str | Path, scale: str = "cpu", seed: int = 0, device: str = "auto"
         generate_dataset(data, videos=size.videos, frames=size.frames, size=(size.size, size.size),
                          objects=(1, 3), seed=seed, val_videos=size.val_videos,
                          static_images=size.static_images)
-    reports: dict[str, PipelineReport] = {}
+    reports: dict[str, list[PipelineReport]] = {}
     static = out / "k2" / "static" / "final.pth"
-    for variant in VARIANTS:
-        if only and variant.name not in only:
-            continue
-        init = static if variant.name != "k2" and static.is_file() else None
-        config = variant_config(size, data, out, variant, init, device)
-        print(f"== {variant.name}: {variant.shots} labeled frame(s) per video, "
-              f"teacher {'on' if variant.use_teacher else 'off'}, baselines {list(variant.baselines)}")
-        reports[variant.name] = run_pipeline(config, log=print, progress=progress)
-    table = rows(reports)
-    result = {"scale": scale, "seed": seed, "minutes": (time.perf_counter() - start) / 60,
-              "gap": reports["k2"].gap() if "k2" in reports else None,
-              "gap_recovered": reports["k2"].gap_recovered() if "k2" in reports else None,
-              "gap_error": reports["k2"].gap_error() if "k2" in reports else None,
-              "rows": table}
+    for repeat in range(repeats):
+        for variant in VARIANTS:
+            if only and variant.name not in only:
+                continue
+            first = variant.name == "k2" and repeat == 0
+            init = static if not first and static.is_file() else None
+            config = variant_config(size, data, out, variant, init, device, repeat)
+            print(f"== {run_name(variant, repeat)}: {variant.shots} labeled frame(s) per video, "
+                  f"teacher {'on' if variant.use_teacher else 'off'}, baselines "
+                  f"{list(variant.baselines)}, training seed {config.main.seed}")
+            reports.setdefault(variant.name, []).append(run_pipeline(config, log=print, progress=progress))
+    gap = estimate_gap(reports.get("k2", []))
+    result = {"scale": scale, "seed": seed, "repeats": repeats,
+              "minutes": (time.perf_counter() - start) / 60,
+              "gap": gap.gap, "gap_recovered": gap.recovered, "gap_error": gap.error, "gap_runs": gap.runs,
+              "rows": rows(reports)}
     write_json(out / "label_efficiency.json", result)
     return result
 
@@ -145,16 +177,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/label-efficiency")
     parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of every variant, each with its own training seed (default 1)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--only", nargs="+", choices=[v.name for v in VARIANTS],
                         help="run only these variants (default: all)")
     args = parser.parse_args()
-    result = run(args.out, args.scale, args.seed, args.device, args.progress, args.only)
+    try:
+        result = run(args.out, args.scale, args.seed, args.device, args.progress, args.only, args.repeats)
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None
     print()
-    print(format_table(result["rows"], result["gap"], result["gap_recovered"],  # type: ignore[arg-type]
-                       result["gap_error"]))  # type: ignore[arg-type]
+    gap = GapEstimate(result["gap"], result["gap_error"], result["gap_recovered"],  # type: ignore[arg-type]
+                      result["gap_runs"])  # type: ignore[arg-type]
+    print(format_table(result["rows"], gap))  # type: ignore[arg-type]
     print(f"\n{result['minutes']:.1f} minutes; results in {Path(args.out) / 'label_efficiency.json'}")
 
 

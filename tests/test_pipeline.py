@@ -213,3 +213,48 @@ def test_gap_recovered_and_its_note() -> None:
         assert "needs a gap of at least 1 J&F." in text
     assert _report(naive=0.40, full=0.411, phase2=0.41).gap_recovered() == pytest.approx(10 / 11)
     assert _report(naive=0.4, phase2=0.5).gap_recovered() is None
+
+
+def _run(naive: dict[str, float], full: dict[str, float], phase2: float | None = None) -> PipelineReport:
+    """A report whose naive and full J&F are the means of their per-object scores."""
+    scores = {"naive": sum(naive.values()) / len(naive), "full": sum(full.values()) / len(full)}
+    if phase2 is not None:
+        scores["phase2"] = phase2
+    return _report({"naive": naive, "full": full}, **scores)
+
+
+def test_gap_over_training_seeds_pools_runs_by_hand() -> None:
+    from twoshot.pipeline import estimate_gap
+    # Naive 0.40 and 0.44, full 0.46 and 0.48: gap 0.05 on the means. Every object gains
+    # 0.05 on the per-object means (objects' error 0); the runs' gaps 0.06 and 0.04 have
+    # sample std 0.01414, so their standard error is 0.01. Two-shot 0.43 and 0.47: mean
+    # 0.45 recovers (0.45 - 0.42) / 0.05 = 60%.
+    a = _run({"v_1": 0.30, "v_2": 0.50}, {"v_1": 0.36, "v_2": 0.56}, phase2=0.43)
+    b = _run({"v_1": 0.34, "v_2": 0.54}, {"v_1": 0.38, "v_2": 0.58}, phase2=0.47)
+    estimate = estimate_gap([a, b])
+    assert (estimate.gap, estimate.error, estimate.runs) == (pytest.approx(0.05), pytest.approx(0.01), 2)
+    assert estimate.recovered == pytest.approx(0.6)
+    # One run alone is that run's own gap, as its report says.
+    assert estimate_gap([a]).gap == pytest.approx(a.gap()) and estimate_gap([a]).recovered == pytest.approx(0.5)
+    # Runs whose gaps are 0.10 and 0.00: the same mean gap, but a standard error of 0.05, so
+    # two errors (0.10) exceed it and no share is reported.
+    c = _run({"v_1": 0.30, "v_2": 0.50}, {"v_1": 0.40, "v_2": 0.60}, phase2=0.45)
+    d = _run({"v_1": 0.30, "v_2": 0.50}, {"v_1": 0.30, "v_2": 0.50}, phase2=0.45)
+    noisy = estimate_gap([c, d])
+    assert noisy.gap == pytest.approx(0.05) and noisy.error == pytest.approx(0.05)
+    assert not noisy.measurable and noisy.recovered is None
+
+
+def test_gap_error_adds_objects_and_seeds_in_quadrature() -> None:
+    from twoshot.pipeline import estimate_gap, mean_object_scores
+    # Full's per-object means 0.44, 0.44 against naive's 0.30, 0.50: differences 0.14 and
+    # -0.06, standard error 0.1. The runs' gaps 0.02 and 0.06: standard error 0.02.
+    a = _run({"v_1": 0.30, "v_2": 0.50}, {"v_1": 0.42, "v_2": 0.42})
+    b = _run({"v_1": 0.30, "v_2": 0.50}, {"v_1": 0.46, "v_2": 0.46})
+    assert estimate_gap([a, b]).error == pytest.approx((0.1 ** 2 + 0.02 ** 2) ** 0.5)
+    assert mean_object_scores([a.score("full"), b.score("full")]) == pytest.approx({"v_1": 0.44, "v_2": 0.44})
+    # Only objects every run scored are averaged; a run without both baselines is left out.
+    partial = ModelScore("full", "full", 0.5, 0.5, 0.5, 1.0, None, {"v_1": 0.5})
+    assert mean_object_scores([a.score("full"), partial]) == pytest.approx({"v_1": 0.46})
+    assert estimate_gap([a, _report(naive=0.4)]).runs == 1
+    assert estimate_gap([_report(naive=0.4)]) == estimate_gap([])

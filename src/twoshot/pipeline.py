@@ -110,14 +110,12 @@ class PipelineReport:
     def gap_error(self) -> float | None:
         """Standard error of :meth:`gap` over the validation objects (paired: both models
         segment the same objects), or None without per-object scores."""
-        naive, full = self.score("naive"), self.score("full")
-        return None if not (naive and full) else paired_standard_error(naive.objects, full.objects)
+        return estimate_gap([self]).error
 
     def gap_is_measurable(self) -> bool:
         """Whether full supervision leads naive training by at least MIN_GAP and by at least
         SIGNIFICANT_ERRORS standard errors (when per-object scores are there to say)."""
-        gap, error = self.gap(), self.gap_error()
-        return gap is not None and gap >= max(MIN_GAP, SIGNIFICANT_ERRORS * (error or 0.0))
+        return estimate_gap([self]).measurable
 
     def gap_recovered(self) -> float | None:
         """(two-shot - naive) / (full - naive): the share of the naive-to-full gap recovered.
@@ -125,10 +123,66 @@ class PipelineReport:
         None unless all three were scored and the gap is measurable
         (:meth:`gap_is_measurable`): the ratio over a gap within the noise means nothing.
         """
-        two, naive, gap = self.score("phase2"), self.score("naive"), self.gap()
-        if not (two and naive) or gap is None or not self.gap_is_measurable():
-            return None
-        return (two.j_and_f - naive.j_and_f) / gap
+        return estimate_gap([self]).recovered
+
+
+@dataclass(frozen=True)
+class GapEstimate:
+    """The naive-to-full gap of one run, or pooled over runs that differ only in their
+    training seed (J&F on the 0..1 scale).
+
+    gap: mean J&F of full supervision minus mean J&F of naive training; error: its standard
+    error (see :func:`estimate_gap`), None when nothing measures it; recovered: the share of
+    the gap two-shot training recovers, None unless the gap is measurable; runs: how many
+    runs held both baselines.
+    """
+
+    gap: float | None
+    error: float | None
+    recovered: float | None
+    runs: int
+
+    @property
+    def measurable(self) -> bool:
+        """Whether the gap is at least MIN_GAP and at least SIGNIFICANT_ERRORS errors."""
+        return self.gap is not None and self.gap >= max(MIN_GAP, SIGNIFICANT_ERRORS * (self.error or 0.0))
+
+
+def mean_object_scores(scores: list[ModelScore]) -> dict[str, float]:
+    """Per-object J&F averaged over several runs of one model: {object: mean}, over the
+    objects every run scored."""
+    shared = set.intersection(*(set(s.objects) for s in scores)) if scores else set()
+    return {k: statistics.fmean(s.objects[k] for s in scores) for k in sorted(shared)}
+
+
+def estimate_gap(reports: list[PipelineReport]) -> GapEstimate:
+    """The naive-to-full gap over ``reports``, runs of one experiment with different training
+    seeds (one report: that run's gap).
+
+    The error adds in quadrature the validation objects' paired standard error of the mean
+    models (per-object scores averaged over the runs) and, with two or more runs, the
+    standard error of the runs' own gaps, which measures how much training seeds move it.
+    The share recovered uses the mean two-shot (phase 2) score of the same runs.
+    """
+    runs = [r for r in reports if r.score("naive") and r.score("full")]
+    if not runs:
+        return GapEstimate(None, None, None, 0)
+    naive, full, two = (_scores(runs, name) for name in ("naive", "full", "phase2"))
+    naive_mean = statistics.fmean(s.j_and_f for s in naive)
+    gap = statistics.fmean(s.j_and_f for s in full) - naive_mean
+    run_gaps = [f.j_and_f - n.j_and_f for n, f in zip(naive, full)]
+    parts = [e for e in (paired_standard_error(mean_object_scores(naive), mean_object_scores(full)),
+                         standard_error(run_gaps)) if e is not None]
+    error = math.sqrt(sum(e * e for e in parts)) if parts else None
+    estimate = GapEstimate(gap, error, None, len(runs))
+    if not estimate.measurable or len(two) < len(runs):
+        return estimate
+    return replace(estimate, recovered=(statistics.fmean(s.j_and_f for s in two) - naive_mean) / gap)
+
+
+def _scores(reports: list[PipelineReport], name: str) -> list[ModelScore]:
+    """The scores of model ``name`` in the reports that hold it, in order."""
+    return [score for r in reports if (score := r.score(name)) is not None]
 
 
 def gap_note(gap: float | None, recovered: float | None, error: float | None = None,
