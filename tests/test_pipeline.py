@@ -73,11 +73,24 @@ def test_pipeline_runs_every_stage_then_skips_and_resumes(dataset: Path, tmp_pat
     assert [m["name"] for m in saved["models"]] == MODELS
     assert "| two-shot (phase 2 on the bank) |" in (out / "report.md").read_text()
 
-    # A second run finds every step complete.
+    # A second run finds every step complete, also with settings that only change how it
+    # runs (logging, the evaluation's workers).
     logs.clear()
-    again = run_pipeline(_config(dataset, out, ["naive", "full"]), log=logs.append, progress=False)
+    config = _config(dataset, out, ["naive", "full"])
+    config.main.log_every, config.pipeline.eval_workers = 5, 2
+    again = run_pipeline(config, log=logs.append, progress=False)
     assert not any(line.endswith("running") for line in logs), logs
     assert [m.j_and_f for m in again.models] == [m.j_and_f for m in report.models]
+
+    # Another configuration in the same folder would report the old models as its own.
+    saved = (out / "config.json").read_text()
+    config = _config(dataset, out, ["naive", "full"])
+    config.main.iterations, config.model.output_stride = 9, 8
+    with pytest.raises(UserError) as error:
+        run_pipeline(config, log=lambda _: None, progress=False)
+    assert str(error.value).startswith(f"{out / 'config.json'}: {out} holds a run with another configuration")
+    assert "model.output_stride: 16 -> 8; main.iterations: 8 -> 9" in str(error.value)
+    assert (out / "config.json").read_text() == saved
 
     # Killed after phase 2's last checkpoint: the rerun resumes it and gets the same weights.
     weights = torch.load(out / "phase2" / "final.pth", weights_only=True)
@@ -258,3 +271,13 @@ def test_gap_error_adds_objects_and_seeds_in_quadrature() -> None:
     assert mean_object_scores([a.score("full"), partial]) == pytest.approx({"v_1": 0.46})
     assert estimate_gap([a, _report(naive=0.4)]).runs == 1
     assert estimate_gap([_report(naive=0.4)]) == estimate_gap([])
+
+
+def test_config_differences_by_key() -> None:
+    from twoshot.config import config_differences
+    saved = {"model": {"output_stride": 16, "layers": [3, 4]}, "main": {"lr": 1e-3, "log_every": 10}}
+    current = {"model": {"output_stride": 8, "layers": (3, 4), "new_key": 1},
+               "main": {"lr": 1e-3, "log_every": 20}, "added": {"x": 1}}
+    assert config_differences(saved, current) == ["model.output_stride: 16 -> 8", "main.log_every: 10 -> 20"]
+    assert config_differences(saved, current, frozenset({"main.log_every"})) == ["model.output_stride: 16 -> 8"]
+    assert config_differences(current, current) == []

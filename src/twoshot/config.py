@@ -11,6 +11,7 @@ the valid ones.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -229,6 +230,24 @@ def apply_override(config: Any, item: str) -> None:
 def to_dict(config: Any) -> dict[str, Any]:
     """Plain nested dict of a config dataclass (for saving next to checkpoints and reports)."""
     return dataclasses.asdict(config)
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any],
+                       ignore: frozenset[str] = frozenset(), prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts (:func:`to_dict`, or
+    one read back from JSON), as ``"key: saved -> current"``. Keys in ``ignore`` and keys
+    ``saved`` lacks (written before the key existed) are skipped; tuples equal lists."""
+    found = []
+    for key, value in current.items():
+        name = f"{prefix}{key}"
+        if name in ignore or key not in saved:
+            continue
+        old = saved[key]
+        if isinstance(value, dict) and isinstance(old, dict):
+            found += config_differences(old, value, ignore, f"{name}.")
+        elif json.loads(json.dumps(old)) != json.loads(json.dumps(value)):
+            found.append(f"{name}: {json.dumps(old)} -> {json.dumps(value)}")
+    return found
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from twoshot.config import Config, to_dict
+from twoshot.config import Config, config_differences, to_dict
 from twoshot.data.budget import Budget, apply_budget, load_budget, make_budget, save_budget, summarize_budget
 from twoshot.data.layout import VideoSequence
 from twoshot.data.readers import detect_kind, open_dataset
@@ -34,6 +34,14 @@ from twoshot.errors import UserError
 from twoshot.fsutil import atomic_open, write_json
 
 TRAINED_MODELS = ("static", "phase1", "phase2", "naive", "full")
+# Keys that change how a run executes, not what it computes: a run may resume with others.
+# The data may move (same videos, another path); adding a baseline trains only that one.
+RUNTIME_KEYS = frozenset({
+    "pipeline.out", "pipeline.data", "pipeline.baselines", "pipeline.device", "pipeline.eval_workers",
+    *(f"{stage}.{key}" for stage in ("static", "main")
+      for key in ("num_workers", "log_every", "save_every", "image_every")),
+    "inference.device", "inference.key_batch", "inference.compile",
+})
 BASELINES = ("naive", "full")
 MODEL_TITLES = {
     "static": "static pretraining only",
@@ -426,8 +434,27 @@ class Pipeline:
 
     # -- the whole run ----------------------------------------------------------------------
 
+    def _check_same_run(self) -> None:
+        """UserError if ``out`` holds a run made with another configuration: its finished
+        steps would be skipped and reported as if this configuration had made them."""
+        saved_path = self.out / "config.json"
+        if not saved_path.is_file():
+            return
+        try:
+            saved = json.loads(saved_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{saved_path}: cannot read the configuration of the run in this "
+                            f"folder ({exc}); use another output folder or delete it") from None
+        changed = config_differences(saved, to_dict(self.config), RUNTIME_KEYS)
+        if changed:
+            shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+            raise UserError(f"{saved_path}: {self.out} holds a run with another configuration, "
+                            f"whose finished steps would be reused ({shown}); use another output "
+                            "folder, or delete it to start over")
+
     def run(self) -> PipelineReport:
         """Run every step (skipping complete ones) and write the report. Returns it."""
+        self._check_same_run()
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "config.json", to_dict(self.config))
         budget_path, budget = self._timed("budget", self.budget) if not (self.out / "budget.json").is_file() \
