@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twoshot.config import Config
-from twoshot.data.synth import generate_dataset, is_synth_output
+from twoshot.data.synth import generate_or_reuse
 from twoshot.demo import FULL, DemoScale, demo_config
 from twoshot.errors import UserError
 from twoshot.fsutil import write_json
@@ -147,10 +147,9 @@ def run(out: str | Path, scale: str = "cpu", seed: int = 0, device: str = "auto"
     out = Path(out)
     data = out / "data"
     start = time.perf_counter()
-    if not is_synth_output(data):
-        generate_dataset(data, videos=size.videos, frames=size.frames, size=(size.size, size.size),
-                         objects=(1, 3), seed=seed, val_videos=size.val_videos,
-                         static_images=size.static_images)
+    generate_or_reuse(data, videos=size.videos, frames=size.frames, size=(size.size, size.size),
+                      objects=(1, 3), seed=seed, val_videos=size.val_videos,
+                      static_images=size.static_images)
     reports: dict[str, list[PipelineReport]] = {}
     static = out / "k2" / "static" / "final.pth"
     for repeat in range(repeats):

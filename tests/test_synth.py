@@ -241,3 +241,32 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "busy" / "x.txt").write_text("x")
     assert main(["synth", "--out", str(tmp_path / "busy")]) == 2
     assert "not a previous" in capsys.readouterr().err
+
+
+def test_generate_or_reuse_refuses_other_arguments(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    assert synth_module.generate_or_reuse(out, **SMALL) is True
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert synth_module.generate_or_reuse(out, **SMALL) is False
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamp
+    with pytest.raises(UserError) as error:
+        synth_module.generate_or_reuse(out, **{**SMALL, "seed": SMALL["seed"] + 1, "frames": 5})
+    message = str(error.value)
+    assert message.startswith(f"{out / 'synth.json'}: {out} holds videos generated with other arguments")
+    assert f"arguments.frames: {SMALL['frames']} -> 5; arguments.seed: {SMALL['seed']} -> {SMALL['seed'] + 1}" in message
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamp
+
+
+def test_quick_demo_has_its_own_default_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from twoshot.demo import run_demo
+    seen: list[Path] = []
+
+    def stop(data: Path, **_: object) -> bool:
+        seen.append(Path(data))
+        raise UserError("stop here")
+    monkeypatch.setattr(synth_module, "generate_or_reuse", stop)
+    monkeypatch.chdir(tmp_path)
+    for quick in (True, False):
+        with pytest.raises(UserError, match="stop here"):
+            run_demo(quick=quick, log=lambda _: None)
+    assert seen == [Path("twoshot-demo-quick/data"), Path("twoshot-demo/data")]

@@ -71,27 +71,27 @@ def demo_config(scale: DemoScale, data: Path, out: Path, device: str) -> Config:
     return config
 
 
-def run_demo(out: str | Path = "twoshot-demo", quick: bool = False, seed: int = 0,
+def run_demo(out: str | Path | None = None, quick: bool = False, seed: int = 0,
              device: str = "auto", log: Callable[[str], None] = print,
              progress: bool = True, scale: DemoScale | None = None) -> tuple[PipelineReport, list[Path]]:
     """Generate data, run the pipeline, write overlays and a bar plot.
 
-    out: demo folder (data in ``out/data``, the run in ``out/run``); quick: the 2-minute
-    smoke flavour; seed: data seed; scale: explicit sizes (overrides ``quick``). A second
+    out: demo folder (data in ``out/data``, the run in ``out/run``; default ``twoshot-demo``,
+    or ``twoshot-demo-quick`` with ``quick``); quick: the 2-minute smoke flavour; seed: data seed; scale: explicit sizes (overrides ``quick``). A second
     call resumes / reuses what is complete.
     Returns (the pipeline report, the paths of the pictures written).
     """
-    from twoshot.data.synth import generate_dataset, is_synth_output
+    from twoshot.data.synth import generate_or_reuse, is_synth_output
 
     scale = scale or (QUICK if quick else FULL)
-    out = Path(out)
+    out = Path(out or ("twoshot-demo-quick" if quick else "twoshot-demo"))
     data = out / "data"
     if not is_synth_output(data):
         log(f"[synth] generating {scale.videos}+{scale.val_videos} videos of {scale.frames} frames "
             f"at {scale.size}x{scale.size} in {data}")
-        generate_dataset(data, videos=scale.videos, frames=scale.frames, size=(scale.size, scale.size),
-                         objects=(1, 3), seed=seed, val_videos=scale.val_videos,
-                         static_images=scale.static_images)
+    generate_or_reuse(data, videos=scale.videos, frames=scale.frames, size=(scale.size, scale.size),
+                      objects=(1, 3), seed=seed, val_videos=scale.val_videos,
+                      static_images=scale.static_images)
     config = demo_config(scale, data, out / "run", device)
     report = run_pipeline(config, log=log, progress=progress)
     pictures = [bar_plot(report, out / "jf.png")]

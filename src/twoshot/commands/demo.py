@@ -14,7 +14,8 @@ HELP = "run the whole two-shot method on generated videos (about 10 min on 2 CPU
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--out, --quick, --seed, --device."""
-    parser.add_argument("--out", default="twoshot-demo", help="demo folder (default: ./twoshot-demo)")
+    parser.add_argument("--out", default=None,
+                        help="demo folder (default: ./twoshot-demo, with --quick ./twoshot-demo-quick)")
     parser.add_argument("--quick", action="store_true",
                         help="a 2-minute smoke run on less data with short training")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")

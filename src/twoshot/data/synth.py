@@ -140,6 +140,33 @@ def is_synth_output(folder: str | os.PathLike[str]) -> bool:
     return isinstance(data, dict) and data.get("generator") == GENERATOR_NAME
 
 
+def generate_or_reuse(out: str | os.PathLike[str], videos: int, frames: int, size: tuple[int, int],
+                      objects: tuple[int, int], seed: int, val_videos: int, static_images: int,
+                      progress: Callable[[str], None] | None = None) -> bool:
+    """Generate the dataset (default difficulty) in ``out`` unless it already holds one made
+    with exactly these arguments, which is reused. Returns True if it was generated.
+
+    UserError naming the marker file and the differing arguments if ``out`` holds a dataset
+    made with others: a run on it would not be the one asked for.
+    """
+    wanted = {"arguments": {"videos": videos, "frames": frames, "size": list(size),
+                            "objects": list(objects), "seed": seed, "val_videos": val_videos,
+                            "static_images": static_images},
+              "config": SynthConfig().to_dict()}
+    if not is_synth_output(out):
+        generate_dataset(out, videos=videos, frames=frames, size=size, objects=objects, seed=seed,
+                         val_videos=val_videos, static_images=static_images, progress=progress)
+        return True
+    from twoshot.config import config_differences
+    marker = Path(out) / MARKER_FILE
+    changed = config_differences(json.loads(marker.read_text(encoding="utf-8")), wanted)
+    if changed:
+        shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+        raise UserError(f"{marker}: {out} holds videos generated with other arguments ({shown}); "
+                        "use another output folder, or delete it to generate them again")
+    return False
+
+
 def _rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The generator of one item: independent of how many other items are made."""
     return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF,
