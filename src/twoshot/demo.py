@@ -77,8 +77,9 @@ def run_demo(out: str | Path | None = None, quick: bool = False, seed: int = 0,
     """Generate data, run the pipeline, write overlays and a bar plot.
 
     out: demo folder (data in ``out/data``, the run in ``out/run``; default ``twoshot-demo``,
-    or ``twoshot-demo-quick`` with ``quick``); quick: the 2-minute smoke flavour; seed: data seed; scale: explicit sizes (overrides ``quick``). A second
-    call resumes / reuses what is complete.
+    or ``twoshot-demo-quick`` with ``quick``); quick: the 2-minute smoke flavour; seed: data
+    seed; scale: explicit sizes (overrides ``quick``). A second call resumes / reuses what is
+    complete; UserError if ``out`` holds data or a run made with other settings.
     Returns (the pipeline report, the paths of the pictures written).
     """
     from twoshot.data.synth import generate_or_reuse, is_synth_output
