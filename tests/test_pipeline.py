@@ -281,3 +281,10 @@ def test_config_differences_by_key() -> None:
     assert config_differences(saved, current) == ["model.output_stride: 16 -> 8", "main.log_every: 10 -> 20"]
     assert config_differences(saved, current, frozenset({"main.log_every"})) == ["model.output_stride: 16 -> 8"]
     assert config_differences(current, current) == []
+
+
+def test_describe_differences_names_the_first_six() -> None:
+    from twoshot.config import describe_differences
+    changed = [f"k{i}: {i} -> {i + 1}" for i in range(8)]
+    assert describe_differences(changed) == "; ".join(changed[:6]) + "; and 2 more"
+    assert describe_differences(changed[:2]) == "k0: 0 -> 1; k1: 1 -> 2"

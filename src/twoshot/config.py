@@ -250,6 +250,13 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any],
     return found
 
 
+def describe_differences(changed: list[str], most: int = 6) -> str:
+    """The first ``most`` of :func:`config_differences`' lines joined with "; ", and how many
+    more there are."""
+    more = f"; and {len(changed) - most} more" if len(changed) > most else ""
+    return "; ".join(changed[:most]) + more
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from twoshot.config import Config, config_differences, to_dict
+from twoshot.config import Config, config_differences, describe_differences, to_dict
 from twoshot.data.budget import Budget, apply_budget, load_budget, make_budget, save_budget, summarize_budget
 from twoshot.data.layout import VideoSequence
 from twoshot.data.readers import detect_kind, open_dataset
@@ -447,10 +447,9 @@ class Pipeline:
                             f"folder ({exc}); use another output folder or delete it") from None
         changed = config_differences(saved, to_dict(self.config), RUNTIME_KEYS)
         if changed:
-            shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
             raise UserError(f"{saved_path}: {self.out} holds a run with another configuration, "
-                            f"whose finished steps would be reused ({shown}); use another output "
-                            "folder, or delete it to start over")
+                            f"whose finished steps would be reused ({describe_differences(changed)}); "
+                            "use another output folder, or delete it to start over")
 
     def run(self) -> PipelineReport:
         """Run every step (skipping complete ones) and write the report. Returns it."""

@@ -157,12 +157,12 @@ def generate_or_reuse(out: str | os.PathLike[str], videos: int, frames: int, siz
         generate_dataset(out, videos=videos, frames=frames, size=size, objects=objects, seed=seed,
                          val_videos=val_videos, static_images=static_images, progress=progress)
         return True
-    from twoshot.config import config_differences
+    from twoshot.config import config_differences, describe_differences
     marker = Path(out) / MARKER_FILE
     changed = config_differences(json.loads(marker.read_text(encoding="utf-8")), wanted)
     if changed:
-        shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
-        raise UserError(f"{marker}: {out} holds videos generated with other arguments ({shown}); "
+        raise UserError(f"{marker}: {out} holds videos generated with other arguments "
+                        f"({describe_differences(changed)}); "
                         "use another output folder, or delete it to generate them again")
     return False
 
