@@ -100,6 +100,7 @@ class InferenceConfig:
     size: int = 480                          # shorter side for processing; -1 keeps native size
     include_last: bool = False               # temporary memory of the previous frame
     amp: bool = False                        # CUDA only
+    amp_dtype: str = "float16"               # float16 | bfloat16: the autocast type with amp
     device: str = "auto"                     # auto | cpu | cuda | cuda:N
     max_memory_frames: int | None = None     # bounded memory for long videos; None = unbounded
     # Frames per key-encoder call (features are cached per video). None: 8 on CUDA, 1 on a

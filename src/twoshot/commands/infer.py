@@ -31,7 +31,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the previous frame as temporary memory")
     parser.add_argument("--max-memory-frames", type=int, default=None, metavar="N",
                         help="bound memory for long videos (labeled frames are always kept)")
-    parser.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
+    parser.add_argument("--amp", action="store_true", help="half-precision autocast (CUDA only)")
+    parser.add_argument("--amp-dtype", choices=("float16", "bfloat16"), default=None,
+                        help="the type --amp computes in (default float16)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     add_progress_argument(parser)
 
@@ -42,7 +44,7 @@ def load_model_and_config(args: argparse.Namespace):  # type: ignore[no-untyped-
 
     model, config = load_for_inference(args.checkpoint, args.preset)
     changes = {"mem_every": args.mem_every, "top_k": args.top_k, "size": args.size,
-               "max_memory_frames": args.max_memory_frames}
+               "max_memory_frames": args.max_memory_frames, "amp_dtype": args.amp_dtype}
     config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None},
                                  device=args.device, amp=args.amp or config.amp,
                                  include_last=args.include_last or config.include_last)

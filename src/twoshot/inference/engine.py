@@ -13,7 +13,8 @@ For one video the engine
    and either stores it in [T, H, W] arrays or, with a ``sink``, hands each frame over as
    soon as it is final (long videos: nothing kept per frame, see ``propagate``).
 
-Fast-path options (``InferenceConfig``): ``amp`` (float16 autocast on CUDA),
+Fast-path options (``InferenceConfig``): ``amp`` (autocast on CUDA, float16 or with
+``amp_dtype`` bfloat16),
 ``channels_last`` (NHWC convolutions; not bit-identical to the default layout, see
 docs/performance.md) and ``compile`` (``torch.compile`` of the encoders and the decoder,
 falling back to eager execution where compiling is unavailable or fails).
@@ -44,6 +45,7 @@ from twoshot.model.aggregate import aggregate
 from twoshot.model.network import STCN
 
 MODES: tuple[str, ...] = ("forward", "bidirectional")
+_AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 FrameSink = Callable[[int, np.ndarray, "np.ndarray | None"], None]
 """``sink(frame, labels, confidence)``: labels uint8 [H, W] object ids of a final frame,
@@ -99,14 +101,18 @@ class PropagationEngine:
     The model is moved to ``device`` and put in eval mode, its convolution weights in
     channels-last memory when ``config.channels_last`` and in the default layout otherwise
     (in place, values unchanged: one layout per model at a time). :attr:`key_batch` frames
-    are key-encoded per call; ``config.amp`` enables float16 autocast on CUDA (CPU runs
-    fp32); ``config.compile`` runs the key encoder, value encoder and decoder through
+    are key-encoded per call; ``config.amp`` enables autocast to ``config.amp_dtype``
+    (float16 or bfloat16) on CUDA (CPU runs fp32); ``config.compile`` runs the key encoder, value encoder and decoder through
     ``torch.compile`` (compiled on first use, per engine).
     """
 
     def __init__(self, model: STCN, config: InferenceConfig | None = None,
                  device: torch.device | str | None = None) -> None:
         self.config = config or InferenceConfig()
+        self.amp_dtype = _AMP_DTYPES.get(self.config.amp_dtype)
+        if self.amp_dtype is None:
+            raise UserError(f"config key 'inference.amp_dtype': {self.config.amp_dtype!r} is not "
+                            f"one of {', '.join(_AMP_DTYPES)}")
         if device is None:
             from twoshot.devices import resolve_device
             device = resolve_device(self.config.device)
@@ -128,9 +134,9 @@ class PropagationEngine:
         return 8 if self.device.type == "cuda" else 1
 
     def autocast(self) -> contextlib.AbstractContextManager[object]:
-        """float16 autocast on CUDA when ``config.amp``; a no-op otherwise."""
+        """Autocast to ``config.amp_dtype`` on CUDA when ``config.amp``; a no-op otherwise."""
         if self.config.amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
+            return torch.autocast("cuda", dtype=self.amp_dtype)
         return contextlib.nullcontext()
 
     def propagate(self, frames: FrameSource, masks_by_frame: Mapping[int, np.ndarray], *,
