@@ -122,7 +122,7 @@ def build_bank(model: STCN, sequences: Sequence[VideoSequence], budget: Budget |
                 "confidence_maps": confidence}
     identity = BankIdentity(checkpoint_info, budget_info, settings)
 
-    rank, world, created_group = _distributed(config, device)
+    rank, world, created_group = _distributed()
     if world > 1 and not isinstance(device, torch.device):
         device = _rank_device(device or config.device, world)
     store = BankStore(out, identity, confidence=confidence, rank=rank, world=world)
@@ -161,11 +161,12 @@ def build_bank(model: STCN, sequences: Sequence[VideoSequence], budget: Budget |
             torch.distributed.destroy_process_group()
 
 
-def _distributed(config: InferenceConfig, device: str | torch.device | None) -> tuple[int, int, bool]:
+def _distributed() -> tuple[int, int, bool]:
     """(rank, world size, whether this call created the process group).
 
-    Uses an initialised process group; otherwise starts one (gloo on CPU, nccl on CUDA) when
-    torchrun's ``WORLD_SIZE`` is above 1; otherwise a single process.
+    Uses an initialised process group; otherwise starts a gloo group when torchrun's
+    ``WORLD_SIZE`` is above 1; otherwise a single process. The bank's only collectives are
+    barriers, and gloo (unlike NCCL) lets several processes share one GPU.
     """
     import torch.distributed as dist
 
@@ -176,16 +177,15 @@ def _distributed(config: InferenceConfig, device: str | torch.device | None) -> 
         return 0, 1, False
     if not dist.is_available():
         raise UserError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-    name = str(device if device is not None else config.device)
-    cuda = torch.cuda.is_available() and (name.startswith("cuda") or name == "auto")
-    dist.init_process_group("nccl" if cuda else "gloo")
+    dist.init_process_group("gloo")
     return dist.get_rank(), dist.get_world_size(), True
 
 
 def _rank_device(name: str, world: int) -> str:
-    """One GPU per process under torchrun (cuda:LOCAL_RANK); other devices unchanged."""
+    """One GPU per process under torchrun (``cuda:LOCAL_RANK``, wrapping around when there are
+    more processes than GPUs, so that several share one); other devices unchanged."""
     if world > 1 and torch.cuda.is_available() and name in ("auto", "cuda"):
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
     return name
 
 

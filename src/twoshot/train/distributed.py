@@ -3,7 +3,9 @@ trainer needs. A plain ``python``/``twoshot train`` run is a world of one and ca
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; the backend is NCCL
 on CUDA and gloo on CPU. Each process trains ``batch_size`` samples per step, so the global
-batch is ``batch_size x world size``.
+batch is ``batch_size x world size``. A caller that initialised a process group itself (any
+size, one process included) is joined as it is: training then goes through DDP and the
+group's collectives, which is how a machine with one GPU checks the NCCL path.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class DistContext:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     owns_group: bool = False            # True when this module created the process group
+    grouped: bool = False               # in a process group (set up here or by the caller)
 
     @property
     def is_main(self) -> bool:
@@ -35,20 +38,24 @@ class DistContext:
 
     @property
     def distributed(self) -> bool:
-        """More than one process."""
-        return self.world > 1
+        """In a process group: the model is wrapped in DDP and collectives run (also for a
+        group of one process that the caller initialised)."""
+        return self.grouped or self.world > 1
 
 
 def setup(device: torch.device) -> DistContext:
-    """Join the process group described by torchrun's environment (if any).
+    """Join the process group described by torchrun's environment (if any), or the one the
+    caller already initialised.
 
     device: the device asked for (cpu / cuda); under torchrun with CUDA each process takes
-    ``cuda:LOCAL_RANK``. Returns the :class:`DistContext`; a world of one without torchrun.
+    ``cuda:LOCAL_RANK``. Returns the :class:`DistContext`; a world of one without torchrun
+    and without an initialised group.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    initialised = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if initialised else int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 and not initialised:
         return DistContext(device=device)
-    rank = int(os.environ.get("RANK", "0"))
+    rank = dist.get_rank() if initialised else int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
@@ -56,12 +63,10 @@ def setup(device: torch.device) -> DistContext:
                             "devices: start fewer processes (torchrun --nproc_per_node)")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    owns = False
-    if not dist.is_initialized():
+    if not initialised:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, rank=rank, world_size=world)
-        owns = True
-    return DistContext(rank, world, local_rank, device, owns)
+    return DistContext(rank, world, local_rank, device, owns_group=not initialised, grouped=True)
 
 
 def teardown(ctx: DistContext) -> None:
