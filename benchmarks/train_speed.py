@@ -141,21 +141,34 @@ def time_loader(root: Path, crop: int, batch: int, workers: int, batches: int) -
     return batches * batch / elapsed
 
 
-def time_trainer(root: Path, iterations: int, workers: int, out: Path) -> float:
-    """Iterations per second of the whole Trainer (tiny, batch 4, 96 px) after 2 warm-up steps."""
+def time_trainer(root: Path, iterations: int, workers: int, out: Path, preset: str = "tiny",
+                 batch: int = 4, crop: int = 96, device: str = "cpu", amp: bool = False) -> float:
+    """Iterations per second of the whole Trainer (data, step, logging) after 2 warm-up steps.
+
+    root: a DAVIS-layout folder (:func:`make_videos`); preset / batch / crop / workers / amp:
+    the run's settings (defaults: tiny, batch 4, 96 px, fp32, on the CPU); out: a new folder.
+    """
     from twoshot.train.trainer import Trainer, build_stage_dataset
-    config = load_config("tiny", overrides=[f"main.iterations={iterations}", "main.batch_size=4",
-                                            "main.crop_size=96", f"main.num_workers={workers}",
-                                            "main.log_every=1000000", "main.image_every=1000000",
-                                            "main.save_every=1000000"])
+    config = load_config(preset, overrides=[
+        f"main.iterations={iterations}", f"main.batch_size={batch}", f"main.crop_size={crop}",
+        f"main.num_workers={workers}", f"main.amp={str(amp).lower()}", "main.log_every=1000000",
+        "main.image_every=1000000", "main.save_every=1000000"])
     dataset = build_stage_dataset("main", config, root, "davis", "train")
-    trainer = Trainer(config, "main", dataset, out, device="cpu", progress=False)
+    trainer = Trainer(config, "main", dataset, out, device=device, progress=False)
     times: list[float] = []
     original = trainer.mode.after_step
-    trainer.mode.after_step = lambda model, it: (times.append(time.perf_counter()),  # type: ignore[method-assign]
-                                                 original(model, it))
-    trainer.run()
-    trainer.close()
+
+    def after_step(model: torch.nn.Module, it: int) -> None:
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)
+        times.append(time.perf_counter())
+        original(model, it)
+
+    trainer.mode.after_step = after_step  # type: ignore[method-assign]
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
     return (len(times) - 3) / (times[-1] - times[2])
 
 
