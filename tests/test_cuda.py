@@ -31,7 +31,6 @@ from twoshot.data.readers import open_dataset
 from twoshot.inference import PropagationEngine
 from twoshot.inference.pseudo_label import build_bank
 from twoshot.model import STCN, build_model, load_model, save_weights
-from twoshot.train.forward import ClipOutput
 from twoshot.train.modes import SupervisedMode
 from twoshot.train.trainer import Trainer, build_stage_dataset
 
@@ -148,7 +147,11 @@ def _amp_trainer(preset: str, out: Path, mode: SupervisedMode | None = None,
                  resume: bool = False) -> Trainer:
     config = toy_config("main.iterations=8", "main.save_every=4", "main.amp=true")
     if preset == "stcn":
-        config.model = load_config("stcn").model
+        # STCN's own learning rate: at the toy 1e-3, four Adam steps grow the activations of
+        # a randomly initialised ResNet-50 with frozen BatchNorm past float16's range, and
+        # the loss turns NaN (seen on an H200; the trainer then stops, keeping its checkpoint).
+        stcn = load_config("stcn")
+        config.model, config.main.lr = stcn.model, stcn.main.lr
     return Trainer(config, "main", ToyClips(n=8, size=64), out, mode=mode, resume=resume,
                    device="cuda", progress=False)
 
@@ -184,30 +187,49 @@ def test_amp_training_step_scales_and_resumes(tmp_path: Path, preset: str) -> No
 
 # ---------------------------------------------------------------------------------------------
 # NCCL: with one GPU a process group of one (NCCL refuses two ranks on one device), with two
-# or more GPUs two processes; either way training goes through DDP and NCCL collectives.
+# or more GPUs two processes; either way training goes through DDP and NCCL collectives. The
+# reference run without a group is made in a fresh process too, and every run computes in
+# full fp32 (no TF32, deterministic cuDNN) with plain cross-entropy, so that the two differ
+# only by the process group and by the order of CUDA's atomic additions.
 
-NCCL_OVERRIDES = ("main.iterations=4", "main.save_every=2", "main.log_every=2", "main.amp=false")
+NCCL_OVERRIDES = ("main.iterations=4", "main.save_every=2", "main.log_every=2", "main.amp=false",
+                  "main.loss_top_p=1.0")
+# Elements of each weight tensor that must agree within atol 2e-5 + rtol 1e-4 (the CPU test's
+# tolerance, test_distributed.py): all but the odd element an atomic addition's order flips.
+NCCL_AGREEMENT = 0.99
+NCCL_LARGEST = 5e-4                # a quarter of the four steps' mean update (lr 1e-3)
 
 
-def _nccl_worker(rank: int, world: int, port: int, out: str) -> None:
+def _exact_cuda() -> None:
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def _nccl_worker(rank: int, world: int, port: int, batch: int, out: str) -> None:
+    """Train on cuda:rank in a group of ``world`` NCCL processes (``world`` 0: no group)."""
     import torch.distributed as dist
 
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")     # one machine: no network needed
-    torch.backends.cudnn.deterministic = True
+    _exact_cuda()
+    if world > 0:
+        os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")     # one machine: no network needed
     if world == 1:                # a group the caller made: the trainer must join it
         torch.cuda.set_device(0)
         dist.init_process_group("nccl", rank=0, world_size=1)
-    trainer = Trainer(toy_config(*NCCL_OVERRIDES, "main.batch_size=2"), "main", ToyClips(n=8),
-                      Path(out) / "ddp", device="cuda", progress=False)
+    name = "single" if world == 0 else "ddp"
+    trainer = Trainer(toy_config(*NCCL_OVERRIDES, f"main.batch_size={batch}"), "main",
+                      ToyClips(n=8), Path(out) / name, device="cuda", progress=False)
     try:
-        facts = {"backend": dist.get_backend(),
+        facts = {"backend": dist.get_backend() if dist.is_initialized() else None,
                  "ddp": isinstance(trainer.net, torch.nn.parallel.DistributedDataParallel)}
+        start = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
         trainer.run()
-        torch.save({k: v.cpu() for k, v in trainer.model.state_dict().items()},
-                   Path(out) / f"rank{rank}.pt")
-        (Path(out) / f"rank{rank}.json").write_text(json.dumps(facts))
+        torch.save({"start": start, "end": {k: v.cpu() for k, v in trainer.model.state_dict().items()}},
+                   Path(out) / f"{name}{rank}.pt")
+        (Path(out) / f"{name}{rank}.json").write_text(json.dumps(facts))
     finally:
         trainer.close()
         if world == 1:
@@ -216,22 +238,27 @@ def _nccl_worker(rank: int, world: int, port: int, out: str) -> None:
 
 def test_nccl_training_matches_one_process(tmp_path: Path) -> None:
     world = min(2, torch.cuda.device_count())
-    mp.spawn(_nccl_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
-    assert json.loads((tmp_path / "rank0.json").read_text()) == {"backend": "nccl", "ddp": True}
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    torch.backends.cudnn.deterministic = True
-    single = Trainer(toy_config(*NCCL_OVERRIDES, f"main.batch_size={2 * world}"), "main",
-                     ToyClips(n=8), tmp_path / "single", device="cuda", progress=False)
-    start = {k: v.clone() for k, v in single.model.state_dict().items()}
-    single.run()
-    single.close()
-    for name, value in single.model.state_dict().items():
+    mp.spawn(_nccl_worker, args=(world, _free_port(), 2, str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_nccl_worker, args=(0, 0, 2 * world, str(tmp_path)), nprocs=1, join=True)
+    assert json.loads((tmp_path / "ddp0.json").read_text()) == {"backend": "nccl", "ddp": True}
+    assert json.loads((tmp_path / "single0.json").read_text()) == {"backend": None, "ddp": False}
+    ddp = torch.load(tmp_path / "ddp0.pt", weights_only=True)
+    single = torch.load(tmp_path / "single0.pt", weights_only=True)
+    if world == 2:                # replicas stay identical
+        other = torch.load(tmp_path / "ddp1.pt", weights_only=True)["end"]
+        assert all(torch.equal(ddp["end"][k], other[k]) for k in other)
+    for name, value in single["end"].items():
         # key_proj's bias has an exactly zero gradient (see test_distributed.py).
         if not value.dtype.is_floating_point or name == "key_proj.key_proj.bias":
             continue
-        torch.testing.assert_close(rank0[name], value.cpu(), atol=2e-5, rtol=1e-4, msg=name)
+        difference = (ddp["end"][name] - value).abs()
+        close = difference <= 2e-5 + 1e-4 * value.abs()
+        assert close.float().mean() >= NCCL_AGREEMENT and difference.max() <= NCCL_LARGEST, (
+            f"{name}: {close.float().mean():.4%} of elements agree, largest difference "
+            f"{(ddp['end'][name] - value).abs().max():.2e}, mean update "
+            f"{(value - single['start'][name]).abs().mean():.2e}")
         if name.endswith("weight") and "bn" not in name:
-            assert not torch.equal(value, start[name]), f"{name} did not train"
+            assert not torch.equal(value, single["start"][name]), f"{name} did not train"
 
 
 # ---------------------------------------------------------------------------------------------
