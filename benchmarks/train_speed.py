@@ -27,8 +27,9 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from common import cpu_name
@@ -52,18 +53,19 @@ def synthetic_batch(batch: int, frames: int, size: int, device: torch.device) ->
             "labeled": torch.ones(batch, frames, dtype=torch.bool, device=device)}
 
 
-def time_steps(preset: str, batch: int, frames: int, size: int, device: torch.device,
-               amp: bool, steps: int, warmup: int = 3) -> dict[str, float]:
-    """Time ``steps`` training iterations after ``warmup``. Returns it/s and step times (s)."""
+def training_step(preset: str, batch: int, frames: int, size: int, device: torch.device,
+                  amp: bool) -> Callable[[], None]:
+    """One training iteration of a fresh ``preset`` model on an in-memory batch, as a callable:
+    clip forward (autocast when ``amp``), the loss, backward through the grad scaler, Adam
+    step; CUDA synchronised at its end."""
     config = load_config(preset)
     torch.manual_seed(0)
     model = build_model(config.model).to(device).eval()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-7)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     data = synthetic_batch(batch, frames, size, device)
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
+
+    def step() -> None:
         with torch.autocast(device.type, enabled=amp):
             output = forward_batch(model, data)
         loss = clip_loss(output.logits, data["cls_gt"], data["selector"], 30_000, config.main)
@@ -73,6 +75,19 @@ def time_steps(preset: str, batch: int, frames: int, size: int, device: torch.de
         scaler.update()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+
+    return step
+
+
+def time_steps(preset: str, batch: int, frames: int, size: int, device: torch.device,
+               amp: bool, steps: int, warmup: int = 3) -> dict[str, float]:
+    """Time ``steps`` training iterations (:func:`training_step`) after ``warmup``.
+    Returns it/s and step times (s), and on CUDA the peak memory (GiB)."""
+    step = training_step(preset, batch, frames, size, device, amp)
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        step()
         if i >= warmup:
             times.append(time.perf_counter() - start)
     times.sort()
@@ -84,11 +99,13 @@ def time_steps(preset: str, batch: int, frames: int, size: int, device: torch.de
 
 
 class GpuSampler:
-    """Samples ``nvidia-smi`` GPU utilisation (%) every ``interval`` seconds in a thread."""
+    """Samples ``nvidia-smi`` GPU utilisation (%) every ``interval`` seconds in a thread, with
+    the ``time.perf_counter()`` of each sample."""
 
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
         self.samples: list[float] = []
+        self.times: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -99,6 +116,7 @@ class GpuSampler:
                                       "--format=csv,noheader,nounits", "-i", "0"],
                                      capture_output=True, text=True, timeout=5).stdout
                 self.samples.append(float(out.strip().splitlines()[0]))
+                self.times.append(time.perf_counter())
             except (OSError, ValueError, IndexError, subprocess.SubprocessError):
                 return
             self._stop.wait(self.interval)
@@ -113,9 +131,12 @@ class GpuSampler:
         if self._thread.is_alive():
             self._thread.join()
 
-    def mean(self) -> float | None:
-        """Mean utilisation, None without samples."""
-        return sum(self.samples) / len(self.samples) if self.samples else None
+    def mean(self, start: float | None = None, end: float | None = None) -> float | None:
+        """Mean utilisation of the samples taken between ``start`` and ``end``
+        (``time.perf_counter()`` values; None: no bound), None without such samples."""
+        chosen = [v for v, t in zip(self.samples, self.times)
+                  if (start is None or t >= start) and (end is None or t <= end)]
+        return sum(chosen) / len(chosen) if chosen else None
 
 
 def make_videos(root: Path, videos: int, frames: int, size: tuple[int, int]) -> Path:
@@ -141,9 +162,21 @@ def time_loader(root: Path, crop: int, batch: int, workers: int, batches: int) -
     return batches * batch / elapsed
 
 
+@dataclass
+class TrainerTiming:
+    """Iterations per second of a trainer run over its timed window, and that window
+    (``time.perf_counter()`` at its start and end), e.g. to read GPU utilisation over it."""
+
+    it_per_s: float
+    start: float
+    end: float
+
+
 def time_trainer(root: Path, iterations: int, workers: int, out: Path, preset: str = "tiny",
-                 batch: int = 4, crop: int = 96, device: str = "cpu", amp: bool = False) -> float:
-    """Iterations per second of the whole Trainer (data, step, logging) after 2 warm-up steps.
+                 batch: int = 4, crop: int = 96, device: str = "cpu",
+                 amp: bool = False) -> TrainerTiming:
+    """Time the whole Trainer (data, step, logging) from the end of its 3rd iteration to the
+    end of its last (the first ones start the loader workers and the kernels).
 
     root: a DAVIS-layout folder (:func:`make_videos`); preset / batch / crop / workers / amp:
     the run's settings (defaults: tiny, batch 4, 96 px, fp32, on the CPU); out: a new folder.
@@ -169,7 +202,7 @@ def time_trainer(root: Path, iterations: int, workers: int, out: Path, preset: s
         trainer.run()
     finally:
         trainer.close()
-    return (len(times) - 3) / (times[-1] - times[2])
+    return TrainerTiming((len(times) - 3) / (times[-1] - times[2]), times[2], times[-1])
 
 
 def run(cpu_steps: int = 20, cuda_steps: int = 20, cuda_batch: int = 8, loader_batches: int = 10,
@@ -191,7 +224,7 @@ def run(cpu_steps: int = 20, cuda_steps: int = 20, cuda_batch: int = 8, loader_b
         result["loader_clips_per_s_96px"] = {
             f"workers_{n}": time_loader(root, 96, 4, n, loader_batches) for n in sorted({0, workers})}
         result["cpu_trainer_it_per_s_tiny_b4_96px"] = time_trainer(
-            root, trainer_iterations, workers, Path(tmp) / "run")
+            root, trainer_iterations, workers, Path(tmp) / "run").it_per_s
     use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     if use_cuda:
         gpu = torch.device("cuda")
