@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from helpers import load_benchmark
 from twoshot.demo import DemoScale
 from twoshot.errors import UserError
 from twoshot.pipeline import ModelScore, PipelineReport
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "label_efficiency.py"
-
-
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("label_efficiency", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("label_efficiency")
 
 
 def _report(**scores: float) -> PipelineReport:
