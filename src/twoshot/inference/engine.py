@@ -13,11 +13,10 @@ For one video the engine
    and either stores it in [T, H, W] arrays or, with a ``sink``, hands each frame over as
    soon as it is final (long videos: nothing kept per frame, see ``propagate``).
 
-Fast-path options (``InferenceConfig``): ``amp`` (autocast on CUDA, float16 or with
-``amp_dtype`` bfloat16),
-``channels_last`` (NHWC convolutions; not bit-identical to the default layout, see
-docs/performance.md) and ``compile`` (``torch.compile`` of the encoders and the decoder,
-falling back to eager execution where compiling is unavailable or fails).
+Fast-path options (``InferenceConfig``): ``amp`` (autocast on CUDA, to float16 or, with
+``amp_dtype``, bfloat16), ``channels_last`` (NHWC convolutions; not bit-identical to the
+default layout, see docs/performance.md) and ``compile`` (``torch.compile`` of the encoders
+and the decoder, falling back to eager execution where compiling is unavailable or fails).
 
 Masks equal those of STCN's ``InferenceCore`` (DAVIS) / ``inference_core_yv`` (YouTube-VOS)
 for the same weights and settings; see ``tests/test_inference.py``.
@@ -102,8 +101,8 @@ class PropagationEngine:
     channels-last memory when ``config.channels_last`` and in the default layout otherwise
     (in place, values unchanged: one layout per model at a time). :attr:`key_batch` frames
     are key-encoded per call; ``config.amp`` enables autocast to ``config.amp_dtype``
-    (float16 or bfloat16) on CUDA (CPU runs fp32); ``config.compile`` runs the key encoder, value encoder and decoder through
-    ``torch.compile`` (compiled on first use, per engine).
+    (float16 or bfloat16) on CUDA (CPU runs fp32); ``config.compile`` runs the key encoder,
+    value encoder and decoder through ``torch.compile`` (compiled on first use, per engine).
     """
 
     def __init__(self, model: STCN, config: InferenceConfig | None = None,
