@@ -41,7 +41,6 @@ import argparse
 import copy
 import importlib.util
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -130,20 +129,16 @@ def requirements_message(needed: list[Requirement], sections: Sequence[str]) -> 
 
 
 def machine_facts(device: str) -> dict[str, Any]:
-    """CPU, Python, torch, CUDA / cuDNN versions and the GPU (name, memory, driver)."""
+    """``common.machine_info`` (CPU, Python, torch, the device, the load) and on CUDA the GPU's
+    memory, count, compute capability and the CUDA, cuDNN and driver versions."""
     import torch
 
-    from common import cpu_name, load_average
+    from common import machine_info
 
-    facts: dict[str, Any] = {
-        "processor": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-        "python": platform.python_version(), "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(), "device": device,
-        "load_average_1min": load_average(),
-    }
+    facts = machine_info(device)
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.device(device))
-        facts.update({"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+        facts.update({"gpu_memory_gib": round(props.total_memory / 2**30, 1),
                       "gpu_count": torch.cuda.device_count(), "cuda": torch.version.cuda,
                       "cudnn": torch.backends.cudnn.version(),
                       "compute_capability": f"{props.major}.{props.minor}",
@@ -408,7 +403,7 @@ def section_train(ctx: "Context") -> tuple[list[Row], dict[str, Any]]:
     """Steps of the model alone, the clip loader, and the trainer end to end."""
     import torch
 
-    from train_speed import make_videos, time_loader, time_steps, time_trainer, training_step
+    from train_speed import make_videos, time_calls, time_loader, time_trainer, training_step
 
     cuda = ctx.cuda
     device = torch.device(ctx.device)
@@ -423,20 +418,21 @@ def section_train(ctx: "Context") -> tuple[list[Row], dict[str, Any]]:
         steps, loader_batches, iterations = (3, 3, 5) if ctx.quick else (10, 10, 12)
     precision = "AMP" if amp else "fp32"
     step_rate: dict[int, float] = {}
+    profile: dict[str, Any] = {}
     for batch in batches:
-        result = time_steps(preset, batch, 3, crop, device, amp=amp, steps=steps)
+        step = training_step(preset, batch, 3, crop, device, amp)
+        result = time_calls(step, steps, device)
+        if batch == batches[0]:
+            profile = profile_call(lambda step=step: [step() for _ in range(5)], cuda)
         details[f"step_{preset}_batch{batch}"] = result
         step_rate[batch] = result["it_per_s"] * batch
         memory = f", peak {result['peak_memory_gib']:.1f} GiB" if cuda else ""
         rows.append(["train", f"{preset} step, batch {batch} x 3 frames at {crop}x{crop}, {precision}, "
                               "data in memory",
                      f"**{result['it_per_s']:.2f} it/s** ({step_rate[batch]:.0f} clips/s){memory}", "-"])
+        del step
         if cuda:
             torch.cuda.empty_cache()
-    step = training_step(preset, batches[0], 3, crop, device, amp)
-    for _ in range(3):
-        step()
-    profile = profile_call(lambda: [step() for _ in range(5)], cuda)
     details["profile"] = profile
     print(profile["table"])
     rows.append(profile_row("train", f"profile, 5 {preset} steps at batch {batches[0]}, {precision}",
@@ -446,15 +442,15 @@ def section_train(ctx: "Context") -> tuple[list[Row], dict[str, Any]]:
     details["loader_clips_per_s"] = loader
     rows.append(["train", f"clip loader, {crop}x{crop} crops of 854x480 JPEG videos, {workers} workers",
                  f"**{loader:.0f} clips/s**", "-"])
-    timing = time_trainer(root, iterations, workers, ctx.work / f"trainer-{time.time_ns()}",
-                          preset=preset, batch=batches[0], crop=crop, device=ctx.device, amp=amp)
-    details["trainer_it_per_s"] = timing.it_per_s
+    rate = time_trainer(root, iterations, workers, ctx.work / f"trainer-{time.time_ns()}",
+                        preset=preset, batch=batches[0], crop=crop, device=ctx.device, amp=amp)
+    details["trainer_it_per_s"] = rate
     bound = ("data-bound: the loader gives fewer clips/s than the steps take"
              if loader < step_rate[batches[0]] else "not data-bound: the loader keeps up with the steps")
     details["verdict"] = bound
     rows.append(["train", f"trainer end to end, {preset}, batch {batches[0]}, {workers} workers, "
                           f"{precision}, {iterations} iterations",
-                 f"**{timing.it_per_s:.2f} it/s** ({timing.it_per_s * batches[0]:.0f} clips/s); {bound}",
+                 f"**{rate:.2f} it/s** ({rate * batches[0]:.0f} clips/s); {bound}",
                  "-"])
     return rows, details
 

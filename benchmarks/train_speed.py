@@ -27,7 +27,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -81,9 +80,15 @@ def training_step(preset: str, batch: int, frames: int, size: int, device: torch
 
 def time_steps(preset: str, batch: int, frames: int, size: int, device: torch.device,
                amp: bool, steps: int, warmup: int = 3) -> dict[str, float]:
-    """Time ``steps`` training iterations (:func:`training_step`) after ``warmup``.
+    """Time ``steps`` training iterations of a fresh :func:`training_step` after ``warmup``
+    (see :func:`time_calls`)."""
+    return time_calls(training_step(preset, batch, frames, size, device, amp), steps, device, warmup)
+
+
+def time_calls(step: Callable[[], None], steps: int, device: torch.device,
+               warmup: int = 3) -> dict[str, float]:
+    """Time ``steps`` calls of ``step`` (e.g. :func:`training_step`) after ``warmup`` calls.
     Returns it/s and step times (s), and on CUDA the peak memory (GiB)."""
-    step = training_step(preset, batch, frames, size, device, amp)
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
@@ -99,13 +104,11 @@ def time_steps(preset: str, batch: int, frames: int, size: int, device: torch.de
 
 
 class GpuSampler:
-    """Samples ``nvidia-smi`` GPU utilisation (%) every ``interval`` seconds in a thread, with
-    the ``time.perf_counter()`` of each sample."""
+    """Samples ``nvidia-smi`` GPU utilisation (%) every ``interval`` seconds in a thread."""
 
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
         self.samples: list[float] = []
-        self.times: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -116,7 +119,6 @@ class GpuSampler:
                                       "--format=csv,noheader,nounits", "-i", "0"],
                                      capture_output=True, text=True, timeout=5).stdout
                 self.samples.append(float(out.strip().splitlines()[0]))
-                self.times.append(time.perf_counter())
             except (OSError, ValueError, IndexError, subprocess.SubprocessError):
                 return
             self._stop.wait(self.interval)
@@ -131,12 +133,9 @@ class GpuSampler:
         if self._thread.is_alive():
             self._thread.join()
 
-    def mean(self, start: float | None = None, end: float | None = None) -> float | None:
-        """Mean utilisation of the samples taken between ``start`` and ``end``
-        (``time.perf_counter()`` values; None: no bound), None without such samples."""
-        chosen = [v for v, t in zip(self.samples, self.times)
-                  if (start is None or t >= start) and (end is None or t <= end)]
-        return sum(chosen) / len(chosen) if chosen else None
+    def mean(self) -> float | None:
+        """Mean utilisation, None without samples."""
+        return sum(self.samples) / len(self.samples) if self.samples else None
 
 
 def make_videos(root: Path, videos: int, frames: int, size: tuple[int, int]) -> Path:
@@ -162,21 +161,12 @@ def time_loader(root: Path, crop: int, batch: int, workers: int, batches: int) -
     return batches * batch / elapsed
 
 
-@dataclass
-class TrainerTiming:
-    """Iterations per second of a trainer run over its timed window, and that window
-    (``time.perf_counter()`` at its start and end), e.g. to read GPU utilisation over it."""
-
-    it_per_s: float
-    start: float
-    end: float
-
-
 def time_trainer(root: Path, iterations: int, workers: int, out: Path, preset: str = "tiny",
                  batch: int = 4, crop: int = 96, device: str = "cpu",
-                 amp: bool = False) -> TrainerTiming:
-    """Time the whole Trainer (data, step, logging) from the end of its 3rd iteration to the
-    end of its last (the first ones start the loader workers and the kernels).
+                 amp: bool = False) -> float:
+    """Iterations per second of the whole Trainer (data, step, logging) from the end of its
+    3rd iteration to the end of its last (the first ones start the loader workers and the
+    kernels).
 
     root: a DAVIS-layout folder (:func:`make_videos`); preset / batch / crop / workers / amp:
     the run's settings (defaults: tiny, batch 4, 96 px, fp32, on the CPU); out: a new folder.
@@ -202,7 +192,7 @@ def time_trainer(root: Path, iterations: int, workers: int, out: Path, preset: s
         trainer.run()
     finally:
         trainer.close()
-    return TrainerTiming((len(times) - 3) / (times[-1] - times[2]), times[2], times[-1])
+    return (len(times) - 3) / (times[-1] - times[2])
 
 
 def run(cpu_steps: int = 20, cuda_steps: int = 20, cuda_batch: int = 8, loader_batches: int = 10,
@@ -224,7 +214,7 @@ def run(cpu_steps: int = 20, cuda_steps: int = 20, cuda_batch: int = 8, loader_b
         result["loader_clips_per_s_96px"] = {
             f"workers_{n}": time_loader(root, 96, 4, n, loader_batches) for n in sorted({0, workers})}
         result["cpu_trainer_it_per_s_tiny_b4_96px"] = time_trainer(
-            root, trainer_iterations, workers, Path(tmp) / "run").it_per_s
+            root, trainer_iterations, workers, Path(tmp) / "run")
     use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     if use_cuda:
         gpu = torch.device("cuda")
