@@ -26,8 +26,14 @@ from twoshot.errors import UserError
 
 @dataclass
 class ModelConfig:
-    """STCN network sizes. The defaults are the published STCN (``stcn`` preset)."""
+    """Network architecture and sizes. The defaults are the published STCN (``stcn`` preset).
 
+    ``kind`` picks the architecture (:data:`twoshot.model.registry.MODEL_KINDS`); the
+    encoder fields serve both models (STCN's key / value encoders are Cutie's pixel / mask
+    encoders).
+    """
+
+    kind: str = "stcn"                       # stcn | cutie
     key_block: str = "bottleneck"            # ResNet block of the key encoder: bottleneck | basic
     key_layers: list[int] = field(default_factory=lambda: [3, 4, 6])
     key_width: int = 64                      # channels of the ResNet stem
@@ -190,7 +196,11 @@ def _layered(preset: str, layers: list[tuple[dict[str, Any], str]],
 
 
 def check_model_config(model: ModelConfig) -> None:
-    """Raise UserError naming the key if ``model`` describes no network STCN can build."""
+    """Raise UserError naming the key if ``model`` describes no network twoshot can build."""
+    kinds = ("stcn", "cutie")
+    if model.kind not in kinds:
+        raise UserError(f"config key 'model.kind': {model.kind!r} is not a model; choose one of: "
+                        f"{', '.join(kinds)}")
     for name in ("key_block", "value_block"):
         if getattr(model, name) not in ("basic", "bottleneck"):
             raise UserError(f"config key 'model.{name}': {getattr(model, name)!r} is not a ResNet "

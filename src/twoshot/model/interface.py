@@ -1,0 +1,135 @@
+"""What the propagation engine, the pseudo-label bank and the trainer need from a VOS model.
+
+The two-shot method is model-agnostic: any memory-based VOS model can be its teacher and
+student. The algorithms in :mod:`twoshot.inference` and :mod:`twoshot.train` talk only to
+the names defined here; STCN (:mod:`twoshot.model.network`) and Cutie
+(:mod:`twoshot.model.cutie`) implement them. A model provides
+
+- :meth:`VOSModel.propagator`: its inference operations, bound to inference settings;
+- :meth:`VOSModel.clip_forward`: the training forward pass over a clip.
+
+A :class:`Propagator` encodes frames (once per frame and video, shared by every object and
+direction), opens a fresh :class:`RunMemory` per propagation run, segments a frame from that
+memory, and takes each frame's final probabilities back (memorising them when the engine's
+schedule says so). The engine owns everything else: which frames each run visits, where
+annotations overlay predictions, the object-id <-> channel map, output sizes and writing.
+
+Shapes: K = objects enabled in the run (in the order they were enabled), (Hp, Wp) the padded
+network input size (multiples of 16).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from twoshot.config import InferenceConfig, ModelConfig
+
+PERMANENT = "permanent"
+TEMPORARY = "temporary"
+
+Wrap = Callable[[Callable[..., Any], str], Callable[..., Any]]
+"""``wrap(fn, name)``: how a propagator should run its heavy network calls (the engine passes
+a ``torch.compile``-or-eager wrapper when asked to compile; the identity otherwise)."""
+
+
+def no_wrap(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """The identity :data:`Wrap`: run ``fn`` as it is."""
+    return fn
+
+
+class FrameFeatures(Protocol):
+    """A model's per-frame encoder outputs for a batch of frames (any tensors it needs)."""
+
+    def index(self, item: int | slice | torch.Tensor) -> FrameFeatures:
+        """The features of batch entries ``item`` (an int keeps a batch of one)."""
+        ...
+
+    def clone(self) -> FrameFeatures:
+        """A copy that owns its storage (no view of a larger batch's tensors)."""
+        ...
+
+
+class RunMemory(Protocol):
+    """The memory of one propagation run: what has been memorised, and any recurrent state."""
+
+    @property
+    def num_objects(self) -> int:
+        """Objects enabled so far."""
+        ...
+
+    @property
+    def peak_frames(self) -> int:
+        """Most memory frames held at once (for statistics)."""
+        ...
+
+    def add_objects(self, count: int) -> None:
+        """Enable ``count`` new objects (channels K..K+count-1); they read memory added from now on."""
+        ...
+
+
+class Propagator(ABC):
+    """A model's inference operations under one set of inference settings.
+
+    ``segments_every_frame``: the model carries state from frame to frame (Cutie's sensory
+    memory), so a run must segment every frame it passes, even ones nobody reads.
+    """
+
+    segments_every_frame: ClassVar[bool] = False
+
+    @abstractmethod
+    def encode_frames(self, images: torch.Tensor) -> FrameFeatures:
+        """Features of normalised, padded frames. images float [B, 3, Hp, Wp]."""
+
+    @abstractmethod
+    def new_memory(self) -> RunMemory:
+        """An empty memory for a new propagation run."""
+
+    @abstractmethod
+    def segment(self, memory: RunMemory, image: torch.Tensor, features: FrameFeatures) -> torch.Tensor:
+        """Segment the enabled objects of one frame from ``memory``.
+
+        image [1, 3, Hp, Wp]; features: that frame's (batch of one).
+        Returns float32 [1, 1+K, Hp, Wp] probabilities summing to one over channels,
+        background first, then the objects in enabling order.
+        """
+
+    @abstractmethod
+    def memorize(self, memory: RunMemory, image: torch.Tensor, features: FrameFeatures,
+                 prob: torch.Tensor, kind: str | None, *, pinned: bool = False) -> None:
+        """Take a frame's final probabilities (after any annotation overlay) into ``memory``.
+
+        Called once for every frame a run processes, in order. prob float [1, 1+K, Hp, Wp]
+        as :meth:`segment` returns; kind: :data:`PERMANENT` or :data:`TEMPORARY` to add
+        the frame to memory, None to only update recurrent state (models without any
+        ignore it); pinned: the frame is an annotation, never evicted from bounded memory.
+        """
+
+
+class VOSModel(nn.Module, ABC):
+    """A memory-based VOS network the two-shot method can train and run.
+
+    ``kind`` names the architecture (``model.kind`` in the configuration); ``config`` is the
+    model section it was built from.
+    """
+
+    kind: ClassVar[str]
+    config: ModelConfig
+
+    @abstractmethod
+    def propagator(self, config: InferenceConfig, wrap: Wrap = no_wrap) -> Propagator:
+        """This model's inference operations under ``config``; heavy calls go through ``wrap``."""
+
+    @abstractmethod
+    def clip_forward(self, rgb: torch.Tensor, first_masks: torch.Tensor,
+                     selector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Segment frames 1..T-1 of each training clip from frame 0's masks.
+
+        rgb [B, T, 3, H, W] normalised frames; first_masks [B, K, H, W] frame 0's object
+        masks (0/1); selector [B, K] 1 for objects present in the clip.
+        Returns (logits, probs), each [B, T-1, K+1, H, W], background first.
+        """
