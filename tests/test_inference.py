@@ -16,7 +16,7 @@ from twoshot.config import InferenceConfig, load_config
 from twoshot.data.fixtures import random_video
 from twoshot.errors import UserError
 from twoshot.inference import Predictor, PropagationEngine
-from twoshot.inference.memory_bank import MemoryBank
+from twoshot.model.memory_store import MemoryStore
 from twoshot.inference.schedule import PERMANENT, TEMPORARY, plan_steps
 from twoshot.model import STCN, build_model, save_weights
 from twoshot.model.aggregate import aggregate
@@ -290,8 +290,8 @@ def test_memory_stays_within_cap_on_a_long_video(model: STCN) -> None:
     assert free.stats.peak_memory_frames == 39
 
 
-def test_memory_bank_keeps_labeled_frames_and_drops_the_oldest_others() -> None:
-    bank = MemoryBank(max_frames=3)
+def test_memory_store_keeps_labeled_frames_and_drops_the_oldest_others() -> None:
+    bank = MemoryStore(max_frames=3)
     bank.add_objects(1)
     key, value = torch.zeros(2, 1, 1), torch.zeros(1, 4, 1, 1)
     bank.add(key, value, pinned=True)

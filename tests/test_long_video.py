@@ -17,7 +17,7 @@ from twoshot.config import InferenceConfig, load_config
 from twoshot.data.fixtures import make_davis, make_youtube, random_video
 from twoshot.data.readers import open_dataset
 from twoshot.inference import PropagationEngine
-from twoshot.inference.memory_bank import MemoryBank
+from twoshot.model.memory_store import MemoryStore
 from twoshot.inference.predict import LazyFrames, predict_sequences
 from twoshot.model import STCN, build_model
 
@@ -36,15 +36,15 @@ def _engine(model: STCN, **settings: object) -> PropagationEngine:
 
 @pytest.fixture()
 def bank_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int | None, list[tuple[int, bool]]]]]:
-    """Every MemoryBank state right after an ``add``: (cap, [(serial, pinned) per entry])."""
+    """Every MemoryStore state right after an ``add``: (cap, [(serial, pinned) per entry])."""
     log: list[tuple[int | None, list[tuple[int, bool]]]] = []
-    original = MemoryBank.add
+    original = MemoryStore.add
 
-    def add(self: MemoryBank, *args: object, **kwargs: object) -> None:
+    def add(self: MemoryStore, *args: object, **kwargs: object) -> None:
         original(self, *args, **kwargs)  # type: ignore[arg-type]
         log.append((self.max_frames, [(e.serial, e.pinned) for e in self.entries]))
 
-    monkeypatch.setattr(MemoryBank, "add", add)
+    monkeypatch.setattr(MemoryStore, "add", add)
     yield log
 
 
@@ -120,27 +120,32 @@ def test_key_cache_does_not_grow_with_the_video(model: STCN) -> None:
 
 
 @pytest.mark.parametrize("mode,given_frames", [("forward", (3,)), ("bidirectional", (4, 15))])
-def test_engine_sink_gets_each_frame_once_and_keeps_nothing(model: STCN, mode: str,
-                                                            given_frames: tuple[int, ...]) -> None:
+def test_engine_yields_each_frame_once_as_propagate_collects(model: STCN, mode: str,
+                                                             given_frames: tuple[int, ...]) -> None:
     frames, labels = random_video(20, (32, 40), seed=15)
     given = {f: labels[f] for f in given_frames}
     engine = _engine(model, mem_every=3)
-    full = engine.propagate(frames, given, mode=mode, confidence=True)
-    seen: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
-
-    def sink(frame: int, masks: np.ndarray, confidence: np.ndarray | None) -> None:
-        assert frame not in seen
-        seen[frame] = (masks.copy(), None if confidence is None else confidence.copy())
-
-    streamed = engine.propagate(frames, given, mode=mode, confidence=True, sink=sink)
-    assert streamed.streamed and streamed.masks.shape == (0, 32, 40) and streamed.confidence is None
-    assert sorted(seen) == list(range(20)) and streamed.sources == full.sources
-    assert full.confidence is not None
-    for frame, (masks, confidence) in seen.items():
-        np.testing.assert_array_equal(masks, full.masks[frame])
-        np.testing.assert_array_equal(confidence, full.confidence[frame])
-    with pytest.raises(ValueError, match="not streamed"):
-        engine.propagate(frames, given, sink=sink, probabilities=True)
+    full = engine.propagate(frames, given, mode=mode, confidence=True, probabilities=True)
+    propagation = engine.frames(frames, given, mode=mode, confidence=True, probabilities=True)
+    assert propagation.object_ids == full.object_ids and propagation.size == (32, 40)
+    seen: list[int] = []
+    for out in propagation:
+        # The consumer's code between frames runs outside inference mode.
+        assert not torch.is_inference_mode_enabled()
+        seen.append(out.frame)
+        assert out.source == full.sources[out.frame]
+        np.testing.assert_array_equal(out.labels, full.masks[out.frame])
+        assert full.confidence is not None and full.probabilities is not None
+        np.testing.assert_array_equal(out.confidence, full.confidence[out.frame])
+        assert out.probabilities is not None
+        channels = [0] + [full.object_ids.index(o) + 1 for o in out.object_ids]
+        np.testing.assert_array_equal(out.probabilities.numpy(), full.probabilities[out.frame, channels])
+    assert sorted(seen) == list(range(20))
+    if mode == "bidirectional":
+        assert seen[:2] == list(given_frames)        # the labeled frames come first
+    else:
+        assert seen[-3:] == [0, 1, 2]                # frames before the annotation come last
+    assert propagation.stats.runs == full.stats.runs and propagation.stats.seconds > 0
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -182,13 +187,13 @@ def test_long_videos_are_streamed_by_default(model: STCN, tmp_path: Path,
     # Pretend a frame budget of 5 frames: the 8-frame video streams, the 3-frame one does not.
     monkeypatch.setattr("twoshot.inference.predict.STREAM_MIN_BYTES", 5 * 32 * 40 * 3)
     calls: list[bool] = []
-    original = PropagationEngine.propagate
+    original = PropagationEngine.frames
 
-    def spy(self: PropagationEngine, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
-        calls.append(kwargs.get("sink") is not None)
-        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+    def spy(self: PropagationEngine, frames: object, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        calls.append(isinstance(frames, LazyFrames))   # read frame by frame
+        return original(self, frames, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(PropagationEngine, "propagate", spy)
+    monkeypatch.setattr(PropagationEngine, "frames", spy)
     predict_sequences(model, sequences, tmp_path / "out", InferenceConfig(size=-1, device="cpu"),
                       progress=False)
     assert calls == [True, False]     # sequences are sorted: "long", then "short"

@@ -23,7 +23,7 @@ from twoshot.errors import UserError
 from twoshot.model import build_model, load_checkpoint
 from twoshot.model.checkpoint import read_state_dict
 from twoshot.train import trainer as trainer_module
-from twoshot.train.forward import ClipOutput, clip_forward
+from twoshot.train.forward import ClipOutput
 from twoshot.train.loader import StreamSampler, epoch_order
 from twoshot.train.loss import LossResult, bootstrap_p, bootstrapped_ce, clip_loss, iou_counts
 from twoshot.train.modes import SupervisedMode, TrainingMode
@@ -97,7 +97,7 @@ def test_clip_forward_is_stcns_recurrence(tiny_model: torch.nn.Module) -> None:
     masks = (torch.rand(2, 2, 32, 48) > 0.5).float()
     selector = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
     with torch.no_grad():
-        logits, probs = clip_forward(m, rgb, masks, selector)
+        logits, probs = m.clip_forward(rgb, masks, selector)
         assert logits.shape == probs.shape == (2, 2, 3, 32, 48)
         # By hand, one clip at a time, frame by frame (STCN's do_pass).
         for b in range(2):
@@ -120,8 +120,8 @@ def test_clip_forward_pads_and_other_configs() -> None:
     torch.manual_seed(0)
     model = build_model(config).eval()
     with torch.no_grad():
-        logits, probs = clip_forward(model, torch.randn(1, 4, 3, 40, 36),
-                                     torch.ones(1, 2, 40, 36) * 0.5, torch.ones(1, 2))
+        logits, probs = model.clip_forward(torch.randn(1, 4, 3, 40, 36),
+                                           torch.ones(1, 2, 40, 36) * 0.5, torch.ones(1, 2))
     assert logits.shape == (1, 3, 3, 40, 36)
     torch.testing.assert_close(probs.sum(2), torch.ones(1, 3, 40, 36))
 

@@ -24,11 +24,34 @@ import yaml
 from twoshot.errors import UserError
 
 
+MODEL_KINDS: tuple[str, ...] = ("stcn", "cutie")
+"""The architectures ``model.kind`` may name (classes in :mod:`twoshot.model.registry`)."""
+
+
+@dataclass
+class CutieSizes:
+    """Sizes only Cutie has (``model.cutie``; ignored by STCN). The defaults are Cutie-base.
+
+    Cutie's pixel / mask encoders, ``key_dim``, ``value_dim`` and its mask decoder's widths
+    (``decoder_dims``, the first equal to ``embed_dim``) come from :class:`ModelConfig`.
+    """
+
+    pixel_dim: int = 256                     # pixel features and the key projection's input
+    sensory_dim: int = 256                   # per-object recurrent (sensory) state
+    embed_dim: int = 256                     # object transformer width; equals pixel_dim
+    num_queries: int = 16                    # object queries = object summaries (half fore-, half background)
+    num_heads: int = 8
+    ff_dim: int = 2048
+    num_blocks: int = 3                      # object transformer blocks
+    pe_scale: float = 32.0                   # sine positional encoding: coordinates scaled to [0, pe_scale]
+    pe_temperature: float = 128.0
+
+
 @dataclass
 class ModelConfig:
     """Network architecture and sizes. The defaults are the published STCN (``stcn`` preset).
 
-    ``kind`` picks the architecture (:data:`twoshot.model.registry.MODEL_KINDS`); the
+    ``kind`` picks the architecture (:data:`MODEL_KINDS`); the
     encoder fields serve both models (STCN's key / value encoders are Cutie's pixel / mask
     encoders).
     """
@@ -47,6 +70,7 @@ class ModelConfig:
     # small frames, where 1/16 leaves a few cells per object (the demo's 96x96 frames).
     output_stride: int = 16
     backbone_weights: str | None = None      # torchvision ResNet-50/-18 .pth files (file, dir, or "a,b")
+    cutie: CutieSizes = field(default_factory=CutieSizes)
 
 
 @dataclass
@@ -148,7 +172,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
-PRESETS = ("stcn", "tiny")
+PRESETS = ("stcn", "tiny", "cutie-base", "cutie-small", "cutie-tiny")
 
 
 def preset_path(name: str) -> Path:
@@ -197,10 +221,9 @@ def _layered(preset: str, layers: list[tuple[dict[str, Any], str]],
 
 def check_model_config(model: ModelConfig) -> None:
     """Raise UserError naming the key if ``model`` describes no network twoshot can build."""
-    kinds = ("stcn", "cutie")
-    if model.kind not in kinds:
+    if model.kind not in MODEL_KINDS:
         raise UserError(f"config key 'model.kind': {model.kind!r} is not a model; choose one of: "
-                        f"{', '.join(kinds)}")
+                        f"{', '.join(MODEL_KINDS)}")
     for name in ("key_block", "value_block"):
         if getattr(model, name) not in ("basic", "bottleneck"):
             raise UserError(f"config key 'model.{name}': {getattr(model, name)!r} is not a ResNet "
@@ -211,6 +234,32 @@ def check_model_config(model: ModelConfig) -> None:
             raise UserError(f"config key 'model.{name}': {layers} must give 3 stages of >= 1 block")
     if model.output_stride not in (8, 16):
         raise UserError(f"config key 'model.output_stride': must be 8 or 16, got {model.output_stride}")
+    if model.kind == "cutie":
+        _check_cutie_sizes(model)
+
+
+def _check_cutie_sizes(model: ModelConfig) -> None:
+    """Raise UserError naming the key if the Cutie sizes of ``model`` build no network."""
+    sizes = model.cutie
+    for name in ("pixel_dim", "sensory_dim", "embed_dim", "num_queries", "num_heads", "ff_dim",
+                 "num_blocks"):
+        if getattr(sizes, name) < 1:
+            raise UserError(f"config key 'model.cutie.{name}': must be at least 1, got {getattr(sizes, name)}")
+    if model.output_stride != 16:
+        raise UserError("config key 'model.output_stride': cutie needs 16 (its decoder upsamples "
+                        f"1/16 -> 1/8 -> 1/4), got {model.output_stride}")
+    if len(model.decoder_dims) != 3 or model.decoder_dims[0] != sizes.embed_dim:
+        raise UserError(f"config key 'model.decoder_dims': cutie's mask decoder needs 3 widths, the "
+                        f"first equal to model.cutie.embed_dim ({sizes.embed_dim}), got {model.decoder_dims}")
+    if sizes.pixel_dim != sizes.embed_dim:
+        raise UserError(f"config key 'model.cutie.pixel_dim': must equal model.cutie.embed_dim "
+                        f"({sizes.embed_dim}; the sensory auxiliary head multiplies them), got {sizes.pixel_dim}")
+    if sizes.embed_dim % 4 or sizes.embed_dim % sizes.num_heads:
+        raise UserError(f"config key 'model.cutie.embed_dim': must be a multiple of 4 (positional "
+                        f"encoding) and of model.cutie.num_heads ({sizes.num_heads}), got {sizes.embed_dim}")
+    if sizes.num_queries % 2:
+        raise UserError(f"config key 'model.cutie.num_queries': must be even (half foreground, half "
+                        f"background), got {sizes.num_queries}")
 
 
 def apply_override(config: Any, item: str) -> None:

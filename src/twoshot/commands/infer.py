@@ -7,23 +7,27 @@ import dataclasses
 from pathlib import Path
 
 from twoshot.commands.common import add_progress_argument
-from twoshot.config import PRESETS, InferenceConfig
+from twoshot.config import MODEL_KINDS, PRESETS, InferenceConfig
 from twoshot.errors import UserError
+
 
 HELP = "segment videos (DAVIS, YouTube-VOS, generic folders, a video file) from their first masks"
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--checkpoint, --preset and the inference settings shared with ``pseudo-label``."""
+    """--checkpoint, --model, --preset and the inference settings shared with ``pseudo-label``."""
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
-                        help="STCN weights (raw state dict or training checkpoint)")
+                        help="STCN or Cutie weights (raw state dict or training checkpoint)")
+    parser.add_argument("--model", choices=tuple(MODEL_KINDS), default=None,
+                        help="the architecture of the weights (default: told from their names)")
     parser.add_argument("--preset", choices=PRESETS, default=None,
                         help="model sizes and inference defaults (default: the config.json that "
                              "'twoshot train' wrote beside the weights, else guessed from them)")
     parser.add_argument("--mem-every", type=int, default=None, metavar="N",
                         help="add a memory frame every N frames (default 5)")
     parser.add_argument("--top-k", type=int, default=None, metavar="K",
-                        help="memory entries read per query pixel (default 20)")
+                        help="memory entries read per query pixel (default: the preset's, 20 for "
+                             "stcn, 30 for cutie)")
     parser.add_argument("--size", type=int, default=None, metavar="PX",
                         help="process at this shorter side; -1 keeps the native size (default: "
                              "the preset's, 480 for stcn)")
@@ -42,7 +46,7 @@ def load_model_and_config(args: argparse.Namespace):  # type: ignore[no-untyped-
     """(model, InferenceConfig) from --checkpoint / --preset and the setting flags."""
     from twoshot.inference.predictor import load_for_inference
 
-    model, config = load_for_inference(args.checkpoint, args.preset)
+    model, config = load_for_inference(args.checkpoint, args.preset, args.model)
     changes = {"mem_every": args.mem_every, "top_k": args.top_k, "size": args.size,
                "max_memory_frames": args.max_memory_frames, "amp_dtype": args.amp_dtype}
     config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None},

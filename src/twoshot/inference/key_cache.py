@@ -1,8 +1,8 @@
-"""Per-video cache of key-encoder features: each frame is encoded once, in batches.
+"""Per-video cache of frame features: each frame is encoded once, in batches.
 
-The key encoder (a ResNet-50 up to layer3 in STCN) is the most expensive part of a frame's
-processing, and its output depends on the frame only: every object, and every propagation
-direction of a video, can share it. The cache is told in advance how many times each frame
+The frame encoder (a ResNet-50 up to layer3 in STCN and Cutie-base) is the most expensive
+part of a frame's processing, and its output depends on the frame only: every object, and
+every propagation direction of a video, can share it. The cache is told in advance how many times each frame
 will be needed (:meth:`KeyCache.plan`), encodes frames in batches in the order a direction
 will ask for them, and frees a frame after its last use, so memory stays bounded by about
 ``batch_size`` frames plus the frames waiting for a second direction.
@@ -10,7 +10,6 @@ will ask for them, and frees a frame after its last use, so memory stays bounded
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from twoshot.inference.geometry import Geometry, prepare_frames
-from twoshot.model.network import STCN, KeyFeatures
+from twoshot.model.interface import FrameFeatures
 
 FrameSource = Sequence[np.ndarray]  # frames[t] -> uint8 [H, W, 3]; an array [T, H, W, 3] works
 
@@ -51,38 +50,32 @@ class FramesOnDemand(Sequence[np.ndarray]):
 
 @dataclass
 class CachedFrame:
-    """A frame's network input image [1, 3, Hp, Wp] and its key features (batch of one)."""
+    """A frame's network input image [1, 3, Hp, Wp] and its features (batch of one)."""
 
     image: torch.Tensor
-    features: KeyFeatures
+    features: FrameFeatures
 
 
 class KeyCache:
-    """Key features of one video's frames, encoded in batches and freed after their last use.
+    """Features of one video's frames, encoded in batches and freed after their last use.
 
-    model: the network (its ``encode_key``); frames: ``frames[t]`` gives uint8 [H, W, 3];
-    geometry: the video's sizes; batch_size: frames per ``encode_key`` call;
-    autocast: context manager factory wrapping encoder calls (AMP on CUDA);
-    encode: what computes the features of images [B, 3, Hp, Wp] (default ``model.encode_key``;
-    the engine passes a compiled version when asked to); memory_format: layout of the
-    network input (``torch.channels_last`` for the NHWC fast path).
+    encode: the model's frame encoder, images [B, 3, Hp, Wp] -> features of B frames
+    (``Propagator.encode_frames``); frames: ``frames[t]`` gives uint8 [H, W, 3];
+    geometry: the video's sizes; batch_size: frames per ``encode`` call;
+    memory_format: layout of the network input (``torch.channels_last`` for the NHWC fast path).
     """
 
-    def __init__(self, model: STCN, frames: FrameSource, geometry: Geometry, device: torch.device,
-                 batch_size: int = 8,
-                 autocast: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
-                 encode: Callable[[torch.Tensor], KeyFeatures] | None = None,
+    def __init__(self, encode: Callable[[torch.Tensor], FrameFeatures], frames: FrameSource,
+                 geometry: Geometry, device: torch.device, batch_size: int = 8,
                  memory_format: torch.memory_format = torch.contiguous_format) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.model = model
-        self.encode = encode if encode is not None else model.encode_key
+        self.encode = encode
         self.memory_format = memory_format
         self.frames = frames
         self.geometry = geometry
         self.device = device
         self.batch_size = batch_size
-        self.autocast = autocast
         self.uses: Counter[int] = Counter()
         self.cached: dict[int, CachedFrame] = {}
         self.encode_count: Counter[int] = Counter()   # frame -> times encoded (1 when planned right)
@@ -118,16 +111,14 @@ class KeyCache:
                                 self.geometry, self.device)
         if self.memory_format != torch.contiguous_format:
             images = images.contiguous(memory_format=self.memory_format)
-        with self.autocast():
-            features = self.encode(images)
+        features = self.encode(images)
         self.encoder_calls += 1
         for i, t in enumerate(batch):
             image, feats = images[i:i + 1], features.index(i)
             if self.uses[t] > 1 and len(batch) > 1:
                 # A frame waiting for another direction must not keep its batch-mates' large
                 # feature maps alive: give it its own copy.
-                image = image.clone()
-                feats = KeyFeatures(*(x.clone() for x in (feats.key, feats.thin, feats.f16, feats.f8, feats.f4)))
+                image, feats = image.clone(), feats.clone()
             self.cached[t] = CachedFrame(image, feats)
             self.encode_count[t] += 1
         self.peak_cached = max(self.peak_cached, len(self.cached))

@@ -1,12 +1,11 @@
 """Segment a list of videos with a model and write the masks: the body of ``twoshot infer``
 and of the pipeline's validation step.
 
-A video whose frames would take more than :data:`STREAM_MIN_BYTES` in memory is *streamed*:
-its frames are read when the engine asks for them (:class:`LazyFrames`) and each frame's
-PNG is written as soon as its mask is final, so memory does not grow with the video's
-length. Short videos are read whole and written after propagation. Both give the same files
-(``tests/test_long_video.py``), and either way a video's folder appears complete or not at
-all (``twoshot.fsutil.atomic_dir``).
+Each frame's PNG is written as soon as the engine yields it, so nothing per frame is kept.
+A video whose frames would take more than :data:`STREAM_MIN_BYTES` in memory is also read
+frame by frame when the engine asks for it (:class:`LazyFrames`); shorter videos are read
+whole first. Both give the same files (``tests/test_long_video.py``), and either way a
+video's folder appears complete or not at all (``twoshot.fsutil.atomic_dir``).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from twoshot.data.layout import VideoSequence
 from twoshot.errors import UserError
 from twoshot.inference.engine import PropagationEngine
 from twoshot.inference.key_cache import FramesOnDemand
-from twoshot.model.network import STCN
+from twoshot.model.interface import VOSModel
 
 STREAM_MIN_BYTES = 512 * 2**20
 """Videos whose RGB frames (T x H x W x 3 bytes) exceed this are streamed (``stream=None``)."""
@@ -47,27 +46,26 @@ class PredictionSummary:
         return self.frames / max(self.seconds, 1e-9)
 
 
-def predict_sequences(model: STCN | PropagationEngine, sequences: Sequence[VideoSequence],
+def predict_sequences(model: VOSModel | PropagationEngine, sequences: Sequence[VideoSequence],
                       out: str | os.PathLike[str], config: InferenceConfig | None = None, *,
                       youtube: bool = False, all_frames: bool = False, backward: bool = False,
                       overlay: bool = False, device: str | torch.device | None = None,
                       progress: bool = True, stream: bool | None = None) -> PredictionSummary:
     """Propagate each video's first-appearance masks and write the predicted masks.
 
-    model: an STCN (wrapped in a PropagationEngine with ``config`` on ``device``) or an engine.
+    model: a VOSModel (wrapped in a PropagationEngine with ``config`` on ``device``) or an engine.
     sequences: videos from :func:`twoshot.data.readers.open_dataset`. out: output root;
     DAVIS layout ``out/<video>/<frame>.png`` or, with ``youtube``, the YouTube-VOS submission
     layout (only ``frames_to_save`` unless ``all_frames``). backward: propagate from the
     annotated frames in both directions. overlay: also write ``out/overlays/<video>/``.
-    stream: write each frame's PNG as soon as it is final and read frames on demand (True),
-    hold the whole video in memory (False), or decide per video (None: stream when its frames
-    exceed :data:`STREAM_MIN_BYTES`). The files are the same either way.
+    stream: read image-folder frames on demand (True), read the whole video first (False), or
+    decide per video (None: on demand when its frames exceed :data:`STREAM_MIN_BYTES`);
+    video files are decoded whole. The files are the same either way.
     Each video's folder is written atomically. Returns a :class:`PredictionSummary`.
     """
     from tqdm import tqdm
 
     from twoshot.data.readers import load_frames, reference_annotations
-    from twoshot.data.writers import write_davis_masks, write_overlay_pngs, write_youtube_submission
 
     engine = model if isinstance(model, PropagationEngine) else PropagationEngine(model, config, device)
     out = Path(out)
@@ -81,23 +79,10 @@ def predict_sequences(model: STCN | PropagationEngine, sequences: Sequence[Video
             if not given:
                 raise UserError(f"video {seq.name}: no annotation PNG shows an object")
             subset = youtube and not all_frames and seq.frames_to_save is not None
-            if _should_stream(seq, stream):
-                _stream_video(engine, seq, out, given, palette, youtube=youtube, subset=subset,
-                              backward=backward, overlay=overlay, progress=lambda _: bar.update(1))
-                frames_done += seq.num_frames
-                objects += len(first)
-                continue
-            frames = load_frames(seq)
-            result = engine.propagate(frames, given, mode="bidirectional" if backward else "forward",
-                                      output_frames=seq.frames_to_save if subset else None,
-                                      progress=lambda _: bar.update(1))
-            if youtube:
-                write_youtube_submission(out, seq, result.masks, palette, all_frames=not subset)
-            else:
-                write_davis_masks(out, seq, result.masks, palette)
-            if overlay:
-                write_overlay_pngs(out / "overlays" / seq.name, frames, result.masks, palette,
-                                   names=seq.frame_names)
+            lazy = _should_stream(seq, stream) and seq.video_file is None
+            frames: Sequence[np.ndarray] = LazyFrames(seq) if lazy else load_frames(seq)
+            _write_video(engine, seq, frames, out, given, palette, youtube=youtube, subset=subset,
+                         backward=backward, overlay=overlay, progress=lambda: bar.update(1))
             frames_done += seq.num_frames
             objects += len(first)
     return PredictionSummary(len(sequences), frames_done, objects, time.perf_counter() - start)
@@ -146,46 +131,42 @@ class LazyFrames(FramesOnDemand):
         return rgb
 
 
-def _stream_video(engine: PropagationEngine, seq: VideoSequence, out: Path,
-                  given: dict[int, np.ndarray], palette: bytes | None, *, youtube: bool,
-                  subset: bool, backward: bool, overlay: bool,
-                  progress: Callable[[int], None]) -> None:
+def _write_video(engine: PropagationEngine, seq: VideoSequence, frames: Sequence[np.ndarray],
+                 out: Path, given: dict[int, np.ndarray], palette: bytes | None, *, youtube: bool,
+                 subset: bool, backward: bool, overlay: bool, progress: Callable[[], None]) -> None:
     """Propagate one video and write each frame's PNG (and overlay) as soon as it is final.
 
-    Same files as the in-memory path of :func:`predict_sequences`: masks in
-    ``out/<video>/`` (YouTube-VOS: ``out/Annotations/<video>/``, only ``frames_to_save`` when
-    ``subset``), overlays in ``out/overlays/<video>/``; each folder is built in a temporary
-    folder that takes its name only when the whole video is done. Video files are decoded
-    whole (no random access), image folders read frame by frame.
+    Masks go to ``out/<video>/`` (YouTube-VOS: ``out/Annotations/<video>/``, only
+    ``frames_to_save`` when ``subset``), overlays to ``out/overlays/<video>/``, at the
+    frames' size with the annotations' palette; each folder is built in a temporary folder
+    that takes its name only when the whole video is done.
     """
     from twoshot.data.masks import write_frame, write_mask
-    from twoshot.data.readers import frame_size, load_frames
+    from twoshot.data.readers import frame_size
     from twoshot.data.writers import overlay as overlay_image
     from twoshot.data.writers import resize_labels
     from twoshot.fsutil import atomic_dir
 
-    frames: Sequence[np.ndarray] = LazyFrames(seq) if seq.video_file is None else load_frames(seq)
     names = seq.frame_names
     target = frame_size(seq)
     folder = out / "Annotations" / seq.name if youtube else out / seq.name
     wanted = set(seq.frames_to_save) if subset and seq.frames_to_save is not None else None
     written: set[int] = set()
+    propagation = engine.frames(frames, given, mode="bidirectional" if backward else "forward",
+                                output_frames=sorted(wanted) if wanted is not None else None)
     with contextlib.ExitStack() as stack:
         # Entered first, committed last: the masks' folder takes its name before the overlays'.
         overlays = stack.enter_context(atomic_dir(out / "overlays" / seq.name)) if overlay else None
         masks_dir = stack.enter_context(atomic_dir(folder))
-
-        def sink(frame: int, labels: np.ndarray, _confidence: np.ndarray | None) -> None:
+        for result in propagation:
+            frame = result.frame
             if wanted is None or frame in wanted:
-                write_mask(masks_dir / f"{names[frame]}.png", resize_labels(labels, target), palette)
+                write_mask(masks_dir / f"{names[frame]}.png", resize_labels(result.labels, target), palette)
                 written.add(frame)
             if overlays is not None:
                 write_frame(overlays / f"{names[frame]}.png",
-                            overlay_image(np.asarray(frames[frame]), labels, palette))
-
-        engine.propagate(frames, given, mode="bidirectional" if backward else "forward",
-                         output_frames=sorted(wanted) if wanted is not None else None,
-                         progress=progress, sink=sink)
+                            overlay_image(np.asarray(frames[frame]), result.labels, palette))
+            progress()
         missing = sorted((wanted if wanted is not None else set(range(seq.num_frames))) - written)
         if missing:  # cannot happen when the engine covers every output frame; never half-write
             raise ValueError(f"video {seq.name}: no mask for frame(s) "

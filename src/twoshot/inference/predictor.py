@@ -18,19 +18,20 @@ import numpy as np
 import torch
 
 from twoshot.config import InferenceConfig, load_config
+from twoshot.errors import UserError
 from twoshot.inference.engine import PropagationEngine, PropagationResult
 from twoshot.inference.key_cache import FrameSource
-from twoshot.model.network import STCN
+from twoshot.model.interface import VOSModel
 
 
 class Predictor:
-    """Segments the objects of given masks through videos with one STCN model.
+    """Segments the objects of given masks through videos with one model (STCN or Cutie).
 
     model: the network; config: inference settings (STCN's defaults if None); device:
     overrides ``config.device`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | torch.device).
     """
 
-    def __init__(self, model: STCN, config: InferenceConfig | None = None,
+    def __init__(self, model: VOSModel, config: InferenceConfig | None = None,
                  device: str | torch.device | None = None) -> None:
         config = dataclasses.replace(config) if config is not None else InferenceConfig()
         if isinstance(device, str):
@@ -41,16 +42,19 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], preset: str | None = None,
                         config: InferenceConfig | None = None,
-                        device: str | torch.device | None = None) -> "Predictor":
-        """Load STCN weights from ``path`` (raw state dict or training checkpoint).
+                        device: str | torch.device | None = None,
+                        model: str | None = None) -> "Predictor":
+        """Load STCN or Cutie weights from ``path`` (raw state dict or training checkpoint).
 
-        preset: model sizes (``stcn``, ``tiny``); None = the configuration ``twoshot train``
-        saved beside the weights, else the preset the weights fit.
+        preset: model sizes (``stcn``, ``tiny``, ``cutie-base``, ...); None = the
+        configuration ``twoshot train`` saved beside the weights, else the preset the
+        weights fit. model: ``stcn`` | ``cutie`` to insist on one architecture (None:
+        whatever the weights are).
         config: inference settings; None = that configuration's ``inference`` section.
         Raises UserError for an unreadable checkpoint or weights that do not fit.
         """
-        model, saved = load_for_inference(path, preset)
-        return cls(model, config if config is not None else saved, device)
+        network, saved = load_for_inference(path, preset, model)
+        return cls(network, config if config is not None else saved, device)
 
     @property
     def config(self) -> InferenceConfig:
@@ -90,22 +94,26 @@ class Predictor:
                                      probabilities=probabilities, confidence=confidence)
 
 
-def load_for_inference(path: str | os.PathLike[str], preset: str | None = None) -> tuple[STCN, InferenceConfig]:
+def load_for_inference(path: str | os.PathLike[str], preset: str | None = None,
+                       kind: str | None = None) -> tuple[VOSModel, InferenceConfig]:
     """(model, inference settings) for weights ``path``.
 
     Both come from ``preset`` if given, else from the configuration ``twoshot train`` saved
     beside the weights; without either, the model fits the preset the weights match and the
-    settings are that preset's. Raises UserError for unreadable or non-fitting weights.
+    settings are that preset's. kind: the architecture the caller insists on (None: any).
+    Raises UserError for unreadable or non-fitting weights, or a preset of another kind.
     """
     from twoshot.model.checkpoint import load_model, model_config_for
 
     run_config = model_config_for(path, preset)
-    model = load_model(path, run_config.model if run_config is not None else None)
+    if kind is not None and preset is not None and run_config is not None and run_config.model.kind != kind:
+        raise UserError(f"--preset {preset} is a {run_config.model.kind} model but --model {kind} was given")
+    model = load_model(path, run_config.model if run_config is not None else None, kind)
     inference = run_config.inference if run_config is not None else _preset_inference(model)
     return model, inference
 
 
-def _preset_inference(model: STCN) -> InferenceConfig:
+def _preset_inference(model: VOSModel) -> InferenceConfig:
     """The inference section of the preset whose model sizes equal ``model``'s, else defaults."""
     from twoshot.config import PRESETS
 

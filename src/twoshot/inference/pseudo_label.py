@@ -31,7 +31,7 @@ from twoshot.errors import UserError
 from twoshot.inference.bank import (BankIdentity, BankStore, VideoRecord, budget_sha256,
                                     file_sha256, weights_sha256)
 from twoshot.inference.engine import PropagationEngine, PropagationResult
-from twoshot.model.network import STCN
+from twoshot.model.interface import VOSModel
 
 PathLike = str | os.PathLike[str]
 
@@ -87,7 +87,7 @@ def pseudo_label_video(engine: PropagationEngine, seq: VideoSequence, *, confide
     return VideoPseudoLabels(result, sorted(labeled_masks), palette)
 
 
-def build_bank(model: STCN, sequences: Sequence[VideoSequence], budget: Budget | PathLike,
+def build_bank(model: VOSModel, sequences: Sequence[VideoSequence], budget: Budget | PathLike,
                out: PathLike, config: InferenceConfig | None = None, *,
                checkpoint: PathLike | None = None, confidence: bool = False,
                device: str | torch.device | None = None, progress: bool = True) -> BankSummary:

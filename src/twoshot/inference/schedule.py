@@ -12,7 +12,9 @@ Two schedules:
 A run is planned into :class:`Step` s that say, per frame, what to do, reproducing STCN's
 rules: a memory frame when ``mem_every`` frames have passed since the last one (counted
 from the last annotated frame), an optional temporary memory of the previous frame, and
-frames that are neither output nor memory skipped.
+frames that are neither output nor memory skipped (unless the model carries state from
+frame to frame, as Cutie's sensory memory: then every frame up to the last output is
+segmented, as Cutie's ``InferenceCore`` does).
 """
 
 from __future__ import annotations
@@ -21,8 +23,7 @@ from bisect import bisect_right
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-PERMANENT = "permanent"
-TEMPORARY = "temporary"
+from twoshot.model.interface import PERMANENT, TEMPORARY
 
 
 @dataclass
@@ -57,10 +58,11 @@ class Run:
 
 
 def plan_steps(order: Sequence[int], annotated: Collection[int], outputs: Collection[int],
-               mem_every: int, include_last: bool) -> list[Step]:
+               mem_every: int, include_last: bool, every_frame: bool = False) -> list[Step]:
     """Plan a run over frames ``order`` (processing order, starting at an annotated frame).
 
-    annotated: frames whose masks are given; outputs: frames whose result is wanted.
+    annotated: frames whose masks are given; outputs: frames whose result is wanted;
+    every_frame: segment frames nobody reads too (models with state between frames).
     Frames before the first annotated one are skipped; steps after the last output are
     dropped (propagation is causal: the outputs do not depend on them).
     """
@@ -80,7 +82,7 @@ def plan_steps(order: Sequence[int], annotated: Collection[int], outputs: Collec
             continue
         is_memory = pos - last_memory >= mem_every
         emit = frame in outputs
-        if not (is_memory or include_last or emit):
+        if not (is_memory or include_last or emit or every_frame):
             continue  # as STCN's YouTube-VOS evaluation: nothing would read this frame
         memory = None
         if pos != end and (is_memory or include_last):
@@ -96,7 +98,7 @@ def plan_steps(order: Sequence[int], annotated: Collection[int], outputs: Collec
 
 
 def forward_runs(num_frames: int, annotated: Sequence[int], outputs: Collection[int] | None,
-                 mem_every: int, include_last: bool) -> list[Run]:
+                 mem_every: int, include_last: bool, every_frame: bool = False) -> list[Run]:
     """The STCN schedule: one forward run from the first annotated frame to the last output.
 
     outputs None = every frame from the first annotated one.
@@ -107,7 +109,7 @@ def forward_runs(num_frames: int, annotated: Sequence[int], outputs: Collection[
     order = list(range(annotated[0], num_frames))
     wanted = set(order) if outputs is None else set(outputs)
     run = Run(annotated[0], +1, annotated)
-    run.steps = plan_steps(order, set(annotated), wanted, mem_every, include_last)
+    run.steps = plan_steps(order, set(annotated), wanted, mem_every, include_last, every_frame)
     return [run] if run.steps else []
 
 
@@ -137,7 +139,7 @@ def assign_sources(num_frames: int, labeled: Sequence[int]) -> list[int]:
 
 
 def nearest_runs(num_frames: int, labeled: Sequence[int], outputs: Collection[int] | None,
-                 mem_every: int, include_last: bool) -> list[Run]:
+                 mem_every: int, include_last: bool, every_frame: bool = False) -> list[Run]:
     """The two-shot schedule: a backward and a forward run per labeled frame, each covering
     only the unlabeled frames assigned to it by :func:`assign_sources` (and, of those, only
     ``outputs`` if given). Runs with nothing to output are left out.
@@ -154,7 +156,8 @@ def nearest_runs(num_frames: int, labeled: Sequence[int], outputs: Collection[in
             stop = max(side) if direction > 0 else min(side)
             order = list(range(source, stop + direction, direction))
             run = Run(source, direction, [source])
-            run.steps = plan_steps(order, {source}, wanted & set(side), mem_every, include_last)
+            run.steps = plan_steps(order, {source}, wanted & set(side), mem_every, include_last,
+                                   every_frame)
             if run.steps:
                 runs.append(run)
     return runs

@@ -1,9 +1,11 @@
-"""Checkpoint I/O in STCN's format: a raw ``state_dict`` written with ``torch.save``.
+"""Checkpoint I/O in the published models' format: a raw ``state_dict`` written with ``torch.save``.
 
 Accepted on load: a raw state dict, one saved from ``DataParallel`` / DDP (``module.``
-prefixes), and a training checkpoint ``{it, network, optimizer, scheduler}``. A stage-0
-(static pretraining) checkpoint whose value encoder takes 4 input channels is expanded to 5
-channels the way STCN does (orthogonally initialised extra channel).
+prefixes), and a training checkpoint ``{it, network, optimizer, scheduler}``. Which model
+the weights are (STCN or Cutie) is told by their parameter names (:func:`detect_kind`). An
+STCN stage-0 (static pretraining) checkpoint whose value encoder takes 4 input channels is
+expanded to 5 channels the way STCN does (orthogonally initialised extra channel); a
+single-object Cutie checkpoint is expanded as Cutie's own loader does.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from torch import nn
 from twoshot.config import Config, ModelConfig, config_from_dict, load_config, PRESETS
 from twoshot.errors import UserError
 from twoshot.fsutil import save_torch
-from twoshot.model.network import STCN
+from twoshot.model.interface import VOSModel
+from twoshot.config import MODEL_KINDS
+from twoshot.model.registry import model_class
 
 VALUE_CONV1 = "value_encoder.conv1.weight"
 
@@ -47,7 +51,40 @@ def read_state_dict(path: str | os.PathLike[str]) -> "OrderedDict[str, torch.Ten
     state = OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in obj.items())
     if VALUE_CONV1 in state and state[VALUE_CONV1].dim() == 4 and state[VALUE_CONV1].shape[1] == 4:
         state[VALUE_CONV1] = expand_value_conv1(state[VALUE_CONV1])
+    if detect_kind(state) == "cutie":
+        from twoshot.model.cutie.weights import expand_single_object
+
+        state = OrderedDict(expand_single_object(state))
     return state
+
+
+# Parameter-name prefixes only one architecture has (its encoders), telling checkpoints apart.
+_KIND_PREFIXES = {"stcn": ("key_encoder.", "value_encoder."),
+                  "cutie": ("pixel_encoder.", "mask_encoder.")}
+
+
+def detect_kind(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The architecture (``stcn`` | ``cutie``) whose encoder names ``state`` has, or None."""
+    for kind, prefixes in _KIND_PREFIXES.items():
+        if all(any(k.startswith(p) for k in state) for p in prefixes):
+            return kind
+    return None
+
+
+def check_kind(state: Mapping[str, torch.Tensor], kind: str, source: str) -> None:
+    """Raise UserError if ``state`` is not a checkpoint of architecture ``kind``.
+
+    The message names ``source``, the architecture the weights look like (if any) and the
+    first names the expected architecture lacks.
+    """
+    found = detect_kind(state)
+    if found == kind:
+        return
+    names = ", ".join(list(state)[:3]) + (", ..." if len(state) > 3 else "")
+    looks = (f"the weights look like a {found} checkpoint; use --model {found}" if found else
+             f"the weights look like neither model ({', '.join(MODEL_KINDS)}): no parameters "
+             f"named {' / '.join(_KIND_PREFIXES[kind])}*")
+    raise UserError(f"{source}: not a {kind} checkpoint: {looks} (first keys: {names})")
 
 
 def expand_value_conv1(weight: torch.Tensor) -> torch.Tensor:
@@ -66,10 +103,13 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
     The message names ``source``, the first offending keys with their count, and a preset
     whose sizes would fit, if there is one.
     """
+    kind = getattr(model, "kind", None)
+    if kind is not None:
+        check_kind(state, kind, source)
     problems = _mismatches(model.state_dict(), state)
     if not problems:
         return
-    lines = [f"{source}: checkpoint does not match the model"]
+    lines = [f"{source}: checkpoint does not match the {kind or 'model'} model"]
     for label, items in problems.items():
         if items:
             shown = ", ".join(items[:5]) + (", ..." if len(items) > 5 else "")
@@ -82,9 +122,13 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
 
 def matching_preset(state: Mapping[str, torch.Tensor]) -> str | None:
     """The name of a shipped preset whose model has exactly these names and shapes, or None."""
+    kind = detect_kind(state)
     for name in PRESETS:
+        config = load_config(name).model
+        if config.kind != kind:
+            continue
         with torch.device("meta"):
-            candidate = STCN(load_config(name).model)
+            candidate = model_class(kind)(config)
         if not any(_mismatches(candidate.state_dict(), state).values()):
             return name
     return None
@@ -144,29 +188,38 @@ def model_config_for(path: str | os.PathLike[str], preset: str | None = None) ->
     return load_config(preset) if preset is not None else saved_config(path)
 
 
-def load_model(path: str | os.PathLike[str], config: ModelConfig | None = None) -> STCN:
-    """Build an STCN for ``config`` and load ``path``.
+def load_model(path: str | os.PathLike[str], config: ModelConfig | None = None,
+               kind: str | None = None) -> VOSModel:
+    """Build the model for ``config`` and load ``path``.
 
     With ``config`` None: the model section saved beside the weights by ``twoshot train``
-    (:func:`saved_config`), else the shipped preset the weights fit.
+    (:func:`saved_config`), else the shipped preset the weights fit. kind: the architecture
+    the caller expects (``--model``); None = whatever the weights are. UserError naming the
+    file when the weights are of another architecture, of neither, or do not fit ``config``.
     """
     state = read_state_dict(path)
+    if kind is not None:
+        check_kind(state, kind, str(path))
     if config is None:
         saved = saved_config(path)
         config = saved.model if saved is not None else None
     if config is None:
+        found = detect_kind(state)
+        if found is None:
+            check_kind(state, kind or "stcn", str(path))
         preset = matching_preset(state)
         if preset is None:
-            raise UserError(f"{path}: the weights fit no shipped preset ({', '.join(PRESETS)}); "
-                            "pass the model configuration that produced them")
+            fitting = [name for name in PRESETS if load_config(name).model.kind == found]
+            raise UserError(f"{path}: the {found} weights fit no shipped preset "
+                            f"({', '.join(fitting)}); pass the model configuration that produced them")
         config = load_config(preset).model
-    model = STCN(config)
+    model = model_class(config.kind)(config)
     check_state_dict(model, state, str(path))
     model.load_state_dict(state)
     return model
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Write ``model``'s raw state dict (STCN's checkpoint format) to ``path`` atomically."""
+    """Write ``model``'s raw state dict (the published checkpoints' format) to ``path`` atomically."""
     module: Any = getattr(model, "module", model)
     save_torch(path, module.state_dict())

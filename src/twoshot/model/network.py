@@ -11,11 +11,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from twoshot.config import ModelConfig
+from twoshot.config import InferenceConfig, ModelConfig
 from twoshot.model.aggregate import aggregate_logits
-from twoshot.model.backbone_weights import load_backbone_weights
+from twoshot.model.interface import Propagator, VOSModel, Wrap, no_wrap
 from twoshot.model.memory import memory_affinity, readout
 from twoshot.model.modules import Decoder, KeyEncoder, KeyProjection, ValueEncoder
+from twoshot.model.preprocess import pad_divide_by, unpad
 
 
 @dataclass
@@ -34,9 +35,15 @@ class KeyFeatures:
             return t[item:item + 1] if isinstance(item, int) else t[item]
         return KeyFeatures(pick(self.key), pick(self.thin), pick(self.f16), pick(self.f8), pick(self.f4))
 
+    def clone(self) -> "KeyFeatures":
+        """A copy owning its storage (not a view of a larger batch)."""
+        return KeyFeatures(*(x.clone() for x in (self.key, self.thin, self.f16, self.f8, self.f4)))
 
-class STCN(nn.Module):
+
+class STCN(VOSModel):
     """Space-Time Correspondence Network with STCN's parameter names."""
+
+    kind = "stcn"
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()
@@ -111,13 +118,50 @@ class STCN(nn.Module):
         return logits, torch.softmax(logits, dim=1)
 
 
-def build_model(config: ModelConfig | None = None) -> STCN:
-    """A randomly initialised STCN with the sizes of ``config`` (published STCN if None).
+    def propagator(self, config: InferenceConfig, wrap: Wrap = no_wrap) -> Propagator:
+        """STCN's inference operations (:class:`~twoshot.model.stcn_propagator.STCNPropagator`)."""
+        from twoshot.model.stcn_propagator import STCNPropagator
 
-    If ``config.backbone_weights`` names torchvision ImageNet files they are loaded into the
-    encoders (see :func:`twoshot.model.backbone_weights.load_backbone_weights`).
-    """
-    model = STCN(config)
-    if model.config.backbone_weights:
-        load_backbone_weights(model, model.config.backbone_weights)
-    return model
+        return STCNPropagator(self, config, wrap)
+
+    def clip_forward(self, rgb: torch.Tensor, first_masks: torch.Tensor,
+                     selector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Segment frames 1..T-1 of each clip from frame 0's masks, as STCN trains (DESIGN.md §3).
+
+        Frame 0 and its masks become the memory; frame 1 is segmented from it; frame 1's
+        *predicted* masks are encoded into a second memory frame; frame 2 is segmented from
+        memory {0, 1}; and so on. rgb [B,T,3,H,W] normalised frames, T >= 2; first_masks
+        [B,K,H,W] (0/1 floats); selector [B,K] 1 for objects present in the clip (absent
+        second objects are zeroed before aggregation). Frames whose size is not a multiple
+        of 16 are zero-padded and the outputs cropped back.
+        Returns (logits, probs), each [B, T-1, K+1, H, W], background first.
+        """
+        batch, frames = rgb.shape[:2]
+        if frames < 2:
+            raise ValueError(f"a training clip needs at least 2 frames, got {frames}")
+        rgb, pad = pad_divide_by(rgb, 16)
+        first_masks, _ = pad_divide_by(first_masks, 16)
+        # One key-encoder call for every frame of every clip (the key never depends on masks).
+        feats = self.encode_key(rgb.flatten(0, 1))                 # [B*T, ...], clip-major
+        h, w = feats.key.shape[-2:]
+        keys = feats.key.view(batch, frames, -1, h, w)
+
+        def frame(t: int) -> KeyFeatures:
+            return feats.index(slice(t, None, frames))              # frame t of every clip
+
+        values = [self.encode_value(rgb[:, 0], frame(0).f16, first_masks)]  # [B,K,Cv,h,w]
+        all_logits, all_probs = [], []
+        for t in range(1, frames):
+            memory_keys = keys[:, :t].transpose(1, 2).flatten(2)     # [B,Ck,t*h*w], frame-major
+            memory_values = torch.stack(values, dim=3).flatten(3)    # [B,K,Cv,t*h*w], same order
+            logits, prob = self.segment(frame(t), memory_keys, memory_values, top_k=None,
+                                        selector=selector)
+            all_logits.append(logits)
+            all_probs.append(prob)
+            if t + 1 < frames:
+                # STCN encodes the *predicted* (aggregated, soft) masks, so errors propagate
+                # through the clip the way they do at inference.
+                values.append(self.encode_value(rgb[:, t], frame(t).f16, prob[:, 1:]))
+        logits = unpad(torch.stack(all_logits, dim=1), pad)
+        probs = unpad(torch.stack(all_probs, dim=1), pad)
+        return logits, probs

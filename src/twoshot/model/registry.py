@@ -1,4 +1,4 @@
-"""The model architectures twoshot knows, by ``model.kind``, and building one from a config.
+"""The classes of the architectures ``model.kind`` names, and building a model from a config.
 
 Each kind maps to the module and class implementing :class:`twoshot.model.interface.VOSModel`;
 modules are imported on first use so that loading STCN never imports Cutie's code.
@@ -7,12 +7,15 @@ modules are imported on first use so that loading STCN never imports Cutie's cod
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from twoshot.config import ModelConfig
+from twoshot.config import MODEL_KINDS, ModelConfig
 from twoshot.errors import UserError
-from twoshot.model.interface import VOSModel
 
-MODEL_KINDS: dict[str, str] = {
+if TYPE_CHECKING:  # the CLI reads MODEL_KINDS without importing torch
+    from twoshot.model.interface import VOSModel
+
+_CLASSES: dict[str, str] = {
     "stcn": "twoshot.model.network:STCN",
     "cutie": "twoshot.model.cutie:Cutie",
 }
@@ -22,7 +25,7 @@ def model_class(kind: str) -> type[VOSModel]:
     """The VOSModel subclass of architecture ``kind``; UserError listing the kinds if unknown."""
     if kind not in MODEL_KINDS:
         raise UserError(f"unknown model {kind!r}; choose one of: {', '.join(MODEL_KINDS)}")
-    module, name = MODEL_KINDS[kind].split(":")
+    module, name = _CLASSES[kind].split(":")
     cls: type[VOSModel] = getattr(importlib.import_module(module), name)
     return cls
 

@@ -18,7 +18,6 @@ _EXPORTS = {
     "TrainingMode": "twoshot.train.modes",
     "SupervisedMode": "twoshot.train.modes",
     "ClipOutput": "twoshot.train.forward",
-    "clip_forward": "twoshot.train.forward",
     "forward_batch": "twoshot.train.forward",
     "clip_loss": "twoshot.train.loss",
     "bootstrap_p": "twoshot.train.loss",

@@ -38,7 +38,8 @@ from twoshot.devices import resolve_device
 from twoshot.errors import UserError
 from twoshot.fsutil import save_torch, write_json
 from twoshot.model.checkpoint import check_state_dict, load_checkpoint, save_weights
-from twoshot.model.network import STCN, build_model
+from twoshot.model.interface import VOSModel
+from twoshot.model.registry import build_model
 from twoshot.train import distributed as dist_utils
 from twoshot.train.distributed import DistContext
 from twoshot.train.forward import ClipModel, forward_batch
@@ -114,7 +115,7 @@ class Trainer:
         """Model, DDP wrapper, optimiser, scheduler, scaler, stream; the checkpoint if resuming."""
         cfg, config = self.cfg, self.config
         seed_everything(cfg.seed)  # same seed on every rank: identical initial weights
-        self.model: STCN = build_model(config.model)
+        self.model: VOSModel = build_model(config.model)
         if init is not None and not resume:
             load_checkpoint(init, self.model)
         self.model.to(self.device)

@@ -41,7 +41,7 @@ class ObjectGroup:
     since: int
 
 
-class MemoryBank:
+class MemoryStore:
     """Permanent memory frames, an optional temporary one, and the object groups reading them.
 
     max_frames: cap on permanent entries (None = unbounded); when exceeded the oldest
