@@ -8,8 +8,8 @@ preset (random weights: memory and speed do not depend on them) at shorter side 
 every 5 frames, top-k 20. Each configuration runs in a fresh child process, one after the
 other, so that its peak resident set is its own:
 
-- ``cap``: ``max_memory_frames = --cap`` (default 10), masks streamed to a sink frame by frame
-  (what ``predict_sequences`` does for long videos);
+- ``cap``: ``max_memory_frames = --cap`` (default 10), masks taken frame by frame from
+  ``PropagationEngine.frames`` and dropped (what ``predict_sequences`` does, writing them);
 - ``unbounded``: no cap, streamed;
 - ``cap_in_memory``: the cap, masks kept as a [T, H, W] array (the in-memory path).
 
@@ -134,18 +134,21 @@ def measure_memory(config_name: str, frames: int, cap: int, size: tuple[int, int
         if frame % every == 0 or frame == frames - 1:
             rss.append((frame, round(rss_mb() or 0.0, 1), round(peak_rss_mb(), 1)))
 
-    def drop(frame: int, labels: np.ndarray, confidence: np.ndarray | None) -> None:
-        pass  # streamed: a real caller writes the PNG here (predict_sequences does)
-
     start = time.perf_counter()
-    sink = None if config_name == "cap_in_memory" else drop
-    result = engine.propagate(video, {0: video.labels(0)}, progress=progress, sink=sink)
+    streamed = config_name != "cap_in_memory"
+    if streamed:
+        propagation = engine.frames(video, {0: video.labels(0)})
+        for out in propagation:
+            progress(out.frame)  # a real caller writes the PNG here (predict_sequences does)
+        stats = propagation.stats
+    else:
+        stats = engine.propagate(video, {0: video.labels(0)}, progress=progress).stats
     seconds = time.perf_counter() - start
     quarter = max(1, len(stamps) // 4)
     half = [(mb, peak) for frame, mb, peak in rss if frame >= frames // 2]
     return {
         "config": config_name, "frames": frames, "max_memory_frames": cap_value,
-        "streamed": result.streamed, "seconds": round(seconds, 1),
+        "streamed": streamed, "seconds": round(seconds, 1),
         "frames_per_second": round(frames / seconds, 2),
         "fps_first_quarter": round(quarter / (stamps[quarter - 1] - start), 2),
         "fps_last_quarter": round(quarter / (stamps[-1] - stamps[-quarter - 1]), 2)
@@ -154,8 +157,8 @@ def measure_memory(config_name: str, frames: int, cap: int, size: tuple[int, int
         "rss_growth_second_half_mb": round(half[-1][0] - half[0][0], 1) if len(half) > 1 else None,
         "peak_growth_second_half_mb": round(half[-1][1] - half[0][1], 1) if len(half) > 1 else None,
         "rss_samples": rss,
-        "peak_memory_frames": result.stats.peak_memory_frames,
-        "peak_cached_frames": result.stats.peak_cached_frames,
+        "peak_memory_frames": stats.peak_memory_frames,
+        "peak_cached_frames": stats.peak_cached_frames,
     }
 
 
