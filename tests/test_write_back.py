@@ -25,12 +25,13 @@ from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import DAVIS_PALETTE, read_mask, write_mask
 from twoshot.data.vos_clips import VOSClipDataset
 from twoshot.errors import UserError
-from twoshot.inference.bank import BankIdentity, BankStore, VideoRecord
-from twoshot.pipeline import Pipeline, bank_sequences
+from twoshot.bank import BankIdentity, BankStore, bank_sequences, video_lock
+from twoshot.inference.engine import FrameOutput
+from twoshot.pipeline import Pipeline
 from twoshot.train.forward import ClipOutput
 from twoshot.train.phases import Phase2Mode
 from twoshot.train.trainer import train
-from twoshot.train.write_back import NO_LABEL, merge_classes, rewrite_frame, video_lock
+from twoshot.train.write_back import NO_LABEL, merge_classes, rewrite_frame
 
 
 def folder_hash(root: Path) -> str:
@@ -52,9 +53,8 @@ def make_bank(root: Path, videos: list[VideoSequence], labeled: dict[str, list[i
     store.check()
     store.start()
     for video in videos:
-        names = video.frame_names
-        record = VideoRecord(video.name, [names[i] for i in labeled[video.name]], {}, [1, 2, 3])
-        store.write_video(record, names, masks[video.name], palette)
+        frames = [FrameOutput(i, labels, None, [1, 2, 3]) for i, labels in enumerate(masks[video.name])]
+        store.write_video(video.name, video.frame_names, labeled[video.name], [1, 2, 3], frames, palette)
     store.finish([v.name for v in videos])
     return bank
 

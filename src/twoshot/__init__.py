@@ -6,7 +6,7 @@ network that loads the published checkpoints unchanged.
 
 from typing import Any
 
-__version__ = "0.1.0"
+from twoshot._version import __version__
 
 __all__ = ["__version__", "Predictor"]
 

@@ -12,7 +12,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from twoshot import __version__
+from twoshot._version import __version__
 from twoshot.errors import UserError
 
 # Order shown in --help; each name is a module in twoshot.commands.

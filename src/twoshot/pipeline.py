@@ -350,6 +350,7 @@ class Pipeline:
 
     def phase2(self, bank: Path, init: Path | None) -> Path:
         """Step 5: retraining on the pseudo-label bank with online refinement."""
+        from twoshot.bank import bank_sequences
         from twoshot.data.vos_clips import VOSClipDataset
         from twoshot.train.phases import Phase2Mode
 
@@ -489,27 +490,6 @@ class Pipeline:
         report.stage_seconds = dict(self.timings)
         write_report(report, self.out)
         return report
-
-
-def bank_sequences(sequences: list[VideoSequence], bank: Path) -> list[VideoSequence]:
-    """The training videos with every frame's annotation taken from the pseudo-label bank.
-
-    Videos the bank does not hold (no labeled frame in the budget) are left out.
-    """
-    result = []
-    for seq in sequences:
-        folder = bank / seq.name
-        if not folder.is_dir():
-            continue
-        paths = {i: folder / f"{name}.png" for i, name in enumerate(seq.frame_names)}
-        missing = [p for p in paths.values() if not p.is_file()]
-        if missing:
-            raise UserError(f"{missing[0]}: pseudo-label bank is missing this frame "
-                            f"({len(missing)} missing in {folder})")
-        result.append(replace(seq, mask_paths=paths, object_first_frame=None))
-    if not result:
-        raise UserError(f"{bank}: the pseudo-label bank holds none of the training videos")
-    return result
 
 
 def run_pipeline(config: Config, log: Callable[[str], None] = print, progress: bool = True) -> PipelineReport:

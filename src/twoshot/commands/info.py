@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-from twoshot import __version__
+from twoshot._version import __version__
 from twoshot.config import PRESETS
 
 HELP = "print versions, available devices and presets"

@@ -1,7 +1,7 @@
-"""Inference: the propagation engine, memory bank, bidirectional pseudo-labelling, bank store.
+"""Inference: the propagation engine for any model, bidirectional pseudo-labelling.
 
 - :class:`Predictor`: load a checkpoint, segment a video from Python.
-- :class:`PropagationEngine`: STCN inference over one video (forward, or from labeled frames
+- :class:`PropagationEngine`: a model's inference over one video (forward, or from labeled frames
   in both directions), with per-video key-feature caching.
 - :func:`assign_sources`: the nearest-labeled-frame rule of the two-shot pseudo labels.
 - :func:`build_bank` (``twoshot.inference.pseudo_label``): the pseudo-label bank of a dataset.

@@ -8,7 +8,7 @@ the model four times per video over the whole video; here each frame's key featu
 computed once and shared by every direction, and each direction stops at the last frame
 assigned to it (propagation is causal, so the masks are the same).
 
-:func:`build_bank` writes the result as a bank (:mod:`twoshot.inference.bank`), resumable,
+:func:`build_bank` writes the result as a bank (:mod:`twoshot.bank`), resumable,
 and shards videos over ``torchrun`` processes.
 """
 
@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,21 +29,12 @@ from twoshot.data.budget import Budget, apply_budget, load_budget
 from twoshot.data.layout import VideoSequence
 from twoshot.data.readers import load_annotations, load_frames
 from twoshot.errors import UserError
-from twoshot.inference.bank import (BankIdentity, BankStore, VideoRecord, budget_sha256,
+from twoshot.bank import (BankIdentity, BankStore, budget_sha256,
                                     file_sha256, weights_sha256)
-from twoshot.inference.engine import PropagationEngine, PropagationResult
+from twoshot.inference.engine import FrameOutput, Propagation, PropagationEngine
 from twoshot.model.interface import VOSModel
 
 PathLike = str | os.PathLike[str]
-
-
-@dataclass
-class VideoPseudoLabels:
-    """Pseudo labels of one video: the engine's result, the labeled frames, the palette."""
-
-    result: PropagationResult
-    labeled: list[int]
-    palette: bytes | None
 
 
 @dataclass
@@ -68,12 +60,14 @@ class BankSummary:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def pseudo_label_video(engine: PropagationEngine, seq: VideoSequence, *, confidence: bool = False,
-                       progress: Callable[[int], None] | None = None) -> VideoPseudoLabels:
+def pseudo_label_frames(engine: PropagationEngine, seq: VideoSequence, *,
+                        confidence: bool = False) -> tuple[Propagation, list[int], bytes | None]:
     """Pseudo labels of one budget-restricted video (its ``mask_paths`` = labeled frames).
 
-    Reads the frames and only the labeled frames' PNGs. Returns masks uint8 [T, H, W]
-    (labeled frames as given) with each frame's source labeled frame.
+    Reads only the labeled frames' PNGs now; the frames are read as the returned
+    propagation is iterated (labeled frames come first, as given). Returns (the
+    propagation, the labeled frame indices, the labels' palette). UserError for a video
+    without labeled frames or a labeled frame showing no object.
     """
     labeled_masks, palette = load_annotations(seq)
     if not labeled_masks:
@@ -81,10 +75,9 @@ def pseudo_label_video(engine: PropagationEngine, seq: VideoSequence, *, confide
     for index, labels in labeled_masks.items():
         if not labels.any():
             raise UserError(f"{seq.mask_paths[index]}: labeled frame shows no object")
-    frames = load_frames(seq)
-    result = engine.propagate(frames, labeled_masks, mode="bidirectional", confidence=confidence,
-                              progress=progress)
-    return VideoPseudoLabels(result, sorted(labeled_masks), palette)
+    propagation = engine.frames(load_frames(seq), labeled_masks, mode="bidirectional",
+                                confidence=confidence)
+    return propagation, sorted(labeled_masks), palette
 
 
 def build_bank(model: VOSModel, sequences: Sequence[VideoSequence], budget: Budget | PathLike,
@@ -140,15 +133,9 @@ def build_bank(model: VOSModel, sequences: Sequence[VideoSequence], budget: Budg
         for seq in todo:
             if bar is not None:
                 bar.set_postfix_str(seq.name)
-            labels = pseudo_label_video(engine, seq, confidence=confidence,
-                                        progress=(lambda _: bar.update(1)) if bar is not None else None)
-            names = seq.frame_names
-            record = VideoRecord(
-                seq.name, [names[i] for i in labels.labeled],
-                {names[i]: names[s] for i, s in enumerate(labels.result.sources) if s is not None},
-                labels.result.object_ids)
-            store.write_video(record, names, labels.result.masks, labels.palette,
-                              labels.result.confidence)
+            propagation, labeled, palette = pseudo_label_frames(engine, seq, confidence=confidence)
+            store.write_video(seq.name, seq.frame_names, labeled, propagation.object_ids,
+                              _counted(propagation, bar), palette)
             frames_written += seq.num_frames
         if bar is not None:
             bar.close()
@@ -159,6 +146,14 @@ def build_bank(model: VOSModel, sequences: Sequence[VideoSequence], budget: Budg
     finally:
         if created_group:
             torch.distributed.destroy_process_group()
+
+
+def _counted(frames: Iterable[FrameOutput], bar: Any) -> Iterator[FrameOutput]:
+    """``frames``, advancing the progress ``bar`` (or None) by one per frame."""
+    for out in frames:
+        yield out
+        if bar is not None:
+            bar.update(1)
 
 
 def _distributed() -> tuple[int, int, bool]:

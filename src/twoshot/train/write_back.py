@@ -37,46 +37,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from twoshot.bank import (MANIFEST, MANIFEST_LOCK, WRITE_BACK, check_locks, exclusive_lock,
+                          read_labeled_frames, video_lock)
 from twoshot.data.augment import labels_to_frame
 from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import read_mask, write_mask
 from twoshot.errors import UserError
 from twoshot.fsutil import write_json
-from twoshot.inference.bank import MANIFEST, WRITE_BACK
 
-try:  # POSIX only; checked when a BankWriter is made
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
-
-LOCK_NAME = ".write_back.lock"        # per video folder: serialises its frames' rewrites
-MANIFEST_LOCK = ".manifest.lock"      # in the bank folder: serialises manifest updates
 NO_LABEL = 255                        # in class maps: nothing to write at this pixel
 BATCH_KEYS = ("geometry", "crop_box", "frame_size", "object_ids", "info")
 
 PathLike = str | os.PathLike[str]
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: PathLike) -> Iterator[None]:
-    """Hold an exclusive ``fcntl.flock`` on ``path`` (created if missing) during the block.
-
-    Blocks until no other process holds it. The lock file is never deleted: deleting it
-    while another process waits on it would let a third lock a new file beside them.
-    """
-    if fcntl is None:  # pragma: no cover - Windows
-        raise UserError("twoshot.write_back needs POSIX file locks (fcntl), not available here")
-    with open(path, "ab") as handle:        # "a": create without truncating
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def video_lock(folder: PathLike) -> contextlib.AbstractContextManager[None]:
-    """The exclusive lock of one bank video folder (``folder/.write_back.lock``)."""
-    return exclusive_lock(Path(folder) / LOCK_NAME)
 
 
 def merge_classes(bank: np.ndarray, classes: np.ndarray, target: int, second: int) -> np.ndarray:
@@ -129,29 +101,6 @@ class WriteStats:
         self.visited += other.visited
 
 
-def read_labeled_frames(bank: Path, videos: Sequence[VideoSequence]) -> dict[str, set[int]]:
-    """Indices of the labeled (ground-truth) frames of each video, from the bank manifest.
-
-    UserError if the manifest is missing or unreadable, or does not list one of ``videos``:
-    without it the ground-truth frames cannot be protected.
-    """
-    path = bank / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        entries = manifest["videos"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: cannot read the bank manifest, which twoshot.write_back needs "
-                        f"to leave the labeled frames alone ({exc})") from exc
-    labeled: dict[str, set[int]] = {}
-    for video in videos:
-        if video.name not in entries:
-            raise UserError(f"{path}: video {video.name} is not recorded in the bank manifest; "
-                            "regenerate the bank before using twoshot.write_back")
-        names = set(entries[video.name].get("labeled", []))
-        labeled[video.name] = {i for i, name in enumerate(video.frame_names) if name in names}
-    return labeled
-
-
 def confident_class_maps(confident: torch.Tensor) -> np.ndarray:
     """int64 [B, T-1, S, S] confident labels (-1 = not confident) -> uint8 numpy with -1 as
     :data:`NO_LABEL`."""
@@ -167,8 +116,7 @@ class BankWriter:
     """
 
     def __init__(self, bank: PathLike, videos: Sequence[VideoSequence]) -> None:
-        if fcntl is None:  # pragma: no cover - Windows
-            raise UserError("twoshot.write_back needs POSIX file locks (fcntl), not available here")
+        check_locks()
         self.bank = Path(bank)
         self.frame_names = {video.name: list(video.frame_names) for video in videos}
         self.labeled = read_labeled_frames(self.bank, videos)

@@ -13,26 +13,31 @@ with the same checkpoint and budget skips the recorded ones. The manifest's iden
 (checkpoint and budget sha256, inference settings) is written when the bank is started; a
 folder made from another checkpoint, budget or settings is refused.
 
-Phase 2 with ``twoshot.write_back`` rewrites unlabeled frames' PNGs in place and records it
-under the manifest's ``write_back`` key (:mod:`twoshot.train.write_back`); :meth:`BankStore.finish`
-keeps that record, so a bank refined this way never looks like plain phase-1 output.
+Phase 2 reads the bank back as training videos (:func:`bank_sequences`). With
+``twoshot.write_back`` it rewrites unlabeled frames' PNGs in place, under this module's
+per-video locks, leaving the labeled frames the manifest lists (:func:`read_labeled_frames`)
+alone, and records it under the manifest's ``write_back`` key (:mod:`twoshot.train.write_back`);
+:meth:`BankStore.finish` keeps that record, so a bank refined this way never looks like
+plain phase-1 output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
-from twoshot import __version__
+from twoshot._version import __version__
+from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import write_mask
 from twoshot.errors import UserError
 from twoshot.fsutil import atomic_dir, write_json
@@ -112,6 +117,17 @@ class VideoRecord:
                 "frames": self.sources}
 
 
+class BankFrame(Protocol):
+    """One final frame to write (``twoshot.inference.engine.FrameOutput`` is one): its index,
+    uint8 [H, W] object ids, the labeled frame it came from (None: none), and its uint8
+    [H, W] confidence (None when not computed)."""
+
+    frame: int
+    labels: np.ndarray
+    source: int | None
+    confidence: np.ndarray | None
+
+
 class BankStore:
     """Reads and writes one bank folder for one process (``rank`` of ``world``)."""
 
@@ -179,24 +195,38 @@ class BankStore:
                     records[record.video] = record
         return records
 
-    def write_video(self, record: VideoRecord, frame_names: Sequence[str], masks: np.ndarray,
-                    palette: bytes | None, confidence: np.ndarray | None = None) -> Path:
-        """Write one video's masks uint8 [T, H, W] (and confidence uint8 [T, H, W]) atomically,
-        then record it as done. Returns the video folder."""
-        final = self.root / record.video
+    def write_video(self, video: str, frame_names: Sequence[str], labeled: Sequence[int],
+                    object_ids: Sequence[int], frames: Iterable[BankFrame],
+                    palette: bytes | None) -> VideoRecord:
+        """Write one video's frames as they come, atomically, then record it as done.
+
+        frames: each frame once (any order), as the propagation engine yields them; their
+        ``confidence`` is written when this bank keeps confidence maps. labeled: the indices
+        of the labeled frames; object_ids: the video's objects. Returns its record.
+        """
+        final = self.root / video
+        sources: dict[int, int] = {}
         with atomic_dir(final) as tmp:
-            for name, labels in zip(frame_names, masks):
-                write_mask(tmp / f"{name}.png", labels, palette)
-            if confidence is not None:
+            if self.confidence:
                 (tmp / CONFIDENCE_DIR).mkdir()
-                for name, conf in zip(frame_names, confidence):
-                    Image.fromarray(np.ascontiguousarray(conf), mode="L").save(
+            for out in frames:
+                name = frame_names[out.frame]
+                write_mask(tmp / f"{name}.png", out.labels, palette)
+                if self.confidence:
+                    if out.confidence is None:
+                        raise ValueError(f"video {video}: frame {name} came without its confidence")
+                    Image.fromarray(np.ascontiguousarray(out.confidence), mode="L").save(
                         tmp / CONFIDENCE_DIR / f"{name}.png")
+                if out.source is not None:
+                    sources[out.frame] = out.source
+        record = VideoRecord(video, [frame_names[i] for i in sorted(labeled)],
+                             {frame_names[f]: frame_names[sources[f]] for f in sorted(sources)},
+                             list(object_ids))
         with open(self.progress_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record.to_json()) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-        return final
+        return record
 
     def finish(self, videos: Sequence[str]) -> dict[str, Any]:
         """Write the final manifest listing ``videos`` (in this order) that are done.
@@ -228,3 +258,90 @@ class BankStore:
                 "checkpoint": self.identity.checkpoint, "budget": self.identity.budget,
                 "inference": self.identity.inference, "confidence_maps": self.confidence,
                 "videos": videos}
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the bank back as training videos
+
+
+def bank_sequences(sequences: list[VideoSequence], bank: Path) -> list[VideoSequence]:
+    """The training videos with every frame's annotation taken from the pseudo-label bank.
+
+    Videos the bank does not hold (no labeled frame in the budget) are left out.
+    """
+    result = []
+    for seq in sequences:
+        folder = bank / seq.name
+        if not folder.is_dir():
+            continue
+        paths = {i: folder / f"{name}.png" for i, name in enumerate(seq.frame_names)}
+        missing = [p for p in paths.values() if not p.is_file()]
+        if missing:
+            raise UserError(f"{missing[0]}: pseudo-label bank is missing this frame "
+                            f"({len(missing)} missing in {folder})")
+        result.append(replace(seq, mask_paths=paths, object_first_frame=None))
+    if not result:
+        raise UserError(f"{bank}: the pseudo-label bank holds none of the training videos")
+    return result
+
+
+def read_labeled_frames(bank: Path, videos: Sequence[VideoSequence]) -> dict[str, set[int]]:
+    """Indices of the labeled (ground-truth) frames of each video, from the bank manifest.
+
+    UserError if the manifest is missing or unreadable, or does not list one of ``videos``:
+    without it the ground-truth frames cannot be protected.
+    """
+    path = bank / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        entries = manifest["videos"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: cannot read the bank manifest, which twoshot.write_back needs "
+                        f"to leave the labeled frames alone ({exc})") from exc
+    labeled: dict[str, set[int]] = {}
+    for video in videos:
+        if video.name not in entries:
+            raise UserError(f"{path}: video {video.name} is not recorded in the bank manifest; "
+                            "regenerate the bank before using twoshot.write_back")
+        names = set(entries[video.name].get("labeled", []))
+        labeled[video.name] = {i for i, name in enumerate(video.frame_names) if name in names}
+    return labeled
+
+
+# --------------------------------------------------------------------------------------------
+# Locks of phase 2's write-back (twoshot.train.write_back)
+
+try:  # POSIX only; checked when a BankWriter is made
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".write_back.lock"        # per video folder: serialises its frames' rewrites
+MANIFEST_LOCK = ".manifest.lock"      # in the bank folder: serialises manifest updates
+
+
+def check_locks() -> None:
+    """Raise UserError where POSIX file locks (``fcntl``) are missing (Windows)."""
+    if fcntl is None:  # pragma: no cover - Windows
+        raise UserError("twoshot.write_back needs POSIX file locks (fcntl), not available here")
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: PathLike) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``path`` (created if missing) during the block.
+
+    Blocks until no other process holds it. The lock file is never deleted: deleting it
+    while another process waits on it would let a third lock a new file beside them.
+    """
+    check_locks()
+    with open(path, "ab") as handle:        # "a": create without truncating
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def video_lock(folder: PathLike) -> contextlib.AbstractContextManager[None]:
+    """The exclusive lock of one bank video folder (``folder/.write_back.lock``)."""
+    return exclusive_lock(Path(folder) / LOCK_NAME)
