@@ -60,6 +60,7 @@ def opencv_runner(inputs: Clip, size: int) -> Runner:
     def run() -> tuple[torch.Tensor, torch.Tensor]:
         pixels, labels = augment(rng, frames, masks)
         return to_normalized_tensor(pixels), torch.from_numpy(np.stack(labels))
+
     return run
 
 
@@ -69,26 +70,45 @@ def albumentations_runner(inputs: Clip, size: int) -> Runner:
     import albumentations as A
 
     targets = {"image1": "image", "image2": "image", "mask1": "mask", "mask2": "mask"}
-    shared = A.Compose([
-        A.HorizontalFlip(p=0.5),
-        A.RandomResizedCrop((size, size), scale=(0.36, 1.0), interpolation=cv2.INTER_CUBIC,
-                            mask_interpolation=cv2.INTER_NEAREST, area_for_downscale="image"),
-        A.ColorJitter(brightness=0.1, contrast=0.03, saturation=0.03, hue=0.0, p=1.0),
-        A.ToGray(p=0.05),
-    ], additional_targets=targets, seed=1)
+    shared = A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.RandomResizedCrop(
+                (size, size),
+                scale=(0.36, 1.0),
+                interpolation=cv2.INTER_CUBIC,
+                mask_interpolation=cv2.INTER_NEAREST,
+                area_for_downscale="image",
+            ),
+            A.ColorJitter(brightness=0.1, contrast=0.03, saturation=0.03, hue=0.0, p=1.0),
+            A.ToGray(p=0.05),
+        ],
+        additional_targets=targets,
+        seed=1,
+    )
     fill = tuple(round(255 * m) for m in IMAGENET_MEAN)
-    per_frame = A.Compose([
-        A.Affine(rotate=(-15, 15), shear={"x": (-10, 10), "y": (0, 0)},
-                 interpolation=cv2.INTER_CUBIC, mask_interpolation=cv2.INTER_NEAREST,
-                 fill=fill, fill_mask=0, p=1.0),
-        A.ColorJitter(brightness=0.01, contrast=0.01, saturation=0.01, hue=0.0, p=1.0),
-        A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    ], seed=2)
+    per_frame = A.Compose(
+        [
+            A.Affine(
+                rotate=(-15, 15),
+                shear={"x": (-10, 10), "y": (0, 0)},
+                interpolation=cv2.INTER_CUBIC,
+                mask_interpolation=cv2.INTER_NEAREST,
+                fill=fill,
+                fill_mask=0,
+                p=1.0,
+            ),
+            A.ColorJitter(brightness=0.01, contrast=0.01, saturation=0.01, hue=0.0, p=1.0),
+            A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        ],
+        seed=2,
+    )
     frames, masks = inputs
 
     def run() -> tuple[torch.Tensor, torch.Tensor]:
-        out = shared(image=frames[0], image1=frames[1], image2=frames[2],
-                     mask=masks[0], mask1=masks[1], mask2=masks[2])
+        out = shared(
+            image=frames[0], image1=frames[1], image2=frames[2], mask=masks[0], mask1=masks[1], mask2=masks[2]
+        )
         images, labels = [], []
         for image_key, mask_key in (("image", "mask"), ("image1", "mask1"), ("image2", "mask2")):
             frame = per_frame(image=out[image_key], mask=out[mask_key])
@@ -96,6 +116,7 @@ def albumentations_runner(inputs: Clip, size: int) -> Runner:
             labels.append(frame["mask"])
         rgb = torch.from_numpy(np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)))
         return rgb, torch.from_numpy(np.stack(labels))
+
     return run
 
 
@@ -110,13 +131,16 @@ def kornia_runner(inputs: Clip, size: int) -> Runner:
         K.RandomResizedCrop((size, size), scale=(0.36, 1.0), resample="BICUBIC", same_on_batch=True),
         K.ColorJitter(0.1, 0.03, 0.03, 0.0, p=1.0, same_on_batch=True),
         K.RandomGrayscale(p=0.05, same_on_batch=True),
-        data_keys=["input", "mask"])
+        data_keys=["input", "mask"],
+    )
     per_frame = K.AugmentationSequential(
-        K.RandomAffine(degrees=15, shear=(-10, 10), resample="BICUBIC", padding_mode="fill",
-                       fill_value=mean, p=1.0),
+        K.RandomAffine(
+            degrees=15, shear=(-10, 10), resample="BICUBIC", padding_mode="fill", fill_value=mean, p=1.0
+        ),
         K.ColorJitter(0.01, 0.01, 0.01, 0.0, p=1.0),
         K.Normalize(mean=torch.tensor(IMAGENET_MEAN), std=torch.tensor(IMAGENET_STD)),
-        data_keys=["input", "mask"])
+        data_keys=["input", "mask"],
+    )
     frames, masks = inputs
     torch.manual_seed(1)
 
@@ -126,6 +150,7 @@ def kornia_runner(inputs: Clip, size: int) -> Runner:
         images, labels = shared(images, labels)
         images, labels = per_frame(images, labels)
         return images, labels[:, 0].to(torch.uint8)
+
     return run
 
 
@@ -167,13 +192,15 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=854)
     args = parser.parse_args()
 
-    torch.set_num_threads(1)   # one DataLoader worker's share
+    torch.set_num_threads(1)  # one DataLoader worker's share
     cv2.setNumThreads(1)
     inputs = make_inputs(args.height, args.width)
-    print(f"inputs: 3 frames {args.width}x{args.height}; 1 process, 1 thread; "
-          f"python {platform.python_version()}, torch {torch.__version__}, "
-          f"opencv {cv2.__version__}, albumentations {_version('albumentations')}, "
-          f"kornia {_version('kornia')}; {platform.processor() or platform.machine()}")
+    print(
+        f"inputs: 3 frames {args.width}x{args.height}; 1 process, 1 thread; "
+        f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"opencv {cv2.__version__}, albumentations {_version('albumentations')}, "
+        f"kornia {_version('kornia')}; {platform.processor() or platform.machine()}"
+    )
     print()
     cells: dict[str, list[str]] = {name: [] for name in CANDIDATES}
     for size in args.sizes:

@@ -53,8 +53,11 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
 
     cuda = device.startswith("cuda") and torch.cuda.is_available()
     return {
-        "processor": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-        "python": platform.python_version(), "torch": torch.__version__,
+        "processor": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(torch.device(device)) if cuda else "cpu",
         "load_average_1min": load_average(),
@@ -112,9 +115,12 @@ class Interleaved:
         return statistics.median(s / f for s, f in zip(self.seconds[slow], self.seconds[fast]))
 
 
-def interleave(variants: Mapping[str, Callable[[], Any]], rounds: int,
-               device: str | torch.device | None = None,
-               after: Callable[[str, Any], None] | None = None) -> Interleaved:
+def interleave(
+    variants: Mapping[str, Callable[[], Any]],
+    rounds: int,
+    device: str | torch.device | None = None,
+    after: Callable[[str, Any], None] | None = None,
+) -> Interleaved:
     """Time every variant once per round, alternating the order (A B, B A, ...).
 
     variants: name -> zero-argument callable; rounds: how many times each runs;
@@ -124,7 +130,7 @@ def interleave(variants: Mapping[str, Callable[[], Any]], rounds: int,
     out = Interleaved({name: [] for name in variants}, {name: [] for name in variants})
     names = list(variants)
     for index in range(max(1, rounds)):
-        for name in (names if index % 2 == 0 else names[::-1]):
+        for name in names if index % 2 == 0 else names[::-1]:
             start_cpu = cpu_seconds()
             value, seconds = timed(variants[name], device)
             out.seconds[name].append(seconds)

@@ -29,13 +29,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from common import cpu_name, interleave, load_average
 
+from common import cpu_name, interleave, load_average
 from twoshot.data.masks import read_mask, write_mask
 from twoshot.evaluate import EvalResult, evaluate_folders, evaluate_sequence
 
-
 # ---------------------------------------------------------------- straightforward reference
+
 
 def _seg2bmap(seg: np.ndarray) -> np.ndarray:
     """davis2017's boundary map of one bool [H, W] mask, on the full frame."""
@@ -56,7 +56,7 @@ def _f_measure(pred: np.ndarray, gt: np.ndarray) -> float:
     """Boundary F of two bool [H, W] masks: full-frame maps, two full-frame dilations."""
     radius = np.ceil(0.008 * np.linalg.norm(pred.shape))
     offsets = np.arange(-radius, radius + 1)
-    disk = (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius ** 2).astype(np.uint8)
+    disk = (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius**2).astype(np.uint8)
     fg_b = _seg2bmap(pred)
     gt_b = _seg2bmap(gt)
     fg_dil = cv2.dilate(fg_b.astype(np.uint8), disk)
@@ -93,8 +93,9 @@ def straightforward_sequence(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarr
     return j, f
 
 
-def straightforward_folders(pred_dir: Path, gt_dir: Path, videos: list[str]
-                            ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def straightforward_folders(
+    pred_dir: Path, gt_dir: Path, videos: list[str]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Read every video's PNGs into stacks (like davis2017-evaluation), then score them."""
     out = {}
     for video in videos:
@@ -107,16 +108,16 @@ def straightforward_folders(pred_dir: Path, gt_dir: Path, videos: list[str]
 
 # ---------------------------------------------------------------- generated data
 
-def _ellipse(shape: tuple[int, int], cy: float, cx: float, ry: float, rx: float, angle: float
-             ) -> np.ndarray:
+
+def _ellipse(shape: tuple[int, int], cy: float, cx: float, ry: float, rx: float, angle: float) -> np.ndarray:
     mask = np.zeros(shape, np.uint8)
-    cv2.ellipse(mask, (int(cx), int(cy)), (max(int(rx), 1), max(int(ry), 1)), angle, 0, 360,
-                1, thickness=-1)
+    cv2.ellipse(mask, (int(cx), int(cy)), (max(int(rx), 1), max(int(ry), 1)), angle, 0, 360, 1, thickness=-1)
     return mask.astype(bool)
 
 
-def make_dataset(root: Path, videos: int, frames: int, objects: int,
-                 size: tuple[int, int] = (480, 854), seed: int = 0) -> tuple[Path, Path]:
+def make_dataset(
+    root: Path, videos: int, frames: int, objects: int, size: tuple[int, int] = (480, 854), seed: int = 0
+) -> tuple[Path, Path]:
     """Write a DAVIS root ``root/gt`` and predictions ``root/pred``. Returns (gt_dir, pred_dir).
 
     Each video has ``objects`` ellipses (radii 25-110 px) drifting across the frame and
@@ -143,16 +144,23 @@ def make_dataset(root: Path, videos: int, frames: int, objects: int,
                 if t > 0 and rng.random() < 0.05:
                     continue  # the prediction lost this object in this frame
                 dy, dx = rng.normal(0, 3, size=2)
-                shape = _ellipse(size, cy + dy, cx + dx, ry * rng.uniform(0.9, 1.1),
-                                 rx * rng.uniform(0.9, 1.1), angles[obj] + t)
+                shape = _ellipse(
+                    size,
+                    cy + dy,
+                    cx + dx,
+                    ry * rng.uniform(0.9, 1.1),
+                    rx * rng.uniform(0.9, 1.1),
+                    angles[obj] + t,
+                )
                 # Ragged boundary: flip a random band of pixels around the edge.
-                edge = cv2.morphologyEx(shape.astype(np.uint8), cv2.MORPH_GRADIENT,
-                                        np.ones((5, 5), np.uint8)).astype(bool)
+                edge = cv2.morphologyEx(
+                    shape.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((5, 5), np.uint8)
+                ).astype(bool)
                 shape ^= edge & (rng.random(size) < 0.3)
                 pred[shape] = obj + 1
             if t > 0 and rng.random() < 0.2:
                 y, x = rng.integers(0, height - 20), rng.integers(0, width - 20)
-                pred[y:y + 20, x:x + 20] = objects + 1  # an object the GT does not have
+                pred[y : y + 20, x : x + 20] = objects + 1  # an object the GT does not have
             write_mask(gt_root / "Annotations" / "480p" / name / f"{t:05d}.png", gt)
             write_mask(pred_root / name / f"{t:05d}.png", pred)
     (gt_root / "ImageSets" / "2017").mkdir(parents=True, exist_ok=True)
@@ -162,18 +170,26 @@ def make_dataset(root: Path, videos: int, frames: int, objects: int,
 
 # ---------------------------------------------------------------- timing
 
-def _check_equal(reference: dict[str, tuple[np.ndarray, np.ndarray]], result: EvalResult,
-                 what: str) -> None:
+
+def _check_equal(reference: dict[str, tuple[np.ndarray, np.ndarray]], result: EvalResult, what: str) -> None:
     for seq in result.sequences:
         j, f = reference[seq.name]
         if not (np.array_equal(j, seq.j) and np.array_equal(f, seq.f)):
-            raise AssertionError(f"{what}: per-frame J/F of {seq.name} differ from the "
-                                 "straightforward evaluator")
+            raise AssertionError(
+                f"{what}: per-frame J/F of {seq.name} differ from the straightforward evaluator"
+            )
 
 
-def run(videos: int = 6, frames: int = 40, objects: int = 3, workers: int = 2,
-        size: tuple[int, int] = (480, 854), repeat: int = 1, seed: int = 0,
-        workdir: str | os.PathLike[str] | None = None) -> dict:
+def run(
+    videos: int = 6,
+    frames: int = 40,
+    objects: int = 3,
+    workers: int = 2,
+    size: tuple[int, int] = (480, 854),
+    repeat: int = 1,
+    seed: int = 0,
+    workdir: str | os.PathLike[str] | None = None,
+) -> dict:
     """Generate data, time the evaluators, check they agree exactly. Returns the figures.
 
     Keys: seconds per variant (``straightforward_s``, ``fast_1proc_s``, ``fast_Nproc_s``,
@@ -185,10 +201,14 @@ def run(videos: int = 6, frames: int = 40, objects: int = 3, workers: int = 2,
         names = [f"video{v:02d}" for v in range(videos)]
         annotations = gt_root / "Annotations" / "480p"
 
-        folders = interleave({
-            "slow": lambda: straightforward_folders(pred_root, annotations, names),
-            "fast1": lambda: evaluate_folders(pred_root, gt_root),
-            "fastn": lambda: evaluate_folders(pred_root, gt_root, workers=workers)}, repeat)
+        folders = interleave(
+            {
+                "slow": lambda: straightforward_folders(pred_root, annotations, names),
+                "fast1": lambda: evaluate_folders(pred_root, gt_root),
+                "fastn": lambda: evaluate_folders(pred_root, gt_root, workers=workers),
+            },
+            repeat,
+        )
         slow_s, slow_cpu = folders.best("slow"), folders.best_cpu("slow")
         fast1_s, fast1_cpu = folders.best("fast1"), folders.best_cpu("fast1")
         fastn_s, fastn_cpu = folders.best("fastn"), folders.best_cpu("fastn")
@@ -200,27 +220,44 @@ def run(videos: int = 6, frames: int = 40, objects: int = 3, workers: int = 2,
         stacks = []
         for name in names:
             paths = sorted((annotations / name).glob("*.png"))
-            stacks.append((np.stack([read_mask(p)[0] for p in paths]),
-                           np.stack([read_mask(pred_root / name / p.name)[0] for p in paths])))
-        memory = interleave({
-            "slow": lambda: [straightforward_sequence(p, g) for g, p in stacks],
-            "fast": lambda: [evaluate_sequence(p, g, name=n) for (g, p), n in zip(stacks, names)]},
-            repeat)
+            stacks.append(
+                (
+                    np.stack([read_mask(p)[0] for p in paths]),
+                    np.stack([read_mask(pred_root / name / p.name)[0] for p in paths]),
+                )
+            )
+        memory = interleave(
+            {
+                "slow": lambda: [straightforward_sequence(p, g) for g, p in stacks],
+                "fast": lambda: [evaluate_sequence(p, g, name=n) for (g, p), n in zip(stacks, names)],
+            },
+            repeat,
+        )
         mem_slow_s, mem_fast_s = memory.best("slow"), memory.best("fast")
         _check_equal(reference, EvalResult.from_sequences(memory.values["fast"]), "in memory")
         load = load_average()
 
     scored = videos * (frames - 2) * objects
     return {
-        "videos": videos, "frames": frames, "objects": objects, "size": list(size),
-        "workers": workers, "object_frames": scored, "cpus": os.cpu_count(),
+        "videos": videos,
+        "frames": frames,
+        "objects": objects,
+        "size": list(size),
+        "workers": workers,
+        "object_frames": scored,
+        "cpus": os.cpu_count(),
         "machine": cpu_name(),
         "load_average_1min": load,
-        "straightforward_s": slow_s, "fast_1proc_s": fast1_s, "fast_Nproc_s": fastn_s,
-        "straightforward_cpu_s": slow_cpu, "fast_1proc_cpu_s": fast1_cpu,
+        "straightforward_s": slow_s,
+        "fast_1proc_s": fast1_s,
+        "fast_Nproc_s": fastn_s,
+        "straightforward_cpu_s": slow_cpu,
+        "fast_1proc_cpu_s": fast1_cpu,
         "fast_Nproc_cpu_s": fastn_cpu,
-        "memory_straightforward_s": mem_slow_s, "memory_fast_s": mem_fast_s,
-        "speedup_1proc": slow_s / fast1_s, "speedup_Nproc": slow_s / fastn_s,
+        "memory_straightforward_s": mem_slow_s,
+        "memory_fast_s": mem_fast_s,
+        "speedup_1proc": slow_s / fast1_s,
+        "speedup_Nproc": slow_s / fastn_s,
         "speedup_memory": mem_slow_s / mem_fast_s,
         "j_and_f_mean": fast1.j_and_f,
     }
@@ -236,22 +273,31 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="best of N timings")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    out = run(args.videos, args.frames, args.objects, args.workers, repeat=args.repeat,
-              seed=args.seed)
-    print(f"{out['videos']} videos x {out['frames']} frames x {out['objects']} objects at "
-          f"{out['size'][1]}x{out['size'][0]} ({out['object_frames']} object-frames scored), "
-          f"{out['cpus']} CPUs; all per-frame J/F identical")
+    out = run(args.videos, args.frames, args.objects, args.workers, repeat=args.repeat, seed=args.seed)
+    print(
+        f"{out['videos']} videos x {out['frames']} frames x {out['objects']} objects at "
+        f"{out['size'][1]}x{out['size'][0]} ({out['object_frames']} object-frames scored), "
+        f"{out['cpus']} CPUs; all per-frame J/F identical"
+    )
     print(f"{'':32} {'wall':>7}   {'speed-up':>8}   {'CPU':>7}")
-    print(f"{'straightforward, 1 process':32} {out['straightforward_s']:7.2f} s {'':10} "
-          f"{out['straightforward_cpu_s']:7.2f} s")
-    print(f"{'twoshot.evaluate, 1 process':32} {out['fast_1proc_s']:7.2f} s   "
-          f"x{out['speedup_1proc']:<7.1f}   {out['fast_1proc_cpu_s']:7.2f} s")
+    print(
+        f"{'straightforward, 1 process':32} {out['straightforward_s']:7.2f} s {'':10} "
+        f"{out['straightforward_cpu_s']:7.2f} s"
+    )
+    print(
+        f"{'twoshot.evaluate, 1 process':32} {out['fast_1proc_s']:7.2f} s   "
+        f"x{out['speedup_1proc']:<7.1f}   {out['fast_1proc_cpu_s']:7.2f} s"
+    )
     label = f"twoshot.evaluate, {out['workers']} processes"
-    print(f"{label:32} "
-          f"{out['fast_Nproc_s']:7.2f} s   x{out['speedup_Nproc']:<7.1f}   "
-          f"{out['fast_Nproc_cpu_s']:7.2f} s")
-    print(f"in memory (no PNG reading): straightforward {out['memory_straightforward_s']:.2f} s, "
-          f"evaluate_sequence {out['memory_fast_s']:.2f} s   x{out['speedup_memory']:.1f}")
+    print(
+        f"{label:32} "
+        f"{out['fast_Nproc_s']:7.2f} s   x{out['speedup_Nproc']:<7.1f}   "
+        f"{out['fast_Nproc_cpu_s']:7.2f} s"
+    )
+    print(
+        f"in memory (no PNG reading): straightforward {out['memory_straightforward_s']:.2f} s, "
+        f"evaluate_sequence {out['memory_fast_s']:.2f} s   x{out['speedup_memory']:.1f}"
+    )
     print(json.dumps(out))
 
 

@@ -122,9 +122,11 @@ def requirements_message(needed: list[Requirement], sections: Sequence[str]) -> 
     for r in needed:
         wanted = ", ".join(s for s in r.sections if s in sections)
         lines.append(f"  {r.pip} (import {r.module}): {r.purpose}; needed by: {wanted}")
-    lines.append("Install them (pip install " + " ".join(r.pip for r in needed) + "), or on a machine "
-                 "without network copy their wheels next to the checkout and install those "
-                 "(docs/performance.md, 'GPU check'); or leave those sections out with --only.")
+    lines.append(
+        "Install them (pip install " + " ".join(r.pip for r in needed) + "), or on a machine "
+        "without network copy their wheels next to the checkout and install those "
+        "(docs/performance.md, 'GPU check'); or leave those sections out with --only."
+    )
     return "\n".join(lines)
 
 
@@ -138,19 +140,28 @@ def machine_facts(device: str) -> dict[str, Any]:
     facts = machine_info(device)
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.device(device))
-        facts.update({"gpu_memory_gib": round(props.total_memory / 2**30, 1),
-                      "gpu_count": torch.cuda.device_count(), "cuda": torch.version.cuda,
-                      "cudnn": torch.backends.cudnn.version(),
-                      "compute_capability": f"{props.major}.{props.minor}",
-                      "driver": _nvidia_smi("driver_version")})
+        facts.update(
+            {
+                "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+                "gpu_count": torch.cuda.device_count(),
+                "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version(),
+                "compute_capability": f"{props.major}.{props.minor}",
+                "driver": _nvidia_smi("driver_version"),
+            }
+        )
     return facts
 
 
 def _nvidia_smi(field: str) -> str | None:
     """One ``nvidia-smi --query-gpu`` field of GPU 0, None where nvidia-smi does not answer."""
     try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader", "-i", "0"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader", "-i", "0"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -160,24 +171,41 @@ def _nvidia_smi(field: str) -> str | None:
 # Section: tests
 
 
-def section_tests(ctx: "Context") -> tuple[list[Row], dict[str, Any]]:
+def section_tests(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     """Run ``pytest -m cuda`` in a child process and report every test's outcome.
 
     Only the test modules that hold CUDA tests are collected: collecting the others would
     import packages this check does not need (PyAV, for one) and fail on a bare GPU machine.
     """
     xml = ctx.work / "junit-cuda.xml"
-    modules = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_*.py")
-                     if "pytest.mark.cuda" in p.read_text(encoding="utf-8"))
-    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-o", "addopts=", "-v", "-rfE",
-           "-p", "no:cacheprovider", f"--junitxml={xml}", *modules]
+    modules = sorted(
+        str(p.relative_to(REPO))
+        for p in (REPO / "tests").glob("test_*.py")
+        if "pytest.mark.cuda" in p.read_text(encoding="utf-8")
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "cuda",
+        "-o",
+        "addopts=",
+        "-v",
+        "-rfE",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={xml}",
+        *modules,
+    ]
     if importlib.util.find_spec("pytest_timeout") is not None:
-        cmd.append("--timeout=200")             # a hung NCCL group must not eat the whole check
+        cmd.append("--timeout=200")  # a hung NCCL group must not eat the whole check
     log = ctx.work / "pytest-cuda.log"
     start = time.perf_counter()
     with open(log, "w", encoding="utf-8") as out:
-        child = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        child = subprocess.Popen(
+            cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
         try:
             returncode = child.wait(timeout=ctx.tests_timeout)
         except subprocess.TimeoutExpired:
@@ -190,8 +218,12 @@ def section_tests(ctx: "Context") -> tuple[list[Row], dict[str, Any]]:
     cases = junit_cases(xml) if xml.is_file() else []
     if returncode == -9:
         raise RuntimeError(f"pytest was still running after {ctx.tests_timeout} s and was stopped")
-    details = {"command": " ".join(cmd[1:]), "exit_code": returncode,
-               "seconds": round(seconds, 1), "cases": cases}
+    details = {
+        "command": " ".join(cmd[1:]),
+        "exit_code": returncode,
+        "seconds": round(seconds, 1),
+        "cases": cases,
+    }
     if not cases:
         raise RuntimeError(f"pytest exited with {returncode} and reported no test")
     skipped = [c for c in cases if c["outcome"] == "skipped"]
@@ -220,8 +252,14 @@ def junit_cases(path: Path) -> list[dict[str, Any]]:
                 message = (found.get("message") or found.text or "").strip().splitlines()
                 message = message[0][:300] if message else ""
                 break
-        cases.append({"name": case.get("name", "?"), "outcome": outcome,
-                      "seconds": float(case.get("time", 0.0)), "message": message})
+        cases.append(
+            {
+                "name": case.get("name", "?"),
+                "outcome": outcome,
+                "seconds": float(case.get("time", 0.0)),
+                "message": message,
+            }
+        )
     return cases
 
 
@@ -241,8 +279,10 @@ class EngineVariant:
     @property
     def name(self) -> str:
         layout = ", channels-last" if self.channels_last else ""
-        return (f"{self.preset}, {'AMP fp16' if self.amp else 'fp32'}{layout}, "
-                f"{'compiled' if self.compile else 'eager'}")
+        return (
+            f"{self.preset}, {'AMP fp16' if self.amp else 'fp32'}{layout}, "
+            f"{'compiled' if self.compile else 'eager'}"
+        )
 
 
 def inference_variants(cuda: bool, quick: bool) -> list[EngineVariant]:
@@ -256,7 +296,7 @@ def inference_variants(cuda: bool, quick: bool) -> list[EngineVariant]:
     return variants
 
 
-def section_inference(ctx: "Context") -> tuple[list[Row], dict[str, Any]]:
+def section_inference(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     """Frames/s and peak memory of each variant on one generated 854x480 clip."""
     import torch
 
@@ -269,8 +309,11 @@ def section_inference(ctx: "Context") -> tuple[list[Row], dict[str, Any]]:
     cuda = ctx.cuda
     # Multiples of 8 frames: on CUDA the key encoder takes 8 frames per call, and a shorter
     # last batch would make torch.compile compile a second graph inside the timed runs.
-    frames_of = ({"tiny": 32, "stcn": 32} if ctx.quick else {"tiny": 96, "stcn": 96}) if cuda else \
-        ({"tiny": 4, "stcn": 2} if ctx.quick else {"tiny": 16, "stcn": 4})
+    frames_of = (
+        ({"tiny": 32, "stcn": 32} if ctx.quick else {"tiny": 96, "stcn": 96})
+        if cuda
+        else ({"tiny": 4, "stcn": 2} if ctx.quick else {"tiny": 16, "stcn": 4})
+    )
     repeats = 2 if cuda else 1
     video, labels = random_video(max(frames_of.values()), (480, 854), object_ids=(1, 2), seed=0)
     models = {}
@@ -280,13 +323,24 @@ def section_inference(ctx: "Context") -> tuple[list[Row], dict[str, Any]]:
     rows: list[Row] = []
     results: dict[str, Any] = {}
     for variant in inference_variants(cuda, ctx.quick):
-        clip = video[:frames_of[variant.preset]]
+        clip = video[: frames_of[variant.preset]]
         if variant.compile and ctx.time_left() < COMPILE_MINIMUM:
-            rows.append(["inference", variant.name, f"skipped: {max(ctx.time_left(), 0):.0f} s of "
-                                                    "--budget left for compiling", "-"])
+            rows.append(
+                [
+                    "inference",
+                    variant.name,
+                    f"skipped: {max(ctx.time_left(), 0):.0f} s of --budget left for compiling",
+                    "-",
+                ]
+            )
             continue
-        config = InferenceConfig(size=480, device=ctx.device, amp=variant.amp, compile=variant.compile,
-                                 channels_last=variant.channels_last)
+        config = InferenceConfig(
+            size=480,
+            device=ctx.device,
+            amp=variant.amp,
+            compile=variant.compile,
+            channels_last=variant.channels_last,
+        )
         engine = PropagationEngine(copy.deepcopy(models[variant.preset]), config)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -294,34 +348,53 @@ def section_inference(ctx: "Context") -> tuple[list[Row], dict[str, Any]]:
         fell_back = [str(w.message) for w in caught if "without torch.compile" in str(w.message)]
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        best = min(timed(partial(engine.propagate, clip, {0: labels[0]}), engine.device)[1]
-                   for _ in range(repeats))
+        best = min(
+            timed(partial(engine.propagate, clip, {0: labels[0]}), engine.device)[1] for _ in range(repeats)
+        )
         fps = len(clip) / best
         peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
-        results[variant.name] = {"frames": len(clip), "seconds": round(best, 3),
-                                 "frames_per_second": round(fps, 1), "warmup_seconds": round(warmup, 1),
-                                 "peak_cuda_mib": None if peak is None else round(peak),
-                                 "compile_fell_back": fell_back}
+        results[variant.name] = {
+            "frames": len(clip),
+            "seconds": round(best, 3),
+            "frames_per_second": round(fps, 1),
+            "warmup_seconds": round(warmup, 1),
+            "peak_cuda_mib": None if peak is None else round(peak),
+            "compile_fell_back": fell_back,
+        }
         memory = f", peak CUDA {peak:.0f} MiB" if peak is not None else ""
         compile_note = f", compiling took {warmup:.0f} s" if variant.compile else ""
         if fell_back:
             compile_note += f"; **torch.compile failed, ran eagerly**: {fell_back[0][:200]}"
-        rows.append(["inference", f"{variant.name}, {len(clip)} frames 854x480, 2 objects",
-                     f"**{fps:.1f} frames/s**{memory}{compile_note}",
-                     PUBLISHED.get(variant.preset, "-")])
+        rows.append(
+            [
+                "inference",
+                f"{variant.name}, {len(clip)} frames 854x480, 2 objects",
+                f"**{fps:.1f} frames/s**{memory}{compile_note}",
+                PUBLISHED.get(variant.preset, "-"),
+            ]
+        )
         del engine
         if cuda:
             torch.cuda.empty_cache()
     rows.append(["inference", "cutie-base, cutie-small", "not in twoshot yet", PUBLISHED["cutie-base"]])
-    details: dict[str, Any] = {"results": results,
-                               "settings": {"size": [480, 854], "processing": "shorter side 480",
-                                            "mem_every": 5, "top_k": 20, "objects": 2,
-                                            "repeats": repeats, "weights": "random"}}
+    details: dict[str, Any] = {
+        "results": results,
+        "settings": {
+            "size": [480, 854],
+            "processing": "shorter side 480",
+            "mem_every": 5,
+            "top_k": 20,
+            "objects": 2,
+            "repeats": repeats,
+            "weights": "random",
+        },
+    }
     profile_frames = 24 if cuda else 2
     profile = profile_inference(models["stcn"], video[:profile_frames], labels[0], ctx.device, amp=cuda)
     details["profile"] = profile
-    rows.append(profile_row("inference", f"profile, stcn{', AMP' if cuda else ''}, "
-                                         f"{profile_frames} frames", profile))
+    rows.append(
+        profile_row("inference", f"profile, stcn{', AMP' if cuda else ''}, {profile_frames} frames", profile)
+    )
     print(profile["table"])
     return rows, details
 
@@ -333,8 +406,10 @@ def profile_inference(model: Any, clip: Any, first_mask: Any, device: str, amp: 
 
     engine = PropagationEngine(copy.deepcopy(model), InferenceConfig(size=480, device=device, amp=amp))
     engine.propagate(clip, {0: first_mask})
-    return {"frames": len(clip), **profile_call(lambda: engine.propagate(clip, {0: first_mask}),
-                                                engine.device.type == "cuda")}
+    return {
+        "frames": len(clip),
+        **profile_call(lambda: engine.propagate(clip, {0: first_mask}), engine.device.type == "cuda"),
+    }
 
 
 def profile_call(fn: Callable[[], Any], cuda: bool) -> dict[str, Any]:
@@ -362,13 +437,21 @@ def profile_call(fn: Callable[[], Any], cuda: bool) -> dict[str, Any]:
     def device_us(event: Any) -> float:
         return float(getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0)))
 
-    def on_device(event: Any) -> bool:           # a kernel, copy or memset (not an operator)
+    def on_device(event: Any) -> bool:  # a kernel, copy or memset (not an operator)
         return str(getattr(event, "device_type", "")).endswith("CUDA")
 
     def top(chosen: list[Any], key: Callable[[Any], float], total: float) -> list[dict[str, Any]]:
         ranked = sorted(chosen, key=key, reverse=True)[:12]
-        return [{"name": e.key, "self_us": round(key(e)), "calls": e.count,
-                 "share": key(e) / total if total else 0.0} for e in ranked if key(e) > 0]
+        return [
+            {
+                "name": e.key,
+                "self_us": round(key(e)),
+                "calls": e.count,
+                "share": key(e) / total if total else 0.0,
+            }
+            for e in ranked
+            if key(e) > 0
+        ]
 
     operators = [e for e in events if not on_device(e)]
     busy = sum(device_us(e) for e in events if on_device(e)) if cuda else 0.0
@@ -378,19 +461,27 @@ def profile_call(fn: Callable[[], Any], cuda: bool) -> dict[str, Any]:
         table = events.table(sort_by=sort_key, row_limit=15)
     except (AttributeError, KeyError, ValueError):
         table = events.table(sort_by="self_cpu_time_total", row_limit=15)
-    return {"wall_ms": round(plain * 1000, 1), "device_busy_ms": round(busy / 1000, 1),
-            "device_busy_share": busy / (plain * 1e6) if cuda else None,
-            "top_device": top(operators, device_us, busy) if cuda else [],
-            "top_cpu": top(operators, lambda e: float(e.self_cpu_time_total), cpu_total),
-            "table": table}
+    return {
+        "wall_ms": round(plain * 1000, 1),
+        "device_busy_ms": round(busy / 1000, 1),
+        "device_busy_share": busy / (plain * 1e6) if cuda else None,
+        "top_device": top(operators, device_us, busy) if cuda else [],
+        "top_cpu": top(operators, lambda e: float(e.self_cpu_time_total), cpu_total),
+        "table": table,
+    }
 
 
 def profile_row(section: str, what: str, profile: dict[str, Any]) -> Row:
     """A table row of :func:`profile_call`'s result: the GPU's busy share and top operators."""
     if profile["device_busy_share"] is not None:
         ops = "; ".join(f"{op['name'][:60]} {op['share']:.0%}" for op in profile["top_device"][:3])
-        return [section, what, f"GPU busy {profile['device_busy_ms']:.0f} ms of {profile['wall_ms']:.0f} ms "
-                               f"({profile['device_busy_share']:.0%}); most GPU time: {ops}", "-"]
+        return [
+            section,
+            what,
+            f"GPU busy {profile['device_busy_ms']:.0f} ms of {profile['wall_ms']:.0f} ms "
+            f"({profile['device_busy_share']:.0%}); most GPU time: {ops}",
+            "-",
+        ]
     ops = "; ".join(f"{op['name'][:60]} {op['share']:.0%}" for op in profile["top_cpu"][:3])
     return [section, what, f"{profile['wall_ms']:.0f} ms; top CPU operators: {ops}", "-"]
 
@@ -399,7 +490,7 @@ def profile_row(section: str, what: str, profile: dict[str, Any]) -> Row:
 # Section: training speed
 
 
-def section_train(ctx: "Context") -> tuple[list[Row], dict[str, Any]]:
+def section_train(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     """Steps of the model alone, the clip loader, and the trainer end to end."""
     import torch
 
@@ -427,31 +518,60 @@ def section_train(ctx: "Context") -> tuple[list[Row], dict[str, Any]]:
         details[f"step_{preset}_batch{batch}"] = result
         step_rate[batch] = result["it_per_s"] * batch
         memory = f", peak {result['peak_memory_gib']:.1f} GiB" if cuda else ""
-        rows.append(["train", f"{preset} step, batch {batch} x 3 frames at {crop}x{crop}, {precision}, "
-                              "data in memory",
-                     f"**{result['it_per_s']:.2f} it/s** ({step_rate[batch]:.0f} clips/s){memory}", "-"])
+        rows.append(
+            [
+                "train",
+                f"{preset} step, batch {batch} x 3 frames at {crop}x{crop}, {precision}, data in memory",
+                f"**{result['it_per_s']:.2f} it/s** ({step_rate[batch]:.0f} clips/s){memory}",
+                "-",
+            ]
+        )
         del step
         if cuda:
             torch.cuda.empty_cache()
     details["profile"] = profile
     print(profile["table"])
-    rows.append(profile_row("train", f"profile, 5 {preset} steps at batch {batches[0]}, {precision}",
-                            profile))
+    rows.append(
+        profile_row("train", f"profile, 5 {preset} steps at batch {batches[0]}, {precision}", profile)
+    )
     root = make_videos(ctx.work / "train-videos", 4, 20, (480, 854))
     loader = time_loader(root, crop, batches[0], workers, loader_batches)
     details["loader_clips_per_s"] = loader
-    rows.append(["train", f"clip loader, {crop}x{crop} crops of 854x480 JPEG videos, {workers} workers",
-                 f"**{loader:.0f} clips/s**", "-"])
-    rate = time_trainer(root, iterations, workers, ctx.work / f"trainer-{time.time_ns()}",
-                        preset=preset, batch=batches[0], crop=crop, device=ctx.device, amp=amp)
+    rows.append(
+        [
+            "train",
+            f"clip loader, {crop}x{crop} crops of 854x480 JPEG videos, {workers} workers",
+            f"**{loader:.0f} clips/s**",
+            "-",
+        ]
+    )
+    rate = time_trainer(
+        root,
+        iterations,
+        workers,
+        ctx.work / f"trainer-{time.time_ns()}",
+        preset=preset,
+        batch=batches[0],
+        crop=crop,
+        device=ctx.device,
+        amp=amp,
+    )
     details["trainer_it_per_s"] = rate
-    bound = ("data-bound: the loader gives fewer clips/s than the steps take"
-             if loader < step_rate[batches[0]] else "not data-bound: the loader keeps up with the steps")
+    bound = (
+        "data-bound: the loader gives fewer clips/s than the steps take"
+        if loader < step_rate[batches[0]]
+        else "not data-bound: the loader keeps up with the steps"
+    )
     details["verdict"] = bound
-    rows.append(["train", f"trainer end to end, {preset}, batch {batches[0]}, {workers} workers, "
-                          f"{precision}, {iterations} iterations",
-                 f"**{rate:.2f} it/s** ({rate * batches[0]:.0f} clips/s); {bound}",
-                 "-"])
+    rows.append(
+        [
+            "train",
+            f"trainer end to end, {preset}, batch {batches[0]}, {workers} workers, "
+            f"{precision}, {iterations} iterations",
+            f"**{rate:.2f} it/s** ({rate * batches[0]:.0f} clips/s); {bound}",
+            "-",
+        ]
+    )
     return rows, details
 
 
@@ -473,13 +593,25 @@ def twoshot_scale(cuda: bool, quick: bool) -> tuple[str, Any, int]:
     if cuda:
         return ("demo-quick", QUICK, 4) if quick else ("demo", FULL, 4)
     if quick:
-        return "cpu-smoke", DemoScale(videos=4, val_videos=2, frames=8, size=64, static_images=16,
-                                      static_iterations=10, iterations=12, end_warm=4,
-                                      phase2_start_update=6), 0
+        return (
+            "cpu-smoke",
+            DemoScale(
+                videos=4,
+                val_videos=2,
+                frames=8,
+                size=64,
+                static_images=16,
+                static_iterations=10,
+                iterations=12,
+                end_warm=4,
+                phase2_start_update=6,
+            ),
+            0,
+        )
     return "demo-quick", QUICK, 0
 
 
-def section_twoshot(ctx: "Context") -> tuple[list[Row], dict[str, Any]]:
+def section_twoshot(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     """Generate videos and run the pipeline (static -> phase 1 -> bank -> phase 2, naive and
     full baselines) at the scale of :func:`twoshot_scale`."""
     from twoshot.data.synth import generate_or_reuse
@@ -489,38 +621,70 @@ def section_twoshot(ctx: "Context") -> tuple[list[Row], dict[str, Any]]:
     name, scale, workers = twoshot_scale(ctx.cuda, ctx.quick)
     folder = ctx.work / f"twoshot-{name}"
     start = time.perf_counter()
-    generate_or_reuse(folder / "data", videos=scale.videos, frames=scale.frames,
-                      size=(scale.size, scale.size), objects=(1, 3), seed=0,
-                      val_videos=scale.val_videos, static_images=scale.static_images)
+    generate_or_reuse(
+        folder / "data",
+        videos=scale.videos,
+        frames=scale.frames,
+        size=(scale.size, scale.size),
+        objects=(1, 3),
+        seed=0,
+        val_videos=scale.val_videos,
+        static_images=scale.static_images,
+    )
     synth_seconds = time.perf_counter() - start
     config = demo_config(scale, folder / "data", folder / "run", ctx.device)
     config.static.num_workers = config.main.num_workers = workers
     report = run_pipeline(config, log=lambda line: print(f"  {line}"), progress=False)
     print(format_report(report))
-    rows: list[Row] = [["twoshot", f"data and schedule ({name})",
-                        f"{scale.videos} training + {scale.val_videos} validation videos x "
-                        f"{scale.frames} frames at {scale.size} px; static pretraining "
-                        f"{scale.static_iterations} iterations, each video model {scale.iterations}; "
-                        f"{workers} loader workers", "-"]]
+    rows: list[Row] = [
+        [
+            "twoshot",
+            f"data and schedule ({name})",
+            f"{scale.videos} training + {scale.val_videos} validation videos x "
+            f"{scale.frames} frames at {scale.size} px; static pretraining "
+            f"{scale.static_iterations} iterations, each video model {scale.iterations}; "
+            f"{workers} loader workers",
+            "-",
+        ]
+    ]
     for model in report.models:
         error = model.standard_error()
-        rows.append(["twoshot", f"{model.title} ({100 * model.labeled_share:.0f}% labels)",
-                     f"**{100 * model.j_and_f:.1f} J&F**" + (f" ± {100 * error:.1f}" if error else ""),
-                     "-"])
+        rows.append(
+            [
+                "twoshot",
+                f"{model.title} ({100 * model.labeled_share:.0f}% labels)",
+                f"**{100 * model.j_and_f:.1f} J&F**" + (f" ± {100 * error:.1f}" if error else ""),
+                "-",
+            ]
+        )
     if report.bank_j_and_f is not None:
-        rows.append(["twoshot", "pseudo-label bank against the training videos' ground truth",
-                     f"{100 * report.bank_j_and_f:.1f} J&F", "-"])
+        rows.append(
+            [
+                "twoshot",
+                "pseudo-label bank against the training videos' ground truth",
+                f"{100 * report.bank_j_and_f:.1f} J&F",
+                "-",
+            ]
+        )
     inference = sum(v for k, v in report.stage_seconds.items() if k.startswith("infer:"))
-    stages = ", ".join([f"{name} {seconds:.0f} s" for name, seconds in report.stage_seconds.items()
-                        if not name.startswith("infer:") and name != "budget"]
-                       + [f"segmenting the validation videos {inference:.0f} s"])
+    stages = ", ".join(
+        [
+            f"{name} {seconds:.0f} s"
+            for name, seconds in report.stage_seconds.items()
+            if not name.startswith("infer:") and name != "budget"
+        ]
+        + [f"segmenting the validation videos {inference:.0f} s"]
+    )
     rows.append(["twoshot", "time per stage", f"data {synth_seconds:.0f} s, {stages}", "-"])
     bank = report.bank_j_and_f
-    return rows, {"scale": {"name": name, "workers": workers, **scale.__dict__},
-                  "synth_seconds": round(synth_seconds, 1), "report": format_report(report),
-                  "scores": {m.name: round(100 * m.j_and_f, 2) for m in report.models},
-                  "bank_j_and_f": None if bank is None else round(100 * bank, 2),
-                  "stage_seconds": report.stage_seconds}
+    return rows, {
+        "scale": {"name": name, "workers": workers, **scale.__dict__},
+        "synth_seconds": round(synth_seconds, 1),
+        "report": format_report(report),
+        "scores": {m.name: round(100 * m.j_and_f, 2) for m in report.models},
+        "bank_j_and_f": None if bank is None else round(100 * bank, 2),
+        "stage_seconds": report.stage_seconds,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,7 +718,9 @@ COMPILE_MINIMUM = 100
 
 
 SECTION_FUNCTIONS: dict[str, Callable[[Context], tuple[list[Row], dict[str, Any]]]] = {
-    "tests": section_tests, "inference": section_inference, "train": section_train,
+    "tests": section_tests,
+    "inference": section_inference,
+    "train": section_train,
     "twoshot": section_twoshot,
 }
 
@@ -563,12 +729,20 @@ def markdown(rows: list[Row]) -> str:
     """The rows as one Markdown table."""
     from common import markdown_table
 
-    return markdown_table(["section", "check", "result", "published / reference"],
-                          [row + ["-"] * (4 - len(row)) for row in rows])
+    return markdown_table(
+        ["section", "check", "result", "published / reference"],
+        [row + ["-"] * (4 - len(row)) for row in rows],
+    )
 
 
-def run_check(device: str, quick: bool, sections: Sequence[str], work: Path,
-              json_path: Path | None, budget: float | None = None) -> tuple[dict[str, Any], int]:
+def run_check(
+    device: str,
+    quick: bool,
+    sections: Sequence[str],
+    work: Path,
+    json_path: Path | None,
+    budget: float | None = None,
+) -> tuple[dict[str, Any], int]:
     """Run ``sections`` in order; returns (the report, the exit status 0 or 1).
 
     budget: seconds for the whole check; a section (or a compiled inference variant) that
@@ -576,10 +750,15 @@ def run_check(device: str, quick: bool, sections: Sequence[str], work: Path,
     """
     from twoshot.fsutil import write_json
 
-    ctx = Context(device, quick, work, tests_timeout=330,
-                  deadline=None if budget is None else time.monotonic() + budget)
-    report: dict[str, Any] = {"command": " ".join(sys.argv), "machine": machine_facts(device),
-                              "quick": quick, "sections": {}}
+    ctx = Context(
+        device, quick, work, tests_timeout=330, deadline=None if budget is None else time.monotonic() + budget
+    )
+    report: dict[str, Any] = {
+        "command": " ".join(sys.argv),
+        "machine": machine_facts(device),
+        "quick": quick,
+        "sections": {},
+    }
     print("machine: " + ", ".join(f"{k} {v}" for k, v in report["machine"].items()))
     rows: list[Row] = []
     failed = False
@@ -587,10 +766,15 @@ def run_check(device: str, quick: bool, sections: Sequence[str], work: Path,
         print(f"\n== {name} ==", flush=True)
         start = time.perf_counter()
         if ctx.cuda and ctx.time_left() < SECTION_MINIMUM[name]:
-            skipped = [[name, "section", f"skipped: {max(ctx.time_left(), 0):.0f} s of --budget "
-                                         f"left, it needs about {SECTION_MINIMUM[name]} s"]]
-            report["sections"][name] = {"status": "skipped", "seconds": 0.0, "rows": skipped,
-                                        "details": {}}
+            skipped = [
+                [
+                    name,
+                    "section",
+                    f"skipped: {max(ctx.time_left(), 0):.0f} s of --budget "
+                    f"left, it needs about {SECTION_MINIMUM[name]} s",
+                ]
+            ]
+            report["sections"][name] = {"status": "skipped", "seconds": 0.0, "rows": skipped, "details": {}}
             rows += skipped
             print(markdown(skipped))
             continue
@@ -603,8 +787,12 @@ def run_check(device: str, quick: bool, sections: Sequence[str], work: Path,
             details, status = {"traceback": traceback.format_exc()}, "failed"
         seconds = time.perf_counter() - start
         failed = failed or status == "failed"
-        report["sections"][name] = {"status": status, "seconds": round(seconds, 1),
-                                    "rows": section_rows, "details": details}
+        report["sections"][name] = {
+            "status": status,
+            "seconds": round(seconds, 1),
+            "rows": section_rows,
+            "details": details,
+        }
         rows += section_rows
         print(markdown(section_rows))
         print(f"({name}: {status}, {seconds:.0f} s)", flush=True)
@@ -621,14 +809,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cuda | cuda:N | cpu")
     parser.add_argument("--quick", action="store_true", help="smaller inputs and schedules")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=None, metavar="SECTION",
-                        help=f"run these sections only ({', '.join(SECTIONS)})")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
-                        help="write the table and every figure as JSON (rewritten after each section)")
-    parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
-                        help="skip what would start too late to end within this many seconds")
-    parser.add_argument("--work", type=Path, default=None, metavar="DIR",
-                        help="folder for generated data and runs (default: a temporary folder, removed)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS,
+        default=None,
+        metavar="SECTION",
+        help=f"run these sections only ({', '.join(SECTIONS)})",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="write the table and every figure as JSON (rewritten after each section)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="skip what would start too late to end within this many seconds",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder for generated data and runs (default: a temporary folder, removed)",
+    )
     args = parser.parse_args(argv)
     sections = [s for s in SECTIONS if args.only is None or s in args.only]
 
@@ -641,13 +850,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: {r.pip} is missing: {r.purpose}")
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))   # common, train_speed
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # common, train_speed
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"gpu_check: --device {device} but this torch ({torch.__version__}) sees no CUDA GPU; "
-              "use --device cpu for the CPU flavour", file=sys.stderr)
+        print(
+            f"gpu_check: --device {device} but this torch ({torch.__version__}) sees no CUDA GPU; "
+            "use --device cpu for the CPU flavour",
+            file=sys.stderr,
+        )
         return 2
     if from_checkout:
         print(f"twoshot is not installed: using {REPO / 'src'}")
@@ -657,8 +869,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report, status = run_check(device, args.quick, sections, args.work, args.json, args.budget)
     else:
         with tempfile.TemporaryDirectory(prefix="twoshot-gpu-check-") as tmp:
-            report, status = run_check(device, args.quick, sections, Path(tmp), args.json,
-                                       args.budget)
+            report, status = run_check(device, args.quick, sections, Path(tmp), args.json, args.budget)
     print("\n" + report["table"])
     if args.json is not None:
         print(f"wrote {args.json}")

@@ -11,8 +11,9 @@ smallest first), the peak of Python/NumPy allocations (``tracemalloc``) and, on 
 
 ``--fast-path`` instead compares the engine's speed options on one preset, interleaved
 round by round on the same clip: the default engine, key encoding in batches of 8 frames
-(``key_batch=8``: the CUDA default; a CPU's is 1), ``channels_last``, ``compile`` (torch.compile; its compile time is
-reported separately), channels_last + compile, one intra-op thread, and on CUDA ``amp``.
+(``key_batch=8``: the CUDA default; a CPU's is 1), ``channels_last``, ``compile``
+(torch.compile; its compile time is reported separately), channels_last + compile, one
+intra-op thread, and on CUDA ``amp``.
 Each option's masks are compared with the default engine's (pixels that differ).
 
     python benchmarks/inference_speed.py                       # tiny 24 frames, stcn 4 frames (CPU)
@@ -36,8 +37,8 @@ from functools import partial
 
 import numpy as np
 import torch
-from common import interleave, machine_info, peak_rss_mb, reset_peak_rss, rss_mb, timed
 
+from common import interleave, machine_info, peak_rss_mb, reset_peak_rss, rss_mb, timed
 from twoshot.config import InferenceConfig, load_config
 from twoshot.data.fixtures import random_video
 from twoshot.inference import PropagationEngine
@@ -46,9 +47,17 @@ from twoshot.model import build_model
 DEFAULT_FRAMES = {"tiny": 24, "stcn": 4}
 
 
-def run(presets: Sequence[str] = ("tiny", "stcn"), frames: Mapping[str, int] | None = None,
-        size: tuple[int, int] = (480, 854), objects: int = 2, device: str = "cpu",
-        amp: bool = False, key_batch: int | None = None, repeats: int = 1, seed: int = 0) -> dict:
+def run(
+    presets: Sequence[str] = ("tiny", "stcn"),
+    frames: Mapping[str, int] | None = None,
+    size: tuple[int, int] = (480, 854),
+    objects: int = 2,
+    device: str = "cpu",
+    amp: bool = False,
+    key_batch: int | None = None,
+    repeats: int = 1,
+    seed: int = 0,
+) -> dict:
     """Time forward propagation for each preset.
 
     presets: model presets, run in this order; frames: preset -> video length (defaults
@@ -66,8 +75,8 @@ def run(presets: Sequence[str] = ("tiny", "stcn"), frames: Mapping[str, int] | N
         model = build_model(load_config(preset).model).eval()
         config = InferenceConfig(size=480, device=device, amp=amp, key_batch=key_batch)
         engine = PropagationEngine(model, config)
-        clip = video[:frames[preset]]
-        engine.propagate(clip[:2], {0: labels[0]})             # warm-up: allocator, kernels
+        clip = video[: frames[preset]]
+        engine.propagate(clip[:2], {0: labels[0]})  # warm-up: allocator, kernels
         if engine.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -82,35 +91,59 @@ def run(presets: Sequence[str] = ("tiny", "stcn"), frames: Mapping[str, int] | N
         tracemalloc.stop()
         stats = result.stats
         results[preset] = {
-            "frames": len(clip), "seconds": round(best, 3),
+            "frames": len(clip),
+            "seconds": round(best, 3),
             "frames_per_second": round(len(clip) / best, 2),
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "peak_rss_is_per_preset": reset,
             "rss_before_mb": None if base_rss is None else round(base_rss, 1),
             "peak_python_numpy_mb": round(traced_peak / 2**20, 1),
-            "peak_cuda_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
-                             if engine.device.type == "cuda" else None),
-            "key_encodes": stats.key_encodes, "value_encodes": stats.value_encodes,
+            "peak_cuda_mb": (
+                round(torch.cuda.max_memory_allocated() / 2**20, 1) if engine.device.type == "cuda" else None
+            ),
+            "key_encodes": stats.key_encodes,
+            "value_encodes": stats.value_encodes,
             "peak_cached_frames": stats.peak_cached_frames,
             "peak_memory_frames": stats.peak_memory_frames,
         }
         del model, engine
     return {
         "machine": machine_info(device),
-        "settings": {"size": list(size), "processing": "shorter side 480", "objects": objects,
-                     "mem_every": 5, "top_k": 20, "amp": amp, "key_batch": key_batch,
-                     "repeats": repeats},
+        "settings": {
+            "size": list(size),
+            "processing": "shorter side 480",
+            "objects": objects,
+            "mem_every": 5,
+            "top_k": 20,
+            "amp": amp,
+            "key_batch": key_batch,
+            "repeats": repeats,
+        },
         "results": results,
     }
 
 
-FAST_PATH_OPTIONS: tuple[str, ...] = ("default", "key_batch_8", "channels_last", "compile",
-                                      "channels_last_compile", "one_thread", "amp")
+FAST_PATH_OPTIONS: tuple[str, ...] = (
+    "default",
+    "key_batch_8",
+    "channels_last",
+    "compile",
+    "channels_last_compile",
+    "one_thread",
+    "amp",
+)
 
 
-def fast_path(preset: str = "tiny", num_frames: int = 16, size: tuple[int, int] = (480, 854),
-              options: Sequence[str] = FAST_PATH_OPTIONS, rounds: int = 3, device: str = "cpu",
-              objects: int = 2, seed: int = 0) -> dict:
+def fast_path(
+    preset: str = "tiny",
+    num_frames: int = 16,
+    size: tuple[int, int] = (480, 854),
+    options: Sequence[str] = FAST_PATH_OPTIONS,
+    rounds: int = 3,
+    device: str = "cpu",
+    objects: int = 2,
+    seed: int = 0,
+) -> dict:
     """Speed of each engine option against the default engine, interleaved on one clip.
 
     options: names from FAST_PATH_OPTIONS (``default`` is always included; ``amp`` only on
@@ -120,8 +153,7 @@ def fast_path(preset: str = "tiny", num_frames: int = 16, size: tuple[int, int] 
     of per-round ratios), pixels whose mask differs from the default engine's, and for
     compile its warm-up (compile) seconds and whether it fell back to eager execution.
     """
-    frames, labels = random_video(num_frames, size, object_ids=tuple(range(1, objects + 1)),
-                                  seed=seed)
+    frames, labels = random_video(num_frames, size, object_ids=tuple(range(1, objects + 1)), seed=seed)
     torch.manual_seed(seed)
     base = build_model(load_config(preset).model).eval()
     cuda = device.startswith("cuda")
@@ -130,10 +162,15 @@ def fast_path(preset: str = "tiny", num_frames: int = 16, size: tuple[int, int] 
         wanted = [o for o in wanted if o != "amp"]
     if not hasattr(torch, "compile"):
         wanted = [o for o in wanted if "compile" not in o]
-    settings = {"default": {}, "key_batch_8": {"key_batch": 8}, "channels_last": {"channels_last": True},
-                "compile": {"compile": True}, "one_thread": {},
-                "channels_last_compile": {"channels_last": True, "compile": True},
-                "amp": {"amp": True}}
+    settings = {
+        "default": {},
+        "key_batch_8": {"key_batch": 8},
+        "channels_last": {"channels_last": True},
+        "compile": {"compile": True},
+        "one_thread": {},
+        "channels_last_compile": {"channels_last": True, "compile": True},
+        "amp": {"amp": True},
+    }
     threads = torch.get_num_threads()
     engines: dict[str, PropagationEngine] = {}
     warmup: dict[str, float] = {}
@@ -144,12 +181,16 @@ def fast_path(preset: str = "tiny", num_frames: int = 16, size: tuple[int, int] 
         engines[name] = PropagationEngine(copy.deepcopy(base), config)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _, warmup[name] = timed(lambda: _run_option(engines[name], name, frames, labels, threads),
-                                    engines[name].device)
+            engine = engines[name]
+            _, warmup[name] = timed(
+                lambda engine=engine, name=name: _run_option(engine, name, frames, labels, threads),  # type: ignore[misc]
+                engine.device,
+            )
         fell_back[name] = any("without torch.compile" in str(w.message) for w in caught)
     variants: dict[str, Callable[[], np.ndarray]] = {
         name: (lambda name=name: _run_option(engines[name], name, frames, labels, threads))  # type: ignore[misc]
-        for name in wanted}
+        for name in wanted
+    }
     timing = interleave(variants, rounds, device)
     reference = timing.values["default"]
     results = {}
@@ -157,7 +198,8 @@ def fast_path(preset: str = "tiny", num_frames: int = 16, size: tuple[int, int] 
         median = timing.median(name)
         results[name] = {
             "settings": settings[name] if name != "one_thread" else {"torch_threads": 1},
-            "median_seconds": round(median, 3), "best_seconds": round(timing.best(name), 3),
+            "median_seconds": round(median, 3),
+            "best_seconds": round(timing.best(name), 3),
             "frames_per_second": round(num_frames / median, 2),
             "speedup": round(timing.ratio("default", name), 2),
             "pixels_differing": int((timing.values[name] != reference).sum()),
@@ -165,15 +207,25 @@ def fast_path(preset: str = "tiny", num_frames: int = 16, size: tuple[int, int] 
             "warmup_seconds": round(warmup[name], 1),
             "fell_back_to_eager": fell_back[name] if "compile" in name else None,
         }
-    return {"machine": machine_info(device),
-            "settings": {"preset": preset, "frames": num_frames, "size": list(size),
-                         "processing": "shorter side 480", "objects": objects, "rounds": rounds,
-                         "mem_every": 5, "top_k": 20},
-            "results": results}
+    return {
+        "machine": machine_info(device),
+        "settings": {
+            "preset": preset,
+            "frames": num_frames,
+            "size": list(size),
+            "processing": "shorter side 480",
+            "objects": objects,
+            "rounds": rounds,
+            "mem_every": 5,
+            "top_k": 20,
+        },
+        "results": results,
+    }
 
 
-def _run_option(engine: PropagationEngine, name: str, frames: np.ndarray, labels: np.ndarray,
-                threads: int) -> np.ndarray:
+def _run_option(
+    engine: PropagationEngine, name: str, frames: np.ndarray, labels: np.ndarray, threads: int
+) -> np.ndarray:
     """One timed propagation of an option (``one_thread``: with one intra-op thread)."""
     if name == "one_thread":
         torch.set_num_threads(1)
@@ -198,34 +250,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frames", nargs="+", default=[], metavar="PRESET=N")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true")
-    parser.add_argument("--key-batch", type=int, default=None,
-                        help="frames per key-encoder call (default: the engine's, 1 on CPU, 8 on CUDA)")
+    parser.add_argument(
+        "--key-batch",
+        type=int,
+        default=None,
+        help="frames per key-encoder call (default: the engine's, 1 on CPU, 8 on CUDA)",
+    )
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--fast-path", action="store_true",
-                        help="compare the engine's speed options on the first preset instead")
-    parser.add_argument("--options", nargs="+", default=list(FAST_PATH_OPTIONS),
-                        choices=FAST_PATH_OPTIONS, help="with --fast-path: the options to compare")
+    parser.add_argument(
+        "--fast-path",
+        action="store_true",
+        help="compare the engine's speed options on the first preset instead",
+    )
+    parser.add_argument(
+        "--options",
+        nargs="+",
+        default=list(FAST_PATH_OPTIONS),
+        choices=FAST_PATH_OPTIONS,
+        help="with --fast-path: the options to compare",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="with --fast-path: timed rounds")
     args = parser.parse_args(argv)
     if args.fast_path:
         preset = args.presets[0] if args.presets != ["tiny", "stcn"] else "tiny"
         frames = _frames_arg(args.frames).get(preset, 16)
-        report = fast_path(preset, frames, options=args.options, rounds=args.rounds,
-                           device=args.device)
+        report = fast_path(preset, frames, options=args.options, rounds=args.rounds, device=args.device)
         print("| option | median s | frames/s | speed-up vs default | pixels differing | warm-up s |")
         print("|---|---|---|---|---|---|")
         for name, r in report["results"].items():
-            print(f"| {name} | {r['median_seconds']} | {r['frames_per_second']} | x{r['speedup']} | "
-                  f"{r['pixels_differing']} / {r['pixels']} | {r['warmup_seconds']} |")
+            print(
+                f"| {name} | {r['median_seconds']} | {r['frames_per_second']} | x{r['speedup']} | "
+                f"{r['pixels_differing']} / {r['pixels']} | {r['warmup_seconds']} |"
+            )
         print(json.dumps(report, indent=1))
         return 0
-    report = run(args.presets, _frames_arg(args.frames), device=args.device, amp=args.amp,
-                 key_batch=args.key_batch, repeats=args.repeats)
+    report = run(
+        args.presets,
+        _frames_arg(args.frames),
+        device=args.device,
+        amp=args.amp,
+        key_batch=args.key_batch,
+        repeats=args.repeats,
+    )
     print("| preset | frames | seconds | frames/s | peak RSS MiB | peak NumPy MiB | peak CUDA MiB |")
     print("|---|---|---|---|---|---|---|")
     for preset, r in report["results"].items():
-        print(f"| {preset} | {r['frames']} | {r['seconds']} | {r['frames_per_second']} | "
-              f"{r['peak_rss_mb']} | {r['peak_python_numpy_mb']} | {r['peak_cuda_mb'] or '-'} |")
+        print(
+            f"| {preset} | {r['frames']} | {r['seconds']} | {r['frames_per_second']} | "
+            f"{r['peak_rss_mb']} | {r['peak_python_numpy_mb']} | {r['peak_cuda_mb'] or '-'} |"
+        )
     print(json.dumps(report, indent=1))
     return 0
 

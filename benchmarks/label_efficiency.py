@@ -20,7 +20,7 @@ data, the budget and the static pretraining stay the same); the table then gives
 and the runs' range, and the gap's standard error includes the seeds' spread
 (:func:`twoshot.pipeline.estimate_gap`).
 
-    python benchmarks/label_efficiency.py --out runs/label-efficiency            # CPU, ~20 min on 2 idle cores
+    python benchmarks/label_efficiency.py --out runs/label-efficiency        # CPU, ~20 min on 2 idle cores
     python benchmarks/label_efficiency.py --scale gpu --device cuda --out ...     # larger, for a GPU
     python benchmarks/label_efficiency.py --repeats 3 --out ...                   # 3 training seeds
 """
@@ -42,8 +42,17 @@ from twoshot.pipeline import GapEstimate, PipelineReport, estimate_gap, gap_note
 SCALES = {
     # The demo's data and schedule: the k2 variant is exactly `twoshot demo`'s run.
     "cpu": FULL,
-    "gpu": DemoScale(videos=200, val_videos=30, frames=40, size=192, static_images=2000,
-                     static_iterations=5000, iterations=8000, end_warm=2500, phase2_start_update=4000),
+    "gpu": DemoScale(
+        videos=200,
+        val_videos=30,
+        frames=40,
+        size=192,
+        static_images=2000,
+        static_iterations=5000,
+        iterations=8000,
+        end_warm=2500,
+        phase2_start_update=4000,
+    ),
 }
 
 
@@ -70,8 +79,9 @@ def run_name(variant: Variant, repeat: int) -> str:
     return variant.name if repeat == 0 else f"{variant.name}-seed{repeat}"
 
 
-def variant_config(scale: DemoScale, data: Path, out: Path, variant: Variant, init: Path | None,
-                   device: str, repeat: int = 0) -> Config:
+def variant_config(
+    scale: DemoScale, data: Path, out: Path, variant: Variant, init: Path | None, device: str, repeat: int = 0
+) -> Config:
     """The demo configuration for one variant (same data, schedule and seeds for all), with
     the video stages' training seed moved by ``repeat``."""
     config = demo_config(scale, data, out / run_name(variant, repeat), device)
@@ -80,7 +90,7 @@ def variant_config(scale: DemoScale, data: Path, out: Path, variant: Variant, in
     config.pipeline.baselines = list(variant.baselines)
     config.twoshot.use_teacher = variant.use_teacher
     if init is not None:
-        config.pipeline.init = str(init)     # share the first run's static pretraining
+        config.pipeline.init = str(init)  # share the first run's static pretraining
         config.pipeline.static_data = None
     return config
 
@@ -88,6 +98,7 @@ def variant_config(scale: DemoScale, data: Path, out: Path, variant: Variant, in
 def rows(reports: dict[str, list[PipelineReport]]) -> list[dict[str, object]]:
     """Table rows from each variant's runs (one per training seed): method, labeled frames per
     video, share of frames labeled, mean J&F x 100 and the runs' J&F x 100 (``runs``)."""
+
     def score(variant: str, model: str) -> list[float]:
         found = [r.score(model) for r in reports.get(variant, [])]
         return [round(100 * s.j_and_f, 1) for s in found if s is not None]
@@ -103,9 +114,16 @@ def rows(reports: dict[str, list[PipelineReport]]) -> list[dict[str, object]]:
         ("two-shot k=2 without teacher", 2, share.get("k2-no-teacher"), score("k2-no-teacher", "phase2")),
         ("two-shot k=2 without phase 2", 2, share.get("k2"), score("k2", "phase1")),
     ]
-    return [{"method": m, "labeled_per_video": k, "labeled_share": s,
-             "j_and_f": round(sum(runs) / len(runs), 1) if runs else None, "runs": runs}
-            for m, k, s, runs in table]
+    return [
+        {
+            "method": m,
+            "labeled_per_video": k,
+            "labeled_share": s,
+            "j_and_f": round(sum(runs) / len(runs), 1) if runs else None,
+            "runs": runs,
+        }
+        for m, k, s, runs in table
+    ]
 
 
 def format_table(table: list[dict[str, object]], gap: GapEstimate | None = None) -> str:
@@ -127,14 +145,23 @@ def format_table(table: list[dict[str, object]], gap: GapEstimate | None = None)
     note = gap_note(gap.gap, gap.recovered, gap.error, naive="naive 2-shot") if gap else None
     if note:
         if gap is not None and gap.runs > 1:
-            note += (f" (Means of {gap.runs} training seeds; the ± includes how much the seeds "
-                     "move the gap.)")
-        lines += ["", note + (" (Target: at least 90%.)" if gap is not None and gap.recovered is not None else "")]
+            note += f" (Means of {gap.runs} training seeds; the ± includes how much the seeds move the gap.)"
+        lines += [
+            "",
+            note + (" (Target: at least 90%.)" if gap is not None and gap.recovered is not None else ""),
+        ]
     return "\n".join(lines)
 
 
-def run(out: str | Path, scale: str = "cpu", seed: int = 0, device: str = "auto",
-        progress: bool = False, only: list[str] | None = None, repeats: int = 1) -> dict[str, object]:
+def run(
+    out: str | Path,
+    scale: str = "cpu",
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+    only: list[str] | None = None,
+    repeats: int = 1,
+) -> dict[str, object]:
     """Generate the data (once), run every variant (resuming), return the table as a dict.
 
     seed: the data's; only: names of the variants to run now (default all), the table covers
@@ -147,9 +174,16 @@ def run(out: str | Path, scale: str = "cpu", seed: int = 0, device: str = "auto"
     out = Path(out)
     data = out / "data"
     start = time.perf_counter()
-    generate_or_reuse(data, videos=size.videos, frames=size.frames, size=(size.size, size.size),
-                      objects=(1, 3), seed=seed, val_videos=size.val_videos,
-                      static_images=size.static_images)
+    generate_or_reuse(
+        data,
+        videos=size.videos,
+        frames=size.frames,
+        size=(size.size, size.size),
+        objects=(1, 3),
+        seed=seed,
+        val_videos=size.val_videos,
+        static_images=size.static_images,
+    )
     reports: dict[str, list[PipelineReport]] = {}
     static = out / "k2" / "static" / "final.pth"
     for repeat in range(repeats):
@@ -159,15 +193,24 @@ def run(out: str | Path, scale: str = "cpu", seed: int = 0, device: str = "auto"
             first = variant.name == "k2" and repeat == 0
             init = static if not first and static.is_file() else None
             config = variant_config(size, data, out, variant, init, device, repeat)
-            print(f"== {run_name(variant, repeat)}: {variant.shots} labeled frame(s) per video, "
-                  f"teacher {'on' if variant.use_teacher else 'off'}, baselines "
-                  f"{list(variant.baselines)}, training seed {config.main.seed}")
+            print(
+                f"== {run_name(variant, repeat)}: {variant.shots} labeled frame(s) per video, "
+                f"teacher {'on' if variant.use_teacher else 'off'}, baselines "
+                f"{list(variant.baselines)}, training seed {config.main.seed}"
+            )
             reports.setdefault(variant.name, []).append(run_pipeline(config, log=print, progress=progress))
     gap = estimate_gap(reports.get("k2", []))
-    result = {"scale": scale, "seed": seed, "repeats": repeats,
-              "minutes": (time.perf_counter() - start) / 60,
-              "gap": gap.gap, "gap_recovered": gap.recovered, "gap_error": gap.error, "gap_runs": gap.runs,
-              "rows": rows(reports)}
+    result = {
+        "scale": scale,
+        "seed": seed,
+        "repeats": repeats,
+        "minutes": (time.perf_counter() - start) / 60,
+        "gap": gap.gap,
+        "gap_recovered": gap.recovered,
+        "gap_error": gap.error,
+        "gap_runs": gap.runs,
+        "rows": rows(reports),
+    }
     write_json(out / "label_efficiency.json", result)
     return result
 
@@ -177,20 +220,29 @@ def main() -> None:
     parser.add_argument("--out", default="runs/label-efficiency")
     parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="runs of every variant, each with its own training seed (default 1)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs of every variant, each with its own training seed (default 1)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--progress", action="store_true")
-    parser.add_argument("--only", nargs="+", choices=[v.name for v in VARIANTS],
-                        help="run only these variants (default: all)")
+    parser.add_argument(
+        "--only", nargs="+", choices=[v.name for v in VARIANTS], help="run only these variants (default: all)"
+    )
     args = parser.parse_args()
     try:
         result = run(args.out, args.scale, args.seed, args.device, args.progress, args.only, args.repeats)
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
     print()
-    gap = GapEstimate(result["gap"], result["gap_error"], result["gap_recovered"],  # type: ignore[arg-type]
-                      result["gap_runs"])  # type: ignore[arg-type]
+    gap = GapEstimate(
+        result["gap"],
+        result["gap_error"],
+        result["gap_recovered"],  # type: ignore[arg-type]
+        result["gap_runs"],
+    )  # type: ignore[arg-type]
     print(format_table(result["rows"], gap))  # type: ignore[arg-type]
     print(f"\n{result['minutes']:.1f} minutes; results in {Path(args.out) / 'label_efficiency.json'}")
 

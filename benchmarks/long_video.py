@@ -48,8 +48,8 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from common import machine_info, markdown_table, peak_rss_mb, print_report, rss_mb
 
+from common import machine_info, markdown_table, peak_rss_mb, print_report, rss_mb
 from twoshot.config import InferenceConfig, load_config
 from twoshot.inference import PropagationEngine
 from twoshot.inference.key_cache import FramesOnDemand
@@ -67,15 +67,16 @@ class LongVideo(FramesOnDemand):
     few milliseconds per 480p frame and no memory per frame.
     """
 
-    def __init__(self, num_frames: int, size: tuple[int, int] = (480, 854), objects: int = 2,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, num_frames: int, size: tuple[int, int] = (480, 854), objects: int = 2, seed: int = 0
+    ) -> None:
         rng = np.random.default_rng(seed)
         self.num_frames = num_frames
         self.height, self.width = size
         coarse = rng.integers(30, 140, (self.height // 8 + 1, self.width // 4 + 1, 3), dtype=np.uint8)
         texture = cv2.resize(coarse, (2 * self.width, self.height), interpolation=cv2.INTER_LINEAR)
-        self.texture = np.concatenate([texture, texture], axis=1)     # room to pan and wrap
-        self.paths = rng.uniform(0.0, 1.0, (objects, 5))               # amplitudes, speeds, phase
+        self.texture = np.concatenate([texture, texture], axis=1)  # room to pan and wrap
+        self.paths = rng.uniform(0.0, 1.0, (objects, 5))  # amplitudes, speeds, phase
         self.radii = rng.uniform(0.08, 0.16, (objects, 2)) * min(size)
         self.colors = rng.integers(150, 256, (objects, 3))
 
@@ -94,7 +95,7 @@ class LongVideo(FramesOnDemand):
     def frame(self, index: int) -> np.ndarray:
         """Frame ``index`` rendered now (uint8 [H, W, 3])."""
         x0 = (2 * index) % (2 * self.width)
-        image = np.ascontiguousarray(self.texture[:, x0:x0 + self.width])
+        image = np.ascontiguousarray(self.texture[:, x0 : x0 + self.width])
         for (centre, axes, angle), color in zip(self._ellipses(index), self.colors):
             cv2.ellipse(image, centre, axes, angle, 0, 360, tuple(int(c) for c in color), -1)
         return image
@@ -109,8 +110,15 @@ class LongVideo(FramesOnDemand):
 
 # ------------------------------------------------------------------------------- memory part
 
-def measure_memory(config_name: str, frames: int, cap: int, size: tuple[int, int] = (480, 854),
-                   samples: int = 20, seed: int = 0) -> dict[str, Any]:
+
+def measure_memory(
+    config_name: str,
+    frames: int,
+    cap: int,
+    size: tuple[int, int] = (480, 854),
+    samples: int = 20,
+    seed: int = 0,
+) -> dict[str, Any]:
     """One configuration, in this process (call it in a fresh one: the peak RSS is per process).
 
     Returns samples [(frame, RSS MiB, peak RSS so far MiB)], peak RSS, the growth of RSS and
@@ -121,9 +129,8 @@ def measure_memory(config_name: str, frames: int, cap: int, size: tuple[int, int
     torch.manual_seed(seed)
     model = build_model(load_config("tiny").model).eval()
     cap_value = None if config_name == "unbounded" else cap
-    engine = PropagationEngine(model, InferenceConfig(size=480, device="cpu",
-                                                      max_memory_frames=cap_value))
-    engine.propagate(video[:2], {0: video.labels(0)})             # warm-up
+    engine = PropagationEngine(model, InferenceConfig(size=480, device="cpu", max_memory_frames=cap_value))
+    engine.propagate(video[:2], {0: video.labels(0)})  # warm-up
     start_rss = rss_mb()
     every = max(1, frames // samples)
     rss: list[tuple[int, float, float]] = []
@@ -147,13 +154,18 @@ def measure_memory(config_name: str, frames: int, cap: int, size: tuple[int, int
     quarter = max(1, len(stamps) // 4)
     half = [(mb, peak) for frame, mb, peak in rss if frame >= frames // 2]
     return {
-        "config": config_name, "frames": frames, "max_memory_frames": cap_value,
-        "streamed": streamed, "seconds": round(seconds, 1),
+        "config": config_name,
+        "frames": frames,
+        "max_memory_frames": cap_value,
+        "streamed": streamed,
+        "seconds": round(seconds, 1),
         "frames_per_second": round(frames / seconds, 2),
         "fps_first_quarter": round(quarter / (stamps[quarter - 1] - start), 2),
         "fps_last_quarter": round(quarter / (stamps[-1] - stamps[-quarter - 1]), 2)
-        if len(stamps) > quarter else None,
-        "rss_start_mb": start_rss, "peak_rss_mb": round(peak_rss_mb(), 1),
+        if len(stamps) > quarter
+        else None,
+        "rss_start_mb": start_rss,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "rss_growth_second_half_mb": round(half[-1][0] - half[0][0], 1) if len(half) > 1 else None,
         "peak_growth_second_half_mb": round(half[-1][1] - half[0][1], 1) if len(half) > 1 else None,
         "rss_samples": rss,
@@ -173,23 +185,39 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- accuracy part
 
+
 def train_tiny(workdir: Path, iterations: int, seed: int = 0) -> Path:
     """Train ``tiny`` from scratch on 16 generated 24-frame 96x96 videos; returns final.pth."""
     from twoshot.data.synth import generate_dataset
     from twoshot.train.trainer import build_stage_dataset, train
 
     data = workdir / "synth"
-    generate_dataset(data, videos=16, frames=24, size=(96, 96), objects=(1, 3), seed=seed,
-                     val_videos=0, static_images=0)
-    config = load_config("tiny", overrides=[
-        f"main.iterations={iterations}", "main.num_workers=0", "main.save_every=1000000",
-        "main.log_every=1000000", "main.image_every=1000000"])
+    generate_dataset(
+        data, videos=16, frames=24, size=(96, 96), objects=(1, 3), seed=seed, val_videos=0, static_images=0
+    )
+    config = load_config(
+        "tiny",
+        overrides=[
+            f"main.iterations={iterations}",
+            "main.num_workers=0",
+            "main.save_every=1000000",
+            "main.log_every=1000000",
+            "main.image_every=1000000",
+        ],
+    )
     dataset = build_stage_dataset("main", config, data, "davis", "train")
     return train(config, "main", dataset, workdir / "train", device="cpu", progress=False)
 
 
-def measure_accuracy(model: STCN, caps: Sequence[int], videos: int = 3, frames: int = 400,
-                     size: tuple[int, int] = (96, 96), objects: int = 2, seed: int = 1) -> dict[str, Any]:
+def measure_accuracy(
+    model: STCN,
+    caps: Sequence[int],
+    videos: int = 3,
+    frames: int = 400,
+    size: tuple[int, int] = (96, 96),
+    objects: int = 2,
+    seed: int = 1,
+) -> dict[str, Any]:
     """J&F of forward propagation from frame 0 with no cap and each cap, on generated videos.
 
     Returns {"J&F": {setting: value}, "delta": {setting: J&F - unbounded J&F}, per-video
@@ -213,11 +241,15 @@ def measure_accuracy(model: STCN, caps: Sequence[int], videos: int = 3, frames: 
             memory[_label(cap)] = max(memory.get(_label(cap), 0), result.stats.peak_memory_frames)
     jf = {name: EvalResult.from_sequences(seqs).j_and_f for name, seqs in scores.items()}
     return {
-        "videos": videos, "frames": frames, "size": list(size), "objects": objects,
+        "videos": videos,
+        "frames": frames,
+        "size": list(size),
+        "objects": objects,
         "J&F": {k: round(v, 4) for k, v in jf.items()},
         "delta": {k: round(v - jf["unbounded"], 4) for k, v in jf.items()},
-        "per_video_J&F": {k: [round(float(s.j.mean() + s.f.mean()) / 2, 4) for s in seqs]
-                          for k, seqs in scores.items()},
+        "per_video_J&F": {
+            k: [round(float(s.j.mean() + s.f.mean()) / 2, 4) for s in seqs] for k, seqs in scores.items()
+        },
         "peak_memory_frames": memory,
     }
 
@@ -228,26 +260,45 @@ def _label(cap: int | None) -> str:
 
 # ----------------------------------------------------------------------------------- runner
 
-def run(frames: int = 200, cap: int = 10, configs: Sequence[str] = CONFIGS,
-        accuracy: bool = True, checkpoint: str | None = None, save_checkpoint: str | None = None,
-        train_iterations: int = 300, jf_frames: int = 400, jf_videos: int = 3,
-        jf_caps: Sequence[int] = (2, 5, 10), threads: int | None = None, seed: int = 0) -> dict:
+
+def run(
+    frames: int = 200,
+    cap: int = 10,
+    configs: Sequence[str] = CONFIGS,
+    accuracy: bool = True,
+    checkpoint: str | None = None,
+    save_checkpoint: str | None = None,
+    train_iterations: int = 300,
+    jf_frames: int = 400,
+    jf_videos: int = 3,
+    jf_caps: Sequence[int] = (2, 5, 10),
+    threads: int | None = None,
+    seed: int = 0,
+) -> dict:
     """Both parts (see the module docstring). Returns {"machine", "memory": {config: report},
     "accuracy": {...} or None, "model": how the accuracy model was obtained}."""
     threads = threads or torch.get_num_threads()
-    memory = {name: _child({"config_name": name, "frames": frames, "cap": cap, "seed": seed,
-                            "threads": threads}) for name in configs}
-    report: dict[str, Any] = {"machine": machine_info("cpu"), "memory": memory,
-                              "accuracy": None, "model": None}
+    memory = {
+        name: _child({"config_name": name, "frames": frames, "cap": cap, "seed": seed, "threads": threads})
+        for name in configs
+    }
+    report: dict[str, Any] = {
+        "machine": machine_info("cpu"),
+        "memory": memory,
+        "accuracy": None,
+        "model": None,
+    }
     if not accuracy:
         return report
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoint is None:
             path = train_tiny(Path(tmp), train_iterations, seed)
-            report["model"] = (f"tiny trained here from scratch: {train_iterations} iterations, "
-                               "16 generated 24-frame videos at 96x96, "
-                               f"{time.perf_counter() - start:.0f} s")
+            report["model"] = (
+                f"tiny trained here from scratch: {train_iterations} iterations, "
+                "16 generated 24-frame videos at 96x96, "
+                f"{time.perf_counter() - start:.0f} s"
+            )
             if save_checkpoint:
                 Path(save_checkpoint).parent.mkdir(parents=True, exist_ok=True)
                 Path(save_checkpoint).write_bytes(path.read_bytes())
@@ -255,6 +306,7 @@ def run(frames: int = 200, cap: int = 10, configs: Sequence[str] = CONFIGS,
             path = Path(checkpoint)
             report["model"] = f"checkpoint {checkpoint}"
         from twoshot.model.checkpoint import load_model
+
         model = load_model(path, load_config("tiny").model).eval()
     report["accuracy"] = measure_accuracy(model, jf_caps, jf_videos, jf_frames, seed=seed + 1)
     return report
@@ -263,31 +315,69 @@ def run(frames: int = 200, cap: int = 10, configs: Sequence[str] = CONFIGS,
 def format_report(report: dict) -> str:
     """Markdown tables of a :func:`run` report."""
     m = report["machine"]
-    lines = [f"machine: {m['processor']}, {m['cpu_count']} cores, torch {m['torch']} "
-             f"({m['torch_threads']} threads), load average {m['load_average_1min']}", ""]
+    lines = [
+        f"machine: {m['processor']}, {m['cpu_count']} cores, torch {m['torch']} "
+        f"({m['torch_threads']} threads), load average {m['load_average_1min']}",
+        "",
+    ]
     rows = []
     for name, r in report["memory"].items():
-        rows.append([name, r["frames"], r["max_memory_frames"] or "-",
-                     "yes" if r["streamed"] else "no", r["peak_memory_frames"],
-                     r["rss_start_mb"] and round(r["rss_start_mb"]), round(r["peak_rss_mb"]),
-                     r["rss_growth_second_half_mb"], r["peak_growth_second_half_mb"],
-                     r["fps_first_quarter"], r["fps_last_quarter"]])
-    lines.append(markdown_table(["config", "frames", "cap", "streamed", "memory frames (peak)",
-                                 "RSS at start MiB", "peak RSS MiB", "RSS growth, 2nd half MiB",
-                                 "peak RSS growth, 2nd half MiB", "frames/s 1st quarter",
-                                 "frames/s last quarter"], rows))
+        rows.append(
+            [
+                name,
+                r["frames"],
+                r["max_memory_frames"] or "-",
+                "yes" if r["streamed"] else "no",
+                r["peak_memory_frames"],
+                r["rss_start_mb"] and round(r["rss_start_mb"]),
+                round(r["peak_rss_mb"]),
+                r["rss_growth_second_half_mb"],
+                r["peak_growth_second_half_mb"],
+                r["fps_first_quarter"],
+                r["fps_last_quarter"],
+            ]
+        )
+    lines.append(
+        markdown_table(
+            [
+                "config",
+                "frames",
+                "cap",
+                "streamed",
+                "memory frames (peak)",
+                "RSS at start MiB",
+                "peak RSS MiB",
+                "RSS growth, 2nd half MiB",
+                "peak RSS growth, 2nd half MiB",
+                "frames/s 1st quarter",
+                "frames/s last quarter",
+            ],
+            rows,
+        )
+    )
     for name, r in report["memory"].items():
-        lines.append(f"samples {name} (frame: RSS/peak MiB): " +
-                     " ".join(f"{f}:{mb:.0f}/{peak:.0f}" for f, mb, peak in r["rss_samples"]))
+        lines.append(
+            f"samples {name} (frame: RSS/peak MiB): "
+            + " ".join(f"{f}:{mb:.0f}/{peak:.0f}" for f, mb, peak in r["rss_samples"])
+        )
     acc = report["accuracy"]
     if acc is not None:
-        lines += ["", f"J&F on {acc['videos']} generated videos of {acc['frames']} frames at "
-                      f"{acc['size'][1]}x{acc['size'][0]}, {acc['objects']} objects; model: "
-                      f"{report['model']}", ""]
-        lines.append(markdown_table(
-            ["memory", "peak memory frames", "J&F", "change vs unbounded", "per video"],
-            [[k, acc["peak_memory_frames"][k], v, f"{acc['delta'][k]:+.4f}", acc["per_video_J&F"][k]]
-             for k, v in acc["J&F"].items()]))
+        lines += [
+            "",
+            f"J&F on {acc['videos']} generated videos of {acc['frames']} frames at "
+            f"{acc['size'][1]}x{acc['size'][0]}, {acc['objects']} objects; model: "
+            f"{report['model']}",
+            "",
+        ]
+        lines.append(
+            markdown_table(
+                ["memory", "peak memory frames", "J&F", "change vs unbounded", "per video"],
+                [
+                    [k, acc["peak_memory_frames"][k], v, f"{acc['delta'][k]:+.4f}", acc["per_video_J&F"][k]]
+                    for k, v in acc["J&F"].items()
+                ],
+            )
+        )
     return "\n".join(lines)
 
 
@@ -299,8 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--checkpoint", default=None, help="a trained tiny checkpoint for J&F")
-    parser.add_argument("--save-checkpoint", default=None, metavar="PATH",
-                        help="keep the model trained here")
+    parser.add_argument("--save-checkpoint", default=None, metavar="PATH", help="keep the model trained here")
     parser.add_argument("--train-iterations", type=int, default=300)
     parser.add_argument("--jf-frames", type=int, default=400)
     parser.add_argument("--jf-videos", type=int, default=3)
@@ -316,9 +405,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    report = run(args.frames, args.cap, args.configs, not args.skip_accuracy, args.checkpoint,
-                 args.save_checkpoint, args.train_iterations, args.jf_frames, args.jf_videos,
-                 args.jf_caps, args.threads)
+    report = run(
+        args.frames,
+        args.cap,
+        args.configs,
+        not args.skip_accuracy,
+        args.checkpoint,
+        args.save_checkpoint,
+        args.train_iterations,
+        args.jf_frames,
+        args.jf_videos,
+        args.jf_caps,
+        args.threads,
+    )
     print_report(format_report(report), report, args.json)
     return 0
 

@@ -26,16 +26,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from common import interleave, machine_info
 
+from common import interleave, machine_info
 from twoshot.config import InferenceConfig, load_config
 from twoshot.data.fixtures import random_video
 from twoshot.inference import PropagationEngine, assign_sources
 from twoshot.model import build_model
 
 
-def reference_four_runs(model: torch.nn.Module, config: InferenceConfig, frames: np.ndarray,
-                        labeled: dict[int, np.ndarray]) -> tuple[np.ndarray, int]:
+def reference_four_runs(
+    model: torch.nn.Module, config: InferenceConfig, frames: np.ndarray, labeled: dict[int, np.ndarray]
+) -> tuple[np.ndarray, int]:
     """The reference's way: a full forward and a full backward run from each labeled frame,
     each with a fresh engine (nothing shared, one frame per key-encoder call), then the
     nearest-labeled-frame merge. Returns (masks uint8 [T, H, W], frames key-encoded)."""
@@ -58,9 +59,17 @@ def reference_four_runs(model: torch.nn.Module, config: InferenceConfig, frames:
     return masks, encoded
 
 
-def run(preset: str = "tiny", num_frames: int = 40, labeled: Sequence[int] | None = None,
-        size: tuple[int, int] = (480, 854), device: str = "cpu", amp: bool = False,
-        key_batch: int | None = None, seed: int = 0, rounds: int = 1) -> dict:
+def run(
+    preset: str = "tiny",
+    num_frames: int = 40,
+    labeled: Sequence[int] | None = None,
+    size: tuple[int, int] = (480, 854),
+    device: str = "cpu",
+    amp: bool = False,
+    key_batch: int | None = None,
+    seed: int = 0,
+    rounds: int = 1,
+) -> dict:
     """Time both ways on one generated video and check they give the same masks.
 
     labeled: the two (or more) labeled frames (default: at 1/4 and 3/4 of the video, as a
@@ -75,25 +84,39 @@ def run(preset: str = "tiny", num_frames: int = 40, labeled: Sequence[int] | Non
     model = build_model(load_config(preset).model).eval()
     config = InferenceConfig(size=480, device=device, amp=amp, key_batch=key_batch)
     engine = PropagationEngine(model, config)
-    engine.propagate(frames[:2], {0: labels[0]})                 # warm-up
-    timing = interleave({
-        "shared": lambda: engine.propagate(frames, given, mode="bidirectional"),
-        "reference": lambda: reference_four_runs(model, config, frames, given)},
-        rounds, engine.device)
+    engine.propagate(frames[:2], {0: labels[0]})  # warm-up
+    timing = interleave(
+        {
+            "shared": lambda: engine.propagate(frames, given, mode="bidirectional"),
+            "reference": lambda: reference_four_runs(model, config, frames, given),
+        },
+        rounds,
+        engine.device,
+    )
     shared, (reference, ref_encoded) = timing.values["shared"], timing.values["reference"]
     shared_s, ref_s = timing.median("shared"), timing.median("reference")
     differing = int((shared.masks != reference).sum())
     assert differing == 0, f"{differing} pixels differ between the engine and the reference"
     return {
         "machine": machine_info(device),
-        "settings": {"preset": preset, "frames": num_frames, "labeled": labeled,
-                     "size": list(size), "processing": "shorter side 480", "mem_every": 5,
-                     "top_k": 20, "key_batch": key_batch, "amp": amp, "rounds": rounds},
+        "settings": {
+            "preset": preset,
+            "frames": num_frames,
+            "labeled": labeled,
+            "size": list(size),
+            "processing": "shorter side 480",
+            "mem_every": 5,
+            "top_k": 20,
+            "key_batch": key_batch,
+            "amp": amp,
+            "rounds": rounds,
+        },
         "shared_seconds": round(shared_s, 3),
         "reference_seconds": round(ref_s, 3),
         "speedup": round(timing.ratio("reference", "shared"), 2),
-        "speedup_per_round": [round(r / s, 2) for r, s in zip(timing.seconds["reference"],
-                                                               timing.seconds["shared"])],
+        "speedup_per_round": [
+            round(r / s, 2) for r, s in zip(timing.seconds["reference"], timing.seconds["shared"])
+        ],
         "shared_key_encodes": shared.stats.key_encodes,
         "reference_key_encodes": ref_encoded,
         "identical_masks": True,
@@ -108,16 +131,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--labeled", type=int, nargs="+", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true")
-    parser.add_argument("--key-batch", type=int, default=None,
-                        help="the engine's frames per key-encoder call (default: 1 on CPU, 8 on CUDA)")
+    parser.add_argument(
+        "--key-batch",
+        type=int,
+        default=None,
+        help="the engine's frames per key-encoder call (default: 1 on CPU, 8 on CUDA)",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="timed runs of each way, interleaved")
     args = parser.parse_args(argv)
-    report = run(args.preset, args.frames, args.labeled, device=args.device, amp=args.amp,
-                 key_batch=args.key_batch, rounds=args.rounds)
-    print(f"shared-key engine: {report['shared_seconds']} s ({report['shared_key_encodes']} key "
-          f"encodings); four independent runs: {report['reference_seconds']} s "
-          f"({report['reference_key_encodes']} key encodings); speed-up x{report['speedup']}; "
-          "masks identical")
+    report = run(
+        args.preset,
+        args.frames,
+        args.labeled,
+        device=args.device,
+        amp=args.amp,
+        key_batch=args.key_batch,
+        rounds=args.rounds,
+    )
+    print(
+        f"shared-key engine: {report['shared_seconds']} s ({report['shared_key_encodes']} key "
+        f"encodings); four independent runs: {report['reference_seconds']} s "
+        f"({report['reference_key_encodes']} key encodings); speed-up x{report['speedup']}; "
+        "masks identical"
+    )
     print(json.dumps(report, indent=1))
     return 0
 

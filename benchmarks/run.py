@@ -47,13 +47,17 @@ def _sizes(quick: bool, device: str) -> dict[str, Any]:
     """Input sizes of every section for the default and the ``--quick`` run."""
     cuda = device.startswith("cuda")
     return {
-        "pseudo_frames": 16 if quick else 32, "pseudo_rounds": 1 if quick else 3,
-        "eval_videos": 2 if quick else 6, "eval_frames": 20 if quick else 40,
+        "pseudo_frames": 16 if quick else 32,
+        "pseudo_rounds": 1 if quick else 3,
+        "eval_videos": 2 if quick else 6,
+        "eval_frames": 20 if quick else 40,
         "eval_repeat": 1 if quick else 3,
         "tiny_frames": 60 if cuda else (8 if quick else 24),
         "stcn_frames": 60 if cuda else (2 if quick else 4),
-        "fast_frames": 30 if cuda else (8 if quick else 16), "fast_rounds": 1 if quick else 3,
-        "loader_batches": 5 if quick else 10, "loader_rounds": 1 if quick else 3,
+        "fast_frames": 30 if cuda else (8 if quick else 16),
+        "fast_rounds": 1 if quick else 3,
+        "loader_batches": 5 if quick else 10,
+        "loader_rounds": 1 if quick else 3,
     }
 
 
@@ -66,13 +70,17 @@ def section_a(sizes: dict[str, Any], device: str) -> tuple[list[list[Any]], dict
     from pseudo_label_speed import run as pseudo_run
 
     report = pseudo_run("tiny", sizes["pseudo_frames"], device=device, rounds=sizes["pseudo_rounds"])
-    row = ["a", f"pseudo labels, tiny, {sizes['pseudo_frames']} frames 480x854, labeled frames "
-                f"{report['settings']['labeled']}: four independent runs / shared-key engine",
-           f"**{report['speedup']}x** (median of {sizes['pseudo_rounds']} rounds "
-           f"{report['speedup_per_round']}; {report['reference_seconds']} s vs "
-           f"{report['shared_seconds']} s; {report['reference_key_encodes']} vs "
-           f"{report['shared_key_encodes']} key encodings); masks identical",
-           ">= 2.5x", _met(report["speedup"], 2.5)]
+    row = [
+        "a",
+        f"pseudo labels, tiny, {sizes['pseudo_frames']} frames 480x854, labeled frames "
+        f"{report['settings']['labeled']}: four independent runs / shared-key engine",
+        f"**{report['speedup']}x** (median of {sizes['pseudo_rounds']} rounds "
+        f"{report['speedup_per_round']}; {report['reference_seconds']} s vs "
+        f"{report['shared_seconds']} s; {report['reference_key_encodes']} vs "
+        f"{report['shared_key_encodes']} key encodings); masks identical",
+        ">= 2.5x",
+        _met(report["speedup"], 2.5),
+    ]
     return [row], report
 
 
@@ -80,20 +88,37 @@ def section_b(sizes: dict[str, Any]) -> tuple[list[list[Any]], dict]:
     """Evaluation: twoshot eval with 2 workers vs the straightforward evaluator."""
     from eval_speed import run as eval_run
 
-    report = eval_run(sizes["eval_videos"], sizes["eval_frames"], objects=3, workers=2,
-                      repeat=sizes["eval_repeat"])
-    what = (f"`twoshot eval` vs straightforward per-frame, per-object evaluator, "
-            f"{report['videos']} videos x {report['frames']} frames x 3 objects, 854x480")
+    report = eval_run(
+        sizes["eval_videos"], sizes["eval_frames"], objects=3, workers=2, repeat=sizes["eval_repeat"]
+    )
+    what = (
+        f"`twoshot eval` vs straightforward per-frame, per-object evaluator, "
+        f"{report['videos']} videos x {report['frames']} frames x 3 objects, 854x480"
+    )
     rows = [
-        ["b", what + ", 2 worker processes",
-         f"**{report['speedup_Nproc']:.1f}x** ({report['straightforward_s']:.2f} s vs "
-         f"{report['fast_Nproc_s']:.2f} s, best of {sizes['eval_repeat']}); per-frame J/F identical",
-         ">= 5x", _met(report["speedup_Nproc"], 5.0)],
-        ["b", what + ", 1 process",
-         f"{report['speedup_1proc']:.1f}x ({report['fast_1proc_s']:.2f} s)", "-", "-"],
-        ["b", "metrics alone, arrays in memory (no PNG reading)",
-         f"{report['speedup_memory']:.1f}x ({report['memory_straightforward_s']:.2f} s vs "
-         f"{report['memory_fast_s']:.2f} s)", "-", "-"],
+        [
+            "b",
+            what + ", 2 worker processes",
+            f"**{report['speedup_Nproc']:.1f}x** ({report['straightforward_s']:.2f} s vs "
+            f"{report['fast_Nproc_s']:.2f} s, best of {sizes['eval_repeat']}); per-frame J/F identical",
+            ">= 5x",
+            _met(report["speedup_Nproc"], 5.0),
+        ],
+        [
+            "b",
+            what + ", 1 process",
+            f"{report['speedup_1proc']:.1f}x ({report['fast_1proc_s']:.2f} s)",
+            "-",
+            "-",
+        ],
+        [
+            "b",
+            "metrics alone, arrays in memory (no PNG reading)",
+            f"{report['speedup_memory']:.1f}x ({report['memory_straightforward_s']:.2f} s vs "
+            f"{report['memory_fast_s']:.2f} s)",
+            "-",
+            "-",
+        ],
     ]
     return rows, report
 
@@ -115,24 +140,42 @@ def section_c(sizes: dict[str, Any], device: str, compile_: bool) -> tuple[list[
             if r.get("peak_cuda_mb") is not None:
                 memory += f", peak CUDA {r['peak_cuda_mb']:.0f} MiB"
             target = STCN_PUBLISHED if preset == "stcn" else "-"
-            rows.append(["c", f"inference, {preset}, {r['frames']} frames 480x854 (shorter side 480), "
-                              f"2 objects, {precision}, {device}",
-                         f"**{r['frames_per_second']} frames/s**; {memory}", target,
-                         "compare on a GPU" if preset == "stcn" else "-"])
+            rows.append(
+                [
+                    "c",
+                    f"inference, {preset}, {r['frames']} frames 480x854 (shorter side 480), "
+                    f"2 objects, {precision}, {device}",
+                    f"**{r['frames_per_second']} frames/s**; {memory}",
+                    target,
+                    "compare on a GPU" if preset == "stcn" else "-",
+                ]
+            )
     options = [o for o in FAST_PATH_OPTIONS if compile_ or "compile" not in o]
-    fast = fast_path("stcn" if cuda else "tiny", sizes["fast_frames"], options=options,
-                     rounds=sizes["fast_rounds"], device=device)
+    fast = fast_path(
+        "stcn" if cuda else "tiny",
+        sizes["fast_frames"],
+        options=options,
+        rounds=sizes["fast_rounds"],
+        device=device,
+    )
     for name, r in fast["results"].items():
         if name == "default":
             continue
         note = f"; warm-up (compiling) {r['warmup_seconds']} s" if "compile" in name else ""
         if r.get("fell_back_to_eager"):
             note += "; torch.compile unavailable, ran eagerly"
-        rows.append(["c", f"engine option `{name}` vs default, {fast['settings']['preset']}, "
-                          f"{sizes['fast_frames']} frames 480p, {sizes['fast_rounds']} interleaved rounds",
-                     f"{r['speedup']}x ({r['frames_per_second']} vs "
-                     f"{fast['results']['default']['frames_per_second']} frames/s); "
-                     f"{r['pixels_differing']} of {r['pixels']} mask pixels differ{note}", "-", "-"])
+        rows.append(
+            [
+                "c",
+                f"engine option `{name}` vs default, {fast['settings']['preset']}, "
+                f"{sizes['fast_frames']} frames 480p, {sizes['fast_rounds']} interleaved rounds",
+                f"{r['speedup']}x ({r['frames_per_second']} vs "
+                f"{fast['results']['default']['frames_per_second']} frames/s); "
+                f"{r['pixels_differing']} of {r['pixels']} mask pixels differ{note}",
+                "-",
+                "-",
+            ]
+        )
     return rows, {"inference": reports, "fast_path": fast}
 
 
@@ -144,19 +187,32 @@ def section_d(sizes: dict[str, Any]) -> tuple[list[list[Any]], dict]:
     with tempfile.TemporaryDirectory() as tmp:
         root = make_videos(Path(tmp) / "davis", 4, 20, (480, 854))
         batches = sizes["loader_batches"]
-        interleave({"workers_0": lambda: time_loader(root, 384, 4, 0, batches),
-                    "workers_2": lambda: time_loader(root, 384, 4, 2, batches)},
-                   sizes["loader_rounds"], after=lambda name, value: rates[name].append(value))
+        interleave(
+            {
+                "workers_0": lambda: time_loader(root, 384, 4, 0, batches),
+                "workers_2": lambda: time_loader(root, 384, 4, 2, batches),
+            },
+            sizes["loader_rounds"],
+            after=lambda name, value: rates[name].append(value),
+        )
     medians = {name: statistics.median(values) for name, values in rates.items()}
-    rows = [["d", f"training loader, VOSClipDataset full mode, 480x854 JPEG -> 384x384 clips, "
-                  f"batch 4, {name.replace('_', ' ')}",
-             f"**{medians[name]:.1f} clips/s** (median of {sizes['loader_rounds']})", "-", "-"]
-            for name in rates]
+    rows = [
+        [
+            "d",
+            f"training loader, VOSClipDataset full mode, 480x854 JPEG -> 384x384 clips, "
+            f"batch 4, {name.replace('_', ' ')}",
+            f"**{medians[name]:.1f} clips/s** (median of {sizes['loader_rounds']})",
+            "-",
+            "-",
+        ]
+        for name in rates
+    ]
     return rows, {"clips_per_second": rates, "median": medians}
 
 
-def run(quick: bool = False, device: str = "cpu", sections: Sequence[str] = SECTIONS,
-        compile_: bool = False) -> dict:
+def run(
+    quick: bool = False, device: str = "cpu", sections: Sequence[str] = SECTIONS, compile_: bool = False
+) -> dict:
     """Measure the chosen sections. Returns {"machine", "sizes", "rows", "raw", "seconds"}:
     rows are [section, what, figure, target, met] table rows, raw each section's full report."""
     sizes = _sizes(quick, device)
@@ -177,18 +233,26 @@ def run(quick: bool = False, device: str = "cpu", sections: Sequence[str] = SECT
             new, raw["d"] = section_d(sizes)
         rows.extend(new)
     machine["load_average_1min_after"] = load_average()
-    return {"machine": machine, "sizes": sizes, "quick": quick, "rows": rows, "raw": raw,
-            "seconds": round(time.perf_counter() - start, 1)}
+    return {
+        "machine": machine,
+        "sizes": sizes,
+        "quick": quick,
+        "rows": rows,
+        "raw": raw,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def format_report(report: dict) -> str:
     """The machine line and the Markdown table of a :func:`run` report."""
     m = report["machine"]
-    head = (f"machine: {m['processor']}, {m['cpu_count']} cores, torch {m['torch']} "
-            f"({m['torch_threads']} intra-op threads), device {m['device']}, Python {m['python']}, "
-            f"{m['platform']}; 1-min load average {m['load_average_1min']} before, "
-            f"{m['load_average_1min_after']} after; {report['seconds']} s"
-            f"{' (--quick)' if report['quick'] else ''}")
+    head = (
+        f"machine: {m['processor']}, {m['cpu_count']} cores, torch {m['torch']} "
+        f"({m['torch_threads']} intra-op threads), device {m['device']}, Python {m['python']}, "
+        f"{m['platform']}; 1-min load average {m['load_average_1min']} before, "
+        f"{m['load_average_1min_after']} after; {report['seconds']} s"
+        f"{' (--quick)' if report['quick'] else ''}"
+    )
     table = markdown_table(["", "what", "measured", "target", "met"], report["rows"])
     return head + "\n\n" + table
 
@@ -198,12 +262,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs, fewer rounds")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
-                        help="run only these sections")
-    parser.add_argument("--compile", action="store_true",
-                        help="also time torch.compile in section c (slow to compile on a CPU)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument(
+        "--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="run only these sections"
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile in section c (slow to compile on a CPU)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
+    )
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
     args = parser.parse_args(argv)
     import torch  # here, not at the top: eval's spawned workers re-import this script

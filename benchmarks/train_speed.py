@@ -27,12 +27,13 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from common import cpu_name
 
+from common import cpu_name
 from twoshot.config import load_config
 from twoshot.model import build_model
 from twoshot.train.forward import forward_batch
@@ -44,16 +45,21 @@ def synthetic_batch(batch: int, frames: int, size: int, device: torch.device) ->
     generator = torch.Generator().manual_seed(0)
     rgb = torch.randn(batch, frames, 3, size, size, generator=generator)
     cls = torch.zeros(batch, frames, size, size, dtype=torch.int64)
-    cls[:, :, size // 4: size // 2, size // 4: size // 2] = 1
-    cls[:, :, -size // 4:, : size // 4] = 2
-    return {"rgb": rgb.to(device), "gt": (cls == 1).float()[:, :, None].to(device),
-            "sec_gt": (cls == 2).float()[:, :, None].to(device), "cls_gt": cls.to(device),
-            "selector": torch.ones(batch, 2, device=device),
-            "labeled": torch.ones(batch, frames, dtype=torch.bool, device=device)}
+    cls[:, :, size // 4 : size // 2, size // 4 : size // 2] = 1
+    cls[:, :, -size // 4 :, : size // 4] = 2
+    return {
+        "rgb": rgb.to(device),
+        "gt": (cls == 1).float()[:, :, None].to(device),
+        "sec_gt": (cls == 2).float()[:, :, None].to(device),
+        "cls_gt": cls.to(device),
+        "selector": torch.ones(batch, 2, device=device),
+        "labeled": torch.ones(batch, frames, dtype=torch.bool, device=device),
+    }
 
 
-def training_step(preset: str, batch: int, frames: int, size: int, device: torch.device,
-                  amp: bool) -> Callable[[], None]:
+def training_step(
+    preset: str, batch: int, frames: int, size: int, device: torch.device, amp: bool
+) -> Callable[[], None]:
     """One training iteration of a fresh ``preset`` model on an in-memory batch, as a callable:
     clip forward (autocast when ``amp``), the loss, backward through the grad scaler, Adam
     step; CUDA synchronised at its end."""
@@ -78,15 +84,24 @@ def training_step(preset: str, batch: int, frames: int, size: int, device: torch
     return step
 
 
-def time_steps(preset: str, batch: int, frames: int, size: int, device: torch.device,
-               amp: bool, steps: int, warmup: int = 3) -> dict[str, float]:
+def time_steps(
+    preset: str,
+    batch: int,
+    frames: int,
+    size: int,
+    device: torch.device,
+    amp: bool,
+    steps: int,
+    warmup: int = 3,
+) -> dict[str, float]:
     """Time ``steps`` training iterations of a fresh :func:`training_step` after ``warmup``
     (see :func:`time_calls`)."""
     return time_calls(training_step(preset, batch, frames, size, device, amp), steps, device, warmup)
 
 
-def time_calls(step: Callable[[], None], steps: int, device: torch.device,
-               warmup: int = 3) -> dict[str, float]:
+def time_calls(
+    step: Callable[[], None], steps: int, device: torch.device, warmup: int = 3
+) -> dict[str, float]:
     """Time ``steps`` calls of ``step`` (e.g. :func:`training_step`) after ``warmup`` calls.
     Returns it/s and step times (s), and on CUDA the peak memory (GiB)."""
     times = []
@@ -96,8 +111,12 @@ def time_calls(step: Callable[[], None], steps: int, device: torch.device,
         if i >= warmup:
             times.append(time.perf_counter() - start)
     times.sort()
-    result = {"it_per_s": len(times) / sum(times), "step_median_s": times[len(times) // 2],
-              "step_min_s": times[0], "step_max_s": times[-1]}
+    result = {
+        "it_per_s": len(times) / sum(times),
+        "step_median_s": times[len(times) // 2],
+        "step_min_s": times[0],
+        "step_max_s": times[-1],
+    }
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return result
@@ -115,15 +134,18 @@ class GpuSampler:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu",
-                                      "--format=csv,noheader,nounits", "-i", "0"],
-                                     capture_output=True, text=True, timeout=5).stdout
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                ).stdout
                 self.samples.append(float(out.strip().splitlines()[0]))
             except (OSError, ValueError, IndexError, subprocess.SubprocessError):
                 return
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "GpuSampler":
+    def __enter__(self) -> GpuSampler:
         if shutil.which("nvidia-smi"):
             self._thread.start()
         return self
@@ -141,6 +163,7 @@ class GpuSampler:
 def make_videos(root: Path, videos: int, frames: int, size: tuple[int, int]) -> Path:
     """A DAVIS-layout folder of generated videos; returns its root."""
     from twoshot.data.fixtures import make_davis
+
     names = {f"video{i:02d}": frames for i in range(videos)}
     return make_davis(root, names, size=size).root
 
@@ -150,9 +173,10 @@ def time_loader(root: Path, crop: int, batch: int, workers: int, batches: int) -
     from twoshot.data.readers import open_dataset
     from twoshot.data.vos_clips import VOSClipDataset
     from twoshot.train.loader import ClipStream
+
     dataset = VOSClipDataset(open_dataset("davis", root, "train"), crop, mode="full", repeats=8)
     stream = ClipStream(batch, workers, seed=0, rank=0, world=1, skip_at=lambda it: 10)
-    stream.next_batch(dataset, 0)                       # start the workers
+    stream.next_batch(dataset, 0)  # start the workers
     start = time.perf_counter()
     for it in range(1, batches + 1):
         stream.next_batch(dataset, it)
@@ -161,9 +185,17 @@ def time_loader(root: Path, crop: int, batch: int, workers: int, batches: int) -
     return batches * batch / elapsed
 
 
-def time_trainer(root: Path, iterations: int, workers: int, out: Path, preset: str = "tiny",
-                 batch: int = 4, crop: int = 96, device: str = "cpu",
-                 amp: bool = False) -> float:
+def time_trainer(
+    root: Path,
+    iterations: int,
+    workers: int,
+    out: Path,
+    preset: str = "tiny",
+    batch: int = 4,
+    crop: int = 96,
+    device: str = "cpu",
+    amp: bool = False,
+) -> float:
     """Iterations per second of the whole Trainer (data, step, logging) from the end of its
     3rd iteration to the end of its last (the first ones start the loader workers and the
     kernels).
@@ -172,10 +204,20 @@ def time_trainer(root: Path, iterations: int, workers: int, out: Path, preset: s
     the run's settings (defaults: tiny, batch 4, 96 px, fp32, on the CPU); out: a new folder.
     """
     from twoshot.train.trainer import Trainer, build_stage_dataset
-    config = load_config(preset, overrides=[
-        f"main.iterations={iterations}", f"main.batch_size={batch}", f"main.crop_size={crop}",
-        f"main.num_workers={workers}", f"main.amp={str(amp).lower()}", "main.log_every=1000000",
-        "main.image_every=1000000", "main.save_every=1000000"])
+
+    config = load_config(
+        preset,
+        overrides=[
+            f"main.iterations={iterations}",
+            f"main.batch_size={batch}",
+            f"main.crop_size={crop}",
+            f"main.num_workers={workers}",
+            f"main.amp={str(amp).lower()}",
+            "main.log_every=1000000",
+            "main.image_every=1000000",
+            "main.save_every=1000000",
+        ],
+    )
     dataset = build_stage_dataset("main", config, root, "davis", "train")
     trainer = Trainer(config, "main", dataset, out, device=device, progress=False)
     times: list[float] = []
@@ -195,26 +237,40 @@ def time_trainer(root: Path, iterations: int, workers: int, out: Path, preset: s
     return (len(times) - 3) / (times[-1] - times[2])
 
 
-def run(cpu_steps: int = 20, cuda_steps: int = 20, cuda_batch: int = 8, loader_batches: int = 10,
-        workers: int = 2, trainer_iterations: int = 20, device: str = "auto",
-        videos: int = 4, frames: int = 20) -> dict[str, Any]:
+def run(
+    cpu_steps: int = 20,
+    cuda_steps: int = 20,
+    cuda_batch: int = 8,
+    loader_batches: int = 10,
+    workers: int = 2,
+    trainer_iterations: int = 20,
+    device: str = "auto",
+    videos: int = 4,
+    frames: int = 20,
+) -> dict[str, Any]:
     """All measurements as a dict (see the module docstring)."""
     result: dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "processor": cpu_name(),
-                    "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "torch_threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": cpu_name(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+        },
     }
     cpu = torch.device("cpu")
-    result["cpu_step_tiny_b4_t3_96px"] = time_steps("tiny", 4, 3, 96, cpu, amp=False,
-                                                    steps=cpu_steps)
+    result["cpu_step_tiny_b4_t3_96px"] = time_steps("tiny", 4, 3, 96, cpu, amp=False, steps=cpu_steps)
     with tempfile.TemporaryDirectory() as tmp:
         root = make_videos(Path(tmp) / "davis", videos, frames, (480, 854))
         result["loader_clips_per_s_384px"] = {
-            f"workers_{n}": time_loader(root, 384, 4, n, loader_batches) for n in sorted({0, workers})}
+            f"workers_{n}": time_loader(root, 384, 4, n, loader_batches) for n in sorted({0, workers})
+        }
         result["loader_clips_per_s_96px"] = {
-            f"workers_{n}": time_loader(root, 96, 4, n, loader_batches) for n in sorted({0, workers})}
+            f"workers_{n}": time_loader(root, 96, 4, n, loader_batches) for n in sorted({0, workers})
+        }
         result["cpu_trainer_it_per_s_tiny_b4_96px"] = time_trainer(
-            root, trainer_iterations, workers, Path(tmp) / "run")
+            root, trainer_iterations, workers, Path(tmp) / "run"
+        )
     use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     if use_cuda:
         gpu = torch.device("cuda")
@@ -236,12 +292,21 @@ def main() -> None:
     parser.add_argument("--trainer-iterations", type=int, default=20)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args()
-    result = run(args.cpu_steps, args.cuda_steps, args.cuda_batch, args.loader_batches,
-                 args.workers, args.trainer_iterations, args.device)
+    result = run(
+        args.cpu_steps,
+        args.cuda_steps,
+        args.cuda_batch,
+        args.loader_batches,
+        args.workers,
+        args.trainer_iterations,
+        args.device,
+    )
     print(json.dumps(result, indent=2))
     step = result["cpu_step_tiny_b4_t3_96px"]["step_median_s"]
-    print(f"tiny CPU step (batch 4 x 3 frames, 96x96): median {step:.3f} s "
-          f"({'<' if step < 0.5 else '>='} 0.5 s)")
+    print(
+        f"tiny CPU step (batch 4 x 3 frames, 96x96): median {step:.3f} s "
+        f"({'<' if step < 0.5 else '>='} 0.5 s)"
+    )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from twoshot.cli import main
-from twoshot.data.budget import (apply_budget, load_budget, make_budget, save_budget,
-                                 summarize_budget)
+from twoshot.data.budget import apply_budget, load_budget, make_budget, save_budget, summarize_budget
 from twoshot.data.fixtures import make_davis, make_video_file, make_youtube
 from twoshot.data.masks import write_mask
 from twoshot.data.readers import load_annotations, load_frames, open_dataset
@@ -19,15 +18,14 @@ from twoshot.errors import UserError
 REFERENCE = Path("/work/shared/reference")
 
 
-@pytest.mark.parametrize("name, videos", [("davis_rand_2frames.json", 60),
-                                          ("yv_rand_2frames.json", 3464)])
+@pytest.mark.parametrize("name, videos", [("davis_rand_2frames.json", 60), ("yv_rand_2frames.json", 3464)])
 def test_reference_budgets_load_unchanged(tmp_path: Path, name: str, videos: int) -> None:
     path = REFERENCE / name
     if not path.is_file():
         pytest.skip(f"{path} is not available")
     raw = json.loads(path.read_text())
     budget = load_budget(path)
-    assert budget == raw and list(budget) == list(raw)          # same content, same order
+    assert budget == raw and list(budget) == list(raw)  # same content, same order
     assert len(budget) == videos and all(len(frames) == 2 for frames in budget.values())
     if name.startswith("davis"):
         assert budget["bear"] == ["00030.jpg", "00065.jpg"]
@@ -80,8 +78,7 @@ def test_empty_png_is_skipped_for_the_nearest_frame(ten) -> None:
     data, seqs = ten
     write_mask(data.root / "Annotations/480p/ten/00007.png", np.zeros((24, 32), np.uint8))
     assert make_budget(seqs, 2, "uniform")["ten"] == ["00002.jpg", "00008.jpg"]
-    assert make_budget(seqs, 2, "uniform", require_objects=False)["ten"] == ["00002.jpg",
-                                                                              "00007.jpg"]
+    assert make_budget(seqs, 2, "uniform", require_objects=False)["ten"] == ["00002.jpg", "00007.jpg"]
     assert all("00007.jpg" not in make_budget(seqs, 9, "random", seed=s)["ten"] for s in range(3))
 
 
@@ -96,8 +93,13 @@ def test_youtube_budget_uses_annotated_frames_only(tmp_path: Path) -> None:
     budget = make_budget(seqs, 6, "uniform")
     assert budget["v"] == ["00000.jpg", "00005.jpg", "00010.jpg", "00015.jpg"]
     summary = summarize_budget(seqs, budget, shots=6)
-    assert (summary.videos, summary.labeled_frames, summary.total_frames,
-            summary.annotated_frames, summary.short_videos) == (1, 4, 16, 4, ["v"])
+    assert (
+        summary.videos,
+        summary.labeled_frames,
+        summary.total_frames,
+        summary.annotated_frames,
+        summary.short_videos,
+    ) == (1, 4, 16, 4, ["v"])
 
 
 def test_apply_budget_restricts_masks_and_survives_deleting_unlabeled_pngs(tmp_path: Path) -> None:
@@ -143,8 +145,11 @@ def test_apply_budget_errors(ten) -> None:
         apply_budget(seqs, {"ten": ["00001.jpg"]}, unlisted="error")
     assert [s.name for s in apply_budget(seqs, {"ten": ["00001.jpg"]})] == ["ten"]
     (data.root / "Annotations/480p/ten/00003.png").unlink()
-    with pytest.raises(UserError, match=r"ten/00003\.png: annotation PNG of labeled frame 00003 "
-                                        r"\(video ten\) is missing"):
+    with pytest.raises(
+        UserError,
+        match=r"ten/00003\.png: annotation PNG of labeled frame 00003 "
+        r"\(video ten\) is missing",
+    ):
         apply_budget(seqs, {"ten": ["00003.jpg"]})
     write_mask(data.root / "Annotations/480p/ten/00004.png", np.zeros((24, 32), np.uint8))
     with pytest.raises(UserError, match=r"00004\.png: labeled frame shows no object"):
@@ -154,13 +159,25 @@ def test_apply_budget_errors(ten) -> None:
 def test_budget_command(ten, tmp_path: Path, capsys) -> None:
     data, seqs = ten
     out = tmp_path / "b" / "budget.json"
-    status = main(["budget", "--data", str(data.root), "--shots", "2", "--strategy", "uniform",
-                   "--seed", "0", "--out", str(out)])
+    status = main(
+        [
+            "budget",
+            "--data",
+            str(data.root),
+            "--shots",
+            "2",
+            "--strategy",
+            "uniform",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
     assert status == 0
     assert load_budget(out) == {"six": ["00001.jpg", "00004.jpg"], "ten": ["00002.jpg", "00007.jpg"]}
     text = capsys.readouterr().out
     assert "videos: 2" in text and "labeled frames: 4" in text
     assert "share of frames labeled: 25.0% of 16 frames" in text
-    status = main(["budget", "--data", str(tmp_path / "nothing"), "--dataset", "davis",
-                   "--out", str(out)])
+    status = main(["budget", "--data", str(tmp_path / "nothing"), "--dataset", "davis", "--out", str(out)])
     assert status == 2 and "nothing: no such folder" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import twoshot.data.masks as masks_module
+from helpers import BLUE_BG, CROP, GREEN, NO_COLOUR, RED, draw_frame, make_video, uniform_neighbourhood
 from twoshot.data.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -21,48 +22,10 @@ from twoshot.data.augment import (
     StaticClipAugment,
     to_normalized_tensor,
 )
-from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import write_frame, write_mask
 from twoshot.data.static_clips import StaticClipDataset, find_static_pairs
 from twoshot.data.vos_clips import VOSClipDataset
 from twoshot.errors import UserError
-
-CROP = 32
-RED, GREEN, BLUE_BG = (230, 30, 30), (30, 210, 40), (40, 60, 170)
-
-
-def draw_frame(height: int, width: int, t: int, objects: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """A frame of two moving rectangles (red = object 1, green = object 2) on blue, and its labels."""
-    image = np.empty((height, width, 3), dtype=np.uint8)
-    image[:] = BLUE_BG
-    labels = np.zeros((height, width), dtype=np.uint8)
-    boxes = [(height // 5, width // 8 + 2 * t, height // 2, width // 3),
-             (height // 2, width // 2 - t, height // 3, width // 3)]
-    for obj, (top, left, h, w) in enumerate(boxes[:objects], 1):
-        image[top:top + h, left:left + w] = RED if obj == 1 else GREEN
-        labels[top:top + h, left:left + w] = obj
-    return image, labels
-
-
-def make_video(root: Path, name: str, num_frames: int = 8, size: tuple[int, int] = (40, 56),
-               labeled: list[int] | None = None, objects: int = 2, suffix: str = ".jpg",
-               empty_masks: bool = False) -> VideoSequence:
-    """Write a tiny video (frames + a mask PNG for every frame) and return its VideoSequence
-    with ``mask_paths`` for ``labeled`` (all frames if None)."""
-    frame_dir, mask_dir = root / "JPEGImages" / name, root / "Annotations" / name
-    frame_dir.mkdir(parents=True, exist_ok=True)
-    mask_dir.mkdir(parents=True, exist_ok=True)
-    frame_paths, names, mask_paths = [], [], {}
-    for t in range(num_frames):
-        image, labels = draw_frame(size[0], size[1], t, objects)
-        stem = f"{t:05d}"
-        write_frame(frame_dir / f"{stem}{suffix}", image)
-        write_mask(mask_dir / f"{stem}.png", labels * 0 if empty_masks else labels)
-        frame_paths.append(frame_dir / f"{stem}{suffix}")
-        names.append(stem)
-        if labeled is None or t in labeled:
-            mask_paths[t] = mask_dir / f"{stem}.png"
-    return VideoSequence(name=name, frame_paths=frame_paths, frame_names=names, mask_paths=mask_paths)
 
 
 def denormalize(rgb: torch.Tensor) -> np.ndarray:
@@ -79,16 +42,7 @@ def color_mask(images: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
     return distance.argmin(-1) == [RED, GREEN, BLUE_BG].index(color)
 
 
-NO_COLOUR = dict(clip_jitter=Jitter(), frame_jitter=Jitter(), grayscale_p=0.0)
-
-
 # ---------------------------------------------------------------- augmentation geometry
-
-def uniform_neighbourhood(labels: np.ndarray, radius: int = 2) -> np.ndarray:
-    """True where every label in the (2r+1)^2 window around a pixel is the same."""
-    padded = np.pad(labels, radius, mode="edge")
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * radius + 1,) * 2)
-    return windows.min(axis=(-1, -2)) == windows.max(axis=(-1, -2))
 
 
 def shifted_ious(from_mask: np.ndarray, from_colour: np.ndarray) -> dict[tuple[int, int], float]:
@@ -105,9 +59,9 @@ def shifted_ious(from_mask: np.ndarray, from_colour: np.ndarray) -> dict[tuple[i
 def test_image_and_mask_get_the_same_geometry(rotate):
     image, labels = draw_frame(90, 120, 0)
     augment = dataclasses.replace(ClipAugment(64), **NO_COLOUR)
-    if not rotate:   # crop, resize and flip only: edges stay straight, so the fit is exact
+    if not rotate:  # crop, resize and flip only: edges stay straight, so the fit is exact
         augment = dataclasses.replace(augment, rotate=0.0, shear=0.0)
-    classes = {1: BLUE_BG, 2: RED, 3: GREEN}   # labels shifted by one: 0 is the warp's fill
+    classes = {1: BLUE_BG, 2: RED, 3: GREEN}  # labels shifted by one: 0 is the warp's fill
     interior_total, per_shift = 0.0, {}
     for seed in range(30):
         pixels, out = augment(np.random.default_rng(seed), [image] * 3, [labels + 1] * 3)
@@ -137,7 +91,7 @@ def test_frames_of_a_clip_share_crop_and_flip_but_not_the_affine():
     image, labels = draw_frame(90, 120, 0)
     augment = dataclasses.replace(ClipAugment(64), **NO_COLOUR)
     pixels, out = augment(np.random.default_rng(0), [image] * 3, [labels] * 3)
-    assert not np.array_equal(out[0], out[1])          # per-frame rotation / shear
+    assert not np.array_equal(out[0], out[1])  # per-frame rotation / shear
     still = dataclasses.replace(augment, rotate=0.0, shear=0.0)
     pixels, out = still(np.random.default_rng(0), [image] * 3, [labels] * 3)
     assert np.array_equal(out[0], out[1]) and np.array_equal(out[1], out[2])
@@ -146,8 +100,14 @@ def test_frames_of_a_clip_share_crop_and_flip_but_not_the_affine():
 
 def test_static_warp_keeps_image_and_mask_aligned_with_tps():
     image, labels = draw_frame(70, 90, 0, objects=1)
-    augment = dataclasses.replace(StaticClipAugment(48), clip_jitter=Jitter(),
-                                  frame_jitter=Jitter(), grayscale_p=0.0, tps_p=1.0, tps_scale=0.03)
+    augment = dataclasses.replace(
+        StaticClipAugment(48),
+        clip_jitter=Jitter(),
+        frame_jitter=Jitter(),
+        grayscale_p=0.0,
+        tps_p=1.0,
+        tps_scale=0.03,
+    )
     for seed in range(10):
         pixels, out = augment(np.random.default_rng(seed), image, labels == 1)
         assert pixels.shape == (3, 48, 48, 3) and out.shape == (3, 48, 48)
@@ -167,6 +127,7 @@ def test_normalisation():
 
 
 # ---------------------------------------------------------------- VOS clip datasets
+
 
 def check_sample(sample: dict, size: int = CROP) -> None:
     assert sample["rgb"].shape == (3, 3, size, size) and sample["rgb"].dtype == torch.float32
@@ -189,7 +150,7 @@ def check_sample(sample: dict, size: int = CROP) -> None:
         else:
             assert torch.all(cls[t] == -1) and gt[t].sum() == 0 and sec[t].sum() == 0
     assert sample["selector"][0] == 1
-    if sample["selector"][1] == 1:      # the second object is chosen among frame 0's objects
+    if sample["selector"][1] == 1:  # the second object is chosen among frame 0's objects
         assert sec[0].sum() > 0
     else:
         assert sec.sum() == 0
@@ -197,15 +158,17 @@ def check_sample(sample: dict, size: int = CROP) -> None:
 
 @pytest.mark.parametrize("mode", ["full", "labeled_only", "phase1", "bank"])
 def test_sample_format_in_every_mode(tmp_path, mode):
-    videos = [make_video(tmp_path, "a", labeled=None if mode in ("full", "bank") else [1, 6]),
-              make_video(tmp_path, "b", objects=1, labeled=None if mode in ("full", "bank") else [0, 5])]
+    videos = [
+        make_video(tmp_path, "a", labeled=None if mode in ("full", "bank") else [1, 6]),
+        make_video(tmp_path, "b", objects=1, labeled=None if mode in ("full", "bank") else [0, 5]),
+    ]
     dataset = VOSClipDataset(videos, CROP, mode=mode, seed=1, repeats=3)
     assert len(dataset) == 6
     for index in range(len(dataset)):
         sample = dataset[index]
         check_sample(sample)
         assert sample["info"]["name"] == ("a", "b")[index % 2]
-        assert sample["gt"][0].sum() > 0       # the target is an object of the first frame
+        assert sample["gt"][0].sum() > 0  # the target is an object of the first frame
         if sample["info"]["name"] == "b":
             assert sample["selector"].tolist() == [1.0, 0.0] and sample["sec_gt"].sum() == 0
         if mode in ("labeled_only", "phase1"):
@@ -222,9 +185,10 @@ def test_sample_format_in_every_mode(tmp_path, mode):
 
 
 def test_two_objects_give_a_second_object(tmp_path):
-    no_colour = dataclasses.replace(ClipAugment(CROP), **NO_COLOUR)   # grayscale would hide it
-    dataset = VOSClipDataset([make_video(tmp_path, "a", size=(48, 48))], CROP, seed=3, repeats=20,
-                             augment=no_colour)
+    no_colour = dataclasses.replace(ClipAugment(CROP), **NO_COLOUR)  # grayscale would hide it
+    dataset = VOSClipDataset(
+        [make_video(tmp_path, "a", size=(48, 48))], CROP, seed=3, repeats=20, augment=no_colour
+    )
     samples = [dataset[i] for i in range(20)]
     with_second = [s for s in samples if s["selector"][1] == 1]
     assert len(with_second) >= 10
@@ -246,7 +210,7 @@ def test_two_objects_give_a_second_object(tmp_path):
 def test_phase1_opens_only_budgeted_annotations(tmp_path, monkeypatch):
     budget = [2, 9]
     videos = [make_video(tmp_path, name, num_frames=12, labeled=budget) for name in ("a", "b")]
-    for video in videos:   # a real user's dataset has PNGs for the labeled frames only
+    for video in videos:  # a real user's dataset has PNGs for the labeled frames only
         for png in (tmp_path / "Annotations" / video.name).glob("*.png"):
             if int(png.stem) not in budget:
                 png.unlink()
@@ -257,6 +221,7 @@ def test_phase1_opens_only_budgeted_annotations(tmp_path, monkeypatch):
     def spy(path, *args, **kwargs):
         opened.append(str(path))
         return real_open(path, *args, **kwargs)
+
     monkeypatch.setattr(masks_module.Image, "open", spy)
     listed: list[str] = []
     real_listdir, real_scandir = os.listdir, os.scandir
@@ -280,8 +245,9 @@ def test_phase1_labeled_clip_share(tmp_path, share):
     """The share of phase-1 samples that are labeled-only clips (every frame a budget frame)."""
     budget = [2, 9]
     videos = [make_video(tmp_path, name, num_frames=12, labeled=budget) for name in ("a", "b")]
-    dataset = VOSClipDataset(videos, CROP, mode="phase1", seed=0, repeats=40, max_skip=11,
-                             labeled_clip_share=share)
+    dataset = VOSClipDataset(
+        videos, CROP, mode="phase1", seed=0, repeats=40, max_skip=11, labeled_clip_share=share
+    )
     all_labeled = [bool(dataset[i]["labeled"].all()) for i in range(len(dataset))]
     for index, labeled in enumerate(all_labeled):
         if labeled:
@@ -341,12 +307,13 @@ def test_bit_identical_batches_with_two_workers(tmp_path):
     dataset.set_epoch(3)
     first = batches(dataset, 2)
     assert_same_batches(first, batches(dataset, 2))
-    assert_same_batches(first, batches(dataset, 0))   # and the same without workers
+    assert_same_batches(first, batches(dataset, 0))  # and the same without workers
     assert first[0]["rgb"].shape == (2, 3, 3, CROP, CROP)
     assert first[0]["labeled"].shape == (2, 3)
 
 
 # ---------------------------------------------------------------- static clips
+
 
 def write_gray_mask(path: Path, mask: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -361,17 +328,17 @@ def static_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
 def make_static_layouts(root: Path) -> dict[str, int]:
     """Write each supported layout under ``root``; returns pairs per layout folder."""
     image, mask = static_pair(0)
-    for i in range(3):   # same folder, indexed masks (our generated data)
+    for i in range(3):  # same folder, indexed masks (our generated data)
         write_frame(root / "flat" / f"im{i}.jpg", image)
         write_mask(root / "flat" / f"im{i}.png", mask.astype(np.uint8))
-    for cls in ("cat", "dog"):   # FSS: <class>/<n>.jpg + <class>/<n>.png, 0/255 masks
+    for cls in ("cat", "dog"):  # FSS: <class>/<n>.jpg + <class>/<n>.png, 0/255 masks
         for i in (1, 2):
             write_frame(root / "fss" / cls / f"{i}.jpg", image)
             write_gray_mask(root / "fss" / cls / f"{i}.png", mask)
-    for i in range(2):   # DUTS
+    for i in range(2):  # DUTS
         write_frame(root / "DUTS-TR" / "DUTS-TR-Image" / f"ILSVRC_{i}.jpg", image)
         write_gray_mask(root / "DUTS-TR" / "DUTS-TR-Mask" / f"ILSVRC_{i}.png", mask)
-    for i in range(2):   # ECSSD
+    for i in range(2):  # ECSSD
         write_frame(root / "ecssd" / "images" / f"{i:04d}.jpg", image)
         write_gray_mask(root / "ecssd" / "ground_truth_mask" / f"{i:04d}.png", mask)
     return {"flat": 3, "fss": 4, "DUTS-TR": 2, "ecssd": 2}
@@ -403,6 +370,7 @@ def test_static_clips_from_each_layout(tmp_path):
 
 def test_static_mask_binarisation(tmp_path):
     from twoshot.data.static_clips import read_binary_mask
+
     values = np.array([[0, 100, 128, 255]], dtype=np.uint8)
     Image.fromarray(values, mode="L").save(tmp_path / "soft.png")
     assert read_binary_mask(tmp_path / "soft.png").tolist() == [[False, False, True, True]]
@@ -413,6 +381,7 @@ def test_static_mask_binarisation(tmp_path):
 
 
 # ---------------------------------------------------------------- errors
+
 
 def test_empty_datasets(tmp_path):
     with pytest.raises(UserError, match="empty"):

@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from test_train import ToyClips, toy_config
+from helpers import ToyClips, toy_config
 from twoshot.config import InferenceConfig, load_config
 from twoshot.data.budget import save_budget
 from twoshot.data.fixtures import GeneratedDataset, make_davis, random_video
@@ -34,8 +34,7 @@ from twoshot.model import STCN, build_model, load_model, save_weights
 from twoshot.train.modes import SupervisedMode
 from twoshot.train.trainer import Trainer, build_stage_dataset
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 # Half-precision masks must agree with fp32 on this share of pixels (the issue's bar), the
 # compiled network's with the eager one's on the engine's equality bar.
@@ -76,13 +75,25 @@ def davis(tmp_path_factory: pytest.TempPathFactory) -> GeneratedDataset:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, davis: GeneratedDataset) -> Path:
     """final.pth of the tiny preset trained 400 iterations (batch 8, 64 px, AMP) on cuda."""
-    config = load_config("tiny", overrides=[
-        "main.iterations=400", "main.batch_size=8", "main.crop_size=64", "main.num_workers=2",
-        "main.lr=1e-3", "main.lr_steps=[320]", "main.amp=true", "main.log_every=50",
-        "main.save_every=100000", "main.image_every=100000"])
+    config = load_config(
+        "tiny",
+        overrides=[
+            "main.iterations=400",
+            "main.batch_size=8",
+            "main.crop_size=64",
+            "main.num_workers=2",
+            "main.lr=1e-3",
+            "main.lr_steps=[320]",
+            "main.amp=true",
+            "main.log_every=50",
+            "main.save_every=100000",
+            "main.image_every=100000",
+        ],
+    )
     dataset = build_stage_dataset("main", config, davis.root, "davis", "train")
-    trainer = Trainer(config, "main", dataset, tmp_path_factory.mktemp("cuda-trained"),
-                      device="cuda", progress=False)
+    trainer = Trainer(
+        config, "main", dataset, tmp_path_factory.mktemp("cuda-trained"), device="cuda", progress=False
+    )
     try:
         assert trainer.use_amp
         return trainer.run()
@@ -103,8 +114,9 @@ def _segment(model: STCN, clip: tuple[np.ndarray, np.ndarray], **settings: Any) 
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_half_precision_inference_agrees_with_fp32(trained: Path, clip: tuple[np.ndarray, np.ndarray],
-                                                   dtype: str) -> None:
+def test_half_precision_inference_agrees_with_fp32(
+    trained: Path, clip: tuple[np.ndarray, np.ndarray], dtype: str
+) -> None:
     model = load_model(trained)
     fp32 = _segment(model, clip)
     # The model segments (random weights score about 0.04), so agreement means something.
@@ -120,7 +132,7 @@ def test_compiled_inference_equals_eager(trained: Path, clip: tuple[np.ndarray, 
         warnings.simplefilter("always")
         compiled = _segment(model, clip, compile=True)
     fell_back = [str(w.message) for w in caught if "without torch.compile" in str(w.message)]
-    assert not fell_back, fell_back                    # it really ran compiled
+    assert not fell_back, fell_back  # it really ran compiled
     assert _agreement(compiled, eager) >= COMPILED_AGREEMENT, _agreement(compiled, eager)
 
 
@@ -143,8 +155,7 @@ class CrashAfter(SupervisedMode):
             raise Crash(it)
 
 
-def _amp_trainer(preset: str, out: Path, mode: SupervisedMode | None = None,
-                 resume: bool = False) -> Trainer:
+def _amp_trainer(preset: str, out: Path, mode: SupervisedMode | None = None, resume: bool = False) -> Trainer:
     config = toy_config("main.iterations=8", "main.save_every=4", "main.amp=true")
     if preset == "stcn":
         # STCN's own learning rate: at the toy 1e-3, four Adam steps grow the activations of
@@ -152,8 +163,9 @@ def _amp_trainer(preset: str, out: Path, mode: SupervisedMode | None = None,
         # the loss turns NaN (seen on an H200; the trainer then stops, keeping its checkpoint).
         stcn = load_config("stcn")
         config.model, config.main.lr = stcn.model, stcn.main.lr
-    return Trainer(config, "main", ToyClips(n=8, size=64), out, mode=mode, resume=resume,
-                   device="cuda", progress=False)
+    return Trainer(
+        config, "main", ToyClips(n=8, size=64), out, mode=mode, resume=resume, device="cuda", progress=False
+    )
 
 
 @pytest.mark.parametrize("preset", ["tiny", "stcn"])
@@ -163,12 +175,17 @@ def test_amp_training_step_scales_and_resumes(tmp_path: Path, preset: str) -> No
     straight.run()
     straight.close()
     assert straight.use_amp and straight.scaler.is_enabled()
-    losses = [json.loads(line)["train/loss"] for line in
-              (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    losses = [
+        json.loads(line)["train/loss"]
+        for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()
+    ]
     assert losses and all(np.isfinite(losses))
-    changed = [k for k, v in straight.model.state_dict().items()
-               if v.dtype.is_floating_point and not torch.equal(v, start[k])]
-    assert len(changed) > len(start) // 2                # the scaler let optimiser steps through
+    changed = [
+        k
+        for k, v in straight.model.state_dict().items()
+        if v.dtype.is_floating_point and not torch.equal(v, start[k])
+    ]
+    assert len(changed) > len(start) // 2  # the scaler let optimiser steps through
 
     crashed = _amp_trainer(preset, tmp_path / "resumed", mode=CrashAfter(5))
     with pytest.raises(Crash):
@@ -192,12 +209,17 @@ def test_amp_training_step_scales_and_resumes(tmp_path: Path, preset: str) -> No
 # full fp32 (no TF32, deterministic cuDNN) with plain cross-entropy, so that the two differ
 # only by the process group and by the order of CUDA's atomic additions.
 
-NCCL_OVERRIDES = ("main.iterations=4", "main.save_every=2", "main.log_every=2", "main.amp=false",
-                  "main.loss_top_p=1.0")
+NCCL_OVERRIDES = (
+    "main.iterations=4",
+    "main.save_every=2",
+    "main.log_every=2",
+    "main.amp=false",
+    "main.loss_top_p=1.0",
+)
 # Elements of each weight tensor that must agree within atol 2e-5 + rtol 1e-4 (the CPU test's
 # tolerance, test_distributed.py): all but the odd element an atomic addition's order flips.
 NCCL_AGREEMENT = 0.99
-NCCL_LARGEST = 5e-4                # a quarter of the four steps' mean update (lr 1e-3)
+NCCL_LARGEST = 5e-4  # a quarter of the four steps' mean update (lr 1e-3)
 
 
 def _exact_cuda() -> None:
@@ -213,22 +235,39 @@ def _nccl_worker(rank: int, world: int, port: int, batch: int, out: str) -> None
 
     _exact_cuda()
     if world > 0:
-        os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-        os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")     # one machine: no network needed
-    if world == 1:                # a group the caller made: the trainer must join it
+        os.environ.update(
+            {
+                "RANK": str(rank),
+                "WORLD_SIZE": str(world),
+                "LOCAL_RANK": str(rank),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            }
+        )
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")  # one machine: no network needed
+    if world == 1:  # a group the caller made: the trainer must join it
         torch.cuda.set_device(0)
         dist.init_process_group("nccl", rank=0, world_size=1)
     name = "single" if world == 0 else "ddp"
-    trainer = Trainer(toy_config(*NCCL_OVERRIDES, f"main.batch_size={batch}"), "main",
-                      ToyClips(n=8), Path(out) / name, device="cuda", progress=False)
+    trainer = Trainer(
+        toy_config(*NCCL_OVERRIDES, f"main.batch_size={batch}"),
+        "main",
+        ToyClips(n=8),
+        Path(out) / name,
+        device="cuda",
+        progress=False,
+    )
     try:
-        facts = {"backend": dist.get_backend() if dist.is_initialized() else None,
-                 "ddp": isinstance(trainer.net, torch.nn.parallel.DistributedDataParallel)}
+        facts = {
+            "backend": dist.get_backend() if dist.is_initialized() else None,
+            "ddp": isinstance(trainer.net, torch.nn.parallel.DistributedDataParallel),
+        }
         start = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
         trainer.run()
-        torch.save({"start": start, "end": {k: v.cpu() for k, v in trainer.model.state_dict().items()}},
-                   Path(out) / f"{name}{rank}.pt")
+        torch.save(
+            {"start": start, "end": {k: v.cpu() for k, v in trainer.model.state_dict().items()}},
+            Path(out) / f"{name}{rank}.pt",
+        )
         (Path(out) / f"{name}{rank}.json").write_text(json.dumps(facts))
     finally:
         trainer.close()
@@ -244,7 +283,7 @@ def test_nccl_training_matches_one_process(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "single0.json").read_text()) == {"backend": None, "ddp": False}
     ddp = torch.load(tmp_path / "ddp0.pt", weights_only=True)
     single = torch.load(tmp_path / "single0.pt", weights_only=True)
-    if world == 2:                # replicas stay identical
+    if world == 2:  # replicas stay identical
         other = torch.load(tmp_path / "ddp1.pt", weights_only=True)["end"]
         assert all(torch.equal(ddp["end"][k], other[k]) for k in other)
     for name, value in single["end"].items():
@@ -256,7 +295,8 @@ def test_nccl_training_matches_one_process(tmp_path: Path) -> None:
         assert close.float().mean() >= NCCL_AGREEMENT and difference.max() <= NCCL_LARGEST, (
             f"{name}: {close.float().mean():.4%} of elements agree, largest difference "
             f"{(ddp['end'][name] - value).abs().max():.2e}, mean update "
-            f"{(value - single['start'][name]).abs().mean():.2e}")
+            f"{(value - single['start'][name]).abs().mean():.2e}"
+        )
         if name.endswith("weight") and "bn" not in name:
             assert not torch.equal(value, single["start"][name]), f"{name} did not train"
 
@@ -272,22 +312,53 @@ def test_bank_sharded_over_two_processes_equals_one(tmp_path: Path) -> None:
     ckpt = tmp_path / "tiny.pth"
     save_weights(model, ckpt)
     budget = tmp_path / "budget.json"
-    save_budget(budget, {"bear": ["00000.jpg", "00004.jpg"], "cat": ["00002.jpg"],
-                         "dog": ["00001.jpg", "00006.jpg"]})
+    save_budget(
+        budget, {"bear": ["00000.jpg", "00004.jpg"], "cat": ["00002.jpg"], "dog": ["00001.jpg", "00006.jpg"]}
+    )
     port = _free_port()
     procs = []
     for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        cmd = [sys.executable, "-m", "twoshot.cli", "pseudo-label", "--checkpoint", str(ckpt),
-               "--data", str(data.root), "--budget", str(budget), "--out", str(tmp_path / "bank"),
-               "--size", "-1", "--device", "cuda", "--no-progress"]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "twoshot.cli",
+            "pseudo-label",
+            "--checkpoint",
+            str(ckpt),
+            "--data",
+            str(data.root),
+            "--budget",
+            str(budget),
+            "--out",
+            str(tmp_path / "bank"),
+            "--size",
+            "-1",
+            "--device",
+            "cuda",
+            "--no-progress",
+        ]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
     outputs = [p.communicate(timeout=150) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    single = build_bank(model, open_dataset("davis", data.root, "train"), budget, tmp_path / "single",
-                        InferenceConfig(size=-1, device="cuda"), checkpoint=ckpt, progress=False)
+    single = build_bank(
+        model,
+        open_dataset("davis", data.root, "train"),
+        budget,
+        tmp_path / "single",
+        InferenceConfig(size=-1, device="cuda"),
+        checkpoint=ckpt,
+        progress=False,
+    )
     assert single.written == 3
     manifest = json.loads((tmp_path / "bank" / "manifest.json").read_text())
     assert manifest["status"] == "complete" and sorted(manifest["videos"]) == ["bear", "cat", "dog"]

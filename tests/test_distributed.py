@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from test_train import ToyClips, toy_config
+from helpers import ToyClips, toy_config
 from twoshot.train.trainer import Trainer
 
 ITERATIONS = 4
@@ -28,11 +28,24 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    torch.set_num_threads(1)          # 2 processes on 2 cores
-    trainer = Trainer(toy_config(*OVERRIDES, "main.batch_size=2"), "main", ToyClips(n=8),
-                      Path(out) / "ddp", device="cpu", progress=False)
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    torch.set_num_threads(1)  # 2 processes on 2 cores
+    trainer = Trainer(
+        toy_config(*OVERRIDES, "main.batch_size=2"),
+        "main",
+        ToyClips(n=8),
+        Path(out) / "ddp",
+        device="cpu",
+        progress=False,
+    )
     try:
         trainer.run()
         torch.save(trainer.model.state_dict(), Path(out) / f"rank{rank}.pt")
@@ -45,7 +58,7 @@ def test_two_gloo_processes_match_one_process_with_double_batch(tmp_path: Path) 
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for name in rank0:
-        assert torch.equal(rank0[name], rank1[name]), name          # replicas stay identical
+        assert torch.equal(rank0[name], rank1[name]), name  # replicas stay identical
     # Rank 0 alone wrote the checkpoint, weights and logs.
     ddp = tmp_path / "ddp"
     assert (ddp / "final.pth").is_file() and (ddp / "checkpoint.pt").is_file()
@@ -53,13 +66,20 @@ def test_two_gloo_processes_match_one_process_with_double_batch(tmp_path: Path) 
     saved = torch.load(ddp / "final.pth", weights_only=True)
     assert all(torch.equal(saved[k], rank0[k]) for k in rank0)
 
-    single = Trainer(toy_config(*OVERRIDES, "main.batch_size=4"), "main", ToyClips(n=8),
-                     tmp_path / "single", device="cpu", progress=False)
+    single = Trainer(
+        toy_config(*OVERRIDES, "main.batch_size=4"),
+        "main",
+        ToyClips(n=8),
+        tmp_path / "single",
+        device="cpu",
+        progress=False,
+    )
     single.run()
     single.close()
     reference = single.model.state_dict()
-    start = Trainer(toy_config(*OVERRIDES), "main", ToyClips(n=8), tmp_path / "init",
-                    device="cpu").model.state_dict()
+    start = Trainer(
+        toy_config(*OVERRIDES), "main", ToyClips(n=8), tmp_path / "init", device="cpu"
+    ).model.state_dict()
     for name, value in reference.items():
         # key_proj's bias has an exactly zero gradient (STCN's L2 affinity ignores a shift shared
         # by memory and query keys), so Adam turns rounding noise into full-size steps there.

@@ -25,15 +25,32 @@ def check() -> ModuleType:
 @pytest.mark.slow
 def test_cpu_quick_run_reports_every_section(tmp_path: Path) -> None:
     report_path = tmp_path / "gpu.json"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--quick",
-                           "--json", str(report_path), "--work", str(tmp_path / "work")],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--device",
+            "cpu",
+            "--quick",
+            "--json",
+            str(report_path),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(report_path.read_text())
     assert report["machine"]["device"] == "cpu"
     sections = report["sections"]
     assert {name: s["status"] for name, s in sections.items()} == {
-        "tests": "ok", "inference": "ok", "train": "ok", "twoshot": "ok"}
+        "tests": "ok",
+        "inference": "ok",
+        "train": "ok",
+        "twoshot": "ok",
+    }
     # Without a GPU the CUDA tests are collected and skipped, not left out.
     cases = sections["tests"]["details"]["cases"]
     assert len(cases) >= 7 and {c["outcome"] for c in cases} == {"skipped"}
@@ -52,17 +69,20 @@ def test_cpu_quick_run_reports_every_section(tmp_path: Path) -> None:
     assert report["table"] in done.stdout and len(report["table"].splitlines()) == len(rows) + 2
 
 
-def test_missing_packages_stop_the_check_before_any_work(check: ModuleType, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_packages_stop_the_check_before_any_work(
+    check: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(check.importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("skimage", "av") else real(name, *a))
+    monkeypatch.setattr(
+        check.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("skimage", "av") else real(name, *a),
+    )
     work = tmp_path / "work"
     assert check.main(["--device", "cpu", "--only", "twoshot", "--work", str(work)]) == 2
     err = capsys.readouterr().err
     assert "scikit-image (import skimage): textures of the generated videos; needed by: twoshot" in err
-    assert "av" not in err.split("needed by")[0].split("missing:")[1]    # optional: not asked for
+    assert "av" not in err.split("needed by")[0].split("missing:")[1]  # optional: not asked for
     assert not work.exists()
     # The sections that do not need it are not stopped by it.
     needed, optional = check.missing_requirements(["inference"])
@@ -70,8 +90,9 @@ def test_missing_packages_stop_the_check_before_any_work(check: ModuleType, tmp_
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-def test_cuda_asked_for_without_cuda_is_refused(check: ModuleType, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_cuda_asked_for_without_cuda_is_refused(
+    check: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     work = tmp_path / "work"
     assert check.main(["--device", "cuda", "--work", str(work)]) == 2
     assert "--device cuda but this torch" in capsys.readouterr().err
@@ -89,7 +110,8 @@ def test_junit_cases_reads_outcomes_and_first_message_lines(check: ModuleType, t
         '<skipped message="needs a CUDA GPU"/></testcase>'
         '<testcase classname="tests.test_cuda" name="test_d" time="2">'
         '<error message="">fixture broke\nline 2</error></testcase>'
-        '</testsuite></testsuites>')
+        "</testsuite></testsuites>"
+    )
     assert check.junit_cases(xml) == [
         {"name": "test_a", "outcome": "passed", "seconds": 1.5, "message": ""},
         {"name": "test_b", "outcome": "failed", "seconds": 0.25, "message": "assert 0.9 >= 0.995"},

@@ -14,9 +14,9 @@ from twoshot.config import InferenceConfig, load_config, to_dict
 from twoshot.data.fixtures import make_davis, make_generic, make_video_file, make_youtube
 from twoshot.data.masks import DAVIS_PALETTE, read_mask, write_mask
 from twoshot.data.readers import load_frames, open_dataset, reference_annotations
-from twoshot.inference import PropagationEngine
 from twoshot.errors import UserError
 from twoshot.fsutil import write_json
+from twoshot.inference import PropagationEngine
 from twoshot.model import STCN, build_model, load_model, save_weights
 
 
@@ -56,48 +56,48 @@ def test_davis(model: STCN, checkpoint: Path, tmp_path: Path, capsys: pytest.Cap
         assert names == [f"{n}.png" for n in seq.frame_names]
         written = np.stack([read_mask(out / seq.name / f"{n}.png")[0] for n in seq.frame_names])
         np.testing.assert_array_equal(written, _expected(model, seq))
-        assert read_mask(out / seq.name / "00003.png")[1] == palette     # the input's palette
-    assert not list(out.glob(".*"))                                       # no temporary leftovers
+        assert read_mask(out / seq.name / "00003.png")[1] == palette  # the input's palette
+    assert not list(out.glob(".*"))  # no temporary leftovers
 
 
-def test_no_progress_silences_the_bar(checkpoint: Path, tmp_path: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_progress_silences_the_bar(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = make_davis(tmp_path / "davis", {"bear": 4}, size=(32, 32))
     common = ["--data", str(data.root), "--out"]
     assert _infer(checkpoint, *common, str(tmp_path / "a")) == 0
-    assert "frame/s" in capsys.readouterr().err                       # the tqdm bar
+    assert "frame/s" in capsys.readouterr().err  # the tqdm bar
     assert _infer(checkpoint, *common, str(tmp_path / "b"), "--no-progress") == 0
     captured = capsys.readouterr()
     assert captured.err == "" and "done: 1 videos, 4 frames" in captured.out
 
 
 def test_youtube_submission_layout(model: STCN, checkpoint: Path, tmp_path: Path) -> None:
-    data = make_youtube(tmp_path / "yt", {"a1b2c3": 16}, split="valid", size=(48, 64),
-                        object_ids=(1, 3), first_frames={3: 5})
+    data = make_youtube(
+        tmp_path / "yt", {"a1b2c3": 16}, split="valid", size=(48, 64), object_ids=(1, 3), first_frames={3: 5}
+    )
     out = tmp_path / "out"
-    assert _infer(checkpoint, "--data", str(data.root), "--out", str(out)) == 0   # detected, split valid
+    assert _infer(checkpoint, "--data", str(data.root), "--out", str(out)) == 0  # detected, split valid
     folder = out / "Annotations" / "a1b2c3"
     assert sorted(p.stem for p in folder.iterdir()) == ["00000", "00005", "00010", "00015"]
     seq = open_dataset("youtube", data.root, "valid")[0]
     expected = _expected(model, seq)
     for name in ("00005", "00010", "00015"):
         np.testing.assert_array_equal(read_mask(folder / f"{name}.png")[0], expected[int(name)])
-    assert 3 in np.unique(expected[10:])     # the object appearing in frame 5 is propagated
+    assert 3 in np.unique(expected[10:])  # the object appearing in frame 5 is propagated
     every = tmp_path / "every"
     assert _infer(checkpoint, "--data", str(data.root), "--out", str(every), "--all-frames") == 0
     assert len(list((every / "Annotations" / "a1b2c3").iterdir())) == 16
 
 
 def test_generic_with_backward_and_overlays(model: STCN, checkpoint: Path, tmp_path: Path) -> None:
-    data = make_generic(tmp_path / "gen", {"clip": 7}, size=(48, 64), object_ids=(2,),
-                        first_frames={2: 3})
+    data = make_generic(tmp_path / "gen", {"clip": 7}, size=(48, 64), object_ids=(2,), first_frames={2: 3})
     out = tmp_path / "out"
-    assert _infer(checkpoint, "--data", str(data.root), "--out", str(out), "--backward",
-                  "--overlay") == 0
+    assert _infer(checkpoint, "--data", str(data.root), "--out", str(out), "--backward", "--overlay") == 0
     seq = open_dataset("generic", data.root)[0]
     written = np.stack([read_mask(out / "clip" / f"{n}.png")[0] for n in seq.frame_names])
     np.testing.assert_array_equal(written, _expected(model, seq, mode="bidirectional"))
-    assert written[:3].any()                                   # frames before 3 come backwards
+    assert written[:3].any()  # frames before 3 come backwards
     assert len(list((out / "overlays" / "clip").glob("*.png"))) == 7
 
 
@@ -117,12 +117,13 @@ def _davis(tmp_path: Path) -> Path:
     return make_davis(tmp_path / "davis", {"bear": 5}, size=(32, 48)).root
 
 
-def _fails(checkpoint: Path, root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-           *extra: str) -> str:
+def _fails(
+    checkpoint: Path, root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str
+) -> str:
     code = _infer(checkpoint, "--data", str(root), "--out", str(tmp_path / "out"), *extra)
     err = capsys.readouterr().err
     assert code == 2, err
-    assert not (tmp_path / "out" / "bear").exists()          # nothing half-written
+    assert not (tmp_path / "out" / "bear").exists()  # nothing half-written
     return err
 
 
@@ -150,8 +151,9 @@ def test_rgb_mask(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "00000.png: mask is a RGB image" in _fails(checkpoint, root, tmp_path, capsys)
 
 
-def test_object_absent_from_its_first_frame(checkpoint: Path, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_object_absent_from_its_first_frame(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = make_youtube(tmp_path / "yt", {"bear": 11}, split="valid", size=(48, 64))
     mask_path = data.root / "valid" / "Annotations" / "bear" / "00005.png"
     write_mask(mask_path, np.zeros((48, 64), np.uint8))
@@ -167,8 +169,9 @@ def test_empty_video(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert "bear: empty video" in _fails(checkpoint, root, tmp_path, capsys)
 
 
-def test_bad_settings_and_checkpoint(checkpoint: Path, tmp_path: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_settings_and_checkpoint(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = _davis(tmp_path)
     assert "--mem-every 0" in _fails(checkpoint, root, tmp_path, capsys, "--mem-every", "0")
     junk = tmp_path / "junk.pth"
@@ -181,15 +184,15 @@ def test_weights_load_with_the_config_saved_beside_them(tmp_path: Path) -> None:
     # The output stride is not in the weights: only the config.json that training writes
     # next to them tells a stride-8 model from a stride-16 one with the same parameters.
     preset_stride = load_config("tiny").model.output_stride
-    other = 24 - preset_stride                      # 8 <-> 16
+    other = 24 - preset_stride  # 8 <-> 16
     config = load_config("tiny", overrides=[f"model.output_stride={other}"])
     torch.manual_seed(1)
     strided = build_model(config.model).eval()
     run = tmp_path / "run"
     save_weights(strided, run / "final.pth")
-    write_json(run / "config.json", to_dict(config))            # a pipeline's run configuration
+    write_json(run / "config.json", to_dict(config))  # a pipeline's run configuration
     assert load_model(run / "final.pth").config.output_stride == other
-    write_json(run / "config.json", {"stage": "main", "config": to_dict(config)})   # the trainer's
+    write_json(run / "config.json", {"stage": "main", "config": to_dict(config)})  # the trainer's
     assert load_model(run / "final.pth").config.output_stride == other
 
     data = make_davis(tmp_path / "davis", {"bear": 5}, size=(48, 64))

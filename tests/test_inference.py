@@ -3,25 +3,23 @@ inference loops, one key encoding per frame, batched values, bounded memory, the
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
+from helpers import _onehot, _prepare, _to_labels, batch_invariant_convolutions, reference_davis
 from twoshot.config import InferenceConfig, load_config
 from twoshot.data.fixtures import random_video
 from twoshot.errors import UserError
 from twoshot.inference import Predictor, PropagationEngine
-from twoshot.model.memory_store import MemoryStore
 from twoshot.inference.schedule import PERMANENT, TEMPORARY, plan_steps
 from twoshot.model import STCN, build_model, save_weights
 from twoshot.model.aggregate import aggregate
 from twoshot.model.memory import memory_affinity, readout
-from twoshot.model.preprocess import normalize_images, pad_divide_by, unpad
+from twoshot.model.memory_store import MemoryStore
 
 
 @pytest.fixture(scope="module")
@@ -30,84 +28,21 @@ def model() -> STCN:
     return build_model(load_config("tiny").model).eval()
 
 
-@contextlib.contextmanager
-def batch_invariant_convolutions() -> Iterator[None]:
-    """oneDNN may pick another convolution algorithm for a batch of 8 frames than for one
-    (results then differ by ~1e-6); the native kernels compute each frame alike."""
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = previous
-
-
 # ---------------------------------------------------------------------------------------------
 # Straightforward re-implementations of STCN's inference (hkchengrex/STCN): the frames are
 # prepared the way its test datasets do (ToTensor -> contiguous CHW, normalise, resize), every
 # frame is key-encoded on its own when reached.
 
 
-def _prepare(frames: np.ndarray, size: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    images = normalize_images(torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous())
-    if size != -1:
-        h, w = frames.shape[1:3]
-        new = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
-        images = F.interpolate(images, size=new, mode="bilinear", align_corners=False, antialias=True)
-    return pad_divide_by(images, 16)
-
-
-def _onehot(labels: np.ndarray, ids: list[int], shape: tuple[int, int]) -> torch.Tensor:
-    x = torch.from_numpy(labels)
-    if tuple(x.shape) != shape:
-        x = F.interpolate(x[None, None].float(), size=shape, mode="nearest")[0, 0]
-    return pad_divide_by(torch.stack([(x == o).float() for o in ids]), 16)[0]
-
-
-def _to_labels(prob: torch.Tensor, pad: tuple[int, int, int, int], size: tuple[int, int],
-               ids: list[int]) -> np.ndarray:
-    p = unpad(prob, pad)
-    p = F.interpolate(p[:, None], size, mode="bilinear", align_corners=False)[:, 0]
-    return torch.tensor([0, *ids], dtype=torch.uint8)[p.argmax(0)].numpy()
-
-
-def reference_davis(model: STCN, frames: np.ndarray, first_mask: np.ndarray, *, mem_every: int = 5,
-                    top_k: int = 20, include_last: bool = False, size: int = -1) -> np.ndarray:
-    """STCN's InferenceCore: objects of frame 0, forward, memory every mem_every-th frame."""
-    ids = [int(o) for o in np.unique(first_mask) if o]
-    with torch.inference_mode():
-        images, pad = _prepare(frames, size)
-        processed = unpad(images, pad).shape[-2:]
-        num = len(frames)
-        prob = torch.zeros(len(ids) + 1, num, *images.shape[-2:])
-        prob[0] = 1e-7
-        prob[:, 0] = aggregate(_onehot(first_mask, ids, tuple(processed))[None], dim=1)[0]
-        feats = model.encode_key(images[0:1])
-        mem_k = feats.key.flatten(2)
-        mem_v = model.encode_value(images[0:1], feats.f16, prob[None, 1:, 0]).flatten(3)
-        temp = None
-        for t in range(1, num):
-            feats = model.encode_key(images[t:t + 1])
-            mk, mv = mem_k, mem_v
-            if temp is not None:
-                mk, mv = torch.cat([mk, temp[0]], 2), torch.cat([mv, temp[1]], 3)
-            _, out = model.segment(feats, mk, mv, top_k)
-            prob[:, t] = out[0]
-            if t != num - 1:
-                is_mem = t % mem_every == 0
-                if include_last or is_mem:
-                    value = model.encode_value(images[t:t + 1], feats.f16, out[:, 1:]).flatten(3)
-                    if is_mem:
-                        mem_k = torch.cat([mem_k, feats.key.flatten(2)], 2)
-                        mem_v = torch.cat([mem_v, value], 3)
-                        temp = None
-                    else:
-                        temp = (feats.key.flatten(2), value)
-        return np.stack([_to_labels(prob[:, t], pad, frames.shape[1:3], ids) for t in range(num)])
-
-
-def reference_youtube(model: STCN, frames: np.ndarray, given: Mapping[int, np.ndarray], *,
-                      mem_every: int = 5, top_k: int = 20, include_last: bool = False) -> np.ndarray:
+def reference_youtube(
+    model: STCN,
+    frames: np.ndarray,
+    given: Mapping[int, np.ndarray],
+    *,
+    mem_every: int = 5,
+    top_k: int = 20,
+    include_last: bool = False,
+) -> np.ndarray:
     """STCN's inference_core_yv: one memory bank per object, objects enabled on the frame
     where they first appear, each pass running to the next annotated frame."""
     all_ids = sorted({int(o) for m in given.values() for o in np.unique(m) if o})
@@ -137,7 +72,7 @@ def reference_youtube(model: STCN, frames: np.ndarray, given: Mapping[int, np.nd
                 mk, mv = torch.cat([mk, tk], 2), torch.cat([mv, tv], 2)
             return mk, mv[:, None]
 
-        enabled: list[int] = []   # channel numbers 1..K in enabling order
+        enabled: list[int] = []  # channel numbers 1..K in enabling order
         annotated = sorted(given)
         for i, frame in enumerate(annotated):
             end_idx = annotated[i + 1] + 1 if i + 1 < len(annotated) else num
@@ -148,15 +83,15 @@ def reference_youtube(model: STCN, frames: np.ndarray, given: Mapping[int, np.nd
             for c in new:
                 prob[c, frame] = onehot[c - 1]
             prob[:, frame] = aggregate(prob[None, 1:, frame], dim=1)[0]
-            feats = model.encode_key(images[frame:frame + 1])
-            values = model.encode_value(images[frame:frame + 1], feats.f16, prob[None, enabled, frame])
+            feats = model.encode_key(images[frame : frame + 1])
+            values = model.encode_value(images[frame : frame + 1], feats.f16, prob[None, enabled, frame])
             for j, c in enumerate(enabled):
                 add(c, feats.key.flatten(2), values[:, j].flatten(2), False)
             last = frame
             end = end_idx - 1
             for t in range(frame + 1, end_idx):
                 is_mem = abs(t - last) >= mem_every
-                feats = model.encode_key(images[t:t + 1])
+                feats = model.encode_key(images[t : t + 1])
                 # segment_with_query: each object reads its own bank and is decoded alone.
                 h, w = feats.key.shape[-2:]
                 outs = []
@@ -169,13 +104,13 @@ def reference_youtube(model: STCN, frames: np.ndarray, given: Mapping[int, np.nd
                 for j, c in enumerate(enabled):
                     prob[c, t] = out[0, j + 1]
                 if t != end and (include_last or is_mem):
-                    values = model.encode_value(images[t:t + 1], feats.f16, out[:, 1:])
+                    values = model.encode_value(images[t : t + 1], feats.f16, out[:, 1:])
                     for j, c in enumerate(enabled):
                         add(c, feats.key.flatten(2), values[:, j].flatten(2), not is_mem)
                     if is_mem:
                         last = t
         result = np.stack([_to_labels(prob[:, t], pad, frames.shape[1:3], all_ids) for t in range(num)])
-        result[:annotated[0]] = 0
+        result[: annotated[0]] = 0
         return result
 
 
@@ -194,11 +129,10 @@ def test_forward_equals_stcn_inference_core(model: STCN, mem_every: int, include
     expected = reference_davis(model, frames, labels[0], mem_every=mem_every, include_last=include_last)
     engine = _engine(model, mem_every=mem_every, include_last=include_last, key_batch=1)
     result = engine.propagate(frames, {0: labels[0]})
-    assert len(np.unique(expected[1:])) >= 2     # not a trivial output (random weights)
+    assert len(np.unique(expected[1:])) >= 2  # not a trivial output (random weights)
     np.testing.assert_array_equal(result.masks, expected)
     with batch_invariant_convolutions():
-        expected = reference_davis(model, frames, labels[0], mem_every=mem_every,
-                                   include_last=include_last)
+        expected = reference_davis(model, frames, labels[0], mem_every=mem_every, include_last=include_last)
         batched = _engine(model, mem_every=mem_every, include_last=include_last, key_batch=5)
         np.testing.assert_array_equal(batched.propagate(frames, {0: labels[0]}).masks, expected)
 
@@ -222,17 +156,20 @@ def test_resized_processing_equals_reference(model: STCN) -> None:
 
 
 def test_objects_appearing_later_equal_stcn_youtube_core(model: STCN) -> None:
-    frames, labels = random_video(12, (48, 64), object_ids=(2, 5, 7), first_frames={5: 3, 7: 7},
-                                  seed=3)
-    given = {0: np.where(labels[0] == 2, 2, 0).astype(np.uint8),
-             3: np.where(labels[3] == 5, 5, 0).astype(np.uint8),
-             7: np.where(labels[7] == 7, 7, 0).astype(np.uint8)}
+    frames, labels = random_video(12, (48, 64), object_ids=(2, 5, 7), first_frames={5: 3, 7: 7}, seed=3)
+    given = {
+        0: np.where(labels[0] == 2, 2, 0).astype(np.uint8),
+        3: np.where(labels[3] == 5, 5, 0).astype(np.uint8),
+        7: np.where(labels[7] == 7, 7, 0).astype(np.uint8),
+    }
     with batch_invariant_convolutions():
         expected = reference_youtube(model, frames, given, mem_every=2, include_last=True)
         result = _engine(model, mem_every=2, include_last=True).propagate(frames, given)
-    assert {5, 7} <= set(np.unique(expected[8:]).tolist())   # late objects are propagated
+    assert {5, 7} <= set(np.unique(expected[8:]).tolist())  # late objects are propagated
     np.testing.assert_array_equal(result.masks, expected)
-    assert result.sources[:3] == [0, 0, 0] and result.sources[3:7] == [3] * 4 and result.sources[7:] == [7] * 5
+    assert (
+        result.sources[:3] == [0, 0, 0] and result.sources[3:7] == [3] * 4 and result.sources[7:] == [7] * 5
+    )
 
 
 def test_first_annotation_mid_video_leaves_earlier_frames_empty(model: STCN) -> None:
@@ -251,15 +188,16 @@ def test_skipped_frames_do_not_change_the_others(model: STCN) -> None:
     wanted = [0, 5, 10, 13]
     part = engine.propagate(frames, {0: labels[0]}, output_frames=wanted)
     np.testing.assert_array_equal(part.masks[wanted], full.masks[wanted])
-    assert part.stats.key_encodes < full.stats.key_encodes     # frames 1, 2, 4 ... never encoded
+    assert part.stats.key_encodes < full.stats.key_encodes  # frames 1, 2, 4 ... never encoded
 
 
 # ---------------------------------------------------------------------------------------------
 # Work done
 
 
-def test_each_frame_encoded_once_and_values_batched_over_objects(model: STCN,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_frame_encoded_once_and_values_batched_over_objects(
+    model: STCN, monkeypatch: pytest.MonkeyPatch
+) -> None:
     frames, labels = random_video(11, (48, 64), object_ids=(1, 2, 3), seed=6)
     calls: list[int] = []
     original = model.encode_value
@@ -272,7 +210,7 @@ def test_each_frame_encoded_once_and_values_batched_over_objects(model: STCN,
     engine = _engine(model, mem_every=5, key_batch=4)
     forward = engine.propagate(frames, {0: labels[0]})
     assert forward.stats.key_encodes == 11 and forward.stats.encoder_calls == 3
-    assert calls == [3, 3]              # frames 0 and 5 (10 is last), all objects in one call
+    assert calls == [3, 3]  # frames 0 and 5 (10 is last), all objects in one call
     calls.clear()
     both = engine.propagate(frames, {2: labels[2], 8: labels[8]}, mode="bidirectional")
     # four runs share one encoding of each frame; the labeled frames are kept as given
@@ -338,7 +276,7 @@ def test_bad_inputs_raise_user_errors(model: STCN) -> None:
 def test_predictor_from_checkpoint(model: STCN, tmp_path: pytest.TempPathFactory) -> None:
     path = tmp_path / "tiny.pth"  # type: ignore[operator]
     save_weights(model, path)
-    predictor = Predictor.from_checkpoint(path, device="cpu")   # preset found from the weights
+    predictor = Predictor.from_checkpoint(path, device="cpu")  # preset found from the weights
     assert predictor.config.size == -1 and predictor.device.type == "cpu"
     frames, labels = random_video(6, (48, 64), object_ids=(3, 6), seed=9)
     masks = predictor.propagate(frames, {0: labels[0]})
@@ -354,7 +292,10 @@ def test_predictor_from_checkpoint(model: STCN, tmp_path: pytest.TempPathFactory
 
 def test_import_twoshot_is_light_and_exports_predictor() -> None:
     import subprocess
-    code = ("import sys, twoshot; assert 'torch' not in sys.modules; "
-            "from twoshot import Predictor; assert 'torch' in sys.modules; print(Predictor.__name__)")
+
+    code = (
+        "import sys, twoshot; assert 'torch' not in sys.modules; "
+        "from twoshot import Predictor; assert 'torch' in sys.modules; print(Predictor.__name__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "Predictor"

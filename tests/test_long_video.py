@@ -17,9 +17,9 @@ from twoshot.config import InferenceConfig, load_config
 from twoshot.data.fixtures import make_davis, make_youtube, random_video
 from twoshot.data.readers import open_dataset
 from twoshot.inference import PropagationEngine
-from twoshot.model.memory_store import MemoryStore
 from twoshot.inference.predict import LazyFrames, predict_sequences
 from twoshot.model import STCN, build_model
+from twoshot.model.memory_store import MemoryStore
 
 
 @pytest.fixture()
@@ -57,7 +57,7 @@ def _check_cap(log: list[tuple[int | None, list[tuple[int, bool]]]]) -> None:
     for cap, entries in log:
         assert cap is not None
         serials = [s for s, _ in entries]
-        if serials[-1] < last_serial:        # a new run (a new bank) started
+        if serials[-1] < last_serial:  # a new run (a new bank) started
             pinned_seen, others_seen = set(), set()
         last_serial = serials[-1]
         pinned = {s for s, p in entries if p}
@@ -67,14 +67,15 @@ def _check_cap(log: list[tuple[int | None, list[tuple[int, bool]]]]) -> None:
         assert pinned_seen <= pinned, "an annotated frame was dropped"
         assert len(entries) <= max(cap, len(pinned))
         # The other frames kept are the newest ones, in the order they were added.
-        assert others == sorted(others_seen)[len(others_seen) - len(others):]
+        assert others == sorted(others_seen)[len(others_seen) - len(others) :]
 
 
 def test_memory_never_exceeds_the_cap_and_keeps_labeled_frames(model: STCN, bank_log: list) -> None:
     frames, labels = random_video(48, (32, 40), object_ids=(1, 2), seed=11)
     # Two labeled frames, both directions: four runs, each with its own capped bank.
     result = _engine(model, mem_every=1, max_memory_frames=3).propagate(
-        frames, {12: labels[12], 36: labels[36]}, mode="bidirectional")
+        frames, {12: labels[12], 36: labels[36]}, mode="bidirectional"
+    )
     assert result.stats.runs == 4 and result.stats.peak_memory_frames == 3
     assert len(bank_log) > 40
     _check_cap(bank_log)
@@ -82,17 +83,18 @@ def test_memory_never_exceeds_the_cap_and_keeps_labeled_frames(model: STCN, bank
 
     # Objects appearing later (forward mode): three annotated frames and a cap of 2. The
     # annotated frames stay although they exceed the cap; other frames come and go.
-    frames, labels = random_video(30, (36, 40), object_ids=(1, 2, 3), first_frames={2: 6, 3: 14},
-                                  seed=12)
-    given = {0: np.where(labels[0] == 1, 1, 0).astype(np.uint8),
-             6: np.where(labels[6] == 2, 2, 0).astype(np.uint8),
-             14: np.where(labels[14] == 3, 3, 0).astype(np.uint8)}
+    frames, labels = random_video(30, (36, 40), object_ids=(1, 2, 3), first_frames={2: 6, 3: 14}, seed=12)
+    given = {
+        0: np.where(labels[0] == 1, 1, 0).astype(np.uint8),
+        6: np.where(labels[6] == 2, 2, 0).astype(np.uint8),
+        14: np.where(labels[14] == 3, 3, 0).astype(np.uint8),
+    }
     bank_log.clear()
     capped = _engine(model, mem_every=2, max_memory_frames=2).propagate(frames, given)
     _check_cap(bank_log)
     _, final_entries = bank_log[-1]
-    assert [s for s, p in final_entries if p] == [0, 3, 7]   # the serials of frames 0, 6, 14
-    assert len(final_entries) == 3                           # only the annotated frames fit
+    assert [s for s, p in final_entries if p] == [0, 3, 7]  # the serials of frames 0, 6, 14
+    assert len(final_entries) == 3  # only the annotated frames fit
     assert capped.stats.peak_memory_frames == 3
 
 
@@ -108,8 +110,10 @@ def test_key_cache_does_not_grow_with_the_video(model: STCN) -> None:
     for length in (16, 64):
         frames, labels = random_video(length, (24, 32), seed=14)
         result = _engine(model, key_batch=4).propagate(
-            frames, {length // 4: labels[length // 4], 3 * length // 4: labels[3 * length // 4]},
-            mode="bidirectional")
+            frames,
+            {length // 4: labels[length // 4], 3 * length // 4: labels[3 * length // 4]},
+            mode="bidirectional",
+        )
         peaks.append(result.stats.peak_cached_frames)
     # A batch, plus a labeled frame kept for its second run, however long the video.
     assert max(peaks) <= 4 + 2
@@ -120,8 +124,9 @@ def test_key_cache_does_not_grow_with_the_video(model: STCN) -> None:
 
 
 @pytest.mark.parametrize("mode,given_frames", [("forward", (3,)), ("bidirectional", (4, 15))])
-def test_engine_yields_each_frame_once_as_propagate_collects(model: STCN, mode: str,
-                                                             given_frames: tuple[int, ...]) -> None:
+def test_engine_yields_each_frame_once_as_propagate_collects(
+    model: STCN, mode: str, given_frames: tuple[int, ...]
+) -> None:
     frames, labels = random_video(20, (32, 40), seed=15)
     given = {f: labels[f] for f in given_frames}
     engine = _engine(model, mem_every=3)
@@ -142,9 +147,9 @@ def test_engine_yields_each_frame_once_as_propagate_collects(model: STCN, mode: 
         np.testing.assert_array_equal(out.probabilities.numpy(), full.probabilities[out.frame, channels])
     assert sorted(seen) == list(range(20))
     if mode == "bidirectional":
-        assert seen[:2] == list(given_frames)        # the labeled frames come first
+        assert seen[:2] == list(given_frames)  # the labeled frames come first
     else:
-        assert seen[-3:] == [0, 1, 2]                # frames before the annotation come last
+        assert seen[-3:] == [0, 1, 2]  # frames before the annotation come last
     assert propagation.stats.runs == full.stats.runs and propagation.stats.seconds > 0
 
 
@@ -152,21 +157,33 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_streamed_pngs_equal_the_in_memory_ones(model: STCN, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_streamed_pngs_equal_the_in_memory_ones(
+    model: STCN, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = make_davis(tmp_path / "davis", {"bear": 9, "cat": 7}, size=(40, 56))
     sequences = open_dataset("davis", data.root, "val")
     config = InferenceConfig(size=-1, device="cpu", mem_every=3)
     for backward in (False, True):
         whole, streamed = tmp_path / f"whole{backward}", tmp_path / f"streamed{backward}"
-        predict_sequences(model, sequences, whole, config, overlay=True, backward=backward,
-                          progress=False, stream=False)
+        predict_sequences(
+            model, sequences, whole, config, overlay=True, backward=backward, progress=False, stream=False
+        )
         with monkeypatch.context() as patch:
             # The streaming path reads frames one at a time, never the whole video.
-            patch.setattr("twoshot.data.readers.load_frames",
-                          lambda *a, **k: pytest.fail("load_frames called while streaming"))
-            predict_sequences(model, sequences, streamed, config, overlay=True, backward=backward,
-                              progress=False, stream=True)
+            patch.setattr(
+                "twoshot.data.readers.load_frames",
+                lambda *a, **k: pytest.fail("load_frames called while streaming"),
+            )
+            predict_sequences(
+                model,
+                sequences,
+                streamed,
+                config,
+                overlay=True,
+                backward=backward,
+                progress=False,
+                stream=True,
+            )
         files = _tree(whole)
         assert len(files) == 2 * (9 + 7) and files == _tree(streamed)
 
@@ -175,13 +192,15 @@ def test_streamed_pngs_equal_the_in_memory_ones(model: STCN, tmp_path: Path,
     sequences = open_dataset("youtube", youtube.root, "valid")
     assert any(seq.frames_to_save and len(seq.frames_to_save) < seq.num_frames for seq in sequences)
     for stream in (False, True):
-        predict_sequences(model, sequences, tmp_path / f"yt{stream}", config, youtube=True,
-                          progress=False, stream=stream)
+        predict_sequences(
+            model, sequences, tmp_path / f"yt{stream}", config, youtube=True, progress=False, stream=stream
+        )
     assert _tree(tmp_path / "ytFalse") == _tree(tmp_path / "ytTrue") != {}
 
 
-def test_long_videos_are_streamed_by_default(model: STCN, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_long_videos_are_streamed_by_default(
+    model: STCN, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = make_davis(tmp_path / "davis", {"long": 8, "short": 3}, size=(32, 40))
     sequences = open_dataset("davis", data.root, "val")
     # Pretend a frame budget of 5 frames: the 8-frame video streams, the 3-frame one does not.
@@ -190,17 +209,19 @@ def test_long_videos_are_streamed_by_default(model: STCN, tmp_path: Path,
     original = PropagationEngine.frames
 
     def spy(self: PropagationEngine, frames: object, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
-        calls.append(isinstance(frames, LazyFrames))   # read frame by frame
+        calls.append(isinstance(frames, LazyFrames))  # read frame by frame
         return original(self, frames, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(PropagationEngine, "frames", spy)
-    predict_sequences(model, sequences, tmp_path / "out", InferenceConfig(size=-1, device="cpu"),
-                      progress=False)
-    assert calls == [True, False]     # sequences are sorted: "long", then "short"
+    predict_sequences(
+        model, sequences, tmp_path / "out", InferenceConfig(size=-1, device="cpu"), progress=False
+    )
+    assert calls == [True, False]  # sequences are sorted: "long", then "short"
 
 
-def test_a_failure_while_streaming_leaves_no_video_folder(model: STCN, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failure_while_streaming_leaves_no_video_folder(
+    model: STCN, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = make_davis(tmp_path / "davis", {"bear": 8}, size=(32, 40))
     sequences = open_dataset("davis", data.root, "val")
     from twoshot.data import masks as masks_module
@@ -216,8 +237,15 @@ def test_a_failure_while_streaming_leaves_no_video_folder(model: STCN, tmp_path:
     monkeypatch.setattr(masks_module, "write_mask", failing)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="disk full"):
-        predict_sequences(model, sequences, out, InferenceConfig(size=-1, device="cpu"),
-                          overlay=True, progress=False, stream=True)
+        predict_sequences(
+            model,
+            sequences,
+            out,
+            InferenceConfig(size=-1, device="cpu"),
+            overlay=True,
+            progress=False,
+            stream=True,
+        )
     assert not (out / "bear").exists() and not (out / "overlays" / "bear").exists()
     assert not [p for p in out.rglob("*") if p.is_file() or p.name.startswith(".")]
 
@@ -228,8 +256,10 @@ def test_lazy_frames_read_on_demand_and_check_sizes(tmp_path: Path) -> None:
     frames = LazyFrames(seq)
     assert len(frames) == 4 and frames[2].shape == (32, 40, 3) and len(frames[1:3]) == 2
     from PIL import Image
+
     Image.new("RGB", (20, 16)).save(seq.frame_paths[3])
     from twoshot.errors import UserError
+
     with pytest.raises(UserError, match="00003.jpg: frame is 20x16 but 00000.jpg is 40x32"):
         frames[3]
 
@@ -257,14 +287,14 @@ def test_channels_last_gives_the_plain_masks_up_to_float_ties(model: STCN) -> No
     np.testing.assert_array_equal(again.masks, plain.masks)
 
 
-def test_compile_falls_back_to_eager_when_unavailable(model: STCN,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compile_falls_back_to_eager_when_unavailable(model: STCN, monkeypatch: pytest.MonkeyPatch) -> None:
     frames, labels = random_video(8, (32, 40), seed=17)
     plain = _engine(model).propagate(frames, {0: labels[0]}).masks
 
     def broken_compile(fn: object, **_: object) -> object:
         def compiled(*args: object) -> object:
             raise RuntimeError("inductor: no working C++ compiler")
+
         return compiled
 
     monkeypatch.setattr(torch, "compile", broken_compile)
@@ -277,13 +307,14 @@ def test_compile_falls_back_to_eager_when_unavailable(model: STCN,
     np.testing.assert_array_equal(masks, plain)
 
 
-@pytest.mark.skipif(not os.environ.get("TWOSHOT_TEST_COMPILE"),
-                    reason="compiling takes a minute or more on 2 CPU cores; set TWOSHOT_TEST_COMPILE=1")
+@pytest.mark.skipif(
+    not os.environ.get("TWOSHOT_TEST_COMPILE"),
+    reason="compiling takes a minute or more on 2 CPU cores; set TWOSHOT_TEST_COMPILE=1",
+)
 def test_compiled_engine_matches_the_plain_one(model: STCN) -> None:
     frames, labels = random_video(8, (32, 48), seed=18)
     plain = _engine(model).propagate(frames, {0: labels[0]}, probabilities=True)
-    fast = _engine(model, compile=True, key_batch=8).propagate(frames, {0: labels[0]},
-                                                               probabilities=True)
+    fast = _engine(model, compile=True, key_batch=8).propagate(frames, {0: labels[0]}, probabilities=True)
     assert plain.probabilities is not None and fast.probabilities is not None
     assert np.abs(plain.probabilities - fast.probabilities).max() < 1e-4
     assert (plain.masks != fast.masks).mean() < 1e-3

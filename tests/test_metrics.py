@@ -7,11 +7,20 @@ import math
 import numpy as np
 import pytest
 
-from twoshot.evaluate import (EvalResult, boundary_map, disk_kernel, evaluate_sequence, f_measure,
-                              frame_scores, jaccard, statistics, tolerance_radius)
-
+from twoshot.evaluate import (
+    EvalResult,
+    boundary_map,
+    disk_kernel,
+    evaluate_sequence,
+    f_measure,
+    frame_scores,
+    jaccard,
+    statistics,
+    tolerance_radius,
+)
 
 # ----------------------------------------------------------------- slow reference (DESIGN §4)
+
 
 def ref_boundary(seg: np.ndarray) -> np.ndarray:
     """Boundary map, pixel by pixel from the DESIGN text."""
@@ -44,8 +53,8 @@ def ref_dilate(b: np.ndarray, r: int) -> np.ndarray:
         for dx in range(-r, r + 1):
             if dy * dy + dx * dx > r * r:
                 continue
-            src = b[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
-            out[max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)] |= src
+            src = b[max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
+            out[max(0, dy) : h - max(0, -dy), max(0, dx) : w - max(0, -dx)] |= src
     return out
 
 
@@ -71,7 +80,7 @@ def ref_j_f(p: np.ndarray, g: np.ndarray) -> tuple[float, float]:
 def ref_stats(v: np.ndarray) -> tuple[float, float, float]:
     n = len(v)
     edges = [int(round(1 + i * (n - 1) / 4 + 1e-10)) - 1 for i in range(5)]
-    first, last = v[edges[0]:edges[1] + 1], v[edges[3]:edges[4] + 1]
+    first, last = v[edges[0] : edges[1] + 1], v[edges[3] : edges[4] + 1]
     return float(np.nanmean(v)), float(np.mean(v > 0.5)), float(np.mean(first) - np.mean(last))
 
 
@@ -87,8 +96,9 @@ def ref_sequence(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return j, f
 
 
-def random_pair(rng: np.random.Generator, t: int, h: int, w: int, objects: int
-                ) -> tuple[np.ndarray, np.ndarray]:
+def random_pair(
+    rng: np.random.Generator, t: int, h: int, w: int, objects: int
+) -> tuple[np.ndarray, np.ndarray]:
     """GT label stack with blocky, ragged objects and void; prediction = noisy shifted GT."""
     cell = max(1, min(h, w) // 5)
     coarse = rng.integers(0, objects + 1, size=(t, h // cell + 2, w // cell + 2))
@@ -105,6 +115,7 @@ def random_pair(rng: np.random.Generator, t: int, h: int, w: int, objects: int
 
 
 # ----------------------------------------------------------------- boundary map, tolerance
+
 
 def test_boundary_of_a_rectangle_is_the_ring_around_its_top_left() -> None:
     seg = np.zeros((8, 9), bool)
@@ -140,6 +151,7 @@ def test_tolerance_and_disk() -> None:
 
 # ----------------------------------------------------------------- hand-worked J and F
 
+
 def rect(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     m = np.zeros((h, w), bool)
     m[y0:y1, x0:x1] = True
@@ -147,8 +159,8 @@ def rect(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
 
 
 def test_shifted_rectangles() -> None:
-    gt = rect(50, 50, 10, 20, 10, 20)      # 10x10 square, tolerance r = 1 (a plus sign)
-    pred = rect(50, 50, 10, 20, 13, 23)    # moved 3 columns right
+    gt = rect(50, 50, 10, 20, 10, 20)  # 10x10 square, tolerance r = 1 (a plus sign)
+    pred = rect(50, 50, 10, 20, 13, 23)  # moved 3 columns right
     assert jaccard(pred, gt) == pytest.approx(70 / 130)
     # Each 40-pixel ring: 9 + 9 pixels of the top/bottom rows and the 2 pixels next to the
     # other ring's rows on the near side lie within 1 pixel of the other ring: P = R = 1/2.
@@ -162,18 +174,18 @@ def test_one_pixel_objects() -> None:
     assert (jaccard(gt, gt), f_measure(gt, gt)) == (1.0, 1.0)
     beside = np.roll(gt, 1, axis=1)  # boundaries {(4..5, 5..6)} and {(4..5, 4..5)} touch
     assert (jaccard(beside, gt), f_measure(beside, gt)) == (0.0, 1.0)
-    far = np.roll(gt, 3, axis=1)     # two pixels between the boundaries, r = 1
+    far = np.roll(gt, 3, axis=1)  # two pixels between the boundaries, r = 1
     assert (jaccard(far, gt), f_measure(far, gt)) == (0.0, 0.0)
     corner = np.zeros((20, 30), bool)
-    corner[-1, -1] = True            # 3-pixel boundary at the image corner
+    corner[-1, -1] = True  # 3-pixel boundary at the image corner
     assert (jaccard(corner, corner), f_measure(corner, corner)) == (1.0, 1.0)
 
 
 def test_empty_prediction_and_empty_ground_truth() -> None:
     gt = rect(30, 40, 5, 15, 5, 15)
     empty = np.zeros_like(gt)
-    assert (jaccard(empty, gt), f_measure(empty, gt)) == (0.0, 0.0)   # P = 1, R = 0
-    assert (jaccard(gt, empty), f_measure(gt, empty)) == (0.0, 0.0)   # P = 0, R = 1
+    assert (jaccard(empty, gt), f_measure(empty, gt)) == (0.0, 0.0)  # P = 1, R = 0
+    assert (jaccard(gt, empty), f_measure(gt, empty)) == (0.0, 0.0)  # P = 0, R = 1
     assert (jaccard(empty, empty), f_measure(empty, empty)) == (1.0, 1.0)
 
 
@@ -190,14 +202,14 @@ def test_missing_and_extra_objects_and_void() -> None:
     gt = np.zeros((3, h, w), np.uint8)
     gt[:, 10:20, 10:20] = 1
     gt[:, 30:40, 30:40] = 2
-    gt[:, 0:5, 0:50] = 255              # void: read as background
+    gt[:, 0:5, 0:50] = 255  # void: read as background
     pred = np.zeros_like(gt)
-    pred[:, 10:20, 13:23] = 1           # object 1 shifted, object 2 missing
-    pred[:, 30:40, 30:40] = 7           # an object the GT does not have, over object 2
-    pred[:, 0:5, 0:10] = 1              # object 1 on void pixels counts as false positive
+    pred[:, 10:20, 13:23] = 1  # object 1 shifted, object 2 missing
+    pred[:, 30:40, 30:40] = 7  # an object the GT does not have, over object 2
+    pred[:, 0:5, 0:10] = 1  # object 1 on void pixels counts as false positive
     scores = evaluate_sequence(pred, gt, name="v")
     assert scores.object_ids == (1, 2)  # from gt[0], 255 is not an object
-    assert scores.j.shape == (2, 1)     # first and last frame skipped
+    assert scores.j.shape == (2, 1)  # first and last frame skipped
     assert scores.j[0, 0] == pytest.approx(70 / (130 + 50))
     assert scores.j[1, 0] == 0.0 and scores.f[1, 0] == 0.0
     # The void strip adds a 5x10 rectangle (rows 0..4, cols 0..9) to the prediction; at the
@@ -225,12 +237,13 @@ def test_frame_scores_and_object_ids() -> None:
 
 # ----------------------------------------------------------------- statistics
 
+
 def test_mean_recall_decay_by_hand() -> None:
     v = np.array([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
     # edges round(linspace(1, 9, 5)) - 1 = 0, 2, 4, 6, 8: decay = mean(v[0:3]) - mean(v[6:9])
     mean, recall, decay = statistics(v)
     assert mean == pytest.approx(0.6)
-    assert recall == pytest.approx(5 / 9)          # 0.5 itself is not > 0.5
+    assert recall == pytest.approx(5 / 9)  # 0.5 itself is not > 0.5
     assert decay == pytest.approx(0.9 - 0.3)
 
 
@@ -250,10 +263,10 @@ def test_decay_bins_use_the_1e10_nudge() -> None:
 def test_global_means_weigh_objects_equally() -> None:
     gt = np.zeros((3, 20, 20), np.uint8)
     gt[:, 2:6, 2:6] = 1
-    one = evaluate_sequence(gt, gt, name="a")                      # 1 object, J = 1
+    one = evaluate_sequence(gt, gt, name="a")  # 1 object, J = 1
     gt2 = gt.copy()
     gt2[:, 10:14, 10:14] = 2
-    two = evaluate_sequence(np.zeros_like(gt2), gt2, name="b")      # 2 objects, J = 0
+    two = evaluate_sequence(np.zeros_like(gt2), gt2, name="b")  # 2 objects, J = 0
     result = EvalResult.from_sequences([one, two])
     assert [o.name for o in result.objects] == ["a_1", "b_1", "b_2"]
     assert result.scores["J-Mean"] == pytest.approx(1 / 3)
@@ -265,8 +278,10 @@ def test_global_means_weigh_objects_equally() -> None:
 
 # ----------------------------------------------------------------- fast == reference
 
-@pytest.mark.parametrize("shape", [(9, 37, 53), (3, 151, 203), (4, 1, 40), (4, 23, 1),
-                                   (4, 2, 2), (6, 64, 97)])
+
+@pytest.mark.parametrize(
+    "shape", [(9, 37, 53), (3, 151, 203), (4, 1, 40), (4, 23, 1), (4, 2, 2), (6, 64, 97)]
+)
 def test_fast_matches_reference_on_random_masks(shape: tuple[int, int, int]) -> None:
     rng = np.random.default_rng(sum(shape))
     pred, gt = random_pair(rng, *shape, objects=3)
@@ -289,10 +304,11 @@ def test_fast_matches_reference_on_small_objects_near_edges() -> None:
     for t in range(4):
         for obj in (1, 2, 3):
             y, x = rng.integers(-3, h - 2), rng.integers(-3, w - 2)
-            gt[t, max(y, 0):y + rng.integers(1, 9), max(x, 0):x + rng.integers(1, 9)] = obj
+            gt[t, max(y, 0) : y + rng.integers(1, 9), max(x, 0) : x + rng.integers(1, 9)] = obj
             y, x = y + rng.integers(-3, 4), x + rng.integers(-3, 4)
-            pred[t, max(y, 0):max(y + rng.integers(1, 9), 0),
-                 max(x, 0):max(x + rng.integers(1, 9), 0)] = obj
+            pred[
+                t, max(y, 0) : max(y + rng.integers(1, 9), 0), max(x, 0) : max(x + rng.integers(1, 9), 0)
+            ] = obj
     gt[0, 0, 0] = 3
     fast = evaluate_sequence(pred, gt)
     j, f = ref_sequence(pred, gt)

@@ -67,8 +67,8 @@ def test_encode_value_batches_objects_like_one_call_per_object(tiny: STCN) -> No
         f16 = tiny.encode_key(frames).f16
         batched = tiny.encode_value(frames, f16, masks)
         for i in range(3):
-            others = sum(masks[:, j:j + 1] for j in range(3) if j != i)
-            single = tiny.value_encoder(frames, f16, masks[:, i:i + 1], others)
+            others = sum(masks[:, j : j + 1] for j in range(3) if j != i)
+            single = tiny.value_encoder(frames, f16, masks[:, i : i + 1], others)
             torch.testing.assert_close(batched[:, i], single, atol=1e-5, rtol=1e-5)
 
 
@@ -77,7 +77,9 @@ def _naive_read(mk: torch.Tensor, qk: torch.Tensor, mv: torch.Tensor, top_k: int
     ck, n = mk.shape
     out = torch.zeros(mv.shape[0], qk.shape[1], dtype=torch.float64)
     for q in range(qk.shape[1]):
-        scores = [(2 * float(mk[:, i] @ qk[:, q]) - float(mk[:, i] @ mk[:, i])) / math.sqrt(ck) for i in range(n)]
+        scores = [
+            (2 * float(mk[:, i] @ qk[:, q]) - float(mk[:, i] @ mk[:, i])) / math.sqrt(ck) for i in range(n)
+        ]
         keep = sorted(range(n), key=lambda i: -scores[i])[: top_k or n]
         weights = {i: math.exp(scores[i] - max(scores)) for i in keep}
         total = sum(weights.values())
@@ -92,8 +94,9 @@ def test_memory_read_matches_naive_computation(top_k: int | None) -> None:
     mk, qk, mv = torch.randn(1, 8, 30), torch.randn(1, 8, 12), torch.randn(1, 2, 4, 30)
     fast = readout(memory_affinity(mk, qk, top_k), mv)[0]
     for obj in range(2):
-        torch.testing.assert_close(fast[obj].double(), _naive_read(mk[0], qk[0], mv[0, obj], top_k),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            fast[obj].double(), _naive_read(mk[0], qk[0], mv[0, obj], top_k), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_top_k_affinity_keeps_k_entries_per_query() -> None:
@@ -121,8 +124,9 @@ def test_padding_round_trip_puts_odd_pixel_bottom_right() -> None:
 def test_output_stride_8_keeps_the_parameters_and_rejects_other_strides() -> None:
     stride16 = STCN(load_config("tiny", overrides=["model.output_stride=16"]).model)
     stride8 = STCN(load_config("tiny", overrides=["model.output_stride=8"]).model)
-    assert {k: v.shape for k, v in stride8.state_dict().items()} == \
-        {k: v.shape for k, v in stride16.state_dict().items()}
+    assert {k: v.shape for k, v in stride8.state_dict().items()} == {
+        k: v.shape for k, v in stride16.state_dict().items()
+    }
     assert stride8.key_encoder.layer3[0].conv1.stride == (1, 1)
     assert stride16.key_encoder.layer3[0].conv1.stride == (2, 2)
     with pytest.raises(ValueError, match="output_stride must be 8 or 16, got 4"):

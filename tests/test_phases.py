@@ -19,8 +19,14 @@ def _batch(labeled: list[bool]) -> dict[str, torch.Tensor]:
     cls = gt[:, :, 0].long()
     flags = torch.tensor([labeled] * b)
     cls[~flags] = IGNORE
-    return {"rgb": torch.randn(b, t, 3, s, s), "gt": gt, "sec_gt": torch.zeros_like(gt),
-            "cls_gt": cls, "selector": torch.tensor([[1.0, 0.0]] * b), "labeled": flags}
+    return {
+        "rgb": torch.randn(b, t, 3, s, s),
+        "gt": gt,
+        "sec_gt": torch.zeros_like(gt),
+        "cls_gt": cls,
+        "selector": torch.tensor([[1.0, 0.0]] * b),
+        "labeled": flags,
+    }
 
 
 def test_phase1_switches_dataset_at_end_of_warmup() -> None:
@@ -39,8 +45,8 @@ def test_phase1_targets_come_from_the_teacher_where_confident() -> None:
         prepared = mode.prepare_targets(batch, outputs, it=5)
         expected = confident_labels(forward_batch(mode.teacher, batch).probs[:, 0], 0.5)
     assert torch.equal(prepared["cls_gt"][:, 0], batch["cls_gt"][:, 0])
-    assert torch.equal(prepared["cls_gt"][:, 2], batch["cls_gt"][:, 2])   # labeled: ground truth
-    assert torch.equal(prepared["cls_gt"][:, 1], expected)                 # unlabeled: teacher
+    assert torch.equal(prepared["cls_gt"][:, 2], batch["cls_gt"][:, 2])  # labeled: ground truth
+    assert torch.equal(prepared["cls_gt"][:, 1], expected)  # unlabeled: teacher
     scalars = mode.log_scalars()
     assert 0.0 <= scalars["pseudo_label_share"] <= 1.0
     assert "pseudo_label_accuracy" in scalars or (expected == IGNORE).all()
@@ -82,6 +88,7 @@ def test_phase2_refines_only_after_the_start_iteration() -> None:
     probs = torch.zeros(2, 2, 3, 32, 32)
     probs[:, :, 0] = 1.0  # the model is sure everything is background
     from twoshot.train.forward import ClipOutput
+
     outputs = ClipOutput(probs.log(), probs)
     assert mode.prepare_targets(batch, outputs, it=9) is batch
     refined = mode.prepare_targets(batch, outputs, it=10)["cls_gt"]

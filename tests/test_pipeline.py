@@ -24,11 +24,25 @@ MODELS = ["static", "phase1", "phase2", "naive", "full"]
 
 
 def _config(data: Path, out: Path, baselines: list[str]) -> Config:
-    config = load_config("tiny", overrides=[
-        "static.iterations=6", "static.batch_size=2", "static.num_workers=0", "static.crop_size=48",
-        "main.iterations=8", "main.batch_size=2", "main.num_workers=0", "main.crop_size=48",
-        "main.save_every=4", "static.save_every=4", "main.log_every=2", "static.log_every=2",
-        "twoshot.end_warm=3", "twoshot.phase2_start_update=4"])
+    config = load_config(
+        "tiny",
+        overrides=[
+            "static.iterations=6",
+            "static.batch_size=2",
+            "static.num_workers=0",
+            "static.crop_size=48",
+            "main.iterations=8",
+            "main.batch_size=2",
+            "main.num_workers=0",
+            "main.crop_size=48",
+            "main.save_every=4",
+            "static.save_every=4",
+            "main.log_every=2",
+            "static.log_every=2",
+            "twoshot.end_warm=3",
+            "twoshot.phase2_start_update=4",
+        ],
+    )
     config.pipeline.data = str(data)
     config.pipeline.out = str(out)
     config.pipeline.static_data = str(data / "static")
@@ -40,8 +54,9 @@ def _config(data: Path, out: Path, baselines: list[str]) -> Config:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "data"
-    generate_dataset(root, videos=4, frames=8, size=(48, 48), objects=(1, 2), seed=3,
-                     val_videos=2, static_images=8)
+    generate_dataset(
+        root, videos=4, frames=8, size=(48, 48), objects=(1, 2), seed=3, val_videos=2, static_images=8
+    )
     return root
 
 
@@ -52,8 +67,9 @@ def test_pipeline_runs_every_stage_then_skips_and_resumes(dataset: Path, tmp_pat
     assert [m.name for m in report.models] == MODELS
     # DAVIS scores objects 1..max label of each validation video's first annotation
     firsts = {s.name: read_mask(s.mask_paths[0])[0] for s in open_dataset("davis", dataset, "val")}
-    expected_objects = sorted(f"{name}_{o}" for name, first in firsts.items()
-                              for o in range(1, int(first.max()) + 1))
+    expected_objects = sorted(
+        f"{name}_{o}" for name, first in firsts.items() for o in range(1, int(first.max()) + 1)
+    )
     for model in report.models:
         assert 0.0 <= model.j_and_f <= 1.0
         assert model.j_and_f == pytest.approx((model.j_mean + model.f_mean) / 2)
@@ -104,6 +120,7 @@ def test_pipeline_runs_every_stage_then_skips_and_resumes(dataset: Path, tmp_pat
 
 def test_pipeline_never_needs_unlabeled_annotations(dataset: Path, tmp_path: Path) -> None:
     import shutil
+
     data = tmp_path / "data"
     shutil.copytree(dataset, data)
     budget = make_budget(open_dataset("davis", data, "train"), shots=2, strategy="uniform")
@@ -138,22 +155,36 @@ def test_pipeline_cli_reports_unknown_keys(capsys: pytest.CaptureFixture[str]) -
     assert "pipeline.data is not set" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("override,message", [
-    ("model.output_stride=4", "'model.output_stride': must be 8 or 16, got 4"),
-    ("model.key_block=wide", "'model.key_block': 'wide' is not a ResNet block"),
-    ("model.value_layers=[2,2]", "'model.value_layers': [2, 2] must give 3 stages"),
-])
-def test_model_config_that_builds_no_network_is_refused(override: str, message: str,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.output_stride=4", "'model.output_stride': must be 8 or 16, got 4"),
+        ("model.key_block=wide", "'model.key_block': 'wide' is not a ResNet block"),
+        ("model.value_layers=[2,2]", "'model.value_layers': [2, 2] must give 3 stages"),
+    ],
+)
+def test_model_config_that_builds_no_network_is_refused(
+    override: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["pipeline", "--preset", "tiny", "--data", "nowhere", override]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_demo_writes_report_plot_and_overlays(tmp_path: Path) -> None:
-    scale = DemoScale(videos=3, val_videos=2, frames=6, size=48, static_images=6,
-                      static_iterations=4, iterations=6, end_warm=2, phase2_start_update=3)
-    report, pictures = run_demo(tmp_path / "demo", scale=scale, device="cpu",
-                                log=lambda _: None, progress=False)
+    scale = DemoScale(
+        videos=3,
+        val_videos=2,
+        frames=6,
+        size=48,
+        static_images=6,
+        static_iterations=4,
+        iterations=6,
+        end_warm=2,
+        phase2_start_update=3,
+    )
+    report, pictures = run_demo(
+        tmp_path / "demo", scale=scale, device="cpu", log=lambda _: None, progress=False
+    )
     assert [m.name for m in report.models] == MODELS
     names = sorted(p.name for p in pictures)
     assert names == ["jf.png", "val0000.mp4", "val0000.png", "val0001.mp4", "val0001.png"]
@@ -170,29 +201,32 @@ def test_demo_writes_report_plot_and_overlays(tmp_path: Path) -> None:
 def _report(objects: dict[str, dict[str, float]] | None = None, **scores: float) -> PipelineReport:
     report = PipelineReport(out="run", budget="budget.json", labeled_frames=2, total_frames=24)
     for name, value in scores.items():
-        report.models.append(ModelScore(name, name, value, value, value, 0.1, None,
-                                        (objects or {}).get(name, {})))
+        report.models.append(
+            ModelScore(name, name, value, value, value, 0.1, None, (objects or {}).get(name, {}))
+        )
     return report
 
 
 def test_paired_standard_error_by_hand() -> None:
     from twoshot.pipeline import paired_standard_error
+
     naive = {"a_1": 0.4, "a_2": 0.5, "b_1": 0.6, "only_naive_1": 0.9}
     full = {"a_1": 0.5, "a_2": 0.5, "b_1": 0.8}
     # differences 0.1, 0.0, 0.2: mean 0.1, sample std 0.1, standard error 0.1 / sqrt(3)
-    assert paired_standard_error(naive, full) == pytest.approx(0.1 / 3 ** 0.5)
+    assert paired_standard_error(naive, full) == pytest.approx(0.1 / 3**0.5)
     assert paired_standard_error({"a_1": 0.4}, {"a_1": 0.6}) is None
 
 
 def test_model_standard_error_by_hand() -> None:
     # objects 0.2, 0.4, 0.6: sample std 0.2, standard error 0.2 / sqrt(3)
     score = ModelScore("naive", "naive", 0.4, 0.4, 0.4, 0.1, None, {"a_1": 0.2, "a_2": 0.4, "b_1": 0.6})
-    assert score.standard_error() == pytest.approx(0.2 / 3 ** 0.5)
+    assert score.standard_error() == pytest.approx(0.2 / 3**0.5)
     assert ModelScore("full", "full", 0.4, 0.4, 0.4, 1.0, None, {"a_1": 0.4}).standard_error() is None
 
 
 def test_a_gap_within_its_standard_error_is_not_measured() -> None:
     from twoshot.pipeline import format_report
+
     # naive 0.40 and full 0.42 on average; per-object differences +0.12 and -0.08: the gap
     # 0.02 has a standard error of 0.1 (sample std 0.1414 / sqrt 2), so 2 errors = 0.2.
     noisy = {"naive": {"v_1": 0.30, "v_2": 0.50}, "full": {"v_1": 0.42, "v_2": 0.42}}
@@ -207,12 +241,15 @@ def test_a_gap_within_its_standard_error_is_not_measured() -> None:
     report = _report(steady, naive=0.40, full=0.42, phase2=0.41)
     assert report.gap_error() == pytest.approx(0.0, abs=1e-9)
     assert report.gap_recovered() == pytest.approx(0.5)
-    assert "recovers 50% of the gap between naive training and full supervision (2.0 ± 0.0 J&F)" \
+    assert (
+        "recovers 50% of the gap between naive training and full supervision (2.0 ± 0.0 J&F)"
         in format_report(report)
+    )
 
 
 def test_gap_recovered_and_its_note() -> None:
     from twoshot.pipeline import format_report
+
     report = _report(naive=0.40, full=0.50, phase2=0.48)
     assert report.gap_recovered() == pytest.approx(0.8)
     assert "recovers 80% of the gap" in format_report(report)
@@ -238,6 +275,7 @@ def _run(naive: dict[str, float], full: dict[str, float], phase2: float | None =
 
 def test_gap_over_training_seeds_pools_runs_by_hand() -> None:
     from twoshot.pipeline import estimate_gap
+
     # Naive 0.40 and 0.44, full 0.46 and 0.48: gap 0.05 on the means. Every object gains
     # 0.05 on the per-object means (objects' error 0); the runs' gaps 0.06 and 0.04 have
     # sample std 0.01414, so their standard error is 0.01. Two-shot 0.43 and 0.47: mean
@@ -248,7 +286,9 @@ def test_gap_over_training_seeds_pools_runs_by_hand() -> None:
     assert (estimate.gap, estimate.error, estimate.runs) == (pytest.approx(0.05), pytest.approx(0.01), 2)
     assert estimate.recovered == pytest.approx(0.6)
     # One run alone is that run's own gap, as its report says.
-    assert estimate_gap([a]).gap == pytest.approx(a.gap()) and estimate_gap([a]).recovered == pytest.approx(0.5)
+    assert estimate_gap([a]).gap == pytest.approx(a.gap()) and estimate_gap([a]).recovered == pytest.approx(
+        0.5
+    )
     # Runs whose gaps are 0.10 and 0.00: the same mean gap, but a standard error of 0.05, so
     # two errors (0.10) exceed it and no share is reported.
     c = _run({"v_1": 0.30, "v_2": 0.50}, {"v_1": 0.40, "v_2": 0.60}, phase2=0.45)
@@ -260,11 +300,12 @@ def test_gap_over_training_seeds_pools_runs_by_hand() -> None:
 
 def test_gap_error_adds_objects_and_seeds_in_quadrature() -> None:
     from twoshot.pipeline import estimate_gap, mean_object_scores
+
     # Full's per-object means 0.44, 0.44 against naive's 0.30, 0.50: differences 0.14 and
     # -0.06, standard error 0.1. The runs' gaps 0.02 and 0.06: standard error 0.02.
     a = _run({"v_1": 0.30, "v_2": 0.50}, {"v_1": 0.42, "v_2": 0.42})
     b = _run({"v_1": 0.30, "v_2": 0.50}, {"v_1": 0.46, "v_2": 0.46})
-    assert estimate_gap([a, b]).error == pytest.approx((0.1 ** 2 + 0.02 ** 2) ** 0.5)
+    assert estimate_gap([a, b]).error == pytest.approx((0.1**2 + 0.02**2) ** 0.5)
     assert mean_object_scores([a.score("full"), b.score("full")]) == pytest.approx({"v_1": 0.44, "v_2": 0.44})
     # Only objects every run scored are averaged; a run without both baselines is left out.
     partial = ModelScore("full", "full", 0.5, 0.5, 0.5, 1.0, None, {"v_1": 0.5})
@@ -275,16 +316,23 @@ def test_gap_error_adds_objects_and_seeds_in_quadrature() -> None:
 
 def test_config_differences_by_key() -> None:
     from twoshot.config import config_differences
+
     saved = {"model": {"output_stride": 16, "layers": [3, 4]}, "main": {"lr": 1e-3, "log_every": 10}}
-    current = {"model": {"output_stride": 8, "layers": (3, 4), "new_key": 1},
-               "main": {"lr": 1e-3, "log_every": 20}, "added": {"x": 1}}
+    current = {
+        "model": {"output_stride": 8, "layers": (3, 4), "new_key": 1},
+        "main": {"lr": 1e-3, "log_every": 20},
+        "added": {"x": 1},
+    }
     assert config_differences(saved, current) == ["model.output_stride: 16 -> 8", "main.log_every: 10 -> 20"]
-    assert config_differences(saved, current, frozenset({"main.log_every"})) == ["model.output_stride: 16 -> 8"]
+    assert config_differences(saved, current, frozenset({"main.log_every"})) == [
+        "model.output_stride: 16 -> 8"
+    ]
     assert config_differences(current, current) == []
 
 
 def test_describe_differences_names_the_first_six() -> None:
     from twoshot.config import describe_differences
+
     changed = [f"k{i}: {i} -> {i + 1}" for i in range(8)]
     assert describe_differences(changed) == "; ".join(changed[:6]) + "; and 2 more"
     assert describe_differences(changed[:2]) == "k0: 0 -> 1; k1: 1 -> 2"

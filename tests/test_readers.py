@@ -11,8 +11,13 @@ import pytest
 
 from twoshot.data.fixtures import make_davis, make_generic, make_video_file, make_youtube
 from twoshot.data.masks import write_mask
-from twoshot.data.readers import (detect_kind, load_annotations, load_frames, open_dataset,
-                                  reference_annotations)
+from twoshot.data.readers import (
+    detect_kind,
+    load_annotations,
+    load_frames,
+    open_dataset,
+    reference_annotations,
+)
 from twoshot.errors import UserError
 
 
@@ -23,8 +28,7 @@ def _jpeg_close(read: np.ndarray, generated: np.ndarray, tol: float = 8.0) -> bo
 
 @pytest.fixture()
 def davis(tmp_path: Path):
-    return make_davis(tmp_path / "davis", {"bear": 6, "cat": 5},
-                      splits={"train": ["bear"], "val": ["cat"]})
+    return make_davis(tmp_path / "davis", {"bear": 6, "cat": 5}, splits={"train": ["bear"], "val": ["cat"]})
 
 
 @pytest.fixture()
@@ -49,7 +53,7 @@ def test_davis_split_selects_videos_and_reads_back_exactly(davis) -> None:
     labels, palette = load_annotations(seq)
     assert all(np.array_equal(labels[i], davis.labels["bear"][i]) for i in range(6))
     assert set(np.unique(labels[0])) == {0, 1, 2}
-    assert palette is not None and palette[3:6] == bytes((128, 0, 0))   # DAVIS red for id 1
+    assert palette is not None and palette[3:6] == bytes((128, 0, 0))  # DAVIS red for id 1
     assert load_frames(seq, [4, 1]).shape == (2, 24, 32, 3)
 
 
@@ -66,9 +70,9 @@ def test_youtube_late_object_and_non_contiguous_ids(youtube) -> None:
     assert [s.name for s in seqs] == ["a1b2c3", "d4e5f6"]
     seq = seqs[0]
     assert seq.num_frames == 16
-    assert sorted(seq.mask_paths) == [0, 5, 10, 15]           # annotations every 5th frame
-    assert seq.object_first_frame == {1: 0, 3: 5}             # object 3 appears at frame 5
-    assert seq.frames_to_save is None                          # training split
+    assert sorted(seq.mask_paths) == [0, 5, 10, 15]  # annotations every 5th frame
+    assert seq.object_first_frame == {1: 0, 3: 5}  # object 3 appears at frame 5
+    assert seq.frames_to_save is None  # training split
     labels, _ = load_annotations(seq, [0, 5])
     assert set(np.unique(labels[0])) == {0, 1}
     assert set(np.unique(labels[5])) == {0, 1, 3}
@@ -79,7 +83,7 @@ def test_youtube_valid_split_frames_to_save_and_reference_masks(tmp_path: Path) 
     data = make_youtube(tmp_path / "yt", split="valid")
     seq = open_dataset("youtube", data.root, "valid")[0]
     assert seq.frames_to_save == [0, 5, 10, 15]
-    assert sorted(seq.mask_paths) == [0, 5]                    # first appearances only
+    assert sorted(seq.mask_paths) == [0, 5]  # first appearances only
     given, _, first = reference_annotations(seq)
     assert first == {1: 0, 3: 5}
     assert set(np.unique(given[0])) == {0, 1} and set(np.unique(given[5])) == {0, 3}
@@ -96,13 +100,12 @@ def test_youtube_sampled_frames_layout(tmp_path: Path) -> None:
 
 def test_generic_natural_order_png_frames_and_reference_annotations(tmp_path: Path) -> None:
     names = [f"f{i}" for i in range(1, 11)]
-    data = make_generic(tmp_path / "g", {"clip": 10}, names=names, image_ext=".png",
-                        first_frames={2: 3})
+    data = make_generic(tmp_path / "g", {"clip": 10}, names=names, image_ext=".png", first_frames={2: 3})
     (seq,) = open_dataset("generic", data.root)
-    assert seq.frame_names == names                            # f2 before f10
+    assert seq.frame_names == names  # f2 before f10
     assert sorted(seq.mask_paths) == [0, 3]
     frames = load_frames(seq)
-    assert np.array_equal(frames, data.frames["clip"])         # PNG frames are lossless
+    assert np.array_equal(frames, data.frames["clip"])  # PNG frames are lossless
     given, _, first = reference_annotations(seq)
     assert first == {1: 0, 2: 3} and set(np.unique(given[3])) == {0, 2}
 
@@ -142,7 +145,7 @@ def test_only_requested_pngs_are_opened(monkeypatch, davis, youtube) -> None:
     monkeypatch.setattr(PIL.Image, "open", spy)
     (seq,) = open_dataset("davis", davis.root, "train")
     ytseqs = open_dataset("youtube", youtube.root, "train")
-    assert opened == []                                        # opening lists folders only
+    assert opened == []  # opening lists folders only
     load_annotations(seq, [2])
     load_annotations(ytseqs[0], [10])
     pngs = [Path(p).name for p in opened if p.endswith(".png")]
@@ -154,8 +157,11 @@ def test_only_requested_pngs_are_opened(monkeypatch, davis, youtube) -> None:
 
 
 def test_error_missing_split_file(davis) -> None:
-    with pytest.raises(UserError, match=r"2017/test\.txt: split file is missing \(available: "
-                                        r"train, val\)"):
+    with pytest.raises(
+        UserError,
+        match=r"2017/test\.txt: split file is missing \(available: "
+        r"train, val\)",
+    ):
         open_dataset("davis", davis.root, "test")
 
 
@@ -194,7 +200,7 @@ def test_error_unreadable_frame(davis) -> None:
 def test_error_mask_size_differs_from_frame(davis) -> None:
     write_mask(davis.root / "Annotations/480p/bear/00001.png", np.ones((10, 12), np.uint8))
     (seq,) = open_dataset("davis", davis.root, "train")
-    load_annotations(seq, [0])                                 # other frames are fine
+    load_annotations(seq, [0])  # other frames are fine
     with pytest.raises(UserError, match=r"00001\.png: mask is 12x10 but its frame is 32x24"):
         load_annotations(seq, [1])
 
@@ -213,8 +219,11 @@ def test_error_object_absent_from_its_first_annotated_frame(youtube) -> None:
     write_mask(path, labels)
     seq = open_dataset("youtube", youtube.root, "train")[0]
     load_annotations(seq, [0, 10])
-    with pytest.raises(UserError, match=r"00005\.png: object id 3 is listed in meta\.json as "
-                                        r"first appearing in this frame but is absent"):
+    with pytest.raises(
+        UserError,
+        match=r"00005\.png: object id 3 is listed in meta\.json as "
+        r"first appearing in this frame but is absent",
+    ):
         load_annotations(seq, [5])
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from test_train import ToyClips, toy_config
+from helpers import ToyClips, toy_config
 from twoshot.train.forward import ClipOutput
 from twoshot.train.modes import SupervisedMode
 from twoshot.train.trainer import train
@@ -34,7 +34,7 @@ class CountingMode(SupervisedMode):
         self.loaded: dict[str, Any] | None = None
 
     def prepare_targets(self, batch: dict[str, Any], outputs: ClipOutput, it: int) -> dict[str, Any]:
-        drop = torch.rand(batch["cls_gt"].shape) < 0.2        # ignore a random 20 % of pixels
+        drop = torch.rand(batch["cls_gt"].shape) < 0.2  # ignore a random 20 % of pixels
         batch["cls_gt"][drop] = -1
         return batch
 
@@ -55,20 +55,24 @@ class CountingMode(SupervisedMode):
 def test_resume_is_bit_identical(tmp_path: Path, workers: int) -> None:
     # 8 iterations over 5 samples in batches of 2 (2 steps per epoch): the checkpoint at 5 is
     # mid-epoch, after a learning-rate step, during the bootstrap ramp and the curriculum.
-    config = toy_config("main.iterations=8", "main.save_every=5", "main.lr_steps=[3]",
-                        "main.loss_start_warm=2", "main.loss_end_warm=7",
-                        f"main.num_workers={workers}")
-    whole = train(config, "main", ToyClips(n=5), tmp_path / "whole", mode=CountingMode(),
-                  device="cpu", progress=False)
+    config = toy_config(
+        "main.iterations=8",
+        "main.save_every=5",
+        "main.lr_steps=[3]",
+        "main.loss_start_warm=2",
+        "main.loss_end_warm=7",
+        f"main.num_workers={workers}",
+    )
+    whole = train(
+        config, "main", ToyClips(n=5), tmp_path / "whole", mode=CountingMode(), device="cpu", progress=False
+    )
 
     out = tmp_path / "parts"
     with pytest.raises(Crash):
-        train(config, "main", ToyClips(n=5), out, mode=CountingMode(crash_at=6), device="cpu",
-              progress=False)
+        train(config, "main", ToyClips(n=5), out, mode=CountingMode(crash_at=6), device="cpu", progress=False)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["it"] == 5
     mode = CountingMode()
-    resumed = train(config, "main", ToyClips(n=5), out, resume=True, mode=mode, device="cpu",
-                    progress=False)
+    resumed = train(config, "main", ToyClips(n=5), out, resume=True, mode=mode, device="cpu", progress=False)
     assert mode.loaded == {"steps": 5} and mode.steps == 8
 
     expected, actual = torch.load(whole, weights_only=True), torch.load(resumed, weights_only=True)

@@ -23,9 +23,13 @@ from twoshot.errors import UserError
 class Scripted:
     """A generator stand-in that returns scripted draws and checks the bounds it is asked for."""
 
-    def __init__(self, integers: Sequence[tuple[int, int]] = (), randoms: Sequence[float] = (),
-                 choices: Sequence[Sequence[int]] = ()) -> None:
-        self._integers = list(integers)   # (expected high, value)
+    def __init__(
+        self,
+        integers: Sequence[tuple[int, int]] = (),
+        randoms: Sequence[float] = (),
+        choices: Sequence[Sequence[int]] = (),
+    ) -> None:
+        self._integers = list(integers)  # (expected high, value)
         self._randoms = list(randoms)
         self._choices = [list(c) for c in choices]
 
@@ -46,18 +50,21 @@ class Scripted:
         return not (self._integers or self._randoms or self._choices)
 
 
-@pytest.mark.parametrize("length, max_skip, draws, reverse, expected", [
-    # j=5: start=randint(66)=10; f1=min(10+3+1, 65, 69)=14; f2=min(14+5+1, 68, 69)=20
-    (70, 5, [(66, 10), (6, 3), (6, 5)], 0.7, [10, 14, 20]),
-    # near the end the L-j caps bind: f1=min(65+5+1, 65, 69)=65, f2=min(71, 68, 69)=68; reversed
-    (70, 5, [(66, 65), (6, 5), (6, 5)], 0.2, [68, 65, 65]),
-    # short video, j=L=3: start=randint(1)=0, f1=min(0+1+1, 0, 2)=0, f2=min(0+2+1, 2, 2)=2
-    (3, 5, [(1, 0), (4, 1), (4, 2)], 0.9, [0, 0, 2]),
-    # j=min(10, 25)=10: start 0, f1=min(0+0+1, 0, 9)=0, f2=min(0+7+1, 10-5, 9)=5
-    (10, 25, [(1, 0), (11, 0), (11, 7)], 0.5, [0, 0, 5]),
-    # max skip 1: consecutive frames, f1=min(4+0+1, 19, 19)=5, f2=min(5+1+1, 20, 19)=7
-    (20, 1, [(20, 4), (2, 0), (2, 1)], 0.99, [4, 5, 7]),
-])
+@pytest.mark.parametrize(
+    "length, max_skip, draws, reverse, expected",
+    [
+        # j=5: start=randint(66)=10; f1=min(10+3+1, 65, 69)=14; f2=min(14+5+1, 68, 69)=20
+        (70, 5, [(66, 10), (6, 3), (6, 5)], 0.7, [10, 14, 20]),
+        # near the end the L-j caps bind: f1=min(65+5+1, 65, 69)=65, f2=min(71, 68, 69)=68; reversed
+        (70, 5, [(66, 65), (6, 5), (6, 5)], 0.2, [68, 65, 65]),
+        # short video, j=L=3: start=randint(1)=0, f1=min(0+1+1, 0, 2)=0, f2=min(0+2+1, 2, 2)=2
+        (3, 5, [(1, 0), (4, 1), (4, 2)], 0.9, [0, 0, 2]),
+        # j=min(10, 25)=10: start 0, f1=min(0+0+1, 0, 9)=0, f2=min(0+7+1, 10-5, 9)=5
+        (10, 25, [(1, 0), (11, 0), (11, 7)], 0.5, [0, 0, 5]),
+        # max skip 1: consecutive frames, f1=min(4+0+1, 19, 19)=5, f2=min(5+1+1, 20, 19)=7
+        (20, 1, [(20, 4), (2, 0), (2, 1)], 0.99, [4, 5, 7]),
+    ],
+)
 def test_stcn_formula_hand_computed(length, max_skip, draws, reverse, expected):
     rng = Scripted(draws, [reverse])
     assert sample_stcn_frames(rng, length, max_skip) == expected
@@ -122,13 +129,13 @@ def test_phase1_statistics():
     n, labeled, both, backward = 4000, [30, 65], 0, 0
     for _ in range(n):
         clip = sample_phase1_frames(rng, 70, labeled, 5)
-        assert clip[0] in labeled                         # always starts at a labeled frame
+        assert clip[0] in labeled  # always starts at a labeled frame
         step = np.sign(clip[1] - clip[0])
-        assert step != 0 and np.sign(clip[2] - clip[1]) in (0, step)   # one time direction
+        assert step != 0 and np.sign(clip[2] - clip[1]) in (0, step)  # one time direction
         has_both = set(labeled) <= set(clip)
         both += has_both
         backward += step < 0
-        if not has_both:                                  # the skip window over all frames
+        if not has_both:  # the skip window over all frames
             assert abs(clip[1] - clip[0]) <= 6 and abs(clip[2] - clip[1]) <= 6
     # 35 frames apart with max skip 5: only forcing brings both in, with p 0.5
     assert 0.47 < both / n < 0.53
@@ -164,8 +171,19 @@ def test_curriculum_switch_points_follow_train_config():
     config = TrainConfig()
     values, fractions = config.max_skip_values, config.max_skip_fractions
     assert skip_switch_steps(150_000, fractions) == [15_000, 30_000, 45_000, 60_000, 135_000]
-    expected = {0: 5, 14_999: 5, 15_000: 10, 29_999: 10, 30_000: 15, 45_000: 20, 59_999: 20,
-                60_000: 25, 134_999: 25, 135_000: 5, 149_999: 5}
+    expected = {
+        0: 5,
+        14_999: 5,
+        15_000: 10,
+        29_999: 10,
+        30_000: 15,
+        45_000: 20,
+        59_999: 20,
+        60_000: 25,
+        134_999: 25,
+        135_000: 5,
+        149_999: 5,
+    }
     for step, skip in expected.items():
         assert max_skip_at(step, 150_000, values, fractions) == skip, step
     # the tiny preset's 800 iterations

@@ -18,14 +18,16 @@ from twoshot.data.synth import generate_dataset, is_synth_output
 from twoshot.data.synth_config import SynthConfig
 from twoshot.errors import UserError
 
-SMALL = dict(videos=3, frames=8, size=(64, 80), objects=(1, 3), seed=7, val_videos=2,
-             static_images=4)
+SMALL = dict(videos=3, frames=8, size=(64, 80), objects=(1, 3), seed=7, val_videos=2, static_images=4)
 
 
 def _hashes(root: Path) -> dict[str, str]:
     """Relative path -> sha256 of every file under ``root``."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +100,9 @@ def test_deterministic_bytes(tmp_path: Path, small: tuple[Path, synth_module.Syn
     assert _hashes(other) != _hashes(out)
 
 
-def test_more_videos_keep_the_earlier_ones(tmp_path: Path, small: tuple[Path, synth_module.SynthSummary]) -> None:
+def test_more_videos_keep_the_earlier_ones(
+    tmp_path: Path, small: tuple[Path, synth_module.SynthSummary]
+) -> None:
     out, _ = small
     more = tmp_path / "more"
     generate_dataset(more, **{**SMALL, "videos": 4, "static_images": 0})
@@ -110,8 +114,9 @@ def test_more_videos_keep_the_earlier_ones(tmp_path: Path, small: tuple[Path, sy
 
 def test_occlusion_and_exits_happen_with_default_knobs(tmp_path: Path) -> None:
     out = tmp_path / "d"
-    summary = generate_dataset(out, videos=8, frames=16, size=(64, 64), objects=(2, 3), seed=1,
-                               val_videos=0, static_images=0)
+    summary = generate_dataset(
+        out, videos=8, frames=16, size=(64, 64), objects=(2, 3), seed=1, val_videos=0, static_images=0
+    )
     stats = summary.stats
     assert stats["object_frames"] > 8 * 16 * 2 - 1
     assert 0 < stats["occluded"] < 0.8
@@ -137,27 +142,39 @@ def test_occlusion_and_exits_happen_with_default_knobs(tmp_path: Path) -> None:
 def test_procedural_textures_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # With no bundled photos (another scikit-image, or none) generation must still work.
     monkeypatch.setattr(textures, "load_photos", lambda: ())
-    summary = generate_dataset(tmp_path / "p", videos=1, frames=4, size=(48, 48), objects=(1, 2),
-                               val_videos=0, static_images=1)
+    summary = generate_dataset(
+        tmp_path / "p", videos=1, frames=4, size=(48, 48), objects=(1, 2), val_videos=0, static_images=1
+    )
     assert summary.files == 8 + 2 + 2 + 1
     knobs = SynthConfig(photo_textures=False)
-    generate_dataset(tmp_path / "q", videos=1, frames=3, size=(48, 48), objects=(1, 1),
-                     val_videos=0, static_images=0, config=knobs)
+    generate_dataset(
+        tmp_path / "q",
+        videos=1,
+        frames=3,
+        size=(48, 48),
+        objects=(1, 1),
+        val_videos=0,
+        static_images=0,
+        config=knobs,
+    )
 
 
-@pytest.mark.parametrize("changes, words", [
-    (dict(videos=0), "--videos"),
-    (dict(frames=0), "--frames"),
-    (dict(frames=1), "at least 2 frames"),
-    (dict(objects=(3, 2)), "MIN is larger than MAX"),
-    (dict(objects=(0, 2)), "at least 1 object"),
-    (dict(size=(16, 64)), "--size"),
-    (dict(objects=(30, 40)), "cannot all be visible"),
-    (dict(val_videos=-1), "--val-videos"),
-    (dict(static_images=-2), "--static-images"),
-    (dict(config=SynthConfig(object_size=(0.2, 0.7))), "larger than the frame"),
-    (dict(config=SynthConfig(exit_prob=1.5)), "exit_prob"),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        (dict(videos=0), "--videos"),
+        (dict(frames=0), "--frames"),
+        (dict(frames=1), "at least 2 frames"),
+        (dict(objects=(3, 2)), "MIN is larger than MAX"),
+        (dict(objects=(0, 2)), "at least 1 object"),
+        (dict(size=(16, 64)), "--size"),
+        (dict(objects=(30, 40)), "cannot all be visible"),
+        (dict(val_videos=-1), "--val-videos"),
+        (dict(static_images=-2), "--static-images"),
+        (dict(config=SynthConfig(object_size=(0.2, 0.7))), "larger than the frame"),
+        (dict(config=SynthConfig(exit_prob=1.5)), "exit_prob"),
+    ],
+)
 def test_bad_arguments_write_nothing(tmp_path: Path, changes: dict, words: str) -> None:
     out = tmp_path / "never"
     args = {**SMALL, **changes}
@@ -199,14 +216,14 @@ def test_failure_midway_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(synth_module, "write_mask", failing)
     with pytest.raises(KeyboardInterrupt):
-        generate_dataset(tmp_path / "d", videos=2, frames=4, size=(48, 48), val_videos=0,
-                         static_images=0)
+        generate_dataset(tmp_path / "d", videos=2, frames=4, size=(48, 48), val_videos=0, static_images=0)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_knob_overrides() -> None:
-    config = SynthConfig().with_overrides(["exit_prob=0.5", "distractors=1,3",
-                                           "photo_textures=false", "keyframe_every=4"])
+    config = SynthConfig().with_overrides(
+        ["exit_prob=0.5", "distractors=1,3", "photo_textures=false", "keyframe_every=4"]
+    )
     assert config.exit_prob == 0.5 and config.distractors == (1, 3)
     assert config.photo_textures is False and config.keyframe_every == 4
     with pytest.raises(UserError, match="KEY=VALUE"):
@@ -217,9 +234,32 @@ def test_knob_overrides() -> None:
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
-    code = main(["synth", "--out", str(out), "--videos", "1", "--val-videos", "1",
-                 "--frames", "3", "--size", "48", "64", "--objects", "1", "2",
-                 "--static-images", "2", "--seed", "3", "--difficulty", "hard", "noise=1"])
+    code = main(
+        [
+            "synth",
+            "--out",
+            str(out),
+            "--videos",
+            "1",
+            "--val-videos",
+            "1",
+            "--frames",
+            "3",
+            "--size",
+            "48",
+            "64",
+            "--objects",
+            "1",
+            "2",
+            "--static-images",
+            "2",
+            "--seed",
+            "3",
+            "--difficulty",
+            "hard",
+            "noise=1",
+        ]
+    )
     assert code == 0
     assert "1 train + 1 val videos" in capsys.readouterr().out
     meta = json.loads((out / "synth.json").read_text())
@@ -253,17 +293,22 @@ def test_generate_or_reuse_refuses_other_arguments(tmp_path: Path) -> None:
         synth_module.generate_or_reuse(out, **{**SMALL, "seed": SMALL["seed"] + 1, "frames": 5})
     message = str(error.value)
     assert message.startswith(f"{out / 'synth.json'}: {out} holds videos generated with other arguments")
-    assert f"arguments.frames: {SMALL['frames']} -> 5; arguments.seed: {SMALL['seed']} -> {SMALL['seed'] + 1}" in message
+    assert (
+        f"arguments.frames: {SMALL['frames']} -> 5; arguments.seed: {SMALL['seed']} -> {SMALL['seed'] + 1}"
+        in message
+    )
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamp
 
 
 def test_quick_demo_has_its_own_default_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from twoshot.demo import run_demo
+
     seen: list[Path] = []
 
     def stop(data: Path, **_: object) -> bool:
         seen.append(Path(data))
         raise UserError("stop here")
+
     monkeypatch.setattr(synth_module, "generate_or_reuse", stop)
     monkeypatch.chdir(tmp_path)
     for quick in (True, False):

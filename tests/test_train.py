@@ -1,8 +1,4 @@
-"""Training: clip forward, bootstrapped CE with ignored pixels, the loop, modes, logs, bad input.
-
-Also home of :class:`ToyClips`, the tiny in-memory clip dataset test_resume.py and
-test_distributed.py import.
-"""
+"""Training: clip forward, bootstrapped CE with ignored pixels, the loop, modes, logs, bad input."""
 
 from __future__ import annotations
 
@@ -16,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from helpers import ToyClips, toy_config
 from twoshot.cli import main as cli_main
-from twoshot.config import Config, load_config
+from twoshot.config import load_config
 from twoshot.data.sampling import max_skip_at
 from twoshot.errors import UserError
 from twoshot.model import build_model, load_checkpoint
@@ -27,58 +24,7 @@ from twoshot.train.forward import ClipOutput
 from twoshot.train.loader import StreamSampler, epoch_order
 from twoshot.train.loss import LossResult, bootstrap_p, bootstrapped_ce, clip_loss, iou_counts
 from twoshot.train.modes import SupervisedMode, TrainingMode
-from twoshot.train.trainer import TrainingDiverged, Trainer, train
-
-
-class ToyClips(Dataset):
-    """Clips of moving squares on noise, drawn from the *global* NumPy generator (which the
-    trainer seeds per sample); every even sample has a second object."""
-
-    def __init__(self, n: int = 6, size: int = 32, frames: int = 3, prefix: str = "v",
-                 fail_on: int | None = None) -> None:
-        self.n, self.size, self.frames, self.prefix, self.fail_on = n, size, frames, prefix, fail_on
-        self.epoch, self.max_skip = 0, 5
-        self.seen: list[tuple[int, int, int]] = []     # (epoch, max_skip, index), main process
-
-    def __len__(self) -> int:
-        return self.n
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def set_max_skip(self, max_skip: int) -> None:
-        self.max_skip = max_skip
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if index == self.fail_on:
-            raise UserError(f"video {self.prefix}{index}: no object in any annotation mask")
-        self.seen.append((self.epoch, self.max_skip, index))
-        s, steps = self.size, self.frames
-        rgb = torch.from_numpy(np.random.rand(steps, 3, s, s).astype(np.float32))
-        cls = torch.zeros(steps, s, s, dtype=torch.int64)
-        second = index % 2 == 0
-        for t in range(steps):
-            y, x = np.random.randint(0, s // 2, 2)
-            cls[t, y:y + s // 3, x:x + s // 3] = 1
-            if second:
-                cls[t, s - s // 4:, : s // 4] = 2
-            rgb[t, 0] += (cls[t] == 1).float()
-            rgb[t, 1] += (cls[t] == 2).float()
-        return {"rgb": rgb, "gt": (cls == 1).float()[:, None], "sec_gt": (cls == 2).float()[:, None],
-                "cls_gt": cls, "selector": torch.tensor([1.0, 1.0 if second else 0.0]),
-                "labeled": torch.ones(steps, dtype=torch.bool),
-                "info": {"name": f"{self.prefix}{index}", "frames": list(range(steps))}}
-
-
-def toy_config(*overrides: str) -> Config:
-    """The tiny preset, shrunk to a few CPU iterations on 32 px clips, BatchNorm frozen and
-    the loss bootstrapped (to 15% of the pixels) as STCN, learning rate 1e-3."""
-    return load_config("tiny", overrides=[
-        "main.iterations=6", "main.batch_size=2", "main.num_workers=0", "main.save_every=3",
-        "main.freeze_bn=true", "main.loss_top_p=0.15",
-        "main.log_every=2", "main.image_every=3", "main.loss_start_warm=2", "main.loss_end_warm=5",
-        "main.lr=1e-3", "main.lr_steps=[4]", *overrides])
-
+from twoshot.train.trainer import Trainer, TrainingDiverged, train
 
 # ----------------------------------------------------------------------------------------
 # forward
@@ -101,9 +47,9 @@ def test_clip_forward_is_stcns_recurrence(tiny_model: torch.nn.Module) -> None:
         assert logits.shape == probs.shape == (2, 2, 3, 32, 48)
         # By hand, one clip at a time, frame by frame (STCN's do_pass).
         for b in range(2):
-            keys = [m.encode_key(rgb[b, t:t + 1]) for t in range(3)]
-            sel = selector[b:b + 1]
-            v0 = m.encode_value(rgb[b, :1], keys[0].f16, masks[b:b + 1])
+            keys = [m.encode_key(rgb[b, t : t + 1]) for t in range(3)]
+            sel = selector[b : b + 1]
+            v0 = m.encode_value(rgb[b, :1], keys[0].f16, masks[b : b + 1])
             l1, p1 = m.segment(keys[1], keys[0].key.flatten(2), v0.flatten(3), selector=sel)
             v1 = m.encode_value(rgb[b, 1:2], keys[1].f16, p1[:, 1:])
             mk = torch.cat([keys[0].key.flatten(2), keys[1].key.flatten(2)], 2)
@@ -120,8 +66,9 @@ def test_clip_forward_pads_and_other_configs() -> None:
     torch.manual_seed(0)
     model = build_model(config).eval()
     with torch.no_grad():
-        logits, probs = model.clip_forward(torch.randn(1, 4, 3, 40, 36),
-                                           torch.ones(1, 2, 40, 36) * 0.5, torch.ones(1, 2))
+        logits, probs = model.clip_forward(
+            torch.randn(1, 4, 3, 40, 36), torch.ones(1, 2, 40, 36) * 0.5, torch.ones(1, 2)
+        )
     assert logits.shape == (1, 3, 3, 40, 36)
     torch.testing.assert_close(probs.sum(2), torch.ones(1, 3, 40, 36))
 
@@ -150,10 +97,11 @@ def test_bootstrapped_ce_plain_topk_and_ignore() -> None:
     torch.testing.assert_close(top, raw.sort(descending=True).values[:16].mean())
     # Ignored pixels are removed before the top-p selection: p is a share of labeled pixels.
     ignored = target.clone()
-    ignored[:4] = -1                      # 32 of 64 pixels ignored
+    ignored[:4] = -1  # 32 of 64 pixels ignored
     raw_kept = F.cross_entropy(logits[None], target[None], reduction="none")[0, 4:].flatten()
-    torch.testing.assert_close(bootstrapped_ce(logits, ignored, 0.25),
-                               raw_kept.sort(descending=True).values[:8].mean())
+    torch.testing.assert_close(
+        bootstrapped_ce(logits, ignored, 0.25), raw_kept.sort(descending=True).values[:8].mean()
+    )
     torch.testing.assert_close(bootstrapped_ce(logits, ignored, 1.0, plain=True), raw_kept.mean())
 
 
@@ -170,14 +118,16 @@ def test_clip_loss_per_sample_second_object_channels() -> None:
     cfg = load_config("tiny").main
     logits = torch.randn(2, 2, 3, 8, 8)
     cls_gt = torch.randint(0, 2, (2, 3, 8, 8))
-    cls_gt[0, 1:, :2] = 2                     # sample 0 has a second object
-    cls_gt[1, 2] = -1                         # sample 1's last frame is unlabeled
+    cls_gt[0, 1:, :2] = 2  # sample 0 has a second object
+    cls_gt[1, 2] = -1  # sample 1's last frame is unlabeled
     selector = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
     result = clip_loss(logits, cls_gt, selector, it=0, config=cfg)
     expected = 0.0
     for i in range(2):
-        frame = (F.cross_entropy(logits[0, i][None], cls_gt[0, i + 1][None])
-                 + (F.cross_entropy(logits[1, i, :2][None], cls_gt[1, i + 1][None]) if i == 0 else 0)) / 2
+        frame = (
+            F.cross_entropy(logits[0, i][None], cls_gt[0, i + 1][None])
+            + (F.cross_entropy(logits[1, i, :2][None], cls_gt[1, i + 1][None]) if i == 0 else 0)
+        ) / 2
         expected += frame
     torch.testing.assert_close(result.total, expected)
     assert result.p == 1.0 and len(result.frames) == 2
@@ -189,7 +139,7 @@ def test_iou_counts_skip_ignored_pixels() -> None:
     probs[0, 0, 0] = 1 - probs[0, 0, 1]
     cls_gt = torch.tensor([[[[0, 0], [0, 0]], [[1, -1], [1, 0]]]])
     counts = iou_counts(probs, cls_gt, torch.tensor([[1.0, 0.0]]))
-    assert counts["i"].item() == 1 and counts["u"].item() == 2    # the -1 pixel is left out
+    assert counts["i"].item() == 1 and counts["u"].item() == 2  # the -1 pixel is left out
     assert counts["sec_u"].item() == 0
 
 
@@ -199,8 +149,9 @@ def test_iou_counts_skip_ignored_pixels() -> None:
 
 def test_sharding_union_equals_single_process_batch() -> None:
     def batches(rank: int, world: int, batch: int) -> list[list[int]]:
-        sampler = StreamSampler(10, batch, rank, world, seed=3, epoch=0, position=0, it=0,
-                                skip_at=lambda it: 5)
+        sampler = StreamSampler(
+            10, batch, rank, world, seed=3, epoch=0, position=0, it=0, skip_at=lambda it: 5
+        )
         stream = iter(sampler)
         return [[key[2] for key in next(stream)] for _ in range(4)]
 
@@ -209,7 +160,7 @@ def test_sharding_union_equals_single_process_batch() -> None:
     for step in range(4):
         assert sorted(ranks[0][step] + ranks[1][step]) == sorted(single[step])
     assert sorted(epoch_order(10, 4, 3, 0)) == sorted(single[0] + single[1])
-    assert len(epoch_order(3, 4, 3, 0)) == 4          # tiny dataset fills one global batch
+    assert len(epoch_order(3, 4, 3, 0)) == 4  # tiny dataset fills one global batch
 
 
 # ----------------------------------------------------------------------------------------
@@ -217,8 +168,14 @@ def test_sharding_union_equals_single_process_batch() -> None:
 
 
 def test_freeze_bn_false_trains_batchnorm_statistics(tmp_path: Path) -> None:
-    trainer = Trainer(toy_config("main.freeze_bn=false", "main.iterations=2"), "main", ToyClips(),
-                      tmp_path / "run", device="cpu", progress=False)
+    trainer = Trainer(
+        toy_config("main.freeze_bn=false", "main.iterations=2"),
+        "main",
+        ToyClips(),
+        tmp_path / "run",
+        device="cpu",
+        progress=False,
+    )
     bn_before = trainer.model.key_encoder.bn1.running_mean.clone()
     trainer.run()
     trainer.close()
@@ -243,7 +200,7 @@ def test_train_writes_weights_logs_and_keeps_batchnorm_frozen(tmp_path: Path) ->
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["it"] for r in records] == [2, 4, 6]
     assert {"train/loss", "train/lr", "train/iou", "train/p", "perf/it_per_s"} <= set(records[0])
-    assert records[-1]["train/lr"] == pytest.approx(1e-4)   # lr_steps [4], gamma 0.1
+    assert records[-1]["train/lr"] == pytest.approx(1e-4)  # lr_steps [4], gamma 0.1
     assert records[-1]["train/p"] == pytest.approx(0.15)
     assert list((tmp_path / "run" / "tensorboard").glob("events.*"))
     # Each iteration's samples were made with the curriculum's max skip of that iteration.
@@ -289,8 +246,9 @@ class RecordingMode(SupervisedMode):
         return {"counter": float(self.counter)}
 
 
-def test_mode_hooks_dataset_switch_and_ignored_frames(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mode_hooks_dataset_switch_and_ignored_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[LossResult] = []
     real = trainer_module.clip_loss
 
@@ -306,20 +264,22 @@ def test_mode_hooks_dataset_switch_and_ignored_frames(tmp_path: Path,
     assert mode.calls[1:] == [(hook, it) for it in range(6) for hook in ("prepare", "after")]
     assert all(n.startswith("a") for names in mode.names[:3] for n in names)
     assert all(n.startswith("b") for names in mode.names[3:] for n in names)
-    assert all(result.frames[1].item() == 0.0 for result in seen)   # frame 2 fully ignored
+    assert all(result.frames[1].item() == 0.0 for result in seen)  # frame 2 fully ignored
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert records[-1]["mode/counter"] == 6.0
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["mode"] == {"counter": 6}
 
 
 def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = trainer_module.clip_loss
 
-    def poisoned(logits: torch.Tensor, cls_gt: torch.Tensor, selector: torch.Tensor, it: int,
-                 config: Any) -> LossResult:
+    def poisoned(
+        logits: torch.Tensor, cls_gt: torch.Tensor, selector: torch.Tensor, it: int, config: Any
+    ) -> LossResult:
         result = real(logits, cls_gt, selector, it, config)
-        if it == 4:                       # the 5th iteration
+        if it == 4:  # the 5th iteration
             result.total = result.total * float("nan")
         return result
 
@@ -347,8 +307,7 @@ def test_existing_checkpoint_needs_resume(tmp_path: Path) -> None:
 def test_bad_sample_reaches_caller_as_clean_user_error(tmp_path: Path, workers: int) -> None:
     config = toy_config(f"main.num_workers={workers}")
     with pytest.raises(UserError) as info:
-        train(config, "main", ToyClips(n=2, fail_on=1), tmp_path / "run", device="cpu",
-              progress=False)
+        train(config, "main", ToyClips(n=2, fail_on=1), tmp_path / "run", device="cpu", progress=False)
     assert str(info.value) == "video v1: no object in any annotation mask"
 
 
@@ -358,8 +317,7 @@ def test_empty_dataset_and_bad_config(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="main.batch_size"):
         train(toy_config("main.batch_size=0"), "main", ToyClips(), tmp_path / "b", device="cpu")
     with pytest.raises(UserError, match="max_skip_values"):
-        train(toy_config("main.max_skip_values=[5]"), "main", ToyClips(), tmp_path / "c",
-              device="cpu")
+        train(toy_config("main.max_skip_values=[5]"), "main", ToyClips(), tmp_path / "c", device="cpu")
     with pytest.raises(UserError, match="stage"):
         train(toy_config(), "phase3", ToyClips(), tmp_path / "d", device="cpu")
 
@@ -369,12 +327,38 @@ def test_empty_dataset_and_bad_config(tmp_path: Path) -> None:
 
 
 def test_cli_bad_input_is_a_clean_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli_main(["train", "--stage", "main", "--data", str(tmp_path / "missing"),
-                     "--dataset", "davis", "--out", str(tmp_path / "out"), "--preset", "tiny"])
+    code = cli_main(
+        [
+            "train",
+            "--stage",
+            "main",
+            "--data",
+            str(tmp_path / "missing"),
+            "--dataset",
+            "davis",
+            "--out",
+            str(tmp_path / "out"),
+            "--preset",
+            "tiny",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "missing" in err and "Traceback" not in err
-    code = cli_main(["train", "--stage", "main", "--data", str(tmp_path), "--dataset", "static",
-                     "--out", str(tmp_path / "out"), "--preset", "tiny"])
+    code = cli_main(
+        [
+            "train",
+            "--stage",
+            "main",
+            "--data",
+            str(tmp_path),
+            "--dataset",
+            "static",
+            "--out",
+            str(tmp_path / "out"),
+            "--preset",
+            "tiny",
+        ]
+    )
     assert code == 2 and "does not fit --stage main" in capsys.readouterr().err
 
 
@@ -384,26 +368,57 @@ def test_cli_trains_on_a_davis_folder(tmp_path: Path, capsys: pytest.CaptureFixt
     pytest.importorskip("twoshot.data.vos_clips")
     data = fixtures.make_davis(tmp_path / "davis", {"bear": 6, "cat": 5, "dog": 2}, size=(32, 40))
     out = tmp_path / "out"
-    args = ["train", "--stage", "main", "--data", str(data.root), "--split", "train",
-            "--out", str(out), "--preset", "tiny", "--device", "cpu", "--no-progress",
-            "main.iterations=2", "main.batch_size=2", "main.crop_size=32", "main.num_workers=0",
-            "main.log_every=1"]
-    assert cli_main(args) == 0                             # "dog" (2 frames) is skipped
+    args = [
+        "train",
+        "--stage",
+        "main",
+        "--data",
+        str(data.root),
+        "--split",
+        "train",
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "main.iterations=2",
+        "main.batch_size=2",
+        "main.crop_size=32",
+        "main.num_workers=0",
+        "main.log_every=1",
+    ]
+    assert cli_main(args) == 0  # "dog" (2 frames) is skipped
     assert "final weights" in capsys.readouterr().out
     assert (out / "final.pth").is_file() and len((out / "log.jsonl").read_text().splitlines()) == 2
-    assert cli_main(args + ["--resume"]) == 0              # already complete: nothing to do
-    assert cli_main(args) == 2                             # would overwrite the checkpoint
+    assert cli_main(args + ["--resume"]) == 0  # already complete: nothing to do
+    assert cli_main(args) == 2  # would overwrite the checkpoint
     assert "--resume" in capsys.readouterr().err
     short = fixtures.make_davis(tmp_path / "short", {"x": 2, "y": 1}, size=(32, 40))
-    assert cli_main(["train", "--stage", "main", "--data", str(short.root), "--out",
-                     str(tmp_path / "out2"), "--preset", "tiny"]) == 2
+    assert (
+        cli_main(
+            [
+                "train",
+                "--stage",
+                "main",
+                "--data",
+                str(short.root),
+                "--out",
+                str(tmp_path / "out2"),
+                "--preset",
+                "tiny",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "no usable training videos" in err and "Traceback" not in err
 
 
 _FORK_SCRIPT = """
 import cv2, numpy as np, torch
-from test_train import ToyClips, toy_config
+from helpers import ToyClips, toy_config
 from twoshot.train.trainer import train
 
 class CvClips(ToyClips):
@@ -423,9 +438,11 @@ print("done")
 def test_workers_fork_safely_after_opencv_ran_in_the_parent(tmp_path: Path) -> None:
     import subprocess
     import sys
+
     script = _FORK_SCRIPT.format(out=str(tmp_path / "run"))
-    result = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0 and "done" in result.stdout, result.stderr[-2000:]
 
 
@@ -433,33 +450,42 @@ def test_init_weights_and_bad_init(tmp_path: Path) -> None:
     torch.manual_seed(5)
     source = build_model(load_config("tiny").model)
     torch.save(source.state_dict(), tmp_path / "init.pth")
-    trainer = Trainer(toy_config(), "main", ToyClips(), tmp_path / "run", init=tmp_path / "init.pth",
-                      device="cpu")
+    trainer = Trainer(
+        toy_config(), "main", ToyClips(), tmp_path / "run", init=tmp_path / "init.pth", device="cpu"
+    )
     for name, value in source.state_dict().items():
         assert torch.equal(trainer.model.state_dict()[name], value), name
     (tmp_path / "junk.pth").write_text("not weights")
     with pytest.raises(UserError, match="junk.pth"):
-        Trainer(toy_config(), "main", ToyClips(), tmp_path / "run2", init=tmp_path / "junk.pth",
-                device="cpu")
+        Trainer(toy_config(), "main", ToyClips(), tmp_path / "run2", init=tmp_path / "junk.pth", device="cpu")
 
 
 def test_cli_static_stage_and_empty_mask(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from twoshot.data.masks import write_frame, write_mask
+
     rng = np.random.default_rng(0)
     for i in range(3):
         write_frame(tmp_path / "pairs" / f"im{i}.jpg", rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
         mask = np.zeros((40, 48), dtype=np.uint8)
         mask[10:30, 12:36] = 1
         write_mask(tmp_path / "pairs" / f"im{i}.png", mask)
-    common = ["--stage", "static", "--preset", "tiny", "--device", "cpu", "--no-progress",
-              "static.iterations=2", "static.batch_size=3", "static.crop_size=32",
-              "static.num_workers=0"]
-    assert cli_main(["train", "--data", str(tmp_path / "pairs"), "--out", str(tmp_path / "a"),
-                     *common]) == 0
+    common = [
+        "--stage",
+        "static",
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "static.iterations=2",
+        "static.batch_size=3",
+        "static.crop_size=32",
+        "static.num_workers=0",
+    ]
+    assert cli_main(["train", "--data", str(tmp_path / "pairs"), "--out", str(tmp_path / "a"), *common]) == 0
     assert (tmp_path / "a" / "final.pth").is_file()
     write_mask(tmp_path / "pairs" / "im1.png", np.zeros((40, 48), dtype=np.uint8))
     capsys.readouterr()
-    assert cli_main(["train", "--data", str(tmp_path / "pairs"), "--out", str(tmp_path / "b"),
-                     *common]) == 2
+    assert cli_main(["train", "--data", str(tmp_path / "pairs"), "--out", str(tmp_path / "b"), *common]) == 2
     err = capsys.readouterr().err
     assert "im1.png: mask has no object" in err and "Traceback" not in err

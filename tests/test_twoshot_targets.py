@@ -34,9 +34,9 @@ def test_ema_update_averages_parameters_and_float_buffers() -> None:
 
 def test_confident_labels_thresholds_each_class() -> None:
     # Pixels: confident background, confident target, confident second, unsure.
-    prob = torch.tensor([[0.95, 0.02, 0.03, 0.5],
-                         [0.03, 0.93, 0.02, 0.4],
-                         [0.02, 0.05, 0.95, 0.1]]).view(1, 3, 1, 4)
+    prob = torch.tensor([[0.95, 0.02, 0.03, 0.5], [0.03, 0.93, 0.02, 0.4], [0.02, 0.05, 0.95, 0.1]]).view(
+        1, 3, 1, 4
+    )
     assert confident_labels(prob, 0.9).tolist() == [[[0, 1, 2, IGNORE]]]
     assert confident_labels(prob, 0.94).tolist() == [[[0, IGNORE, 2, IGNORE]]]
 

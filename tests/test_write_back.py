@@ -17,15 +17,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from test_clips import NO_COLOUR, draw_frame, make_video, uniform_neighbourhood
-from test_train import toy_config
+from helpers import NO_COLOUR, draw_frame, make_video, toy_config, uniform_neighbourhood
+from twoshot.bank import BankIdentity, BankStore, bank_sequences, video_lock
 from twoshot.config import TwoShotConfig
 from twoshot.data.augment import ClipAugment, crop_resize_matrix, labels_to_frame
 from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import DAVIS_PALETTE, read_mask, write_mask
 from twoshot.data.vos_clips import VOSClipDataset
 from twoshot.errors import UserError
-from twoshot.bank import BankIdentity, BankStore, bank_sequences, video_lock
 from twoshot.inference.engine import FrameOutput
 from twoshot.pipeline import Pipeline
 from twoshot.train.forward import ClipOutput
@@ -43,12 +42,16 @@ def folder_hash(root: Path) -> str:
     return digest.hexdigest()
 
 
-def make_bank(root: Path, videos: list[VideoSequence], labeled: dict[str, list[int]],
-              masks: dict[str, np.ndarray], palette: bytes | None = None) -> Path:
+def make_bank(
+    root: Path,
+    videos: list[VideoSequence],
+    labeled: dict[str, list[int]],
+    masks: dict[str, np.ndarray],
+    palette: bytes | None = None,
+) -> Path:
     """A complete bank under ``root/bank`` holding ``masks[video]`` (uint8 [T, H, W])."""
     bank = root / "bank"
-    identity = BankIdentity({"path": None, "sha256": "c" * 64},
-                            {"path": None, "sha256": "b" * 64}, {})
+    identity = BankIdentity({"path": None, "sha256": "c" * 64}, {"path": None, "sha256": "b" * 64}, {})
     store = BankStore(bank, identity)
     store.check()
     store.start()
@@ -65,6 +68,7 @@ def temp_files(root: Path) -> list[Path]:
 
 # ---------------------------------------------------------------- geometry round trip
 
+
 def test_reported_matrices_invert_the_crop_exactly_without_rotation() -> None:
     # 40x56 frames into 64x64 crops: every crop is upsampled, so nearest sampling there and
     # back lands on the same frame pixel (flips included).
@@ -79,7 +83,7 @@ def test_reported_matrices_invert_the_crop_exactly_without_rotation() -> None:
         for t in range(3):
             back = labels_to_frame(clip.masks[t], clip.matrices[t], clip.crop_box, (40, 56))
             inside = np.zeros_like(labels, dtype=bool)
-            inside[top:top + crop_h, left:left + crop_w] = True
+            inside[top : top + crop_h, left : left + crop_w] = True
             assert np.array_equal(back != NO_LABEL, inside), seed
             assert np.array_equal(back[inside], labels[inside]), seed
     assert flips == {True, False}
@@ -93,7 +97,7 @@ def test_reported_matrices_invert_the_crop_exactly_without_rotation() -> None:
 def test_reported_matrices_invert_rotated_crops_up_to_a_thin_border() -> None:
     height, width, size = 180, 240, 96
     image, labels = draw_frame(height, width, 0)
-    labels = labels + 1                      # 0 is the forward warp's fill
+    labels = labels + 1  # 0 is the forward warp's fill
     augment = dataclasses.replace(ClipAugment(size), **NO_COLOUR)
     agree = total = 0
     for seed in range(20):
@@ -101,13 +105,13 @@ def test_reported_matrices_invert_rotated_crops_up_to_a_thin_border() -> None:
         top, left, crop_h, crop_w = clip.crop_box
         radius = math.ceil(max(crop_h, crop_w) / size) + 1
         inner = np.zeros((height, width), dtype=bool)
-        inner[top + radius:top + crop_h - radius, left + radius:left + crop_w - radius] = True
+        inner[top + radius : top + crop_h - radius, left + radius : left + crop_w - radius] = True
         for t in range(3):
             back = labels_to_frame(clip.masks[t], clip.matrices[t], clip.crop_box, (height, width))
             valid = back != NO_LABEL
-            assert valid.sum() > 0.8 * crop_h * crop_w        # most of the box lies in the crop
-            assert not valid[:top].any() and not valid[top + crop_h:].any()
-            assert not valid[:, :left].any() and not valid[:, left + crop_w:].any()
+            assert valid.sum() > 0.8 * crop_h * crop_w  # most of the box lies in the crop
+            assert not valid[:top].any() and not valid[top + crop_h :].any()
+            assert not valid[:, :left].any() and not valid[:, left + crop_w :].any()
             wrong = valid & (back != labels)
             # disagreement only within a few pixels of an object edge or of the box border
             assert not (wrong & inner & uniform_neighbourhood(labels, radius)).any(), seed
@@ -118,7 +122,7 @@ def test_reported_matrices_invert_rotated_crops_up_to_a_thin_border() -> None:
 
 def test_crop_resize_matrix_matches_the_half_pixel_convention() -> None:
     matrix = crop_resize_matrix((10, 20, 30, 40), 60)
-    corner = matrix @ np.array([20 - 0.5, 10 - 0.5, 1.0])    # the box's outer corner
+    corner = matrix @ np.array([20 - 0.5, 10 - 0.5, 1.0])  # the box's outer corner
     far = matrix @ np.array([60 - 0.5, 40 - 0.5, 1.0])
     np.testing.assert_allclose(corner[:2], [-0.5, -0.5])
     np.testing.assert_allclose(far[:2], [59.5, 59.5])
@@ -126,8 +130,9 @@ def test_crop_resize_matrix_matches_the_half_pixel_convention() -> None:
 
 def test_samples_carry_their_geometry_and_object_ids(tmp_path: Path) -> None:
     video = make_video(tmp_path, "a", num_frames=6)
-    dataset = VOSClipDataset([video], 32, mode="bank", seed=2, repeats=4,
-                             augment=dataclasses.replace(ClipAugment(32), **NO_COLOUR))
+    dataset = VOSClipDataset(
+        [video], 32, mode="bank", seed=2, repeats=4, augment=dataclasses.replace(ClipAugment(32), **NO_COLOUR)
+    )
     for index in range(len(dataset)):
         sample = dataset[index]
         assert sample["geometry"].shape == (3, 3, 3) and sample["geometry"].dtype == torch.float64
@@ -148,6 +153,7 @@ def test_samples_carry_their_geometry_and_object_ids(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- merge and write
+
 
 def test_merge_rules() -> None:
     bank = np.array([[0, 1, 2, 3, 1, 2]], dtype=np.uint8)
@@ -172,8 +178,7 @@ def bank_masks() -> np.ndarray:
 
 def fake_video(name: str = "a") -> VideoSequence:
     names = [f"{i:05d}" for i in range(FRAMES)]
-    return VideoSequence(name=name, frame_paths=[Path(f"{n}.jpg") for n in names],
-                         frame_names=names)
+    return VideoSequence(name=name, frame_paths=[Path(f"{n}.jpg") for n in names], frame_names=names)
 
 
 def confident_probs(regions: list[dict[int, tuple[slice, slice]]]) -> torch.Tensor:
@@ -202,30 +207,35 @@ def fake_batch(frames: list[int], matrix: np.ndarray, target: int, second: int) 
 def test_write_back_changes_exactly_the_expected_pixels(tmp_path: Path) -> None:
     video = fake_video()
     masks = bank_masks()
-    palette = bytes(reversed(DAVIS_PALETTE))        # a non-default palette must survive
+    palette = bytes(reversed(DAVIS_PALETTE))  # a non-default palette must survive
     bank = make_bank(tmp_path, [video], {"a": [0, 3]}, {"a": masks}, palette)
     before = {p.name: p.read_bytes() for p in (bank / "a").glob("*.png")}
-    mode = Phase2Mode(TwoShotConfig(phase2_start_update=0, refine_threshold=0.99, write_back=True),
-                      bank=bank, videos=[video])
+    mode = Phase2Mode(
+        TwoShotConfig(phase2_start_update=0, refine_threshold=0.99, write_back=True),
+        bank=bank,
+        videos=[video],
+    )
 
     # Clip frames 1, 2 <- video frames 2 and 3 (3 is labeled: must stay as it is).
     # Identity geometry: a 20x20 crop of the whole 20x20 frame.
     identity = crop_resize_matrix((0, 0, HEIGHT, WIDTH), HEIGHT)
     np.testing.assert_allclose(identity, np.eye(3))
     everything = {0: (slice(0, 20), slice(0, 20))}
-    regions = {0: (slice(5, 20), slice(0, 20)),     # "neither" over all three objects ...
-               1: (slice(0, 2), slice(0, 5)),       # target on background
-               2: (slice(12, 14), slice(0, 20))}    # ... but the second object on rows 12-13
+    regions = {
+        0: (slice(5, 20), slice(0, 20)),  # "neither" over all three objects ...
+        1: (slice(0, 2), slice(0, 5)),  # target on background
+        2: (slice(12, 14), slice(0, 20)),
+    }  # ... but the second object on rows 12-13
     batch = fake_batch([1, 2, 3], identity, target=1, second=2)
     probs = confident_probs([regions, everything])
     prepared = mode.prepare_targets(batch, ClipOutput(probs.log(), probs), it=0)
-    assert prepared["cls_gt"][0, 1, 0, 0] == 1      # the loss targets are refined as before
+    assert prepared["cls_gt"][0, 1, 0, 0] == 1  # the loss targets are refined as before
 
     expected = masks[2].copy()
     expected[0:2, 0:5] = 1
     expected[12:14, :] = 2
     ours = np.isin(masks[2], [1, 2])
-    expected[5:20][ours[5:20]] = 0                  # object 3 (rows 15-18) stays
+    expected[5:20][ours[5:20]] = 0  # object 3 (rows 15-18) stays
     expected[12:14, :] = 2
     labels, saved_palette = read_mask(bank / "a" / "00002.png")
     assert np.array_equal(labels, expected)
@@ -247,8 +257,11 @@ def test_write_back_changes_exactly_the_expected_pixels(tmp_path: Path) -> None:
     # mirrored, class 0 clears only the target.
     mirror = np.array([[-1.0, 0.0, WIDTH - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     batch = fake_batch([0, 4, 4], mirror, target=1, second=-1)
-    regions = {1: (slice(0, 1), slice(0, 3)), 2: (slice(19, 20), slice(0, 20)),
-               0: (slice(2, 10), slice(0, 20))}
+    regions = {
+        1: (slice(0, 1), slice(0, 3)),
+        2: (slice(19, 20), slice(0, 20)),
+        0: (slice(2, 10), slice(0, 20)),
+    }
     probs = confident_probs([regions, {}])
     mode.prepare_targets(batch, ClipOutput(probs.log(), probs), it=5)
     expected = masks[4].copy()
@@ -273,8 +286,7 @@ def test_write_back_needs_the_bank_and_its_manifest(tmp_path: Path) -> None:
     bank = make_bank(tmp_path, [fake_video()], {"a": [0]}, {"a": bank_masks()})
     with pytest.raises(UserError, match="not recorded"):
         Phase2Mode(settings, bank=bank, videos=[fake_video("b")])
-    mode = Phase2Mode(TwoShotConfig(write_back=True, phase2_start_update=0), bank=bank,
-                      videos=[fake_video()])
+    mode = Phase2Mode(TwoShotConfig(write_back=True, phase2_start_update=0), bank=bank, videos=[fake_video()])
     probs = confident_probs([{}, {}])
     toy = {"cls_gt": torch.zeros(1, 3, HEIGHT, WIDTH, dtype=torch.int64)}
     with pytest.raises(UserError, match="VOSClipDataset"):
@@ -288,7 +300,7 @@ ROWS_PER_WRITER = 20
 
 def _write_rows(path: str, first_row: int, object_id: int, start: Any) -> None:
     """One writer: sets its rows of the frame to ``object_id`` one row per locked rewrite."""
-    start.wait()           # both writers begin together (the imports take seconds)
+    start.wait()  # both writers begin together (the imports take seconds)
     for row in range(first_row, first_row + ROWS_PER_WRITER):
         classes = np.full((2 * ROWS_PER_WRITER, 32), NO_LABEL, dtype=np.uint8)
         classes[row] = 1
@@ -303,8 +315,10 @@ def test_two_processes_writing_one_frame_keep_both_updates(tmp_path: Path) -> No
     write_mask(path, np.zeros((2 * ROWS_PER_WRITER, 32), dtype=np.uint8))
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(2)
-    writers = [context.Process(target=_write_rows, args=(str(path), 0, 1, start)),
-               context.Process(target=_write_rows, args=(str(path), ROWS_PER_WRITER, 2, start))]
+    writers = [
+        context.Process(target=_write_rows, args=(str(path), 0, 1, start)),
+        context.Process(target=_write_rows, args=(str(path), ROWS_PER_WRITER, 2, start)),
+    ]
     for writer in writers:
         writer.start()
     for writer in writers:
@@ -316,6 +330,7 @@ def test_two_processes_writing_one_frame_keep_both_updates(tmp_path: Path) -> No
 
 
 # ---------------------------------------------------------------- training runs
+
 
 @pytest.fixture
 def bank_run(tmp_path: Path) -> tuple[list[VideoSequence], Path]:
@@ -329,9 +344,14 @@ def bank_run(tmp_path: Path) -> tuple[list[VideoSequence], Path]:
 
 
 def _train_phase2(videos: list[VideoSequence], bank: Path, out: Path, write_back: bool) -> None:
-    config = toy_config("main.iterations=3", "main.save_every=3", "main.log_every=1",
-                        "twoshot.phase2_start_update=0", "twoshot.refine_threshold=0.34",
-                        f"twoshot.write_back={str(write_back).lower()}")
+    config = toy_config(
+        "main.iterations=3",
+        "main.save_every=3",
+        "main.log_every=1",
+        "twoshot.phase2_start_update=0",
+        "twoshot.refine_threshold=0.34",
+        f"twoshot.write_back={str(write_back).lower()}",
+    )
     dataset = VOSClipDataset(videos, 32, mode="bank", seed=1, repeats=2)
     mode = Phase2Mode(config.twoshot, bank=bank, videos=videos)
     train(config, "main", dataset, out, mode=mode, device="cpu", progress=False)
@@ -376,6 +396,7 @@ def test_pipeline_hands_the_bank_to_phase2(bank_run, tmp_path: Path, monkeypatch
     def fake_train_step(self, name, stage, make, init):
         made["dataset"], made["mode"] = make()
         return tmp_path / "final.pth"
+
     monkeypatch.setattr(Pipeline, "_train_step", fake_train_step)
     pipeline.phase2(bank, None)
     writer = made["mode"].writer

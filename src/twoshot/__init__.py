@@ -15,5 +15,6 @@ def __getattr__(name: str) -> Any:
     # Lazy: ``import twoshot`` stays light (no torch) until the Predictor is asked for.
     if name == "Predictor":
         from twoshot.inference.predictor import Predictor
+
         return Predictor
     raise AttributeError(f"module 'twoshot' has no attribute {name!r}")

@@ -44,7 +44,7 @@ from twoshot.fsutil import atomic_dir, write_json
 
 FORMAT = "twoshot-pseudo-label-bank/1"
 MANIFEST = "manifest.json"
-WRITE_BACK = "write_back"   # manifest key: the phase-2 write-back record, if any
+WRITE_BACK = "write_back"  # manifest key: the phase-2 write-back record, if any
 CONFIDENCE_DIR = "confidence"
 
 PathLike = str | os.PathLike[str]
@@ -91,14 +91,17 @@ class BankIdentity:
         for key in ("checkpoint", "budget"):
             mine, theirs = getattr(self, key), other.get(key) or {}
             if mine.get("sha256") != theirs.get("sha256"):
-                problems.append(f"{key}: the bank was made from {theirs.get('path') or 'weights'} "
-                                f"(sha256 {str(theirs.get('sha256'))[:12]}...), this run uses "
-                                f"{mine.get('path') or 'weights'} (sha256 {str(mine.get('sha256'))[:12]}...)")
+                problems.append(
+                    f"{key}: the bank was made from {theirs.get('path') or 'weights'} "
+                    f"(sha256 {str(theirs.get('sha256'))[:12]}...), this run uses "
+                    f"{mine.get('path') or 'weights'} (sha256 {str(mine.get('sha256'))[:12]}...)"
+                )
         theirs_inf = other.get("inference") or {}
         for name, value in self.inference.items():
             if theirs_inf.get(name) != value:
-                problems.append(f"inference.{name}: the bank used {theirs_inf.get(name)!r}, "
-                                f"this run {value!r}")
+                problems.append(
+                    f"inference.{name}: the bank used {theirs_inf.get(name)!r}, this run {value!r}"
+                )
         return problems
 
 
@@ -113,8 +116,7 @@ class VideoRecord:
 
     def to_json(self) -> dict[str, Any]:
         """The manifest / progress entry."""
-        return {"video": self.video, "labeled": self.labeled, "objects": self.objects,
-                "frames": self.sources}
+        return {"video": self.video, "labeled": self.labeled, "objects": self.objects, "frames": self.sources}
 
 
 class BankFrame(Protocol):
@@ -131,8 +133,15 @@ class BankFrame(Protocol):
 class BankStore:
     """Reads and writes one bank folder for one process (``rank`` of ``world``)."""
 
-    def __init__(self, root: PathLike, identity: BankIdentity, *, confidence: bool = False,
-                 rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self,
+        root: PathLike,
+        identity: BankIdentity,
+        *,
+        confidence: bool = False,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         self.root = Path(root)
         self.identity = identity
         self.confidence = confidence
@@ -160,8 +169,10 @@ class BankStore:
             raise UserError(f"{self.root}: exists and is not a folder")
         if not self.manifest_path.is_file():
             if self.root.is_dir() and any(not p.name.startswith(".") for p in self.root.iterdir()):
-                raise UserError(f"{self.root}: folder is not empty and holds no {MANIFEST}; "
-                                "refusing to write a pseudo-label bank into it")
+                raise UserError(
+                    f"{self.root}: folder is not empty and holds no {MANIFEST}; "
+                    "refusing to write a pseudo-label bank into it"
+                )
             return False
         try:
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
@@ -171,8 +182,10 @@ class BankStore:
             raise UserError(f"{self.manifest_path}: not a twoshot pseudo-label bank manifest")
         problems = self.identity.mismatches(manifest)
         if problems:
-            raise UserError(f"{self.manifest_path}: this bank was made with other inputs; use "
-                            "another --out folder or delete it\n  " + "\n  ".join(problems))
+            raise UserError(
+                f"{self.manifest_path}: this bank was made with other inputs; use "
+                "another --out folder or delete it\n  " + "\n  ".join(problems)
+            )
         return True
 
     def start(self) -> None:
@@ -187,17 +200,24 @@ class BankStore:
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
                     entry = json.loads(line)
-                    record = VideoRecord(entry["video"], entry["labeled"], entry["frames"],
-                                         entry.get("objects", []))
+                    record = VideoRecord(
+                        entry["video"], entry["labeled"], entry["frames"], entry.get("objects", [])
+                    )
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue  # a line cut short by a kill: that video is simply redone
                 if (self.root / record.video).is_dir():
                     records[record.video] = record
         return records
 
-    def write_video(self, video: str, frame_names: Sequence[str], labeled: Sequence[int],
-                    object_ids: Sequence[int], frames: Iterable[BankFrame],
-                    palette: bytes | None) -> VideoRecord:
+    def write_video(
+        self,
+        video: str,
+        frame_names: Sequence[str],
+        labeled: Sequence[int],
+        object_ids: Sequence[int],
+        frames: Iterable[BankFrame],
+        palette: bytes | None,
+    ) -> VideoRecord:
         """Write one video's frames as they come, atomically, then record it as done.
 
         frames: each frame once (any order), as the propagation engine yields them; their
@@ -216,12 +236,16 @@ class BankStore:
                     if out.confidence is None:
                         raise ValueError(f"video {video}: frame {name} came without its confidence")
                     Image.fromarray(np.ascontiguousarray(out.confidence), mode="L").save(
-                        tmp / CONFIDENCE_DIR / f"{name}.png")
+                        tmp / CONFIDENCE_DIR / f"{name}.png"
+                    )
                 if out.source is not None:
                     sources[out.frame] = out.source
-        record = VideoRecord(video, [frame_names[i] for i in sorted(labeled)],
-                             {frame_names[f]: frame_names[sources[f]] for f in sorted(sources)},
-                             list(object_ids))
+        record = VideoRecord(
+            video,
+            [frame_names[i] for i in sorted(labeled)],
+            {frame_names[f]: frame_names[sources[f]] for f in sorted(sources)},
+            list(object_ids),
+        )
         with open(self.progress_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record.to_json()) + "\n")
             handle.flush()
@@ -240,7 +264,7 @@ class BankStore:
         status = "complete" if len(listed) == len(videos) else "in progress"
         manifest = self._manifest(status, listed)
         previous = self._read_manifest()
-        if WRITE_BACK in previous:   # phase 2 already changed the files: keep saying so
+        if WRITE_BACK in previous:  # phase 2 already changed the files: keep saying so
             manifest[WRITE_BACK] = previous[WRITE_BACK]
         write_json(self.manifest_path, manifest)
         return manifest
@@ -254,10 +278,16 @@ class BankStore:
         return manifest if isinstance(manifest, dict) else {}
 
     def _manifest(self, status: str, videos: dict[str, Any]) -> dict[str, Any]:
-        return {"format": FORMAT, "status": status, "twoshot_version": __version__,
-                "checkpoint": self.identity.checkpoint, "budget": self.identity.budget,
-                "inference": self.identity.inference, "confidence_maps": self.confidence,
-                "videos": videos}
+        return {
+            "format": FORMAT,
+            "status": status,
+            "twoshot_version": __version__,
+            "checkpoint": self.identity.checkpoint,
+            "budget": self.identity.budget,
+            "inference": self.identity.inference,
+            "confidence_maps": self.confidence,
+            "videos": videos,
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,8 +307,9 @@ def bank_sequences(sequences: list[VideoSequence], bank: Path) -> list[VideoSequ
         paths = {i: folder / f"{name}.png" for i, name in enumerate(seq.frame_names)}
         missing = [p for p in paths.values() if not p.is_file()]
         if missing:
-            raise UserError(f"{missing[0]}: pseudo-label bank is missing this frame "
-                            f"({len(missing)} missing in {folder})")
+            raise UserError(
+                f"{missing[0]}: pseudo-label bank is missing this frame ({len(missing)} missing in {folder})"
+            )
         result.append(replace(seq, mask_paths=paths, object_first_frame=None))
     if not result:
         raise UserError(f"{bank}: the pseudo-label bank holds none of the training videos")
@@ -296,13 +327,17 @@ def read_labeled_frames(bank: Path, videos: Sequence[VideoSequence]) -> dict[str
         manifest = json.loads(path.read_text(encoding="utf-8"))
         entries = manifest["videos"]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: cannot read the bank manifest, which twoshot.write_back needs "
-                        f"to leave the labeled frames alone ({exc})") from exc
+        raise UserError(
+            f"{path}: cannot read the bank manifest, which twoshot.write_back needs "
+            f"to leave the labeled frames alone ({exc})"
+        ) from exc
     labeled: dict[str, set[int]] = {}
     for video in videos:
         if video.name not in entries:
-            raise UserError(f"{path}: video {video.name} is not recorded in the bank manifest; "
-                            "regenerate the bank before using twoshot.write_back")
+            raise UserError(
+                f"{path}: video {video.name} is not recorded in the bank manifest; "
+                "regenerate the bank before using twoshot.write_back"
+            )
         names = set(entries[video.name].get("labeled", []))
         labeled[video.name] = {i for i, name in enumerate(video.frame_names) if name in names}
     return labeled
@@ -316,8 +351,8 @@ try:  # POSIX only; checked when a BankWriter is made
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-LOCK_NAME = ".write_back.lock"        # per video folder: serialises its frames' rewrites
-MANIFEST_LOCK = ".manifest.lock"      # in the bank folder: serialises manifest updates
+LOCK_NAME = ".write_back.lock"  # per video folder: serialises its frames' rewrites
+MANIFEST_LOCK = ".manifest.lock"  # in the bank folder: serialises manifest updates
 
 
 def check_locks() -> None:
@@ -334,7 +369,7 @@ def exclusive_lock(path: PathLike) -> Iterator[None]:
     while another process waits on it would let a third lock a new file beside them.
     """
     check_locks()
-    with open(path, "ab") as handle:        # "a": create without truncating
+    with open(path, "ab") as handle:  # "a": create without truncating
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield

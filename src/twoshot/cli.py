@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from twoshot._version import __version__
 from twoshot.errors import UserError
@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twoshot",
         description="Two-shot video object segmentation: train STCN from two labeled frames "
-                    "per video, make dense pseudo labels, segment videos, and score them.")
+        "per video, make dense pseudo labels, segment videos, and score them.",
+    )
     parser.add_argument("--version", action="version", version=f"twoshot {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:

@@ -23,7 +23,6 @@ import yaml
 
 from twoshot.errors import UserError
 
-
 MODEL_KINDS: tuple[str, ...] = ("stcn", "cutie")
 """The architectures ``model.kind`` may name (classes in :mod:`twoshot.model.registry`)."""
 
@@ -36,14 +35,14 @@ class CutieSizes:
     (``decoder_dims``, the first equal to ``embed_dim``) come from :class:`ModelConfig`.
     """
 
-    pixel_dim: int = 256                     # pixel features and the key projection's input
-    sensory_dim: int = 256                   # per-object recurrent (sensory) state
-    embed_dim: int = 256                     # object transformer width; equals pixel_dim
-    num_queries: int = 16                    # object queries = object summaries (half fore-, half background)
+    pixel_dim: int = 256  # pixel features and the key projection's input
+    sensory_dim: int = 256  # per-object recurrent (sensory) state
+    embed_dim: int = 256  # object transformer width; equals pixel_dim
+    num_queries: int = 16  # object queries = object summaries (half fore-, half background)
     num_heads: int = 8
     ff_dim: int = 2048
-    num_blocks: int = 3                      # object transformer blocks
-    pe_scale: float = 32.0                   # sine positional encoding: coordinates scaled to [0, pe_scale]
+    num_blocks: int = 3  # object transformer blocks
+    pe_scale: float = 32.0  # sine positional encoding: coordinates scaled to [0, pe_scale]
     pe_temperature: float = 128.0
 
 
@@ -56,20 +55,20 @@ class ModelConfig:
     encoders).
     """
 
-    kind: str = "stcn"                       # stcn | cutie
-    key_block: str = "bottleneck"            # ResNet block of the key encoder: bottleneck | basic
+    kind: str = "stcn"  # stcn | cutie
+    key_block: str = "bottleneck"  # ResNet block of the key encoder: bottleneck | basic
     key_layers: list[int] = field(default_factory=lambda: [3, 4, 6])
-    key_width: int = 64                      # channels of the ResNet stem
+    key_width: int = 64  # channels of the ResNet stem
     value_block: str = "basic"
     value_layers: list[int] = field(default_factory=lambda: [2, 2, 2])
     value_width: int = 64
-    key_dim: int = 64                        # key projection channels
-    value_dim: int = 512                     # memory value / key_comp channels
+    key_dim: int = 64  # key projection channels
+    value_dim: int = 512  # memory value / key_comp channels
     decoder_dims: list[int] = field(default_factory=lambda: [512, 256, 256])
     # 16 is STCN. 8 keeps layer3 at 1/8 (stride 1): four times the matching positions, for
     # small frames, where 1/16 leaves a few cells per object (the demo's 96x96 frames).
     output_stride: int = 16
-    backbone_weights: str | None = None      # torchvision ResNet-50/-18 .pth files (file, dir, or "a,b")
+    backbone_weights: str | None = None  # torchvision ResNet-50/-18 .pth files (file, dir, or "a,b")
     cutie: CutieSizes = field(default_factory=CutieSizes)
 
 
@@ -78,22 +77,22 @@ class TrainConfig:
     """One training stage (static pretraining, main training, two-shot phase 1 or 2)."""
 
     iterations: int = 150_000
-    batch_size: int = 4                      # per process; the global batch is this x world size
+    batch_size: int = 4  # per process; the global batch is this x world size
     lr: float = 1e-5
     weight_decay: float = 1e-7
     lr_steps: list[int] = field(default_factory=lambda: [125_000])
     lr_gamma: float = 0.1
-    amp: bool = True                         # used on CUDA only; CPU trains in fp32
+    amp: bool = True  # used on CUDA only; CPU trains in fp32
     grad_clip: float | None = None
-    freeze_bn: bool = True                   # STCN: BatchNorm frozen (eval mode); false trains it (models from scratch)
+    freeze_bn: bool = True  # STCN: BatchNorm frozen (eval mode); false trains it (models from scratch)
     seed: int = 14159265
     crop_size: int = 384
     num_frames: int = 3
     num_workers: int = 4
     max_skip_values: list[int] = field(default_factory=lambda: [5, 10, 15, 20, 25, 5])
     max_skip_fractions: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.9])
-    loss_start_warm: int = 20_000            # bootstrapped CE: plain CE before this iteration
-    loss_end_warm: int = 70_000              # top-p reaches its final value here
+    loss_start_warm: int = 20_000  # bootstrapped CE: plain CE before this iteration
+    loss_end_warm: int = 70_000  # top-p reaches its final value here
     loss_top_p: float = 0.15
     save_every: int = 10_000
     log_every: int = 100
@@ -104,16 +103,16 @@ class TrainConfig:
 class TwoShotConfig:
     """The two-shot method's own settings (DESIGN §2)."""
 
-    end_warm: int = 70_000                   # phase 1: supervised warm-up on labeled frames until here
+    end_warm: int = 70_000  # phase 1: supervised warm-up on labeled frames until here
     ema_alpha: float = 0.995
-    pseudo_threshold: float = 0.9            # phase 1 teacher confidence for a pseudo label
-    use_teacher: bool = True                 # false: the student labels its own clips
+    pseudo_threshold: float = 0.9  # phase 1 teacher confidence for a pseudo label
+    use_teacher: bool = True  # false: the student labels its own clips
     # Phase 1 after end_warm: share of clips that stay labeled-only (ground truth on every
     # frame) instead of starting at a labeled frame and running over unlabeled ones. The
     # reference uses 0; a weak teacher (a small model trained briefly) needs some ground
     # truth beside its pseudo labels (docs/results.md).
     labeled_clip_share: float = 0.0
-    phase2_start_update: int = 70_000        # phase 2: online refinement from this iteration
+    phase2_start_update: int = 70_000  # phase 2: online refinement from this iteration
     refine_threshold: float = 0.99
     # Phase 2: also write the refined labels of unlabeled frames back into the pseudo-label
     # bank (DESIGN §2, off in the reference). The bank then changes during training, so a
@@ -127,34 +126,34 @@ class InferenceConfig:
 
     mem_every: int = 5
     top_k: int = 20
-    size: int = 480                          # shorter side for processing; -1 keeps native size
-    include_last: bool = False               # temporary memory of the previous frame
-    amp: bool = False                        # CUDA only
-    amp_dtype: str = "float16"               # float16 | bfloat16: the autocast type with amp
-    device: str = "auto"                     # auto | cpu | cuda | cuda:N
-    max_memory_frames: int | None = None     # bounded memory for long videos; None = unbounded
+    size: int = 480  # shorter side for processing; -1 keeps native size
+    include_last: bool = False  # temporary memory of the previous frame
+    amp: bool = False  # CUDA only
+    amp_dtype: str = "float16"  # float16 | bfloat16: the autocast type with amp
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_memory_frames: int | None = None  # bounded memory for long videos; None = unbounded
     # Frames per key-encoder call (features are cached per video). None: 8 on CUDA, 1 on a
     # CPU, where one frame per call measured 1.08-1.14x faster and matches STCN bit for bit.
     key_batch: int | None = None
-    channels_last: bool = False              # NHWC convolutions: faster, not bit-identical (docs/performance.md)
-    compile: bool = False                    # torch.compile the network; falls back to eager where unavailable
+    channels_last: bool = False  # NHWC convolutions: faster, not bit-identical (docs/performance.md)
+    compile: bool = False  # torch.compile the network; falls back to eager where unavailable
 
 
 @dataclass
 class PipelineConfig:
     """What ``twoshot pipeline`` runs: data, label budget, stages and baselines."""
 
-    data: str = ""                           # dataset root (DAVIS 2017, YouTube-VOS or generic layout)
-    dataset: str | None = None               # davis | youtube | generic; None = detect
+    data: str = ""  # dataset root (DAVIS 2017, YouTube-VOS or generic layout)
+    dataset: str | None = None  # davis | youtube | generic; None = detect
     train_split: str = "train"
     val_split: str = "val"
     out: str = "twoshot-run"
-    budget: str | None = None                # label-budget JSON; None = make one from shots/strategy/seed
+    budget: str | None = None  # label-budget JSON; None = make one from shots/strategy/seed
     shots: int = 2
     budget_strategy: str = "random"
     budget_seed: int = 0
-    static_data: str | None = None           # image/mask pairs for static pretraining; None = skip
-    init: str | None = None                  # weights every training stage starts from (instead of static)
+    static_data: str | None = None  # image/mask pairs for static pretraining; None = skip
+    init: str | None = None  # weights every training stage starts from (instead of static)
     baselines: list[str] = field(default_factory=lambda: ["naive", "full"])
     device: str = "auto"
     eval_workers: int = 1
@@ -182,8 +181,12 @@ def preset_path(name: str) -> Path:
     return Path(str(resources.files("twoshot") / "configs" / f"{name}.yaml"))
 
 
-def load_config(preset: str | None = None, file: str | Path | None = None,
-                overrides: list[str] | tuple[str, ...] = (), default_preset: str = "stcn") -> Config:
+def load_config(
+    preset: str | None = None,
+    file: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    default_preset: str = "stcn",
+) -> Config:
     """Build a Config: dataclass defaults <- preset <- YAML ``file`` <- ``key=value`` overrides.
 
     The preset is ``preset`` if given, else the YAML file's top-level ``preset:`` key, else
@@ -206,8 +209,9 @@ def config_from_dict(data: dict[str, Any], source: str) -> Config:
     return _layered(preset, [(data, source)], ())
 
 
-def _layered(preset: str, layers: list[tuple[dict[str, Any], str]],
-             overrides: list[str] | tuple[str, ...]) -> Config:
+def _layered(
+    preset: str, layers: list[tuple[dict[str, Any], str]], overrides: list[str] | tuple[str, ...]
+) -> Config:
     """Defaults <- ``preset`` <- each (mapping, source) of ``layers`` <- ``overrides``, checked."""
     config = Config()
     _merge(config, _read_yaml(preset_path(preset)), str(preset_path(preset)))
@@ -222,12 +226,15 @@ def _layered(preset: str, layers: list[tuple[dict[str, Any], str]],
 def check_model_config(model: ModelConfig) -> None:
     """Raise UserError naming the key if ``model`` describes no network twoshot can build."""
     if model.kind not in MODEL_KINDS:
-        raise UserError(f"config key 'model.kind': {model.kind!r} is not a model; choose one of: "
-                        f"{', '.join(MODEL_KINDS)}")
+        raise UserError(
+            f"config key 'model.kind': {model.kind!r} is not a model; choose one of: {', '.join(MODEL_KINDS)}"
+        )
     for name in ("key_block", "value_block"):
         if getattr(model, name) not in ("basic", "bottleneck"):
-            raise UserError(f"config key 'model.{name}': {getattr(model, name)!r} is not a ResNet "
-                            "block; choose basic or bottleneck")
+            raise UserError(
+                f"config key 'model.{name}': {getattr(model, name)!r} is not a ResNet "
+                "block; choose basic or bottleneck"
+            )
     for name in ("key_layers", "value_layers"):
         layers = getattr(model, name)
         if len(layers) != 3 or any(n < 1 for n in layers):
@@ -241,25 +248,36 @@ def check_model_config(model: ModelConfig) -> None:
 def _check_cutie_sizes(model: ModelConfig) -> None:
     """Raise UserError naming the key if the Cutie sizes of ``model`` build no network."""
     sizes = model.cutie
-    for name in ("pixel_dim", "sensory_dim", "embed_dim", "num_queries", "num_heads", "ff_dim",
-                 "num_blocks"):
+    for name in ("pixel_dim", "sensory_dim", "embed_dim", "num_queries", "num_heads", "ff_dim", "num_blocks"):
         if getattr(sizes, name) < 1:
-            raise UserError(f"config key 'model.cutie.{name}': must be at least 1, got {getattr(sizes, name)}")
+            raise UserError(
+                f"config key 'model.cutie.{name}': must be at least 1, got {getattr(sizes, name)}"
+            )
     if model.output_stride != 16:
-        raise UserError("config key 'model.output_stride': cutie needs 16 (its decoder upsamples "
-                        f"1/16 -> 1/8 -> 1/4), got {model.output_stride}")
+        raise UserError(
+            "config key 'model.output_stride': cutie needs 16 (its decoder upsamples "
+            f"1/16 -> 1/8 -> 1/4), got {model.output_stride}"
+        )
     if len(model.decoder_dims) != 3 or model.decoder_dims[0] != sizes.embed_dim:
-        raise UserError(f"config key 'model.decoder_dims': cutie's mask decoder needs 3 widths, the "
-                        f"first equal to model.cutie.embed_dim ({sizes.embed_dim}), got {model.decoder_dims}")
+        raise UserError(
+            f"config key 'model.decoder_dims': cutie's mask decoder needs 3 widths, the "
+            f"first equal to model.cutie.embed_dim ({sizes.embed_dim}), got {model.decoder_dims}"
+        )
     if sizes.pixel_dim != sizes.embed_dim:
-        raise UserError(f"config key 'model.cutie.pixel_dim': must equal model.cutie.embed_dim "
-                        f"({sizes.embed_dim}; the sensory auxiliary head multiplies them), got {sizes.pixel_dim}")
+        raise UserError(
+            f"config key 'model.cutie.pixel_dim': must equal model.cutie.embed_dim "
+            f"({sizes.embed_dim}; the sensory auxiliary head multiplies them), got {sizes.pixel_dim}"
+        )
     if sizes.embed_dim % 4 or sizes.embed_dim % sizes.num_heads:
-        raise UserError(f"config key 'model.cutie.embed_dim': must be a multiple of 4 (positional "
-                        f"encoding) and of model.cutie.num_heads ({sizes.num_heads}), got {sizes.embed_dim}")
+        raise UserError(
+            f"config key 'model.cutie.embed_dim': must be a multiple of 4 (positional "
+            f"encoding) and of model.cutie.num_heads ({sizes.num_heads}), got {sizes.embed_dim}"
+        )
     if sizes.num_queries % 2:
-        raise UserError(f"config key 'model.cutie.num_queries': must be even (half foreground, half "
-                        f"background), got {sizes.num_queries}")
+        raise UserError(
+            f"config key 'model.cutie.num_queries': must be even (half foreground, half "
+            f"background), got {sizes.num_queries}"
+        )
 
 
 def apply_override(config: Any, item: str) -> None:
@@ -273,8 +291,9 @@ def apply_override(config: Any, item: str) -> None:
         names = [f.name for f in dataclasses.fields(target)]
         if part not in names:
             where = ".".join(parts[:depth]) or "top level"
-            raise UserError(f"unknown config key {dotted!r}: {part!r} is not in {where}; "
-                            f"valid keys: {', '.join(names)}")
+            raise UserError(
+                f"unknown config key {dotted!r}: {part!r} is not in {where}; valid keys: {', '.join(names)}"
+            )
         if depth == len(parts) - 1:
             try:
                 value = yaml.safe_load(raw) if raw.strip() else None
@@ -292,8 +311,9 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any],
-                       ignore: frozenset[str] = frozenset(), prefix: str = "") -> list[str]:
+def config_differences(
+    saved: dict[str, Any], current: dict[str, Any], ignore: frozenset[str] = frozenset(), prefix: str = ""
+) -> list[str]:
     """Dotted keys whose values differ between two nested config dicts (:func:`to_dict`, or
     one read back from JSON), as ``"key: saved -> current"``. Keys in ``ignore`` and keys
     ``saved`` lacks (written before the key existed) are skipped; tuples equal lists."""
@@ -349,8 +369,7 @@ def _check_type(target: Any, name: str, value: Any, dotted: str, source: str = "
     expected = hints[name]
     coerced = _coerce(value, expected)
     if coerced is _INVALID:
-        raise UserError(f"{source}: config key {dotted!r} expects {_type_name(expected)}, "
-                        f"got {value!r}")
+        raise UserError(f"{source}: config key {dotted!r} expects {_type_name(expected)}, got {value!r}")
     return coerced
 
 
@@ -388,7 +407,11 @@ def _coerce(value: Any, expected: Any) -> Any:
                 return _INVALID
         return _INVALID
     if expected is str:
-        return value if isinstance(value, str) else (str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _INVALID)
+        return (
+            value
+            if isinstance(value, str)
+            else (str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _INVALID)
+        )
     return value
 
 

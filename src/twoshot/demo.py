@@ -9,9 +9,9 @@ videos and a bar plot of J&F next to the report.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -29,7 +29,7 @@ class DemoScale:
     size: int
     static_images: int
     static_iterations: int
-    iterations: int           # each main-schedule model (phase 1, phase 2, naive, full)
+    iterations: int  # each main-schedule model (phase 1, phase 2, naive, full)
     end_warm: int
     phase2_start_update: int
     # Validation videos are segmented, and the bank made, at this multiple of the frame size:
@@ -40,29 +40,54 @@ class DemoScale:
 # On the 2-core development machine, whose speed varies by a third from hour to hour, 500
 # iterations per video stage took 10.8-11.5 min; with inference at 192, 400 took 9.7 min
 # and 350 leave room for the slower hours (docs/results.md).
-FULL = DemoScale(videos=40, val_videos=20, frames=24, size=96, static_images=200,
-                 static_iterations=250, iterations=350, end_warm=105, phase2_start_update=175)
-QUICK = DemoScale(videos=8, val_videos=3, frames=12, size=64, static_images=32,
-                  static_iterations=40, iterations=60, end_warm=20, phase2_start_update=30)
+FULL = DemoScale(
+    videos=40,
+    val_videos=20,
+    frames=24,
+    size=96,
+    static_images=200,
+    static_iterations=250,
+    iterations=350,
+    end_warm=105,
+    phase2_start_update=175,
+)
+QUICK = DemoScale(
+    videos=8,
+    val_videos=3,
+    frames=12,
+    size=64,
+    static_images=32,
+    static_iterations=40,
+    iterations=60,
+    end_warm=20,
+    phase2_start_update=30,
+)
 
 
 def demo_config(scale: DemoScale, data: Path, out: Path, device: str) -> Config:
     """The tiny preset with the demo's schedule and the generated data's paths."""
     its, steps = scale.iterations, [int(scale.iterations * 0.8)]
-    config = load_config("tiny", overrides=[
-        # Matching at 1/8: at 96x96, STCN's 1/16 leaves 6x6 cells, a few per object; every
-        # model on the demo's data scored 6-12 J&F higher at 1/8 (docs/results.md).
-        "model.output_stride=8",
-        f"static.iterations={scale.static_iterations}",
-        f"static.lr_steps=[{int(scale.static_iterations * 0.8)}]",
-        f"static.crop_size={scale.size}",
-        f"main.iterations={its}", f"main.lr_steps={steps}", f"main.crop_size={scale.size}",
-        f"main.loss_start_warm={its // 5}", f"main.loss_end_warm={its // 2}",
-        f"main.save_every={max(its // 3, 1)}", f"static.save_every={max(scale.static_iterations // 2, 1)}",
-        f"twoshot.end_warm={scale.end_warm}",
-        f"twoshot.phase2_start_update={scale.phase2_start_update}",
-        f"inference.size={round(scale.size * scale.inference_scale)}",
-    ])
+    config = load_config(
+        "tiny",
+        overrides=[
+            # Matching at 1/8: at 96x96, STCN's 1/16 leaves 6x6 cells, a few per object; every
+            # model on the demo's data scored 6-12 J&F higher at 1/8 (docs/results.md).
+            "model.output_stride=8",
+            f"static.iterations={scale.static_iterations}",
+            f"static.lr_steps=[{int(scale.static_iterations * 0.8)}]",
+            f"static.crop_size={scale.size}",
+            f"main.iterations={its}",
+            f"main.lr_steps={steps}",
+            f"main.crop_size={scale.size}",
+            f"main.loss_start_warm={its // 5}",
+            f"main.loss_end_warm={its // 2}",
+            f"main.save_every={max(its // 3, 1)}",
+            f"static.save_every={max(scale.static_iterations // 2, 1)}",
+            f"twoshot.end_warm={scale.end_warm}",
+            f"twoshot.phase2_start_update={scale.phase2_start_update}",
+            f"inference.size={round(scale.size * scale.inference_scale)}",
+        ],
+    )
     config.pipeline.data = str(data)
     config.pipeline.dataset = "davis"
     config.pipeline.out = str(out)
@@ -71,9 +96,15 @@ def demo_config(scale: DemoScale, data: Path, out: Path, device: str) -> Config:
     return config
 
 
-def run_demo(out: str | Path | None = None, quick: bool = False, seed: int = 0,
-             device: str = "auto", log: Callable[[str], None] = print,
-             progress: bool = True, scale: DemoScale | None = None) -> tuple[PipelineReport, list[Path]]:
+def run_demo(
+    out: str | Path | None = None,
+    quick: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    scale: DemoScale | None = None,
+) -> tuple[PipelineReport, list[Path]]:
     """Generate data, run the pipeline, write overlays and a bar plot.
 
     out: demo folder (data in ``out/data``, the run in ``out/run``; default ``twoshot-demo``,
@@ -88,11 +119,20 @@ def run_demo(out: str | Path | None = None, quick: bool = False, seed: int = 0,
     out = Path(out or ("twoshot-demo-quick" if quick else "twoshot-demo"))
     data = out / "data"
     if not is_synth_output(data):
-        log(f"[synth] generating {scale.videos}+{scale.val_videos} videos of {scale.frames} frames "
-            f"at {scale.size}x{scale.size} in {data}")
-    generate_or_reuse(data, videos=scale.videos, frames=scale.frames, size=(scale.size, scale.size),
-                      objects=(1, 3), seed=seed, val_videos=scale.val_videos,
-                      static_images=scale.static_images)
+        log(
+            f"[synth] generating {scale.videos}+{scale.val_videos} videos of {scale.frames} frames "
+            f"at {scale.size}x{scale.size} in {data}"
+        )
+    generate_or_reuse(
+        data,
+        videos=scale.videos,
+        frames=scale.frames,
+        size=(scale.size, scale.size),
+        objects=(1, 3),
+        seed=seed,
+        val_videos=scale.val_videos,
+        static_images=scale.static_images,
+    )
     config = demo_config(scale, data, out / "run", device)
     report = run_pipeline(config, log=log, progress=progress)
     pictures = [bar_plot(report, out / "jf.png")]
@@ -103,27 +143,41 @@ def run_demo(out: str | Path | None = None, quick: bool = False, seed: int = 0,
 def bar_plot(report: PipelineReport, path: Path) -> Path:
     """A bar chart of J&F per model, with the share of labeled frames in each label."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from twoshot.fsutil import atomic_path
 
     # Titles wrapped to the bar's width: long ones ran into their neighbours.
-    names = [f"{textwrap.fill(m.title, 20)}\n({100 * m.labeled_share:.0f}% labels)"
-             for m in report.models]
+    names = [f"{textwrap.fill(m.title, 20)}\n({100 * m.labeled_share:.0f}% labels)" for m in report.models]
     values = [100 * m.j_and_f for m in report.models]
     # Whiskers: one standard error over the validation objects, so that differences smaller
     # than the noise of this validation set look it.
     errors = [100 * (m.standard_error() or 0.0) for m in report.models]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(names)), 4.4))
-    bars = ax.bar(range(len(values)), values, yerr=errors, capsize=4, ecolor="#555555",
-                  color=["#999999", "#d98c3f", "#4c72b0", "#2a9d8f", "#444444"][:len(values)])
+    bars = ax.bar(
+        range(len(values)),
+        values,
+        yerr=errors,
+        capsize=4,
+        ecolor="#555555",
+        color=["#999999", "#d98c3f", "#4c72b0", "#2a9d8f", "#444444"][: len(values)],
+    )
     for bar, value, error in zip(bars, values, errors):
-        ax.annotate(f"{value:.1f}", (bar.get_x() + bar.get_width() / 2, value + error),
-                    xytext=(0, 3), textcoords="offset points", ha="center", va="bottom")
+        ax.annotate(
+            f"{value:.1f}",
+            (bar.get_x() + bar.get_width() / 2, value + error),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+        )
     ax.set_xticks(range(len(values)), names, fontsize=8)
-    ax.set_ylabel("J&F (validation; whiskers: ± 1 standard error over objects)" if any(errors)
-                  else "J&F (validation)", fontsize=9)
+    ax.set_ylabel(
+        "J&F (validation; whiskers: ± 1 standard error over objects)" if any(errors) else "J&F (validation)",
+        fontsize=9,
+    )
     ax.set_ylim(0, max([v + e for v, e in zip(values, errors)] + [1.0]) * 1.15)
     ax.set_title("two-shot VOS on generated videos")
     fig.tight_layout()
@@ -136,10 +190,9 @@ def bar_plot(report: PipelineReport, path: Path) -> Path:
 def write_overlays(config: Config, out: Path, count: int = 3) -> list[Path]:
     """Overlay videos (mp4) and a PNG strip of the two-shot model's predictions on a few
     validation videos. Returns the written paths."""
-    from twoshot.data.masks import read_mask
+    from twoshot.data.masks import read_mask, write_frame
     from twoshot.data.readers import load_frames, open_dataset
     from twoshot.data.writers import overlay, write_overlay_video
-    from twoshot.data.masks import write_frame
 
     run = Path(config.pipeline.out)
     predictions = run / "predictions" / "phase2"

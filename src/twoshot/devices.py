@@ -37,8 +37,9 @@ def amp_dtype(name: str, key: str = "inference.amp_dtype") -> torch.dtype:
     return AMP_DTYPES[name]
 
 
-def inference_autocast(amp: bool, dtype: torch.dtype,
-                       device: torch.device) -> contextlib.AbstractContextManager[object]:
+def inference_autocast(
+    amp: bool, dtype: torch.dtype, device: torch.device
+) -> contextlib.AbstractContextManager[object]:
     """Autocast to ``dtype`` on CUDA when ``amp``; a no-op otherwise (CPU inference runs fp32)."""
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=dtype)

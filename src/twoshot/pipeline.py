@@ -21,9 +21,10 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from twoshot.config import Config, config_differences, describe_differences, to_dict
 from twoshot.data.budget import Budget, apply_budget, load_budget, make_budget, save_budget, summarize_budget
@@ -36,12 +37,23 @@ from twoshot.fsutil import atomic_open, write_json
 TRAINED_MODELS = ("static", "phase1", "phase2", "naive", "full")
 # Keys that change how a run executes, not what it computes: a run may resume with others.
 # The data may move (same videos, another path); adding a baseline trains only that one.
-RUNTIME_KEYS = frozenset({
-    "pipeline.out", "pipeline.data", "pipeline.baselines", "pipeline.device", "pipeline.eval_workers",
-    *(f"{stage}.{key}" for stage in ("static", "main")
-      for key in ("num_workers", "log_every", "save_every", "image_every")),
-    "inference.device", "inference.key_batch", "inference.compile",
-})
+RUNTIME_KEYS = frozenset(
+    {
+        "pipeline.out",
+        "pipeline.data",
+        "pipeline.baselines",
+        "pipeline.device",
+        "pipeline.eval_workers",
+        *(
+            f"{stage}.{key}"
+            for stage in ("static", "main")
+            for key in ("num_workers", "log_every", "save_every", "image_every")
+        ),
+        "inference.device",
+        "inference.key_batch",
+        "inference.compile",
+    }
+)
 BASELINES = ("naive", "full")
 MODEL_TITLES = {
     "static": "static pretraining only",
@@ -61,7 +73,7 @@ class ModelScore:
     j_and_f: float
     j_mean: float
     f_mean: float
-    labeled_share: float           # share of training frames whose annotation the model used
+    labeled_share: float  # share of training frames whose annotation the model used
     train_seconds: float | None
     # J&F of each validation object, keyed "<video>_<object id>" as davis2017-evaluation's
     # per-sequence rows; empty for scores cached before they were kept.
@@ -103,7 +115,7 @@ class PipelineReport:
     labeled_frames: int
     total_frames: int
     models: list[ModelScore] = field(default_factory=list)
-    bank_j_and_f: float | None = None   # pseudo-label bank vs ground truth (evaluation only)
+    bank_j_and_f: float | None = None  # pseudo-label bank vs ground truth (evaluation only)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def score(self, name: str) -> ModelScore | None:
@@ -179,8 +191,14 @@ def estimate_gap(reports: list[PipelineReport]) -> GapEstimate:
     naive_mean = statistics.fmean(s.j_and_f for s in naive)
     gap = statistics.fmean(s.j_and_f for s in full) - naive_mean
     run_gaps = [f.j_and_f - n.j_and_f for n, f in zip(naive, full)]
-    parts = [e for e in (paired_standard_error(mean_object_scores(naive), mean_object_scores(full)),
-                         standard_error(run_gaps)) if e is not None]
+    parts = [
+        e
+        for e in (
+            paired_standard_error(mean_object_scores(naive), mean_object_scores(full)),
+            standard_error(run_gaps),
+        )
+        if e is not None
+    ]
     error = math.sqrt(sum(e * e for e in parts)) if parts else None
     estimate = GapEstimate(gap, error, None, len(runs))
     if not estimate.measurable or len(two) < len(runs):
@@ -193,8 +211,9 @@ def _scores(reports: list[PipelineReport], name: str) -> list[ModelScore]:
     return [score for r in reports if (score := r.score(name)) is not None]
 
 
-def gap_note(gap: float | None, recovered: float | None, error: float | None = None,
-             naive: str = "naive training") -> str | None:
+def gap_note(
+    gap: float | None, recovered: float | None, error: float | None = None, naive: str = "naive training"
+) -> str | None:
     """The report's sentence on the naive-to-full gap, or None if it was not measured.
 
     gap: full supervision minus ``naive`` in J&F (0..1 scale); recovered: the share of it
@@ -206,15 +225,21 @@ def gap_note(gap: float | None, recovered: float | None, error: float | None = N
         return None
     spread = "" if error is None else f" ± {100 * error:.1f}"
     if recovered is not None:
-        return (f"Two-shot recovers {100 * recovered:.0f}% of the gap between {naive} and full "
-                f"supervision ({100 * gap:.1f}{spread} J&F).")
+        return (
+            f"Two-shot recovers {100 * recovered:.0f}% of the gap between {naive} and full "
+            f"supervision ({100 * gap:.1f}{spread} J&F)."
+        )
     side = "above" if gap >= 0 else "below"
     needed = f"at least {100 * MIN_GAP:.0f} J&F"
     if error is not None:
-        needed += f" and {SIGNIFICANT_ERRORS:.0f} standard errors ({SIGNIFICANT_ERRORS * 100 * error:.1f} J&F)"
-    return (f"Full supervision scores {100 * abs(gap):.1f}{spread} J&F {side} {naive} here; "
-            f"measuring how much of the gap two-shot training recovers needs a gap of {needed}. "
-            "Within this noise, labels do not measurably limit these models.")
+        needed += (
+            f" and {SIGNIFICANT_ERRORS:.0f} standard errors ({SIGNIFICANT_ERRORS * 100 * error:.1f} J&F)"
+        )
+    return (
+        f"Full supervision scores {100 * abs(gap):.1f}{spread} J&F {side} {naive} here; "
+        f"measuring how much of the gap two-shot training recovers needs a gap of {needed}. "
+        "Within this noise, labels do not measurably limit these models."
+    )
 
 
 class Pipeline:
@@ -233,8 +258,9 @@ class Pipeline:
         self.progress = progress
         self.kind = self.p.dataset or detect_kind(self.p.data, self.p.train_split)
         self.timings_path = self.out / "timings.json"
-        self.timings: dict[str, float] = (json.loads(self.timings_path.read_text())
-                                          if self.timings_path.is_file() else {})
+        self.timings: dict[str, float] = (
+            json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}
+        )
         self._train: list[VideoSequence] | None = None
 
     # -- data -------------------------------------------------------------------------------
@@ -274,8 +300,12 @@ class Pipeline:
         if self.p.budget:
             budget = load_budget(self.p.budget)
         else:
-            budget = make_budget(self.train_sequences, shots=self.p.shots,
-                                 strategy=self.p.budget_strategy, seed=self.p.budget_seed)
+            budget = make_budget(
+                self.train_sequences,
+                shots=self.p.shots,
+                strategy=self.p.budget_strategy,
+                seed=self.p.budget_seed,
+            )
         apply_budget(self.train_sequences, budget)  # validate before anything trains on it
         save_budget(path, budget)
         return path, budget
@@ -284,10 +314,12 @@ class Pipeline:
         """Training videos restricted to the budget's labeled frames."""
         return apply_budget(self.train_sequences, budget)
 
-    def _train_step(self, name: str, stage: str, make: Callable[[], tuple[Any, Any]],
-                    init: Path | str | None) -> Path:
+    def _train_step(
+        self, name: str, stage: str, make: Callable[[], tuple[Any, Any]], init: Path | str | None
+    ) -> Path:
         """Train model ``name`` unless its weights exist; resumes from a checkpoint."""
         from twoshot.train.trainer import train
+
         out_dir = self.out / name
         final = out_dir / "final.pth"
         if final.is_file():
@@ -297,14 +329,27 @@ class Pipeline:
         def work() -> Path:
             dataset, mode = make()
             resume = (out_dir / "checkpoint.pt").is_file()
-            return train(self.config, stage, dataset, out_dir, init=init, resume=resume, mode=mode,
-                         device=self.p.device, progress=self.progress)
+            return train(
+                self.config,
+                stage,
+                dataset,
+                out_dir,
+                init=init,
+                resume=resume,
+                mode=mode,
+                device=self.p.device,
+                progress=self.progress,
+            )
+
         return self._timed(name, work)
 
     def _crop_kwargs(self) -> dict[str, Any]:
         cfg = self.config.main
-        return {"max_skip": cfg.max_skip_values[0], "seed": cfg.seed,
-                "annotation_stride": 5 if self.kind == "youtube" else 1}
+        return {
+            "max_skip": cfg.max_skip_values[0],
+            "seed": cfg.seed,
+            "annotation_stride": 5 if self.kind == "youtube" else 1,
+        }
 
     def static(self) -> Path | None:
         """Step 2: static-image pretraining, when ``static_data`` is given."""
@@ -313,10 +358,16 @@ class Pipeline:
         if not self.p.static_data:
             return None
         from twoshot.data.static_clips import StaticClipDataset
+
         cfg = self.config.static
+        data = self.p.static_data
+        assert data is not None  # the pipeline skips the static stage without it
         return self._train_step(
-            "static", "static",
-            lambda: (StaticClipDataset(self.p.static_data, cfg.crop_size, seed=cfg.seed), None), None)
+            "static",
+            "static",
+            lambda: (StaticClipDataset(data, cfg.crop_size, seed=cfg.seed), None),
+            None,
+        )
 
     def phase1(self, budget: Budget, init: Path | None) -> Path:
         """Step 3: two-shot phase 1 on the budgeted videos."""
@@ -326,15 +377,22 @@ class Pipeline:
         def make() -> tuple[Any, Any]:
             videos, crop = self.budgeted(budget), self.config.main.crop_size
             warm = VOSClipDataset(videos, crop, mode="labeled_only", **self._crop_kwargs())
-            clips = VOSClipDataset(videos, crop, mode="phase1", **self._crop_kwargs(),
-                                   labeled_clip_share=self.config.twoshot.labeled_clip_share)
+            clips = VOSClipDataset(
+                videos,
+                crop,
+                mode="phase1",
+                **self._crop_kwargs(),
+                labeled_clip_share=self.config.twoshot.labeled_clip_share,
+            )
             return None, Phase1Mode(warm, clips, self.config.twoshot)
+
         return self._train_step("phase1", "main", make, init)
 
     def bank(self, budget_path: Path, weights: Path) -> Path:
         """Step 4: the pseudo-label bank from phase 1's weights."""
         from twoshot.inference.pseudo_label import build_bank
         from twoshot.model import load_model
+
         bank = self.out / "bank"
         manifest = bank / "manifest.json"
         if manifest.is_file() and json.loads(manifest.read_text()).get("status") == "complete":
@@ -343,9 +401,18 @@ class Pipeline:
 
         def work() -> Path:
             model = load_model(weights, self.config.model)
-            build_bank(model, self.train_sequences, budget_path, bank, self.config.inference,
-                       checkpoint=weights, device=resolve_device(self.p.device), progress=self.progress)
+            build_bank(
+                model,
+                self.train_sequences,
+                budget_path,
+                bank,
+                self.config.inference,
+                checkpoint=weights,
+                device=resolve_device(self.p.device),
+                progress=self.progress,
+            )
             return bank
+
         return self._timed("bank", work)
 
     def phase2(self, bank: Path, init: Path | None) -> Path:
@@ -360,26 +427,49 @@ class Pipeline:
             dataset = VOSClipDataset(videos, self.config.main.crop_size, mode="bank", **kwargs)
             # With twoshot.write_back the mode rewrites the bank's PNGs of unlabeled frames.
             return dataset, Phase2Mode(self.config.twoshot, bank=bank, videos=videos)
+
         return self._train_step("phase2", "main", make, init)
 
     def naive(self, budget: Budget, init: Path | None) -> Path:
         """Baseline: supervised training on the labeled frames only."""
         from twoshot.data.vos_clips import VOSClipDataset
-        return self._train_step("naive", "main", lambda: (VOSClipDataset(
-            self.budgeted(budget), self.config.main.crop_size, mode="labeled_only",
-            **self._crop_kwargs()), None), init)
+
+        return self._train_step(
+            "naive",
+            "main",
+            lambda: (
+                VOSClipDataset(
+                    self.budgeted(budget),
+                    self.config.main.crop_size,
+                    mode="labeled_only",
+                    **self._crop_kwargs(),
+                ),
+                None,
+            ),
+            init,
+        )
 
     def full(self, init: Path | None) -> Path:
         """Baseline: supervised training on every annotated frame."""
         from twoshot.data.vos_clips import VOSClipDataset
-        return self._train_step("full", "main", lambda: (VOSClipDataset(
-            self.train_sequences, self.config.main.crop_size, mode="full",
-            **self._crop_kwargs()), None), init)
+
+        return self._train_step(
+            "full",
+            "main",
+            lambda: (
+                VOSClipDataset(
+                    self.train_sequences, self.config.main.crop_size, mode="full", **self._crop_kwargs()
+                ),
+                None,
+            ),
+            init,
+        )
 
     def predict(self, name: str, weights: Path) -> Path:
         """Segment the validation videos with model ``name``; DAVIS-layout PNGs."""
         from twoshot.inference.predict import predict_sequences
         from twoshot.model import load_model
+
         out = self.out / "predictions" / name
         done = out / ".complete"
         if done.is_file():
@@ -387,22 +477,31 @@ class Pipeline:
 
         def work() -> Path:
             model = load_model(weights, self.config.model)
-            predict_sequences(model, self.val_sequences(), out, self.config.inference,
-                              device=resolve_device(self.p.device), progress=self.progress)
+            predict_sequences(
+                model,
+                self.val_sequences(),
+                out,
+                self.config.inference,
+                device=resolve_device(self.p.device),
+                progress=self.progress,
+            )
             done.write_text("ok\n")
             return out
+
         return self._timed(f"infer:{name}", work)
 
     def evaluate(self, name: str, predictions: Path) -> dict[str, Any]:
         """J&F of one model's predictions on the validation videos (cached as JSON): the
         global "J&F-Mean", "J-Mean", "F-Mean", and "objects", each object's J&F."""
         from twoshot.evaluate.folders import evaluate_folders
+
         path = self.out / "eval" / f"{name}.json"
         if path.is_file():
             return json.loads(path.read_text())
         gt = self._annotation_root(self.p.val_split)
-        result = evaluate_folders(predictions, gt, [s.name for s in self.val_sequences()],
-                                  workers=self.p.eval_workers)
+        result = evaluate_folders(
+            predictions, gt, [s.name for s in self.val_sequences()], workers=self.p.eval_workers
+        )
         scores: dict[str, Any] = {k: float(result.scores[k]) for k in ("J&F-Mean", "J-Mean", "F-Mean")}
         scores["objects"] = {o.name: (o.j_mean + o.f_mean) / 2 for o in result.objects}
         write_json(path, scores)
@@ -425,11 +524,16 @@ class Pipeline:
         if not self.has_full_annotations():
             return None
         from twoshot.evaluate.folders import evaluate_folders
+
         path = self.out / "eval" / "bank.json"
         if path.is_file():
             return float(json.loads(path.read_text())["J&F-Mean"])
-        result = evaluate_folders(bank, self._annotation_root(self.p.train_split),
-                                  [s.name for s in self.train_sequences], workers=self.p.eval_workers)
+        result = evaluate_folders(
+            bank,
+            self._annotation_root(self.p.train_split),
+            [s.name for s in self.train_sequences],
+            workers=self.p.eval_workers,
+        )
         write_json(path, {"J&F-Mean": result.j_and_f})
         return float(result.j_and_f)
 
@@ -444,21 +548,26 @@ class Pipeline:
         try:
             saved = json.loads(saved_path.read_text())
         except (OSError, ValueError) as exc:
-            raise UserError(f"{saved_path}: cannot read the configuration of the run in this "
-                            f"folder ({exc}); use another output folder or delete it") from None
+            raise UserError(
+                f"{saved_path}: cannot read the configuration of the run in this "
+                f"folder ({exc}); use another output folder or delete it"
+            ) from None
         changed = config_differences(saved, to_dict(self.config), RUNTIME_KEYS)
         if changed:
-            raise UserError(f"{saved_path}: {self.out} holds a run with another configuration, "
-                            f"whose finished steps would be reused ({describe_differences(changed)}); "
-                            "use another output folder, or delete it to start over")
+            raise UserError(
+                f"{saved_path}: {self.out} holds a run with another configuration, "
+                f"whose finished steps would be reused ({describe_differences(changed)}); "
+                "use another output folder, or delete it to start over"
+            )
 
     def run(self) -> PipelineReport:
         """Run every step (skipping complete ones) and write the report. Returns it."""
         self._check_same_run()
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "config.json", to_dict(self.config))
-        budget_path, budget = self._timed("budget", self.budget) if not (self.out / "budget.json").is_file() \
-            else self.budget()
+        budget_path, budget = (
+            self._timed("budget", self.budget) if not (self.out / "budget.json").is_file() else self.budget()
+        )
         summary = summarize_budget(self.train_sequences, budget)
         init = self.static()
         weights: dict[str, Path] = {}
@@ -477,15 +586,28 @@ class Pipeline:
 
         share = summary.labeled_frames / max(summary.total_frames, 1)
         shares = {"static": 0.0, "phase1": share, "phase2": share, "naive": share, "full": 1.0}
-        report = PipelineReport(out=str(self.out), budget=str(budget_path),
-                                labeled_frames=summary.labeled_frames, total_frames=summary.total_frames)
+        report = PipelineReport(
+            out=str(self.out),
+            budget=str(budget_path),
+            labeled_frames=summary.labeled_frames,
+            total_frames=summary.total_frames,
+        )
         for name in TRAINED_MODELS:
             if name not in weights:
                 continue
             scores = self.evaluate(name, self.predict(name, weights[name]))
-            report.models.append(ModelScore(name, MODEL_TITLES[name], scores["J&F-Mean"],
-                                            scores["J-Mean"], scores["F-Mean"], shares[name],
-                                            self.timings.get(name), scores.get("objects", {})))
+            report.models.append(
+                ModelScore(
+                    name,
+                    MODEL_TITLES[name],
+                    scores["J&F-Mean"],
+                    scores["J-Mean"],
+                    scores["F-Mean"],
+                    shares[name],
+                    self.timings.get(name),
+                    scores.get("objects", {}),
+                )
+            )
         report.bank_j_and_f = self.evaluate_bank(bank)
         report.stage_seconds = dict(self.timings)
         write_report(report, self.out)
@@ -499,19 +621,24 @@ def run_pipeline(config: Config, log: Callable[[str], None] = print, progress: b
 
 def format_report(report: PipelineReport) -> str:
     """The report as a Markdown table (J&F x 100, share of labeled frames, training time)."""
-    lines = ["| model | J&F | J | F | labeled frames | training time |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| model | J&F | J | F | labeled frames | training time |", "|---|---:|---:|---:|---:|---:|"]
     for m in report.models:
         seconds = f"{m.train_seconds:.0f} s" if m.train_seconds is not None else "-"
-        lines.append(f"| {m.title} | {100 * m.j_and_f:.1f} | {100 * m.j_mean:.1f} | "
-                     f"{100 * m.f_mean:.1f} | {100 * m.labeled_share:.1f}% | {seconds} |")
-    notes = [f"Labeled frames: {report.labeled_frames} of {report.total_frames} "
-             f"({100 * report.labeled_frames / max(report.total_frames, 1):.1f}%)."]
+        lines.append(
+            f"| {m.title} | {100 * m.j_and_f:.1f} | {100 * m.j_mean:.1f} | "
+            f"{100 * m.f_mean:.1f} | {100 * m.labeled_share:.1f}% | {seconds} |"
+        )
+    notes = [
+        f"Labeled frames: {report.labeled_frames} of {report.total_frames} "
+        f"({100 * report.labeled_frames / max(report.total_frames, 1):.1f}%)."
+    ]
     if report.bank_j_and_f is not None:
-        notes.append(f"Pseudo-label bank vs. ground truth on the training videos: "
-                     f"J&F {100 * report.bank_j_and_f:.1f}.")
-    note = gap_note(report.gap(), report.gap_recovered(), report.gap_error()) \
-        if report.score("phase2") else None
+        notes.append(
+            f"Pseudo-label bank vs. ground truth on the training videos: J&F {100 * report.bank_j_and_f:.1f}."
+        )
+    note = (
+        gap_note(report.gap(), report.gap_recovered(), report.gap_error()) if report.score("phase2") else None
+    )
     if note:
         notes.append(note)
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"

@@ -13,16 +13,27 @@ HELP = "choose K labeled frames per video (a label budget) and write them as JSO
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--data, --dataset, --split, --resolution, --shots, --strategy, --seed, --out."""
     parser.add_argument("--data", required=True, metavar="PATH", help="dataset root folder")
-    parser.add_argument("--dataset", choices=("davis", "youtube", "generic"), default=None,
-                        help="layout of --data (default: detected)")
-    parser.add_argument("--split", default=None,
-                        help="split to read (default: train for DAVIS and YouTube-VOS, none for "
-                             "generic folders)")
+    parser.add_argument(
+        "--dataset",
+        choices=("davis", "youtube", "generic"),
+        default=None,
+        help="layout of --data (default: detected)",
+    )
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="split to read (default: train for DAVIS and YouTube-VOS, none for generic folders)",
+    )
     parser.add_argument("--resolution", default="480p", help="DAVIS resolution (default: 480p)")
-    parser.add_argument("--shots", type=int, default=2, metavar="K",
-                        help="labeled frames per video (default: 2)")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="random",
-                        help="how frames are chosen among the annotated ones (default: random)")
+    parser.add_argument(
+        "--shots", type=int, default=2, metavar="K", help="labeled frames per video (default: 2)"
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="random",
+        help="how frames are chosen among the annotated ones (default: random)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
     parser.add_argument("--out", required=True, metavar="FILE", help="budget JSON to write")
 
@@ -36,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
     sequences = open_dataset(kind, args.data, split, resolution=args.resolution)
     budget = make_budget(sequences, shots=args.shots, strategy=args.strategy, seed=args.seed)
     save_budget(args.out, budget)
-    print(f"wrote {args.out} ({kind}{'/' + split if split else ''}, {args.strategy}, "
-          f"{args.shots} per video, seed {args.seed})")
+    print(
+        f"wrote {args.out} ({kind}{'/' + split if split else ''}, {args.strategy}, "
+        f"{args.shots} per video, seed {args.seed})"
+    )
     print(summarize_budget(sequences, budget, shots=args.shots).text())
     return 0

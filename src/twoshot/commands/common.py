@@ -9,11 +9,19 @@ from twoshot.config import PRESETS, Config, load_config
 
 def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str = "stcn") -> None:
     """Add --preset, --config and trailing ``section.key=value`` overrides."""
-    parser.add_argument("--preset", choices=PRESETS, default=None,
-                        help=f"shipped configuration preset (default: {default_preset})")
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default=None,
+        help=f"shipped configuration preset (default: {default_preset})",
+    )
     parser.add_argument("--config", metavar="FILE", help="YAML file with config sections")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. main.lr=1e-4 model.key_dim=32")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. main.lr=1e-4 model.key_dim=32",
+    )
     parser.set_defaults(_default_preset=default_preset)
 
 
@@ -24,5 +32,4 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """Build the Config described by --preset / --config / overrides."""
-    return load_config(args.preset, args.config, args.overrides,
-                       default_preset=args._default_preset)
+    return load_config(args.preset, args.config, args.overrides, default_preset=args._default_preset)

@@ -5,53 +5,100 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twoshot.commands.common import add_progress_argument
 from twoshot.config import MODEL_KINDS, PRESETS, InferenceConfig
 from twoshot.errors import UserError
 
+if TYPE_CHECKING:  # the model module imports torch: not at the CLI's start
+    from twoshot.model.interface import VOSModel
 
 HELP = "segment videos (DAVIS, YouTube-VOS, generic folders, a video file) from their first masks"
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--checkpoint, --model, --preset and the inference settings shared with ``pseudo-label``."""
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT",
-                        help="STCN or Cutie weights (raw state dict or training checkpoint)")
-    parser.add_argument("--model", choices=tuple(MODEL_KINDS), default=None,
-                        help="the architecture of the weights (default: told from their names)")
-    parser.add_argument("--preset", choices=PRESETS, default=None,
-                        help="model sizes and inference defaults (default: the config.json that "
-                             "'twoshot train' wrote beside the weights, else guessed from them)")
-    parser.add_argument("--mem-every", type=int, default=None, metavar="N",
-                        help="add a memory frame every N frames (default 5)")
-    parser.add_argument("--top-k", type=int, default=None, metavar="K",
-                        help="memory entries read per query pixel (default: the preset's, 20 for "
-                             "stcn, 30 for cutie)")
-    parser.add_argument("--size", type=int, default=None, metavar="PX",
-                        help="process at this shorter side; -1 keeps the native size (default: "
-                             "the preset's, 480 for stcn)")
-    parser.add_argument("--include-last", action="store_true",
-                        help="keep the previous frame as temporary memory")
-    parser.add_argument("--max-memory-frames", type=int, default=None, metavar="N",
-                        help="bound memory for long videos (labeled frames are always kept)")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="CKPT",
+        help="STCN or Cutie weights (raw state dict or training checkpoint)",
+    )
+    parser.add_argument(
+        "--model",
+        choices=tuple(MODEL_KINDS),
+        default=None,
+        help="the architecture of the weights (default: told from their names)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default=None,
+        help="model sizes and inference defaults (default: the config.json that "
+        "'twoshot train' wrote beside the weights, else guessed from them)",
+    )
+    parser.add_argument(
+        "--mem-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="add a memory frame every N frames (default 5)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        metavar="K",
+        help="memory entries read per query pixel (default: the preset's, 20 for stcn, 30 for cutie)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="process at this shorter side; -1 keeps the native size (default: the preset's, 480 for stcn)",
+    )
+    parser.add_argument(
+        "--include-last", action="store_true", help="keep the previous frame as temporary memory"
+    )
+    parser.add_argument(
+        "--max-memory-frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help="bound memory for long videos (labeled frames are always kept)",
+    )
     parser.add_argument("--amp", action="store_true", help="half-precision autocast (CUDA only)")
-    parser.add_argument("--amp-dtype", choices=("float16", "bfloat16"), default=None,
-                        help="the type --amp computes in (default float16)")
+    parser.add_argument(
+        "--amp-dtype",
+        choices=("float16", "bfloat16"),
+        default=None,
+        help="the type --amp computes in (default float16)",
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     add_progress_argument(parser)
 
 
-def load_model_and_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def load_model_and_config(args: argparse.Namespace) -> tuple[VOSModel, InferenceConfig]:
     """(model, InferenceConfig) from --checkpoint / --preset and the setting flags."""
     from twoshot.inference.predictor import load_for_inference
 
     model, config = load_for_inference(args.checkpoint, args.preset, args.model)
-    changes = {"mem_every": args.mem_every, "top_k": args.top_k, "size": args.size,
-               "max_memory_frames": args.max_memory_frames, "amp_dtype": args.amp_dtype}
-    config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None},
-                                 device=args.device, amp=args.amp or config.amp,
-                                 include_last=args.include_last or config.include_last)
+    changes = {
+        "mem_every": args.mem_every,
+        "top_k": args.top_k,
+        "size": args.size,
+        "max_memory_frames": args.max_memory_frames,
+        "amp_dtype": args.amp_dtype,
+    }
+    config = dataclasses.replace(
+        config,
+        **{k: v for k, v in changes.items() if v is not None},
+        device=args.device,
+        amp=args.amp or config.amp,
+        include_last=args.include_last or config.include_last,
+    )
     _check_settings(config)
     return model, config
 
@@ -69,24 +116,42 @@ def _check_settings(config: InferenceConfig) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``twoshot infer``."""
-    parser.add_argument("--dataset", choices=("davis", "youtube", "generic", "video"), default=None,
-                        help="layout of --data (default: detected)")
-    parser.add_argument("--data", required=True, metavar="PATH",
-                        help="dataset root, or a video file (with --masks)")
-    parser.add_argument("--split", default=None,
-                        help="DAVIS: val (default) / train / ...; YouTube-VOS: valid (default) ...")
-    parser.add_argument("--masks", default=None, metavar="DIR",
-                        help="video file only: folder of <frame_index>.png masks "
-                             "(default: <video stem>_masks next to it)")
+    parser.add_argument(
+        "--dataset",
+        choices=("davis", "youtube", "generic", "video"),
+        default=None,
+        help="layout of --data (default: detected)",
+    )
+    parser.add_argument(
+        "--data", required=True, metavar="PATH", help="dataset root, or a video file (with --masks)"
+    )
+    parser.add_argument(
+        "--split", default=None, help="DAVIS: val (default) / train / ...; YouTube-VOS: valid (default) ..."
+    )
+    parser.add_argument(
+        "--masks",
+        default=None,
+        metavar="DIR",
+        help="video file only: folder of <frame_index>.png masks (default: <video stem>_masks next to it)",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     add_model_arguments(parser)
-    parser.add_argument("--backward", action="store_true",
-                        help="also propagate backwards: every frame takes the propagation from its "
-                             "nearest annotated frame (each annotated frame must show all objects)")
-    parser.add_argument("--overlay", action="store_true",
-                        help="also write overlays of the masks on the frames (OUT/overlays/<video>/)")
-    parser.add_argument("--all-frames", action="store_true",
-                        help="YouTube-VOS: write every frame, not only those meta.json lists")
+    parser.add_argument(
+        "--backward",
+        action="store_true",
+        help="also propagate backwards: every frame takes the propagation from its "
+        "nearest annotated frame (each annotated frame must show all objects)",
+    )
+    parser.add_argument(
+        "--overlay",
+        action="store_true",
+        help="also write overlays of the masks on the frames (OUT/overlays/<video>/)",
+    )
+    parser.add_argument(
+        "--all-frames",
+        action="store_true",
+        help="YouTube-VOS: write every frame, not only those meta.json lists",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,12 +173,23 @@ def run(args: argparse.Namespace) -> int:
     sequences = open_dataset(kind, args.data, split, masks=masks if kind == "video" else None)
     model, config = load_model_and_config(args)
     engine = PropagationEngine(model, config)
-    print(f"twoshot infer: {len(sequences)} videos from {args.data} ({kind}"
-          f"{', ' + split if split else ''}) on {engine.device}, shorter side "
-          f"{'native' if config.size == -1 else config.size}")
-    summary = predict_sequences(engine, sequences, args.out, youtube=kind == "youtube",
-                                all_frames=args.all_frames, backward=args.backward,
-                                overlay=args.overlay, progress=not args.no_progress)
-    print(f"done: {summary.videos} videos, {summary.frames} frames, {summary.objects} objects in "
-          f"{summary.seconds:.1f} s ({summary.frames_per_second:.1f} frames/s) -> {args.out}")
+    print(
+        f"twoshot infer: {len(sequences)} videos from {args.data} ({kind}"
+        f"{', ' + split if split else ''}) on {engine.device}, shorter side "
+        f"{'native' if config.size == -1 else config.size}"
+    )
+    summary = predict_sequences(
+        engine,
+        sequences,
+        args.out,
+        youtube=kind == "youtube",
+        all_frames=args.all_frames,
+        backward=args.backward,
+        overlay=args.overlay,
+        progress=not args.no_progress,
+    )
+    print(
+        f"done: {summary.videos} videos, {summary.frames} frames, {summary.objects} objects in "
+        f"{summary.seconds:.1f} s ({summary.frames_per_second:.1f} frames/s) -> {args.out}"
+    )
     return 0

@@ -24,8 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) the pipeline and print the report table. Returns 0."""
     config = config_from_args(args)
-    for option, key in (("data", "data"), ("out", "out"), ("budget", "budget"),
-                        ("static_data", "static_data"), ("device", "device")):
+    for option, key in (
+        ("data", "data"),
+        ("out", "out"),
+        ("budget", "budget"),
+        ("static_data", "static_data"),
+        ("device", "device"),
+    ):
         value = getattr(args, option)
         if value is not None:
             setattr(config.pipeline, key, value)

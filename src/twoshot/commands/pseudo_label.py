@@ -14,15 +14,27 @@ HELP = "propagate each video's labeled frames both ways into a bank of dense pse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``twoshot pseudo-label``."""
     parser.add_argument("--data", required=True, metavar="PATH", help="dataset root")
-    parser.add_argument("--dataset", choices=("davis", "youtube", "generic"), default=None,
-                        help="layout of --data (default: detected)")
+    parser.add_argument(
+        "--dataset",
+        choices=("davis", "youtube", "generic"),
+        default=None,
+        help="layout of --data (default: detected)",
+    )
     parser.add_argument("--split", default="train", help="split to label (default train)")
-    parser.add_argument("--budget", required=True, metavar="JSON",
-                        help="label budget {video: [labeled frame files]}")
-    parser.add_argument("--out", required=True, metavar="BANK",
-                        help="bank folder (resumed if it holds a bank made with the same inputs)")
-    parser.add_argument("--confidence", action="store_true",
-                        help="also write max-probability maps (BANK/<video>/confidence/*.png)")
+    parser.add_argument(
+        "--budget", required=True, metavar="JSON", help="label budget {video: [labeled frame files]}"
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="BANK",
+        help="bank folder (resumed if it holds a bank made with the same inputs)",
+    )
+    parser.add_argument(
+        "--confidence",
+        action="store_true",
+        help="also write max-probability maps (BANK/<video>/confidence/*.png)",
+    )
     add_model_arguments(parser)
 
 
@@ -33,19 +45,29 @@ def run(args: argparse.Namespace) -> int:
 
     kind = args.dataset or detect_kind(args.data, args.split)
     if kind == "video":
-        raise UserError(f"{args.data}: pseudo-labelling needs a dataset folder (davis, youtube "
-                        "or generic), not a video file")
+        raise UserError(
+            f"{args.data}: pseudo-labelling needs a dataset folder (davis, youtube "
+            "or generic), not a video file"
+        )
     split: str | None = args.split
     if kind == "generic" and not (Path(args.data) / args.split).is_dir():
-        split = None   # a generic root holds JPEGImages/ itself
+        split = None  # a generic root holds JPEGImages/ itself
     sequences = open_dataset(kind, args.data, split)
     model, config = load_model_and_config(args)
-    summary = build_bank(model, sequences, args.budget, args.out, config,
-                         checkpoint=args.checkpoint, confidence=args.confidence,
-                         progress=not args.no_progress)
+    summary = build_bank(
+        model,
+        sequences,
+        args.budget,
+        args.out,
+        config,
+        checkpoint=args.checkpoint,
+        confidence=args.confidence,
+        progress=not args.no_progress,
+    )
     if summary.manifest is not None or summary.written:
-        print(f"done: {summary.written} videos written, skipped {summary.skipped} (already in the "
-              f"bank or another process's), {summary.frames} frames in {summary.seconds:.1f} s "
-              f"({summary.frames_per_second:.1f} frames/s) -> {summary.out}")
+        print(
+            f"done: {summary.written} videos written, skipped {summary.skipped} (already in the "
+            f"bank or another process's), {summary.frames} frames in {summary.seconds:.1f} s "
+            f"({summary.frames_per_second:.1f} frames/s) -> {summary.out}"
+        )
     return 0
-

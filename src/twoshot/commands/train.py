@@ -19,22 +19,39 @@ DATASET_KINDS = ("davis", "youtube", "generic", "static")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--stage, --data, --dataset, --split, --out, --init, --resume, --device, config args."""
-    parser.add_argument("--stage", choices=("static", "main"), required=True,
-                        help="static: 3-frame clips warped from image/mask pairs (STCN stage 0); "
-                             "main: clips from videos")
+    parser.add_argument(
+        "--stage",
+        choices=("static", "main"),
+        required=True,
+        help="static: 3-frame clips warped from image/mask pairs (STCN stage 0); main: clips from videos",
+    )
     parser.add_argument("--data", required=True, metavar="PATH", help="dataset folder")
-    parser.add_argument("--dataset", choices=DATASET_KINDS, default=None,
-                        help="layout of --data (default: static for --stage static, else "
-                             "detected from the folder)")
-    parser.add_argument("--split", default=None,
-                        help="DAVIS ImageSets split or YouTube-VOS sub-folder, e.g. train")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="output folder: checkpoint.pt, final.pth, log.jsonl, tensorboard/")
-    parser.add_argument("--init", metavar="WEIGHTS", default=None,
-                        help="start from these weights (e.g. the static stage's final.pth)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from DIR/checkpoint.pt (weights, optimiser, schedule, "
-                             "data position, random states)")
+    parser.add_argument(
+        "--dataset",
+        choices=DATASET_KINDS,
+        default=None,
+        help="layout of --data (default: static for --stage static, else detected from the folder)",
+    )
+    parser.add_argument(
+        "--split", default=None, help="DAVIS ImageSets split or YouTube-VOS sub-folder, e.g. train"
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder: checkpoint.pt, final.pth, log.jsonl, tensorboard/",
+    )
+    parser.add_argument(
+        "--init",
+        metavar="WEIGHTS",
+        default=None,
+        help="start from these weights (e.g. the static stage's final.pth)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from DIR/checkpoint.pt (weights, optimiser, schedule, data position, random states)",
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     add_progress_argument(parser)
     add_config_arguments(parser, default_preset="stcn")
@@ -46,8 +63,16 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     dataset = build_stage_dataset(args.stage, config, args.data, args.dataset, args.split)
-    final = train(config, args.stage, dataset, args.out, init=args.init, resume=args.resume,
-                  device=args.device, progress=not args.no_progress)
+    final = train(
+        config,
+        args.stage,
+        dataset,
+        args.out,
+        init=args.init,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.no_progress,
+    )
     if os.environ.get("RANK", "0") == "0":  # one line per run, not per torchrun process
         print(f"final weights: {final}")
     return 0

@@ -73,8 +73,10 @@ def draw_jitter(rng: np.random.Generator, jitter: Jitter) -> JitterDraw:
     """Draw factors for ``jitter``: always 5 draws (order + 4 factors), so the random stream
     does not depend on which strengths are zero."""
     order = tuple(int(i) for i in rng.permutation(4))
-    factors = [float(rng.uniform(max(0.0, 1.0 - s), 1.0 + s))
-               for s in (jitter.brightness, jitter.contrast, jitter.saturation)]
+    factors = [
+        float(rng.uniform(max(0.0, 1.0 - s), 1.0 + s))
+        for s in (jitter.brightness, jitter.contrast, jitter.saturation)
+    ]
     hue = float(rng.uniform(-jitter.hue, jitter.hue))
     return JitterDraw(order, factors[0], factors[1], factors[2], hue)
 
@@ -107,22 +109,25 @@ def apply_jitter(image: np.ndarray, draw: JitterDraw) -> np.ndarray:
             image = cv2.LUT(image, _lut(_identity_lut() * draw.brightness))
         elif op == 1 and draw.contrast != 1.0:
             mean = float(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).mean())
-            mean = float(int(mean + 0.5))      # PIL rounds the mean luma
+            mean = float(int(mean + 0.5))  # PIL rounds the mean luma
             image = cv2.LUT(image, _lut(mean + draw.contrast * (_identity_lut() - mean)))
         elif op == 2 and draw.saturation != 1.0:
-            image = cv2.addWeighted(image, draw.saturation, to_grayscale(image),
-                                    1.0 - draw.saturation, 0.0)
+            image = cv2.addWeighted(image, draw.saturation, to_grayscale(image), 1.0 - draw.saturation, 0.0)
         elif op == 3 and draw.hue != 0.0:
-            hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV_FULL)   # H in 0..255 as PIL's
+            hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV_FULL)  # H in 0..255 as PIL's
             shift = int(round(draw.hue * 255))
             hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + shift) % 256).astype(np.uint8)
             image = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
     return image
 
 
-def random_resized_crop_box(rng: np.random.Generator, height: int, width: int,
-                            scale: tuple[float, float] = (0.36, 1.0),
-                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.36, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
     """torchvision RandomResizedCrop.get_params: (top, left, crop_h, crop_w) in pixels.
 
     Up to 10 tries for a box of area ``scale`` x image area and aspect ``ratio`` (log-uniform)
@@ -149,9 +154,14 @@ def random_resized_crop_box(rng: np.random.Generator, height: int, width: int,
     return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
 
 
-def affine_matrix(angle: float, shear_x: float, shear_y: float = 0.0, scale: float = 1.0,
-                  center: tuple[float, float] = (0.0, 0.0),
-                  translate: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+def affine_matrix(
+    angle: float,
+    shear_x: float,
+    shear_y: float = 0.0,
+    scale: float = 1.0,
+    center: tuple[float, float] = (0.0, 0.0),
+    translate: tuple[float, float] = (0.0, 0.0),
+) -> np.ndarray:
     """Forward 2x3 matrix (source -> destination pixel, OpenCV convention) of torchvision's
     RandomAffine: rotation-scale-shear ``R(a) S(s) SHy(sy) SHx(sx)`` about ``center``, then
     ``translate``. Angles in degrees."""
@@ -189,13 +199,19 @@ def crop_resize_matrix(crop_box: tuple[int, int, int, int], size: int) -> np.nda
     """
     top, left, crop_h, crop_w = crop_box
     sx, sy = size / crop_w, size / crop_h
-    return np.array([[sx, 0.0, (0.5 - left) * sx - 0.5],
-                     [0.0, sy, (0.5 - top) * sy - 0.5],
-                     [0.0, 0.0, 1.0]], dtype=np.float64)
+    return np.array(
+        [[sx, 0.0, (0.5 - left) * sx - 0.5], [0.0, sy, (0.5 - top) * sy - 0.5], [0.0, 0.0, 1.0]],
+        dtype=np.float64,
+    )
 
 
-def labels_to_frame(labels: np.ndarray, matrix: np.ndarray, crop_box: tuple[int, int, int, int],
-                    frame_size: tuple[int, int], fill: int = 255) -> np.ndarray:
+def labels_to_frame(
+    labels: np.ndarray,
+    matrix: np.ndarray,
+    crop_box: tuple[int, int, int, int],
+    frame_size: tuple[int, int],
+    fill: int = 255,
+) -> np.ndarray:
     """Warp a crop's label map back onto its original frame (inverse of ClipAugment's geometry).
 
     labels: uint8 [S, S] in crop pixels; matrix: the frame's 3x3 original -> crop map
@@ -213,10 +229,14 @@ def labels_to_frame(labels: np.ndarray, matrix: np.ndarray, crop_box: tuple[int,
     box_to_crop = (np.asarray(matrix, dtype=np.float64) @ from_box)[:2]
     # WARP_INVERSE_MAP: dst(p) = src(box_to_crop @ p), i.e. nearest sampling of the crop at
     # each box pixel's image, which is what write-back needs.
-    out[top:top + crop_h, left:left + crop_w] = cv2.warpAffine(
-        np.ascontiguousarray(labels, dtype=np.uint8), box_to_crop, (crop_w, crop_h),
-        flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
-        borderValue=fill)
+    out[top : top + crop_h, left : left + crop_w] = cv2.warpAffine(
+        np.ascontiguousarray(labels, dtype=np.uint8),
+        box_to_crop,
+        (crop_w, crop_h),
+        flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=fill,
+    )
     return out
 
 
@@ -251,8 +271,9 @@ class ClipAugment:
     shear: float = 10.0
     frame_jitter: Jitter = Jitter(0.01, 0.01, 0.01, 0.0)
 
-    def __call__(self, rng: np.random.Generator, images: Sequence[np.ndarray],
-                 masks: Sequence[np.ndarray | None]) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    def __call__(
+        self, rng: np.random.Generator, images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None]
+    ) -> tuple[np.ndarray, list[np.ndarray | None]]:
         """Augment a clip.
 
         images: T uint8 RGB frames [H, W, 3] of one video (same size); masks: T uint8 label
@@ -264,16 +285,18 @@ class ClipAugment:
         clip = self.augment_clip(rng, images, masks)
         return clip.pixels, clip.masks
 
-    def augment_clip(self, rng: np.random.Generator, images: Sequence[np.ndarray],
-                     masks: Sequence[np.ndarray | None]) -> AugmentedClip:
+    def augment_clip(
+        self, rng: np.random.Generator, images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None]
+    ) -> AugmentedClip:
         """Augment a clip (same arguments and random draws as :meth:`__call__`) and also
         report its geometry: an :class:`AugmentedClip` whose ``matrices`` [T, 3, 3] map
         original-frame pixels to crop pixels (invert with :func:`labels_to_frame`)."""
         size = self.crop_size
         height, width = images[0].shape[:2]
         # Shared by the clip: one crop box, one flip, one colour draw.
-        top, left, crop_h, crop_w = random_resized_crop_box(rng, height, width,
-                                                            self.crop_scale, self.crop_ratio)
+        top, left, crop_h, crop_w = random_resized_crop_box(
+            rng, height, width, self.crop_scale, self.crop_ratio
+        )
         flip = bool(rng.random() < self.hflip_p)
         shared = draw_jitter(rng, self.clip_jitter)
         gray = bool(rng.random() < self.grayscale_p)
@@ -288,21 +311,30 @@ class ClipAugment:
             if image.shape[:2] != (height, width):
                 raise ValueError(f"frame {t} is {image.shape[:2]}, frame 0 is {(height, width)}")
             # Per frame: affine and a small jitter, drawn whether or not the frame has a mask.
-            matrix = affine_matrix(float(rng.uniform(-self.rotate, self.rotate)),
-                                   float(rng.uniform(-self.shear, self.shear)), center=center)
+            matrix = affine_matrix(
+                float(rng.uniform(-self.rotate, self.rotate)),
+                float(rng.uniform(-self.shear, self.shear)),
+                center=center,
+            )
             if flip:
                 matrix = matrix @ mirror
             own = draw_jitter(rng, self.frame_jitter)
-            matrices[t, :2] = matrix @ resize      # original frame -> crop, one 3x3 per frame
+            matrices[t, :2] = matrix @ resize  # original frame -> crop, one 3x3 per frame
             matrices[t, 2] = (0.0, 0.0, 1.0)
 
-            crop = image[top:top + crop_h, left:left + crop_w]
+            crop = image[top : top + crop_h, left : left + crop_w]
             crop = _resize(crop, size, size)
             pixels = apply_jitter(np.ascontiguousarray(crop), shared)
             if gray:
                 pixels = to_grayscale(pixels)
-            pixels = cv2.warpAffine(pixels, matrix, (size, size), flags=cv2.INTER_CUBIC,
-                                    borderMode=cv2.BORDER_CONSTANT, borderValue=FILL_RGB)
+            pixels = cv2.warpAffine(
+                pixels,
+                matrix,
+                (size, size),
+                flags=cv2.INTER_CUBIC,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=FILL_RGB,
+            )
             out_images[t] = apply_jitter(pixels, own)
 
             if mask is None:
@@ -310,16 +342,27 @@ class ClipAugment:
                 continue
             if mask.shape[:2] != (height, width):
                 raise ValueError(f"mask {t} is {mask.shape[:2]}, its frame is {(height, width)}")
-            labels = _resize(mask[top:top + crop_h, left:left + crop_w], size, size, nearest=True)
-            labels = cv2.warpAffine(np.ascontiguousarray(labels), matrix, (size, size),
-                                    flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
-                                    borderValue=0)
+            labels = _resize(mask[top : top + crop_h, left : left + crop_w], size, size, nearest=True)
+            labels = cv2.warpAffine(
+                np.ascontiguousarray(labels),
+                matrix,
+                (size, size),
+                flags=cv2.INTER_NEAREST,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=0,
+            )
             out_masks.append(labels)
         return AugmentedClip(out_images, out_masks, matrices, (top, left, crop_h, crop_w))
 
 
-def tps_maps(rng: np.random.Generator, height: int, width: int, num_points: int = 12,
-             scale: float = 0.02, grid_step: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def tps_maps(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    num_points: int = 12,
+    scale: float = 0.02,
+    grid_step: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
     """Random thin-plate-spline warp as ``cv2.remap`` maps (float32 [H, W] each).
 
     ``num_points`` control points at random positions (coordinates normalised to [0, 1])
@@ -338,9 +381,9 @@ def tps_maps(rng: np.random.Generator, height: int, width: int, num_points: int 
     system = np.zeros((n + 3, n + 3))
     system[:n, :n] = kernel(dst, dst) + 1e-8 * np.eye(n)  # tiny ridge: well-posed for any points
     system[:n, n] = 1.0
-    system[:n, n + 1:] = dst
+    system[:n, n + 1 :] = dst
     system[n, :n] = 1.0
-    system[n + 1:, :n] = dst.T
+    system[n + 1 :, :n] = dst.T
     rhs = np.zeros((n + 3, 2))
     rhs[:n] = src
     coef = np.linalg.solve(system, rhs)
@@ -348,11 +391,17 @@ def tps_maps(rng: np.random.Generator, height: int, width: int, num_points: int 
     gh, gw = max(2, -(-height // grid_step)), max(2, -(-width // grid_step))
     gy, gx = np.meshgrid(np.linspace(0, 1, gh), np.linspace(0, 1, gw), indexing="ij")
     grid = np.stack([gx.ravel(), gy.ravel()], axis=1)
-    mapped = kernel(grid, dst) @ coef[:n] + coef[n] + grid @ coef[n + 1:]
-    map_x = cv2.resize((mapped[:, 0] * (width - 1)).reshape(gh, gw).astype(np.float32),
-                       (width, height), interpolation=cv2.INTER_LINEAR)
-    map_y = cv2.resize((mapped[:, 1] * (height - 1)).reshape(gh, gw).astype(np.float32),
-                       (width, height), interpolation=cv2.INTER_LINEAR)
+    mapped = kernel(grid, dst) @ coef[:n] + coef[n] + grid @ coef[n + 1 :]
+    map_x = cv2.resize(
+        (mapped[:, 0] * (width - 1)).reshape(gh, gw).astype(np.float32),
+        (width, height),
+        interpolation=cv2.INTER_LINEAR,
+    )
+    map_y = cv2.resize(
+        (mapped[:, 1] * (height - 1)).reshape(gh, gw).astype(np.float32),
+        (width, height),
+        interpolation=cv2.INTER_LINEAR,
+    )
     return map_x, map_y
 
 
@@ -373,8 +422,9 @@ class StaticClipAugment:
     tps_p: float = 0.33
     tps_scale: float = 0.02
 
-    def __call__(self, rng: np.random.Generator, image: np.ndarray,
-                 mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """image: uint8 [H, W, 3]; mask: bool or 0/1 [H, W].
         Returns (uint8 [T, S, S, 3], uint8 [T, S, S] with values 0/1)."""
         size = self.crop_size
@@ -385,8 +435,11 @@ class StaticClipAugment:
         factor = size / min(height, width)
         new_w, new_h = max(size, round(width * factor)), max(size, round(height * factor))
         base = _resize(image, new_w, new_h)
-        base_mask = cv2.resize(mask.astype(np.float32), (new_w, new_h),
-                               interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+        base_mask = cv2.resize(
+            mask.astype(np.float32),
+            (new_w, new_h),
+            interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR,
+        )
         center = ((new_w - 1) / 2.0, (new_h - 1) / 2.0)
 
         # Shared by the clip (applied to the one source image, hence once).
@@ -404,26 +457,48 @@ class StaticClipAugment:
         out_masks = np.empty((self.num_frames, size, size), dtype=np.uint8)
         for t in range(self.num_frames):
             frame = np.eye(3)
-            frame[:2] = affine_matrix(float(rng.uniform(-self.rotate, self.rotate)),
-                                      float(rng.uniform(-self.shear, self.shear)),
-                                      scale=float(rng.uniform(*self.frame_scale)), center=center)
+            frame[:2] = affine_matrix(
+                float(rng.uniform(-self.rotate, self.rotate)),
+                float(rng.uniform(-self.shear, self.shear)),
+                scale=float(rng.uniform(*self.frame_scale)),
+                center=center,
+            )
             top = int(rng.integers(new_h - size + 1))
             left = int(rng.integers(new_w - size + 1))
             crop = np.array([[1.0, 0.0, -left], [0.0, 1.0, -top], [0.0, 0.0, 1.0]])
             matrix = (crop @ frame @ shared)[:2]
-            pixels = cv2.warpAffine(base, matrix, (size, size), flags=cv2.INTER_CUBIC,
-                                    borderMode=cv2.BORDER_CONSTANT, borderValue=FILL_RGB)
+            pixels: np.ndarray = cv2.warpAffine(
+                base,
+                matrix,
+                (size, size),
+                flags=cv2.INTER_CUBIC,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=FILL_RGB,
+            )
             pixels = apply_jitter(pixels, draw_jitter(rng, self.frame_jitter))
-            soft = cv2.warpAffine(base_mask, matrix, (size, size), flags=cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-            labels = (soft > 0.5).astype(np.uint8)
+            soft = cv2.warpAffine(
+                base_mask,
+                matrix,
+                (size, size),
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=0.0,
+            )
+            labels: np.ndarray = (soft > 0.5).astype(np.uint8)
             # TPS on a third of the frames, as the reference (it is the slow part).
             if rng.random() < self.tps_p:
                 map_x, map_y = tps_maps(rng, size, size, scale=self.tps_scale)
-                pixels = cv2.remap(pixels, map_x, map_y, cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_CONSTANT, borderValue=FILL_RGB)
-                labels = cv2.remap(labels, map_x, map_y, cv2.INTER_NEAREST,
-                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                pixels = cv2.remap(
+                    pixels,
+                    map_x,
+                    map_y,
+                    cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_CONSTANT,
+                    borderValue=FILL_RGB,
+                )
+                labels = cv2.remap(
+                    labels, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+                )
             out_images[t] = pixels
             out_masks[t] = labels
         return out_images, out_masks

@@ -46,7 +46,7 @@ def load_budget(path: str | os.PathLike[str]) -> Budget:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: cannot read budget JSON ({exc})") from exc
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: a budget is a JSON object {{video: [\"00030.jpg\", ...]}}")
+        raise UserError(f'{path}: a budget is a JSON object {{video: ["00030.jpg", ...]}}')
     for video, frames in raw.items():
         if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
             raise UserError(f"{path}: video {video}: expected a list of frame file names")
@@ -81,8 +81,14 @@ def resolve_entries(seq: VideoSequence, entries: Sequence[str]) -> list[int]:
 # Making a budget
 
 
-def make_budget(sequences: Sequence[VideoSequence], shots: int = 2, strategy: str = "random",
-                seed: int = 0, *, require_objects: bool = True) -> Budget:
+def make_budget(
+    sequences: Sequence[VideoSequence],
+    shots: int = 2,
+    strategy: str = "random",
+    seed: int = 0,
+    *,
+    require_objects: bool = True,
+) -> Budget:
     """Choose ``shots`` labeled frames per video among the frames that have an annotation PNG.
 
     strategy: ``random`` (uniformly at random; the draw of a video depends only on ``seed``
@@ -106,8 +112,10 @@ def make_budget(sequences: Sequence[VideoSequence], shots: int = 2, strategy: st
         usable = _object_checker(seq) if require_objects else (lambda index: True)
         chosen = _choose(candidates, shots, strategy, random.Random(f"{seed}:{seq.name}"), usable)
         if not chosen:
-            raise UserError(f"video {seq.name}: none of its {len(candidates)} annotation PNGs "
-                            f"shows an object (e.g. {seq.mask_paths[candidates[0]]})")
+            raise UserError(
+                f"video {seq.name}: none of its {len(candidates)} annotation PNGs "
+                f"shows an object (e.g. {seq.mask_paths[candidates[0]]})"
+            )
         budget[seq.name] = [frame_entry(seq, i) for i in sorted(chosen)]
     return budget
 
@@ -135,8 +143,9 @@ def _target_positions(n: int, k: int, strategy: str) -> list[int]:
     return [math.floor(i * (n - 1) / (k - 1) + 0.5) for i in range(k)]
 
 
-def _choose(candidates: list[int], shots: int, strategy: str, rng: random.Random,
-            usable: Callable[[int], bool]) -> list[int]:
+def _choose(
+    candidates: list[int], shots: int, strategy: str, rng: random.Random, usable: Callable[[int], bool]
+) -> list[int]:
     """Frame indices chosen among ``candidates`` (sorted) following ``strategy``."""
     n = len(candidates)
     k = min(shots, n)
@@ -169,8 +178,13 @@ def _choose(candidates: list[int], shots: int, strategy: str, rng: random.Random
 # Applying a budget
 
 
-def apply_budget(sequences: Sequence[VideoSequence], budget: Mapping[str, Sequence[str]], *,
-                 check_objects: bool = True, unlisted: str = "drop") -> list[VideoSequence]:
+def apply_budget(
+    sequences: Sequence[VideoSequence],
+    budget: Mapping[str, Sequence[str]],
+    *,
+    check_objects: bool = True,
+    unlisted: str = "drop",
+) -> list[VideoSequence]:
     """Restrict each sequence's ``mask_paths`` to its budgeted frames.
 
     Returns new VideoSequences (the input is not modified), in input order. A dataset video
@@ -200,15 +214,18 @@ def apply_budget(sequences: Sequence[VideoSequence], budget: Mapping[str, Sequen
             path = seq.mask_paths.get(index)
             if path is None or not path.is_file():
                 where = path or _expected_png(seq, index)
-                raise UserError(f"{where}: annotation PNG of labeled frame "
-                                f"{seq.frame_names[index]} (video {seq.name}) is missing")
+                raise UserError(
+                    f"{where}: annotation PNG of labeled frame "
+                    f"{seq.frame_names[index]} (video {seq.name}) is missing"
+                )
         restricted = replace(seq, mask_paths={i: seq.mask_paths[i] for i in indices})
         if check_objects:
             labels, _ = load_annotations(restricted)
             for index, frame_labels in labels.items():
                 if not frame_labels.any():
-                    raise UserError(f"{restricted.mask_paths[index]}: labeled frame shows no "
-                                    "object (all background)")
+                    raise UserError(
+                        f"{restricted.mask_paths[index]}: labeled frame shows no object (all background)"
+                    )
         out.append(restricted)
     return out
 
@@ -251,20 +268,22 @@ class BudgetSummary:
 
     def text(self) -> str:
         """Human-readable multi-line summary."""
-        lines = [f"videos: {self.videos}",
-                 f"labeled frames: {self.labeled_frames}",
-                 f"share of frames labeled: {100 * self.share_of_frames:.1f}% of "
-                 f"{self.total_frames} frames, {100 * self.share_of_annotated:.1f}% of "
-                 f"{self.annotated_frames} annotated frames"]
+        lines = [
+            f"videos: {self.videos}",
+            f"labeled frames: {self.labeled_frames}",
+            f"share of frames labeled: {100 * self.share_of_frames:.1f}% of "
+            f"{self.total_frames} frames, {100 * self.share_of_annotated:.1f}% of "
+            f"{self.annotated_frames} annotated frames",
+        ]
         if self.short_videos:
             shown = ", ".join(self.short_videos[:5]) + (" ..." if len(self.short_videos) > 5 else "")
-            lines.append(f"videos with fewer labeled frames than asked: {len(self.short_videos)} "
-                         f"({shown})")
+            lines.append(f"videos with fewer labeled frames than asked: {len(self.short_videos)} ({shown})")
         return "\n".join(lines)
 
 
-def summarize_budget(sequences: Sequence[VideoSequence], budget: Mapping[str, Sequence[str]],
-                     shots: int | None = None) -> BudgetSummary:
+def summarize_budget(
+    sequences: Sequence[VideoSequence], budget: Mapping[str, Sequence[str]], shots: int | None = None
+) -> BudgetSummary:
     """Count videos, labeled frames and shares of ``budget`` over ``sequences`` (the dataset
     before :func:`apply_budget`); ``shots`` flags videos that got fewer frames."""
     by_name = {seq.name: seq for seq in sequences}

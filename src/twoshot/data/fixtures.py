@@ -62,9 +62,14 @@ class GeneratedDataset:
     masks_dir: Path | None = None
 
 
-def random_video(num_frames: int, size: tuple[int, int] = (24, 32), *,
-                 object_ids: Sequence[int] = (1, 2), first_frames: Mapping[int, int] | None = None,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def random_video(
+    num_frames: int,
+    size: tuple[int, int] = (24, 32),
+    *,
+    object_ids: Sequence[int] = (1, 2),
+    first_frames: Mapping[int, int] | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """A small synthetic video with moving rectangles and its masks.
 
     num_frames: T; size: (H, W), H >= 6 per object; object_ids: label of each object;
@@ -94,8 +99,8 @@ def random_video(num_frames: int, size: tuple[int, int] = (24, 32), *,
             span = width - obj_w
             pos = (x0 + speed * t) % (2 * span) if span else 0
             left = pos if pos <= span else 2 * span - pos
-            labels[t, top:top + obj_h, left:left + obj_w] = obj
-            frames[t, top:top + obj_h, left:left + obj_w] = color
+            labels[t, top : top + obj_h, left : left + obj_w] = obj
+            frames[t, top : top + obj_h, left : left + obj_w] = color
     return frames, labels
 
 
@@ -110,11 +115,18 @@ def _names(num_frames: int, step: int = 1) -> list[str]:
     return [f"{i * step:05d}" for i in range(num_frames)]
 
 
-def make_davis(root: PathLike, videos: Mapping[str, int] | None = None, *,
-               size: tuple[int, int] = (24, 32), object_ids: Sequence[int] = (1, 2),
-               splits: Mapping[str, Sequence[str]] | None = None, resolution: str = "480p",
-               annotate: str | Sequence[int] = "all", palette: bytes | None = None,
-               seed: int = 0) -> GeneratedDataset:
+def make_davis(
+    root: PathLike,
+    videos: Mapping[str, int] | None = None,
+    *,
+    size: tuple[int, int] = (24, 32),
+    object_ids: Sequence[int] = (1, 2),
+    splits: Mapping[str, Sequence[str]] | None = None,
+    resolution: str = "480p",
+    annotate: str | Sequence[int] = "all",
+    palette: bytes | None = None,
+    seed: int = 0,
+) -> GeneratedDataset:
     """DAVIS 2017 layout: ``JPEGImages/<res>/<video>/00000.jpg``, ``Annotations/<res>/...png``,
     ``ImageSets/2017/<split>.txt``.
 
@@ -129,8 +141,13 @@ def make_davis(root: PathLike, videos: Mapping[str, int] | None = None, *,
         frames, labels = random_video(length, size, object_ids=object_ids, seed=seed * 1000 + v)
         names = _names(length)
         _write_video_folder(root / "JPEGImages" / resolution / name, frames, names, ".jpg")
-        indices = (list(range(length)) if annotate == "all" else [0] if annotate == "first"
-                   else [int(i) for i in annotate])
+        indices = (
+            list(range(length))
+            if annotate == "all"
+            else [0]
+            if annotate == "first"
+            else [int(i) for i in annotate]
+        )
         for i in indices:
             write_mask(root / "Annotations" / resolution / name / f"{names[i]}.png", labels[i], palette)
         data.frames[name], data.labels[name] = frames, labels
@@ -142,11 +159,19 @@ def make_davis(root: PathLike, videos: Mapping[str, int] | None = None, *,
     return data
 
 
-def make_youtube(root: PathLike, videos: Mapping[str, int] | None = None, *,
-                 split: str = "train", size: tuple[int, int] = (24, 32),
-                 object_ids: Sequence[int] = (1, 3), first_frames: Mapping[int, int] | None = None,
-                 all_frames: bool = True, every: int = 5, palette: bytes | None = None,
-                 seed: int = 0) -> GeneratedDataset:
+def make_youtube(
+    root: PathLike,
+    videos: Mapping[str, int] | None = None,
+    *,
+    split: str = "train",
+    size: tuple[int, int] = (24, 32),
+    object_ids: Sequence[int] = (1, 3),
+    first_frames: Mapping[int, int] | None = None,
+    all_frames: bool = True,
+    every: int = 5,
+    palette: bytes | None = None,
+    seed: int = 0,
+) -> GeneratedDataset:
     """YouTube-VOS layout: ``<split>/JPEGImages/<video>/*.jpg``, ``<split>/Annotations/...``,
     ``<split>/meta.json``.
 
@@ -166,11 +191,12 @@ def make_youtube(root: PathLike, videos: Mapping[str, int] | None = None, *,
     data = GeneratedDataset(root=Path(root), kind="youtube", split=split)
     meta: dict[str, dict] = {"videos": {}}
     for v, (name, length) in enumerate(sorted(videos.items())):
-        frames, labels = random_video(length, size, object_ids=object_ids,
-                                      first_frames=first_frames, seed=seed * 1000 + v)
+        frames, labels = random_video(
+            length, size, object_ids=object_ids, first_frames=first_frames, seed=seed * 1000 + v
+        )
         if all_frames:
             names = _names(length)
-            sampled = list(range(0, length, every))    # frames with annotations / in meta.json
+            sampled = list(range(0, length, every))  # frames with annotations / in meta.json
         else:
             names = _names(length, every)
             sampled = list(range(length))
@@ -188,8 +214,12 @@ def make_youtube(root: PathLike, videos: Mapping[str, int] | None = None, *,
             masks = {i: labels[i] for i in sampled}
         else:
             annotated = sorted(set(first_of.values()))
-            masks = {i: np.where(np.isin(labels[i], [o for o, f in first_of.items() if f == i]),
-                                 labels[i], 0).astype(np.uint8) for i in annotated}
+            masks = {
+                i: np.where(
+                    np.isin(labels[i], [o for o, f in first_of.items() if f == i]), labels[i], 0
+                ).astype(np.uint8)
+                for i in annotated
+            }
         for i, mask in masks.items():
             write_mask(base / "Annotations" / name / f"{names[i]}.png", mask, palette)
         data.frames[name], data.labels[name] = frames, labels
@@ -198,11 +228,18 @@ def make_youtube(root: PathLike, videos: Mapping[str, int] | None = None, *,
     return data
 
 
-def make_generic(root: PathLike, videos: Mapping[str, int] | None = None, *,
-                 size: tuple[int, int] = (24, 32), object_ids: Sequence[int] = (1, 2),
-                 first_frames: Mapping[int, int] | None = None, image_ext: str = ".jpg",
-                 names: Sequence[str] | None = None, palette: bytes | None = None,
-                 seed: int = 0) -> GeneratedDataset:
+def make_generic(
+    root: PathLike,
+    videos: Mapping[str, int] | None = None,
+    *,
+    size: tuple[int, int] = (24, 32),
+    object_ids: Sequence[int] = (1, 2),
+    first_frames: Mapping[int, int] | None = None,
+    image_ext: str = ".jpg",
+    names: Sequence[str] | None = None,
+    palette: bytes | None = None,
+    seed: int = 0,
+) -> GeneratedDataset:
     """Generic layout: ``JPEGImages/<video>/<frame><image_ext>`` and ``Annotations/<video>/``
     with a PNG only for each frame where an object first appears (holding the new objects).
 
@@ -214,8 +251,9 @@ def make_generic(root: PathLike, videos: Mapping[str, int] | None = None, *,
     first_frames = dict(first_frames or {})
     data = GeneratedDataset(root=root, kind="generic", split=None)
     for v, (name, length) in enumerate(sorted(videos.items())):
-        frames, labels = random_video(length, size, object_ids=object_ids,
-                                      first_frames=first_frames, seed=seed * 1000 + v)
+        frames, labels = random_video(
+            length, size, object_ids=object_ids, first_frames=first_frames, seed=seed * 1000 + v
+        )
         stems = list(names) if names is not None else _names(length)
         _write_video_folder(root / "JPEGImages" / name, frames, stems, image_ext)
         first_of = {obj: first_frames.get(obj, 0) for obj in object_ids}
@@ -229,10 +267,17 @@ def make_generic(root: PathLike, videos: Mapping[str, int] | None = None, *,
     return data
 
 
-def make_video_file(path: PathLike, num_frames: int = 8, *, size: tuple[int, int] = (32, 48),
-                    object_ids: Sequence[int] = (1, 2), mask_frames: Sequence[int] = (0,),
-                    fps: float = 10.0, palette: bytes | None = None,
-                    seed: int = 0) -> GeneratedDataset:
+def make_video_file(
+    path: PathLike,
+    num_frames: int = 8,
+    *,
+    size: tuple[int, int] = (32, 48),
+    object_ids: Sequence[int] = (1, 2),
+    mask_frames: Sequence[int] = (0,),
+    fps: float = 10.0,
+    palette: bytes | None = None,
+    seed: int = 0,
+) -> GeneratedDataset:
     """A video file (format from the suffix, e.g. ``clip.mp4``) written with PyAV, plus masks
     ``<stem>_masks/<frame_index:05d>.png`` next to it for ``mask_frames``.
 
@@ -248,6 +293,13 @@ def make_video_file(path: PathLike, num_frames: int = 8, *, size: tuple[int, int
     for i in mask_frames:
         write_mask(masks_dir / f"{i:05d}.png", labels[i], palette)
     name = path.stem
-    return GeneratedDataset(root=path, kind="video", split=None, frames={name: frames},
-                            labels={name: labels}, annotated={name: sorted(mask_frames)},
-                            frame_names={name: _names(num_frames)}, masks_dir=masks_dir)
+    return GeneratedDataset(
+        root=path,
+        kind="video",
+        split=None,
+        frames={name: frames},
+        labels={name: labels},
+        annotated={name: sorted(mask_frames)},
+        frame_names={name: _names(num_frames)},
+        masks_dir=masks_dir,
+    )

@@ -23,7 +23,7 @@ def davis_palette() -> bytes:
             g |= ((label >> 1) & 1) << (7 - bit)
             b |= ((label >> 2) & 1) << (7 - bit)
             label >>= 3
-        palette[3 * index: 3 * index + 3] = bytes((r, g, b))
+        palette[3 * index : 3 * index + 3] = bytes((r, g, b))
     return bytes(palette)
 
 
@@ -60,8 +60,9 @@ def read_mask(path: str | os.PathLike[str], *, allow_gray: bool = True) -> tuple
                 return labels.astype(np.uint8), None
     except OSError as exc:
         raise UserError(f"{path}: cannot read mask ({exc})") from exc
-    raise UserError(f"{path}: mask is a {mode} image; expected an indexed (palette) PNG "
-                    "whose pixel values are object ids")
+    raise UserError(
+        f"{path}: mask is a {mode} image; expected an indexed (palette) PNG whose pixel values are object ids"
+    )
 
 
 def write_mask(path: str | os.PathLike[str], labels: np.ndarray, palette: bytes | None = None) -> None:

@@ -47,9 +47,15 @@ MaskSource = Mapping[int, PathLike] | PathLike
 # Entry point
 
 
-def open_dataset(kind: str, root: PathLike, split: str | None = None, *,
-                 resolution: str = "480p", masks: MaskSource | None = None,
-                 videos: Sequence[str] | None = None) -> list[VideoSequence]:
+def open_dataset(
+    kind: str,
+    root: PathLike,
+    split: str | None = None,
+    *,
+    resolution: str = "480p",
+    masks: MaskSource | None = None,
+    videos: Sequence[str] | None = None,
+) -> list[VideoSequence]:
     """Read a dataset layout into VideoSequences (sorted by name for folder layouts).
 
     kind: ``davis`` | ``youtube`` | ``generic`` | ``video``.
@@ -76,8 +82,10 @@ def open_dataset(kind: str, root: PathLike, split: str | None = None, *,
         sequences = _open_generic(root, split)
     else:
         if masks is None:
-            raise UserError(f"{root}: a video file needs masks for at least one frame "
-                            "(a {frame_index: png} mapping or a folder of <frame_index>.png)")
+            raise UserError(
+                f"{root}: a video file needs masks for at least one frame "
+                "(a {frame_index: png} mapping or a folder of <frame_index>.png)"
+            )
         sequences = [open_video_file(root, masks)]
     if videos is not None:
         by_name = {seq.name: seq for seq in sequences}
@@ -103,8 +111,10 @@ def detect_kind(root: PathLike, split: str | None = None) -> str:
         return "youtube"
     if (root / "JPEGImages").is_dir() or (split and (root / split / "JPEGImages").is_dir()):
         return "generic"
-    raise UserError(f"{root}: not a DAVIS, YouTube-VOS or generic dataset folder (no "
-                    "JPEGImages/480p, meta.json or JPEGImages found); pass the kind explicitly")
+    raise UserError(
+        f"{root}: not a DAVIS, YouTube-VOS or generic dataset folder (no "
+        "JPEGImages/480p, meta.json or JPEGImages found); pass the kind explicitly"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,9 +129,14 @@ def natural_key(name: str) -> list[int | str]:
 
 def _list_files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
     """Files of ``folder`` with one of ``suffixes`` (case-insensitive), hidden ones skipped."""
-    return sorted((p for p in folder.iterdir()
-                   if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file()),
-                  key=lambda p: natural_key(p.stem))
+    return sorted(
+        (
+            p
+            for p in folder.iterdir()
+            if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file()
+        ),
+        key=lambda p: natural_key(p.stem),
+    )
 
 
 def _list_frames(folder: Path, suffixes: Sequence[str] = FRAME_SUFFIXES) -> list[Path]:
@@ -152,8 +167,10 @@ def _match_masks(ann_folder: Path, frame_names: list[str], *, required: bool) ->
     mask_paths: dict[int, Path] = {}
     for png in _list_files(ann_folder, (".png",)):
         if png.stem not in index:
-            raise UserError(f"{png}: annotation has no matching frame {png.stem}.* in the "
-                            "JPEGImages folder (frame missing)")
+            raise UserError(
+                f"{png}: annotation has no matching frame {png.stem}.* in the "
+                "JPEGImages folder (frame missing)"
+            )
         mask_paths[index[png.stem]] = png
     if required and not mask_paths:
         raise UserError(f"{ann_folder}: no annotation PNG for this video")
@@ -173,8 +190,10 @@ def _check_no_gaps(folder: Path, frames: list[Path]) -> None:
     for a, b in zip(numbers, numbers[1:]):
         if b - a != step:
             width = len(stems[0])
-            raise UserError(f"{folder}: frame {a + step:0{width}d} is missing "
-                            f"(frames jump from {a:0{width}d} to {b:0{width}d})")
+            raise UserError(
+                f"{folder}: frame {a + step:0{width}d} is missing "
+                f"(frames jump from {a:0{width}d} to {b:0{width}d})"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,8 +203,7 @@ def _check_no_gaps(folder: Path, frames: list[Path]) -> None:
 def _open_davis(root: Path, split: str | None, resolution: str) -> list[VideoSequence]:
     """DAVIS: JPEGImages/<res>/<video>/00000.jpg, Annotations/<res>/<video>/00000.png."""
     if resolution not in DAVIS_RESOLUTIONS:
-        raise UserError(f"unknown DAVIS resolution {resolution!r}; expected "
-                        f"{' or '.join(DAVIS_RESOLUTIONS)}")
+        raise UserError(f"unknown DAVIS resolution {resolution!r}; expected {' or '.join(DAVIS_RESOLUTIONS)}")
     images = root / "JPEGImages" / resolution
     annotations = root / "Annotations" / resolution
     if not images.is_dir():
@@ -201,9 +219,14 @@ def _open_davis(root: Path, split: str | None, resolution: str) -> list[VideoSeq
         frames = _list_frames(images / name, (".jpg", ".jpeg"))
         _check_no_gaps(images / name, frames)
         frame_names = [p.stem for p in frames]
-        sequences.append(VideoSequence(
-            name=name, frame_paths=frames, frame_names=frame_names,
-            mask_paths=_match_masks(annotations / name, frame_names, required=True)))
+        sequences.append(
+            VideoSequence(
+                name=name,
+                frame_paths=frames,
+                frame_names=frame_names,
+                mask_paths=_match_masks(annotations / name, frame_names, required=True),
+            )
+        )
     return sequences
 
 
@@ -213,8 +236,9 @@ def _read_davis_split(root: Path, split: str) -> list[str]:
     path = Path(split) if split.endswith(".txt") else sets / f"{split}.txt"
     if not path.is_file():
         have = sorted(p.stem for p in sets.glob("*.txt")) if sets.is_dir() else []
-        raise UserError(f"{path}: split file is missing"
-                        + (f" (available: {', '.join(have)})" if have else ""))
+        raise UserError(
+            f"{path}: split file is missing" + (f" (available: {', '.join(have)})" if have else "")
+        )
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -234,8 +258,9 @@ def _open_youtube(root: Path, split: str | None) -> list[VideoSequence]:
     base = root if split is None else root / split
     if not base.is_dir():
         have = sorted(p.name for p in root.iterdir() if (p / "meta.json").is_file())
-        raise UserError(f"{base}: split folder is missing"
-                        + (f" (available: {', '.join(have)})" if have else ""))
+        raise UserError(
+            f"{base}: split folder is missing" + (f" (available: {', '.join(have)})" if have else "")
+        )
     split_name = split if split is not None else root.name
     # A submission holds exactly the frames meta.json lists, except on training splits.
     is_train = split_name.lower().startswith("train")
@@ -250,9 +275,11 @@ def _open_youtube(root: Path, split: str | None) -> list[VideoSequence]:
         for obj_id, obj_frames in meta[name].items():
             for frame in obj_frames:
                 if frame not in index:
-                    raise UserError(f"{base / 'meta.json'}: video {name} object {obj_id} lists "
-                                    f"frame {frame}, but {base / 'JPEGImages' / name / frame}.jpg "
-                                    "is missing")
+                    raise UserError(
+                        f"{base / 'meta.json'}: video {name} object {obj_id} lists "
+                        f"frame {frame}, but {base / 'JPEGImages' / name / frame}.jpg "
+                        "is missing"
+                    )
                 listed.add(index[frame])
             if obj_frames:
                 first[obj_id] = min(index[f] for f in obj_frames)
@@ -260,14 +287,22 @@ def _open_youtube(root: Path, split: str | None) -> list[VideoSequence]:
         mask_paths = _match_masks(ann_folder, frame_names, required=not is_train)
         if not is_train:
             # The given masks are inputs of inference: each object's first frame must have one.
-            for obj_id, frame in sorted(first.items()):
-                if frame not in mask_paths:
-                    raise UserError(f"{ann_folder / frame_names[frame]}.png: missing; meta.json "
-                                    f"says object {obj_id} first appears in this frame")
-        sequences.append(VideoSequence(
-            name=name, frame_paths=frames, frame_names=frame_names, mask_paths=mask_paths,
-            object_first_frame=dict(sorted(first.items())),
-            frames_to_save=None if is_train else sorted(listed)))
+            for obj_id, first_index in sorted(first.items()):
+                if first_index not in mask_paths:
+                    raise UserError(
+                        f"{ann_folder / frame_names[first_index]}.png: missing; meta.json "
+                        f"says object {obj_id} first appears in this frame"
+                    )
+        sequences.append(
+            VideoSequence(
+                name=name,
+                frame_paths=frames,
+                frame_names=frame_names,
+                mask_paths=mask_paths,
+                object_first_frame=dict(sorted(first.items())),
+                frames_to_save=None if is_train else sorted(listed),
+            )
+        )
     return sequences
 
 
@@ -281,19 +316,19 @@ def _read_meta(path: Path) -> dict[str, dict[int, list[str]]]:
         raise UserError(f"{path}: cannot read meta.json ({exc})") from exc
     videos = raw.get("videos") if isinstance(raw, dict) else None
     if not isinstance(videos, dict):
-        raise UserError(f"{path}: expected {{\"videos\": {{video: {{\"objects\": ...}}}}}}")
+        raise UserError(f'{path}: expected {{"videos": {{video: {{"objects": ...}}}}}}')
     meta: dict[str, dict[int, list[str]]] = {}
     for name, entry in videos.items():
         objects = entry.get("objects") if isinstance(entry, dict) else None
         if not isinstance(objects, dict):
-            raise UserError(f"{path}: video {name} has no \"objects\" mapping")
+            raise UserError(f'{path}: video {name} has no "objects" mapping')
         meta[name] = {}
         for key, obj in objects.items():
             frames = obj.get("frames") if isinstance(obj, dict) else None
             if not (key.isdigit() and 0 < int(key) < 256):
                 raise UserError(f"{path}: video {name} object id {key!r} is not an integer 1..255")
             if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
-                raise UserError(f"{path}: video {name} object {key} has no \"frames\" list of names")
+                raise UserError(f'{path}: video {name} object {key} has no "frames" list of names')
             # Frame names may come with an extension in hand-made files; ids are the stems.
             meta[name][int(key)] = [Path(f).stem for f in frames]
     return meta
@@ -309,17 +344,23 @@ def _open_generic(root: Path, split: str | None) -> list[VideoSequence]:
     images = base / "JPEGImages"
     if not images.is_dir():
         raise UserError(f"{images}: folder is missing (generic layout needs JPEGImages/<video>/)")
-    names = sorted((p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                   key=natural_key)
+    names = sorted(
+        (p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key
+    )
     if not names:
         raise UserError(f"{images}: no video folders")
     sequences = []
     for name in names:
         frames = _list_frames(images / name)
         frame_names = [p.stem for p in frames]
-        sequences.append(VideoSequence(
-            name=name, frame_paths=frames, frame_names=frame_names,
-            mask_paths=_match_masks(base / "Annotations" / name, frame_names, required=True)))
+        sequences.append(
+            VideoSequence(
+                name=name,
+                frame_paths=frames,
+                frame_names=frame_names,
+                mask_paths=_match_masks(base / "Annotations" / name, frame_names, required=True),
+            )
+        )
     return sequences
 
 
@@ -358,9 +399,13 @@ def open_video_file(path: PathLike, masks: MaskSource, name: str | None = None) 
         if not png.is_file():
             raise UserError(f"{png}: mask file is missing")
     width = max(5, len(str(num_frames - 1)))
-    return VideoSequence(name=name or path.stem, frame_paths=[],
-                         frame_names=[f"{i:0{width}d}" for i in range(num_frames)],
-                         mask_paths=dict(sorted(mask_paths.items())), video_file=path)
+    return VideoSequence(
+        name=name or path.stem,
+        frame_paths=[],
+        frame_names=[f"{i:0{width}d}" for i in range(num_frames)],
+        mask_paths=dict(sorted(mask_paths.items())),
+        video_file=path,
+    )
 
 
 def _stat_key(path: Path) -> tuple[int, int]:
@@ -424,8 +469,10 @@ def _decode_video(path: Path, wanted: set[int], num_frames: int) -> dict[int, np
         raise UserError(f"{path}: cannot decode video ({exc})") from exc
     if len(out) != len(wanted):
         missing = sorted(wanted - set(out))
-        raise UserError(f"{path}: decoded fewer frames than the {num_frames} counted when opened "
-                        f"(frame {missing[0]} missing); was the file changed?")
+        raise UserError(
+            f"{path}: decoded fewer frames than the {num_frames} counted when opened "
+            f"(frame {missing[0]} missing); was the file changed?"
+        )
     return out
 
 
@@ -469,20 +516,23 @@ def load_frames(seq: VideoSequence, indices: Sequence[int] | None = None) -> np.
     if seq.video_file is not None:
         decoded = _decode_video(seq.video_file, set(wanted), seq.num_frames)
         return np.stack([decoded[i] for i in wanted])
-    arrays = []
+    arrays: list[np.ndarray] = []
     for i in wanted:
         rgb = read_frame(seq.frame_paths[i])
         if arrays and rgb.shape != arrays[0].shape:
-            raise UserError(f"{seq.frame_paths[i]}: frame is {rgb.shape[1]}x{rgb.shape[0]} but "
-                            f"{seq.frame_paths[wanted[0]].name} is "
-                            f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; all frames of a video "
-                            "must have the same size")
+            raise UserError(
+                f"{seq.frame_paths[i]}: frame is {rgb.shape[1]}x{rgb.shape[0]} but "
+                f"{seq.frame_paths[wanted[0]].name} is "
+                f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; all frames of a video "
+                "must have the same size"
+            )
         arrays.append(rgb)
     return np.stack(arrays)
 
 
-def load_annotations(seq: VideoSequence, frames: Sequence[int] | None = None
-                     ) -> tuple[dict[int, np.ndarray], bytes | None]:
+def load_annotations(
+    seq: VideoSequence, frames: Sequence[int] | None = None
+) -> tuple[dict[int, np.ndarray], bytes | None]:
     """Read the annotation PNGs of frames ``frames`` (None = every frame in ``seq.mask_paths``).
 
     Returns ({frame_index: labels uint8 [H, W]}, palette bytes or None when every PNG is
@@ -505,8 +555,10 @@ def load_annotations(seq: VideoSequence, frames: Sequence[int] | None = None
         expected = size if (size is not None and seq.video_file is not None) else frame_size(seq, i)
         size = expected
         if labels.shape != expected:
-            raise UserError(f"{path}: mask is {labels.shape[1]}x{labels.shape[0]} but its frame "
-                            f"is {expected[1]}x{expected[0]}")
+            raise UserError(
+                f"{path}: mask is {labels.shape[1]}x{labels.shape[0]} but its frame "
+                f"is {expected[1]}x{expected[0]}"
+            )
         _check_first_objects(seq, i, labels, path)
         out[i] = labels
         if palette is None and pal is not None:
@@ -524,12 +576,13 @@ def _check_first_objects(seq: VideoSequence, index: int, labels: np.ndarray, pat
     present = set(np.unique(labels).tolist())
     absent = [obj for obj in expected if obj not in present]
     if absent:
-        raise UserError(f"{path}: object id {', '.join(map(str, absent))} is listed in meta.json "
-                        "as first appearing in this frame but is absent from its annotation")
+        raise UserError(
+            f"{path}: object id {', '.join(map(str, absent))} is listed in meta.json "
+            "as first appearing in this frame but is absent from its annotation"
+        )
 
 
-def reference_annotations(seq: VideoSequence
-                          ) -> tuple[dict[int, np.ndarray], bytes | None, dict[int, int]]:
+def reference_annotations(seq: VideoSequence) -> tuple[dict[int, np.ndarray], bytes | None, dict[int, int]]:
     """The masks a semi-supervised run is given: each object on the frame where it first appears.
 
     Returns (``{frame_index: labels uint8 [H, W]}`` holding in each frame only the objects
@@ -566,6 +619,8 @@ def check_sequence(seq: VideoSequence, frames: Sequence[int] | None = None) -> N
         for i in range(1, seq.num_frames):
             size = frame_size(seq, i)
             if size != first:
-                raise UserError(f"{seq.frame_paths[i]}: frame is {size[1]}x{size[0]} but "
-                                f"{seq.frame_paths[0].name} is {first[1]}x{first[0]}")
+                raise UserError(
+                    f"{seq.frame_paths[i]}: frame is {size[1]}x{size[0]} but "
+                    f"{seq.frame_paths[0].name} is {first[1]}x{first[0]}"
+                )
     load_annotations(seq, frames)

@@ -27,15 +27,14 @@ CLIP_LENGTH = 3  # STCN trains on 3-frame clips; the formulas below are written 
 class RandomSource(Protocol):
     """The part of ``numpy.random.Generator`` the samplers use (a stub can stand in, in tests)."""
 
-    def integers(self, high: int) -> int: ...   # uniform in [0, high)
+    def integers(self, high: int) -> int: ...  # uniform in [0, high)
 
-    def random(self) -> float: ...              # uniform in [0, 1)
+    def random(self) -> float: ...  # uniform in [0, 1)
 
     def choice(self, a: int, size: int, replace: bool) -> Sequence[int]: ...  # distinct draws
 
 
-def sample_stcn_frames(rng: RandomSource, length: int, max_skip: int,
-                       reverse_p: float = 0.5) -> list[int]:
+def sample_stcn_frames(rng: RandomSource, length: int, max_skip: int, reverse_p: float = 0.5) -> list[int]:
     """STCN's reference clip sampling over positions ``0 .. length-1``.
 
     With ``j = min(length, max_skip)``: ``start = randint(length-j+1)``,
@@ -62,8 +61,9 @@ def sample_stcn_frames(rng: RandomSource, length: int, max_skip: int,
     return clip
 
 
-def sample_list_frames(rng: RandomSource, frames: Sequence[int], max_skip: int,
-                       reverse_p: float = 0.5) -> list[int]:
+def sample_list_frames(
+    rng: RandomSource, frames: Sequence[int], max_skip: int, reverse_p: float = 0.5
+) -> list[int]:
     """STCN sampling over an explicit list of frame indices (e.g. only the annotated ones).
 
     ``frames``: sorted frame indices the clip may use; the skip counts positions in this
@@ -74,8 +74,14 @@ def sample_list_frames(rng: RandomSource, frames: Sequence[int], max_skip: int,
     return [int(frames[p]) for p in positions]
 
 
-def sample_phase1_frames(rng: RandomSource, length: int, labeled: Sequence[int], max_skip: int,
-                         reverse_p: float = 0.5, force_both_p: float = 0.5) -> list[int]:
+def sample_phase1_frames(
+    rng: RandomSource,
+    length: int,
+    labeled: Sequence[int],
+    max_skip: int,
+    reverse_p: float = 0.5,
+    force_both_p: float = 0.5,
+) -> list[int]:
     """A two-shot phase-1 clip: starts at a labeled frame, then two frames within the skip window.
 
     ``length``: frames in the video; ``labeled``: indices of its labeled frames (>= 1).
@@ -107,7 +113,7 @@ def sample_phase1_frames(rng: RandomSource, length: int, labeled: Sequence[int],
     start = pair[int(rng.integers(len(pair)))]
     direction = -1 if rng.random() < reverse_p else 1
     if not 0 <= start + direction < length:
-        direction = -direction       # no room this way: go the other way rather than repeat
+        direction = -direction  # no room this way: go the other way rather than repeat
     j = min(length, max_skip)
 
     def clamp(frame: int) -> int:
@@ -146,8 +152,10 @@ def effective_max_skip(max_skip: int, annotation_stride: int = 1) -> int:
 
 def _check_curriculum(values: Sequence[int], fractions: Sequence[float]) -> None:
     if len(values) != len(fractions) + 1:
-        raise UserError(f"max_skip_values needs one more entry than max_skip_fractions "
-                        f"(got {len(values)} values, {len(fractions)} fractions)")
+        raise UserError(
+            f"max_skip_values needs one more entry than max_skip_fractions "
+            f"(got {len(values)} values, {len(fractions)} fractions)"
+        )
     if any(v < 1 for v in values):
         raise UserError(f"max_skip_values must all be >= 1, got {list(values)}")
     if any(not 0.0 <= f <= 1.0 for f in fractions) or list(fractions) != sorted(fractions):
@@ -162,8 +170,12 @@ def skip_switch_steps(total_steps: int, fractions: Sequence[float]) -> list[int]
     return [int(round(f * total_steps)) for f in fractions]
 
 
-def max_skip_at(step: int, total_steps: int, values: Sequence[int] = (5, 10, 15, 20, 25, 5),
-                fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.9)) -> int:
+def max_skip_at(
+    step: int,
+    total_steps: int,
+    values: Sequence[int] = (5, 10, 15, 20, 25, 5),
+    fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.9),
+) -> int:
     """The curriculum's max skip at ``step`` (0-based) of ``total_steps``.
 
     ``values[0]`` until the first switch step, then ``values[i]`` from switch step ``i-1`` on

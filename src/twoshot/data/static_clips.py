@@ -49,8 +49,11 @@ def find_static_pairs(root: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
         here = Path(folder)
         mask_dir = _mask_folder(here)
         stems_png = {Path(f).stem: f for f in files if f.lower().endswith(".png")}
-        other_pngs = ({Path(f).stem: f for f in os.listdir(mask_dir) if f.lower().endswith(".png")}
-                      if mask_dir is not None else {})
+        other_pngs = (
+            {Path(f).stem: f for f in os.listdir(mask_dir) if f.lower().endswith(".png")}
+            if mask_dir is not None
+            else {}
+        )
         for name in sorted(files):
             stem, suffix = os.path.splitext(name)
             if suffix.lower() not in IMAGE_SUFFIXES:
@@ -60,9 +63,11 @@ def find_static_pairs(root: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
             elif stem in other_pngs and mask_dir is not None:
                 pairs.append((here / name, mask_dir / other_pngs[stem]))
     if not pairs:
-        raise UserError(f"{base}: no image/mask pairs found; expected <name>.jpg next to "
-                        "<name>.png, or <X>-Image/ + <X>-Mask/ (DUTS), or images/ + "
-                        "ground_truth_mask/ (ECSSD)")
+        raise UserError(
+            f"{base}: no image/mask pairs found; expected <name>.jpg next to "
+            "<name>.png, or <X>-Image/ + <X>-Mask/ (DUTS), or images/ + "
+            "ground_truth_mask/ (ECSSD)"
+        )
     return sorted(pairs)
 
 
@@ -97,8 +102,15 @@ class StaticClipDataset(Dataset):
     when the sample is made (or all at once with :meth:`validate_masks`).
     """
 
-    def __init__(self, root: str | os.PathLike[str], crop_size: int, *, seed: int = 0,
-                 repeats: int = 1, augment: StaticClipAugment | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        crop_size: int,
+        *,
+        seed: int = 0,
+        repeats: int = 1,
+        augment: StaticClipAugment | None = None,
+    ) -> None:
         if crop_size < 1:
             raise UserError(f"crop size must be positive, got {crop_size}")
         if repeats < 1:
@@ -130,8 +142,10 @@ class StaticClipDataset(Dataset):
         image = read_frame(image_path)
         mask = read_binary_mask(mask_path)
         if mask.shape != image.shape[:2]:
-            raise UserError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but "
-                            f"{image_path} is {image.shape[1]}x{image.shape[0]}")
+            raise UserError(
+                f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but "
+                f"{image_path} is {image.shape[1]}x{image.shape[0]}"
+            )
         if not mask.any():
             raise UserError(f"{mask_path}: mask has no object (all background)")
         return image, mask
@@ -152,8 +166,7 @@ class StaticClipDataset(Dataset):
             "cls_gt": torch.from_numpy(labels.astype(np.int64)),
             "selector": torch.tensor([1.0, 0.0], dtype=torch.float32),
             "labeled": torch.ones(steps, dtype=torch.bool),
-            "info": {"name": str(self.pairs[pair_index][0].relative_to(self.root)),
-                     "frames": [0] * steps},
+            "info": {"name": str(self.pairs[pair_index][0].relative_to(self.root)), "frames": [0] * steps},
         }
 
     def validate_masks(self) -> None:

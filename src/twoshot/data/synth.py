@@ -27,9 +27,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -46,8 +47,8 @@ GENERATOR_NAME = "twoshot synth"
 FORMAT_VERSION = 1
 MARKER_FILE = "synth.json"
 
-MIN_SIDE = 32     # below this an object of the smallest size is a handful of pixels
-MAX_SIDE = 4096   # a typo guard: 10 000 x 10 000 frames would fill the disk
+MIN_SIDE = 32  # below this an object of the smallest size is a handful of pixels
+MAX_SIDE = 4096  # a typo guard: 10 000 x 10 000 frames would fill the disk
 MAX_OBJECTS = 255  # object ids are palette indices
 
 _SPLIT_CODES = {"train": 0, "val": 1, "static": 2}
@@ -81,10 +82,18 @@ class SynthSummary:
         return data
 
 
-def _validate(out: Path, videos: int, frames: int, size: tuple[int, int],
-              objects: tuple[int, int], val_videos: int, static_images: int,
-              config: SynthConfig) -> None:
+def _validate(
+    out: Path,
+    videos: int,
+    frames: int,
+    size: tuple[int, int],
+    objects: tuple[int, int],
+    val_videos: int,
+    static_images: int,
+    config: SynthConfig,
+) -> None:
     """Check every argument and the output folder before anything is written."""
+
     def whole(value: Any, name: str) -> int:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise UserError(f"{name} must be a whole number, got {value!r}")
@@ -93,8 +102,10 @@ def _validate(out: Path, videos: int, frames: int, size: tuple[int, int],
     if whole(videos, "--videos") < 1:
         raise UserError(f"--videos {videos}: need at least 1 training video")
     if whole(frames, "--frames") < 2:
-        raise UserError(f"--frames {frames}: need at least 2 frames per video "
-                        "(two-shot training labels two frames of each)")
+        raise UserError(
+            f"--frames {frames}: need at least 2 frames per video "
+            "(two-shot training labels two frames of each)"
+        )
     if whole(val_videos, "--val-videos") < 0:
         raise UserError(f"--val-videos {val_videos}: must be 0 or more")
     if whole(static_images, "--static-images") < 0:
@@ -103,8 +114,10 @@ def _validate(out: Path, videos: int, frames: int, size: tuple[int, int],
         raise UserError(f"--size {size}: expected two numbers, H W")
     height, width = whole(size[0], "--size H"), whole(size[1], "--size W")
     if min(height, width) < MIN_SIDE or max(height, width) > MAX_SIDE:
-        raise UserError(f"--size {height} {width}: each side must be {MIN_SIDE}..{MAX_SIDE} "
-                        "pixels (smaller frames leave objects only a few pixels)")
+        raise UserError(
+            f"--size {height} {width}: each side must be {MIN_SIDE}..{MAX_SIDE} "
+            "pixels (smaller frames leave objects only a few pixels)"
+        )
     if len(objects) != 2:
         raise UserError(f"--objects {objects}: expected two numbers, MIN MAX")
     lo, hi = whole(objects[0], "--objects MIN"), whole(objects[1], "--objects MAX")
@@ -118,15 +131,19 @@ def _validate(out: Path, videos: int, frames: int, size: tuple[int, int],
     # Frame 0 must show every object: their smallest possible discs must fit in the frame.
     smallest = math.pi * (config.object_size[0] * min(height, width)) ** 2
     if hi * smallest > 0.6 * height * width:
-        raise UserError(f"--objects {lo} {hi}: {hi} objects of at least {config.object_size[0]:g} "
-                        f"x the short side cannot all be visible in a {height}x{width} frame; "
-                        "use fewer objects, a larger --size or a smaller object_size")
+        raise UserError(
+            f"--objects {lo} {hi}: {hi} objects of at least {config.object_size[0]:g} "
+            f"x the short side cannot all be visible in a {height}x{width} frame; "
+            "use fewer objects, a larger --size or a smaller object_size"
+        )
     if out.exists():
         if not out.is_dir():
             raise UserError(f"--out {out}: exists and is not a folder")
         if any(out.iterdir()) and not is_synth_output(out):
-            raise UserError(f"--out {out}: folder is not empty and is not a previous "
-                            f"'twoshot synth' output (no {MARKER_FILE}); choose another folder")
+            raise UserError(
+                f"--out {out}: folder is not empty and is not a previous "
+                f"'twoshot synth' output (no {MARKER_FILE}); choose another folder"
+            )
 
 
 def is_synth_output(folder: str | os.PathLike[str]) -> bool:
@@ -140,37 +157,66 @@ def is_synth_output(folder: str | os.PathLike[str]) -> bool:
     return isinstance(data, dict) and data.get("generator") == GENERATOR_NAME
 
 
-def generate_or_reuse(out: str | os.PathLike[str], videos: int, frames: int, size: tuple[int, int],
-                      objects: tuple[int, int], seed: int, val_videos: int, static_images: int,
-                      progress: Callable[[str], None] | None = None) -> bool:
+def generate_or_reuse(
+    out: str | os.PathLike[str],
+    videos: int,
+    frames: int,
+    size: tuple[int, int],
+    objects: tuple[int, int],
+    seed: int,
+    val_videos: int,
+    static_images: int,
+    progress: Callable[[str], None] | None = None,
+) -> bool:
     """Generate the dataset (default difficulty) in ``out`` unless it already holds one made
     with exactly these arguments, which is reused. Returns True if it was generated.
 
     UserError naming the marker file and the differing arguments if ``out`` holds a dataset
     made with others: a run on it would not be the one asked for.
     """
-    wanted = {"arguments": {"videos": videos, "frames": frames, "size": list(size),
-                            "objects": list(objects), "seed": seed, "val_videos": val_videos,
-                            "static_images": static_images},
-              "config": SynthConfig().to_dict()}
+    wanted = {
+        "arguments": {
+            "videos": videos,
+            "frames": frames,
+            "size": list(size),
+            "objects": list(objects),
+            "seed": seed,
+            "val_videos": val_videos,
+            "static_images": static_images,
+        },
+        "config": SynthConfig().to_dict(),
+    }
     if not is_synth_output(out):
-        generate_dataset(out, videos=videos, frames=frames, size=size, objects=objects, seed=seed,
-                         val_videos=val_videos, static_images=static_images, progress=progress)
+        generate_dataset(
+            out,
+            videos=videos,
+            frames=frames,
+            size=size,
+            objects=objects,
+            seed=seed,
+            val_videos=val_videos,
+            static_images=static_images,
+            progress=progress,
+        )
         return True
     from twoshot.config import config_differences, describe_differences
+
     marker = Path(out) / MARKER_FILE
     changed = config_differences(json.loads(marker.read_text(encoding="utf-8")), wanted)
     if changed:
-        raise UserError(f"{marker}: {out} holds videos generated with other arguments "
-                        f"({describe_differences(changed)}); "
-                        "use another output folder, or delete it to generate them again")
+        raise UserError(
+            f"{marker}: {out} holds videos generated with other arguments "
+            f"({describe_differences(changed)}); "
+            "use another output folder, or delete it to generate them again"
+        )
     return False
 
 
 def _rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The generator of one item: independent of how many other items are made."""
-    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF,
-                                                         _SPLIT_CODES[split], index]))
+    return np.random.default_rng(
+        np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, _SPLIT_CODES[split], index])
+    )
 
 
 def _write_static_mask(path: Path, mask: np.ndarray) -> None:
@@ -184,16 +230,22 @@ def _write_frame(path: Path, rgb: np.ndarray, quality: int) -> None:
     write_frame(path, rgb, quality=quality)
 
 
-def _render(seed: int, split: str, index: int, frames: int, size: tuple[int, int],
-            objects: tuple[int, int], config: SynthConfig) -> RenderedVideo:
+def _render(
+    seed: int,
+    split: str,
+    index: int,
+    frames: int,
+    size: tuple[int, int],
+    objects: tuple[int, int],
+    config: SynthConfig,
+) -> RenderedVideo:
     """Render one item (video or static image), turning a layout failure into a UserError."""
     rng = _rng(seed, split, index)
     count = int(rng.integers(objects[0], objects[1] + 1))
     try:
         return make_video(rng, frames, size[0], size[1], count, config)
     except PlacementError as exc:
-        raise UserError(f"{exc}; use fewer --objects, a larger --size or a smaller "
-                        "object_size") from None
+        raise UserError(f"{exc}; use fewer --objects, a larger --size or a smaller object_size") from None
 
 
 def _shares(videos: list[RenderedVideo]) -> dict[str, float]:
@@ -204,17 +256,26 @@ def _shares(videos: list[RenderedVideo]) -> dict[str, float]:
     total = max(1, area.size)
     occluded = (inside > 0) & (visible < 0.9 * inside)
     out_of_frame = inside < 0.9 * area
-    return {"object_frames": int(area.size),
-            "occluded": round(float(occluded.sum()) / total, 4),
-            "out_of_frame": round(float(out_of_frame.sum()) / total, 4),
-            "absent": round(float((visible == 0).sum()) / total, 4)}
+    return {
+        "object_frames": int(area.size),
+        "occluded": round(float(occluded.sum()) / total, 4),
+        "out_of_frame": round(float(out_of_frame.sum()) / total, 4),
+        "absent": round(float((visible == 0).sum()) / total, 4),
+    }
 
 
-def generate_dataset(out: str | os.PathLike[str], videos: int = 40, frames: int = 24,
-                     size: tuple[int, int] = (96, 96), objects: tuple[int, int] = (1, 3),
-                     seed: int = 0, val_videos: int = 10, static_images: int = 200,
-                     config: SynthConfig | None = None,
-                     progress: Callable[[str], None] | None = None) -> SynthSummary:
+def generate_dataset(
+    out: str | os.PathLike[str],
+    videos: int = 40,
+    frames: int = 24,
+    size: tuple[int, int] = (96, 96),
+    objects: tuple[int, int] = (1, 3),
+    seed: int = 0,
+    val_videos: int = 10,
+    static_images: int = 200,
+    config: SynthConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> SynthSummary:
     """Write a generated DAVIS-2017-layout dataset (and static pairs) to ``out``.
 
     videos / val_videos: number of training / validation videos (names ``train0000`` ...,
@@ -235,8 +296,10 @@ def generate_dataset(out: str | os.PathLike[str], videos: int = 40, frames: int 
     size = (int(size[0]), int(size[1]))
     objects = (int(objects[0]), int(objects[1]))
     start = time.perf_counter()
-    names = {"train": [f"train{i:04d}" for i in range(videos)],
-             "val": [f"val{i:04d}" for i in range(val_videos)]}
+    names = {
+        "train": [f"train{i:04d}" for i in range(videos)],
+        "val": [f"val{i:04d}" for i in range(val_videos)],
+    }
     rendered: list[RenderedVideo] = []
     per_video: dict[str, dict[str, Any]] = {}
     files = 0
@@ -258,13 +321,20 @@ def generate_dataset(out: str | os.PathLike[str], videos: int = 40, frames: int 
                     files += 2 * frames
                     n = video.area.shape[1]
                     per_video[name] = {
-                        "split": split, "objects": n,
-                        "absent_frames": {str(i + 1): [int(t) for t in np.flatnonzero(video.visible[:, i] == 0)]
-                                          for i in range(n) if np.any(video.visible[:, i] == 0)},
+                        "split": split,
+                        "objects": n,
+                        "absent_frames": {
+                            str(i + 1): [int(t) for t in np.flatnonzero(video.visible[:, i] == 0)]
+                            for i in range(n)
+                            if np.any(video.visible[:, i] == 0)
+                        },
                     }
                     # Keep only the counts for the statistics, not the pixels.
-                    rendered.append(RenderedVideo(video.frames[:0], video.labels[:0], video.area,
-                                                  video.in_frame, video.visible))
+                    rendered.append(
+                        RenderedVideo(
+                            video.frames[:0], video.labels[:0], video.area, video.in_frame, video.visible
+                        )
+                    )
                     if progress is not None:
                         progress(f"{split} {name}: {n} objects, {frames} frames")
             sets = tmp / "ImageSets" / "2017"
@@ -279,20 +349,32 @@ def generate_dataset(out: str | os.PathLike[str], videos: int = 40, frames: int 
                 for index in range(static_images):
                     image = _render(seed, "static", index, 1, size, (1, 1), config)
                     _write_frame(static_dir / f"{index:05d}.jpg", image.frames[0], config.jpeg_quality)
-                    _write_static_mask(static_dir / f"{index:05d}.png",
-                                       np.where(image.labels[0] > 0, 255, 0).astype(np.uint8))
+                    _write_static_mask(
+                        static_dir / f"{index:05d}.png",
+                        np.where(image.labels[0] > 0, 255, 0).astype(np.uint8),
+                    )
                     files += 2
                 if progress is not None:
                     progress(f"static: {static_images} images")
             stats = _shares(rendered)
             # No timings or absolute paths here: the same arguments must give the same bytes.
-            meta = {"generator": GENERATOR_NAME, "format": FORMAT_VERSION,
-                    "arguments": {"videos": videos, "frames": frames, "size": list(size),
-                                  "objects": list(objects), "seed": seed,
-                                  "val_videos": val_videos, "static_images": static_images},
-                    "config": config.to_dict(),
-                    "static_mask_values": [0, 255],
-                    "stats": stats, "videos": per_video}
+            meta = {
+                "generator": GENERATOR_NAME,
+                "format": FORMAT_VERSION,
+                "arguments": {
+                    "videos": videos,
+                    "frames": frames,
+                    "size": list(size),
+                    "objects": list(objects),
+                    "seed": seed,
+                    "val_videos": val_videos,
+                    "static_images": static_images,
+                },
+                "config": config.to_dict(),
+                "static_mask_values": [0, 255],
+                "stats": stats,
+                "videos": per_video,
+            }
             with atomic_open(tmp / MARKER_FILE, "w", encoding="utf-8") as handle:
                 json.dump(meta, handle, indent=1)
                 handle.write("\n")
@@ -301,6 +383,14 @@ def generate_dataset(out: str | os.PathLike[str], videos: int = 40, frames: int 
         raise UserError(f"--out {out}: cannot write the dataset ({exc})") from exc
     finally:
         cv2.setNumThreads(threads)
-    return SynthSummary(out=out, train=names["train"], val=names["val"], frames=frames,
-                        size=size, static_images=static_images, files=files,
-                        seconds=round(time.perf_counter() - start, 3), stats=stats)
+    return SynthSummary(
+        out=out,
+        train=names["train"],
+        val=names["val"],
+        frames=frames,
+        size=size,
+        static_images=static_images,
+        files=files,
+        seconds=round(time.perf_counter() - start, 3),
+        stats=stats,
+    )

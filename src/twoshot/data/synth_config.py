@@ -84,27 +84,52 @@ class SynthConfig:
 
     def validate(self) -> None:
         """Raise UserError naming the knob if any value is out of range."""
+
         def check(ok: bool, name: str, what: str) -> None:
             if not ok:
                 raise UserError(f"synth knob {name}={getattr(self, name)!r}: {what}")
 
         lo, hi = self.object_size
         check(0 < lo <= hi, "object_size", "needs 0 < min <= max")
-        check(hi <= 0.5, "object_size", "objects larger than the frame (the radius is a "
-                                         "fraction of the short side; at most 0.5)")
+        check(
+            hi <= 0.5,
+            "object_size",
+            "objects larger than the frame (the radius is a fraction of the short side; at most 0.5)",
+        )
         check(1 <= self.parts[0] <= self.parts[1] <= 6, "parts", "needs 1 <= min <= max <= 6")
         check(1 <= self.shape_harmonics <= 16, "shape_harmonics", "needs 1..16")
         check(self.keyframe_every >= 1, "keyframe_every", "needs >= 1")
-        check(0 <= self.distractors[0] <= self.distractors[1] <= 50, "distractors",
-              "needs 0 <= min <= max <= 50")
+        check(
+            0 <= self.distractors[0] <= self.distractors[1] <= 50,
+            "distractors",
+            "needs 0 <= min <= max <= 50",
+        )
         check(1 <= self.jpeg_quality <= 100, "jpeg_quality", "needs 1..100")
-        for name in ("exit_prob", "distractor_similarity", "photo_share", "first_frame_visible",
-                     "shadow", "texture_change"):
+        for name in (
+            "exit_prob",
+            "distractor_similarity",
+            "photo_share",
+            "first_frame_visible",
+            "shadow",
+            "texture_change",
+        ):
             check(0.0 <= getattr(self, name) <= 1.0, name, "needs a value in 0..1")
-        for name in ("shape_irregularity", "motion", "camera_pan", "camera_zoom",
-                     "camera_rotation", "scale_change", "rotation", "deformation",
-                     "articulation", "color_drift", "lighting_drift", "depth_change",
-                     "shading", "noise"):
+        for name in (
+            "shape_irregularity",
+            "motion",
+            "camera_pan",
+            "camera_zoom",
+            "camera_rotation",
+            "scale_change",
+            "rotation",
+            "deformation",
+            "articulation",
+            "color_drift",
+            "lighting_drift",
+            "depth_change",
+            "shading",
+            "noise",
+        ):
             value = getattr(self, name)
             check(math.isfinite(value) and value >= 0.0, name, "needs a finite value >= 0")
         check(self.shading <= 1.0, "shading", "needs a value in 0..1")
@@ -139,8 +164,9 @@ class SynthConfig:
                 else:
                     value = type(current)(text)
             except ValueError:
-                raise UserError(f"synth override {item!r}: {text!r} is not a valid value for "
-                                f"{key} (now {current!r})") from None
+                raise UserError(
+                    f"synth override {item!r}: {text!r} is not a valid value for {key} (now {current!r})"
+                ) from None
             changes[key] = value
         return self.replace(**changes)
 
@@ -152,13 +178,33 @@ class SynthConfig:
 # Difficulty presets, a starting point for tuning: "easy" keeps appearance nearly constant
 # (two labeled frames should then suffice), "hard" pushes every change further.
 SYNTH_PRESETS: dict[str, SynthConfig] = {
-    "easy": SynthConfig(exit_prob=0.0, scale_change=0.1, rotation=20.0, deformation=0.08,
-                        articulation=0.2, texture_change=0.0, color_drift=0.05,
-                        lighting_drift=0.05, depth_change=0.1, distractors=(0, 0),
-                        camera_pan=0.1, camera_zoom=0.05),
+    "easy": SynthConfig(
+        exit_prob=0.0,
+        scale_change=0.1,
+        rotation=20.0,
+        deformation=0.08,
+        articulation=0.2,
+        texture_change=0.0,
+        color_drift=0.05,
+        lighting_drift=0.05,
+        depth_change=0.1,
+        distractors=(0, 0),
+        camera_pan=0.1,
+        camera_zoom=0.05,
+    ),
     "default": SynthConfig(),
-    "hard": SynthConfig(exit_prob=0.5, scale_change=0.45, rotation=150.0, deformation=0.4,
-                        articulation=0.9, texture_change=0.9, color_drift=0.45,
-                        lighting_drift=0.45, depth_change=0.8, distractors=(1, 3),
-                        motion=0.035, noise=4.0),
+    "hard": SynthConfig(
+        exit_prob=0.5,
+        scale_change=0.45,
+        rotation=150.0,
+        deformation=0.4,
+        articulation=0.9,
+        texture_change=0.9,
+        color_drift=0.45,
+        lighting_drift=0.45,
+        depth_change=0.8,
+        distractors=(1, 3),
+        motion=0.035,
+        noise=4.0,
+    ),
 }

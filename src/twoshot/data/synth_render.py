@@ -53,22 +53,22 @@ class Actor:
     """An object (label >= 1) or a distractor (label 0) with all its per-frame parameters."""
 
     label: int
-    radius: float            # base radius in pixels
-    centers: np.ndarray      # [T, 2] x, y in pixels
-    scale: np.ndarray        # [T]
-    angle: np.ndarray        # [T] radians
-    stretch: np.ndarray      # [T, 2] squash and stretch along local x, y
-    depth: np.ndarray        # [T] larger = nearer the camera
-    wobble: float            # amplitude of the sinusoidal warp, local units
+    radius: float  # base radius in pixels
+    centers: np.ndarray  # [T, 2] x, y in pixels
+    scale: np.ndarray  # [T]
+    angle: np.ndarray  # [T] radians
+    stretch: np.ndarray  # [T, 2] squash and stretch along local x, y
+    depth: np.ndarray  # [T] larger = nearer the camera
+    wobble: float  # amplitude of the sinusoidal warp, local units
     wobble_freq: tuple[float, float]
     wobble_phase: np.ndarray  # [T, 2]
     parts: list[Part]
-    reach: float             # bound on |local point| inside the actor over the whole video
-    reach_t: np.ndarray      # [T] the same bound per frame (tighter: smaller boxes to draw)
-    tex_a: np.ndarray        # [S, S, 3] texture at the start
-    tex_b: np.ndarray        # [S, S, 3] texture it blends towards
-    morph: np.ndarray        # [T] blend weight of tex_b
-    gain: np.ndarray         # [T, 3] colour gain (appearance drift)
+    reach: float  # bound on |local point| inside the actor over the whole video
+    reach_t: np.ndarray  # [T] the same bound per frame (tighter: smaller boxes to draw)
+    tex_a: np.ndarray  # [S, S, 3] texture at the start
+    tex_b: np.ndarray  # [S, S, 3] texture it blends towards
+    morph: np.ndarray  # [T] blend weight of tex_b
+    gain: np.ndarray  # [T, 3] colour gain (appearance drift)
     light: tuple[float, float]  # direction of the shading highlight, local axes
 
 
@@ -80,12 +80,12 @@ class Scene:
     width: int
     frames: int
     num_objects: int
-    canvas: np.ndarray       # [C, C, 3] background texture
-    camera: np.ndarray       # [T, 2, 3] frame pixel -> canvas pixel affine maps
-    light_gain: np.ndarray   # [T, 3] global lighting gain
+    canvas: np.ndarray  # [C, C, 3] background texture
+    camera: np.ndarray  # [T, 2, 3] frame pixel -> canvas pixel affine maps
+    light_gain: np.ndarray  # [T, 3] global lighting gain
     light_plane: np.ndarray  # [T, 2] a, b of the light gradient 1 + a*x + b*y (x, y in -0.5..0.5)
     actors: list[Actor]
-    noise: float             # sensor noise std, 0..1 units
+    noise: float  # sensor noise std, 0..1 units
     shading: float
     shadow: float
     noise_seed: int
@@ -130,12 +130,24 @@ def _catmull_rom(keys: np.ndarray, frames: int) -> np.ndarray:
     seg = np.minimum(pos.astype(np.int64), len(keys) - 2)
     u = (pos - seg)[:, None]
     p0, p1, p2, p3 = pts[seg], pts[seg + 1], pts[seg + 2], pts[seg + 3]
-    return 0.5 * ((2 * p1) + (-p0 + p2) * u + (2 * p0 - 5 * p1 + 4 * p2 - p3) * u ** 2
-                  + (-p0 + 3 * p1 - 3 * p2 + p3) * u ** 3)
+    return 0.5 * (
+        (2 * p1)
+        + (-p0 + p2) * u
+        + (2 * p0 - 5 * p1 + 4 * p2 - p3) * u**2
+        + (-p0 + 3 * p1 - 3 * p2 + p3) * u**3
+    )
 
 
-def _path(rng: np.random.Generator, start: np.ndarray, frames: int, height: int, width: int,
-          extent: float, cfg: SynthConfig, leaves: bool) -> np.ndarray:
+def _path(
+    rng: np.random.Generator,
+    start: np.ndarray,
+    frames: int,
+    height: int,
+    width: int,
+    extent: float,
+    cfg: SynthConfig,
+    leaves: bool,
+) -> np.ndarray:
     """Centre path [T, 2] through random key points; with ``leaves`` one key is off-frame.
 
     Key points come every ``cfg.keyframe_every`` frames, a random step of about
@@ -174,22 +186,36 @@ def _path(rng: np.random.Generator, start: np.ndarray, frames: int, height: int,
 def _contour(rng: np.random.Generator, s: np.ndarray, cfg: SynthConfig, spin: np.ndarray) -> np.ndarray:
     """Per-frame Fourier contour harmonics [T, K] for one part (see :class:`Part`)."""
     k = np.arange(1, cfg.shape_harmonics + 1)
-    decay = 1.0 / k ** 1.2  # low harmonics dominate: blobby, not spiky
-    base = cfg.shape_irregularity * decay * rng.uniform(0.2, 1.0, k.size) \
+    decay = 1.0 / k**1.2  # low harmonics dominate: blobby, not spiky
+    base = (
+        cfg.shape_irregularity
+        * decay
+        * rng.uniform(0.2, 1.0, k.size)
         * np.exp(1j * rng.uniform(0, 2 * np.pi, k.size))
+    )
     drift = cfg.deformation * decay * rng.uniform(0.3, 1.0, k.size)
     freq = rng.uniform(0.5, 2.0, k.size)
     phase = rng.uniform(0, 2 * np.pi, k.size)
-    coeffs = base[None, :] + drift[None, :] * np.exp(1j * (2 * np.pi * freq[None, :] * s[:, None]
-                                                           + phase[None, :]))
+    coeffs = base[None, :] + drift[None, :] * np.exp(
+        1j * (2 * np.pi * freq[None, :] * s[:, None] + phase[None, :])
+    )
     total = np.abs(coeffs).sum(axis=1, keepdims=True)
     coeffs = coeffs * np.minimum(1.0, _MAX_WIGGLE / np.maximum(total, 1e-9))
     # A spinning part: rotating the contour by a multiplies harmonic k by e^{-ik a}.
     return (coeffs * np.exp(-1j * k[None, :] * spin[:, None])).astype(np.complex64)
 
 
-def _actor(rng: np.random.Generator, label: int, family: TextureFamily, start: np.ndarray,
-           radius: float, frames: int, height: int, width: int, cfg: SynthConfig) -> Actor:
+def _actor(
+    rng: np.random.Generator,
+    label: int,
+    family: TextureFamily,
+    start: np.ndarray,
+    radius: float,
+    frames: int,
+    height: int,
+    width: int,
+    cfg: SynthConfig,
+) -> Actor:
     """Sample one actor's shape, texture and motion over the video."""
     s = np.linspace(0.0, 1.0, frames) if frames > 1 else np.zeros(1)
     parts = [Part(np.zeros((frames, 2)), 1.0, _contour(rng, s, cfg, 0.2 * _curve(rng, s)))]
@@ -199,11 +225,15 @@ def _actor(rng: np.random.Generator, label: int, family: TextureFamily, start: n
         dist = rng.uniform(0.55, 0.9)
         angle = rng.uniform(0, 2 * np.pi) + cfg.articulation * _curve(rng, s, trend=0.3)
         offset = dist * np.stack([np.cos(angle), np.sin(angle)], axis=1)
-        parts.append(Part(offset, float(rng.uniform(0.35, 0.65)),
-                          _contour(rng, s, cfg, angle)))
+        parts.append(Part(offset, float(rng.uniform(0.35, 0.65)), _contour(rng, s, cfg, angle)))
     wobble = 0.6 * cfg.deformation
-    reach_t = np.max([np.linalg.norm(p.offset, axis=1) + p.size * (1 + np.abs(p.coeffs).sum(axis=1))
-                      for p in parts], axis=0) + wobble
+    reach_t = (
+        np.max(
+            [np.linalg.norm(p.offset, axis=1) + p.size * (1 + np.abs(p.coeffs).sum(axis=1)) for p in parts],
+            axis=0,
+        )
+        + wobble
+    )
     reach = float(reach_t.max())
     # Relative to frame 0 (whose placement assumed the sampled radius), and clipped so the
     # size stays within exp(+-scale_change) of it: without the clip a video could double it.
@@ -223,18 +253,37 @@ def _actor(rng: np.random.Generator, label: int, family: TextureFamily, start: n
     morph = cfg.texture_change / (1.0 + np.exp(-(s - center) / width_s))
     gain = np.exp(cfg.color_drift * np.stack([_curve(rng, s, trend=2.0) for _ in range(3)], axis=1))
     theta = rng.uniform(0, 2 * np.pi)
-    return Actor(label=label, radius=radius, centers=centers, scale=scale, angle=angle,
-                 stretch=stretch, depth=depth, wobble=wobble,
-                 wobble_freq=(float(rng.uniform(2, 4)), float(rng.uniform(2, 4))),
-                 wobble_phase=np.stack([rng.uniform(0, 6.3) + 2 * np.pi * rng.uniform(0.5, 1.5) * s,
-                                        rng.uniform(0, 6.3) + 2 * np.pi * rng.uniform(0.5, 1.5) * s],
-                                       axis=1),
-                 parts=parts, reach=reach, reach_t=reach_t, tex_a=tex_a, tex_b=tex_b, morph=morph, gain=gain,
-                 light=(math.cos(theta), math.sin(theta)))
+    return Actor(
+        label=label,
+        radius=radius,
+        centers=centers,
+        scale=scale,
+        angle=angle,
+        stretch=stretch,
+        depth=depth,
+        wobble=wobble,
+        wobble_freq=(float(rng.uniform(2, 4)), float(rng.uniform(2, 4))),
+        wobble_phase=np.stack(
+            [
+                rng.uniform(0, 6.3) + 2 * np.pi * rng.uniform(0.5, 1.5) * s,
+                rng.uniform(0, 6.3) + 2 * np.pi * rng.uniform(0.5, 1.5) * s,
+            ],
+            axis=1,
+        ),
+        parts=parts,
+        reach=reach,
+        reach_t=reach_t,
+        tex_a=tex_a,
+        tex_b=tex_b,
+        morph=morph,
+        gain=gain,
+        light=(math.cos(theta), math.sin(theta)),
+    )
 
 
-def sample_scene(rng: np.random.Generator, frames: int, height: int, width: int,
-                 num_objects: int, cfg: SynthConfig) -> Scene:
+def sample_scene(
+    rng: np.random.Generator, frames: int, height: int, width: int, num_objects: int, cfg: SynthConfig
+) -> Scene:
     """Sample a scene with ``num_objects`` annotated objects and the configured distractors."""
     side = min(height, width)
     s = np.linspace(0.0, 1.0, frames) if frames > 1 else np.zeros(1)
@@ -256,15 +305,18 @@ def sample_scene(rng: np.random.Generator, frames: int, height: int, width: int,
     camera = np.zeros((frames, 2, 3))
     c = canvas_size / 2.0
     for t in range(frames):
-        a = np.array([[math.cos(roll[t]), -math.sin(roll[t])],
-                      [math.sin(roll[t]), math.cos(roll[t])]]) / zoom[t]
+        a = (
+            np.array([[math.cos(roll[t]), -math.sin(roll[t])], [math.sin(roll[t]), math.cos(roll[t])]])
+            / zoom[t]
+        )
         centre = np.array([c + along[t] * dx - across[t] * dy, c + along[t] * dy + across[t] * dx])
         camera[t, :, :2] = a
         camera[t, :, 2] = centre - a @ np.array([width / 2.0, height / 2.0])
 
-    light_gain = np.exp(cfg.lighting_drift * (_curve(rng, s, trend=2.0)[:, None]
-                                              + 0.4 * np.stack([_curve(rng, s) for _ in range(3)],
-                                                               axis=1)))
+    light_gain = np.exp(
+        cfg.lighting_drift
+        * (_curve(rng, s, trend=2.0)[:, None] + 0.4 * np.stack([_curve(rng, s) for _ in range(3)], axis=1))
+    )
     beta = rng.uniform(0, 2 * np.pi) + 2.0 * _curve(rng, s)
     light_plane = cfg.lighting_drift * np.stack([np.cos(beta), np.sin(beta)], axis=1)
 
@@ -276,8 +328,13 @@ def sample_scene(rng: np.random.Generator, frames: int, height: int, width: int,
         margin = 0.9 * radius
         # Best of a few candidates, farthest from the objects already placed: spreads
         # objects out in frame 0 so that each one starts clearly visible.
-        cands = np.stack([rng.uniform(margin, max(margin + 1, width - margin), 8),
-                          rng.uniform(margin, max(margin + 1, height - margin), 8)], axis=1)
+        cands = np.stack(
+            [
+                rng.uniform(margin, max(margin + 1, width - margin), 8),
+                rng.uniform(margin, max(margin + 1, height - margin), 8),
+            ],
+            axis=1,
+        )
         if starts:
             dist = np.min(np.linalg.norm(cands[:, None] - np.stack(starts)[None], axis=2), axis=1)
             start = cands[int(np.argmax(dist))]
@@ -294,25 +351,37 @@ def sample_scene(rng: np.random.Generator, frames: int, height: int, width: int,
         radius = rng.uniform(*cfg.object_size) * side
         start = np.array([rng.uniform(0, width), rng.uniform(0, height)])
         actors.append(_actor(rng, 0, family, start, radius, frames, height, width, cfg))
-    return Scene(height=height, width=width, frames=frames, num_objects=num_objects,
-                 canvas=canvas, camera=camera, light_gain=light_gain, light_plane=light_plane,
-                 actors=actors, noise=cfg.noise / 255.0, shading=cfg.shading, shadow=cfg.shadow,
-                 noise_seed=int(rng.integers(2 ** 31)))
+    return Scene(
+        height=height,
+        width=width,
+        frames=frames,
+        num_objects=num_objects,
+        canvas=canvas,
+        camera=camera,
+        light_gain=light_gain,
+        light_plane=light_plane,
+        actors=actors,
+        noise=cfg.noise / 255.0,
+        shading=cfg.shading,
+        shadow=cfg.shadow,
+        noise_seed=int(rng.integers(2**31)),
+    )
 
 
-def _intersect(x0: int, y0: int, w: int, h: int, width: int, height: int
-               ) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+def _intersect(
+    x0: int, y0: int, w: int, h: int, width: int, height: int
+) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
     """Overlap of a box (x0, y0, w, h) with the frame: (frame slices, box slices) or None."""
     fx0, fy0 = max(0, x0), max(0, y0)
     fx1, fy1 = min(width, x0 + w), min(height, y0 + h)
     if fx0 >= fx1 or fy0 >= fy1:
         return None
-    return ((slice(fy0, fy1), slice(fx0, fx1)),
-            (slice(fy0 - y0, fy1 - y0), slice(fx0 - x0, fx1 - x0)))
+    return ((slice(fy0, fy1), slice(fx0, fx1)), (slice(fy0 - y0, fy1 - y0), slice(fx0 - x0, fx1 - x0)))
 
 
-def _warp(q_u: np.ndarray, q_v: np.ndarray, actor: Actor, t: int, sign: float
-          ) -> tuple[np.ndarray, np.ndarray]:
+def _warp(
+    q_u: np.ndarray, q_v: np.ndarray, actor: Actor, t: int, sign: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Add (sign=+1) or approximately remove (sign=-1) the actor's smooth non-rigid warp.
 
     The warp bends shape and texture together (a limb that flexes, cloth that ripples),
@@ -322,12 +391,15 @@ def _warp(q_u: np.ndarray, q_v: np.ndarray, actor: Actor, t: int, sign: float
         return q_u, q_v
     ph = actor.wobble_phase[t]
     amp = np.float32(sign * actor.wobble)
-    return (q_u + amp * np.sin(np.float32(actor.wobble_freq[0]) * q_v + np.float32(ph[0])),
-            q_v + amp * np.sin(np.float32(actor.wobble_freq[1]) * q_u + np.float32(ph[1])))
+    return (
+        q_u + amp * np.sin(np.float32(actor.wobble_freq[0]) * q_v + np.float32(ph[0])),
+        q_v + amp * np.sin(np.float32(actor.wobble_freq[1]) * q_u + np.float32(ph[1])),
+    )
 
 
-def _draw_actor(actor: Actor, t: int, scene: Scene, with_rgb: bool = True
-                ) -> tuple[int, int, np.ndarray, np.ndarray | None]:
+def _draw_actor(
+    actor: Actor, t: int, scene: Scene, with_rgb: bool = True
+) -> tuple[int, int, np.ndarray, np.ndarray | None]:
     """Rasterise an actor at frame ``t`` over its whole (unclipped) bounding box.
 
     Each part's contour is sampled as a polygon in local units, warped, stretched, rotated
@@ -338,13 +410,13 @@ def _draw_actor(actor: Actor, t: int, scene: Scene, with_rgb: bool = True
     Returns (x0, y0, alpha float32 [h, w], rgb float32 [h, w, 3] or None without ``with_rgb``).
     """
     cx, cy = actor.centers[t]
-    px = actor.radius * actor.scale[t]          # pixels per local unit before stretch
+    px = actor.radius * actor.scale[t]  # pixels per local unit before stretch
     sx, sy = actor.stretch[t]
     ext = (float(actor.reach_t[t]) + actor.wobble) * px * max(sx, sy) + 2.0
     x0, y0 = int(math.floor(cx - ext)), int(math.floor(cy - ext))
     n = int(math.ceil(2 * ext)) + 1
     ca, sa = math.cos(actor.angle[t]), math.sin(actor.angle[t])
-    ox, oy = cx - x0, cy - y0                   # actor centre in box pixels
+    ox, oy = cx - x0, cy - y0  # actor centre in box pixels
     canvas = np.zeros((n, n), np.uint8)
     for part in actor.parts:
         perimeter = 2 * np.pi * part.size * px * max(sx, sy) * (1 + _MAX_WIGGLE)
@@ -352,8 +424,9 @@ def _draw_actor(actor: Actor, t: int, scene: Scene, with_rgb: bool = True
         phi = np.linspace(0.0, 2 * np.pi, count, endpoint=False)
         k = np.arange(1, part.coeffs.shape[1] + 1)
         radius = part.size * (1.0 + (np.exp(1j * np.outer(phi, k)) @ part.coeffs[t]).real)
-        q_u, q_v = _warp(part.offset[t, 0] + radius * np.cos(phi),
-                         part.offset[t, 1] + radius * np.sin(phi), actor, t, +1.0)
+        q_u, q_v = _warp(
+            part.offset[t, 0] + radius * np.cos(phi), part.offset[t, 1] + radius * np.sin(phi), actor, t, +1.0
+        )
         d_u, d_v = q_u * (px * sx), q_v * (px * sy)
         xs = ox + ca * d_u - sa * d_v
         ys = oy + sa * d_u + ca * d_v
@@ -366,11 +439,14 @@ def _draw_actor(actor: Actor, t: int, scene: Scene, with_rgb: bool = True
     grid = np.arange(n, dtype=np.float32)
     dx = (grid - np.float32(ox))[None, :]
     dy = (grid - np.float32(oy))[:, None]
-    u = (np.float32(ca / (px * sx)) * dx + np.float32(sa / (px * sx)) * dy)
-    v = (np.float32(-sa / (px * sy)) * dx + np.float32(ca / (px * sy)) * dy)
+    u = np.float32(ca / (px * sx)) * dx + np.float32(sa / (px * sx)) * dy
+    v = np.float32(-sa / (px * sy)) * dx + np.float32(ca / (px * sy)) * dy
     q_u, q_v = _warp(u, v, actor, t, -1.0)
-    tex = actor.tex_a if actor.morph[t] < 1e-3 else \
-        actor.tex_a * np.float32(1 - actor.morph[t]) + actor.tex_b * np.float32(actor.morph[t])
+    tex = (
+        actor.tex_a
+        if actor.morph[t] < 1e-3
+        else actor.tex_a * np.float32(1 - actor.morph[t]) + actor.tex_b * np.float32(actor.morph[t])
+    )
     scale_tex = np.float32((tex.shape[0] - 1) / (2 * actor.reach))
     map_x = (q_u + np.float32(actor.reach)) * scale_tex
     map_y = (q_v + np.float32(actor.reach)) * scale_tex
@@ -381,18 +457,22 @@ def _draw_actor(actor: Actor, t: int, scene: Scene, with_rgb: bool = True
     if scene.shading > 0:
         # Darker rim (box-blurred coverage < 1 near the outline) and a lit side: reads as
         # a rounded solid, not a flat cut-out.
-        k = 2 * max(1, int(0.3 * px)) + 1
-        rim = cv2.blur(alpha, (k, k))
+        rim_size = 2 * max(1, int(0.3 * px)) + 1
+        rim = cv2.blur(alpha, (rim_size, rim_size))
         lx, ly = actor.light
-        shade = (1.0 - 0.8 * scene.shading * (1.0 - rim)
-                 + np.float32(0.3 * scene.shading / actor.reach) * (lx * u + ly * v))
+        shade = (
+            1.0
+            - 0.8 * scene.shading * (1.0 - rim)
+            + np.float32(0.3 * scene.shading / actor.reach) * (lx * u + ly * v)
+        )
         rgb = cv2.multiply(rgb, cv2.cvtColor(shade, cv2.COLOR_GRAY2RGB))
-    rgb = cv2.multiply(rgb, gain)
+    rgb = cv2.multiply(rgb, gain)  # type: ignore[call-overload]  # cv2 takes a 4-tuple scalar
     return x0, y0, alpha, rgb
 
 
-def _compose(scene: Scene, t: int, with_rgb: bool = True
-             ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
+def _compose(
+    scene: Scene, t: int, with_rgb: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
     """Draw frame ``t`` before lighting and noise.
 
     Returns (image float32 [H, W, 3] or None without ``with_rgb``, labels uint8 [H, W],
@@ -401,9 +481,13 @@ def _compose(scene: Scene, t: int, with_rgb: bool = True
     h, w = scene.height, scene.width
     image = None
     if with_rgb:
-        image = cv2.warpAffine(scene.canvas, scene.camera[t], (w, h),
-                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                               borderMode=cv2.BORDER_REFLECT)
+        image = cv2.warpAffine(
+            scene.canvas,
+            scene.camera[t],
+            (w, h),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REFLECT,
+        )
     labels = np.zeros((h, w), np.uint8)
     area = np.zeros(scene.num_objects, np.int64)
     in_frame = np.zeros(scene.num_objects, np.int64)
@@ -420,8 +504,9 @@ def _compose(scene: Scene, t: int, with_rgb: bool = True
             off = max(1, int(round(0.12 * actor.radius * actor.scale[t])))
             pad = off + 3
             k = 2 * max(1, int(0.8 * off)) + 1
-            soft = cv2.blur(cv2.copyMakeBorder(alpha, pad, pad, pad, pad, cv2.BORDER_CONSTANT,
-                                               value=0), (k, k))
+            soft = cv2.blur(
+                cv2.copyMakeBorder(alpha, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0), (k, k)
+            )
             box = _intersect(x0 - pad + off, y0 - pad + off, n + 2 * pad, n + 2 * pad, w, h)
             if box is not None:
                 frame_sl, box_sl = box
@@ -434,7 +519,7 @@ def _compose(scene: Scene, t: int, with_rgb: bool = True
         if image is not None and rgb is not None:
             a3 = cv2.cvtColor(np.ascontiguousarray(alpha[box_sl]), cv2.COLOR_GRAY2RGB)
             region = image[frame_sl]
-            region += (rgb[box_sl] - region) * a3
+            region += (rgb[box_sl] - region) * a3  # type: ignore[arg-type]  # float32 region
         # The nearest actor owns a pixel: a distractor in front erases the label (0).
         labels[frame_sl][inside[box_sl]] = actor.label
         if actor.label:
@@ -452,8 +537,7 @@ def scene_noise(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     return scene.noise_bank
 
 
-def _finish(scene: Scene, t: int, image: np.ndarray, noise_rng: np.random.Generator | None
-            ) -> np.ndarray:
+def _finish(scene: Scene, t: int, image: np.ndarray, noise_rng: np.random.Generator | None) -> np.ndarray:
     """Apply frame ``t``'s lighting and sensor noise to a composed image -> uint8 [H, W, 3]."""
     h, w = scene.height, scene.width
     yy = (np.arange(h, dtype=np.float32) / h - 0.5)[:, None]
@@ -461,7 +545,7 @@ def _finish(scene: Scene, t: int, image: np.ndarray, noise_rng: np.random.Genera
     pa, pb = scene.light_plane[t]
     plane = np.maximum(0.2, 1.0 + np.float32(pa) * xx + np.float32(pb) * yy)
     gain = tuple(255.0 * float(g) for g in scene.light_gain[t]) + (0.0,)
-    image = cv2.multiply(cv2.multiply(image, cv2.cvtColor(plane, cv2.COLOR_GRAY2RGB)), gain)
+    image = cv2.multiply(cv2.multiply(image, cv2.cvtColor(plane, cv2.COLOR_GRAY2RGB)), gain)  # type: ignore[call-overload]
     if noise_rng is not None and scene.noise > 0:
         # A shifted window of one noise field per video: drawing fresh Gaussian noise for
         # every frame was the single most expensive step, and grain this faint shows no
@@ -469,14 +553,15 @@ def _finish(scene: Scene, t: int, image: np.ndarray, noise_rng: np.random.Genera
         bank = scene_noise(scene, noise_rng)
         oy = int(noise_rng.integers(bank.shape[0] - h + 1))
         ox = int(noise_rng.integers(bank.shape[1] - w + 1))
-        image += bank[oy:oy + h, ox:ox + w]
+        image += bank[oy : oy + h, ox : ox + w]
     image += 0.5  # round, not truncate
     np.clip(image, 0, 255, out=image)
     return image.astype(np.uint8)
 
 
-def render_frame(scene: Scene, t: int, noise_rng: np.random.Generator | None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def render_frame(
+    scene: Scene, t: int, noise_rng: np.random.Generator | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Render frame ``t``. Returns (rgb uint8 [H, W, 3], labels uint8 [H, W], area, in_frame).
 
     area / in_frame: [n] pixels of each object's full mask and of its part inside the frame.
@@ -505,12 +590,19 @@ def render_video(scene: Scene) -> RenderedVideo:
     noise_rng = np.random.default_rng(scene.noise_seed)
     for t in range(t_count):
         frames[t], labels[t], area[t], in_frame[t] = render_frame(scene, t, noise_rng)
-        visible[t] = np.bincount(labels[t].ravel(), minlength=n + 1)[1:n + 1]
+        visible[t] = np.bincount(labels[t].ravel(), minlength=n + 1)[1 : n + 1]
     return RenderedVideo(frames, labels, area, in_frame, visible)
 
 
-def make_video(rng: np.random.Generator, frames: int, height: int, width: int,
-               num_objects: int, cfg: SynthConfig, attempts: int = 40) -> RenderedVideo:
+def make_video(
+    rng: np.random.Generator,
+    frames: int,
+    height: int,
+    width: int,
+    num_objects: int,
+    cfg: SynthConfig,
+    attempts: int = 40,
+) -> RenderedVideo:
     """Sample scenes until frame 0 shows every object well enough, then render all frames.
 
     The visibility demanded of frame 0 relaxes over the attempts (from
@@ -523,5 +615,6 @@ def make_video(rng: np.random.Generator, frames: int, height: int, width: int,
         share = cfg.first_frame_visible * (1.0 - attempt / attempts)
         if first_frame_ok(scene, share, min_pixels):
             return render_video(scene)
-    raise PlacementError(f"could not place {num_objects} objects visibly in a {height}x{width} "
-                         f"frame in {attempts} tries")
+    raise PlacementError(
+        f"could not place {num_objects} objects visibly in a {height}x{width} frame in {attempts} tries"
+    )

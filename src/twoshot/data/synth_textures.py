@@ -23,9 +23,20 @@ from PIL import Image
 # Photos that scikit-image ships in its wheel (checked for 0.21 - 0.26). Gray ones are
 # tinted when used, so brick / grass / gravel become coloured surfaces.
 PHOTO_FILES: tuple[str, ...] = (
-    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-    "ihc.png", "hubble_deep_field.jpg", "camera.png", "brick.png", "grass.png", "gravel.png",
-    "coins.png", "moon.png", "cell.png",
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "ihc.png",
+    "hubble_deep_field.jpg",
+    "camera.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "coins.png",
+    "moon.png",
+    "cell.png",
 )
 
 # Photos are shrunk to this longest side once: crops for 96-480 px frames need no more, and
@@ -60,13 +71,14 @@ def load_photos() -> tuple[tuple[str, np.ndarray, bool], ...]:
         try:
             with Image.open(path) as image:
                 gray = image.mode in ("L", "I", "I;16", "1")
-                rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+                rgb: np.ndarray = np.asarray(image.convert("RGB"), dtype=np.uint8)
         except (OSError, ValueError):
             continue  # a damaged sample file only costs us one texture family
         scale = _MAX_SIDE / max(rgb.shape[:2])
         if scale < 1.0:
-            rgb = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)),
-                             interpolation=cv2.INTER_AREA)
+            rgb = cv2.resize(
+                rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_AREA
+            )
         photo = rgb.astype(np.float32) / 255.0
         photo.setflags(write=False)  # shared through the cache: nobody may modify it
         photos.append((name, photo, gray))
@@ -116,9 +128,9 @@ def _fractal_noise(rng: np.random.Generator, size: int, detail: float) -> np.nda
     weight_sum = 0.0
     cells = max(2.0, detail)
     for octave in range(4):
-        n = int(np.ceil(cells * 2 ** octave)) + 2
+        n = int(np.ceil(cells * 2**octave)) + 2
         grid = rng.random((n, n), dtype=np.float32)
-        weight = 0.5 ** octave
+        weight = 0.5**octave
         total += weight * cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
         weight_sum += weight
     total /= weight_sum
@@ -147,8 +159,7 @@ def _procedural_patch(family: TextureFamily, rng: np.random.Generator, size: int
     if family.kind == "stripes":
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
         theta = rng.uniform(0, np.pi)
-        wave = np.sin(2 * np.pi * family.detail * (xx * np.cos(theta) + yy * np.sin(theta))
-                      + 4.0 * noise)
+        wave = np.sin(2 * np.pi * family.detail * (xx * np.cos(theta) + yy * np.sin(theta)) + 4.0 * noise)
         value = 0.5 + 0.5 * wave
     elif family.kind == "spots":
         fine = _fractal_noise(rng, size, family.detail * 2.5)
@@ -158,8 +169,9 @@ def _procedural_patch(family: TextureFamily, rng: np.random.Generator, size: int
     return _colorize(value, family.colors)
 
 
-def texture_patch(family: TextureFamily, rng: np.random.Generator, size: int,
-                  crop: tuple[float, float] = (0.25, 0.6)) -> np.ndarray:
+def texture_patch(
+    family: TextureFamily, rng: np.random.Generator, size: int, crop: tuple[float, float] = (0.25, 0.6)
+) -> np.ndarray:
     """A square texture of the family, float32 [size, size, 3] in 0..1.
 
     For a photo: a random square crop whose side is ``crop`` (fraction of the photo's short
@@ -175,7 +187,7 @@ def texture_patch(family: TextureFamily, rng: np.random.Generator, size: int,
     side = int(max(8, rng.uniform(*crop) * min(h, w)))
     y0 = int(rng.integers(0, h - side + 1))
     x0 = int(rng.integers(0, w - side + 1))
-    patch = photo[y0:y0 + side, x0:x0 + side]
+    patch = photo[y0 : y0 + side, x0 : x0 + side]
     # INTER_AREA when shrinking: a sharp photo sampled sparsely would shimmer frame to frame.
     interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     patch = cv2.resize(patch, (size, size), interpolation=interp)
@@ -185,6 +197,6 @@ def texture_patch(family: TextureFamily, rng: np.random.Generator, size: int,
     patch = np.ascontiguousarray(patch)
     if gray:
         # Gray photo -> two-colour tint through its luminance, keeping its structure.
-        patch = _colorize(patch[..., 0], family.colors[:2] + (tuple(
-            min(1.0, c * 1.3 + 0.1) for c in family.colors[1]),))
+        r, g, b = (min(1.0, c * 1.3 + 0.1) for c in family.colors[1])
+        patch = _colorize(patch[..., 0], (*family.colors[:2], (r, g, b)))
     return patch.astype(np.float32)

@@ -43,6 +43,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -53,6 +54,7 @@ from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import read_frame, read_mask
 from twoshot.data.sampling import (
     CLIP_LENGTH,
+    RandomSource,
     clip_rng,
     effective_max_skip,
     sample_list_frames,
@@ -80,10 +82,20 @@ class VOSClipDataset(Dataset):
     UserError if none is usable or if a listed file is missing.
     """
 
-    def __init__(self, sequences: Sequence[VideoSequence], crop_size: int, mode: str = "full", *,
-                 max_skip: int = 5, annotation_stride: int = 1, seed: int = 0, repeats: int = 1,
-                 max_tries: int = 5, augment: ClipAugment | None = None,
-                 labeled_clip_share: float = 0.0) -> None:
+    def __init__(
+        self,
+        sequences: Sequence[VideoSequence],
+        crop_size: int,
+        mode: str = "full",
+        *,
+        max_skip: int = 5,
+        annotation_stride: int = 1,
+        seed: int = 0,
+        repeats: int = 1,
+        max_tries: int = 5,
+        augment: ClipAugment | None = None,
+        labeled_clip_share: float = 0.0,
+    ) -> None:
         if mode not in MODES:
             raise UserError(f"unknown clip mode {mode!r}; choose one of: {', '.join(MODES)}")
         if crop_size < 1:
@@ -116,33 +128,46 @@ class VOSClipDataset(Dataset):
             self.videos.append(video)
             self._annotated.append(sorted(video.mask_paths))
         if not self.videos:
-            raise UserError(f"no usable training videos among {len(sequences)}: "
-                            + "; ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
+            raise UserError(
+                f"no usable training videos among {len(sequences)}: "
+                + "; ".join(skipped[:10])
+                + (" ..." if len(skipped) > 10 else "")
+            )
         if skipped:
-            warnings.warn(f"skipping {len(skipped)} of {len(sequences)} training videos: "
-                          + "; ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""),
-                          UserWarning, stacklevel=2)
+            warnings.warn(
+                f"skipping {len(skipped)} of {len(sequences)} training videos: "
+                + "; ".join(skipped[:10])
+                + (" ..." if len(skipped) > 10 else ""),
+                UserWarning,
+                stacklevel=2,
+            )
 
     def _unusable(self, video: VideoSequence) -> str | None:
         """Why ``video`` cannot give clips (None if it can); UserError for broken listings."""
         if not video.frame_paths:
             return "frames in a video file; extract them to images for training"
         if len(video.frame_paths) != len(video.frame_names):
-            raise UserError(f"video {video.name}: {len(video.frame_paths)} frame files but "
-                            f"{len(video.frame_names)} frame names")
+            raise UserError(
+                f"video {video.name}: {len(video.frame_paths)} frame files but "
+                f"{len(video.frame_names)} frame names"
+            )
         if video.num_frames < CLIP_LENGTH:
             return f"{video.num_frames} frames, clips need {CLIP_LENGTH}"
         if not video.mask_paths:
             return "no annotated frame"
         bad = [i for i in video.mask_paths if not 0 <= i < video.num_frames]
         if bad:
-            raise UserError(f"video {video.name}: annotation for frame {bad[0]}, but the video "
-                            f"has {video.num_frames} frames")
+            raise UserError(
+                f"video {video.name}: annotation for frame {bad[0]}, but the video "
+                f"has {video.num_frames} frames"
+            )
         if self.mode == "bank" and len(video.mask_paths) < video.num_frames:
             missing = next(i for i in range(video.num_frames) if i not in video.mask_paths)
-            raise UserError(f"video {video.name}: the pseudo-label bank has no mask for frame "
-                            f"{video.frame_names[missing]} ({len(video.mask_paths)} of "
-                            f"{video.num_frames} frames); regenerate the bank")
+            raise UserError(
+                f"video {video.name}: the pseudo-label bank has no mask for frame "
+                f"{video.frame_names[missing]} ({len(video.mask_paths)} of "
+                f"{video.num_frames} frames); regenerate the bank"
+            )
         # Existence only (a stat per file): unreadable contents are reported when read.
         for path in list(video.frame_paths) + list(video.mask_paths.values()):
             if not Path(path).is_file():
@@ -164,13 +189,14 @@ class VOSClipDataset(Dataset):
     def sample_frames(self, rng: np.random.Generator, video_index: int) -> list[int]:
         """Frame indices of one clip of video ``video_index`` under the dataset's mode."""
         video = self.videos[video_index]
-        if self.mode == "phase1" and not (self.labeled_clip_share > 0
-                                          and rng.random() < self.labeled_clip_share):
-            return sample_phase1_frames(rng, video.num_frames, self._annotated[video_index],
-                                        self.max_skip)
+        source = cast(RandomSource, rng)  # a Generator is one; its overloaded stubs hide it
+        if self.mode == "phase1" and not (
+            self.labeled_clip_share > 0 and rng.random() < self.labeled_clip_share
+        ):
+            return sample_phase1_frames(source, video.num_frames, self._annotated[video_index], self.max_skip)
         if self.mode == "bank":
-            return sample_stcn_frames(rng, video.num_frames, self.max_skip)
-        return sample_list_frames(rng, self._annotated[video_index], self.max_skip)
+            return sample_stcn_frames(source, video.num_frames, self.max_skip)
+        return sample_list_frames(source, self._annotated[video_index], self.max_skip)
 
     def __getitem__(self, index: int) -> dict[str, object]:
         """Sample ``index`` of the current epoch (see the module doc for the dict)."""
@@ -185,8 +211,10 @@ class VOSClipDataset(Dataset):
         for _ in range(self.max_tries):
             frames = self.sample_frames(rng, video_index)
             images = [self._frame(video, f, frame_cache) for f in frames]
-            masks = [self._mask(video, f, mask_cache, images[t].shape[:2])
-                     if f in video.mask_paths else None for t, f in enumerate(frames)]
+            masks = [
+                self._mask(video, f, mask_cache, images[t].shape[:2]) if f in video.mask_paths else None
+                for t, f in enumerate(frames)
+            ]
             clip = self.augment.augment_clip(rng, images, masks)
             first = clip.masks[0]
             assert first is not None  # every mode starts at an annotated frame
@@ -209,14 +237,17 @@ class VOSClipDataset(Dataset):
             cache[index] = read_frame(video.frame_paths[index])
         return cache[index]
 
-    def _mask(self, video: VideoSequence, index: int, cache: dict[int, np.ndarray],
-              shape: tuple[int, ...]) -> np.ndarray:
+    def _mask(
+        self, video: VideoSequence, index: int, cache: dict[int, np.ndarray], shape: tuple[int, ...]
+    ) -> np.ndarray:
         if index not in cache:
             path = video.mask_paths[index]
             labels, _ = read_mask(path)
             if labels.shape != tuple(shape):
-                raise UserError(f"{path}: mask is {labels.shape[1]}x{labels.shape[0]} but frame "
-                                f"{video.frame_paths[index]} is {shape[1]}x{shape[0]}")
+                raise UserError(
+                    f"{path}: mask is {labels.shape[1]}x{labels.shape[0]} but frame "
+                    f"{video.frame_paths[index]} is {shape[1]}x{shape[0]}"
+                )
             cache[index] = labels
         return cache[index]
 
@@ -231,9 +262,11 @@ class VOSClipDataset(Dataset):
                     break
             self._empty_checked[video.name] = has_object
         if not self._empty_checked[video.name]:
-            raise UserError(f"video {video.name}: no object in any of its "
-                            f"{len(video.mask_paths)} annotation masks "
-                            f"(e.g. {next(iter(video.mask_paths.values()))})")
+            raise UserError(
+                f"video {video.name}: no object in any of its "
+                f"{len(video.mask_paths)} annotation masks "
+                f"(e.g. {next(iter(video.mask_paths.values()))})"
+            )
 
     def validate_masks(self) -> None:
         """Read every listed annotation now and raise UserError for a video with no object.
@@ -244,20 +277,28 @@ class VOSClipDataset(Dataset):
             self._check_not_empty(video)
 
 
-def _geometry(clip: AugmentedClip, frame_size: tuple[int, ...], target: int | None,
-              second: int | None) -> dict[str, torch.Tensor]:
+def _geometry(
+    clip: AugmentedClip, frame_size: tuple[int, ...], target: int | None, second: int | None
+) -> dict[str, torch.Tensor]:
     """The sample entries that map the clip back onto its original frames (see module doc)."""
     return {
         "geometry": torch.from_numpy(clip.matrices),
         "crop_box": torch.tensor(clip.crop_box, dtype=torch.int64),
         "frame_size": torch.tensor(tuple(frame_size), dtype=torch.int64),
-        "object_ids": torch.tensor([-1 if target is None else target,
-                                    -1 if second is None else second], dtype=torch.int64),
+        "object_ids": torch.tensor(
+            [-1 if target is None else target, -1 if second is None else second], dtype=torch.int64
+        ),
     }
 
 
-def _pack(pixels: np.ndarray, labels: Sequence[np.ndarray | None], target: int | None,
-          second: int | None, name: str, frames: Sequence[int]) -> dict[str, object]:
+def _pack(
+    pixels: np.ndarray,
+    labels: Sequence[np.ndarray | None],
+    target: int | None,
+    second: int | None,
+    name: str,
+    frames: Sequence[int],
+) -> dict[str, object]:
     """Build the sample dict from augmented frames (float32 [T,S,S,3]) and label maps."""
     steps, size = pixels.shape[0], pixels.shape[1]
     gt = np.zeros((steps, 1, size, size), dtype=np.float32)

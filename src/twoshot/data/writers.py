@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -41,11 +42,17 @@ def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if labels.shape == tuple(size):
         return labels.astype(np.uint8, copy=False)
     image = Image.fromarray(np.ascontiguousarray(labels.astype(np.uint8)), mode="L")
-    return np.asarray(image.resize((size[1], size[0]), Image.NEAREST), dtype=np.uint8)
+    return np.asarray(image.resize((size[1], size[0]), Image.Resampling.NEAREST), dtype=np.uint8)
 
 
-def write_davis_masks(out_root: PathLike, seq: VideoSequence, masks: Masks,
-                      palette: bytes | None = None, *, size: tuple[int, int] | None = None) -> Path:
+def write_davis_masks(
+    out_root: PathLike,
+    seq: VideoSequence,
+    masks: Masks,
+    palette: bytes | None = None,
+    *,
+    size: tuple[int, int] | None = None,
+) -> Path:
     """Write one video's masks as ``<out_root>/<video>/<frame_name>.png``, atomically per video.
 
     masks: {frame_index: uint8 [h, w]} or uint8 [T, h, w]; masks of another size are resized
@@ -54,7 +61,7 @@ def write_davis_masks(out_root: PathLike, seq: VideoSequence, masks: Masks,
     Returns the video folder.
     """
     by_frame = _as_mapping(masks, seq.num_frames if isinstance(masks, np.ndarray) else None)
-    target = tuple(size) if size is not None else frame_size(seq)
+    target = (size[0], size[1]) if size is not None else frame_size(seq)
     final = Path(out_root) / seq.name
     with atomic_dir(final) as tmp:
         for index, labels in sorted(by_frame.items()):
@@ -62,9 +69,15 @@ def write_davis_masks(out_root: PathLike, seq: VideoSequence, masks: Masks,
     return final
 
 
-def write_youtube_submission(out_root: PathLike, seq: VideoSequence, masks: Masks,
-                             palette: bytes | None = None, *, all_frames: bool = False,
-                             size: tuple[int, int] | None = None) -> Path:
+def write_youtube_submission(
+    out_root: PathLike,
+    seq: VideoSequence,
+    masks: Masks,
+    palette: bytes | None = None,
+    *,
+    all_frames: bool = False,
+    size: tuple[int, int] | None = None,
+) -> Path:
     """Write ``<out_root>/Annotations/<video>/<frame_name>.png`` for a YouTube-VOS submission.
 
     Only ``seq.frames_to_save`` are written (every frame when it is None or ``all_frames``);
@@ -72,14 +85,16 @@ def write_youtube_submission(out_root: PathLike, seq: VideoSequence, masks: Mask
     :func:`write_davis_masks`. Returns the video folder.
     """
     by_frame = _as_mapping(masks, seq.num_frames if isinstance(masks, np.ndarray) else None)
-    frames = (range(seq.num_frames) if all_frames or seq.frames_to_save is None
-              else seq.frames_to_save)
+    frames = range(seq.num_frames) if all_frames or seq.frames_to_save is None else seq.frames_to_save
     missing = [seq.frame_names[i] for i in frames if i not in by_frame]
     if missing:
-        raise ValueError(f"video {seq.name}: no mask for frame(s) {', '.join(missing[:5])}"
-                         + (" ..." if len(missing) > 5 else ""))
-    return write_davis_masks(Path(out_root) / "Annotations", seq, {i: by_frame[i] for i in frames},
-                             palette, size=size)
+        raise ValueError(
+            f"video {seq.name}: no mask for frame(s) {', '.join(missing[:5])}"
+            + (" ..." if len(missing) > 5 else "")
+        )
+    return write_davis_masks(
+        Path(out_root) / "Annotations", seq, {i: by_frame[i] for i in frames}, palette, size=size
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,8 +121,13 @@ def boundaries(labels: np.ndarray) -> np.ndarray:
     return edge & (labels > 0)
 
 
-def overlay(frame: np.ndarray, labels: np.ndarray, palette: bytes | None = None,
-            alpha: float = 0.5, draw_boundaries: bool = True) -> np.ndarray:
+def overlay(
+    frame: np.ndarray,
+    labels: np.ndarray,
+    palette: bytes | None = None,
+    alpha: float = 0.5,
+    draw_boundaries: bool = True,
+) -> np.ndarray:
     """Blend object colours into a frame: RGB uint8 [H, W, 3] + labels [H, W] -> RGB uint8.
 
     Object pixels become ``(1 - alpha) * frame + alpha * colour`` (colour from ``palette``,
@@ -125,17 +145,24 @@ def overlay(frame: np.ndarray, labels: np.ndarray, palette: bytes | None = None,
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _overlays(frames: np.ndarray, masks: Masks, palette: bytes | None, alpha: float
-              ) -> list[np.ndarray]:
+def _overlays(frames: np.ndarray, masks: Masks, palette: bytes | None, alpha: float) -> list[np.ndarray]:
     """Overlay of each frame with its mask (frames without one are left as they are)."""
     by_frame = _as_mapping(masks)
-    return [overlay(frame, by_frame[i], palette, alpha) if i in by_frame else frame
-            for i, frame in enumerate(frames)]
+    return [
+        overlay(frame, by_frame[i], palette, alpha) if i in by_frame else frame
+        for i, frame in enumerate(frames)
+    ]
 
 
-def write_overlay_pngs(out_dir: PathLike, frames: np.ndarray, masks: Masks,
-                       palette: bytes | None = None, *, names: Sequence[str] | None = None,
-                       alpha: float = 0.5) -> Path:
+def write_overlay_pngs(
+    out_dir: PathLike,
+    frames: np.ndarray,
+    masks: Masks,
+    palette: bytes | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    alpha: float = 0.5,
+) -> Path:
     """Write overlays of frames uint8 [T, H, W, 3] and masks as ``<out_dir>/<name>.png``.
 
     names: one file stem per frame (``seq.frame_names``; default ``00000`` ...). The folder
@@ -151,9 +178,15 @@ def write_overlay_pngs(out_dir: PathLike, frames: np.ndarray, masks: Masks,
     return final
 
 
-def write_overlay_video(path: PathLike, frames: np.ndarray, masks: Masks,
-                        palette: bytes | None = None, *, fps: float = 24.0,
-                        alpha: float = 0.5) -> Path:
+def write_overlay_video(
+    path: PathLike,
+    frames: np.ndarray,
+    masks: Masks,
+    palette: bytes | None = None,
+    *,
+    fps: float = 24.0,
+    alpha: float = 0.5,
+) -> Path:
     """Write overlays of frames uint8 [T, H, W, 3] and masks as a video file (see write_video)."""
     return write_video(path, np.stack(_overlays(frames, masks, palette, alpha)), fps=fps)
 
@@ -176,23 +209,21 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float = 24.0) -> Path:
         frames = np.pad(frames, pad, mode="edge")
     rate = Fraction(fps).limit_denominator(1001)
     target = Path(path)
-    with atomic_path(target) as tmp:
-        # The temporary name keeps the suffix, from which FFmpeg picks the container.
-        with av.open(str(tmp), mode="w") as container:
-            stream = _add_video_stream(container, rate)
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            for rgb in frames:
-                picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb.astype(np.uint8)),
-                                                     format="rgb24")
-                for packet in stream.encode(picture):
-                    container.mux(packet)
-            for packet in stream.encode():
+    # The temporary name keeps the suffix, from which FFmpeg picks the container.
+    with atomic_path(target) as tmp, av.open(str(tmp), mode="w") as container:
+        stream = _add_video_stream(container, rate)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        for rgb in frames:
+            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb.astype(np.uint8)), format="rgb24")
+            for packet in stream.encode(picture):
                 container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
     return target
 
 
-def _add_video_stream(container, rate: Fraction):  # type: ignore[no-untyped-def]
+def _add_video_stream(container: Any, rate: Fraction) -> Any:
     """An H.264 stream if libx264 is available, else MPEG-4 part 2 at a high bit rate."""
     import av
 

@@ -10,6 +10,7 @@ naming the file, raised before any output is written.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import multiprocessing
@@ -19,10 +20,10 @@ import queue
 import sys
 import threading
 from collections import deque
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -30,8 +31,15 @@ from tqdm import tqdm
 
 from twoshot.data.masks import read_mask
 from twoshot.errors import UserError
-from twoshot.evaluate.metrics import (GLOBAL_COLUMNS, VOID_LABEL, EvalResult, SequenceScores,
-                                      disk_kernel, frame_scores, tolerance_radius)
+from twoshot.evaluate.metrics import (
+    GLOBAL_COLUMNS,
+    VOID_LABEL,
+    EvalResult,
+    SequenceScores,
+    disk_kernel,
+    frame_scores,
+    tolerance_radius,
+)
 from twoshot.fsutil import atomic_path
 
 # Where a DAVIS root keeps its 480p annotations and its default video list.
@@ -68,8 +76,9 @@ def read_sequence_list(path: str | os.PathLike[str]) -> list[str]:
     return names
 
 
-def resolve_gt(gt_dir: str | os.PathLike[str], sequences: Sequence[str] | None = None
-               ) -> tuple[Path, list[str]]:
+def resolve_gt(
+    gt_dir: str | os.PathLike[str], sequences: Sequence[str] | None = None
+) -> tuple[Path, list[str]]:
     """Find the folder of GT video folders and the videos to score.
 
     gt_dir: a DAVIS root (has ``Annotations/480p``) or a folder of video folders.
@@ -85,15 +94,20 @@ def resolve_gt(gt_dir: str | os.PathLike[str], sequences: Sequence[str] | None =
         if davis:
             val_list = gt_root / DAVIS_VAL_LIST
             if not val_list.is_file():
-                raise UserError(f"{val_list}: missing; a DAVIS root needs its video list "
-                                "(or name the videos with --sequences FILE)")
+                raise UserError(
+                    f"{val_list}: missing; a DAVIS root needs its video list "
+                    "(or name the videos with --sequences FILE)"
+                )
             sequences = read_sequence_list(val_list)
         else:
-            sequences = sorted(p.name for p in annotations.iterdir()
-                               if p.is_dir() and not p.name.startswith("."))
+            sequences = sorted(
+                p.name for p in annotations.iterdir() if p.is_dir() and not p.name.startswith(".")
+            )
             if not sequences:
-                raise UserError(f"--gt {gt_root}: no video folders in it (expected "
-                                "<video>/<frame>.png or a DAVIS root with Annotations/480p)")
+                raise UserError(
+                    f"--gt {gt_root}: no video folders in it (expected "
+                    "<video>/<frame>.png or a DAVIS root with Annotations/480p)"
+                )
     names = list(sequences)
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
@@ -101,8 +115,9 @@ def resolve_gt(gt_dir: str | os.PathLike[str], sequences: Sequence[str] | None =
     return annotations, names
 
 
-def collect_files(pred_dir: str | os.PathLike[str], gt_dir: str | os.PathLike[str],
-                  sequences: Sequence[str] | None = None) -> list[SequenceFiles]:
+def collect_files(
+    pred_dir: str | os.PathLike[str], gt_dir: str | os.PathLike[str], sequences: Sequence[str] | None = None
+) -> list[SequenceFiles]:
     """List and check every file an evaluation needs, before reading any of them.
 
     Raises UserError for a missing or empty GT video folder, a video with fewer than three
@@ -117,21 +132,25 @@ def collect_files(pred_dir: str | os.PathLike[str], gt_dir: str | os.PathLike[st
         gt_video = annotations / name
         if not gt_video.is_dir():
             raise UserError(f"{gt_video}: ground-truth folder of video {name!r} is missing")
-        gt_paths = tuple(sorted(p for p in gt_video.iterdir()
-                                if p.suffix.lower() == ".png" and not p.name.startswith(".")))
+        gt_paths = tuple(
+            sorted(p for p in gt_video.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
+        )
         if not gt_paths:
             raise UserError(f"{gt_video}: ground-truth folder has no PNG masks")
         if len(gt_paths) < 3:
-            raise UserError(f"{gt_video}: {len(gt_paths)} ground-truth frame(s); the DAVIS "
-                            "protocol skips the first and the last, so at least 3 are needed")
+            raise UserError(
+                f"{gt_video}: {len(gt_paths)} ground-truth frame(s); the DAVIS "
+                "protocol skips the first and the last, so at least 3 are needed"
+            )
         pred_video = pred_root / name
         if not pred_video.is_dir():
             raise UserError(f"{pred_video}: prediction folder of video {name!r} is missing")
         files = SequenceFiles(name, gt_paths, pred_video)
         for gt_path in gt_paths[1:-1]:
             if not files.pred_path(gt_path).is_file():
-                raise UserError(f"{files.pred_path(gt_path)}: prediction frame is missing "
-                                f"(ground truth has {gt_path})")
+                raise UserError(
+                    f"{files.pred_path(gt_path)}: prediction frame is missing (ground truth has {gt_path})"
+                )
         out.append(files)
     return out
 
@@ -140,11 +159,14 @@ def _read_labels(path: Path, shape: tuple[int, int] | None, what: str) -> np.nda
     """Read a mask PNG as uint8 [H, W]; UserError if its size is not ``shape`` (H, W)."""
     labels, _ = read_mask(path)
     if labels.ndim != 2:
-        raise UserError(f"{path}: {what} mask has shape {labels.shape}; expected a "
-                        "single-channel indexed PNG")
+        raise UserError(
+            f"{path}: {what} mask has shape {labels.shape}; expected a single-channel indexed PNG"
+        )
     if shape is not None and labels.shape != shape:
-        raise UserError(f"{path}: {what} mask is {labels.shape[1]}x{labels.shape[0]} "
-                        f"(width x height); the ground truth is {shape[1]}x{shape[0]}")
+        raise UserError(
+            f"{path}: {what} mask is {labels.shape[1]}x{labels.shape[0]} "
+            f"(width x height); the ground truth is {shape[1]}x{shape[0]}"
+        )
     return labels
 
 
@@ -214,11 +236,11 @@ def _score_in_parallel(files: Sequence[SequenceFiles], workers: int) -> Iterator
         job = take(for_worker=True)
         if job is None:
             return
-        try:
-            pool.apply_async(evaluate_files, (job,), callback=lambda item: returned(pool, item),
-                             error_callback=results.put)
-        except ValueError:  # the pool is closing: this process stopped on an error
-            pass
+        # A ValueError means the pool is closing: this process stopped on an error.
+        with contextlib.suppress(ValueError):
+            pool.apply_async(
+                evaluate_files, (job,), callback=lambda item: returned(pool, item), error_callback=results.put
+            )
 
     def returned(pool: multiprocessing.pool.Pool, item: SequenceScores) -> None:
         results.put(item)
@@ -248,7 +270,7 @@ def _score_in_parallel(files: Sequence[SequenceFiles], workers: int) -> Iterator
                 for item in received(block=False):
                     count += 1
                     yield item
-            while count < handed:          # every job is handed out now: handed is final
+            while count < handed:  # every job is handed out now: handed is final
                 for item in received(block=True):
                     count += 1
                     yield item
@@ -256,9 +278,13 @@ def _score_in_parallel(files: Sequence[SequenceFiles], workers: int) -> Iterator
         cv2.setNumThreads(threads)
 
 
-def evaluate_folders(pred_dir: str | os.PathLike[str], gt_dir: str | os.PathLike[str],
-                     sequences: Sequence[str] | None = None, workers: int = 1,
-                     progress: bool = False) -> EvalResult:
+def evaluate_folders(
+    pred_dir: str | os.PathLike[str],
+    gt_dir: str | os.PathLike[str],
+    sequences: Sequence[str] | None = None,
+    workers: int = 1,
+    progress: bool = False,
+) -> EvalResult:
     """Score a folder of predicted masks against ground truth (DAVIS 2017 semi-supervised).
 
     pred_dir: ``<video>/<frame>.png`` indexed PNGs. gt_dir: a DAVIS root or a folder of
@@ -273,16 +299,18 @@ def evaluate_folders(pred_dir: str | os.PathLike[str], gt_dir: str | os.PathLike
     files = collect_files(pred_dir, gt_dir, sequences)
     workers = min(workers or (os.cpu_count() or 1), len(files))
     results: dict[str, SequenceScores] = {}
-    with tqdm(total=len(files), desc="eval", unit="video", file=sys.stderr,
-              disable=not progress or len(files) < 2) as bar:
+    with tqdm(
+        total=len(files), desc="eval", unit="video", file=sys.stderr, disable=not progress or len(files) < 2
+    ) as bar:
         scores = _score_in_parallel(files, workers) if workers > 1 else map(evaluate_files, files)
         for item in scores:
             results[item.name] = item
             bar.update(1)
     result = EvalResult.from_sequences(results[item.name] for item in files)
     if not result.objects:
-        raise UserError(f"--gt {gt_dir}: no object to score (every video's first "
-                        "ground-truth frame is empty)")
+        raise UserError(
+            f"--gt {gt_dir}: no object to score (every video's first ground-truth frame is empty)"
+        )
     return result
 
 
@@ -321,8 +349,10 @@ def csv_paths(prefix: str | os.PathLike[str]) -> tuple[Path, Path]:
     path = Path(text)
     if path.is_dir() or text.endswith(("/", os.sep)):
         return path / DAVIS_GLOBAL_CSV, path / DAVIS_PER_SEQUENCE_CSV
-    return (path.with_name(path.name + "_global_results.csv"),
-            path.with_name(path.name + "_per-sequence_results.csv"))
+    return (
+        path.with_name(path.name + "_global_results.csv"),
+        path.with_name(path.name + "_per-sequence_results.csv"),
+    )
 
 
 def write_csv(result: EvalResult, prefix: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -332,11 +362,11 @@ def write_csv(result: EvalResult, prefix: str | os.PathLike[str]) -> tuple[Path,
     ``Sequence,J-Mean,F-Mean`` with rows ``<video>_<object id>``. Returns the two paths.
     """
     global_path, per_sequence_path = csv_paths(prefix)
-    global_text = _csv_text([list(GLOBAL_COLUMNS),
-                             [f"{result.scores[c]:.3f}" for c in GLOBAL_COLUMNS]])
+    global_text = _csv_text([list(GLOBAL_COLUMNS), [f"{result.scores[c]:.3f}" for c in GLOBAL_COLUMNS]])
     per_sequence_text = _csv_text(
         [["Sequence", "J-Mean", "F-Mean"]]
-        + [[obj.name, f"{obj.j_mean:.3f}", f"{obj.f_mean:.3f}"] for obj in result.objects])
+        + [[obj.name, f"{obj.j_mean:.3f}", f"{obj.f_mean:.3f}"] for obj in result.objects]
+    )
     # Both temporaries are complete before either is renamed into place.
     with ExitStack() as stack:
         tmp_global = stack.enter_context(atomic_path(global_path))

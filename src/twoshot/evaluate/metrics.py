@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -28,7 +28,14 @@ BOUNDARY_TOLERANCE = 0.008
 
 # Column order of davis2017-evaluation's global_results-*.csv.
 GLOBAL_COLUMNS: tuple[str, ...] = (
-    "J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
+    "J&F-Mean",
+    "J-Mean",
+    "J-Recall",
+    "J-Decay",
+    "F-Mean",
+    "F-Recall",
+    "F-Decay",
+)
 
 VOID_LABEL = 255
 
@@ -70,8 +77,7 @@ def boundary_map(mask: np.ndarray) -> np.ndarray:
     return bmap
 
 
-def _object_window(rows: np.ndarray, cols: np.ndarray, height: int, width: int
-                   ) -> tuple[slice, slice]:
+def _object_window(rows: np.ndarray, cols: np.ndarray, height: int, width: int) -> tuple[slice, slice]:
     """Window (row slice, column slice) holding every boundary pixel of two masks.
 
     rows / cols: indices of the rows / columns where ``pred | gt`` has a pixel (non-empty).
@@ -118,7 +124,7 @@ def _object_scores(pred: np.ndarray, gt: np.ndarray, kernel: np.ndarray) -> tupl
     if rows.size == 0:
         # Neither mask has the object: empty union gives J = 1, two empty boundaries F = 1.
         return 1.0, 1.0
-    cols = np.flatnonzero(union[rows[0]:rows[-1] + 1].any(axis=0))
+    cols = np.flatnonzero(union[rows[0] : rows[-1] + 1].any(axis=0))
     win = _object_window(rows, cols, height, width)
     p = pred[win]
     g = gt[win]
@@ -144,8 +150,9 @@ def _object_scores(pred: np.ndarray, gt: np.ndarray, kernel: np.ndarray) -> tupl
     return float(j), _f_from_counts(n_p, n_g, pred_matched, gt_matched)
 
 
-def frame_scores(pred: np.ndarray, gt: np.ndarray, object_ids: Sequence[int],
-                 kernel: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def frame_scores(
+    pred: np.ndarray, gt: np.ndarray, object_ids: Sequence[int], kernel: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """J and F of several objects in one frame.
 
     pred, gt: integer label images [H, W] (same shape); labels not in ``object_ids``
@@ -189,7 +196,7 @@ def statistics(values: np.ndarray) -> tuple[float, float, float]:
         mean = np.nanmean(values)
         recall = np.nanmean(values > 0.5)
         edges = (np.round(np.linspace(1, len(values), 5) + 1e-10) - 1).astype(np.int64)
-        bins = [values[edges[i]:edges[i + 1] + 1] for i in range(4)]
+        bins = [values[edges[i] : edges[i + 1] + 1] for i in range(4)]
         decay = np.nanmean(bins[0]) - np.nanmean(bins[3])
     return float(mean), float(recall), float(decay)
 
@@ -232,8 +239,7 @@ class SequenceScores:
         """One :class:`ObjectScores` per object, in id order."""
         rows = []
         for index, obj in enumerate(self.object_ids):
-            rows.append(ObjectScores(self.name, obj, *statistics(self.j[index]),
-                                     *statistics(self.f[index])))
+            rows.append(ObjectScores(self.name, obj, *statistics(self.j[index]), *statistics(self.f[index])))
         return rows
 
 
@@ -251,7 +257,7 @@ class EvalResult:
     scores: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_sequences(cls, sequences: Iterable[SequenceScores]) -> "EvalResult":
+    def from_sequences(cls, sequences: Iterable[SequenceScores]) -> EvalResult:
         """Summarise per-sequence scores: objects weigh equally, whatever their sequence."""
         sequences = tuple(sequences)
         objects = tuple(obj for seq in sequences for obj in seq.objects())
@@ -278,10 +284,15 @@ class EvalResult:
         return self.scores["J&F-Mean"]
 
 
-def evaluate_sequence(pred: np.ndarray, gt: np.ndarray, *, name: str = "",
-                      object_ids: Sequence[int] | None = None,
-                      skip_first_last: bool = True,
-                      frame_names: Sequence[str] | None = None) -> SequenceScores:
+def evaluate_sequence(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    *,
+    name: str = "",
+    object_ids: Sequence[int] | None = None,
+    skip_first_last: bool = True,
+    frame_names: Sequence[str] | None = None,
+) -> SequenceScores:
     """Score one video held in memory, the DAVIS 2017 semi-supervised way.
 
     pred: integer labels [T, H, W] (the prediction; labels outside ``object_ids`` are

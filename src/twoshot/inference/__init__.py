@@ -11,13 +11,20 @@ from twoshot.inference.engine import EngineStats, PropagationEngine, Propagation
 from twoshot.inference.predictor import Predictor
 from twoshot.inference.schedule import assign_sources
 
-__all__ = ["Predictor", "PropagationEngine", "PropagationResult", "EngineStats", "assign_sources",
-           "build_bank"]
+__all__ = [
+    "Predictor",
+    "PropagationEngine",
+    "PropagationResult",
+    "EngineStats",
+    "assign_sources",
+    "build_bank",
+]
 
 
 def __getattr__(name: str) -> object:
     # build_bank pulls in the dataset readers and writers: imported on first use only.
     if name == "build_bank":
         from twoshot.inference.pseudo_label import build_bank
+
         return build_bank
     raise AttributeError(f"module 'twoshot.inference' has no attribute {name!r}")

@@ -143,8 +143,14 @@ class Propagation(Iterator[FrameOutput]):
     (H, W); ``stats`` is complete once the iteration is over.
     """
 
-    def __init__(self, frames: Iterator[FrameOutput], object_ids: list[int], num_frames: int,
-                 size: tuple[int, int], stats: EngineStats) -> None:
+    def __init__(
+        self,
+        frames: Iterator[FrameOutput],
+        object_ids: list[int],
+        num_frames: int,
+        size: tuple[int, int],
+        stats: EngineStats,
+    ) -> None:
         self._frames = frames
         self.object_ids = object_ids
         self.num_frames = num_frames
@@ -170,18 +176,21 @@ class PropagationEngine:
     through ``torch.compile`` (compiled on first use, per engine).
     """
 
-    def __init__(self, model: VOSModel, config: InferenceConfig | None = None,
-                 device: torch.device | str | None = None) -> None:
+    def __init__(
+        self, model: VOSModel, config: InferenceConfig | None = None, device: torch.device | str | None = None
+    ) -> None:
         self.config = config or InferenceConfig()
         amp_dtype(self.config.amp_dtype)  # refuse a bad value before any work
         if device is None:
             from twoshot.devices import resolve_device
+
             device = resolve_device(self.config.device)
         self.device = torch.device(device)
         # The layout is set both ways: weights an earlier channels-last engine converted
         # would otherwise make every convolution here NHWC too.
         self.memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=self.memory_format).eval()
+        # Module.to's stubs lack memory_format, which it takes at run time.
+        self.model = model.to(self.device, memory_format=self.memory_format).eval()  # type: ignore[call-overload]
         wrap = _compile_or_eager if self.config.compile else _eager
         self.propagator = self.model.propagator(self.config, wrap)
 
@@ -192,9 +201,16 @@ class PropagationEngine:
             return self.config.key_batch
         return 8 if self.device.type == "cuda" else 1
 
-    def frames(self, frames: FrameSource, masks_by_frame: Mapping[int, np.ndarray], *,
-               mode: str = "forward", output_frames: Collection[int] | None = None,
-               confidence: bool = False, probabilities: bool = False) -> Propagation:
+    def frames(
+        self,
+        frames: FrameSource,
+        masks_by_frame: Mapping[int, np.ndarray],
+        *,
+        mode: str = "forward",
+        output_frames: Collection[int] | None = None,
+        confidence: bool = False,
+        probabilities: bool = False,
+    ) -> Propagation:
         """Segment the annotated objects through one video, frame by frame.
 
         frames: T frames, uint8 [H, W, 3] each (an array [T, H, W, 3] or a lazy sequence,
@@ -229,28 +245,45 @@ class PropagationEngine:
         every_frame = self.propagator.segments_every_frame
         runs = plan(num_frames, list(masks), wanted, cfg.mem_every, cfg.include_last, every_frame)
         stats = EngineStats(runs=len(runs))
-        output = _FrameMaker(Geometry.for_frames(height, width, cfg.size), object_ids, confidence,
-                             probabilities)
+        output = _FrameMaker(
+            Geometry.for_frames(height, width, cfg.size), object_ids, confidence, probabilities
+        )
         generator = self._generate(frames, masks, mode, runs, output, stats)
         return Propagation(generator, object_ids, num_frames, (height, width), stats)
 
-    def propagate(self, frames: FrameSource, masks_by_frame: Mapping[int, np.ndarray], *,
-                  mode: str = "forward", output_frames: Collection[int] | None = None,
-                  confidence: bool = False, probabilities: bool = False,
-                  progress: Callable[[int], None] | None = None) -> PropagationResult:
+    def propagate(
+        self,
+        frames: FrameSource,
+        masks_by_frame: Mapping[int, np.ndarray],
+        *,
+        mode: str = "forward",
+        output_frames: Collection[int] | None = None,
+        confidence: bool = False,
+        probabilities: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> PropagationResult:
         """All frames of :meth:`frames` collected into [T, H, W] arrays (see PropagationResult).
 
         progress: called with a frame index each time a frame is final.
         """
-        propagation = self.frames(frames, masks_by_frame, mode=mode, output_frames=output_frames,
-                                  confidence=confidence, probabilities=probabilities)
+        propagation = self.frames(
+            frames,
+            masks_by_frame,
+            mode=mode,
+            output_frames=output_frames,
+            confidence=confidence,
+            probabilities=probabilities,
+        )
         num_frames, (height, width) = propagation.num_frames, propagation.size
         object_ids = propagation.object_ids
         result = PropagationResult(
-            np.zeros((num_frames, height, width), np.uint8), object_ids, [None] * num_frames,
+            np.zeros((num_frames, height, width), np.uint8),
+            object_ids,
+            [None] * num_frames,
             np.zeros((num_frames, height, width), np.uint8) if confidence else None,
             np.zeros((num_frames, len(object_ids) + 1, height, width), np.float32) if probabilities else None,
-            propagation.stats)
+            propagation.stats,
+        )
         position = {obj: channel for channel, obj in enumerate(object_ids, start=1)}
         for out in propagation:
             result.masks[out.frame] = out.labels
@@ -265,8 +298,15 @@ class PropagationEngine:
                 progress(out.frame)
         return result
 
-    def _generate(self, frames: FrameSource, masks: dict[int, np.ndarray], mode: str,
-                  runs: list[Run], output: _FrameMaker, stats: EngineStats) -> Iterator[FrameOutput]:
+    def _generate(
+        self,
+        frames: FrameSource,
+        masks: dict[int, np.ndarray],
+        mode: str,
+        runs: list[Run],
+        output: _FrameMaker,
+        stats: EngineStats,
+    ) -> Iterator[FrameOutput]:
         """The body of :meth:`frames`: labeled frames, every run's frames, then the uncovered."""
         start = time.perf_counter()
         covered: set[int] = set()
@@ -274,8 +314,14 @@ class PropagationEngine:
             for frame, labels in masks.items():
                 covered.add(frame)
                 yield output.given(frame, labels, source=frame)
-        cache = KeyCache(self.propagator.encode_frames, frames, output.geometry, self.device,
-                         self.key_batch, memory_format=self.memory_format)
+        cache = KeyCache(
+            self.propagator.encode_frames,
+            frames,
+            output.geometry,
+            self.device,
+            self.key_batch,
+            memory_format=self.memory_format,
+        )
         for run in runs:
             cache.plan(run.frames)
         for run in runs:
@@ -290,20 +336,26 @@ class PropagationEngine:
         stats.peak_cached_frames = cache.peak_cached
         stats.seconds = time.perf_counter() - start
 
-    def _execute(self, run: Run, masks: Mapping[int, np.ndarray], cache: KeyCache,
-                 output: _FrameMaker, stats: EngineStats) -> Iterator[FrameOutput]:
+    def _execute(
+        self,
+        run: Run,
+        masks: Mapping[int, np.ndarray],
+        cache: KeyCache,
+        output: _FrameMaker,
+        stats: EngineStats,
+    ) -> Iterator[FrameOutput]:
         """Carry out one run's steps with a fresh memory, yielding its output frames."""
         propagator = self.propagator
         memory = propagator.new_memory()
         channels = ObjectChannels()
         frames = run.frames
-        source = run.source                       # the latest annotated frame processed
+        source = run.source  # the latest annotated frame processed
         run_ids = sorted({int(o) for frame in run.annotated for o in np.unique(masks[frame]) if o})
         for index, step in enumerate(run.steps):
             # Inference mode per step, not across the yield: the consumer's code between
             # frames must not run (and create tensors) in inference mode.
             with torch.inference_mode():
-                cached = cache.acquire(step.frame, frames[index + 1:])
+                cached = cache.acquire(step.frame, frames[index + 1 :])
                 present = _present(masks[step.frame]) if step.annotation else []
                 prob: torch.Tensor | None = None  # [1, 1+K, Hp, Wp], background first
                 # An annotation that shows every enabled object replaces the whole prediction.
@@ -312,13 +364,15 @@ class PropagationEngine:
                     stats.segmented += 1
                 if step.annotation:
                     source = step.frame
-                    prob, new = _overlay(prob, channels, masks[step.frame], present, run_ids,
-                                         output.geometry, self.device)
+                    prob, new = _overlay(
+                        prob, channels, masks[step.frame], present, run_ids, output.geometry, self.device
+                    )
                     if new:
                         memory.add_objects(len(new))
                 assert prob is not None
-                propagator.memorize(memory, cached.image, cached.features, prob, step.memory,
-                                    pinned=step.annotation)
+                propagator.memorize(
+                    memory, cached.image, cached.features, prob, step.memory, pinned=step.annotation
+                )
                 if step.memory is not None:
                     stats.value_encodes += 1
                 result = output.predicted(step.frame, prob[0], channels.ids, source) if step.emit else None
@@ -333,9 +387,15 @@ def _present(labels: np.ndarray) -> list[int]:
     return [int(o) for o in np.unique(labels) if o != 0]
 
 
-def _overlay(prob: torch.Tensor | None, channels: ObjectChannels, labels: np.ndarray,
-             present: list[int], run_ids: list[int], geometry: Geometry,
-             device: torch.device) -> tuple[torch.Tensor, list[int]]:
+def _overlay(
+    prob: torch.Tensor | None,
+    channels: ObjectChannels,
+    labels: np.ndarray,
+    present: list[int],
+    run_ids: list[int],
+    geometry: Geometry,
+    device: torch.device,
+) -> tuple[torch.Tensor, list[int]]:
     """Put an annotated frame's masks over the propagated probabilities, as STCN's interact.
 
     prob: [1, 1+K, Hp, Wp] for the enabled objects of ``channels`` (None when nothing was
@@ -347,7 +407,7 @@ def _overlay(prob: torch.Tensor | None, channels: ObjectChannels, labels: np.nda
     other probabilities by ~1e-7, which keeps results bit-identical to STCN's).
     Returns (prob [1, 1+K', Hp, Wp] in channel order, the ids enabled by this frame).
     """
-    onehot = prepare_masks(labels, present, geometry, device)          # [A, Hp, Wp]
+    onehot = prepare_masks(labels, present, geometry, device)  # [A, Hp, Wp]
     position = {obj: i for i, obj in enumerate(run_ids)}
     objects = torch.zeros((len(run_ids), *onehot.shape[-2:]), device=device)
     if prob is not None:
@@ -364,8 +424,9 @@ def _overlay(prob: torch.Tensor | None, channels: ObjectChannels, labels: np.nda
     return aggregated, new
 
 
-def _check_masks(masks_by_frame: Mapping[int, np.ndarray], num_frames: int,
-                 size: tuple[int, int]) -> dict[int, np.ndarray]:
+def _check_masks(
+    masks_by_frame: Mapping[int, np.ndarray], num_frames: int, size: tuple[int, int]
+) -> dict[int, np.ndarray]:
     """Validated {frame: uint8 [H, W]} without masks that show no object, sorted by frame."""
     masks: dict[int, np.ndarray] = {}
     for frame, labels in sorted(masks_by_frame.items()):
@@ -374,11 +435,15 @@ def _check_masks(masks_by_frame: Mapping[int, np.ndarray], num_frames: int,
         if not 0 <= frame < num_frames:
             raise UserError(f"mask given for frame {frame}, but the video has {num_frames} frames")
         if labels.ndim != 2:
-            raise UserError(f"mask of frame {frame} must be a 2-D array of object ids, got shape "
-                            f"{labels.shape} (an RGB mask?)")
+            raise UserError(
+                f"mask of frame {frame} must be a 2-D array of object ids, got shape "
+                f"{labels.shape} (an RGB mask?)"
+            )
         if labels.shape != size:
-            raise UserError(f"mask of frame {frame} is {labels.shape[1]}x{labels.shape[0]} but "
-                            f"the frame is {size[1]}x{size[0]}")
+            raise UserError(
+                f"mask of frame {frame} is {labels.shape[1]}x{labels.shape[0]} but "
+                f"the frame is {size[1]}x{size[0]}"
+            )
         if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
             raise UserError(f"mask of frame {frame} has ids outside 0..255")
         if labels.any():
@@ -392,8 +457,9 @@ class _FrameMaker:
     """Makes :class:`FrameOutput` s at the original size from network-resolution probabilities,
     given masks, or nothing (uncovered frames)."""
 
-    def __init__(self, geometry: Geometry, object_ids: list[int], confidence: bool,
-                 probabilities: bool) -> None:
+    def __init__(
+        self, geometry: Geometry, object_ids: list[int], confidence: bool, probabilities: bool
+    ) -> None:
         self.geometry = geometry
         self.object_ids = object_ids
         self.want_confidence = confidence
@@ -406,8 +472,14 @@ class _FrameMaker:
         confidence = None
         if self.want_confidence:
             confidence = (top * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-        return FrameOutput(frame, labels.cpu().numpy(), source, list(ids), confidence,
-                           full if self.want_probabilities else None)
+        return FrameOutput(
+            frame,
+            labels.cpu().numpy(),
+            source,
+            list(ids),
+            confidence,
+            full if self.want_probabilities else None,
+        )
 
     def given(self, frame: int, labels: np.ndarray, source: int | None) -> FrameOutput:
         """A given mask as the result of ``frame`` (certain: confidence 255, one-hot)."""
@@ -447,8 +519,11 @@ class _CompiledOrEager:
 
     def _fall_back(self, why: str) -> None:
         self.compiled = None
-        warnings.warn(f"inference compile=True: running {self.name} without torch.compile ({why})",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"inference compile=True: running {self.name} without torch.compile ({why})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def __call__(self, *args: object) -> object:
         if self.compiled is not None:

@@ -41,7 +41,7 @@ class Geometry:
     padding: Padding
 
     @classmethod
-    def for_frames(cls, height: int, width: int, size: int) -> "Geometry":
+    def for_frames(cls, height: int, width: int, size: int) -> Geometry:
         """Geometry of a (height, width) video processed at shorter side ``size`` (-1 native)."""
         proc = processing_size(height, width, size)
         extra_h, extra_w = (-proc[0]) % 16, (-proc[1]) % 16
@@ -60,8 +60,9 @@ class Geometry:
         return self.original != self.processed
 
 
-def prepare_frames(frames: np.ndarray | torch.Tensor, geometry: Geometry,
-                   device: torch.device) -> torch.Tensor:
+def prepare_frames(
+    frames: np.ndarray | torch.Tensor, geometry: Geometry, device: torch.device
+) -> torch.Tensor:
     """Network input of RGB frames: normalise, resize (bilinear), pad to a multiple of 16.
 
     frames: uint8 [B, H, W, 3] at the original size. Returns float32 [B, 3, Hp, Wp] on
@@ -71,8 +72,7 @@ def prepare_frames(frames: np.ndarray | torch.Tensor, geometry: Geometry,
     x = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
     x = normalize_images(x.to(device).permute(0, 3, 1, 2))
     if geometry.resized:
-        x = F.interpolate(x, size=geometry.processed, mode="bilinear", align_corners=False,
-                          antialias=True)
+        x = F.interpolate(x, size=geometry.processed, mode="bilinear", align_corners=False, antialias=True)
     x, pad = pad_divide_by(x, 16)
     assert pad == geometry.padding
     # Channels-first memory, as STCN's ToTensor gives: the HWC permute would otherwise make
@@ -80,8 +80,9 @@ def prepare_frames(frames: np.ndarray | torch.Tensor, geometry: Geometry,
     return x.contiguous()
 
 
-def prepare_masks(labels: np.ndarray, object_ids: list[int], geometry: Geometry,
-                  device: torch.device) -> torch.Tensor:
+def prepare_masks(
+    labels: np.ndarray, object_ids: list[int], geometry: Geometry, device: torch.device
+) -> torch.Tensor:
     """One-hot object masks at the network's resolution.
 
     labels: uint8 [H, W] object ids at the original size; object_ids: the K ids wanted.

@@ -21,7 +21,7 @@ import torch
 from twoshot.inference.geometry import Geometry, prepare_frames
 from twoshot.model.interface import FrameFeatures
 
-FrameSource = Sequence[np.ndarray]  # frames[t] -> uint8 [H, W, 3]; an array [T, H, W, 3] works
+FrameSource = Sequence[np.ndarray] | np.ndarray  # frames[t] -> uint8 [H, W, 3]
 
 
 class FramesOnDemand(Sequence[np.ndarray]):
@@ -65,9 +65,15 @@ class KeyCache:
     memory_format: layout of the network input (``torch.channels_last`` for the NHWC fast path).
     """
 
-    def __init__(self, encode: Callable[[torch.Tensor], FrameFeatures], frames: FrameSource,
-                 geometry: Geometry, device: torch.device, batch_size: int = 8,
-                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+    def __init__(
+        self,
+        encode: Callable[[torch.Tensor], FrameFeatures],
+        frames: FrameSource,
+        geometry: Geometry,
+        device: torch.device,
+        batch_size: int = 8,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.encode = encode
@@ -78,7 +84,7 @@ class KeyCache:
         self.batch_size = batch_size
         self.uses: Counter[int] = Counter()
         self.cached: dict[int, CachedFrame] = {}
-        self.encode_count: Counter[int] = Counter()   # frame -> times encoded (1 when planned right)
+        self.encode_count: Counter[int] = Counter()  # frame -> times encoded (1 when planned right)
         self.encoder_calls = 0
         self.peak_cached = 0
 
@@ -107,14 +113,15 @@ class KeyCache:
             del self.uses[frame]
 
     def _encode(self, batch: list[int]) -> None:
-        images = prepare_frames(np.stack([np.asarray(self.frames[t]) for t in batch]),
-                                self.geometry, self.device)
+        images = prepare_frames(
+            np.stack([np.asarray(self.frames[t]) for t in batch]), self.geometry, self.device
+        )
         if self.memory_format != torch.contiguous_format:
             images = images.contiguous(memory_format=self.memory_format)
         features = self.encode(images)
         self.encoder_calls += 1
         for i, t in enumerate(batch):
-            image, feats = images[i:i + 1], features.index(i)
+            image, feats = images[i : i + 1], features.index(i)
             if self.uses[t] > 1 and len(batch) > 1:
                 # A frame waiting for another direction must not keep its batch-mates' large
                 # feature maps alive: give it its own copy.

@@ -24,7 +24,7 @@ from twoshot.config import InferenceConfig
 from twoshot.data.layout import VideoSequence
 from twoshot.errors import UserError
 from twoshot.inference.engine import PropagationEngine
-from twoshot.inference.key_cache import FramesOnDemand
+from twoshot.inference.key_cache import FramesOnDemand, FrameSource
 from twoshot.model.interface import VOSModel
 
 STREAM_MIN_BYTES = 512 * 2**20
@@ -46,11 +46,20 @@ class PredictionSummary:
         return self.frames / max(self.seconds, 1e-9)
 
 
-def predict_sequences(model: VOSModel | PropagationEngine, sequences: Sequence[VideoSequence],
-                      out: str | os.PathLike[str], config: InferenceConfig | None = None, *,
-                      youtube: bool = False, all_frames: bool = False, backward: bool = False,
-                      overlay: bool = False, device: str | torch.device | None = None,
-                      progress: bool = True, stream: bool | None = None) -> PredictionSummary:
+def predict_sequences(
+    model: VOSModel | PropagationEngine,
+    sequences: Sequence[VideoSequence],
+    out: str | os.PathLike[str],
+    config: InferenceConfig | None = None,
+    *,
+    youtube: bool = False,
+    all_frames: bool = False,
+    backward: bool = False,
+    overlay: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    stream: bool | None = None,
+) -> PredictionSummary:
     """Propagate each video's first-appearance masks and write the predicted masks.
 
     model: a VOSModel (wrapped in a PropagationEngine with ``config`` on ``device``) or an engine.
@@ -71,8 +80,9 @@ def predict_sequences(model: VOSModel | PropagationEngine, sequences: Sequence[V
     out = Path(out)
     start = time.perf_counter()
     frames_done = objects = 0
-    with tqdm(total=sum(seq.num_frames for seq in sequences), unit="frame", dynamic_ncols=True,
-              disable=not progress) as bar:
+    with tqdm(
+        total=sum(seq.num_frames for seq in sequences), unit="frame", dynamic_ncols=True, disable=not progress
+    ) as bar:
         for seq in sequences:
             bar.set_postfix_str(seq.name)
             given, palette, first = reference_annotations(seq)
@@ -80,9 +90,20 @@ def predict_sequences(model: VOSModel | PropagationEngine, sequences: Sequence[V
                 raise UserError(f"video {seq.name}: no annotation PNG shows an object")
             subset = youtube and not all_frames and seq.frames_to_save is not None
             lazy = _should_stream(seq, stream) and seq.video_file is None
-            frames: Sequence[np.ndarray] = LazyFrames(seq) if lazy else load_frames(seq)
-            _write_video(engine, seq, frames, out, given, palette, youtube=youtube, subset=subset,
-                         backward=backward, overlay=overlay, progress=lambda: bar.update(1))
+            frames: FrameSource = LazyFrames(seq) if lazy else load_frames(seq)
+            _write_video(
+                engine,
+                seq,
+                frames,
+                out,
+                given,
+                palette,
+                youtube=youtube,
+                subset=subset,
+                backward=backward,
+                overlay=overlay,
+                progress=lambda: bar.update(1),
+            )
             frames_done += seq.num_frames
             objects += len(first)
     return PredictionSummary(len(sequences), frames_done, objects, time.perf_counter() - start)
@@ -125,15 +146,28 @@ class LazyFrames(FramesOnDemand):
         paths = self.seq.frame_paths
         rgb = read_frame(paths[index])
         if rgb.shape[:2] != self.size:
-            raise UserError(f"{paths[index]}: frame is {rgb.shape[1]}x{rgb.shape[0]} but "
-                            f"{paths[0].name} is {self.size[1]}x{self.size[0]}; all frames of a "
-                            "video must have the same size")
+            raise UserError(
+                f"{paths[index]}: frame is {rgb.shape[1]}x{rgb.shape[0]} but "
+                f"{paths[0].name} is {self.size[1]}x{self.size[0]}; all frames of a "
+                "video must have the same size"
+            )
         return rgb
 
 
-def _write_video(engine: PropagationEngine, seq: VideoSequence, frames: Sequence[np.ndarray],
-                 out: Path, given: dict[int, np.ndarray], palette: bytes | None, *, youtube: bool,
-                 subset: bool, backward: bool, overlay: bool, progress: Callable[[], None]) -> None:
+def _write_video(
+    engine: PropagationEngine,
+    seq: VideoSequence,
+    frames: FrameSource,
+    out: Path,
+    given: dict[int, np.ndarray],
+    palette: bytes | None,
+    *,
+    youtube: bool,
+    subset: bool,
+    backward: bool,
+    overlay: bool,
+    progress: Callable[[], None],
+) -> None:
     """Propagate one video and write each frame's PNG (and overlay) as soon as it is final.
 
     Masks go to ``out/<video>/`` (YouTube-VOS: ``out/Annotations/<video>/``, only
@@ -152,8 +186,12 @@ def _write_video(engine: PropagationEngine, seq: VideoSequence, frames: Sequence
     folder = out / "Annotations" / seq.name if youtube else out / seq.name
     wanted = set(seq.frames_to_save) if subset and seq.frames_to_save is not None else None
     written: set[int] = set()
-    propagation = engine.frames(frames, given, mode="bidirectional" if backward else "forward",
-                                output_frames=sorted(wanted) if wanted is not None else None)
+    propagation = engine.frames(
+        frames,
+        given,
+        mode="bidirectional" if backward else "forward",
+        output_frames=sorted(wanted) if wanted is not None else None,
+    )
     with contextlib.ExitStack() as stack:
         # Entered first, committed last: the masks' folder takes its name before the overlays'.
         overlays = stack.enter_context(atomic_dir(out / "overlays" / seq.name)) if overlay else None
@@ -164,10 +202,13 @@ def _write_video(engine: PropagationEngine, seq: VideoSequence, frames: Sequence
                 write_mask(masks_dir / f"{names[frame]}.png", resize_labels(result.labels, target), palette)
                 written.add(frame)
             if overlays is not None:
-                write_frame(overlays / f"{names[frame]}.png",
-                            overlay_image(np.asarray(frames[frame]), result.labels, palette))
+                write_frame(
+                    overlays / f"{names[frame]}.png",
+                    overlay_image(np.asarray(frames[frame]), result.labels, palette),
+                )
             progress()
         missing = sorted((wanted if wanted is not None else set(range(seq.num_frames))) - written)
         if missing:  # cannot happen when the engine covers every output frame; never half-write
-            raise ValueError(f"video {seq.name}: no mask for frame(s) "
-                             f"{', '.join(names[i] for i in missing[:5])}")
+            raise ValueError(
+                f"video {seq.name}: no mask for frame(s) {', '.join(names[i] for i in missing[:5])}"
+            )

@@ -31,8 +31,9 @@ class Predictor:
     overrides ``config.device`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | torch.device).
     """
 
-    def __init__(self, model: VOSModel, config: InferenceConfig | None = None,
-                 device: str | torch.device | None = None) -> None:
+    def __init__(
+        self, model: VOSModel, config: InferenceConfig | None = None, device: str | torch.device | None = None
+    ) -> None:
         config = dataclasses.replace(config) if config is not None else InferenceConfig()
         if isinstance(device, str):
             config.device = device
@@ -40,10 +41,14 @@ class Predictor:
         self.engine = PropagationEngine(model, config, resolved)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str], preset: str | None = None,
-                        config: InferenceConfig | None = None,
-                        device: str | torch.device | None = None,
-                        model: str | None = None) -> "Predictor":
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str],
+        preset: str | None = None,
+        config: InferenceConfig | None = None,
+        device: str | torch.device | None = None,
+        model: str | None = None,
+    ) -> Predictor:
         """Load STCN or Cutie weights from ``path`` (raw state dict or training checkpoint).
 
         preset: model sizes (``stcn``, ``tiny``, ``cutie-base``, ...); None = the
@@ -66,8 +71,9 @@ class Predictor:
         """The device the model runs on."""
         return self.engine.device
 
-    def propagate(self, frames: FrameSource, masks_by_frame: Mapping[int, np.ndarray], *,
-                  backward: bool = False) -> np.ndarray:
+    def propagate(
+        self, frames: FrameSource, masks_by_frame: Mapping[int, np.ndarray], *, backward: bool = False
+    ) -> np.ndarray:
         """Segment a video. frames: uint8 [T, H, W, 3] (or a sequence of [H, W, 3]);
         masks_by_frame: {frame index: uint8 [H, W] object ids} on the frames where objects
         first appear. backward: also propagate backwards (every given mask then counts as
@@ -76,26 +82,38 @@ class Predictor:
         """
         return self.run(frames, masks_by_frame, backward=backward).masks
 
-    def probabilities(self, frames: FrameSource, masks_by_frame: Mapping[int, np.ndarray], *,
-                      backward: bool = False) -> tuple[np.ndarray, list[int]]:
+    def probabilities(
+        self, frames: FrameSource, masks_by_frame: Mapping[int, np.ndarray], *, backward: bool = False
+    ) -> tuple[np.ndarray, list[int]]:
         """Like :meth:`propagate` but returns (float32 [T, K+1, H, W] probabilities,
         background first, and the K object ids of channels 1..K)."""
         result = self.run(frames, masks_by_frame, backward=backward, probabilities=True)
         assert result.probabilities is not None
         return result.probabilities, result.object_ids
 
-    def run(self, frames: FrameSource, masks_by_frame: Mapping[int, np.ndarray], *,
-            backward: bool = False, probabilities: bool = False,
-            confidence: bool = False) -> PropagationResult:
+    def run(
+        self,
+        frames: FrameSource,
+        masks_by_frame: Mapping[int, np.ndarray],
+        *,
+        backward: bool = False,
+        probabilities: bool = False,
+        confidence: bool = False,
+    ) -> PropagationResult:
         """The full :class:`PropagationResult` (masks, sources, optional confidence and
         probabilities, work statistics)."""
-        return self.engine.propagate(frames, masks_by_frame,
-                                     mode="bidirectional" if backward else "forward",
-                                     probabilities=probabilities, confidence=confidence)
+        return self.engine.propagate(
+            frames,
+            masks_by_frame,
+            mode="bidirectional" if backward else "forward",
+            probabilities=probabilities,
+            confidence=confidence,
+        )
 
 
-def load_for_inference(path: str | os.PathLike[str], preset: str | None = None,
-                       kind: str | None = None) -> tuple[VOSModel, InferenceConfig]:
+def load_for_inference(
+    path: str | os.PathLike[str], preset: str | None = None, kind: str | None = None
+) -> tuple[VOSModel, InferenceConfig]:
     """(model, inference settings) for weights ``path``.
 
     Both come from ``preset`` if given, else from the configuration ``twoshot train`` saved

@@ -24,13 +24,12 @@ from typing import Any
 
 import torch
 
+from twoshot.bank import BankIdentity, BankStore, budget_sha256, file_sha256, weights_sha256
 from twoshot.config import InferenceConfig
 from twoshot.data.budget import Budget, apply_budget, load_budget
 from twoshot.data.layout import VideoSequence
 from twoshot.data.readers import load_annotations, load_frames
 from twoshot.errors import UserError
-from twoshot.bank import (BankIdentity, BankStore, budget_sha256,
-                                    file_sha256, weights_sha256)
 from twoshot.inference.engine import FrameOutput, Propagation, PropagationEngine
 from twoshot.model.interface import VOSModel
 
@@ -60,8 +59,9 @@ class BankSummary:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def pseudo_label_frames(engine: PropagationEngine, seq: VideoSequence, *,
-                        confidence: bool = False) -> tuple[Propagation, list[int], bytes | None]:
+def pseudo_label_frames(
+    engine: PropagationEngine, seq: VideoSequence, *, confidence: bool = False
+) -> tuple[Propagation, list[int], bytes | None]:
     """Pseudo labels of one budget-restricted video (its ``mask_paths`` = labeled frames).
 
     Reads only the labeled frames' PNGs now; the frames are read as the returned
@@ -75,15 +75,22 @@ def pseudo_label_frames(engine: PropagationEngine, seq: VideoSequence, *,
     for index, labels in labeled_masks.items():
         if not labels.any():
             raise UserError(f"{seq.mask_paths[index]}: labeled frame shows no object")
-    propagation = engine.frames(load_frames(seq), labeled_masks, mode="bidirectional",
-                                confidence=confidence)
+    propagation = engine.frames(load_frames(seq), labeled_masks, mode="bidirectional", confidence=confidence)
     return propagation, sorted(labeled_masks), palette
 
 
-def build_bank(model: VOSModel, sequences: Sequence[VideoSequence], budget: Budget | PathLike,
-               out: PathLike, config: InferenceConfig | None = None, *,
-               checkpoint: PathLike | None = None, confidence: bool = False,
-               device: str | torch.device | None = None, progress: bool = True) -> BankSummary:
+def build_bank(
+    model: VOSModel,
+    sequences: Sequence[VideoSequence],
+    budget: Budget | PathLike,
+    out: PathLike,
+    config: InferenceConfig | None = None,
+    *,
+    checkpoint: PathLike | None = None,
+    confidence: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> BankSummary:
     """Write the pseudo-label bank of ``sequences`` under ``out``.
 
     model: the phase-1 network; sequences: the training videos (all annotation PNGs listed;
@@ -100,6 +107,7 @@ def build_bank(model: VOSModel, sequences: Sequence[VideoSequence], budget: Budg
     """
     start = time.perf_counter()
     config = dataclasses.replace(config) if config is not None else InferenceConfig()
+    budget_info: dict[str, str | None]
     if isinstance(budget, (str, os.PathLike)):
         budget_info = {"path": str(budget), "sha256": file_sha256(budget)}
         budget = load_budget(budget)
@@ -108,11 +116,19 @@ def build_bank(model: VOSModel, sequences: Sequence[VideoSequence], budget: Budg
     labeled_sequences = apply_budget(sequences, budget)
     if not labeled_sequences:
         raise UserError("the budget labels none of the dataset's videos")
-    checkpoint_info = ({"path": str(checkpoint), "sha256": file_sha256(checkpoint)} if checkpoint
-                       else {"path": None, "sha256": weights_sha256(model.state_dict())})
-    settings = {"mem_every": config.mem_every, "top_k": config.top_k, "size": config.size,
-                "include_last": config.include_last, "max_memory_frames": config.max_memory_frames,
-                "confidence_maps": confidence}
+    checkpoint_info = (
+        {"path": str(checkpoint), "sha256": file_sha256(checkpoint)}
+        if checkpoint
+        else {"path": None, "sha256": weights_sha256(model.state_dict())}
+    )
+    settings = {
+        "mem_every": config.mem_every,
+        "top_k": config.top_k,
+        "size": config.size,
+        "include_last": config.include_last,
+        "max_memory_frames": config.max_memory_frames,
+        "confidence_maps": confidence,
+    }
     identity = BankIdentity(checkpoint_info, budget_info, settings)
 
     rank, world, created_group = _distributed()
@@ -120,7 +136,7 @@ def build_bank(model: VOSModel, sequences: Sequence[VideoSequence], budget: Budg
         device = _rank_device(device or config.device, world)
     store = BankStore(out, identity, confidence=confidence, rank=rank, world=world)
     try:
-        store.check()                 # every rank refuses a mismatching bank the same way
+        store.check()  # every rank refuses a mismatching bank the same way
         if rank == 0:
             store.start()
         _barrier(world)
@@ -134,15 +150,28 @@ def build_bank(model: VOSModel, sequences: Sequence[VideoSequence], budget: Budg
             if bar is not None:
                 bar.set_postfix_str(seq.name)
             propagation, labeled, palette = pseudo_label_frames(engine, seq, confidence=confidence)
-            store.write_video(seq.name, seq.frame_names, labeled, propagation.object_ids,
-                              _counted(propagation, bar), palette)
+            store.write_video(
+                seq.name,
+                seq.frame_names,
+                labeled,
+                propagation.object_ids,
+                _counted(propagation, bar),
+                palette,
+            )
             frames_written += seq.num_frames
         if bar is not None:
             bar.close()
         _barrier(world)
         manifest = store.finish([seq.name for seq in labeled_sequences]) if rank == 0 else None
-        return BankSummary(len(labeled_sequences), len(todo), len(labeled_sequences) - len(todo),
-                           frames_written, time.perf_counter() - start, Path(out), manifest)
+        return BankSummary(
+            len(labeled_sequences),
+            len(todo),
+            len(labeled_sequences) - len(todo),
+            frames_written,
+            time.perf_counter() - start,
+            Path(out),
+            manifest,
+        )
     finally:
         if created_group:
             torch.distributed.destroy_process_group()
@@ -189,9 +218,9 @@ def _barrier(world: int) -> None:
         torch.distributed.barrier()
 
 
-def _progress_bar(total: int, enabled: bool):  # type: ignore[no-untyped-def]
+def _progress_bar(total: int, enabled: bool) -> Any:
     if not enabled:
         return None
     from tqdm import tqdm
-    return tqdm(total=total, unit="frame", desc="pseudo labels", dynamic_ncols=True)
 
+    return tqdm(total=total, unit="frame", desc="pseudo labels", dynamic_ncols=True)

@@ -46,9 +46,9 @@ class Step:
 class Run:
     """One propagation direction: its steps, annotated frames, and the label of its source."""
 
-    source: int                       # the (first) annotated frame it starts from
-    direction: int                    # +1 forward, -1 backward
-    annotated: list[int]              # annotated frames it uses, in processing order
+    source: int  # the (first) annotated frame it starts from
+    direction: int  # +1 forward, -1 backward
+    annotated: list[int]  # annotated frames it uses, in processing order
     steps: list[Step] = field(default_factory=list)
 
     @property
@@ -57,8 +57,14 @@ class Run:
         return [step.frame for step in self.steps]
 
 
-def plan_steps(order: Sequence[int], annotated: Collection[int], outputs: Collection[int],
-               mem_every: int, include_last: bool, every_frame: bool = False) -> list[Step]:
+def plan_steps(
+    order: Sequence[int],
+    annotated: Collection[int],
+    outputs: Collection[int],
+    mem_every: int,
+    include_last: bool,
+    every_frame: bool = False,
+) -> list[Step]:
     """Plan a run over frames ``order`` (processing order, starting at an annotated frame).
 
     annotated: frames whose masks are given; outputs: frames whose result is wanted;
@@ -74,8 +80,9 @@ def plan_steps(order: Sequence[int], annotated: Collection[int], outputs: Collec
     end = len(order) - 1
     for pos, frame in enumerate(order):
         if frame in annotated:
-            steps.append(Step(frame, predict=enabled, annotation=True, emit=frame in outputs,
-                              memory=PERMANENT))
+            steps.append(
+                Step(frame, predict=enabled, annotation=True, emit=frame in outputs, memory=PERMANENT)
+            )
             last_memory, enabled = pos, True
             continue
         if not enabled:
@@ -97,8 +104,14 @@ def plan_steps(order: Sequence[int], annotated: Collection[int], outputs: Collec
     return steps
 
 
-def forward_runs(num_frames: int, annotated: Sequence[int], outputs: Collection[int] | None,
-                 mem_every: int, include_last: bool, every_frame: bool = False) -> list[Run]:
+def forward_runs(
+    num_frames: int,
+    annotated: Sequence[int],
+    outputs: Collection[int] | None,
+    mem_every: int,
+    include_last: bool,
+    every_frame: bool = False,
+) -> list[Run]:
     """The STCN schedule: one forward run from the first annotated frame to the last output.
 
     outputs None = every frame from the first annotated one.
@@ -127,7 +140,7 @@ def assign_sources(num_frames: int, labeled: Sequence[int]) -> list[int]:
         raise ValueError(f"labeled frames {labeled} outside 0..{num_frames - 1}")
     sources = []
     for frame in range(num_frames):
-        i = bisect_right(labeled, frame) - 1      # labeled[i] <= frame < labeled[i + 1]
+        i = bisect_right(labeled, frame) - 1  # labeled[i] <= frame < labeled[i + 1]
         if i < 0:
             sources.append(labeled[0])
         elif labeled[i] == frame or i == len(labeled) - 1:
@@ -138,8 +151,14 @@ def assign_sources(num_frames: int, labeled: Sequence[int]) -> list[int]:
     return sources
 
 
-def nearest_runs(num_frames: int, labeled: Sequence[int], outputs: Collection[int] | None,
-                 mem_every: int, include_last: bool, every_frame: bool = False) -> list[Run]:
+def nearest_runs(
+    num_frames: int,
+    labeled: Sequence[int],
+    outputs: Collection[int] | None,
+    mem_every: int,
+    include_last: bool,
+    every_frame: bool = False,
+) -> list[Run]:
     """The two-shot schedule: a backward and a forward run per labeled frame, each covering
     only the unlabeled frames assigned to it by :func:`assign_sources` (and, of those, only
     ``outputs`` if given). Runs with nothing to output are left out.
@@ -156,8 +175,7 @@ def nearest_runs(num_frames: int, labeled: Sequence[int], outputs: Collection[in
             stop = max(side) if direction > 0 else min(side)
             order = list(range(source, stop + direction, direction))
             run = Run(source, direction, [source])
-            run.steps = plan_steps(order, {source}, wanted & set(side), mem_every, include_last,
-                                   every_frame)
+            run.steps = plan_steps(order, {source}, wanted & set(side), mem_every, include_last, every_frame)
             if run.steps:
                 runs.append(run)
     return runs

@@ -6,5 +6,15 @@ from twoshot.model.interface import Propagator, RunMemory, VOSModel
 from twoshot.model.network import STCN, KeyFeatures
 from twoshot.model.registry import build_model, model_class
 
-__all__ = ["STCN", "KeyFeatures", "Propagator", "RunMemory", "VOSModel", "build_model", "load_checkpoint",
-           "load_model", "model_class", "save_weights"]
+__all__ = [
+    "STCN",
+    "KeyFeatures",
+    "Propagator",
+    "RunMemory",
+    "VOSModel",
+    "build_model",
+    "load_checkpoint",
+    "load_model",
+    "model_class",
+    "save_weights",
+]

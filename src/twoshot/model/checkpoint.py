@@ -13,23 +13,23 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from twoshot.config import Config, ModelConfig, config_from_dict, load_config, PRESETS
+from twoshot.config import MODEL_KINDS, PRESETS, Config, ModelConfig, config_from_dict, load_config
 from twoshot.errors import UserError
 from twoshot.fsutil import save_torch
 from twoshot.model.interface import VOSModel
-from twoshot.config import MODEL_KINDS
 from twoshot.model.registry import model_class
 
 VALUE_CONV1 = "value_encoder.conv1.weight"
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> "OrderedDict[str, torch.Tensor]":
+def read_state_dict(path: str | os.PathLike[str]) -> OrderedDict[str, torch.Tensor]:
     """Load the network weights from any accepted checkpoint form.
 
     Returns a state dict with plain STCN names (no ``module.`` prefix), the value encoder's
@@ -41,14 +41,17 @@ def read_state_dict(path: str | os.PathLike[str]) -> "OrderedDict[str, torch.Ten
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types (KeyError, UnpicklingError ...) on junk
-        raise UserError(f"{path}: not a PyTorch checkpoint ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from exc
+        raise UserError(
+            f"{path}: not a PyTorch checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})"
+        ) from exc
     if isinstance(obj, Mapping) and "network" in obj and isinstance(obj["network"], Mapping):
         obj = obj["network"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"{path}: not a state dict of tensors (nor a training checkpoint "
-                        "with a 'network' entry)")
-    state = OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in obj.items())
+        raise UserError(
+            f"{path}: not a state dict of tensors (nor a training checkpoint with a 'network' entry)"
+        )
+    state = OrderedDict((k[len("module.") :] if k.startswith("module.") else k, v) for k, v in obj.items())
     if VALUE_CONV1 in state and state[VALUE_CONV1].dim() == 4 and state[VALUE_CONV1].shape[1] == 4:
         state[VALUE_CONV1] = expand_value_conv1(state[VALUE_CONV1])
     if detect_kind(state) == "cutie":
@@ -59,8 +62,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> "OrderedDict[str, torch.Ten
 
 
 # Parameter-name prefixes only one architecture has (its encoders), telling checkpoints apart.
-_KIND_PREFIXES = {"stcn": ("key_encoder.", "value_encoder."),
-                  "cutie": ("pixel_encoder.", "mask_encoder.")}
+_KIND_PREFIXES = {"stcn": ("key_encoder.", "value_encoder."), "cutie": ("pixel_encoder.", "mask_encoder.")}
 
 
 def detect_kind(state: Mapping[str, torch.Tensor]) -> str | None:
@@ -81,9 +83,12 @@ def check_kind(state: Mapping[str, torch.Tensor], kind: str, source: str) -> Non
     if found == kind:
         return
     names = ", ".join(list(state)[:3]) + (", ..." if len(state) > 3 else "")
-    looks = (f"the weights look like a {found} checkpoint; use --model {found}" if found else
-             f"the weights look like neither model ({', '.join(MODEL_KINDS)}): no parameters "
-             f"named {' / '.join(_KIND_PREFIXES[kind])}*")
+    looks = (
+        f"the weights look like a {found} checkpoint; use --model {found}"
+        if found
+        else f"the weights look like neither model ({', '.join(MODEL_KINDS)}): no parameters "
+        f"named {' / '.join(_KIND_PREFIXES[kind])}*"
+    )
     raise UserError(f"{source}: not a {kind} checkpoint: {looks} (first keys: {names})")
 
 
@@ -134,11 +139,16 @@ def matching_preset(state: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
-def _mismatches(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
+def _mismatches(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
+) -> dict[str, list[str]]:
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in expected if k in state and state[k].shape != expected[k].shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
     result = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": shapes}
     return result if any(result.values()) else {}
 
@@ -188,8 +198,9 @@ def model_config_for(path: str | os.PathLike[str], preset: str | None = None) ->
     return load_config(preset) if preset is not None else saved_config(path)
 
 
-def load_model(path: str | os.PathLike[str], config: ModelConfig | None = None,
-               kind: str | None = None) -> VOSModel:
+def load_model(
+    path: str | os.PathLike[str], config: ModelConfig | None = None, kind: str | None = None
+) -> VOSModel:
     """Build the model for ``config`` and load ``path``.
 
     With ``config`` None: the model section saved beside the weights by ``twoshot train``
@@ -210,8 +221,10 @@ def load_model(path: str | os.PathLike[str], config: ModelConfig | None = None,
         preset = matching_preset(state)
         if preset is None:
             fitting = [name for name in PRESETS if load_config(name).model.kind == found]
-            raise UserError(f"{path}: the {found} weights fit no shipped preset "
-                            f"({', '.join(fitting)}); pass the model configuration that produced them")
+            raise UserError(
+                f"{path}: the {found} weights fit no shipped preset "
+                f"({', '.join(fitting)}); pass the model configuration that produced them"
+            )
         config = load_config(preset).model
     model = model_class(config.kind)(config)
     check_state_dict(model, state, str(path))

@@ -99,8 +99,16 @@ class Propagator(ABC):
         """
 
     @abstractmethod
-    def memorize(self, memory: RunMemory, image: torch.Tensor, features: FrameFeatures,
-                 prob: torch.Tensor, kind: str | None, *, pinned: bool = False) -> None:
+    def memorize(
+        self,
+        memory: RunMemory,
+        image: torch.Tensor,
+        features: FrameFeatures,
+        prob: torch.Tensor,
+        kind: str | None,
+        *,
+        pinned: bool = False,
+    ) -> None:
         """Take a frame's final probabilities (after any annotation overlay) into ``memory``.
 
         Called once for every frame a run processes, in order. prob float [1, 1+K, Hp, Wp]
@@ -125,8 +133,9 @@ class VOSModel(nn.Module, ABC):
         """This model's inference operations under ``config``; heavy calls go through ``wrap``."""
 
     @abstractmethod
-    def clip_forward(self, rgb: torch.Tensor, first_masks: torch.Tensor,
-                     selector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def clip_forward(
+        self, rgb: torch.Tensor, first_masks: torch.Tensor, selector: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Segment frames 1..T-1 of each training clip from frame 0's masks.
 
         rgb [B, T, 3, H, W] normalised frames; first_masks [B, K, H, W] frame 0's object

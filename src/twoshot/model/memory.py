@@ -40,8 +40,9 @@ def softmax_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     return torch.zeros_like(logits).scatter_(1, indices, exp)
 
 
-def memory_affinity(memory_keys: torch.Tensor, query_keys: torch.Tensor,
-                    top_k: int | None = None) -> torch.Tensor:
+def memory_affinity(
+    memory_keys: torch.Tensor, query_keys: torch.Tensor, top_k: int | None = None
+) -> torch.Tensor:
     """Normalised affinity [B,N,Q] from memory keys [B,Ck,N] and query keys [B,Ck,Q].
 
     top_k None: full softmax (training); an int: top-k softmax (inference).

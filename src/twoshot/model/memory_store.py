@@ -70,8 +70,9 @@ class MemoryStore:
         self.groups.append(ObjectGroup(self.num_objects, self.num_objects + count, self._serial))
         self.num_objects += count
 
-    def add(self, key: torch.Tensor, values: torch.Tensor, *, temporary: bool = False,
-            pinned: bool = False) -> None:
+    def add(
+        self, key: torch.Tensor, values: torch.Tensor, *, temporary: bool = False, pinned: bool = False
+    ) -> None:
         """Add a frame. key [Ck, h, w]; values [K, Cv, h, w] for every enabled object.
 
         As in STCN, any addition discards the previous temporary frame; a temporary frame is
@@ -102,7 +103,7 @@ class MemoryStore:
         if cached is None:
             entries = [e for e in self.entries if e.serial >= group.since]
             keys = torch.cat([e.key for e in entries], dim=1)[None]
-            values = torch.cat([e.values[group.first:group.stop] for e in entries], dim=2)[None]
+            values = torch.cat([e.values[group.first : group.stop] for e in entries], dim=2)[None]
             cached = self._cache[id(group)] = (keys, values)
         return cached
 
@@ -120,7 +121,7 @@ class MemoryStore:
             keys, values = self._group_memory(group)
             if self.temporary is not None:
                 keys = torch.cat([keys, self.temporary.key[None]], dim=2)
-                values = torch.cat([values, self.temporary.values[None, group.first:group.stop]], dim=3)
+                values = torch.cat([values, self.temporary.values[None, group.first : group.stop]], dim=3)
             affinity = memory_affinity(keys, query, top_k)
             outputs.append(readout(affinity, values))
         out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)

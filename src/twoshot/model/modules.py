@@ -21,8 +21,9 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.downsample = (nn.Conv2d(in_channels, out_channels, 3, padding=1)
-                           if in_channels != out_channels else None)
+        self.downsample = (
+            nn.Conv2d(in_channels, out_channels, 3, padding=1) if in_channels != out_channels else None
+        )
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
 
@@ -38,8 +39,9 @@ class ChannelGate(nn.Module):
         super().__init__()
         hidden = max(channels // reduction, 1)
         # Index 0 is a Flatten so the Linear layers are mlp.1 / mlp.3, as in STCN.
-        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(channels, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, channels))
+        self.mlp = nn.Sequential(
+            nn.Flatten(), nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         attention = self.mlp(x.mean(dim=(2, 3))) + self.mlp(x.amax(dim=(2, 3)))
@@ -101,8 +103,7 @@ class KeyEncoder(nn.Module):
 
     def __init__(self, block: str, layers: list[int], width: int, output_stride: int = 16) -> None:
         super().__init__()
-        trunk = ResNetTrunk(block, layers, width, in_channels=3, conv_bias=False,
-                            output_stride=output_stride)
+        trunk = ResNetTrunk(block, layers, width, in_channels=3, conv_bias=False, output_stride=output_stride)
         self.conv1, self.bn1, self.relu, self.maxpool = trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool
         self.res2, self.layer2, self.layer3 = trunk.layer1, trunk.layer2, trunk.layer3
         self.channels = trunk.channels
@@ -123,17 +124,24 @@ class KeyEncoder(nn.Module):
 class ValueEncoder(nn.Module):
     """ResNet (convs with bias) on RGB + mask + other objects' masks, fused with key f16."""
 
-    def __init__(self, block: str, layers: list[int], width: int, key_f16_channels: int,
-                 value_dim: int, output_stride: int = 16) -> None:
+    def __init__(
+        self,
+        block: str,
+        layers: list[int],
+        width: int,
+        key_f16_channels: int,
+        value_dim: int,
+        output_stride: int = 16,
+    ) -> None:
         super().__init__()
-        trunk = ResNetTrunk(block, layers, width, in_channels=5, conv_bias=True,
-                            output_stride=output_stride)
+        trunk = ResNetTrunk(block, layers, width, in_channels=5, conv_bias=True, output_stride=output_stride)
         self.conv1, self.bn1, self.relu, self.maxpool = trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool
         self.layer1, self.layer2, self.layer3 = trunk.layer1, trunk.layer2, trunk.layer3
         self.fuser = FeatureFusionBlock(trunk.channels[2] + key_f16_channels, value_dim)
 
-    def forward(self, images: torch.Tensor, key_f16: torch.Tensor, masks: torch.Tensor,
-                others: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, key_f16: torch.Tensor, masks: torch.Tensor, others: torch.Tensor
+    ) -> torch.Tensor:
         """images [N,3,H,W], key_f16 [N,C16,h,w], masks/others [N,1,H,W] -> value [N,Cv,h,w]."""
         x = torch.cat([images, masks, others], dim=1)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -148,6 +156,7 @@ class KeyProjection(nn.Module):
         super().__init__()
         self.key_proj = nn.Conv2d(in_channels, key_dim, 3, padding=1)
         nn.init.orthogonal_(self.key_proj.weight.data)
+        assert self.key_proj.bias is not None
         nn.init.zeros_(self.key_proj.bias.data)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

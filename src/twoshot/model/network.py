@@ -23,19 +23,21 @@ from twoshot.model.preprocess import pad_divide_by, unpad
 class KeyFeatures:
     """What the key encoder gives for a batch of frames."""
 
-    key: torch.Tensor      # [B, key_dim, h, w]   memory / query key
-    thin: torch.Tensor     # [B, value_dim, h, w] key_comp(f16), the decoder's query half
-    f16: torch.Tensor      # [B, C16, h, w]       goes to the value encoder's fuser
-    f8: torch.Tensor       # [B, C8, H/8, W/8]    decoder skip
-    f4: torch.Tensor       # [B, C4, H/4, W/4]    decoder skip
+    key: torch.Tensor  # [B, key_dim, h, w]   memory / query key
+    thin: torch.Tensor  # [B, value_dim, h, w] key_comp(f16), the decoder's query half
+    f16: torch.Tensor  # [B, C16, h, w]       goes to the value encoder's fuser
+    f8: torch.Tensor  # [B, C8, H/8, W/8]    decoder skip
+    f4: torch.Tensor  # [B, C4, H/4, W/4]    decoder skip
 
-    def index(self, item: slice | int | torch.Tensor) -> "KeyFeatures":
+    def index(self, item: slice | int | torch.Tensor) -> KeyFeatures:
         """Select batch entries (e.g. frames) from every feature map."""
+
         def pick(t: torch.Tensor) -> torch.Tensor:
-            return t[item:item + 1] if isinstance(item, int) else t[item]
+            return t[item : item + 1] if isinstance(item, int) else t[item]
+
         return KeyFeatures(pick(self.key), pick(self.thin), pick(self.f16), pick(self.f8), pick(self.f4))
 
-    def clone(self) -> "KeyFeatures":
+    def clone(self) -> KeyFeatures:
         """A copy owning its storage (not a view of a larger batch)."""
         return KeyFeatures(*(x.clone() for x in (self.key, self.thin, self.f16, self.f8, self.f4)))
 
@@ -49,11 +51,18 @@ class STCN(VOSModel):
         super().__init__()
         config = config or ModelConfig()
         self.config = config
-        self.key_encoder = KeyEncoder(config.key_block, config.key_layers, config.key_width,
-                                      config.output_stride)
+        self.key_encoder = KeyEncoder(
+            config.key_block, config.key_layers, config.key_width, config.output_stride
+        )
         c4, c8, c16 = self.key_encoder.channels
-        self.value_encoder = ValueEncoder(config.value_block, config.value_layers, config.value_width,
-                                          c16, config.value_dim, config.output_stride)
+        self.value_encoder = ValueEncoder(
+            config.value_block,
+            config.value_layers,
+            config.value_width,
+            c16,
+            config.value_dim,
+            config.output_stride,
+        )
         self.key_proj = KeyProjection(c16, config.key_dim)
         self.key_comp = nn.Conv2d(c16, config.value_dim, 3, padding=1)
         self.decoder = Decoder(2 * config.value_dim, (c4, c8, c16), config.decoder_dims)
@@ -63,8 +72,7 @@ class STCN(VOSModel):
         f16, f8, f4 = self.key_encoder(images)
         return KeyFeatures(self.key_proj(f16), self.key_comp(f16), f16, f8, f4)
 
-    def encode_value(self, images: torch.Tensor, key_f16: torch.Tensor,
-                     masks: torch.Tensor) -> torch.Tensor:
+    def encode_value(self, images: torch.Tensor, key_f16: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Memory values of K objects per frame, in one batched encoder call.
 
         images [B,3,H,W]; key_f16 [B,C16,h,w]; masks [B,K,H,W] (probabilities or 0/1).
@@ -74,15 +82,17 @@ class STCN(VOSModel):
         batch, objects, height, width = masks.shape
         if objects > 1:
             # others[:, i] = sum of masks[:, j] for j != i, summed in index order like STCN.
-            index = torch.tensor([[j for j in range(objects) if j != i] for i in range(objects)],
-                                 device=masks.device)
+            index = torch.tensor(
+                [[j for j in range(objects) if j != i] for i in range(objects)], device=masks.device
+            )
             others = masks[:, index].sum(dim=2)
         else:
             others = torch.zeros_like(masks)
         flat_images = images.unsqueeze(1).expand(-1, objects, -1, -1, -1).reshape(-1, 3, height, width)
         flat_f16 = key_f16.unsqueeze(1).expand(-1, objects, -1, -1, -1).flatten(0, 1)
-        values = self.value_encoder(flat_images, flat_f16, masks.reshape(-1, 1, height, width),
-                                    others.reshape(-1, 1, height, width))
+        values = self.value_encoder(
+            flat_images, flat_f16, masks.reshape(-1, 1, height, width), others.reshape(-1, 1, height, width)
+        )
         return values.view(batch, objects, *values.shape[1:])
 
     def decode(self, readout_values: torch.Tensor, query: KeyFeatures) -> torch.Tensor:
@@ -96,9 +106,14 @@ class STCN(VOSModel):
         logits = self.decoder(x, repeat(query.f8), repeat(query.f4))
         return logits.view(batch, objects, *logits.shape[2:])
 
-    def segment(self, query: KeyFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor,
-                top_k: int | None = None,
-                selector: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def segment(
+        self,
+        query: KeyFeatures,
+        memory_keys: torch.Tensor,
+        memory_values: torch.Tensor,
+        top_k: int | None = None,
+        selector: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Segment K objects in one query frame per batch entry from memory.
 
         query: key features of one frame per batch entry ([B,...]).
@@ -117,15 +132,15 @@ class STCN(VOSModel):
         logits = aggregate_logits(prob, dim=1)
         return logits, torch.softmax(logits, dim=1)
 
-
     def propagator(self, config: InferenceConfig, wrap: Wrap = no_wrap) -> Propagator:
         """STCN's inference operations (:class:`~twoshot.model.stcn_propagator.STCNPropagator`)."""
         from twoshot.model.stcn_propagator import STCNPropagator
 
         return STCNPropagator(self, config, wrap)
 
-    def clip_forward(self, rgb: torch.Tensor, first_masks: torch.Tensor,
-                     selector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def clip_forward(
+        self, rgb: torch.Tensor, first_masks: torch.Tensor, selector: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Segment frames 1..T-1 of each clip from frame 0's masks, as STCN trains (DESIGN.md §3).
 
         Frame 0 and its masks become the memory; frame 1 is segmented from it; frame 1's
@@ -142,20 +157,19 @@ class STCN(VOSModel):
         rgb, pad = pad_divide_by(rgb, 16)
         first_masks, _ = pad_divide_by(first_masks, 16)
         # One key-encoder call for every frame of every clip (the key never depends on masks).
-        feats = self.encode_key(rgb.flatten(0, 1))                 # [B*T, ...], clip-major
+        feats = self.encode_key(rgb.flatten(0, 1))  # [B*T, ...], clip-major
         h, w = feats.key.shape[-2:]
         keys = feats.key.view(batch, frames, -1, h, w)
 
         def frame(t: int) -> KeyFeatures:
-            return feats.index(slice(t, None, frames))              # frame t of every clip
+            return feats.index(slice(t, None, frames))  # frame t of every clip
 
         values = [self.encode_value(rgb[:, 0], frame(0).f16, first_masks)]  # [B,K,Cv,h,w]
         all_logits, all_probs = [], []
         for t in range(1, frames):
-            memory_keys = keys[:, :t].transpose(1, 2).flatten(2)     # [B,Ck,t*h*w], frame-major
-            memory_values = torch.stack(values, dim=3).flatten(3)    # [B,K,Cv,t*h*w], same order
-            logits, prob = self.segment(frame(t), memory_keys, memory_values, top_k=None,
-                                        selector=selector)
+            memory_keys = keys[:, :t].transpose(1, 2).flatten(2)  # [B,Ck,t*h*w], frame-major
+            memory_values = torch.stack(values, dim=3).flatten(3)  # [B,K,Cv,t*h*w], same order
+            logits, prob = self.segment(frame(t), memory_keys, memory_values, top_k=None, selector=selector)
             all_logits.append(logits)
             all_probs.append(prob)
             if t + 1 < frames:

@@ -43,4 +43,4 @@ def unpad(x: torch.Tensor, pad: Padding) -> torch.Tensor:
     """Undo :func:`pad_divide_by`: crop [..., H', W'] back to [..., H, W]."""
     left, right, top, bottom = pad
     h, w = x.shape[-2:]
-    return x[..., top:h - bottom, left:w - right]
+    return x[..., top : h - bottom, left : w - right]

@@ -16,8 +16,14 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, conv_bias: bool = False) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        conv_bias: bool = False,
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=conv_bias)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -38,8 +44,14 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, conv_bias: bool = False) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        conv_bias: bool = False,
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=conv_bias)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -70,8 +82,15 @@ class ResNetTrunk(nn.Module):
     the parameters keep their names and shapes).
     """
 
-    def __init__(self, block: str, layers: list[int], width: int = 64, in_channels: int = 3,
-                 conv_bias: bool = False, output_stride: int = 16) -> None:
+    def __init__(
+        self,
+        block: str,
+        layers: list[int],
+        width: int = 64,
+        in_channels: int = 3,
+        conv_bias: bool = False,
+        output_stride: int = 16,
+    ) -> None:
         super().__init__()
         if block not in BLOCKS:
             raise ValueError(f"unknown ResNet block {block!r}; choose one of {sorted(BLOCKS)}")
@@ -89,19 +108,24 @@ class ResNetTrunk(nn.Module):
         self.layer1 = self._make_layer(block_type, width, layers[0], 1)
         self.layer2 = self._make_layer(block_type, width * 2, layers[1], 2)
         self.layer3 = self._make_layer(block_type, width * 4, layers[2], output_stride // 8)
-        self.channels = (width * block_type.expansion, width * 2 * block_type.expansion,
-                         width * 4 * block_type.expansion)
+        self.channels = (
+            width * block_type.expansion,
+            width * 2 * block_type.expansion,
+            width * 4 * block_type.expansion,
+        )
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
-    def _make_layer(self, block_type: type[BasicBlock] | type[Bottleneck], planes: int,
-                    blocks: int, stride: int) -> nn.Sequential:
+    def _make_layer(
+        self, block_type: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int, stride: int
+    ) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block_type.expansion:
             downsample = nn.Sequential(
                 nn.Conv2d(self.inplanes, planes * block_type.expansion, 1, stride, bias=self.conv_bias),
-                nn.BatchNorm2d(planes * block_type.expansion))
+                nn.BatchNorm2d(planes * block_type.expansion),
+            )
         stage = [block_type(self.inplanes, planes, stride, downsample, self.conv_bias)]
         self.inplanes = planes * block_type.expansion
         stage += [block_type(self.inplanes, planes, conv_bias=self.conv_bias) for _ in range(1, blocks)]

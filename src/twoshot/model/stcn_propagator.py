@@ -8,6 +8,7 @@ operations and orders of STCN's ``InferenceCore``, so masks stay bit-identical t
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,7 +34,7 @@ class STCNPropagator(Propagator):
         self._encode_value = wrap(model.encode_value, "encode_value")
         self._decode = wrap(model.decode, "decode")
 
-    def _autocast(self, tensor: torch.Tensor):  # type: ignore[no-untyped-def]
+    def _autocast(self, tensor: torch.Tensor) -> contextlib.AbstractContextManager[object]:
         return inference_autocast(self.config.amp, self.dtype, tensor.device)
 
     def encode_frames(self, images: torch.Tensor) -> KeyFeatures:
@@ -55,8 +56,16 @@ class STCNPropagator(Propagator):
             logits = self._decode(readout, feats)
         return aggregate(torch.sigmoid(logits.float()), dim=1)
 
-    def memorize(self, memory: RunMemory, image: torch.Tensor, features: FrameFeatures,
-                 prob: torch.Tensor, kind: str | None, *, pinned: bool = False) -> None:
+    def memorize(
+        self,
+        memory: RunMemory,
+        image: torch.Tensor,
+        features: FrameFeatures,
+        prob: torch.Tensor,
+        kind: str | None,
+        *,
+        pinned: bool = False,
+    ) -> None:
         """Encode the values of every enabled object and add the frame (when ``kind`` is set)."""
         if kind is None:
             return  # STCN keeps no state between frames besides its memory

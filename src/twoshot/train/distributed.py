@@ -28,8 +28,8 @@ class DistContext:
     world: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
-    owns_group: bool = False            # True when this module created the process group
-    grouped: bool = False               # in a process group (set up here or by the caller)
+    owns_group: bool = False  # True when this module created the process group
+    grouped: bool = False  # in a process group (set up here or by the caller)
 
     @property
     def is_main(self) -> bool:
@@ -59,8 +59,10 @@ def setup(device: torch.device) -> DistContext:
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise UserError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA "
-                            "devices: start fewer processes (torchrun --nproc_per_node)")
+            raise UserError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA "
+                "devices: start fewer processes (torchrun --nproc_per_node)"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not initialised:

@@ -7,8 +7,8 @@ recurrence is in :mod:`twoshot.model.network`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ class ClipOutput:
     logits: torch.Tensor
     probs: torch.Tensor
 
-    def detach(self) -> "ClipOutput":
+    def detach(self) -> ClipOutput:
         """The same predictions without their autograd graph."""
         return ClipOutput(self.logits.detach(), self.probs.detach())
 
@@ -43,8 +43,9 @@ class ClipModel(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, rgb: torch.Tensor, first_masks: torch.Tensor,
-                selector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, rgb: torch.Tensor, first_masks: torch.Tensor, selector: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """See :meth:`VOSModel.clip_forward`. Returns (logits, probs), each [B, T-1, K+1, H, W]."""
         return self.model.clip_forward(rgb, first_masks, selector)
 
@@ -71,4 +72,3 @@ def forward_batch(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> ClipOu
     else:
         logits, probs = model(batch["rgb"], masks, selector)
     return ClipOutput(logits, probs)
-

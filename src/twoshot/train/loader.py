@@ -24,7 +24,8 @@ from __future__ import annotations
 import contextlib
 import random
 import sys
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_
 from twoshot.errors import UserError
 
 Batch = dict[str, Any]
-ItemKey = tuple[int, int, int]          # (epoch, max_skip, dataset index)
+ItemKey = tuple[int, int, int]  # (epoch, max_skip, dataset index)
 _ERROR = "__twoshot_user_error__"
 
 
@@ -48,7 +49,7 @@ def epoch_order(length: int, global_batch: int, seed: int, epoch: int) -> list[i
     order: list[int] = []
     while len(order) < global_batch:
         order += torch.randperm(length, generator=generator).tolist()
-    return order[:len(order) - len(order) % global_batch]
+    return order[: len(order) - len(order) % global_batch]
 
 
 def batches_per_epoch(length: int, global_batch: int) -> int:
@@ -62,8 +63,18 @@ class StreamSampler(Sampler[list[ItemKey]]):
     Yields, per step, this rank's ``batch_size`` keys ``(epoch, max_skip, index)``.
     """
 
-    def __init__(self, length: int, batch_size: int, rank: int, world: int, seed: int,
-                 epoch: int, position: int, it: int, skip_at: Callable[[int], int]) -> None:
+    def __init__(
+        self,
+        length: int,
+        batch_size: int,
+        rank: int,
+        world: int,
+        seed: int,
+        epoch: int,
+        position: int,
+        it: int,
+        skip_at: Callable[[int], int],
+    ) -> None:
         self.length, self.batch_size, self.rank, self.world = length, batch_size, rank, world
         self.seed, self.epoch, self.position, self.it = seed, epoch, position, it
         self.skip_at = skip_at
@@ -77,9 +88,9 @@ class StreamSampler(Sampler[list[ItemKey]]):
             if position >= steps:
                 epoch, position = epoch + 1, 0
                 order = epoch_order(self.length, global_batch, self.seed, epoch)
-            chunk = order[position * global_batch:(position + 1) * global_batch]
+            chunk = order[position * global_batch : (position + 1) * global_batch]
             skip = self.skip_at(it)
-            yield [(epoch, skip, index) for index in chunk[self.rank::self.world]]
+            yield [(epoch, skip, index) for index in chunk[self.rank :: self.world]]
             position += 1
             it += 1
 
@@ -108,8 +119,9 @@ class StreamItems(Dataset[Batch]):
             if skip != self._skip and hasattr(self.dataset, "set_max_skip"):
                 self.dataset.set_max_skip(skip)
             self._epoch, self._skip = epoch, skip
-            return _seeded_call(lambda: self.dataset[index], _mix(self.seed, epoch, index),
-                                restore=get_worker_info() is None)
+            return _seeded_call(
+                lambda: self.dataset[index], _mix(self.seed, epoch, index), restore=get_worker_info() is None
+            )
         except UserError as exc:
             return {_ERROR: str(exc)}
 
@@ -137,12 +149,20 @@ class ClipStream:
     the curriculum at an iteration; pin_memory: for CUDA transfers.
     """
 
-    def __init__(self, batch_size: int, num_workers: int, seed: int, rank: int, world: int,
-                 skip_at: Callable[[int], int], pin_memory: bool = False) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+        rank: int,
+        world: int,
+        skip_at: Callable[[int], int],
+        pin_memory: bool = False,
+    ) -> None:
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.rank, self.world, self.skip_at, self.pin_memory = rank, world, skip_at, pin_memory
         self.epoch = 0
-        self.position = 0                    # steps of ``epoch`` already consumed
+        self.position = 0  # steps of ``epoch`` already consumed
         self.dataset: Dataset[Batch] | None = None
         self._iterator: Iterator[Any] | None = None
         self._loader: DataLoader[Any] | None = None
@@ -169,21 +189,36 @@ class ClipStream:
             self.dataset = dataset
         length = len(dataset)  # type: ignore[arg-type]
         if length == 0:
-            raise UserError("the training dataset is empty: no clip can be made from it "
-                            "(check --data, --dataset and --split)")
+            raise UserError(
+                "the training dataset is empty: no clip can be made from it "
+                "(check --data, --dataset and --split)"
+            )
         steps = batches_per_epoch(length, self.batch_size * self.world)
         if self.position >= steps:
             self.epoch, self.position = self.epoch + 1, 0
         if self._iterator is None:
-            sampler = StreamSampler(length, self.batch_size, self.rank, self.world, self.seed,
-                                    self.epoch, self.position, it, self.skip_at)
+            sampler = StreamSampler(
+                length,
+                self.batch_size,
+                self.rank,
+                self.world,
+                self.seed,
+                self.epoch,
+                self.position,
+                it,
+                self.skip_at,
+            )
             self._loader = DataLoader(
-                StreamItems(dataset, self.seed), batch_sampler=sampler,
-                num_workers=self.num_workers, collate_fn=collate, pin_memory=self.pin_memory,
+                StreamItems(dataset, self.seed),
+                batch_sampler=sampler,
+                num_workers=self.num_workers,
+                collate_fn=collate,
+                pin_memory=self.pin_memory,
                 worker_init_fn=seed_worker if self.num_workers else None,
-                generator=torch.Generator().manual_seed(_mix(self.seed, self.epoch, self.position)))
+                generator=torch.Generator().manual_seed(_mix(self.seed, self.epoch, self.position)),
+            )
             with _quiet_opencv_pool(self.num_workers > 0):
-                self._iterator = iter(self._loader)   # forks the workers
+                self._iterator = iter(self._loader)  # forks the workers
         batch = next(self._iterator)
         self.position += 1
         if isinstance(batch, dict) and _ERROR in batch:
@@ -232,7 +267,7 @@ def _seeded_call(make: Callable[[], Any], seed: int, restore: bool) -> Any:
     saved = (random.getstate(), np.random.get_state(), torch.get_rng_state()) if restore else None
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
-    torch.default_generator.manual_seed(seed)   # CPU only: CUDA streams are the loop's
+    torch.default_generator.manual_seed(seed)  # CPU only: CUDA streams are the loop's
     try:
         return make()
     finally:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -31,8 +32,9 @@ class TrainLogger:
     run's iterations (for the bar's ETA); progress: show the tqdm bar.
     """
 
-    def __init__(self, out_dir: Path, enabled: bool, start_it: int, total: int,
-                 progress: bool = True) -> None:
+    def __init__(
+        self, out_dir: Path, enabled: bool, start_it: int, total: int, progress: bool = True
+    ) -> None:
         self.enabled = enabled
         self.writer: Any = None
         self.log_path = out_dir / LOG_NAME
@@ -42,10 +44,19 @@ class TrainLogger:
         out_dir.mkdir(parents=True, exist_ok=True)
         _truncate_log(self.log_path, start_it)
         from torch.utils.tensorboard import SummaryWriter  # imported here: ~0.5 s, main rank only
-        self.writer = SummaryWriter(str(out_dir / TENSORBOARD_DIR),
-                                    purge_step=start_it if start_it > 0 else None)
-        self.bar = tqdm(total=total, initial=start_it, unit="it", dynamic_ncols=True,
-                        disable=not progress, desc="train", smoothing=0.1)
+
+        self.writer = SummaryWriter(
+            str(out_dir / TENSORBOARD_DIR), purge_step=start_it if start_it > 0 else None
+        )
+        self.bar = tqdm(
+            total=total,
+            initial=start_it,
+            unit="it",
+            dynamic_ncols=True,
+            disable=not progress,
+            desc="train",
+            smoothing=0.1,
+        )
 
     def step(self, loss: float | None = None) -> None:
         """Advance the bar by one iteration (postfix: the latest loss, when given)."""
@@ -101,7 +112,7 @@ def _truncate_log(path: Path, start_it: int) -> None:
 
 
 def _palette() -> torch.Tensor:
-    colors = torch.tensor(list(DAVIS_PALETTE[:3 * 8]), dtype=torch.float32).view(8, 3) / 255.0
+    colors = torch.tensor(list(DAVIS_PALETTE[: 3 * 8]), dtype=torch.float32).view(8, 3) / 255.0
     return colors
 
 
@@ -119,8 +130,9 @@ def denormalize(rgb: torch.Tensor) -> torch.Tensor:
     return (rgb.detach().float().cpu() * std + mean).clamp(0, 1)
 
 
-def clip_grid(rgb: torch.Tensor, targets: torch.Tensor, probs: torch.Tensor,
-              max_samples: int = 2) -> torch.Tensor:
+def clip_grid(
+    rgb: torch.Tensor, targets: torch.Tensor, probs: torch.Tensor, max_samples: int = 2
+) -> torch.Tensor:
     """Image grid of a batch: per sample three rows (frames, targets, predictions).
 
     rgb [B,T,3,H,W] normalised; targets int64 [B,T,H,W] (cls_gt, -1 grey); probs
@@ -134,4 +146,3 @@ def clip_grid(rgb: torch.Tensor, targets: torch.Tensor, probs: torch.Tensor,
         pred = [truth[0]] + [colorize(probs[b, t].argmax(0)) for t in range(probs.shape[1])]
         rows += [torch.cat(frames, 2), torch.cat(truth, 2), torch.cat(pred, 2)]
     return torch.cat(rows, 1)
-

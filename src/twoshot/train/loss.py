@@ -35,8 +35,9 @@ def bootstrap_p(it: int, start_warm: int, end_warm: int, top_p: float) -> float:
     return float(top_p + (1.0 - top_p) * (end_warm - it) / (end_warm - start_warm))
 
 
-def bootstrapped_ce(logits: torch.Tensor, target: torch.Tensor, p: float,
-                    plain: bool = False) -> torch.Tensor:
+def bootstrapped_ce(
+    logits: torch.Tensor, target: torch.Tensor, p: float, plain: bool = False
+) -> torch.Tensor:
     """Bootstrapped CE of one frame of one sample.
 
     logits [C,H,W] (float, any dtype; computed in fp32); target int64 [H,W] with classes
@@ -70,8 +71,9 @@ class LossResult:
     p: float = 1.0
 
 
-def clip_loss(logits: torch.Tensor, cls_gt: torch.Tensor, selector: torch.Tensor, it: int,
-              config: TrainConfig) -> LossResult:
+def clip_loss(
+    logits: torch.Tensor, cls_gt: torch.Tensor, selector: torch.Tensor, it: int, config: TrainConfig
+) -> LossResult:
     """STCN's training loss over frames 1..T-1 of a batch of clips.
 
     logits [B,T-1,K+1,H,W] (ClipOutput.logits); cls_gt int64 [B,T,H,W] with 0 background,
@@ -84,21 +86,21 @@ def clip_loss(logits: torch.Tensor, cls_gt: torch.Tensor, selector: torch.Tensor
     plain = it < config.loss_start_warm
     total = logits.new_zeros((), dtype=torch.float32)
     frames = []
-    has_second = (selector[:, 1] > 0.5).tolist()   # one host sync, not one per sample
+    has_second = (selector[:, 1] > 0.5).tolist()  # one host sync, not one per sample
     for i in range(predicted):
         frame_loss = logits.new_zeros((), dtype=torch.float32)
         for j in range(batch):
             # A loop, as STCN: samples differ in object count and in labeled-pixel count.
             channels = logits.shape[2] if has_second[j] else 2
-            frame_loss = frame_loss + bootstrapped_ce(logits[j, i, :channels], cls_gt[j, i + 1],
-                                                      p, plain) / batch
+            frame_loss = (
+                frame_loss + bootstrapped_ce(logits[j, i, :channels], cls_gt[j, i + 1], p, plain) / batch
+            )
         frames.append(frame_loss.detach())
         total = total + frame_loss
     return LossResult(total, frames, p)
 
 
-def iou_counts(probs: torch.Tensor, cls_gt: torch.Tensor,
-               selector: torch.Tensor) -> dict[str, torch.Tensor]:
+def iou_counts(probs: torch.Tensor, cls_gt: torch.Tensor, selector: torch.Tensor) -> dict[str, torch.Tensor]:
     """Intersection and union of thresholded predictions vs targets on labeled pixels.
 
     probs [B,T-1,K+1,H,W] (ClipOutput.probs); cls_gt [B,T,H,W]; selector [B,K].

@@ -55,8 +55,9 @@ class Phase1Mode(SupervisedMode):
 
     name = "phase1"
 
-    def __init__(self, warmup_dataset: Dataset[Any], clip_dataset: Dataset[Any],
-                 settings: TwoShotConfig) -> None:
+    def __init__(
+        self, warmup_dataset: Dataset[Any], clip_dataset: Dataset[Any], settings: TwoShotConfig
+    ) -> None:
         self.warmup_dataset = warmup_dataset
         self.clip_dataset = clip_dataset
         self.settings = settings
@@ -80,16 +81,18 @@ class Phase1Mode(SupervisedMode):
             probs = forward_batch(self.teacher, batch).probs
         else:
             probs = outputs.probs.detach()
-        targets = pseudo_label_targets(batch["cls_gt"], batch["labeled"], probs,
-                                       self.settings.pseudo_threshold)
+        targets = pseudo_label_targets(
+            batch["cls_gt"], batch["labeled"], probs, self.settings.pseudo_threshold
+        )
         self._measure(batch, probs, targets)
         return {**batch, "cls_gt": targets}
 
     def _measure(self, batch: Batch, probs: torch.Tensor, targets: torch.Tensor) -> None:
         unlabeled = ~batch["labeled"][:, 1:]
         if unlabeled.any():
-            self.averages.add("pseudo_label_share",
-                              float((targets[:, 1:][unlabeled] != IGNORE).float().mean()))
+            self.averages.add(
+                "pseudo_label_share", float((targets[:, 1:][unlabeled] != IGNORE).float().mean())
+            )
         # Accuracy only where ground truth happens to exist: labeled frames 1..T-1 of the
         # clip, labeled as if they were not. It is logged, never used in the loss.
         labeled = batch["labeled"][:, 1:]
@@ -99,8 +102,9 @@ class Phase1Mode(SupervisedMode):
             truth = batch["cls_gt"][:, 1:][labeled]
             confident = (guess != IGNORE) & (truth != IGNORE)
             if confident.any():
-                self.averages.add("pseudo_label_accuracy",
-                                  float((guess[confident] == truth[confident]).float().mean()))
+                self.averages.add(
+                    "pseudo_label_accuracy", float((guess[confident] == truth[confident]).float().mean())
+                )
 
     def after_step(self, model: nn.Module, it: int) -> None:
         """EMA update of the teacher: t = a t + (1 - a) s, a = min(1 - 1/(it+1), ema_alpha)."""
@@ -132,15 +136,21 @@ class Phase2Mode(SupervisedMode):
 
     name = "phase2"
 
-    def __init__(self, settings: TwoShotConfig, bank: str | Path | None = None,
-                 videos: Sequence[VideoSequence] | None = None) -> None:
+    def __init__(
+        self,
+        settings: TwoShotConfig,
+        bank: str | Path | None = None,
+        videos: Sequence[VideoSequence] | None = None,
+    ) -> None:
         self.settings = settings
         self.averages = _Averages()
         self.writer: BankWriter | None = None
         if settings.write_back:
             if bank is None or videos is None:
-                raise UserError("twoshot.write_back: phase 2 needs the bank folder and its "
-                                "videos to write refined labels back")
+                raise UserError(
+                    "twoshot.write_back: phase 2 needs the bank folder and its "
+                    "videos to write refined labels back"
+                )
             self.writer = BankWriter(bank, videos)
 
     def prepare_targets(self, batch: Batch, outputs: ClipOutput, it: int) -> Batch:
@@ -150,8 +160,7 @@ class Phase2Mode(SupervisedMode):
             return batch
         probs = outputs.probs.detach()
         targets = refine_targets(batch["cls_gt"], probs, self.settings.refine_threshold)
-        self.averages.add("refined_share",
-                          float((targets[:, 1:] != batch["cls_gt"][:, 1:]).float().mean()))
+        self.averages.add("refined_share", float((targets[:, 1:] != batch["cls_gt"][:, 1:]).float().mean()))
         if self.writer is not None:
             confident = confident_labels(probs.flatten(0, 1), self.settings.refine_threshold)
             stats = self.writer.write_batch(batch, confident.view_as(batch["cls_gt"][:, 1:]))

@@ -23,8 +23,9 @@ def confident_labels(prob: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.where(best >= threshold, label, torch.full_like(label, IGNORE))
 
 
-def pseudo_label_targets(cls_gt: torch.Tensor, labeled: torch.Tensor, teacher_prob: torch.Tensor,
-                         threshold: float) -> torch.Tensor:
+def pseudo_label_targets(
+    cls_gt: torch.Tensor, labeled: torch.Tensor, teacher_prob: torch.Tensor, threshold: float
+) -> torch.Tensor:
     """Phase-1 targets: ground truth on labeled frames, confident teacher labels elsewhere.
 
     cls_gt: int64 [B, T, H, W] (-1 on unlabeled frames); labeled: bool [B, T];

@@ -79,10 +79,18 @@ class Trainer:
     ``model`` is the bare STCN (the same object DDP wraps).
     """
 
-    def __init__(self, config: Config, stage: str, dataset: Dataset[Any] | None,
-                 out_dir: str | Path, init: str | Path | None = None, resume: bool = False,
-                 mode: TrainingMode | None = None, device: str | torch.device = "auto",
-                 progress: bool = True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        stage: str,
+        dataset: Dataset[Any] | None,
+        out_dir: str | Path,
+        init: str | Path | None = None,
+        resume: bool = False,
+        mode: TrainingMode | None = None,
+        device: str | torch.device = "auto",
+        progress: bool = True,
+    ) -> None:
         self.config = config
         self.stage = stage
         self.cfg = stage_config(config, stage)
@@ -94,9 +102,11 @@ class Trainer:
         self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
         self.final_path = self.out_dir / FINAL_NAME
         if not resume and self.checkpoint_path.exists():
-            raise UserError(f"{self.out_dir} already holds a training checkpoint "
-                            f"({CHECKPOINT_NAME}); pass --resume to continue it or choose "
-                            "another --out")
+            raise UserError(
+                f"{self.out_dir} already holds a training checkpoint "
+                f"({CHECKPOINT_NAME}); pass --resume to continue it or choose "
+                "another --out"
+            )
         if resume and not self.checkpoint_path.exists():
             raise UserError(f"--resume: no {CHECKPOINT_NAME} in {self.out_dir} to resume from")
         cfg = self.cfg
@@ -108,7 +118,7 @@ class Trainer:
         try:
             self._build(init, resume)
         except BaseException:
-            dist_utils.teardown(self.ctx)   # a bad --init must not leave the group open
+            dist_utils.teardown(self.ctx)  # a bad --init must not leave the group open
             raise
 
     def _build(self, init: str | Path | None, resume: bool) -> None:
@@ -129,21 +139,29 @@ class Trainer:
             # Eval-mode BatchNorm: buffers never change, so they need no per-step sync (the
             # initial weights and buffers are identical on every rank: same seed, same init).
             # Training-mode BatchNorm: rank 0's running statistics are broadcast each step.
-            sync: dict[str, bool] = {}
+            sync: dict[str, Any] = {}
             if cfg.freeze_bn:
-                sync = ({"forward_sync_buffers": False}
-                        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                        else {"broadcast_buffers": False})
+                sync = (
+                    {"forward_sync_buffers": False}
+                    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                    else {"broadcast_buffers": False}
+                )
             self.net = DistributedDataParallel(
-                clip_model, device_ids=[self.device] if self.device.type == "cuda" else None,
-                **sync)
+                clip_model, device_ids=[self.device] if self.device.type == "cuda" else None, **sync
+            )
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.lr_steps,
-                                                              cfg.lr_gamma)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.lr_steps, cfg.lr_gamma)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
-        self.stream = ClipStream(cfg.batch_size, cfg.num_workers, cfg.seed, self.ctx.rank,
-                                 self.ctx.world, self.max_skip, self.device.type == "cuda")
+        self.stream = ClipStream(
+            cfg.batch_size,
+            cfg.num_workers,
+            cfg.seed,
+            self.ctx.rank,
+            self.ctx.world,
+            self.max_skip,
+            self.device.type == "cuda",
+        )
         self.it = 0
         self.last_saved: int | None = None
         self.mode.start(self.model, self.device)
@@ -155,8 +173,7 @@ class Trainer:
 
     def max_skip(self, it: int) -> int:
         """The curriculum's max skip for 0-based iteration ``it``."""
-        return max_skip_at(it, self.cfg.iterations, self.cfg.max_skip_values,
-                           self.cfg.max_skip_fractions)
+        return max_skip_at(it, self.cfg.iterations, self.cfg.max_skip_values, self.cfg.max_skip_fractions)
 
     def dataset_at(self, it: int) -> Dataset[Any]:
         """The dataset of iteration ``it``: the mode's, else the stage's."""
@@ -180,11 +197,16 @@ class Trainer:
         total = cfg.iterations
         if ctx.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            write_json(self.out_dir / "config.json",
-                       {"stage": self.stage, "world_size": ctx.world,
-                        "global_batch_size": cfg.batch_size * ctx.world,
-                        "mode": getattr(self.mode, "name", type(self.mode).__name__),
-                        "config": to_dict(self.config)})
+            write_json(
+                self.out_dir / "config.json",
+                {
+                    "stage": self.stage,
+                    "world_size": ctx.world,
+                    "global_batch_size": cfg.batch_size * ctx.world,
+                    "mode": getattr(self.mode, "name", type(self.mode).__name__),
+                    "config": to_dict(self.config),
+                },
+            )
         logger = TrainLogger(self.out_dir, ctx.is_main, self.it, total, self.progress)
         sums: dict[str, torch.Tensor] = {}
         steps_in_window, window_start = 0, time.perf_counter()
@@ -212,8 +234,12 @@ class Trainer:
                 self.mode.after_step(self.model, it)
                 self.it = it + 1
 
-                _accumulate(sums, loss, iou_counts(output.probs.detach(), batch["cls_gt"],
-                                                   batch["selector"]), grad_norm)
+                _accumulate(
+                    sums,
+                    loss,
+                    iou_counts(output.probs.detach(), batch["cls_gt"], batch["selector"]),
+                    grad_norm,
+                )
                 steps_in_window += 1
                 logger.step(loss_value)
                 if self.it % cfg.log_every == 0 or self.it == total:
@@ -222,8 +248,11 @@ class Trainer:
                     logger.scalars(self.it, scalars)
                     sums, steps_in_window, window_start = {}, 0, time.perf_counter()
                 if ctx.is_main and self.it % cfg.image_every == 0:
-                    logger.image(self.it, "train/clips",
-                                 clip_grid(batch["rgb"], batch["cls_gt"], output.probs.detach()))
+                    logger.image(
+                        self.it,
+                        "train/clips",
+                        clip_grid(batch["rgb"], batch["cls_gt"], output.probs.detach()),
+                    )
                 if self.it % cfg.save_every == 0 or self.it == total:
                     self._save(total)
             if ctx.is_main:
@@ -245,27 +274,34 @@ class Trainer:
     def _check_finite(self, loss: torch.Tensor, it: int, total: int) -> float:
         """The loss as a float; TrainingDiverged (on every rank) if any rank's is not finite."""
         value = float(loss.detach())
-        flag = torch.tensor([1.0 if np.isfinite(value) else 0.0],
-                            device=self.device if self.ctx.distributed else "cpu")
+        flag = torch.tensor(
+            [1.0 if np.isfinite(value) else 0.0], device=self.device if self.ctx.distributed else "cpu"
+        )
         if float(dist_utils.all_reduce(flag, self.ctx, "min")) < 1.0:
+            shown = value if not np.isfinite(value) else "not finite on another process"
             raise TrainingDiverged(
-                f"training stopped: the loss is {value if not np.isfinite(value) else 'not finite on another process'} "
-                f"at iteration {it + 1} of {total}; {self._last_good()}")
+                f"training stopped: the loss is {shown} at iteration {it + 1} of {total}; {self._last_good()}"
+            )
         return value
 
     def _last_good(self) -> str:
         if self.last_saved is not None or self.checkpoint_path.exists():
             where = f" (iteration {self.last_saved})" if self.last_saved is not None else ""
-            return (f"the last good checkpoint is {self.checkpoint_path}{where}; lower the learning "
-                    "rate or check the data, then continue with --resume")
+            return (
+                f"the last good checkpoint is {self.checkpoint_path}{where}; lower the learning "
+                "rate or check the data, then continue with --resume"
+            )
         return "no checkpoint was saved yet; lower the learning rate or check the data"
 
-    def _window_scalars(self, sums: dict[str, torch.Tensor], steps: int, elapsed: float,
-                        p: float, lr: float) -> dict[str, float]:
+    def _window_scalars(
+        self, sums: dict[str, torch.Tensor], steps: int, elapsed: float, p: float, lr: float
+    ) -> dict[str, float]:
         """Means over the logging window, pooled over processes (every rank must call)."""
         names = sorted(sums)
-        packed = torch.stack([sums[n].float().to(self.device) for n in names] +
-                             [torch.tensor(float(steps), device=self.device)])
+        packed = torch.stack(
+            [sums[n].float().to(self.device) for n in names]
+            + [torch.tensor(float(steps), device=self.device)]
+        )
         packed = dist_utils.all_reduce(packed, self.ctx).cpu()
         totals = dict(zip(names, packed[:-1].tolist()))
         count = max(packed[-1].item(), 1.0)
@@ -289,11 +325,16 @@ class Trainer:
 
     def _rng_state(self) -> dict[str, Any]:
         py = random.getstate()
-        npy = np.random.get_state()
+        npy: Any = np.random.get_state()  # the legacy tuple (its stubs also allow a dict)
         state: dict[str, Any] = {
             "python": [py[0], list(py[1]), py[2]],
-            "numpy": [npy[0], torch.from_numpy(npy[1].astype(np.int64)), int(npy[2]),
-                      int(npy[3]), float(npy[4])],
+            "numpy": [
+                npy[0],
+                torch.from_numpy(npy[1].astype(np.int64)),
+                int(npy[2]),
+                int(npy[3]),
+                float(npy[4]),
+            ],
             "torch": torch.get_rng_state(),
         }
         if self.device.type == "cuda":
@@ -318,21 +359,25 @@ class Trainer:
         if bad:
             raise TrainingDiverged(
                 f"training stopped: non-finite weights after iteration {self.it} of {total} "
-                f"({len(bad)} tensors, e.g. {bad[0]}); {self._last_good()}")
-        save_torch(self.checkpoint_path, {
-            "it": self.it,
-            "network": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rng_states,
-            "stream": self.stream.state_dict(),
-            "curriculum": {"max_skip": self.max_skip(self.it)},
-            "mode": self.mode.extra_state(),
-            "stage": self.stage,
-            "world_size": self.ctx.world,
-            "config": to_dict(self.cfg),
-        })
+                f"({len(bad)} tensors, e.g. {bad[0]}); {self._last_good()}"
+            )
+        save_torch(
+            self.checkpoint_path,
+            {
+                "it": self.it,
+                "network": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng_states,
+                "stream": self.stream.state_dict(),
+                "curriculum": {"max_skip": self.max_skip(self.it)},
+                "mode": self.mode.extra_state(),
+                "stage": self.stage,
+                "world_size": self.ctx.world,
+                "config": to_dict(self.cfg),
+            },
+        )
         self.last_saved = self.it
 
     def _load(self, path: Path) -> None:
@@ -344,8 +389,7 @@ class Trainer:
         except Exception as exc:  # torch.load raises many types on a damaged file
             raise UserError(f"{path}: not a readable training checkpoint ({exc})") from exc
         if missing:
-            raise UserError(f"{path}: not a twoshot training checkpoint (missing "
-                            f"{', '.join(missing)})")
+            raise UserError(f"{path}: not a twoshot training checkpoint (missing {', '.join(missing)})")
         if state.get("stage") not in (None, self.stage):
             raise UserError(f"{path}: a checkpoint of stage {state['stage']!r}, not {self.stage!r}")
         check_state_dict(self.model, state["network"], str(path))
@@ -359,16 +403,25 @@ class Trainer:
         self.it = int(state["it"])
         self.last_saved = self.it
         if int(state.get("world_size", self.ctx.world)) != self.ctx.world and self.ctx.is_main:
-            print(f"warning: {path} was written by {state['world_size']} processes, resuming with "
-                  f"{self.ctx.world}: the data order differs from an uninterrupted run")
+            print(
+                f"warning: {path} was written by {state['world_size']} processes, resuming with "
+                f"{self.ctx.world}: the data order differs from an uninterrupted run"
+            )
         current = self.dataset_at(self.it - 1) if self.it > 0 else None
         self.stream.load_state_dict(state["stream"], current)
 
 
-def train(config: Config, stage: str, dataset: Dataset[Any] | None, out_dir: str | Path,
-          init: str | Path | None = None, resume: bool = False,
-          mode: TrainingMode | None = None, device: str | torch.device = "auto",
-          progress: bool = True) -> Path:
+def train(
+    config: Config,
+    stage: str,
+    dataset: Dataset[Any] | None,
+    out_dir: str | Path,
+    init: str | Path | None = None,
+    resume: bool = False,
+    mode: TrainingMode | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+) -> Path:
     """Train STCN for one stage and return the path of the final weights (STCN format).
 
     config: the full Config (the ``stage`` section's TrainConfig drives the run, ``model``
@@ -380,16 +433,18 @@ def train(config: Config, stage: str, dataset: Dataset[Any] | None, out_dir: str
     auto | cpu | cuda | cuda:N (torchrun processes take cuda:LOCAL_RANK). progress: tqdm bar.
     Under torchrun every process calls this; rank 0 logs and saves.
     """
-    trainer = Trainer(config, stage, dataset, out_dir, init=init, resume=resume, mode=mode,
-                      device=device, progress=progress)
+    trainer = Trainer(
+        config, stage, dataset, out_dir, init=init, resume=resume, mode=mode, device=device, progress=progress
+    )
     try:
         return trainer.run()
     finally:
         trainer.close()
 
 
-def build_stage_dataset(stage: str, config: Config, data: str | Path, kind: str | None = None,
-                        split: str | None = None) -> Dataset[Any]:
+def build_stage_dataset(
+    stage: str, config: Config, data: str | Path, kind: str | None = None, split: str | None = None
+) -> Dataset[Any]:
     """The stage's clip dataset from a folder on disk.
 
     static: StaticClipDataset(data) (image/mask pairs); main: VOSClipDataset(mode "full")
@@ -399,18 +454,27 @@ def build_stage_dataset(stage: str, config: Config, data: str | Path, kind: str 
     """
     cfg = stage_config(config, stage)
     if (kind not in (None, "static")) if stage == "static" else (kind == "static"):
-        raise UserError(f"--dataset {kind} does not fit --stage {stage}: the static stage trains "
-                        "on image/mask pairs (--dataset static), the main stage on videos")
+        raise UserError(
+            f"--dataset {kind} does not fit --stage {stage}: the static stage trains "
+            "on image/mask pairs (--dataset static), the main stage on videos"
+        )
     if stage == "static":
         from twoshot.data.static_clips import StaticClipDataset
+
         return StaticClipDataset(data, cfg.crop_size, seed=cfg.seed)
     from twoshot.data.readers import detect_kind, open_dataset
     from twoshot.data.vos_clips import VOSClipDataset
+
     kind = kind or detect_kind(data, split)
     sequences = open_dataset(kind, data, split)
-    return VOSClipDataset(sequences, cfg.crop_size, mode="full",
-                          max_skip=cfg.max_skip_values[0],
-                          annotation_stride=5 if kind == "youtube" else 1, seed=cfg.seed)
+    return VOSClipDataset(
+        sequences,
+        cfg.crop_size,
+        mode="full",
+        max_skip=cfg.max_skip_values[0],
+        annotation_stride=5 if kind == "youtube" else 1,
+        seed=cfg.seed,
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -435,12 +499,14 @@ def _check_train_config(cfg: TrainConfig, stage: str) -> None:
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-            for k, v in batch.items()}
+    return {
+        k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
+    }
 
 
-def _accumulate(sums: dict[str, torch.Tensor], loss: Any, ious: dict[str, torch.Tensor],
-                grad_norm: torch.Tensor | None) -> None:
+def _accumulate(
+    sums: dict[str, torch.Tensor], loss: Any, ious: dict[str, torch.Tensor], grad_norm: torch.Tensor | None
+) -> None:
     """Add one iteration's loss terms and IoU counts to the window sums (no host sync)."""
     items: dict[str, torch.Tensor] = {"loss": loss.total.detach().float()}
     for i, frame_loss in enumerate(loss.frames, start=1):
@@ -452,5 +518,12 @@ def _accumulate(sums: dict[str, torch.Tensor], loss: Any, ious: dict[str, torch.
         sums[name] = sums[name] + value if name in sums else value.clone()
 
 
-__all__ = ["Trainer", "TrainingDiverged", "STAGES", "build_stage_dataset", "seed_everything",
-           "stage_config", "train"]
+__all__ = [
+    "Trainer",
+    "TrainingDiverged",
+    "STAGES",
+    "build_stage_dataset",
+    "seed_everything",
+    "stage_config",
+    "train",
+]

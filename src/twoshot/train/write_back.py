@@ -25,11 +25,10 @@ Locks are POSIX ``flock``s (Linux, macOS); write-back is refused where ``fcntl``
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,15 +36,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from twoshot.bank import (MANIFEST, MANIFEST_LOCK, WRITE_BACK, check_locks, exclusive_lock,
-                          read_labeled_frames, video_lock)
+from twoshot.bank import (
+    MANIFEST,
+    MANIFEST_LOCK,
+    WRITE_BACK,
+    check_locks,
+    exclusive_lock,
+    read_labeled_frames,
+    video_lock,
+)
 from twoshot.data.augment import labels_to_frame
 from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import read_mask, write_mask
 from twoshot.errors import UserError
 from twoshot.fsutil import write_json
 
-NO_LABEL = 255                        # in class maps: nothing to write at this pixel
+NO_LABEL = 255  # in class maps: nothing to write at this pixel
 BATCH_KEYS = ("geometry", "crop_box", "frame_size", "object_ids", "info")
 
 PathLike = str | os.PathLike[str]
@@ -77,8 +83,10 @@ def rewrite_frame(path: PathLike, classes: np.ndarray, target: int, second: int)
     """
     labels, palette = read_mask(path)
     if labels.shape != classes.shape:
-        raise UserError(f"{path}: bank mask is {labels.shape[1]}x{labels.shape[0]} but the "
-                        f"training frame is {classes.shape[1]}x{classes.shape[0]}")
+        raise UserError(
+            f"{path}: bank mask is {labels.shape[1]}x{labels.shape[0]} but the "
+            f"training frame is {classes.shape[1]}x{classes.shape[0]}"
+        )
     merged = merge_classes(labels, classes, target, second)
     changed = int(np.count_nonzero(merged != labels))
     if changed:
@@ -94,7 +102,7 @@ class WriteStats:
     pixels: int = 0
     visited: int = 0
 
-    def add(self, other: "WriteStats") -> None:
+    def add(self, other: WriteStats) -> None:
         """Add ``other``'s counts to these."""
         self.files += other.files
         self.pixels += other.pixels
@@ -120,8 +128,8 @@ class BankWriter:
         self.bank = Path(bank)
         self.frame_names = {video.name: list(video.frame_names) for video in videos}
         self.labeled = read_labeled_frames(self.bank, videos)
-        self.pending = WriteStats()        # rewrites not yet counted in the manifest
-        self.recorded = False              # whether this process has marked the manifest
+        self.pending = WriteStats()  # rewrites not yet counted in the manifest
+        self.recorded = False  # whether this process has marked the manifest
 
     def write_batch(self, batch: dict[str, Any], confident: torch.Tensor) -> WriteStats:
         """Write a batch's confident labels into the bank.
@@ -133,8 +141,10 @@ class BankWriter:
         """
         missing = [key for key in BATCH_KEYS if key not in batch]
         if missing:
-            raise UserError(f"twoshot.write_back: the training batches lack {', '.join(missing)}; "
-                            "they must come from VOSClipDataset")
+            raise UserError(
+                f"twoshot.write_back: the training batches lack {', '.join(missing)}; "
+                "they must come from VOSClipDataset"
+            )
         classes = confident_class_maps(confident)
         geometry = batch["geometry"].cpu().numpy()
         boxes = batch["crop_box"].cpu().numpy()
@@ -145,10 +155,14 @@ class BankWriter:
             with video_lock(self.bank / video):
                 for b, t, frame in items:
                     if frame in self.labeled[video]:
-                        continue       # ground truth of the budget: never rewritten
-                    on_frame = labels_to_frame(classes[b, t - 1], geometry[b, t],
-                                               tuple(int(v) for v in boxes[b]),
-                                               (int(sizes[b, 0]), int(sizes[b, 1])), NO_LABEL)
+                        continue  # ground truth of the budget: never rewritten
+                    on_frame = labels_to_frame(
+                        classes[b, t - 1],
+                        geometry[b, t],
+                        (int(boxes[b, 0]), int(boxes[b, 1]), int(boxes[b, 2]), int(boxes[b, 3])),
+                        (int(sizes[b, 0]), int(sizes[b, 1])),
+                        NO_LABEL,
+                    )
                     if not np.any(on_frame != NO_LABEL):
                         # Nothing confident landed on the frame: skip reading its PNG.
                         stats.add(WriteStats(0, 0, on_frame.size))
@@ -158,11 +172,10 @@ class BankWriter:
                     stats.add(WriteStats(int(changed > 0), changed, on_frame.size))
         self.pending.add(stats)
         if stats.files and not self.recorded:
-            self.flush()   # mark the bank as changed at once, not only at the next log step
+            self.flush()  # mark the bank as changed at once, not only at the next log step
         return stats
 
-    def _frames_by_video(self, info: dict[str, Any],
-                         steps: int) -> dict[str, list[tuple[int, int, int]]]:
+    def _frames_by_video(self, info: dict[str, Any], steps: int) -> dict[str, list[tuple[int, int, int]]]:
         """(sample, clip frame 1..T-1, video frame index) grouped by video, from the collated
         ``info`` ({"name": [B] names, "frames": T tensors / lists of [B] indices})."""
         grouped: dict[str, list[tuple[int, int, int]]] = {}
