@@ -42,7 +42,7 @@ def load_backbone_weights(model: nn.Module, spec: str) -> None:
             raise UserError(f"{path}: not a PyTorch checkpoint ({exc})") from exc
         if not isinstance(source, Mapping):
             raise UserError(f"{path}: not a state dict")
-        source = {k[len("module."):] if k.startswith("module.") else k: v for k, v in source.items()}
+        source = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in source.items()}
         sources.append(source)
         for name, encoder in targets.items():
             if name not in used and _load_trunk(encoder, source):
@@ -50,10 +50,14 @@ def load_backbone_weights(model: nn.Module, spec: str) -> None:
                 break
         else:
             names = list(targets)
-            which = (f"neither the {names[0]} nor the {names[1]}" if len(names) == 2
-                     else f"none of the {', '.join(names)}")
-            raise UserError(f"{path}: fits {which} of this model (is it a torchvision ResNet of the "
-                            f"right depth?)")
+            which = (
+                f"neither the {names[0]} nor the {names[1]}"
+                if len(names) == 2
+                else f"none of the {', '.join(names)}"
+            )
+            raise UserError(
+                f"{path}: fits {which} of this model (is it a torchvision ResNet of the right depth?)"
+            )
     if callable(getattr(model, "imagenet_encoders", None)):
         # A model that names its encoders may share one file between them (Cutie-small's
         # pixel and mask encoders are both ResNet-18s).
@@ -64,8 +68,10 @@ def load_backbone_weights(model: nn.Module, spec: str) -> None:
 
 def _load_trunk(encoder: nn.Module, source: Mapping[str, torch.Tensor]) -> bool:
     """Load a torchvision ResNet state dict into ``encoder``'s trunk if it fits; whether it did."""
-    renamed = {("res2" + k[len("layer1"):] if hasattr(encoder, "res2") and k.startswith("layer1.") else k): v
-               for k, v in source.items()}
+    renamed = {
+        ("res2" + k[len("layer1") :] if hasattr(encoder, "res2") and k.startswith("layer1.") else k): v
+        for k, v in source.items()
+    }
     return _load_matching(encoder, renamed) is not None
 
 
@@ -85,8 +91,13 @@ def _load_matching(encoder: nn.Module, source: Mapping[str, torch.Tensor]) -> in
     own = encoder.state_dict()
     # Only the ResNet trunk: an encoder's other parts (STCN's fuser, Cutie's fuser and sensory
     # updater) are not in a torchvision file.
-    names = [k for k in own if k.split(".")[0] in _TRUNK and not k.endswith("num_batches_tracked")
-             and not (k.endswith(".bias") and "bn" not in k and "downsample.1" not in k)]
+    names = [
+        k
+        for k in own
+        if k.split(".")[0] in _TRUNK
+        and not k.endswith("num_batches_tracked")
+        and not (k.endswith(".bias") and "bn" not in k and "downsample.1" not in k)
+    ]
     if any(k not in source for k in names):
         return None
     new_state = {}
