@@ -180,6 +180,39 @@ def test_bad_settings_and_checkpoint(
     assert "use --preset tiny" in _fails(checkpoint, root, tmp_path, capsys, "--preset", "stcn")
 
 
+def test_checkpoints_of_another_model_or_size_are_refused(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _davis(tmp_path)
+    err = _fails(checkpoint, root, tmp_path, capsys, "--model", "cutie")
+    assert (
+        "tiny.pth: not a cutie checkpoint: the weights look like a stcn checkpoint; use --model stcn" in err
+    )
+    assert "(first keys: key_encoder.conv1.weight," in err and "Traceback" not in err
+    err = _fails(checkpoint, root, tmp_path, capsys, "--model", "stcn", "--preset", "cutie-small")
+    assert "--preset cutie-small is a cutie model but --model stcn was given" in err
+
+    neither = tmp_path / "neither.pth"
+    torch.save({"backbone.weight": torch.zeros(2), "head.bias": torch.zeros(1)}, neither)
+    err = _fails(neither, root, tmp_path, capsys)
+    assert "neither.pth: not a stcn checkpoint: the weights look like neither model (stcn, cutie)" in err
+    assert "(first keys: backbone.weight, head.bias)" in err
+
+    torch.manual_seed(0)
+    cutie = tmp_path / "cutie-tiny.pth"
+    save_weights(build_model(load_config("cutie-tiny").model), cutie)
+    err = _fails(cutie, root, tmp_path, capsys, "--model", "stcn")
+    assert (
+        "cutie-tiny.pth: not a stcn checkpoint: the weights look like a cutie checkpoint; use --model cutie"
+        in err
+    )
+    err = _fails(cutie, root, tmp_path, capsys, "--preset", "cutie-small")
+    assert "cutie-tiny.pth: checkpoint does not match the cutie model" in err
+    assert "shape mismatches: pixel_encoder.conv1.weight" in err and "use --preset cutie-tiny" in err
+    err = _fails(cutie, root, tmp_path, capsys, "--preset", "tiny")
+    assert "cutie-tiny.pth: not a stcn checkpoint: the weights look like a cutie checkpoint" in err
+
+
 def test_weights_load_with_the_config_saved_beside_them(tmp_path: Path) -> None:
     # The output stride is not in the weights: only the config.json that training writes
     # next to them tells a stride-8 model from a stride-16 one with the same parameters.
