@@ -1,9 +1,11 @@
 """Inference speed and peak memory of the propagation engine at 480p.
 
 Generates a 480x854 video with moving objects, builds a randomly initialised model of each
-preset (``tiny`` and the full ``stcn``), and propagates the first frame's masks forward with
-STCN's settings (memory every 5 frames, top-k 20, shorter side 480), timing the whole call
-(frame preparation, key/value encoding, memory reads, decoding, upsampling, argmax).
+preset (``tiny`` and the full ``stcn`` by default; ``cutie-small``, ``cutie-base``,
+``cutie-tiny`` too), and propagates the first frame's masks forward with the preset's memory
+settings (memory every 5 frames, top-k 20 for STCN and 30 for Cutie) at shorter side 480,
+timing the whole call (frame preparation, encoding, memory reads, decoding, upsampling,
+argmax).
 Reports frames/s and peak memory: the process's peak resident set (VmHWM, reset before
 each preset where Linux allows it, else a high-water mark over the whole run, so presets run
 smallest first), the peak of Python/NumPy allocations (``tracemalloc``) and, on CUDA,
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
 import tracemalloc
@@ -44,7 +47,7 @@ from twoshot.data.fixtures import random_video
 from twoshot.inference import PropagationEngine
 from twoshot.model import build_model
 
-DEFAULT_FRAMES = {"tiny": 24, "stcn": 4}
+DEFAULT_FRAMES = {"tiny": 24, "stcn": 4, "cutie-tiny": 24, "cutie-small": 4, "cutie-base": 4}
 
 
 def run(
@@ -72,8 +75,12 @@ def run(
     results = {}
     for preset in presets:
         torch.manual_seed(seed)
-        model = build_model(load_config(preset).model).eval()
-        config = InferenceConfig(size=480, device=device, amp=amp, key_batch=key_batch)
+        preset_config = load_config(preset)
+        model = build_model(preset_config.model).eval()
+        # Each preset's own memory settings (top-k 20 for STCN, 30 for Cutie), at 480p.
+        config = dataclasses.replace(
+            preset_config.inference, size=480, device=device, amp=amp, key_batch=key_batch
+        )
         engine = PropagationEngine(model, config)
         clip = video[: frames[preset]]
         engine.propagate(clip[:2], {0: labels[0]})  # warm-up: allocator, kernels
@@ -94,6 +101,7 @@ def run(
             "frames": len(clip),
             "seconds": round(best, 3),
             "frames_per_second": round(len(clip) / best, 2),
+            "top_k": config.top_k,
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "peak_rss_is_per_preset": reset,
             "rss_before_mb": None if base_rss is None else round(base_rss, 1),
@@ -114,7 +122,7 @@ def run(
             "processing": "shorter side 480",
             "objects": objects,
             "mem_every": 5,
-            "top_k": 20,
+            "top_k": "the preset's",
             "amp": amp,
             "key_batch": key_batch,
             "repeats": repeats,
