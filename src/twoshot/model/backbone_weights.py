@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -81,7 +82,10 @@ def _imagenet_encoders(model: nn.Module) -> dict[str, nn.Module]:
     if callable(named):
         encoders: dict[str, nn.Module] = named()
         return encoders
-    return {"key encoder": model.key_encoder, "value encoder": model.value_encoder}
+    return {
+        "key encoder": cast(nn.Module, model.key_encoder),
+        "value encoder": cast(nn.Module, model.value_encoder),
+    }
 
 
 _TRUNK = frozenset({"conv1", "bn1", "res2", "layer1", "layer2", "layer3"})

@@ -119,7 +119,7 @@ def gated_update(state: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
     return forget * state * (1 - update) + update * candidate
 
 
-def _no_autocast(x: torch.Tensor):  # type: ignore[no-untyped-def]
+def _no_autocast(x: torch.Tensor) -> torch.autocast:
     """A context that turns autocast off on ``x``'s device (the recurrent state stays fp32)."""
     return torch.autocast(x.device.type, enabled=False)
 

@@ -48,6 +48,7 @@ class KeyProjection(nn.Module):
         self.key_proj = nn.Conv2d(mid_dim, key_dim, kernel_size=3, padding=1)
         self.d_proj = nn.Conv2d(mid_dim, 1, kernel_size=3, padding=1)
         self.e_proj = nn.Conv2d(mid_dim, key_dim, kernel_size=3, padding=1)
+        assert self.key_proj.bias is not None
         nn.init.orthogonal_(self.key_proj.weight.data)
         nn.init.zeros_(self.key_proj.bias.data)
 

@@ -14,6 +14,7 @@ Shapes: B batch, K objects, (H, W) padded input size (multiples of 16), (h, w) =
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -56,7 +57,7 @@ class CutieFeatures:
     shrinkage: torch.Tensor
     selection: torch.Tensor
 
-    def _map(self, fn) -> CutieFeatures:  # type: ignore[no-untyped-def]
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> CutieFeatures:
         return CutieFeatures(
             fn(self.f8), fn(self.f4), fn(self.pix_feat), fn(self.key), fn(self.shrinkage), fn(self.selection)
         )

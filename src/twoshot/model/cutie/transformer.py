@@ -29,10 +29,12 @@ class SinePositionalEncoding(nn.Module):
     """2-D sine/cosine encoding of pixel positions, ``dim`` channels: x then y, each
     interleaving sin and cos over ``dim / 4`` frequencies. Holds ``inv_freq`` as a (saved) buffer."""
 
+    inv_freq: torch.Tensor
+
     def __init__(self, dim: int, scale: float, temperature: float) -> None:
         super().__init__()
         half = int(math.ceil(dim / 4) * 2)
-        self.half = half
+        self.axis_dim = half  # channels per axis
         self.scale = scale
         inv_freq = 1.0 / (temperature ** (torch.arange(0, half, 2).float() / half))
         self.register_buffer("inv_freq", inv_freq)
@@ -46,9 +48,9 @@ class SinePositionalEncoding(nn.Module):
             angles = torch.einsum("i,j->ij", pos, self.inv_freq)
             return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2, -1)
 
-        emb = torch.zeros((height, width, self.half * 2), device=self.inv_freq.device, dtype=dtype)
-        emb[:, :, : self.half] = axis(width)
-        emb[:, :, self.half :] = axis(height).unsqueeze(1)
+        emb = torch.zeros((height, width, self.axis_dim * 2), device=self.inv_freq.device, dtype=dtype)
+        emb[:, :, : self.axis_dim] = axis(width)
+        emb[:, :, self.axis_dim :] = axis(height).unsqueeze(1)
         return emb
 
 
