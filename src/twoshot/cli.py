@@ -25,6 +25,7 @@ COMMANDS: tuple[str, ...] = (
     "pseudo-label",
     "infer",
     "eval",
+    "annotate",
     "info",
 )
 

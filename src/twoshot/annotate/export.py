@@ -1,0 +1,83 @@
+"""Export of the app's work as a DAVIS 2017 dataset ready for ``twoshot pipeline``.
+
+``OUT/JPEGImages/480p/<video>/<frame>.jpg``, ``OUT/Annotations/480p/<video>/<frame>.png``
+(the propagated masks of every frame when the video's propagation is complete and no label
+changed since, else its labeled frames only), ``OUT/ImageSets/2017/{train,val}.txt``,
+``OUT/budget.json`` (the labeled frames, reference format) and ``OUT/overlays/<video>.mp4``.
+The folder is written with ``atomic_dir``: it appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from twoshot.annotate.jobs import PropagationJobs
+from twoshot.annotate.storage import AnnotationStore, RequestError
+from twoshot.data.budget import save_budget
+from twoshot.data.masks import write_frame, write_mask
+from twoshot.data.readers import load_frames
+from twoshot.data.writers import write_overlay_video
+from twoshot.fsutil import atomic_dir
+
+
+def export_dataset(
+    store: AnnotationStore, jobs: PropagationJobs | None, out: str | os.PathLike[str], *, videos: bool = True
+) -> dict:
+    """Write the export under ``out`` (replacing an earlier export there).
+
+    store: the labels; jobs: the propagations (None without a checkpoint); videos: also write
+    the overlay mp4s. Returns {out, videos: [{name, frames, masks, dense}]}. RequestError 400
+    when no video has a labeled frame.
+    """
+    names = [name for name in store.videos if store.labeled[name]]
+    if not names:
+        raise RequestError(400, "nothing to export: no video has a labeled frame")
+    report = []
+    target = Path(out)
+    with store.lock:
+        budget = store.budget()
+    with atomic_dir(target) as tmp:
+        for name in names:
+            seq = store.video(name).seq
+            masks, dense = _masks(store, jobs, name)
+            palette = store.palette(name)
+            images = tmp / "JPEGImages" / "480p" / name
+            images.mkdir(parents=True)
+            frames = load_frames(seq)
+            for index, frame_name in enumerate(seq.frame_names):
+                source = seq.frame_paths[index] if seq.frame_paths else None
+                if source is not None and source.suffix.lower() in (".jpg", ".jpeg"):
+                    shutil.copyfile(source, images / f"{frame_name}.jpg")
+                else:
+                    write_frame(images / f"{frame_name}.jpg", frames[index])
+            for index, labels in masks.items():
+                write_mask(
+                    tmp / "Annotations" / "480p" / name / f"{seq.frame_names[index]}.png", labels, palette
+                )
+            if videos:
+                write_overlay_video(tmp / "overlays" / f"{name}.mp4", frames, masks, palette)
+            report.append({"name": name, "frames": seq.num_frames, "masks": len(masks), "dense": dense})
+        sets = tmp / "ImageSets" / "2017"
+        sets.mkdir(parents=True)
+        for split in ("train", "val"):
+            (sets / f"{split}.txt").write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+        # The exported frames are all .jpg: the budget names them so.
+        save_budget(
+            tmp / "budget.json",
+            {name: [f"{Path(entry).stem}.jpg" for entry in entries] for name, entries in budget.items()},
+        )
+    return {"out": str(target), "videos": report}
+
+
+def _masks(
+    store: AnnotationStore, jobs: PropagationJobs | None, name: str
+) -> tuple[dict[int, np.ndarray], bool]:
+    """({frame: labels}, dense): the finished, up-to-date propagation, else the labeled frames."""
+    job = jobs.get(name) if jobs is not None else None
+    if job is not None and job.state == "done" and job.revision == store.revision[name]:
+        return {index: labels for index, (labels, _) in sorted(job.results.items())}, True
+    return {index: store.read_mask(name, index)[0] for index in sorted(store.labeled[name])}, False
