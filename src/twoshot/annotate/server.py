@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -190,7 +191,7 @@ def create_app(
         Route("/api/export", _guard(export), methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.store, app.state.jobs, app.state.export_dir = store, jobs, export_to
     return app
 
@@ -232,6 +233,13 @@ def _guard(handler: Handler) -> Handler:
             return JSONResponse({"error": str(exc)}, status_code=422)
 
     return guarded
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, wrong method) in the app's JSON form."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "server error"
+    return JSONResponse({"error": f"{detail}: {request.method} {request.url.path}"}, status_code=status)
 
 
 def _frame(request: Request) -> tuple[str, int]:

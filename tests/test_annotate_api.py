@@ -1,0 +1,383 @@
+"""twoshot annotate's HTTP endpoints (Starlette TestClient): saving, versions, refusals,
+GrabCut, objects, suggestions, propagation equal to ``twoshot pseudo-label``, export, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from twoshot.annotate import server as server_module
+from twoshot.annotate.export import export_dataset
+from twoshot.annotate.jobs import PropagationJobs
+from twoshot.annotate.server import create_app
+from twoshot.annotate.storage import AnnotationStore
+from twoshot.cli import main as cli_main
+from twoshot.config import load_config
+from twoshot.data.budget import apply_budget, load_budget
+from twoshot.data.fixtures import make_davis, make_generic, make_video_file
+from twoshot.data.masks import DAVIS_PALETTE, read_mask, write_mask
+from twoshot.data.readers import open_dataset
+from twoshot.inference.predictor import load_for_inference
+from twoshot.model import build_model, save_weights
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # Starlette's note that httpx may later be replaced
+    from starlette.testclient import TestClient
+
+H, W = 24, 32
+
+
+def client_for(store: AnnotationStore, jobs: PropagationJobs | None = None) -> TestClient:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return TestClient(create_app(store, jobs))
+
+
+@pytest.fixture()
+def davis(tmp_path: Path):
+    """A DAVIS folder with no annotation at all (as a labeling session starts)."""
+    return make_davis(tmp_path / "davis", {"bear": 8, "cat": 6}, annotate=[])
+
+
+@pytest.fixture()
+def client(davis) -> TestClient:
+    return client_for(AnnotationStore(davis.root))
+
+
+def box_mask(obj: int = 1, rows=(2, 8), cols=(3, 12)) -> np.ndarray:
+    labels = np.zeros((H, W), np.uint8)
+    labels[rows[0] : rows[1], cols[0] : cols[1]] = obj
+    return labels
+
+
+def put(client: TestClient, video: str, frame: int, labels: np.ndarray | bytes, base: str | None = ""):
+    body = labels if isinstance(labels, bytes) else labels.tobytes()
+    query = "" if base is None else f"?base={base}"
+    return client.put(f"/api/videos/{video}/frames/{frame}/mask{query}", content=body)
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing and reading
+
+
+def test_info_videos_and_details(client: TestClient, davis) -> None:
+    info = client.get("/api/info").json()
+    assert info["kind"] == "davis" and info["propagation"] is False
+    assert info["strategies"] == ["random", "uniform", "ends"]
+    assert client.get("/api/videos").json()["videos"] == [
+        {"name": "bear", "frames": 8, "labeled": 0},
+        {"name": "cat", "frames": 6, "labeled": 0},
+    ]
+    details = client.get("/api/videos/bear").json()
+    assert (details["width"], details["height"], details["frames"]) == (W, H, 8)
+    assert details["labeled"] == [] and details["objects"] == []
+    assert details["palette"][1] == "#800000"  # DAVIS's red when the dataset has no PNG yet
+
+
+def test_frame_image_thumb_and_empty_mask(client: TestClient, davis) -> None:
+    image = client.get("/api/videos/bear/frames/3/image")
+    assert image.status_code == 200
+    assert image.content == (davis.root / "JPEGImages/480p/bear/00003.jpg").read_bytes()
+    assert client.get("/api/videos/bear/frames/3/thumb").headers["content-type"] == "image/jpeg"
+    mask = client.get("/api/videos/bear/frames/3/mask")
+    assert mask.headers["x-mask-version"] == "" and mask.content == bytes(H * W)
+    assert client.get("/").status_code == 200 and "app.js" in client.get("/").text
+    for name in ("app.js", "style.css", "index.html"):
+        assert client.get(f"/static/{name}").status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+
+
+def test_save_writes_indexed_png_and_budget_and_survives_a_restart(davis) -> None:
+    palette = bytes(range(256)) * 3  # a dataset with its own palette keeps it
+    write_mask(davis.root / "Annotations/480p/cat/00000.png", np.zeros((H, W), np.uint8), palette)
+    store = AnnotationStore(davis.root)
+    client = client_for(store)
+    response = put(client, "bear", 2, box_mask(1))
+    assert response.status_code == 200, response.text
+    saved = response.json()
+    assert saved["labeled"] and saved["labeled_frames"] == [2]
+    png = davis.root / "Annotations/480p/bear/00002.png"
+    labels, written_palette = read_mask(png)
+    np.testing.assert_array_equal(labels, box_mask(1))
+    assert written_palette is not None and written_palette[:768] == palette[:768]
+    assert load_budget(store.budget_path) == {"bear": ["00002.jpg"]}
+    # A second object on another frame, then a restart: the same state comes back.
+    assert put(client, "bear", 5, box_mask(2, rows=(10, 20))).status_code == 200
+    restarted = client_for(AnnotationStore(davis.root))
+    details = restarted.get("/api/videos/bear").json()
+    assert details["labeled"] == [2, 5] and [o["id"] for o in details["objects"]] == [1, 2]
+    mask = restarted.get("/api/videos/bear/frames/2/mask")
+    assert mask.headers["x-mask-version"] == saved["version"]
+    assert np.frombuffer(mask.content, np.uint8).reshape(H, W).tolist() == box_mask(1).tolist()
+    # The budget is the reference format, usable as is by apply_budget (and pseudo-label).
+    sequences = apply_budget(open_dataset("davis", davis.root), load_budget(store.budget_path))
+    assert [sorted(s.mask_paths) for s in sequences] == [[2, 5]]
+
+
+def test_stale_save_is_refused_and_writes_nothing(client: TestClient, davis) -> None:
+    first = put(client, "bear", 1, box_mask(1)).json()["version"]
+    png = davis.root / "Annotations/480p/bear/00001.png"
+    before = png.read_bytes()
+    # Another tab started from "no mask" (or from an older version): 409, file unchanged.
+    for base in ("", "0123456789abcdef"):
+        stale = put(client, "bear", 1, box_mask(2), base=base)
+        assert stale.status_code == 409 and "changed elsewhere" in stale.json()["error"]
+        assert png.read_bytes() == before
+    assert put(client, "bear", 1, box_mask(2), base=first).status_code == 200
+    assert read_mask(png)[0].max() == 2
+
+
+def test_clearing_a_frame_takes_it_out_of_the_budget(client: TestClient, davis) -> None:
+    version = put(client, "bear", 1, box_mask(1)).json()["version"]
+    put(client, "bear", 4, box_mask(1))
+    cleared = put(client, "bear", 1, np.zeros((H, W), np.uint8), base=version).json()
+    assert not cleared["labeled"] and cleared["labeled_frames"] == [4]
+    assert load_budget(davis.root / "budget.json") == {"bear": ["00004.jpg"]}
+    assert read_mask(davis.root / "Annotations/480p/bear/00001.png")[0].max() == 0
+
+
+def test_bad_requests_get_4xx_and_write_nothing(davis, monkeypatch) -> None:
+    client = client_for(AnnotationStore(davis.root))
+    annotations = davis.root / "Annotations"
+    cases = [
+        (put(client, "bear", 1, b"\x01" * 10), 400, "bytes"),  # malformed / wrong size
+        (put(client, "bear", 1, np.ones((H + 1, W), np.uint8)), 400, "bytes"),
+        (put(client, "nope", 1, box_mask()), 404, "no video"),
+        (put(client, "bear", 8, box_mask()), 404, "no frame"),
+        (put(client, "bear", -1, box_mask()), 404, "no frame"),
+        (client.put("/api/videos/bear/frames/x/mask", content=box_mask().tobytes()), 404, "integer"),
+        (client.get("/api/videos/..%2F..%2Fetc/frames/0/image"), 404, "Not Found"),
+        (client.get("/api/videos/%2Fetc%2Fpasswd"), 404, "Not Found"),
+        (client.get("/api/videos/%2E%2E"), 404, ""),  # ".." (clients normalise it away)
+        (client.get("/api/videos/bear/frames/99/mask"), 404, "no frame"),
+    ]
+    for response, status, words in cases:
+        assert response.status_code == status, response.text
+        assert words in response.json()["error"]
+    assert client.get("/static/../storage.py").status_code == 404
+    monkeypatch.setattr(server_module, "MAX_BODY", 100)
+    too_big = put(client, "bear", 1, box_mask())
+    assert too_big.status_code == 413 and "limit" in too_big.json()["error"]
+    assert not annotations.exists() and not (davis.root / "budget.json").exists()
+
+
+def test_symlinks_out_of_the_dataset_are_refused(davis, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    frame = davis.root / "JPEGImages/480p/bear/00002.jpg"
+    (outside / "secret.jpg").write_bytes(frame.read_bytes())
+    frame.unlink()
+    frame.symlink_to(outside / "secret.jpg")
+    (davis.root / "Annotations/480p").mkdir(parents=True)
+    (davis.root / "Annotations/480p/cat").symlink_to(outside, target_is_directory=True)
+    client = client_for(AnnotationStore(davis.root))
+    refused = client.get("/api/videos/bear/frames/2/image")
+    assert refused.status_code == 403 and "outside the dataset" in refused.json()["error"]
+    assert client.get("/api/videos/bear/frames/1/image").status_code == 200
+    write = put(client, "cat", 0, box_mask())
+    assert write.status_code == 403 and list(outside.iterdir()) == [outside / "secret.jpg"]
+
+
+def test_a_png_of_the_wrong_size_on_disk_is_reported(davis) -> None:
+    write_mask(davis.root / "Annotations/480p/bear/00003.png", np.ones((H, W + 2), np.uint8))
+    client = client_for(AnnotationStore(davis.root))
+    response = client.get("/api/videos/bear/frames/3/mask")
+    assert response.status_code == 422 and "34x24" in response.json()["error"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+
+
+def test_grabcut_box_finds_the_object(client: TestClient, davis) -> None:
+    truth = davis.labels["bear"][0] == 1
+    ys, xs = np.nonzero(truth)
+    box = [int(xs.min()) - 2, int(ys.min()) - 2, int(xs.max()) + 3, int(ys.max()) + 3]
+    response = client.post("/api/videos/bear/frames/0/grabcut", json={"box": box})
+    assert response.status_code == 200
+    fg = np.frombuffer(response.content, np.uint8).reshape(H, W).astype(bool)
+    iou = (fg & truth).sum() / (fg | truth).sum()
+    assert iou > 0.7, iou
+    assert client.post("/api/videos/bear/frames/0/grabcut", json={"box": [1, 1, 2, 2]}).status_code == 400
+    malformed = client.post("/api/videos/bear/frames/0/grabcut", content=b"{not json")
+    assert malformed.status_code == 400 and "malformed JSON" in malformed.json()["error"]
+    assert client.post("/api/videos/bear/frames/0/grabcut", json={"box": "x"}).status_code == 400
+
+
+def test_objects_rename_recolour_delete(client: TestClient, davis) -> None:
+    put(client, "bear", 1, box_mask(1) + box_mask(2, rows=(12, 18)))
+    put(client, "bear", 3, box_mask(2, rows=(12, 18)))
+    renamed = client.put("/api/videos/bear/objects/2", json={"name": "dog", "color": "#00FF00"})
+    assert renamed.json() == {"id": 2, "name": "dog", "color": "#00ff00"}
+    objects = client.get("/api/videos/bear").json()["objects"]
+    assert objects[1] == {"id": 2, "name": "dog", "color": "#00ff00"}
+    sidecar = json.loads((davis.root / "budget.objects.json").read_text())
+    assert sidecar == {"bear": {"2": {"name": "dog", "color": "#00ff00"}}}
+    assert client.put("/api/videos/bear/objects/2", json={"color": "red"}).status_code == 400
+    assert client.put("/api/videos/bear/objects/300", json={"color": "#000000"}).status_code == 400
+    deleted = client.delete("/api/videos/bear/objects/2").json()
+    assert deleted == {"deleted": 2, "frames": [1, 3]}
+    assert read_mask(davis.root / "Annotations/480p/bear/00001.png")[0].max() == 1
+    # Frame 3 showed only object 2: it leaves the budget.
+    assert load_budget(davis.root / "budget.json") == {"bear": ["00001.jpg"]}
+    assert [o["id"] for o in client.get("/api/videos/bear").json()["objects"]] == [1]
+
+
+def test_suggestions_follow_the_budget_strategies(client: TestClient) -> None:
+    assert client.get("/api/videos/bear/suggest?k=2&strategy=uniform").json() == {"frames": [2, 6]}
+    assert client.get("/api/videos/bear/suggest?k=3&strategy=ends").json() == {"frames": [0, 4, 7]}
+    random = client.get("/api/videos/bear/suggest?k=2&strategy=random").json()["frames"]
+    assert len(random) == 2 and random == sorted(random)
+    assert client.get("/api/videos/bear/suggest?k=2&strategy=best").status_code == 400
+    assert client.get("/api/videos/bear/suggest?k=zero").status_code == 400
+
+
+def test_propagation_needs_a_checkpoint(client: TestClient) -> None:
+    response = client.post("/api/videos/bear/propagate")
+    assert response.status_code == 409 and "--checkpoint" in response.json()["error"]
+    assert client.get("/api/videos/bear/propagation").json()["state"] == "unavailable"
+    assert client.get("/api/videos/bear/frames/1/propagated").status_code == 404
+
+
+# ---------------------------------------------------------------------------------------------
+# Propagation and export
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    save_weights(build_model(load_config("tiny").model), path)
+    return path
+
+
+def test_propagation_equals_pseudo_label_and_export(davis, checkpoint: Path, tmp_path: Path) -> None:
+    store = AnnotationStore(davis.root)
+    model, config = load_for_inference(checkpoint, "tiny")
+    jobs = PropagationJobs(store, model, config)
+    client = client_for(store, jobs)
+    assert client.post("/api/videos/bear/propagate").status_code == 400  # nothing labeled yet
+    put(client, "bear", 1, davis.labels["bear"][1])
+    put(client, "bear", 6, davis.labels["bear"][6])
+    started = client.post("/api/videos/bear/propagate")
+    assert started.status_code == 202
+    jobs.wait("bear", 60)
+    status = client.get("/api/videos/bear/propagation").json()
+    assert status["state"] == "done" and status["ready"] == list(range(8)) and not status["stale"]
+    assert status["labeled"] == [1, 6] and status["first_frame_s"] is not None
+
+    # The DAVIS reader needs an annotation in every video: cat gets one (not propagated here).
+    put(client, "cat", 0, davis.labels["cat"][0])
+    bank = tmp_path / "bank"
+    argv = ["pseudo-label", "--checkpoint", str(checkpoint), "--preset", "tiny", "--data", str(davis.root)]
+    assert cli_main([*argv, "--budget", str(store.budget_path), "--out", str(bank), "--no-progress"]) == 0
+    for frame in range(8):
+        response = client.get(f"/api/videos/bear/frames/{frame}/propagated")
+        labels = np.frombuffer(response.content[: H * W], np.uint8).reshape(H, W)
+        confidence = np.frombuffer(response.content[H * W :], np.uint8)
+        np.testing.assert_array_equal(labels, read_mask(bank / "bear" / f"{frame:05d}.png")[0])
+        assert confidence.max() <= 255 and confidence.size == H * W
+
+    exported = client.post("/api/export", json={}).json()
+    out = Path(exported["out"])
+    assert exported["videos"] == [
+        {"name": "bear", "frames": 8, "masks": 8, "dense": True},
+        {"name": "cat", "frames": 6, "masks": 1, "dense": False},
+    ]
+    for frame in range(8):
+        mine, palette = read_mask(out / "Annotations/480p/bear" / f"{frame:05d}.png")
+        np.testing.assert_array_equal(mine, read_mask(bank / "bear" / f"{frame:05d}.png")[0])
+        assert palette is not None and palette[:768] == DAVIS_PALETTE
+    assert (out / "overlays/bear.mp4").stat().st_size > 0
+    assert load_budget(out / "budget.json") == {"bear": ["00001.jpg", "00006.jpg"], "cat": ["00000.jpg"]}
+    # Ready for twoshot pipeline: a DAVIS root whose budget applies.
+    sequences = open_dataset("davis", out, "train")
+    assert [s.name for s in apply_budget(sequences, load_budget(out / "budget.json"))] == ["bear", "cat"]
+
+    # An edit after the run makes it stale: the export falls back to the labeled frames.
+    put(client, "bear", 3, davis.labels["bear"][3])
+    assert client.get("/api/videos/bear/propagation").json()["stale"]
+    again = export_dataset(store, jobs, tmp_path / "second", videos=False)
+    assert again["videos"][0] == {"name": "bear", "frames": 8, "masks": 3, "dense": False}
+
+
+def test_export_needs_labels(client: TestClient) -> None:
+    response = client.post("/api/export", json={})
+    assert response.status_code == 400 and "nothing to export" in response.json()["error"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Other sources
+
+
+def test_video_file_source(tmp_path: Path) -> None:
+    data = make_video_file(tmp_path / "clip.mp4", 6, size=(24, 32), mask_frames=())
+    store = AnnotationStore(data.root)
+    assert store.budget_path == tmp_path / "clip_budget.json"
+    client = client_for(store)
+    assert client.get("/api/videos").json()["videos"] == [{"name": "clip", "frames": 6, "labeled": 0}]
+    image = client.get("/api/videos/clip/frames/4/image")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+    assert put(client, "clip", 4, box_mask(1)).status_code == 200
+    np.testing.assert_array_equal(read_mask(tmp_path / "clip_masks/00004.png")[0], box_mask(1))
+    assert load_budget(store.budget_path) == {"clip": ["00004"]}
+    assert AnnotationStore(data.root).labeled == {"clip": {4}}
+
+
+def test_generic_source_keeps_existing_annotations_visible(tmp_path: Path) -> None:
+    data = make_generic(tmp_path / "generic", {"a": 5})
+    client = client_for(AnnotationStore(data.root))
+    details = client.get("/api/videos/a").json()
+    assert details["labeled"] == [] and details["annotated"] == [0]
+    version = client.get("/api/videos/a/frames/0/mask").headers["x-mask-version"]
+    assert version and put(client, "a", 0, box_mask(1), base=version).status_code == 200
+    assert client.get("/api/videos/a").json()["labeled"] == [0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def test_cli_refuses_a_bad_checkpoint_before_serving(davis, tmp_path: Path, capsys, monkeypatch) -> None:
+    import uvicorn
+
+    served = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: served.append(sockets))
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    assert cli_main(["annotate", str(davis.root), "--checkpoint", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "cannot load checkpoint" in err and not served
+    assert cli_main(["annotate", str(tmp_path / "missing")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_cli_serves_locally_and_warns_elsewhere(davis, capsys, monkeypatch) -> None:
+    import uvicorn
+
+    served = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: served.append(sockets))
+    assert cli_main(["annotate", str(davis.root), "--port", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "open http://127.0.0.1:" in captured.out and "warning" not in captured.err
+    assert served[0][0].getsockname()[0] == "127.0.0.1"
+    served[0][0].close()
+    assert cli_main(["annotate", str(davis.root), "--port", "0", "--host", "0.0.0.0"]) == 0
+    assert "warning: listening on 0.0.0.0" in capsys.readouterr().err
+    served[1][0].close()
+
+
+def test_cli_refuses_a_budget_naming_unknown_frames(davis, capsys) -> None:
+    (davis.root / "budget.json").write_text(json.dumps({"bear": ["00099.jpg"]}))
+    assert cli_main(["annotate", str(davis.root), "--port", "0"]) == 2
+    assert "has no frame 00099.jpg" in capsys.readouterr().err
+    assert os.path.exists(davis.root / "budget.json")
