@@ -411,3 +411,9 @@ def test_long_term_memory_stays_bounded_over_a_long_video(monkeypatch: pytest.Mo
         torch.isfinite(p).all() and torch.allclose(p.sum(0), torch.ones(64, 64), atol=1e-5) for p in out
     )
     assert out[-1].shape[0] == 3
+
+
+def test_pad_value_is_black_after_normalisation() -> None:
+    black = normalize_images(torch.zeros(1, 3, 2, 2))  # what the reference's padding becomes
+    pad_value = torch.tensor(CutiePropagator.pad_value).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    assert torch.equal(black, pad_value)

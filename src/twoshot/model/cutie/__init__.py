@@ -15,12 +15,14 @@ Memory, from ``inference.max_memory_frames``:
 - None (the default): working memory of 5 frames per bucket: the bucket's first memory
   frame (permanent) and the 4 most recent memory frames (FIFO). This is Cutie's DAVIS /
   YouTube-VOS setting, bounded at any video length.
-- M (an integer >= 2): Cutie's long-term memory, for long videos: working memory between
-  ``M // 2`` and M frames (permanent frame included); when it reaches M, all but the newest
-  ``M // 2 - 1`` non-permanent frames are consolidated into 128 prototypes (the most used
-  entries, usage = received affinity / reads lived) that join the long-term memory, capped
-  at 10 000 entries by dropping the least used (down to 10 000 - 128 - 2 000). Cutie's own
-  long-term setting (min 5, max 10) is M = 10.
+- M (an integer >= 2): Cutie's long-term memory, for long videos (Cutie's
+  ``long_term.max_mem_frames`` = M, ``min_mem_frames`` = M // 2; its own setting, max 10 /
+  min 5, is M = 10). When a bucket's working memory reaches M frames (permanent frame
+  included), all but the newest ``M // 2 - 1`` non-permanent frames are consolidated into
+  128 prototypes (the most used entries, usage = received affinity / reads lived) that join
+  the bucket's long-term memory, so a frame reads M // 2 to M - 1 working frames plus the
+  long-term entries. The long-term memory is capped at 10 000 entries: on reaching
+  10 000 - 128, its least used entries are dropped down to 10 000 - 128 - 2 000.
 
 Objects may be enabled on any frame: the objects enabled together form a *bucket* with its
 own memory (frames from its first memory frame on), sensory memory and object summaries;

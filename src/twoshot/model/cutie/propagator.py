@@ -52,9 +52,9 @@ def memory_settings(config: InferenceConfig) -> MemorySettings:
 
     ``max_memory_frames`` None: working memory of ``MAX_MEM_FRAMES`` (5) frames, FIFO after
     the permanent first one (Cutie's DAVIS / YouTube-VOS setting). An integer M >= 2:
-    long-term memory with working memory between ``M // 2`` and M frames (Cutie's
-    ``long_term`` min 5 / max 10 is M = 10) and ``NUM_PROTOTYPES`` prototypes per
-    consolidation into at most ``MAX_NUM_TOKENS`` long-term entries. top_k: ``config.top_k``.
+    long-term memory consolidating working memory at M frames down to ``M // 2`` (Cutie's
+    ``long_term`` max 10 / min 5 is M = 10), ``NUM_PROTOTYPES`` prototypes per consolidation,
+    at most ``MAX_NUM_TOKENS`` long-term entries. top_k: ``config.top_k``.
     """
     frames = config.max_memory_frames
     if frames is None:

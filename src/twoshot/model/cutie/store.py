@@ -35,9 +35,10 @@ from twoshot.model.cutie.memory_read import readout, similarity, softmax_full, s
 class MemorySettings:
     """How much a run remembers (Cutie's ``eval_config.yaml`` names and defaults).
 
-    max_mem_frames: frames of working memory, the permanent one included; long_term:
-    consolidate into long-term memory instead of dropping the oldest frames; then
-    min_mem_frames: working frames kept after a consolidation (permanent included),
+    max_mem_frames: frames of working memory, the permanent one included (with long-term
+    memory: reaching it triggers a consolidation); long_term: consolidate into long-term
+    memory instead of dropping the oldest frames; then min_mem_frames: working frames kept
+    after a consolidation (permanent included),
     num_prototypes: prototypes per consolidation, max_num_tokens / buffer_tokens: cap of the
     long-term memory and the room made below it when it is reached; top_k: entries each
     query reads.
