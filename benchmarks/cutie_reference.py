@@ -1,0 +1,439 @@
+"""Cutie: twoshot's network and propagator against the reference implementation.
+
+Builds the reference ``CUTIE`` (hkchengrex/Cutie, from a checkout the user gives with
+``--reference``) and twoshot's :class:`~twoshot.model.cutie.Cutie` with the same random
+weights (twoshot's state dict loaded into the reference with ``strict=True``), runs the
+reference ``InferenceCore`` with its evaluation defaults (``eval_config.yaml``) and
+twoshot's propagator on a generated video, and prints the share of pixels whose argmax
+label agrees, and the largest probability difference.
+
+The video (``twoshot.data.fixtures.random_video``): rectangles moving over a blocky
+background, objects 1 and 2 annotated on frame 0 and object 3 entering (and annotated) on
+frame ``--enter``. Cases:
+
+- ``native``: frames at 128x176 (a multiple of 16: no padding), FIFO working memory;
+- ``resized``: 150x230 frames resized (bilinear, antialiased) to shorter side 100 and padded
+  to 112x160, outputs upsampled back to 150x230 before the argmax (as the reference's
+  evaluation does), FIFO working memory;
+- ``long-term``: native size with the reference's long-term memory (``use_long_term``,
+  min 5 / max 10 frames, 128 prototypes) and a memory frame every 2 frames, its long-term
+  cap lowered to ``--max-tokens`` (and ``--buffer-tokens``) so that the least-used
+  prototypes are dropped too.
+
+The reference pads frames *before* normalising them (padding is black). The resized case
+is also run on frames normalised first and then padded, as twoshot's engine prepares them:
+``pad zeros`` (the engine today), ``pad pad_value`` (``CutiePropagator.pad_value``,
+normalised black) and ``normalise, resize, pad pad_value`` (the engine's order: normalise
+the original frames, resize, pad; resizing before or after normalising differs in the last
+float bits).
+
+twoshot's propagator is driven by a loop here (segment -> annotation overlay as the
+reference's ``InferenceCore.step`` -> memorize on Cutie's memory frames), mirroring the
+engine. The reference needs ``omegaconf`` (``pip install omegaconf``); ``torchvision`` is
+stubbed when missing (no reference module used here needs it); its ImageNet downloads are
+skipped (the weights are replaced anyway).
+
+    python benchmarks/cutie_reference.py --reference /path/to/Cutie               # small, ~1 min
+    python benchmarks/cutie_reference.py --reference /path/to/Cutie --model base  # ~70 s
+
+``run(reference, ...) -> dict`` returns the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import types
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from twoshot.config import InferenceConfig, load_config
+from twoshot.data.fixtures import random_video
+from twoshot.model.aggregate import aggregate_logits
+from twoshot.model.cutie import Cutie, CutiePropagator, MemorySettings
+from twoshot.model.interface import PERMANENT
+from twoshot.model.preprocess import normalize_images, pad_divide_by, unpad
+
+CASES: tuple[str, ...] = ("native", "resized", "long-term")
+NATIVE = (128, 176)
+ORIGINAL = (150, 230)
+RESIZED_SHORT_SIDE = 100
+
+
+def import_reference(path: Path) -> dict[str, Any]:
+    """The reference's CUTIE, InferenceCore and OmegaConf, imported from a checkout at ``path``."""
+    if not (path / "cutie" / "model" / "cutie.py").is_file():
+        raise SystemExit(f"{path}: not a Cutie checkout (no cutie/model/cutie.py)")
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken torchvision is as good as none here
+        sys.modules["torchvision"] = types.ModuleType("torchvision")
+    from omegaconf import OmegaConf
+
+    sys.path.insert(0, str(path))
+    from cutie.model.utils import resnet
+
+    # Random weights replace everything: skip the ImageNet download of the reference's ResNets.
+    resnet.model_zoo = types.SimpleNamespace(load_url=lambda *args, **kwargs: {})
+    resnet.load_weights_add_extra_dim = lambda *args, **kwargs: None
+    from cutie.inference.inference_core import InferenceCore
+    from cutie.model.cutie import CUTIE
+
+    return {"CUTIE": CUTIE, "InferenceCore": InferenceCore, "OmegaConf": OmegaConf}
+
+
+def reference_config(
+    ref: dict[str, Any],
+    path: Path,
+    model: str,
+    *,
+    mem_every: int,
+    long_term: bool,
+    max_tokens: int,
+    buffer_tokens: int,
+) -> Any:
+    """The reference's evaluation config: eval_config.yaml defaults with model ``base`` or ``small``."""
+    conf = ref["OmegaConf"]
+    model_cfg = conf.load(path / "cutie" / "config" / "model" / "base.yaml")
+    if model == "small":
+        small = conf.load(path / "cutie" / "config" / "model" / "small.yaml")
+        small.pop("defaults", None)
+        model_cfg = conf.merge(model_cfg, small)
+    evaluation = conf.load(path / "cutie" / "config" / "eval_config.yaml")
+    for key in ("defaults", "hydra", "datasets"):
+        evaluation.pop(key, None)
+    cfg = conf.merge(evaluation, {"model": model_cfg})
+    cfg.mem_every = mem_every
+    cfg.use_long_term = long_term
+    cfg.long_term.max_num_tokens = max_tokens
+    cfg.long_term.buffer_tokens = buffer_tokens
+    return cfg
+
+
+def randomise(model: torch.nn.Module, seed: int) -> None:
+    """Random weights beyond the initialisation: BatchNorm statistics and affine terms too."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.copy_(0.5 + torch.rand(module.weight.shape, generator=generator))
+                module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
+                assert module.running_mean is not None and module.running_var is not None
+                module.running_mean.copy_(0.1 * torch.randn(module.running_mean.shape, generator=generator))
+                module.running_var.copy_(
+                    0.5 + 1.5 * torch.rand(module.running_var.shape, generator=generator)
+                )
+
+
+def make_video(size: tuple[int, int], frames: int, enter: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(frames uint8 [T, H, W, 3], labels uint8 [T, H, W]) with object 3 entering at ``enter``."""
+    return random_video(frames, size, object_ids=(1, 2, 3), first_frames={3: enter}, seed=seed)
+
+
+def annotations(labels: np.ndarray, enter: int) -> dict[int, np.ndarray]:
+    """Frame 0's objects 1, 2 and frame ``enter``'s object 3 alone (YouTube-VOS style)."""
+    first = labels[0].copy()
+    first[first == 3] = 0
+    later = np.where(labels[enter] == 3, 3, 0).astype(np.uint8)
+    return {0: first, enter: later}
+
+
+def prepare(
+    frames: np.ndarray, masks: dict[int, np.ndarray], size: tuple[int, int] | None
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Frames as float [T, 3, h, w] in [0, 1] and masks as long [h, w], resized to ``size``
+    (bilinear antialiased / nearest) when given."""
+    # Channels-first memory, as torchvision's ToTensor gives the reference's evaluation.
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().contiguous() / 255
+    if size is not None:
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    out = {}
+    for t, m in masks.items():
+        y = torch.from_numpy(m.astype(np.int64))
+        if size is not None:
+            y = F.interpolate(y[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        out[t] = y
+    return x, out
+
+
+def processing_size(height: int, width: int, short: int) -> tuple[int, int]:
+    """Shorter side ``short``, the longer one scaled and truncated (torchvision's Resize)."""
+    if height <= width:
+        return short, int(short * width / height)
+    return int(short * height / width), short
+
+
+def run_reference(
+    ref: dict[str, Any],
+    network: torch.nn.Module,
+    cfg: Any,
+    images: torch.Tensor,
+    masks: dict[int, torch.Tensor],
+) -> list[torch.Tensor]:
+    """The reference InferenceCore over the frames: one [1+K, h, w] probability map per frame."""
+    core = ref["InferenceCore"](network, cfg=cfg)
+    outputs = []
+    for t in range(images.shape[0]):
+        mask = masks.get(t)
+        objects = None if mask is None else [int(o) for o in torch.unique(mask) if o != 0]
+        outputs.append(core.step(images[t], mask, objects, end=t == images.shape[0] - 1).clone())
+    return outputs
+
+
+def overlay(prob: torch.Tensor | None, ids: list[int], mask: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """An annotation over the predicted probabilities, as the reference's ``InferenceCore.step``:
+    annotated pixels cleared in every object, annotated objects set to their masks, new ones
+    appended, then soft aggregation. prob [1, 1+K, Hp, Wp] or None; mask long [Hp, Wp].
+    Returns ([1, 1+K', Hp, Wp], the new object ids)."""
+    present = [int(o) for o in torch.unique(mask) if o != 0]
+    new = [o for o in present if o not in ids]
+    if prob is not None:
+        objects = prob[0, 1:].clone()
+        objects[:, mask > 0] = 0
+        extra = []
+        for obj in present:
+            if obj in ids:
+                objects[ids.index(obj)] = (mask == obj).float()
+            else:
+                extra.append((mask == obj).float()[None])
+        objects = torch.cat([objects, *extra], dim=0)
+    else:
+        objects = torch.stack([(mask == obj).float() for obj in present], dim=0)
+    return torch.softmax(aggregate_logits(objects, dim=0), dim=0)[None], new
+
+
+def network_frames(
+    images: torch.Tensor, padding: str, video: np.ndarray | None = None
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Normalised frames padded to a multiple of 16, and the padding (left, right, top, bottom).
+
+    images: float [T, 3, h, w] in [0, 1] at the processing size. padding: "reference" pads
+    black, then normalises (the reference's order); "zeros" normalises, then pads zeros
+    (twoshot's engine today); "pad_value" normalises, then pads ``CutiePropagator.pad_value``
+    (normalised black); "engine order" normalises ``video`` (uint8 [T, H, W, 3], original
+    size), resizes it to (h, w) as the engine does (bilinear, antialiased), then pads
+    ``pad_value``.
+    """
+    if padding == "reference":
+        padded, pad = pad_divide_by(images, 16)
+        return normalize_images(padded), pad
+    if padding == "zeros":
+        return pad_divide_by(normalize_images(images), 16)
+    if padding == "engine order":
+        assert video is not None
+        x = normalize_images(torch.from_numpy(video).permute(0, 3, 1, 2).contiguous())
+        if x.shape[-2:] != images.shape[-2:]:
+            x = F.interpolate(x, size=images.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+        normalised = x
+    else:
+        normalised = normalize_images(images)
+    pad = pad_divide_by(normalised[:1], 16)[1]
+    left, right, top, bottom = pad
+    height, width = images.shape[-2:]
+    padded = torch.empty((images.shape[0], 3, height + top + bottom, width + left + right))
+    padded[:] = torch.tensor(CutiePropagator.pad_value).view(1, 3, 1, 1)
+    padded[..., top : top + height, left : left + width] = normalised
+    return padded, pad
+
+
+def run_twoshot(
+    model: Cutie,
+    config: InferenceConfig,
+    settings: MemorySettings | None,
+    frames: tuple[torch.Tensor, tuple[int, int, int, int]],
+    masks: dict[int, torch.Tensor],
+) -> list[torch.Tensor]:
+    """twoshot's propagator driven as the engine does, on ``network_frames``' output; one
+    [1+K, h, w] probability map per frame, unpadded."""
+    padded, pad = frames
+    propagator = CutiePropagator(model, config, settings=settings)
+    memory = propagator.new_memory()
+    ids: list[int] = []
+    last_memory = 0
+    count = padded.shape[0]
+    outputs = []
+    for t in range(count):
+        image = padded[t : t + 1]
+        features = propagator.encode_frames(image)
+        prob = propagator.segment(memory, image, features) if ids else None
+        if t in masks:
+            prob, new = overlay(prob, ids, pad_divide_by(masks[t], 16)[0])
+            if new:
+                memory.add_objects(len(new))
+                ids += new
+        assert prob is not None
+        is_memory = (t in masks or t - last_memory >= config.mem_every) and t != count - 1
+        propagator.memorize(
+            memory, image, features, prob, PERMANENT if is_memory else None, pinned=t in masks
+        )
+        if is_memory:
+            last_memory = t
+        outputs.append(unpad(prob[0], pad))
+    return outputs
+
+
+def compare(
+    ours: Sequence[torch.Tensor], theirs: Sequence[torch.Tensor], original: tuple[int, int] | None
+) -> dict[str, Any]:
+    """Agreement of two runs' outputs, after upsampling to ``original`` when given."""
+    equal = total = 0
+    max_diff = 0.0
+    shares = np.zeros(4)
+    for a, b in zip(ours, theirs):
+        if original is not None:
+            a = F.interpolate(a[None], size=original, mode="bilinear", align_corners=False)[0]
+            b = F.interpolate(b[None], size=original, mode="bilinear", align_corners=False)[0]
+        if a.shape != b.shape:
+            raise AssertionError(f"output shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+        la, lb = a.argmax(0), b.argmax(0)
+        equal += int((la == lb).sum())
+        total += la.numel()
+        max_diff = max(max_diff, float((a - b).abs().max()))
+        shares[: a.shape[0]] += np.bincount(lb.flatten().numpy(), minlength=a.shape[0])[:4]
+    return {
+        "equal_share": equal / total,
+        "pixels": total,
+        "max_prob_diff": max_diff,
+        "label_shares": (shares / shares.sum()).round(4).tolist(),
+    }
+
+
+def run(
+    reference: str | Path,
+    model: str = "small",
+    frames: int = 30,
+    long_frames: int = 60,
+    enter: int = 8,
+    seed: int = 0,
+    max_tokens: int = 400,
+    buffer_tokens: int = 100,
+    cases: Sequence[str] = CASES,
+    threads: int = 2,
+) -> dict[str, Any]:
+    """Run the comparisons; returns {case: compare(...) figures and seconds}."""
+    torch.set_num_threads(threads)
+    path = Path(reference).resolve()
+    ref = import_reference(path)
+    torch.manual_seed(seed)
+    ours = Cutie(load_config(f"cutie-{model}").model).eval()
+    randomise(ours, seed)
+    results: dict[str, Any] = {"model": model}
+    for case in cases:
+        if case not in CASES:
+            raise SystemExit(f"unknown case {case!r}; choose from {', '.join(CASES)}")
+        long_term = case == "long-term"
+        mem_every = 2 if long_term else 5
+        cfg = reference_config(
+            ref,
+            path,
+            model,
+            mem_every=mem_every,
+            long_term=long_term,
+            max_tokens=max_tokens,
+            buffer_tokens=buffer_tokens,
+        )
+        theirs = ref["CUTIE"](cfg).eval()
+        theirs.load_state_dict(ours.state_dict(), strict=True)
+        config = InferenceConfig(
+            mem_every=mem_every, top_k=int(cfg.top_k), size=-1, max_memory_frames=10 if long_term else None
+        )
+        settings = None
+        if long_term:
+            lt = cfg.long_term
+            settings = MemorySettings(
+                max_mem_frames=lt.max_mem_frames,
+                long_term=True,
+                min_mem_frames=lt.min_mem_frames,
+                num_prototypes=lt.num_prototypes,
+                max_num_tokens=lt.max_num_tokens,
+                buffer_tokens=lt.buffer_tokens,
+                top_k=int(cfg.top_k),
+            )
+        size = ORIGINAL if case == "resized" else NATIVE
+        video, labels = make_video(size, long_frames if long_term else frames, enter, seed)
+        target = processing_size(*size, RESIZED_SHORT_SIDE) if case == "resized" else None
+        images, masks = prepare(video, annotations(labels, enter), target)
+        original = size if case == "resized" else None
+        with torch.inference_mode():
+            start = time.perf_counter()
+            expected = run_reference(ref, theirs, cfg, images, masks)
+            middle = time.perf_counter()
+            got = run_twoshot(ours, config, settings, network_frames(images, "reference"), masks)
+            end = time.perf_counter()
+            results[case] = {
+                **compare(got, expected, original),
+                "frames": len(got),
+                "reference_s": round(middle - start, 1),
+                "twoshot_s": round(end - middle, 1),
+            }
+            if case == "resized":
+                for padding in ("zeros", "pad_value", "engine order"):
+                    got = run_twoshot(ours, config, settings, network_frames(images, padding, video), masks)
+                    name = (
+                        "normalise, resize, pad pad_value" if padding == "engine order" else f"pad {padding}"
+                    )
+                    results[f"resized ({name})"] = {**compare(got, expected, original), "frames": len(got)}
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--reference", required=True, help="path to a hkchengrex/Cutie checkout")
+    parser.add_argument("--model", choices=("small", "base"), default="small")
+    parser.add_argument("--frames", type=int, default=30, help="frames of the native and resized cases")
+    parser.add_argument("--long-frames", type=int, default=60, help="frames of the long-term case")
+    parser.add_argument("--enter", type=int, default=8, help="frame where object 3 appears")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--max-tokens", type=int, default=400, help="long-term memory cap of the long-term case"
+    )
+    parser.add_argument(
+        "--buffer-tokens",
+        type=int,
+        default=100,
+        help="room made below that cap when it is reached (long-term case)",
+    )
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    results = run(
+        args.reference,
+        args.model,
+        args.frames,
+        args.long_frames,
+        args.enter,
+        args.seed,
+        args.max_tokens,
+        args.buffer_tokens,
+        [c.strip() for c in args.cases.split(",") if c.strip()],
+        args.threads,
+    )
+    print(f"Cutie-{results.pop('model')}: twoshot vs reference, same random weights")
+    print(
+        "| case | frames | equal pixels | max abs prob diff | label shares (bg, 1, 2, 3) "
+        "| reference s | twoshot s |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for case, r in results.items():
+        share = r["equal_share"]
+        print(
+            f"| {case} | {r['frames']} | {100 * share:.4f}% "
+            f"({r['pixels'] - round(share * r['pixels'])} differ) "
+            f"| {r['max_prob_diff']:.2e} | {r['label_shares']} | {r.get('reference_s', '')} "
+            f"| {r.get('twoshot_s', '')} |"
+        )
+    if not math.isfinite(min(r["max_prob_diff"] for r in results.values())):
+        raise SystemExit("non-finite probabilities")
+
+
+if __name__ == "__main__":
+    main()
