@@ -115,12 +115,13 @@ class PropagationJobs:
         job = self.get(video)
         if job is None:
             return {"state": "none", "done": 0, "total": self.store.video(video).seq.num_frames, "ready": []}
+        ready = job.results.copy()  # the job's thread adds frames meanwhile
         return {
             "id": job.id,
             "state": job.state,
-            "done": len(job.results),
+            "done": len(ready),
             "total": job.total,
-            "ready": sorted(job.results),
+            "ready": sorted(ready),
             "labeled": job.labeled,
             "stale": job.revision != self.store.revision[video],
             "error": job.error,

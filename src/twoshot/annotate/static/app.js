@@ -209,9 +209,9 @@ function renderProp() {
     const id = labels[i];
     const x = i % width;
     const y = (i / width) | 0;
-    if (confidence[i] < LOW_CONFIDENCE && (x + y) % 6 < 2) {
+    if (confidence[i] < LOW_CONFIDENCE && (x + y) % 6 === 0) {
       // Hatching marks pixels the model is unsure of, object or background.
-      px[4 * i] = 255; px[4 * i + 1] = 255; px[4 * i + 2] = 0; px[4 * i + 3] = 220;
+      px[4 * i] = 255; px[4 * i + 1] = 235; px[4 * i + 2] = 0; px[4 * i + 3] = 200;
     } else if (id) {
       const col = table[id];
       px[4 * i] = col[0]; px[4 * i + 1] = col[1]; px[4 * i + 2] = col[2]; px[4 * i + 3] = alpha;

@@ -1,0 +1,151 @@
+"""twoshot annotate's responsiveness: propagation as the page sees it, and frame switching.
+
+A generated 100-frame 854x480 video (DAVIS layout, JPEG frames) is served by the real app
+(uvicorn on a local port, a random-weight model of the chosen preset); two frames are
+labeled through the HTTP API, then "propagate" is pressed and the script polls the job as
+the page does. It reports:
+
+- the time from the request to the first propagated frame fetched (what the page shows
+  first) and to the whole video done;
+- frame-switch latency (one frame's image + mask + propagated overlay, as the page loads
+  them) while the job runs and once it is done.
+
+    python benchmarks/annotate_speed.py                 # tiny, 100 frames, CPU
+    python benchmarks/annotate_speed.py --device cuda --frames 100
+
+``run(...) -> dict`` does the same for a benchmark runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from common import machine_info
+from twoshot.annotate.jobs import PropagationJobs
+from twoshot.annotate.server import create_app
+from twoshot.annotate.storage import AnnotationStore
+from twoshot.config import load_config
+from twoshot.data.fixtures import make_davis
+from twoshot.model import build_model
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url) as response:
+        return response.read()
+
+
+def _request(url: str, method: str, body: bytes = b"") -> bytes:
+    request = urllib.request.Request(url, data=body, method=method)
+    with urllib.request.urlopen(request) as response:
+        return response.read()
+
+
+def _switch(base: str, frame: int, propagated: bool) -> float:
+    """Seconds to load one frame the way the page does (image, mask, overlay if ready)."""
+    start = time.perf_counter()
+    _get(f"{base}/frames/{frame}/image")
+    _get(f"{base}/frames/{frame}/mask")
+    if propagated:
+        _get(f"{base}/frames/{frame}/propagated")
+    return time.perf_counter() - start
+
+
+def run(
+    preset: str = "tiny", frames: int = 100, device: str = "cpu", size: tuple[int, int] = (480, 854)
+) -> dict:
+    """Time propagation and frame switching on a generated video; returns the figures."""
+    import dataclasses
+
+    import torch
+    import uvicorn
+
+    torch.manual_seed(0)
+    config = load_config(preset)
+    model = build_model(config.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_davis(Path(tmp) / "davis", {"clip": frames}, size=size, annotate=[])
+        store = AnnotationStore(data.root)
+        jobs = PropagationJobs(store, model, dataclasses.replace(config.inference, device=device))
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        server = uvicorn.Server(uvicorn.Config(create_app(store, jobs), log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.01)
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}/api/videos/clip"
+        labeled = [0, frames - 1]
+        for index in labeled:
+            _request(f"{base}/frames/{index}/mask?base=", "PUT", data.labels["clip"][index].tobytes())
+        idle = [_switch(base, f % frames, False) for f in range(5, 25)]
+
+        start = time.perf_counter()
+        _request(f"{base}/propagate", "POST")
+        first_shown = None
+        busy: list[float] = []
+        probe = 1
+        while True:
+            status = json.loads(_get(f"{base}/propagation"))
+            ready = [f for f in status["ready"] if f not in labeled]
+            if first_shown is None and ready:
+                _get(f"{base}/frames/{ready[0]}/propagated")
+                first_shown = time.perf_counter() - start
+            if status["state"] in ("done", "failed", "cancelled"):
+                break
+            # A user stepping through frames while the job runs.
+            busy.append(_switch(base, probe, probe in status["ready"]))
+            probe = probe % (frames - 2) + 1
+            time.sleep(0.05)
+        total = time.perf_counter() - start
+        after = [_switch(base, f % frames, True) for f in range(5, 25)]
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+    if status["state"] != "done":
+        raise RuntimeError(f"propagation ended {status['state']}: {status.get('error')}")
+
+    def ms(values: list[float], q: float) -> float:
+        ordered = sorted(values)
+        return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+    return {
+        "preset": preset,
+        "frames": frames,
+        "size": f"{size[1]}x{size[0]}",
+        "device": device,
+        "inference_size": config.inference.size,
+        "first_frame_shown_s": round(first_shown or float("nan"), 2),
+        "whole_video_s": round(total, 2),
+        "frames_per_s": round(frames / total, 2),
+        "switch_ms_idle_median": round(1000 * statistics.median(idle), 1),
+        "switch_ms_during_job_median": round(1000 * statistics.median(busy), 1) if busy else None,
+        "switch_ms_during_job_p90": ms(busy, 0.9) if busy else None,
+        "switch_ms_during_job_samples": len(busy),
+        "switch_ms_after_median": round(1000 * statistics.median(after), 1),
+        "machine": machine_info(device),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.preset, args.frames, args.device), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
