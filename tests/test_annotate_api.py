@@ -309,6 +309,26 @@ def test_propagation_equals_pseudo_label_and_export(davis, checkpoint: Path, tmp
     again = export_dataset(store, jobs, tmp_path / "second", videos=False)
     assert again["videos"][0] == {"name": "bear", "frames": 8, "masks": 3, "dense": False}
 
+    # Propagating again recomputes only the frames whose run changed, and still equals the
+    # bank: first a new labeled frame (3), then a corrected one (6).
+    def propagate_and_compare(expect_reused: int, bank: Path) -> None:
+        assert client.post("/api/videos/bear/propagate").status_code == 202
+        jobs.wait("bear", 60)
+        status = client.get("/api/videos/bear/propagation").json()
+        assert status["state"] == "done" and status["reused"] == expect_reused
+        assert cli_main([*argv, "--budget", str(store.budget_path), "--out", str(bank), "--no-progress"]) == 0
+        for frame in range(8):
+            response = client.get(f"/api/videos/bear/frames/{frame}/propagated")
+            labels = np.frombuffer(response.content[: H * W], np.uint8).reshape(H, W)
+            np.testing.assert_array_equal(labels, read_mask(bank / "bear" / f"{frame:05d}.png")[0])
+
+    propagate_and_compare(3, tmp_path / "bank3")  # frames 0 (from 1), 5 and 7 (from 6) kept
+    corrected = davis.labels["bear"][6].copy()
+    corrected[:4] = 2
+    version = client.get("/api/videos/bear/frames/6/mask").headers["x-mask-version"]
+    assert put(client, "bear", 6, corrected, base=version).status_code == 200
+    propagate_and_compare(3, tmp_path / "bank4")  # frames 0, 2 and 4 (from 1 and 3) kept
+
 
 def test_export_needs_labels(client: TestClient) -> None:
     response = client.post("/api/export", json={})

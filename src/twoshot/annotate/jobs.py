@@ -1,12 +1,19 @@
 """Background propagation: one job (a thread) per video, the pseudo-label engine inside.
 
-A job runs exactly what ``twoshot pseudo-label`` runs for one video
-(:func:`twoshot.inference.pseudo_label.pseudo_label_frames` on the video restricted to its
-labeled frames by ``apply_budget``), so its masks equal the bank's for the same checkpoint
-and labels. Frames are kept in memory as the engine yields them (each one final), so the
-page shows the first ones while the rest are computed. Jobs share one engine, and a lock
-runs them one at a time (the engine is CPU/GPU bound and holds per-run state); starting a
-video's job again cancels its running one between two frames.
+A job runs what ``twoshot pseudo-label`` runs for one video: the video restricted to its
+labeled frames by ``apply_budget``, its labeled masks, and the engine's ``bidirectional``
+mode with confidence (as :func:`twoshot.inference.pseudo_label.pseudo_label_frames`), so its
+masks equal the bank's for the same checkpoint and labels. Frames are kept in memory as the
+engine yields them (each one final), so the page shows the first ones while the rest are
+computed. Jobs share one engine, and a lock runs them one at a time (the engine is CPU/GPU
+bound and holds per-run state); starting a video's job again cancels its running one
+between two frames.
+
+Propagating again after a correction recomputes only the frames it changes. Each unlabeled
+frame takes the run from its nearest labeled frame, a run depends only on its own labeled
+mask and the frames it passes, and runs are causal: a frame whose nearest labeled frame is
+the same, with the same mask, as in the previous job has the same result, which is reused.
+The engine is asked (``output_frames``) for the other frames only.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ import numpy as np
 from twoshot.annotate.storage import AnnotationStore, RequestError
 from twoshot.config import InferenceConfig
 from twoshot.data.layout import VideoSequence
+from twoshot.data.readers import load_annotations, load_frames
 from twoshot.errors import UserError
+from twoshot.inference import assign_sources
 from twoshot.inference.engine import PropagationEngine
-from twoshot.inference.pseudo_label import pseudo_label_frames
 from twoshot.model.interface import VOSModel
 
 
@@ -31,14 +39,16 @@ from twoshot.model.interface import VOSModel
 class Job:
     """One propagation of one video.
 
-    state: queued | running | done | failed | cancelled; revision: the store's revision of
-    the video when the job started (a later edit makes the result stale); results: frame ->
-    (labels uint8 [H, W], confidence uint8 [H, W], max probability x 255).
+    state: queued | running | done | failed | cancelled; labeled: the labeled frames and
+    their masks the job propagates; revision: the store's revision of the video when the job
+    started (a later edit makes the result stale); results: frame -> (labels uint8 [H, W],
+    confidence uint8 [H, W], max probability x 255); reused: frames taken from the previous
+    job unchanged.
     """
 
     video: str
     total: int
-    labeled: list[int]
+    labeled: dict[int, np.ndarray]
     revision: int
     state: str = "queued"
     error: str | None = None
@@ -46,9 +56,15 @@ class Job:
     first_frame_s: float | None = None
     finished_s: float | None = None
     results: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    reused: int = 0
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     id: int = field(default_factory=itertools.count(1).__next__)
+
+    @property
+    def sources(self) -> list[int]:
+        """Per frame, the labeled frame whose run gives it."""
+        return assign_sources(self.total, list(self.labeled))
 
 
 class PropagationJobs:
@@ -61,17 +77,27 @@ class PropagationJobs:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
-    def start(self, video: str) -> Job:
+    def start(self, video: str, *, reuse: bool = True) -> Job:
         """Start propagating ``video`` from its labeled frames (cancelling its running job).
-        RequestError 400 when it has no labeled frame."""
-        with self.store.lock:
+
+        reuse: keep the previous job's frames that the new labels do not change. RequestError
+        400 when the video has no labeled frame.
+        """
+        with self.store.lock:  # the masks and the revision they belong to, read together
             seq = self.store.labeled_sequence(video)
             revision = self.store.revision[video]
-        job = Job(video, seq.num_frames, sorted(seq.mask_paths), revision)
+            try:
+                masks, _ = load_annotations(seq)
+            except UserError as exc:
+                raise RequestError(422, str(exc)) from exc
+        job = Job(video, seq.num_frames, masks, revision)
         with self._lock:
             previous = self._jobs.get(video)
             if previous is not None:
                 previous.cancel.set()
+            if reuse and previous is not None:
+                job.results.update(_reusable(previous, job))
+                job.reused = len(job.results)
             self._jobs[video] = job
         job.thread = threading.Thread(
             target=self._run, args=(job, seq), name=f"propagate-{video}", daemon=True
@@ -87,11 +113,20 @@ class PropagationJobs:
                     job.state = "cancelled"
                     return
                 job.state = "running"
-                propagation, _, _ = pseudo_label_frames(self.engine, seq, confidence=True)
+                wanted = [f for f in range(job.total) if f not in job.results or f in job.labeled]
+                propagation = self.engine.frames(
+                    load_frames(seq),
+                    job.labeled,
+                    mode="bidirectional",
+                    output_frames=wanted if job.reused else None,
+                    confidence=True,
+                )
                 for out in propagation:
                     if job.cancel.is_set():
                         job.state = "cancelled"
                         return
+                    if out.frame not in wanted:
+                        continue  # reused: the engine leaves it out (background)
                     assert out.confidence is not None
                     job.results[out.frame] = (out.labels, out.confidence)
                     if job.first_frame_s is None and out.frame not in job.labeled:
@@ -122,7 +157,8 @@ class PropagationJobs:
             "done": len(ready),
             "total": job.total,
             "ready": sorted(ready),
-            "labeled": job.labeled,
+            "labeled": sorted(job.labeled),
+            "reused": job.reused,
             "stale": job.revision != self.store.revision[video],
             "error": job.error,
             "first_frame_s": job.first_frame_s,
@@ -144,3 +180,18 @@ class PropagationJobs:
         if job is not None and job.thread is not None:
             job.thread.join(timeout)
         return job
+
+
+def _reusable(previous: Job, job: Job) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The previous job's unlabeled frames whose run is unchanged in ``job``: same nearest
+    labeled frame, holding the same mask, in both."""
+    old_sources, new_sources = previous.sources, job.sources
+    results = previous.results.copy()
+    out = {}
+    for frame, result in results.items():
+        source = new_sources[frame]
+        if frame in job.labeled or old_sources[frame] != source or source not in previous.labeled:
+            continue
+        if np.array_equal(previous.labeled[source], job.labeled[source]):
+            out[frame] = result
+    return out

@@ -584,6 +584,7 @@ async function pollJob() {
   const labels = { none: "", queued: "waiting…", running: "running", done: "done", failed: "failed", cancelled: "cancelled" };
   let text = `${labels[status.state] || status.state}`;
   if (status.state !== "none") text += ` ${status.done}/${status.total}`;
+  if (status.reused) text += ` (${status.reused} kept)`;
   if (status.state === "done" && status.stale) text += " (labels changed since)";
   if (status.error) text += `: ${status.error}`;
   $("progress").textContent = text;
