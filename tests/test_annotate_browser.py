@@ -124,15 +124,31 @@ def test_draw_two_objects_on_two_frames_and_save(browser, tmp_path: Path) -> Non
         page.evaluate("window.annotator.flush()")
         assert page.inner_text("#save-state") == "saved"
         assert "2 / 6" in page.inner_text('#videos li[data-name="bear"]')
+        frame3, _ = read_mask(data.root / "Annotations/480p/bear/00003.png")
+        # A second tab saves frame 3; the first tab's next edit there is refused, not merged.
+        other, other_errors = open_page(browser, url)
+        go_to_frame(other, 3)
+        other.keyboard.press("e")
+        stroke(other, [(10, 40), (10, 30)])
+        other.evaluate("window.annotator.flush()")
+        after_other = (data.root / "Annotations/480p/bear/00003.png").read_bytes()
+        page.keyboard.press("b")
+        stroke(page, [(30, 30), (34, 30)])
+        page.evaluate("window.annotator.flush()")
+        assert page.inner_text("#save-state") == "not saved"
+        assert "changed elsewhere" in page.inner_text("#message")
+        assert (data.root / "Annotations/480p/bear/00003.png").read_bytes() == after_other
+        other.close()
         page.close()
-    assert errors == []
+    assert errors == [] and other_errors == []
+    erased, _ = read_mask(data.root / "Annotations/480p/bear/00003.png")
+    assert erased[31:40, 10].tolist() == [0] * 9 and erased[8, 50] == 2  # the second tab's erasure
 
     frame0, palette = read_mask(data.root / "Annotations/480p/bear/00000.png")
     assert palette is not None and frame0.shape == (H, W)
     assert frame0[10, 8:31].tolist() == [1] * 23 and frame0[35, 48] == 2
     assert (frame0[27:44, 37:60] == 2).all() and (frame0[:5] == 0).all()
     assert frame0[20, 20] == 0 and frame0[26:45, 36:61].sum() // 2 >= 20 * 16
-    frame3, _ = read_mask(data.root / "Annotations/480p/bear/00003.png")
     assert frame3[21:40, 10].tolist() == [1] * 19 and frame3[8, 50] == 2 and frame3[18, 42] == 0
     assert set(np.unique(frame3).tolist()) == {0, 1, 2}
     assert load_budget(store.budget_path) == {"bear": ["00000.jpg", "00003.jpg"]}

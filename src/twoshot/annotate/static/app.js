@@ -313,7 +313,7 @@ function updateTimeline() {
 
 function updateFrameLabel() {
   const labeled = S.video.labeled.includes(S.frame);
-  $("frame-label").textContent = `${S.video.name} — frame ${S.frame + 1} / ${S.video.frames} `
+  $("frame-label").textContent = `${S.video.name} — frame ${S.frame} of 0–${S.video.frames - 1} `
     + `(${S.video.frame_names[S.frame]})${labeled ? " · labeled" : ""}`
     + `${S.prop && !labeled ? " · propagated" : ""}`;
 }
