@@ -20,7 +20,7 @@ from twoshot.annotate.storage import AnnotationStore
 from twoshot.cli import main as cli_main
 from twoshot.config import load_config
 from twoshot.data.budget import apply_budget, load_budget
-from twoshot.data.fixtures import make_davis, make_generic, make_video_file
+from twoshot.data.fixtures import make_davis, make_generic, make_video_file, make_youtube
 from twoshot.data.masks import DAVIS_PALETTE, read_mask, write_mask
 from twoshot.data.readers import open_dataset
 from twoshot.inference.predictor import load_for_inference
@@ -401,3 +401,13 @@ def test_cli_refuses_a_budget_naming_unknown_frames(davis, capsys) -> None:
     assert cli_main(["annotate", str(davis.root), "--port", "0"]) == 2
     assert "has no frame 00099.jpg" in capsys.readouterr().err
     assert os.path.exists(davis.root / "budget.json")
+
+
+def test_youtube_root_opens_its_training_split(tmp_path: Path) -> None:
+    data = make_youtube(tmp_path / "yt")
+    store = AnnotationStore(data.root)
+    name = next(iter(store.videos))
+    client = client_for(store)
+    labels = np.ones(store.frame_size(name), np.uint8)
+    assert client.put(f"/api/videos/{name}/frames/1/mask?base=", content=labels.tobytes()).status_code == 200
+    assert (data.root / "train/Annotations" / name / f"{store.video(name).seq.frame_names[1]}.png").is_file()

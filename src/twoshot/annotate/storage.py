@@ -86,7 +86,7 @@ class AnnotationStore:
     data: a DAVIS, YouTube-VOS or generic folder, or a video file (masks then go to
     ``<stem>_masks/<frame index>.png`` beside it, as ``twoshot infer`` reads them).
     kind: the layout (None = detected); split: DAVIS/YouTube-VOS split (None = every video
-    folder for DAVIS, the root for YouTube-VOS); budget: the budget JSON to read and update
+    folder for DAVIS; for YouTube-VOS the root if it holds meta.json, else ``train``); budget: the budget JSON to read and update
     (None = :func:`default_budget_path`). Raises UserError for an unreadable dataset or a
     budget that names unknown videos or frames.
     """
@@ -101,7 +101,9 @@ class AnnotationStore:
         self.data = Path(data)
         if not self.data.exists():
             raise UserError(f"{self.data}: no such file or folder")
-        self.kind = kind or readers.detect_kind(self.data, split)
+        self.kind = kind or readers.detect_kind(self.data, split or "train")
+        if self.kind == "youtube" and split is None and not (self.data / "meta.json").is_file():
+            split = "train"  # a YouTube-VOS root: its training videos are the ones to label
         # Every path served or written must resolve inside this folder.
         self.root = (self.data.parent if self.data.is_file() else self.data).resolve()
         self.videos: dict[str, Video] = {v.seq.name: v for v in self._open(split)}
