@@ -16,7 +16,7 @@ from twoshot.annotate import server as server_module
 from twoshot.annotate.export import export_dataset
 from twoshot.annotate.jobs import PropagationJobs
 from twoshot.annotate.server import create_app
-from twoshot.annotate.storage import AnnotationStore
+from twoshot.annotate.storage import AnnotationStore, RequestError
 from twoshot.cli import main as cli_main
 from twoshot.config import load_config
 from twoshot.data.budget import apply_budget, load_budget
@@ -330,9 +330,17 @@ def test_propagation_equals_pseudo_label_and_export(davis, checkpoint: Path, tmp
     propagate_and_compare(3, tmp_path / "bank4")  # frames 0, 2 and 4 (from 1 and 3) kept
 
 
-def test_export_needs_labels(client: TestClient) -> None:
+def test_export_needs_labels_and_never_replaces_other_folders(client: TestClient, davis) -> None:
     response = client.post("/api/export", json={})
     assert response.status_code == 400 and "nothing to export" in response.json()["error"]
+    store = client.app.state.store
+    put(client, "bear", 1, box_mask(1))
+    for target, words in ((davis.root, "holds the dataset"), (davis.root / "JPEGImages", "not an earlier")):
+        with pytest.raises(RequestError, match=words):
+            export_dataset(store, None, target, videos=False)
+    assert (davis.root / "JPEGImages/480p/bear/00000.jpg").is_file()
+    export_dataset(store, None, davis.root / "export", videos=False)
+    export_dataset(store, None, davis.root / "export", videos=False)  # an earlier export is replaced
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,13 +31,15 @@ def export_dataset(
 
     store: the labels; jobs: the propagations (None without a checkpoint); videos: also write
     the overlay mp4s. Returns {out, videos: [{name, frames, masks, dense}]}. RequestError 400
-    when no video has a labeled frame.
+    when no video has a labeled frame, 409 when ``out`` holds the dataset or is a non-empty
+    folder that is not an earlier export (it would be replaced).
     """
     names = [name for name in store.videos if store.labeled[name]]
     if not names:
         raise RequestError(400, "nothing to export: no video has a labeled frame")
     report = []
     target = Path(out)
+    _check_target(store, target)
     with store.lock:
         budget = store.budget()
     with atomic_dir(target) as tmp:
@@ -81,3 +83,12 @@ def _masks(
     if job is not None and job.state == "done" and job.revision == store.revision[name]:
         return {index: labels for index, (labels, _) in sorted(job.results.items())}, True
     return {index: store.read_mask(name, index)[0] for index in sorted(store.labeled[name])}, False
+
+
+def _check_target(store: AnnotationStore, target: Path) -> None:
+    """Refuse to replace the dataset itself or a folder that is not an earlier export."""
+    resolved = target.resolve()
+    if resolved == store.root or resolved in store.root.parents:
+        raise RequestError(409, f"export folder {target} holds the dataset {store.root}; choose another")
+    if target.is_dir() and any(target.iterdir()) and not (target / "budget.json").is_file():
+        raise RequestError(409, f"export folder {target} is not empty and is not an earlier export")

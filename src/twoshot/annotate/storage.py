@@ -86,9 +86,10 @@ class AnnotationStore:
     data: a DAVIS, YouTube-VOS or generic folder, or a video file (masks then go to
     ``<stem>_masks/<frame index>.png`` beside it, as ``twoshot infer`` reads them).
     kind: the layout (None = detected); split: DAVIS/YouTube-VOS split (None = every video
-    folder for DAVIS; for YouTube-VOS the root if it holds meta.json, else ``train``); budget: the budget JSON to read and update
-    (None = :func:`default_budget_path`). Raises UserError for an unreadable dataset or a
-    budget that names unknown videos or frames.
+    folder for DAVIS; for YouTube-VOS the root if it holds meta.json, else ``train``);
+    budget: the budget JSON to read and update (None = :func:`default_budget_path`).
+    Raises UserError for an unreadable dataset or a budget that names unknown videos or
+    frames.
     """
 
     def __init__(
