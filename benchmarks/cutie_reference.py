@@ -20,18 +20,12 @@ frame ``--enter``. Cases:
   cap lowered to ``--max-tokens`` (and ``--buffer-tokens``) so that the least-used
   prototypes are dropped too.
 
-The reference pads frames *before* normalising them (padding is black). The resized case
-is also run on frames normalised first and then padded, as twoshot's engine prepares them:
-``pad zeros`` (the engine today), ``pad pad_value`` (``CutiePropagator.pad_value``,
-normalised black) and ``normalise, resize, pad pad_value`` (the engine's order: normalise
-the original frames, resize, pad; resizing before or after normalising differs in the last
-float bits).
-
-twoshot's propagator is driven by a loop here (segment -> annotation overlay as the
-reference's ``InferenceCore.step`` -> memorize on Cutie's memory frames), mirroring the
-engine. The reference needs ``omegaconf`` (``pip install omegaconf``); ``torchvision`` is
-stubbed when missing (no reference module used here needs it); its ImageNet downloads are
-skipped (the weights are replaced anyway).
+twoshot runs its own ``PropagationEngine`` (``twoshot infer``'s code path) on the original
+frames and masks: it prepares frames as the reference does for Cutie (resize in [0, 1],
+pad with black, normalise), plans the memory frames, overlays the annotations and maps the
+outputs back to the original size. The reference needs ``omegaconf`` (``pip install
+omegaconf``); ``torchvision`` is stubbed when missing (no reference module used here needs
+it); its ImageNet downloads are skipped (the weights are replaced anyway).
 
     python benchmarks/cutie_reference.py --reference /path/to/Cutie               # small, ~1 min
     python benchmarks/cutie_reference.py --reference /path/to/Cutie --model base  # ~70 s
@@ -56,10 +50,8 @@ import torch.nn.functional as F
 
 from twoshot.config import InferenceConfig, load_config
 from twoshot.data.fixtures import random_video
-from twoshot.model.aggregate import aggregate_logits
+from twoshot.inference import PropagationEngine
 from twoshot.model.cutie import Cutie, CutiePropagator, MemorySettings
-from twoshot.model.interface import PERMANENT
-from twoshot.model.preprocess import normalize_images, pad_divide_by, unpad
 
 CASES: tuple[str, ...] = ("native", "resized", "long-term")
 NATIVE = (128, 176)
@@ -187,109 +179,38 @@ def run_reference(
     return outputs
 
 
-def overlay(prob: torch.Tensor | None, ids: list[int], mask: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-    """An annotation over the predicted probabilities, as the reference's ``InferenceCore.step``:
-    annotated pixels cleared in every object, annotated objects set to their masks, new ones
-    appended, then soft aggregation. prob [1, 1+K, Hp, Wp] or None; mask long [Hp, Wp].
-    Returns ([1, 1+K', Hp, Wp], the new object ids)."""
-    present = [int(o) for o in torch.unique(mask) if o != 0]
-    new = [o for o in present if o not in ids]
-    if prob is not None:
-        objects = prob[0, 1:].clone()
-        objects[:, mask > 0] = 0
-        extra = []
-        for obj in present:
-            if obj in ids:
-                objects[ids.index(obj)] = (mask == obj).float()
-            else:
-                extra.append((mask == obj).float()[None])
-        objects = torch.cat([objects, *extra], dim=0)
-    else:
-        objects = torch.stack([(mask == obj).float() for obj in present], dim=0)
-    return torch.softmax(aggregate_logits(objects, dim=0), dim=0)[None], new
-
-
-def network_frames(
-    images: torch.Tensor, padding: str, video: np.ndarray | None = None
-) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """Normalised frames padded to a multiple of 16, and the padding (left, right, top, bottom).
-
-    images: float [T, 3, h, w] in [0, 1] at the processing size. padding: "reference" pads
-    black, then normalises (the reference's order); "zeros" normalises, then pads zeros
-    (twoshot's engine today); "pad_value" normalises, then pads ``CutiePropagator.pad_value``
-    (normalised black); "engine order" normalises ``video`` (uint8 [T, H, W, 3], original
-    size), resizes it to (h, w) as the engine does (bilinear, antialiased), then pads
-    ``pad_value``.
-    """
-    if padding == "reference":
-        padded, pad = pad_divide_by(images, 16)
-        return normalize_images(padded), pad
-    if padding == "zeros":
-        return pad_divide_by(normalize_images(images), 16)
-    if padding == "engine order":
-        assert video is not None
-        x = normalize_images(torch.from_numpy(video).permute(0, 3, 1, 2).contiguous())
-        if x.shape[-2:] != images.shape[-2:]:
-            x = F.interpolate(x, size=images.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
-        normalised = x
-    else:
-        normalised = normalize_images(images)
-    pad = pad_divide_by(normalised[:1], 16)[1]
-    left, right, top, bottom = pad
-    height, width = images.shape[-2:]
-    padded = torch.empty((images.shape[0], 3, height + top + bottom, width + left + right))
-    padded[:] = torch.tensor(CutiePropagator.pad_value).view(1, 3, 1, 1)
-    padded[..., top : top + height, left : left + width] = normalised
-    return padded, pad
-
-
-def run_twoshot(
+def run_engine(
     model: Cutie,
     config: InferenceConfig,
     settings: MemorySettings | None,
-    frames: tuple[torch.Tensor, tuple[int, int, int, int]],
-    masks: dict[int, torch.Tensor],
+    video: np.ndarray,
+    masks: dict[int, np.ndarray],
 ) -> list[torch.Tensor]:
-    """twoshot's propagator driven as the engine does, on ``network_frames``' output; one
-    [1+K, h, w] probability map per frame, unpadded."""
-    padded, pad = frames
-    propagator = CutiePropagator(model, config, settings=settings)
-    memory = propagator.new_memory()
-    ids: list[int] = []
-    last_memory = 0
-    count = padded.shape[0]
-    outputs = []
-    for t in range(count):
-        image = padded[t : t + 1]
-        features = propagator.encode_frames(image)
-        prob = propagator.segment(memory, image, features) if ids else None
-        if t in masks:
-            prob, new = overlay(prob, ids, pad_divide_by(masks[t], 16)[0])
-            if new:
-                memory.add_objects(len(new))
-                ids += new
-        assert prob is not None
-        is_memory = (t in masks or t - last_memory >= config.mem_every) and t != count - 1
-        propagator.memorize(
-            memory, image, features, prob, PERMANENT if is_memory else None, pinned=t in masks
-        )
-        if is_memory:
-            last_memory = t
-        outputs.append(unpad(prob[0], pad))
-    return outputs
+    """twoshot's PropagationEngine over the original frames (it resizes, pads and maps back
+    itself); one float [1+K, H, W] probability map per frame at the original size, channels
+    in object-id order (objects not yet annotated are zero)."""
+    engine = PropagationEngine(model, config, "cpu")
+    if settings is not None:  # the long-term case's lowered token cap
+        engine.propagator = CutiePropagator(model, config, settings=settings)
+    result = engine.propagate(video, masks, probabilities=True)
+    assert result.probabilities is not None
+    return [torch.from_numpy(p) for p in result.probabilities]
 
 
 def compare(
     ours: Sequence[torch.Tensor], theirs: Sequence[torch.Tensor], original: tuple[int, int] | None
 ) -> dict[str, Any]:
-    """Agreement of two runs' outputs, after upsampling to ``original`` when given."""
+    """Agreement of twoshot's outputs (original size, every object's channel) with the
+    reference's (upsampled to ``original`` when given; channels of objects not enabled yet
+    added as zeros)."""
     equal = total = 0
     max_diff = 0.0
     shares = np.zeros(4)
     for a, b in zip(ours, theirs):
         if original is not None:
-            a = F.interpolate(a[None], size=original, mode="bilinear", align_corners=False)[0]
             b = F.interpolate(b[None], size=original, mode="bilinear", align_corners=False)[0]
+        if b.shape[0] < a.shape[0]:  # the reference's channels of objects enabled so far
+            b = torch.cat([b, b.new_zeros((a.shape[0] - b.shape[0], *b.shape[1:]))])
         if a.shape != b.shape:
             raise AssertionError(f"output shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
         la, lb = a.argmax(0), b.argmax(0)
@@ -342,7 +263,11 @@ def run(
         theirs = ref["CUTIE"](cfg).eval()
         theirs.load_state_dict(ours.state_dict(), strict=True)
         config = InferenceConfig(
-            mem_every=mem_every, top_k=int(cfg.top_k), size=-1, max_memory_frames=10 if long_term else None
+            mem_every=mem_every,
+            top_k=int(cfg.top_k),
+            size=RESIZED_SHORT_SIDE if case == "resized" else -1,
+            max_memory_frames=10 if long_term else None,
+            device="cpu",
         )
         settings = None
         if long_term:
@@ -359,27 +284,21 @@ def run(
         size = ORIGINAL if case == "resized" else NATIVE
         video, labels = make_video(size, long_frames if long_term else frames, enter, seed)
         target = processing_size(*size, RESIZED_SHORT_SIDE) if case == "resized" else None
-        images, masks = prepare(video, annotations(labels, enter), target)
+        given = annotations(labels, enter)
+        images, masks = prepare(video, given, target)
         original = size if case == "resized" else None
         with torch.inference_mode():
             start = time.perf_counter()
             expected = run_reference(ref, theirs, cfg, images, masks)
-            middle = time.perf_counter()
-            got = run_twoshot(ours, config, settings, network_frames(images, "reference"), masks)
-            end = time.perf_counter()
-            results[case] = {
-                **compare(got, expected, original),
-                "frames": len(got),
-                "reference_s": round(middle - start, 1),
-                "twoshot_s": round(end - middle, 1),
-            }
-            if case == "resized":
-                for padding in ("zeros", "pad_value", "engine order"):
-                    got = run_twoshot(ours, config, settings, network_frames(images, padding, video), masks)
-                    name = (
-                        "normalise, resize, pad pad_value" if padding == "engine order" else f"pad {padding}"
-                    )
-                    results[f"resized ({name})"] = {**compare(got, expected, original), "frames": len(got)}
+        middle = time.perf_counter()
+        got = run_engine(ours, config, settings, video, given)
+        end = time.perf_counter()
+        results[case] = {
+            **compare(got, expected, original),
+            "frames": len(got),
+            "reference_s": round(middle - start, 1),
+            "twoshot_s": round(end - middle, 1),
+        }
     return results
 
 

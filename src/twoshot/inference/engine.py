@@ -246,7 +246,10 @@ class PropagationEngine:
         runs = plan(num_frames, list(masks), wanted, cfg.mem_every, cfg.include_last, every_frame)
         stats = EngineStats(runs=len(runs))
         output = _FrameMaker(
-            Geometry.for_frames(height, width, cfg.size), object_ids, confidence, probabilities
+            Geometry.for_frames(height, width, cfg.size, self.propagator.preparation.upscale),
+            object_ids,
+            confidence,
+            probabilities,
         )
         generator = self._generate(frames, masks, mode, runs, output, stats)
         return Propagation(generator, object_ids, num_frames, (height, width), stats)
@@ -321,6 +324,7 @@ class PropagationEngine:
             self.device,
             self.key_batch,
             memory_format=self.memory_format,
+            normalize_first=self.propagator.preparation.normalize_first,
         )
         for run in runs:
             cache.plan(run.frames)

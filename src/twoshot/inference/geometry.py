@@ -17,16 +17,19 @@ import torch.nn.functional as F
 from twoshot.model.preprocess import Padding, normalize_images, pad_divide_by, unpad
 
 
-def processing_size(height: int, width: int, size: int) -> tuple[int, int]:
+def processing_size(height: int, width: int, size: int, upscale: bool = True) -> tuple[int, int]:
     """(h, w) at which a (height, width) video is processed: shorter side ``size``.
 
-    ``size == -1`` keeps the native size. The longer side is ``int(size * long / short)``
-    (truncated), as the torchvision ``Resize(size)`` STCN's test datasets use.
+    ``size == -1`` keeps the native size, and so does a shorter side of at most ``size`` when
+    not ``upscale``. The longer side is ``int(size * long / short)`` (truncated), as the
+    torchvision ``Resize(size)`` the reference test datasets use.
     """
     if size == -1:
         return height, width
     if size <= 0:
         raise ValueError(f"size must be positive or -1, got {size}")
+    if not upscale and min(height, width) <= size:
+        return height, width
     if height <= width:
         return size, int(size * width / height)
     return int(size * height / width), size
@@ -41,9 +44,10 @@ class Geometry:
     padding: Padding
 
     @classmethod
-    def for_frames(cls, height: int, width: int, size: int) -> Geometry:
-        """Geometry of a (height, width) video processed at shorter side ``size`` (-1 native)."""
-        proc = processing_size(height, width, size)
+    def for_frames(cls, height: int, width: int, size: int, upscale: bool = True) -> Geometry:
+        """Geometry of a (height, width) video processed at shorter side ``size`` (-1 native;
+        smaller videos keep their size unless ``upscale``)."""
+        proc = processing_size(height, width, size, upscale)
         extra_h, extra_w = (-proc[0]) % 16, (-proc[1]) % 16
         pad = (extra_w // 2, extra_w - extra_w // 2, extra_h // 2, extra_h - extra_h // 2)
         return cls((height, width), proc, pad)
@@ -61,20 +65,27 @@ class Geometry:
 
 
 def prepare_frames(
-    frames: np.ndarray | torch.Tensor, geometry: Geometry, device: torch.device
+    frames: np.ndarray | torch.Tensor,
+    geometry: Geometry,
+    device: torch.device,
+    normalize_first: bool = True,
 ) -> torch.Tensor:
-    """Network input of RGB frames: normalise, resize (bilinear), pad to a multiple of 16.
+    """Network input of RGB frames: normalised, resized (bilinear), padded to a multiple of 16.
 
     frames: uint8 [B, H, W, 3] at the original size. Returns float32 [B, 3, Hp, Wp] on
-    ``device``. Normalisation comes before resizing, as in STCN's test datasets; resizing is
-    antialiased, which only matters when shrinking (large videos to 480p).
+    ``device``. normalize_first: normalise, resize, then zero-pad, as STCN's test datasets;
+    False: resize the [0, 1] frames, pad with black, then normalise, as Cutie's (whose network
+    normalises its input). Resizing is antialiased, which only matters when shrinking.
     """
     x = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
-    x = normalize_images(x.to(device).permute(0, 3, 1, 2))
+    x = x.to(device).permute(0, 3, 1, 2)
+    x = normalize_images(x) if normalize_first else x.float() / 255.0
     if geometry.resized:
         x = F.interpolate(x, size=geometry.processed, mode="bilinear", align_corners=False, antialias=True)
     x, pad = pad_divide_by(x, 16)
     assert pad == geometry.padding
+    if not normalize_first:
+        x = normalize_images(x)
     # Channels-first memory, as STCN's ToTensor gives: the HWC permute would otherwise make
     # every feature map channels-last, and CPU kernels round differently on that layout.
     return x.contiguous()

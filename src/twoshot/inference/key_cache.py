@@ -62,7 +62,8 @@ class KeyCache:
     encode: the model's frame encoder, images [B, 3, Hp, Wp] -> features of B frames
     (``Propagator.encode_frames``); frames: ``frames[t]`` gives uint8 [H, W, 3];
     geometry: the video's sizes; batch_size: frames per ``encode`` call;
-    memory_format: layout of the network input (``torch.channels_last`` for the NHWC fast path).
+    memory_format: layout of the network input (``torch.channels_last`` for the NHWC fast path);
+    normalize_first: the model's order of preparation (:func:`~twoshot.inference.geometry.prepare_frames`).
     """
 
     def __init__(
@@ -73,10 +74,12 @@ class KeyCache:
         device: torch.device,
         batch_size: int = 8,
         memory_format: torch.memory_format = torch.contiguous_format,
+        normalize_first: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.encode = encode
+        self.normalize_first = normalize_first
         self.memory_format = memory_format
         self.frames = frames
         self.geometry = geometry
@@ -114,7 +117,10 @@ class KeyCache:
 
     def _encode(self, batch: list[int]) -> None:
         images = prepare_frames(
-            np.stack([np.asarray(self.frames[t]) for t in batch]), self.geometry, self.device
+            np.stack([np.asarray(self.frames[t]) for t in batch]),
+            self.geometry,
+            self.device,
+            self.normalize_first,
         )
         if self.memory_format != torch.contiguous_format:
             images = images.contiguous(memory_format=self.memory_format)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -72,14 +73,31 @@ class RunMemory(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class FramePreparation:
+    """How a model's reference implementation turns frames into network input (the engine
+    follows it, since the order of resizing, normalising and padding changes the bits).
+
+    normalize_first: ImageNet-normalise, then resize and zero-pad (STCN's test datasets);
+    False: resize the [0, 1] frames, pad them with black, then normalise (Cutie, which
+    normalises inside the network). upscale: frames whose shorter side is below
+    ``inference.size`` are enlarged to it (STCN); False: only larger frames are shrunk (Cutie).
+    """
+
+    normalize_first: bool = True
+    upscale: bool = True
+
+
 class Propagator(ABC):
     """A model's inference operations under one set of inference settings.
 
     ``segments_every_frame``: the model carries state from frame to frame (Cutie's sensory
     memory), so a run must segment every frame it passes, even ones nobody reads.
+    ``preparation``: how frames become network input (:class:`FramePreparation`).
     """
 
     segments_every_frame: ClassVar[bool] = False
+    preparation: ClassVar[FramePreparation] = FramePreparation()
 
     @abstractmethod
     def encode_frames(self, images: torch.Tensor) -> FrameFeatures:

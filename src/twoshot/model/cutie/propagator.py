@@ -25,7 +25,16 @@ from twoshot.config import InferenceConfig
 from twoshot.errors import UserError
 from twoshot.model.cutie.network import Cutie, CutieFeatures
 from twoshot.model.cutie.store import KeyValueMemory, MemorySettings
-from twoshot.model.interface import PERMANENT, TEMPORARY, FrameFeatures, Propagator, RunMemory, Wrap, no_wrap
+from twoshot.model.interface import (
+    PERMANENT,
+    TEMPORARY,
+    FrameFeatures,
+    FramePreparation,
+    Propagator,
+    RunMemory,
+    Wrap,
+    no_wrap,
+)
 from twoshot.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 # The reference's evaluation defaults (eval_config.yaml).
@@ -135,6 +144,9 @@ class CutiePropagator(Propagator):
     """
 
     segments_every_frame = True
+    # As the reference's test pipeline: [0, 1] frames resized only when larger than
+    # inference.size, padded with black, normalised in the network.
+    preparation = FramePreparation(normalize_first=False, upscale=False)
     pad_value = PAD_VALUE  # normalised frames padded with this equal the reference's (see PAD_VALUE)
 
     def __init__(
