@@ -17,6 +17,7 @@ import torch
 from twoshot.config import InferenceConfig, load_config
 from twoshot.data.fixtures import random_video
 from twoshot.errors import UserError
+from twoshot.inference import PropagationEngine
 from twoshot.model.aggregate import aggregate_logits
 from twoshot.model.cutie import Cutie, CutieFeatures, CutiePropagator, MemorySettings, memory_settings
 from twoshot.model.cutie.memory_read import readout, similarity, softmax_top_k
@@ -372,6 +373,25 @@ def test_recorded_run_of_the_tiny_model() -> None:
         assert out[t].mean(dim=(1, 2)).tolist() == pytest.approx(means, abs=2e-5)
         counts = np.bincount(out[t].argmax(0).flatten().numpy(), minlength=len(means)).tolist()
         assert counts == pytest.approx(RECORDED_LABEL_COUNTS[t], abs=3)
+
+
+def test_the_engine_drives_cutie_as_the_recorded_loop() -> None:
+    # The engine (twoshot infer's path) over uint8 frames equals the loop above, so the
+    # recorded values hold for it too; 64x96 needs neither resizing nor padding.
+    model = tiny_model()
+    rgb, labels = random_video(12, (64, 96), object_ids=(1, 2), first_frames={2: 5}, seed=0)
+    given = {0: labels[0], 5: np.where(labels[5] == 2, 2, 0).astype(np.uint8)}
+    engine = PropagationEngine(model, InferenceConfig(mem_every=3, top_k=30, size=-1, device="cpu"))
+    result = engine.propagate(rgb, given, probabilities=True)
+    assert result.probabilities is not None and result.object_ids == [1, 2]
+    images, masks = video(12, (64, 96), enter=5)
+    with torch.inference_mode():
+        out = drive(model.propagator(InferenceConfig(mem_every=3, top_k=30)), images, masks, 3)
+    for t, expected in enumerate(out):
+        got = torch.from_numpy(result.probabilities[t])
+        assert torch.equal(got[: expected.shape[0]], expected)
+        assert not got[expected.shape[0] :].any()  # object 2 before its annotation
+    assert result.stats.segmented == 11 and result.stats.value_encodes == 4  # memory: frames 0, 3, 5, 8
 
 
 def test_long_term_memory_stays_bounded_over_a_long_video(monkeypatch: pytest.MonkeyPatch) -> None:
