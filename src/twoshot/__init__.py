@@ -1,7 +1,8 @@
 """twoshot: video object segmentation trained from two labeled frames per video.
 
-Implements *Two-shot Video Object Segmentation* (Yan et al., CVPR 2023) on top of an STCN
-network that loads the published checkpoints unchanged.
+Implements *Two-shot Video Object Segmentation* (Yan et al., CVPR 2023) for any memory-based
+VOS model behind one interface: STCN, the paper's model, and Cutie (CVPR 2024), both loading
+their published checkpoints unchanged.
 """
 
 from typing import Any

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
         prog="twoshot",
-        description="Two-shot video object segmentation: train STCN from two labeled frames "
+        description="Two-shot video object segmentation: train STCN or Cutie from two labeled frames "
         "per video, make dense pseudo labels, segment videos, and score them.",
     )
     parser.add_argument("--version", action="version", version=f"twoshot {__version__}")
