@@ -123,6 +123,7 @@ class AnnotationStore:
         self.lock = threading.RLock()
         self._thumbs: dict[tuple[str, int], bytes] = {}
         self._decoded: tuple[str, np.ndarray] | None = None  # a video file's frames
+        self._palettes: dict[str, bytes] = {}
 
     # ----------------------------------------------------------------------------------------
     # Opening
@@ -256,7 +257,10 @@ class AnnotationStore:
 
     def palette(self, name: str) -> bytes:
         """The video's palette: that of its first annotation PNG, else of any in the dataset,
-        else DAVIS's."""
+        else DAVIS's (looked up once per video: every save writes it)."""
+        if name in self._palettes:
+            return self._palettes[name]
+        found = DAVIS_PALETTE
         for video in [self.video(name), *self.videos.values()]:
             for path in video.seq.mask_paths.values():
                 try:
@@ -264,8 +268,13 @@ class AnnotationStore:
                 except (UserError, RequestError):
                     continue
                 if palette is not None:
-                    return palette
-        return DAVIS_PALETTE
+                    found = palette
+                    break
+            else:
+                continue
+            break
+        self._palettes[name] = found
+        return found
 
     # ----------------------------------------------------------------------------------------
     # Masks

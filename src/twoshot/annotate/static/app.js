@@ -121,9 +121,15 @@ async function loadFrame(index) {
   const img = new Image();
   const imageLoaded = new Promise((resolve, reject) => { img.onload = resolve; img.onerror = reject; });
   img.src = `${frameUrl(name, index)}/image`;
-  const maskResponse = await api("GET", `${frameUrl(name, index)}/mask`);
-  const data = new Uint8Array(await maskResponse.arrayBuffer());
-  await imageLoaded;
+  let maskResponse, data;
+  try {
+    maskResponse = await api("GET", `${frameUrl(name, index)}/mask`);
+    data = new Uint8Array(await maskResponse.arrayBuffer());
+    await imageLoaded;
+  } catch (e) {
+    showMessage(`cannot open frame ${index}: ${e.message || "image not readable"}`);
+    return;
+  }
   if (token !== S.loadToken) return; // another frame was asked for meanwhile
   S.frame = index;
   S.img = img;
