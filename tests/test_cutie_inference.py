@@ -394,6 +394,28 @@ def test_the_engine_drives_cutie_as_the_recorded_loop() -> None:
     assert result.stats.segmented == 11 and result.stats.value_encodes == 4  # memory: frames 0, 3, 5, 8
 
 
+def test_bidirectional_runs_keep_their_own_memory_and_sensory_state() -> None:
+    # Labeled frames 2 and 9 of 12: frames 0-1 come from the backward run of 2, 3-5 from its
+    # forward run, 6-8 from the backward run of 9, 10-11 from its forward run. Each run must
+    # equal a forward propagation of its own frames alone (no state shared between runs).
+    model = tiny_model()
+    rgb, labels = random_video(12, (64, 96), object_ids=(1, 2), seed=4)
+    engine = PropagationEngine(model, InferenceConfig(mem_every=2, top_k=30, size=-1, device="cpu"))
+    both = engine.propagate(rgb, {2: labels[2], 9: labels[9]}, mode="bidirectional")
+    assert both.sources == [2, 2, 2, 2, 2, 2, 9, 9, 9, 9, 9, 9]
+    for order, outputs in (
+        ([2, 1, 0], [1, 0]),
+        ([2, 3, 4, 5], [3, 4, 5]),
+        ([9, 8, 7, 6], [8, 7, 6]),
+        ([9, 10, 11], [10, 11]),
+    ):
+        alone = engine.propagate(rgb[order], {0: labels[order[0]]}).masks
+        for position, frame in enumerate(order):
+            if frame in outputs:
+                np.testing.assert_array_equal(both.masks[frame], alone[position])
+    np.testing.assert_array_equal(both.masks[[2, 9]], labels[[2, 9]])
+
+
 def test_long_term_memory_stays_bounded_over_a_long_video(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = MemorySettings(
         max_mem_frames=4,
