@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from twoshot.config import InferenceConfig
+from twoshot.devices import amp_dtype, inference_autocast
 from twoshot.errors import UserError
 from twoshot.model.cutie.network import Cutie, CutieFeatures
 from twoshot.model.cutie.store import KeyValueMemory, MemorySettings
@@ -43,8 +44,6 @@ STAGGER_UPDATES = 5  # decoder sensory updates per mem_every frames
 NUM_PROTOTYPES = 128
 MAX_NUM_TOKENS = 10_000
 BUFFER_TOKENS = 2_000
-
-_AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # Computed in float32 as normalising a black pixel does, so that it equals that bit for bit.
 PAD_VALUE: tuple[float, ...] = tuple(
@@ -161,11 +160,7 @@ class CutiePropagator(Propagator):
                 "config key 'inference.include_last': cutie has no temporary memory frame "
                 "(its sensory memory carries the previous frame); set it to false"
             )
-        if config.amp_dtype not in _AMP_DTYPES:
-            raise UserError(
-                f"config key 'inference.amp_dtype': {config.amp_dtype!r} is not one of "
-                f"{', '.join(_AMP_DTYPES)}"
-            )
+        self.dtype = amp_dtype(config.amp_dtype)
         self.model = model
         self.config = config
         self.settings = settings or memory_settings(config)
@@ -176,9 +171,7 @@ class CutiePropagator(Propagator):
         self._segment = wrap(model.segment, "decode")
 
     def _autocast(self, tensor: torch.Tensor) -> contextlib.AbstractContextManager[object]:
-        if self.config.amp and tensor.device.type == "cuda":
-            return torch.autocast("cuda", dtype=_AMP_DTYPES[self.config.amp_dtype])
-        return contextlib.nullcontext()
+        return inference_autocast(self.config.amp, self.dtype, tensor.device)
 
     def encode_frames(self, images: torch.Tensor) -> CutieFeatures:
         """Image features of normalised, padded frames [B, 3, Hp, Wp] (see :meth:`Cutie.encode_image`)."""
