@@ -137,6 +137,14 @@ class InferenceConfig:
     key_batch: int | None = None
     channels_last: bool = False  # NHWC convolutions: faster, not bit-identical (docs/performance.md)
     compile: bool = False  # torch.compile the network; falls back to eager where unavailable
+    # How bidirectional propagation (the bank, infer --backward) merges directions: "nearest"
+    # (the paper's rule: each frame from its nearest labeled frame) or "fused" (a frame between
+    # two labeled frames averages both sides, weighted by temporal distance; docs/inference.md).
+    merge: str = "nearest"
+    # Test-time augmentation, averaged in probability space: also the mirrored video, and
+    # ``size`` times each factor of ``scales`` (1.0 = the plain run).
+    flip: bool = False
+    scales: list[float] = field(default_factory=lambda: [1.0])
 
 
 @dataclass
