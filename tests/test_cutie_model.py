@@ -10,6 +10,7 @@ import torch
 
 from twoshot.config import load_config
 from twoshot.errors import UserError
+from twoshot.model.checkpoint import load_model
 from twoshot.model.cutie import Cutie, expand_single_object, is_single_object
 from twoshot.model.registry import build_model
 from twoshot.model.resnet import ResNetTrunk
@@ -166,3 +167,18 @@ def test_clip_forward_segments_later_frames_and_trains() -> None:
     torch.nn.functional.cross_entropy(logits.flatten(0, 1), target).backward()
     assert model.mask_encoder.conv1.weight.grad is not None
     assert model.object_transformer.blocks[1].ffn.linear1.weight.grad.abs().sum() > 0
+
+
+def test_a_single_object_checkpoint_file_loads_with_its_preset_told_from_the_weights(tmp_path: Path) -> None:
+    model = _tiny()
+    multi = model.state_dict()
+    single = {f"module.{k}": v for k, v in multi.items()}  # saved from DataParallel, as published
+    single["module.mask_encoder.conv1.weight"] = multi["mask_encoder.conv1.weight"][:, :4].clone()
+    compress = multi["pixel_fuser.sensory_compress.weight"]
+    single["module.pixel_fuser.sensory_compress.weight"] = compress[:, :-1].clone()
+    torch.save(single, tmp_path / "cutie-single.pth")
+    loaded = load_model(tmp_path / "cutie-single.pth")
+    assert isinstance(loaded, Cutie) and loaded.config == load_config("cutie-tiny").model
+    state = loaded.state_dict()
+    assert torch.equal(state["mask_encoder.conv1.weight"][:, :4], multi["mask_encoder.conv1.weight"][:, :4])
+    assert torch.equal(state["pixel_encoder.conv1.weight"], multi["pixel_encoder.conv1.weight"])
