@@ -77,13 +77,35 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="the type --amp computes in (default float16)",
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument(
+        "--merge",
+        default=None,
+        metavar="nearest|fused",
+        help="with labeled frames both ways: each frame from its nearest labeled frame (nearest, "
+        "the paper's rule) or, between two labeled frames, both sides weighted by distance (fused)",
+    )
+    parser.add_argument(
+        "--flip", action="store_true", help="test-time augmentation: average with the mirrored video"
+    )
+    parser.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="F",
+        help="test-time augmentation: average over --size times each factor (default: 1.0)",
+    )
     add_progress_argument(parser)
 
 
 def load_model_and_config(args: argparse.Namespace) -> tuple[VOSModel, InferenceConfig]:
     """(model, InferenceConfig) from --checkpoint / --preset and the setting flags."""
+    from twoshot.inference.engine import check_inference_settings
     from twoshot.inference.predictor import load_for_inference
 
+    # Refuse bad augmentation or merge flags before the weights are read.
+    given = {k: v for k in ("merge", "scales") if (v := getattr(args, k, None)) is not None}
+    check_inference_settings(dataclasses.replace(InferenceConfig(), **given))
     model, config = load_for_inference(args.checkpoint, args.preset, args.model)
     changes = {
         "mem_every": args.mem_every,
@@ -91,6 +113,8 @@ def load_model_and_config(args: argparse.Namespace) -> tuple[VOSModel, Inference
         "size": args.size,
         "max_memory_frames": args.max_memory_frames,
         "amp_dtype": args.amp_dtype,
+        "merge": getattr(args, "merge", None),
+        "scales": getattr(args, "scales", None),
     }
     config = dataclasses.replace(
         config,
@@ -98,6 +122,7 @@ def load_model_and_config(args: argparse.Namespace) -> tuple[VOSModel, Inference
         device=args.device,
         amp=args.amp or config.amp,
         include_last=args.include_last or config.include_last,
+        flip=getattr(args, "flip", False) or config.flip,
     )
     _check_settings(config)
     return model, config
@@ -112,6 +137,9 @@ def _check_settings(config: InferenceConfig) -> None:
         raise UserError(f"--size {config.size}: use -1 (native size) or at least 16 pixels")
     if config.max_memory_frames is not None and config.max_memory_frames < 1:
         raise UserError(f"--max-memory-frames {config.max_memory_frames}: must be at least 1")
+    from twoshot.inference.engine import check_inference_settings
+
+    check_inference_settings(config)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,12 +41,26 @@ from twoshot.config import InferenceConfig
 from twoshot.devices import amp_dtype
 from twoshot.errors import UserError
 from twoshot.inference.geometry import Geometry, labels_from_prob, prepare_masks, to_original
-from twoshot.inference.key_cache import FrameSource, KeyCache
-from twoshot.inference.schedule import Run, forward_runs, nearest_runs
+from twoshot.inference.key_cache import FramesOnDemand, FrameSource, KeyCache
+from twoshot.inference.schedule import MERGES, Run, forward_runs, fused_runs, nearest_runs
 from twoshot.model.aggregate import aggregate
 from twoshot.model.interface import VOSModel
 
 MODES: tuple[str, ...] = ("forward", "bidirectional")
+
+
+def check_inference_settings(config: InferenceConfig) -> None:
+    """UserError naming the setting if ``config.merge``, ``flip`` or ``scales`` is unusable
+    (called before any work: by the engine, the bank and ``twoshot infer``)."""
+    if config.merge not in MERGES:
+        raise UserError(f"inference.merge {config.merge!r}: choose one of {', '.join(MERGES)}")
+    if not config.scales:
+        raise UserError("inference.scales is empty: give at least one factor (1.0 = the plain run)")
+    bad = [s for s in config.scales if not s > 0]
+    if bad:
+        raise UserError(f"inference.scales {config.scales}: every factor must be above 0, got {bad}")
+    if len(set(config.scales)) != len(config.scales):
+        raise UserError(f"inference.scales {config.scales}: a factor is repeated")
 
 
 @dataclass
@@ -181,6 +196,7 @@ class PropagationEngine:
     ) -> None:
         self.config = config or InferenceConfig()
         amp_dtype(self.config.amp_dtype)  # refuse a bad value before any work
+        check_inference_settings(self.config)
         if device is None:
             from twoshot.devices import resolve_device
 
@@ -220,7 +236,12 @@ class PropagationEngine:
             (YouTube-VOS) or overwrite an object's pixels there. ``bidirectional`` mode
             (two-shot pseudo labels): every given frame is a labeled frame showing all its
             objects; each other frame takes the propagation from its nearest labeled frame
-            (DESIGN.md section 2), and labeled frames keep their masks.
+            (DESIGN.md section 2; ``config.merge == "fused"``: frames between two labeled
+            frames combine both, :func:`~twoshot.inference.schedule.fused_runs`), and labeled
+            frames keep their masks.
+            With ``config.flip`` / ``config.scales`` (test-time augmentation) the whole plan
+            runs once per variant (mirrored frames, size x factor) and each frame's
+            probabilities, brought back to the original frame, are averaged before the argmax.
         output_frames: frames whose result is needed (None = all); others may be left out.
         confidence / probabilities: also fill those fields of each :class:`FrameOutput`.
         The arguments are checked now (UserError / ValueError); the work happens while the
@@ -241,17 +262,21 @@ class PropagationEngine:
         object_ids = sorted({int(o) for m in masks.values() for o in np.unique(m) if o != 0})
         cfg = self.config
         wanted = None if output_frames is None else {int(f) for f in output_frames}
-        plan = forward_runs if mode == "forward" else nearest_runs
+        plan = forward_runs if mode == "forward" else fused_runs if cfg.merge == "fused" else nearest_runs
         every_frame = self.propagator.segments_every_frame
         runs = plan(num_frames, list(masks), wanted, cfg.mem_every, cfg.include_last, every_frame)
         stats = EngineStats(runs=len(runs))
+        upscale = self.propagator.preparation.upscale
         output = _FrameMaker(
-            Geometry.for_frames(height, width, cfg.size, self.propagator.preparation.upscale),
-            object_ids,
-            confidence,
-            probabilities,
+            Geometry.for_frames(height, width, cfg.size, upscale), object_ids, confidence, probabilities
         )
-        generator = self._generate(frames, masks, mode, runs, output, stats)
+        variants = [
+            (scale, flip) for scale in cfg.scales for flip in ((False, True) if cfg.flip else (False,))
+        ]
+        if variants == [(1.0, False)]:
+            generator = self._generate(frames, masks, mode, runs, output, stats)
+        else:
+            generator = self._augmented(frames, masks, mode, runs, output, variants, stats)
         return Propagation(generator, object_ids, num_frames, (height, width), stats)
 
     def propagate(
@@ -301,6 +326,55 @@ class PropagationEngine:
                 progress(out.frame)
         return result
 
+    def _augmented(
+        self,
+        frames: FrameSource,
+        masks: dict[int, np.ndarray],
+        mode: str,
+        runs: list[Run],
+        output: _FrameMaker,
+        variants: list[tuple[float, bool]],
+        stats: EngineStats,
+    ) -> Iterator[FrameOutput]:
+        """Test-time augmentation: the plan once per (scale, flip) variant, each frame's
+        probabilities averaged at the original size (mirrored ones mirrored back) before the
+        argmax. Every variant yields the frames in the same order (same plan), so they are
+        advanced together and each frame is final once every variant has given it."""
+        height, width = output.geometry.original
+        base = self.config.size if self.config.size != -1 else min(height, width)
+        parts: list[tuple[bool, EngineStats, Iterator[FrameOutput]]] = []
+        for scale, flip in variants:
+            # A factor other than 1 asks for that size even from models that never upscale.
+            geometry = (
+                output.geometry
+                if scale == 1.0
+                else Geometry.for_frames(height, width, max(16, round(base * scale)), True)
+            )
+            maker = _FrameMaker(geometry, output.object_ids, confidence=False, probabilities=True)
+            source: FrameSource = _Mirrored(frames) if flip else frames
+            given = {f: np.ascontiguousarray(m[:, ::-1]) for f, m in masks.items()} if flip else masks
+            part = EngineStats()
+            parts.append((flip, part, self._generate(source, given, mode, runs, maker, part)))
+        for outs in zip(*(generator for _, _, generator in parts)):
+            with torch.inference_mode():
+                total: torch.Tensor | None = None
+                for (flip, _, _), out in zip(parts, outs):
+                    assert out.frame == outs[0].frame and out.probabilities is not None
+                    prob = output.video_channels(out.probabilities, out.object_ids)
+                    prob = prob.flip(-1) if flip else prob
+                    total = prob if total is None else total + prob
+                assert total is not None
+                result = output.final(outs[0].frame, total / len(outs), output.object_ids, outs[0].source)
+            yield result
+        for _, part, generator in parts:
+            # zip stopped at the first variant's end: let the others finish (and count) too.
+            assert next(generator, None) is None
+            for name in ("key_encodes", "encoder_calls", "value_encodes", "segmented", "seconds"):
+                setattr(stats, name, getattr(stats, name) + getattr(part, name))
+            stats.peak_memory_frames = max(stats.peak_memory_frames, part.peak_memory_frames)
+            stats.peak_cached_frames += part.peak_cached_frames  # the variants' caches coexist
+        stats.runs = len(runs) * len(variants)
+
     def _generate(
         self,
         frames: FrameSource,
@@ -310,8 +384,35 @@ class PropagationEngine:
         output: _FrameMaker,
         stats: EngineStats,
     ) -> Iterator[FrameOutput]:
-        """The body of :meth:`frames`: labeled frames, every run's frames, then the uncovered."""
+        """The body of :meth:`frames`: labeled frames, every run's frames, then the uncovered.
+
+        A frame several runs emit (``fused`` merge) is held, in the video's channel order at
+        the network's resolution, until its last run has given it, then combined with the
+        runs' weights and yielded once.
+        """
         start = time.perf_counter()
+        remaining = Counter(step.frame for run in runs for step in run.steps if step.emit)
+        pending: dict[int, _Partial] = {}
+
+        def emit(run: Run, frame: int, prob: torch.Tensor, ids: list[int], source: int) -> FrameOutput | None:
+            if remaining[frame] == 1 and frame not in pending:
+                return output.predicted(frame, prob, ids, source)
+            weight = run.weights[frame]
+            part = output.video_channels(prob, ids) * weight
+            held = pending.get(frame)
+            if held is None:
+                held = pending[frame] = _Partial(part, weight, source, weight)
+            else:
+                held.total += part
+                held.weight += weight
+                if weight >= held.best:  # the nearer side names the source; ties to the later run
+                    held.source, held.best = source, weight
+            remaining[frame] -= 1
+            if remaining[frame] > 0:
+                return None
+            del pending[frame]
+            return output.predicted(frame, held.total / held.weight, output.object_ids, held.source)
+
         covered: set[int] = set()
         if mode == "bidirectional":
             for frame, labels in masks.items():
@@ -329,7 +430,7 @@ class PropagationEngine:
         for run in runs:
             cache.plan(run.frames)
         for run in runs:
-            for out in self._execute(run, masks, cache, output, stats):
+            for out in self._execute(run, masks, cache, output.geometry, emit, stats):
                 covered.add(out.frame)
                 yield out
         for frame in range(len(frames)):
@@ -345,10 +446,12 @@ class PropagationEngine:
         run: Run,
         masks: Mapping[int, np.ndarray],
         cache: KeyCache,
-        output: _FrameMaker,
+        geometry: Geometry,
+        emit: Callable[[Run, int, torch.Tensor, list[int], int], FrameOutput | None],
         stats: EngineStats,
     ) -> Iterator[FrameOutput]:
-        """Carry out one run's steps with a fresh memory, yielding its output frames."""
+        """Carry out one run's steps with a fresh memory, yielding the frames that ``emit``
+        makes final from the run's emitted probabilities ([1+K, Hp, Wp] of the run's ids)."""
         propagator = self.propagator
         memory = propagator.new_memory()
         channels = ObjectChannels()
@@ -369,7 +472,7 @@ class PropagationEngine:
                 if step.annotation:
                     source = step.frame
                     prob, new = _overlay(
-                        prob, channels, masks[step.frame], present, run_ids, output.geometry, self.device
+                        prob, channels, masks[step.frame], present, run_ids, geometry, self.device
                     )
                     if new:
                         memory.add_objects(len(new))
@@ -379,7 +482,7 @@ class PropagationEngine:
                 )
                 if step.memory is not None:
                     stats.value_encodes += 1
-                result = output.predicted(step.frame, prob[0], channels.ids, source) if step.emit else None
+                result = emit(run, step.frame, prob[0], channels.ids, source) if step.emit else None
                 cache.release(step.frame)
             if result is not None:
                 yield result
@@ -471,7 +574,20 @@ class _FrameMaker:
 
     def predicted(self, frame: int, prob: torch.Tensor, ids: list[int], source: int) -> FrameOutput:
         """Frame ``frame`` from its probabilities [1+K, Hp, Wp] of objects ``ids``."""
-        full = to_original(prob, self.geometry)
+        return self.final(frame, to_original(prob, self.geometry), ids, source)
+
+    def video_channels(self, prob: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        """prob [1+k, h, w] of objects ``ids`` -> float32 [1+K, h, w] in the video's channel
+        order (background, then :attr:`object_ids`); objects not in ``ids`` get 0."""
+        if ids == self.object_ids:
+            return prob.float()
+        out = torch.zeros((len(self.object_ids) + 1, *prob.shape[1:]), device=prob.device)
+        position = {obj: channel for channel, obj in enumerate(self.object_ids, start=1)}
+        out[[0] + [position[o] for o in ids]] = prob.float()
+        return out
+
+    def final(self, frame: int, full: torch.Tensor, ids: list[int], source: int | None) -> FrameOutput:
+        """Frame ``frame`` from its probabilities [1+K, H, W] at the original size."""
         labels, top = labels_from_prob(full, ids)
         confidence = None
         if self.want_confidence:
@@ -501,6 +617,30 @@ class _FrameMaker:
     def background(self, frame: int) -> FrameOutput:
         """A frame no run reached: background with certainty."""
         return self.given(frame, np.zeros(self.geometry.original, np.uint8), source=None)
+
+
+@dataclass
+class _Partial:
+    """A frame's combination in progress: the weighted sum [1+K, Hp, Wp] so far, the weights
+    summed, and the source of the heaviest part (its weight ``best``)."""
+
+    total: torch.Tensor
+    weight: float
+    source: int
+    best: float
+
+
+class _Mirrored(FramesOnDemand):
+    """The frames of ``frames`` mirrored left-right (test-time augmentation)."""
+
+    def __init__(self, frames: FrameSource) -> None:
+        self.frames = frames
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def frame(self, index: int) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(self.frames[index])[:, ::-1])
 
 
 class _CompiledOrEager:

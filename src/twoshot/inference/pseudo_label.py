@@ -30,7 +30,7 @@ from twoshot.data.budget import Budget, apply_budget, load_budget
 from twoshot.data.layout import VideoSequence
 from twoshot.data.readers import load_annotations, load_frames
 from twoshot.errors import UserError
-from twoshot.inference.engine import FrameOutput, Propagation, PropagationEngine
+from twoshot.inference.engine import FrameOutput, Propagation, PropagationEngine, check_inference_settings
 from twoshot.model.interface import VOSModel
 
 PathLike = str | os.PathLike[str]
@@ -107,6 +107,7 @@ def build_bank(
     """
     start = time.perf_counter()
     config = dataclasses.replace(config) if config is not None else InferenceConfig()
+    check_inference_settings(config)  # before the bank folder is touched
     budget_info: dict[str, str | None]
     if isinstance(budget, (str, os.PathLike)):
         budget_info = {"path": str(budget), "sha256": file_sha256(budget)}
@@ -129,6 +130,12 @@ def build_bank(
         "max_memory_frames": config.max_memory_frames,
         "confidence_maps": confidence,
     }
+    # Recorded only when not the default, so that banks made before these settings existed
+    # keep their identity (and stay resumable).
+    defaults = InferenceConfig()
+    for name in ("merge", "flip", "scales"):
+        if getattr(config, name) != getattr(defaults, name):
+            settings[name] = getattr(config, name)
     identity = BankIdentity(checkpoint_info, budget_info, settings)
 
     rank, world, created_group = _distributed()

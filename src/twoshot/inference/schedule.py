@@ -8,6 +8,10 @@ Two schedules:
   frame starts a backward and a forward run, each with only its own labeled frame (and what
   it predicts) in memory; each unlabeled frame takes the run from its nearest labeled frame,
   ties going to the later labeled frame. Each run stops at the last frame assigned to it.
+- **fused** (``inference.merge: fused``): frames before the first and after the last labeled
+  frame as in ``nearest``; between two labeled frames A < B a forward run from A and a
+  backward run from B each cover the whole gap, and every gap frame carries the weight of
+  each run's result in the combination (:func:`fusion_weights`).
 
 A run is planned into :class:`Step` s that say, per frame, what to do, reproducing STCN's
 rules: a memory frame when ``mem_every`` frames have passed since the last one (counted
@@ -50,6 +54,9 @@ class Run:
     direction: int  # +1 forward, -1 backward
     annotated: list[int]  # annotated frames it uses, in processing order
     steps: list[Step] = field(default_factory=list)
+    # Frames whose result is one part of a combination, with this run's weight in it; frames
+    # absent here take this run's result alone.
+    weights: dict[int, float] = field(default_factory=dict)
 
     @property
     def frames(self) -> list[int]:
@@ -178,4 +185,61 @@ def nearest_runs(
             run.steps = plan_steps(order, {source}, wanted & set(side), mem_every, include_last, every_frame)
             if run.steps:
                 runs.append(run)
+    return runs
+
+
+MERGES: tuple[str, ...] = ("nearest", "fused")
+
+
+def fusion_weights(frame: int, a: int, b: int) -> tuple[float, float]:
+    """Weights of the forward run from labeled frame ``a`` and the backward run from ``b`` on a
+    frame between them (a < frame < b): linear in the temporal distance, (b - t, t - a) / (b - a).
+
+    A propagation drifts with every frame it carries the mask, so the nearer side is trusted
+    more; at the midpoint both count equally. (The networks' own confidence was not used: a
+    drifted propagation is often confidently wrong, docs/results.md.)
+    """
+    span = b - a
+    return (b - frame) / span, (frame - a) / span
+
+
+def fused_runs(
+    num_frames: int,
+    labeled: Sequence[int],
+    outputs: Collection[int] | None,
+    mem_every: int,
+    include_last: bool,
+    every_frame: bool = False,
+) -> list[Run]:
+    """The fused two-shot schedule: a backward run from the first labeled frame to frame 0, a
+    forward run from the last to the end, and between each pair A < B of consecutive labeled
+    frames a forward run from A and a backward run from B over all of A+1 .. B-1, with
+    :attr:`Run.weights` from :func:`fusion_weights`. Each run holds only its own labeled
+    frame (and its predictions) in memory. Runs with nothing to output are left out.
+    """
+    labeled = sorted(set(labeled))
+    if not labeled:
+        raise ValueError("at least one labeled frame is needed")
+    if labeled[0] < 0 or labeled[-1] >= num_frames:
+        raise ValueError(f"labeled frames {labeled} outside 0..{num_frames - 1}")
+    wanted = set(range(num_frames)) if outputs is None else set(outputs)
+    runs: list[Run] = []
+
+    def add(source: int, direction: int, stop: int, weights: dict[int, float]) -> None:
+        order = list(range(source, stop + direction, direction))
+        run = Run(source, direction, [source], weights=weights)
+        run.steps = plan_steps(order, {source}, wanted & set(order[1:]), mem_every, include_last, every_frame)
+        if run.steps:
+            runs.append(run)
+
+    if labeled[0] > 0:
+        add(labeled[0], -1, 0, {})
+    for a, b in zip(labeled, labeled[1:]):
+        if b - a < 2:
+            continue
+        gap = range(a + 1, b)
+        add(a, +1, b - 1, {t: fusion_weights(t, a, b)[0] for t in gap})
+        add(b, -1, a + 1, {t: fusion_weights(t, a, b)[1] for t in gap})
+    if labeled[-1] < num_frames - 1:
+        add(labeled[-1], +1, num_frames - 1, {})
     return runs
