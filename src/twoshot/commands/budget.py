@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from twoshot.data.budget import STRATEGIES, make_budget, save_budget, summarize_budget
+from twoshot.data.budget import STRATEGIES, Budget, make_budget, save_budget, summarize_budget
+from twoshot.data.layout import VideoSequence
 from twoshot.data.readers import detect_kind, open_dataset
+from twoshot.errors import UserError
 
 HELP = "choose K labeled frames per video (a label budget) and write them as JSON"
 
@@ -30,9 +32,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--strategy",
-        choices=STRATEGIES,
+        choices=(*STRATEGIES, "uncertainty"),
         default="random",
-        help="how frames are chosen among the annotated ones (default: random)",
+        help="how frames are chosen among the annotated ones (default: random); uncertainty: "
+        "greedily where propagation from the frames chosen so far is least confident (needs --checkpoint)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="CKPT",
+        help="weights that propagate for --strategy uncertainty (e.g. a phase-1 model)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto | cpu | cuda | cuda:N for --strategy uncertainty (default auto)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
     parser.add_argument("--out", required=True, metavar="FILE", help="budget JSON to write")
@@ -40,12 +54,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the dataset, make the budget, write it atomically, print a summary. Returns 0."""
+    if args.strategy == "uncertainty" and not args.checkpoint:
+        raise UserError("--strategy uncertainty needs --checkpoint: the model whose propagation it measures")
+    if args.checkpoint and args.strategy != "uncertainty":
+        raise UserError(f"--checkpoint is used only by --strategy uncertainty, not {args.strategy}")
     split = args.split
     kind = args.dataset or detect_kind(args.data, split or "train")
     if split is None and kind in ("davis", "youtube"):
         split = "train"
     sequences = open_dataset(kind, args.data, split, resolution=args.resolution)
-    budget = make_budget(sequences, shots=args.shots, strategy=args.strategy, seed=args.seed)
+    if args.strategy == "uncertainty":
+        budget = _uncertainty_budget(sequences, args)
+    else:
+        budget = make_budget(sequences, shots=args.shots, strategy=args.strategy, seed=args.seed)
     save_budget(args.out, budget)
     print(
         f"wrote {args.out} ({kind}{'/' + split if split else ''}, {args.strategy}, "
@@ -53,3 +74,17 @@ def run(args: argparse.Namespace) -> int:
     )
     print(summarize_budget(sequences, budget, shots=args.shots).text())
     return 0
+
+
+def _uncertainty_budget(sequences: list[VideoSequence], args: argparse.Namespace) -> Budget:
+    """Frames suggested by the propagation of ``args.checkpoint`` (its saved inference settings)."""
+    import dataclasses
+
+    from twoshot.inference.engine import PropagationEngine
+    from twoshot.inference.predictor import load_for_inference
+    from twoshot.inference.suggest import check_shots, suggest_budget
+
+    check_shots(sequences, args.shots)  # before the weights are read
+    model, config = load_for_inference(args.checkpoint)
+    engine = PropagationEngine(model, dataclasses.replace(config, device=args.device))
+    return suggest_budget(sequences, args.shots, engine, log=print)
