@@ -51,9 +51,17 @@ class ToyClips(Dataset):
     trainer seeds per sample); every even sample has a second object."""
 
     def __init__(
-        self, n: int = 6, size: int = 32, frames: int = 3, prefix: str = "v", fail_on: int | None = None
+        self,
+        n: int = 6,
+        size: int = 32,
+        frames: int = 3,
+        prefix: str = "v",
+        fail_on: int | None = None,
+        labeled_frames: int | None = None,
     ) -> None:
         self.n, self.size, self.frames, self.prefix, self.fail_on = n, size, frames, prefix, fail_on
+        # Frames from this index on are unlabeled (cls_gt -1, labeled False), as phase-1 clips.
+        self.labeled_frames = labeled_frames
         self.epoch, self.max_skip = 0, 5
         self.seen: list[tuple[int, int, int]] = []  # (epoch, max_skip, index), main process
 
@@ -81,13 +89,20 @@ class ToyClips(Dataset):
                 cls[t, s - s // 4 :, : s // 4] = 2
             rgb[t, 0] += (cls[t] == 1).float()
             rgb[t, 1] += (cls[t] == 2).float()
+        labeled = torch.ones(steps, dtype=torch.bool)
+        gt, sec_gt = (cls == 1).float()[:, None], (cls == 2).float()[:, None]
+        if self.labeled_frames is not None:
+            labeled[self.labeled_frames :] = False
+            cls[self.labeled_frames :] = -1
+            gt[self.labeled_frames :] = 0
+            sec_gt[self.labeled_frames :] = 0
         return {
             "rgb": rgb,
-            "gt": (cls == 1).float()[:, None],
-            "sec_gt": (cls == 2).float()[:, None],
+            "gt": gt,
+            "sec_gt": sec_gt,
             "cls_gt": cls,
             "selector": torch.tensor([1.0, 1.0 if second else 0.0]),
-            "labeled": torch.ones(steps, dtype=torch.bool),
+            "labeled": labeled,
             "info": {"name": f"{self.prefix}{index}", "frames": list(range(steps))},
         }
 
@@ -110,6 +125,27 @@ def toy_config(*overrides: str) -> Config:
             "main.loss_end_warm=5",
             "main.lr=1e-3",
             "main.lr_steps=[4]",
+            *overrides,
+        ],
+    )
+
+
+def cutie_toy_config(*overrides: str) -> Config:
+    """The cutie-tiny preset shrunk as :func:`toy_config` (BatchNorm frozen, 6 iterations of
+    batch 2 on 32 px clips), scoring 256 loss points per frame."""
+    return load_config(
+        "cutie-tiny",
+        overrides=[
+            "main.iterations=6",
+            "main.batch_size=2",
+            "main.num_workers=0",
+            "main.save_every=3",
+            "main.freeze_bn=true",
+            "main.log_every=2",
+            "main.image_every=3",
+            "main.lr=1e-3",
+            "main.lr_steps=[4]",
+            "main.cutie.num_points=256",
             *overrides,
         ],
     )

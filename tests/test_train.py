@@ -19,7 +19,7 @@ from twoshot.data.sampling import max_skip_at
 from twoshot.errors import UserError
 from twoshot.model import build_model, load_checkpoint
 from twoshot.model.checkpoint import read_state_dict
-from twoshot.train import trainer as trainer_module
+from twoshot.train import objectives as objectives_module
 from twoshot.train.forward import ClipOutput
 from twoshot.train.loader import StreamSampler, epoch_order
 from twoshot.train.loss import LossResult, bootstrap_p, bootstrapped_ce, clip_loss, iou_counts
@@ -250,13 +250,13 @@ def test_mode_hooks_dataset_switch_and_ignored_frames(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[LossResult] = []
-    real = trainer_module.clip_loss
+    real = objectives_module.clip_loss
 
     def spy(*args: Any, **kwargs: Any) -> LossResult:
         seen.append(real(*args, **kwargs))
         return seen[-1]
 
-    monkeypatch.setattr(trainer_module, "clip_loss", spy)
+    monkeypatch.setattr(objectives_module, "clip_loss", spy)
     mode = RecordingMode(ToyClips(prefix="a"), ToyClips(prefix="b"))
     assert isinstance(mode, TrainingMode)
     train(toy_config(), "main", None, tmp_path / "run", mode=mode, device="cpu", progress=False)
@@ -273,7 +273,7 @@ def test_mode_hooks_dataset_switch_and_ignored_frames(
 def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = trainer_module.clip_loss
+    real = objectives_module.clip_loss
 
     def poisoned(
         logits: torch.Tensor, cls_gt: torch.Tensor, selector: torch.Tensor, it: int, config: Any
@@ -283,7 +283,7 @@ def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(
             result.total = result.total * float("nan")
         return result
 
-    monkeypatch.setattr(trainer_module, "clip_loss", poisoned)
+    monkeypatch.setattr(objectives_module, "clip_loss", poisoned)
     out = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match="iteration 5 of 6") as info:
         train(toy_config(), "main", ToyClips(), out, device="cpu", progress=False)

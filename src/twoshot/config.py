@@ -73,6 +73,26 @@ class ModelConfig:
 
 
 @dataclass
+class CutieTrainSettings:
+    """Training settings only Cutie uses (``static.cutie`` / ``main.cutie``; refused with STCN).
+
+    Defaults are the reference's main training (``train_config.yaml``); its pre-training
+    samples 8192 points and reads 2 reference frames.
+    """
+
+    num_points: int = 12544  # loss points per frame (PointRend-style uncertainty sampling)
+    oversample_ratio: float = 3.0  # candidate points per loss point
+    importance_ratio: float = 0.75  # share of the loss points picked by uncertainty
+    sensory_aux_weight: float = 0.01  # aux loss on the sensory memory's logits
+    query_aux_weight: float = 0.01  # aux loss on the object transformer's logits (every level)
+    backbone_lr_ratio: float = 0.1  # pixel encoder learning rate = lr x this
+    embed_weight_decay: float = 0.0  # weight decay of the query embeddings
+    num_ref_frames: int = 3  # memory frames a training frame reads
+    deep_update_prob: float = 0.2  # chance that encoding a predicted mask updates the sensory memory
+    grad_scale: float = 8192.0  # initial AMP loss scale
+
+
+@dataclass
 class TrainConfig:
     """One training stage (static pretraining, main training, two-shot phase 1 or 2)."""
 
@@ -97,6 +117,7 @@ class TrainConfig:
     save_every: int = 10_000
     log_every: int = 100
     image_every: int = 1_000
+    cutie: CutieTrainSettings = field(default_factory=CutieTrainSettings)
 
 
 @dataclass

@@ -160,3 +160,15 @@ class VOSModel(nn.Module, ABC):
         masks (0/1); selector [B, K] 1 for objects present in the clip.
         Returns (logits, probs), each [B, T-1, K+1, H, W], background first.
         """
+
+    def training_forward(
+        self, rgb: torch.Tensor, first_masks: torch.Tensor, selector: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`clip_forward` plus the auxiliary predictions the model's training loss uses.
+
+        Returns (logits, probs, aux): aux maps a name to aggregated logits of frames 1..T-1,
+        ``[B, T-1, K+1, ...]`` at any resolution (empty for models without auxiliary heads).
+        Every parameter that trains must take part in the returned tensors (DDP needs it).
+        """
+        logits, probs = self.clip_forward(rgb, first_masks, selector)
+        return logits, probs, {}

@@ -8,7 +8,7 @@ recurrence is in :mod:`twoshot.model.network`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -22,14 +22,19 @@ class ClipOutput:
 
     logits: [B, T-1, K+1, H, W] soft-aggregated logits, background first (the loss input).
     probs:  [B, T-1, K+1, H, W] softmax of ``logits``.
+    aux:    the model's auxiliary logits for its loss (:meth:`VOSModel.training_forward`;
+            empty for STCN and for teacher passes).
     """
 
     logits: torch.Tensor
     probs: torch.Tensor
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def detach(self) -> ClipOutput:
         """The same predictions without their autograd graph."""
-        return ClipOutput(self.logits.detach(), self.probs.detach())
+        return ClipOutput(
+            self.logits.detach(), self.probs.detach(), {k: v.detach() for k, v in self.aux.items()}
+        )
 
 
 class ClipModel(nn.Module):
@@ -45,9 +50,10 @@ class ClipModel(nn.Module):
 
     def forward(
         self, rgb: torch.Tensor, first_masks: torch.Tensor, selector: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """See :meth:`VOSModel.clip_forward`. Returns (logits, probs), each [B, T-1, K+1, H, W]."""
-        return self.model.clip_forward(rgb, first_masks, selector)
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """See :meth:`VOSModel.training_forward`: (logits, probs, aux), logits and probs
+        [B, T-1, K+1, H, W]."""
+        return self.model.training_forward(rgb, first_masks, selector)
 
 
 def first_frame_masks(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -62,13 +68,14 @@ def first_frame_masks(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
 def forward_batch(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> ClipOutput:
     """Run the clip forward on a training batch (a dict as the clip datasets give).
 
-    model: a VOSModel, or a :class:`ClipModel` (possibly wrapped in DDP) around one.
+    model: a VOSModel (predictions only, e.g. the teacher), or a :class:`ClipModel` (possibly
+    wrapped in DDP) around one (predictions and the auxiliary logits the loss needs).
     Returns the :class:`ClipOutput` of frames 1..T-1.
     """
     masks = first_frame_masks(batch)
     selector = batch["selector"].float()
     if isinstance(model, VOSModel):
         logits, probs = model.clip_forward(batch["rgb"], masks, selector)
-    else:
-        logits, probs = model(batch["rgb"], masks, selector)
-    return ClipOutput(logits, probs)
+        return ClipOutput(logits, probs)
+    logits, probs, aux = model(batch["rgb"], masks, selector)
+    return ClipOutput(logits, probs, aux)

@@ -16,7 +16,8 @@ the dataset object changes (a TrainingMode switching phase) or on resume.
 
 Each sample is also made with Python's, NumPy's and torch's global generators seeded from
 (seed, epoch, index), so datasets that draw from the global generators are reproducible too,
-independently of the worker that makes the sample.
+independently of the worker that makes the sample. Each sample gets a ``sample_seed`` (int64,
+from the same triple) for randomness the loss needs per sample (Cutie's point sampling).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from twoshot.errors import UserError
 Batch = dict[str, Any]
 ItemKey = tuple[int, int, int]  # (epoch, max_skip, dataset index)
 _ERROR = "__twoshot_user_error__"
+SAMPLE_SEED = "sample_seed"  # int64 per sample in every batch (see StreamItems)
 
 
 def epoch_order(length: int, global_batch: int, seed: int, epoch: int) -> list[int]:
@@ -119,9 +121,14 @@ class StreamItems(Dataset[Batch]):
             if skip != self._skip and hasattr(self.dataset, "set_max_skip"):
                 self.dataset.set_max_skip(skip)
             self._epoch, self._skip = epoch, skip
-            return _seeded_call(
+            sample = _seeded_call(
                 lambda: self.dataset[index], _mix(self.seed, epoch, index), restore=get_worker_info() is None
             )
+            if isinstance(sample, dict):
+                # A seed of the sample's own for randomness in the loss (Cutie's point
+                # sampling): the same whichever process or batch position the sample gets.
+                sample = {**sample, SAMPLE_SEED: torch.tensor(_mix(self.seed, epoch, index, 1))}
+            return sample
         except UserError as exc:
             return {_ERROR: str(exc)}
 

@@ -63,12 +63,14 @@ class LossResult:
     """The clip loss and what is logged about it.
 
     total: scalar tensor to back-propagate. frames: per predicted frame (1..T-1) the batch-
-    mean loss, detached. p: the bootstrap fraction used.
+    mean loss, detached. p: the bootstrap fraction used. terms: named parts of ``total``
+    (detached; logged as ``train/loss_<name>``), for losses made of several terms.
     """
 
     total: torch.Tensor
     frames: list[torch.Tensor] = field(default_factory=list)
     p: float = 1.0
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def clip_loss(

@@ -45,8 +45,9 @@ from twoshot.train.distributed import DistContext
 from twoshot.train.forward import ClipModel, forward_batch
 from twoshot.train.loader import ClipStream
 from twoshot.train.logger import TrainLogger, clip_grid
-from twoshot.train.loss import clip_loss, iou_counts
+from twoshot.train.loss import iou_counts
 from twoshot.train.modes import SupervisedMode, TrainingMode
+from twoshot.train.objectives import Objective, objective_for
 
 STAGES = ("static", "main")
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -126,6 +127,9 @@ class Trainer:
         cfg, config = self.cfg, self.config
         seed_everything(cfg.seed)  # same seed on every rank: identical initial weights
         self.model: VOSModel = build_model(config.model)
+        # The model kind's loss, optimiser and loss scale (twoshot.train.objectives).
+        self.objective: Objective = objective_for(self.model.kind, cfg)
+        self.objective.configure(self.model)
         if init is not None and not resume:
             load_checkpoint(init, self.model)
         self.model.to(self.device)
@@ -149,10 +153,11 @@ class Trainer:
             self.net = DistributedDataParallel(
                 clip_model, device_ids=[self.device] if self.device.type == "cuda" else None, **sync
             )
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = self.objective.optimizer(self.model, self.use_amp)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.lr_steps, cfg.lr_gamma)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, init_scale=self.objective.grad_scale, enabled=self.use_amp
+        )
         self.stream = ClipStream(
             cfg.batch_size,
             cfg.num_workers,
@@ -219,7 +224,7 @@ class Trainer:
                     output = forward_batch(self.net, batch)
                     with torch.no_grad():
                         batch = self.mode.prepare_targets(batch, output, it)
-                loss = clip_loss(output.logits, batch["cls_gt"], batch["selector"], it, cfg)
+                loss = self.objective.loss(output, batch, it)
                 loss_value = self._check_finite(loss.total, it, total)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss.total).backward()
@@ -227,7 +232,7 @@ class Trainer:
                 if cfg.grad_clip is not None:
                     self.scaler.unscale_(self.optimizer)
                     grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                lr = self.optimizer.param_groups[0]["lr"]
+                lr = max(group["lr"] for group in self.optimizer.param_groups)  # Cutie: backbone at x0.1
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.scheduler.step()
@@ -511,6 +516,8 @@ def _accumulate(
     items: dict[str, torch.Tensor] = {"loss": loss.total.detach().float()}
     for i, frame_loss in enumerate(loss.frames, start=1):
         items[f"loss_frame{i}"] = frame_loss.float()
+    for name, term in loss.terms.items():
+        items[f"loss_{name}"] = term.float()
     items.update(ious)
     if grad_norm is not None:
         items["grad_norm"] = grad_norm.detach().float()

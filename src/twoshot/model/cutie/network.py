@@ -137,6 +137,9 @@ class Cutie(VOSModel):
             config.value_dim, sizes.embed_dim, sizes.num_queries, sizes.pe_scale, sizes.pe_temperature
         )
         self.aux_computer = AuxHeads(sizes.sensory_dim, sizes.embed_dim)
+        # Training-only settings of clip_forward (the trainer sets them from main.cutie).
+        self.num_ref_frames = NUM_REF_FRAMES
+        self.deep_update_prob = DEEP_UPDATE_PROB
 
     @property
     def sensory_dim(self) -> int:
@@ -229,15 +232,48 @@ class Cutie(VOSModel):
     def clip_forward(
         self, rgb: torch.Tensor, first_masks: torch.Tensor, selector: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Segment frames 1..T-1 of each training clip from frame 0's masks (see :meth:`_clip`).
+
+        Returns (logits, probs), each [B, T-1, K+1, H, W].
+        """
+        logits, probs, _ = self._clip(rgb, first_masks, selector, with_aux=False)
+        return logits, probs
+
+    def training_forward(
+        self, rgb: torch.Tensor, first_masks: torch.Tensor, selector: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`clip_forward` and the auxiliary logits of the reference's training.
+
+        aux["sensory"] [B, T-1, K+1, h, w]: the sensory head's logits (from the sensory memory
+        the frame was read with); aux["query"] [B, T-1, K+1, L, h, w]: the object
+        transformer's mask logits before its first block and after each block (L = blocks + 1);
+        both soft-aggregated with the selector, at 1/16 of the padded input size.
+        """
+        return self._clip(rgb, first_masks, selector, with_aux=True)
+
+    def _aux_logits(
+        self, pix_feat: torch.Tensor, sensory: torch.Tensor, levels: list[torch.Tensor], sel: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aggregated aux logits: (sensory [B, K+1, h, w], query [B, K+1, L, h, w])."""
+        with torch.autocast(pix_feat.device.type, enabled=False):
+            own = torch.sigmoid(self.aux_computer.sensory_aux(pix_feat, sensory).float()) * sel
+            stacked = torch.sigmoid(torch.stack(levels, dim=2).float()) * sel.unsqueeze(2)
+            return aggregate_logits(own, dim=1), aggregate_logits(stacked, dim=1)
+
+    def _clip(
+        self, rgb: torch.Tensor, first_masks: torch.Tensor, selector: torch.Tensor, with_aux: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Segment frames 1..T-1 of each training clip from frame 0's masks, as Cutie trains.
 
         Frame 0's masks are encoded; each later frame reads (full softmax) the memory of at
-        most ``NUM_REF_FRAMES`` earlier frames (all while there are that few, then a random
+        most ``num_ref_frames`` earlier frames (all while there are that few, then a random
         choice per clip) and the object memory of every earlier frame, is decoded, and its
         predicted masks are encoded in turn (the sensory deep update with probability
-        ``DEEP_UPDATE_PROB``). rgb [B, T, 3, H, W] normalised; first_masks [B, K, H, W];
-        selector [B, K] (1 = object present). Frames are zero-padded to a multiple of 16
-        and cropped back. Returns (logits, probs), each [B, T-1, K+1, H, W].
+        ``deep_update_prob``); both attributes start at the reference's values.
+        rgb [B, T, 3, H, W] normalised; first_masks [B, K, H, W]; selector [B, K]
+        (1 = object present). Frames are zero-padded to a multiple of 16
+        and cropped back. Returns (logits, probs, aux): logits and probs [B, T-1, K+1, H, W];
+        aux as :meth:`training_forward` says when ``with_aux``, else empty.
         """
         batch, frames = rgb.shape[:2]
         if frames < 2:
@@ -256,13 +292,15 @@ class Cutie(VOSModel):
         values, sensory, summaries = self.encode_mask(rgb[:, 0], at(feats.pix_feat, 0), sensory, masks)
         memory_values, memory_summaries = [values], [summaries]
         all_logits, all_probs = [], []
+        sensory_aux: list[torch.Tensor] = []
+        query_aux: list[torch.Tensor] = []
         for ti in range(1, frames):
-            if ti <= NUM_REF_FRAMES:
+            if ti <= self.num_ref_frames:
                 ref_keys = [[at(feats.key, t)[b] for t in range(ti)] for b in range(batch)]
                 ref_shrink = [[at(feats.shrinkage, t)[b] for t in range(ti)] for b in range(batch)]
                 ref_values = [[memory_values[t][b] for t in range(ti)] for b in range(batch)]
             else:
-                picks = [torch.randperm(ti)[:NUM_REF_FRAMES].tolist() for _ in range(batch)]
+                picks = [torch.randperm(ti)[: self.num_ref_frames].tolist() for _ in range(batch)]
                 ref_keys = [[at(feats.key, t)[b] for t in p] for b, p in enumerate(picks)]
                 ref_shrink = [[at(feats.shrinkage, t)[b] for t in p] for b, p in enumerate(picks)]
                 ref_values = [[memory_values[t][b] for t in p] for b, p in enumerate(picks)]
@@ -279,9 +317,20 @@ class Cutie(VOSModel):
                     )
                 )
                 visual = readout(affinity, mv.float()).view(batch, objects, -1, h, w)
-            features, _ = self.object_readout(
-                at(feats.pix_feat, ti), visual, sensory, masks, torch.stack(memory_summaries, dim=2), sel
+            features, levels = self.object_readout(
+                at(feats.pix_feat, ti),
+                visual,
+                sensory,
+                masks,
+                torch.stack(memory_summaries, dim=2),
+                sel,
+                final_aux=with_aux,
             )
+            if with_aux:
+                # The sensory head reads the sensory memory this frame was segmented with.
+                own, query = self._aux_logits(at(feats.pix_feat, ti), sensory, levels, sel)
+                sensory_aux.append(own)
+                query_aux.append(query)
             sensory, logits, prob = self.segment(
                 at(feats.f8, ti), at(feats.f4, ti), features, sensory, selector=sel
             )
@@ -289,7 +338,7 @@ class Cutie(VOSModel):
             all_logits.append(logits)
             all_probs.append(prob)
             if ti < frames - 1:
-                deep = bool(torch.rand(()) < DEEP_UPDATE_PROB)
+                deep = bool(torch.rand(()) < self.deep_update_prob)
                 values, sensory, summaries = self.encode_mask(
                     rgb[:, ti], at(feats.pix_feat, ti), sensory, masks, deep_update=deep
                 )
@@ -297,4 +346,7 @@ class Cutie(VOSModel):
                 memory_summaries.append(summaries)
         logits_out = unpad(torch.stack(all_logits, dim=1), pad)
         probs_out = unpad(torch.stack(all_probs, dim=1), pad)
-        return logits_out, probs_out
+        aux: dict[str, torch.Tensor] = {}
+        if with_aux:
+            aux = {"sensory": torch.stack(sensory_aux, dim=1), "query": torch.stack(query_aux, dim=1)}
+        return logits_out, probs_out, aux

@@ -1,0 +1,248 @@
+"""Cutie on the shared trainer: its point loss (by hand, fixed-seed sampling, ignored pixels),
+its optimiser groups, a step of every stage, an exact resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from helpers import ToyClips, cutie_toy_config
+from twoshot.config import CutieTrainSettings, TwoShotConfig
+from twoshot.model.registry import build_model
+from twoshot.train.forward import ClipOutput
+from twoshot.train.modes import SupervisedMode
+from twoshot.train.objectives import CutieObjective, STCNObjective, objective_for
+from twoshot.train.phases import Phase1Mode, Phase2Mode
+from twoshot.train.point_loss import (
+    PointSampling,
+    cutie_clip_loss,
+    one_hot_targets,
+    point_sample,
+    point_terms,
+    sample_points,
+    uncertainty,
+)
+from twoshot.train.trainer import Trainer, train
+
+
+def test_point_terms_by_hand() -> None:
+    # One frame, two points, background + one object. Point 0: logits (0, ln 3) -> p = (1/4,
+    # 3/4), label object; point 1: logits (0, 0) -> (1/2, 1/2), label background.
+    logits = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0]]])
+    labels = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
+    ce, dice = point_terms(logits, labels)
+    assert ce.item() == pytest.approx((-math.log(0.75) - math.log(0.5)) / 2, rel=1e-6)
+    # dice over the object: p = (3/4, 1/2), g = (1, 0): 1 - (2 * 3/4 + 1) / (5/4 + 1 + 1)
+    assert dice.item() == pytest.approx(1 - 2.5 / 3.25, rel=1e-6)
+
+    # Point 1 half ignored: its label mass halves and CE is normalised by the weights (1.5);
+    # the prediction at point 1 counts half in dice.
+    half = torch.tensor([[[0.0, 0.5], [1.0, 0.0]]])
+    ce, dice = point_terms(logits, half, torch.tensor([[[1.0, 0.5]]]))
+    assert ce.item() == pytest.approx((-math.log(0.75) - 0.5 * math.log(0.5)) / 1.5, rel=1e-6)
+    assert dice.item() == pytest.approx(1 - 2.5 / (0.75 + 0.25 + 1 + 1), rel=1e-6)
+
+
+def test_uncertainty_and_point_reads() -> None:
+    two = torch.tensor([[[0.0, 0.0], [2.0, -0.5]]])  # [1, 2, 2]
+    assert torch.equal(uncertainty(two), torch.tensor([[-2.0, -0.5]]))
+    three = torch.tensor([[[1.0], [4.0], [2.0]]])
+    assert torch.equal(uncertainty(three), torch.tensor([[-2.0]]))
+    # A 2x2 map read at pixel centres ((0.25, 0.25) is the top-left one) and at the middle.
+    grid = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    coords = torch.tensor([[[0.25, 0.25], [0.75, 0.25], [0.5, 0.5]]])
+    assert torch.allclose(point_sample(grid, coords), torch.tensor([[[1.0, 2.0, 2.5]]]))
+
+
+def test_point_sampling_with_a_fixed_seed() -> None:
+    logits = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    sampling = PointSampling(num_points=10, oversample_ratio=3.0, importance_ratio=0.7)
+    coords = sample_points(logits, sampling, generator=torch.Generator().manual_seed(7))
+    # The same draws by hand: 30 candidates, the 7 most uncertain, then 3 uniform points.
+    again = torch.Generator().manual_seed(7)
+    candidates = torch.rand(2, 30, 2, generator=again)
+    score = uncertainty(point_sample(logits, candidates))
+    top = torch.topk(score, 7, dim=1).indices
+    expected = torch.cat(
+        [torch.stack([candidates[n, top[n]] for n in range(2)]), torch.rand(2, 3, 2, generator=again)], dim=1
+    )
+    assert torch.equal(coords, expected)
+
+    # Candidates wholly on ignored pixels are never chosen for uncertainty.
+    valid = torch.ones(2, 1, 8, 8)
+    valid[:, :, :, :4] = 0  # left half ignored
+    coords = sample_points(logits, sampling, valid, torch.Generator().manual_seed(7))
+    assert (point_sample(valid, coords[:, :7], border=True) > 0).all()
+
+
+def test_one_hot_targets_zero_where_ignored() -> None:
+    cls = torch.tensor([[[0, 1], [2, -1]]])
+    hot, valid = one_hot_targets(cls, 3)
+    assert hot[0, :, 1, 1].sum() == 0 and hot[0, 2, 1, 0] == 1 and hot[0, 0, 0, 0] == 1
+    assert valid is not None and valid[0, 0].tolist() == [[1.0, 1.0], [1.0, 0.0]]
+    assert one_hot_targets(cls.clamp(min=0), 3)[1] is None
+
+
+def _loss_inputs() -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 2, 3, 64, 64, generator=g)
+    aux = {
+        "sensory": torch.randn(2, 2, 3, 4, 4, generator=g),
+        "query": torch.randn(2, 2, 3, 3, 4, 4, generator=g),
+    }
+    cls = torch.randint(0, 3, (2, 3, 64, 64), generator=g)
+    cls[:, 2, :, :48] = -1  # the teacher left the left three quarters of frame 2 unlabeled
+    return logits, aux, cls, torch.ones(2, 2)
+
+
+def test_ignored_pixels_reach_every_loss_term() -> None:
+    logits, aux, cls, selector = _loss_inputs()
+    settings = CutieTrainSettings(num_points=300)
+    seeds = torch.tensor([11, 12])
+    base = cutie_clip_loss(logits, aux, cls, selector, settings, seeds)
+    assert set(base.terms) == {
+        "ce",
+        "dice",
+        "sensory_ce",
+        "sensory_dice",
+        *(f"query_{t}_l{i}" for t in ("ce", "dice") for i in range(3)),
+    }
+
+    # Anything predicted deep inside the ignored region (frame 2 is index 1 of the predictions;
+    # aux cells 0-1 of 4 are read only by points left of pixel 40) changes no term.
+    changed_logits, changed_aux = logits.clone(), {k: v.clone() for k, v in aux.items()}
+    changed_logits[:, 1, :, :, :46] = 10 * torch.randn(2, 3, 64, 46)
+    changed_aux["sensory"][:, 1, :, :, :2] = 7.0
+    changed_aux["query"][:, 1, :, :, :, :2] = -7.0
+    same = cutie_clip_loss(changed_logits, changed_aux, cls, selector, settings, seeds)
+    for name, value in base.terms.items():
+        assert torch.equal(value, same.terms[name]), name
+
+    # The same change where frame 2 is labeled changes every term.
+    moved_logits, moved_aux = logits.clone(), {k: v.clone() for k, v in aux.items()}
+    moved_logits[:, 1, :, :, 50:] = 10 * torch.randn(2, 3, 64, 14)
+    moved_aux["sensory"][:, 1, :, :, 3:] = 7.0
+    moved_aux["query"][:, 1, :, :, :, 3:] = -7.0
+    other = cutie_clip_loss(moved_logits, moved_aux, cls, selector, settings, seeds)
+    for name, value in base.terms.items():
+        assert not torch.equal(value, other.terms[name]), name
+
+    # Gradients: none reach predictions in the ignored region.
+    logits.requires_grad_(True)
+    for value in aux.values():
+        value.requires_grad_(True)
+    cutie_clip_loss(logits, aux, cls, selector, settings, seeds).total.backward()
+    assert logits.grad is not None and logits.grad[:, 1, :, :, :46].abs().max() == 0
+    assert logits.grad[:, 0].abs().sum() > 0
+    for name, value in aux.items():
+        assert value.grad is not None
+        assert value.grad[:, 1, ..., :2].abs().max() == 0, name
+        assert value.grad[:, 0].abs().sum() > 0, name
+
+
+def test_a_fully_ignored_frame_adds_nothing() -> None:
+    logits, aux, cls, selector = _loss_inputs()
+    cls[:, 2] = -1
+    settings = CutieTrainSettings(num_points=100)
+    loss = cutie_clip_loss(logits.requires_grad_(True), aux, cls, selector, settings, torch.tensor([1, 2]))
+    assert torch.isfinite(loss.total)
+    loss.total.backward()
+    assert logits.grad is not None and logits.grad[:, 1].abs().max() == 0
+
+
+def test_objectives_by_model_kind() -> None:
+    config = cutie_toy_config()
+    assert isinstance(objective_for("stcn", config.main), STCNObjective)
+    objective = objective_for("cutie", config.main)
+    assert isinstance(objective, CutieObjective)
+    model = build_model(config.model)
+    groups = objective.optimizer(model, use_amp=False).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    backbone, embeddings, others = ([names[id(p)] for p in g["params"]] for g in groups)
+    assert backbone and all(n.startswith("pixel_encoder.") for n in backbone)
+    assert "object_transformer.query_init.weight" in embeddings
+    assert "object_transformer.query_emb.weight" in embeddings
+    assert len(backbone) + len(embeddings) + len(others) == len(list(model.parameters()))
+    assert [g["lr"] for g in groups] == pytest.approx([1e-4, 1e-3, 1e-3])
+    assert [g["weight_decay"] for g in groups] == [1e-3, 0.0, 1e-3]
+
+
+def _run(config: Any, out: Path, mode: Any = None, data: Any = None) -> Trainer:
+    trainer = Trainer(config, "main", data or ToyClips(n=4), out, mode=mode, device="cpu", progress=False)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    return trainer
+
+
+def test_one_step_of_every_stage(tmp_path: Path) -> None:
+    start = build_model(cutie_toy_config().model)
+    settings = TwoShotConfig(end_warm=1, phase2_start_update=0, use_teacher=True)
+    runs = {
+        "static": (None, ToyClips(n=4)),
+        "main": (None, ToyClips(n=4)),
+        # Iteration 1 warms up on labeled clips; iteration 2 trains on a teacher-labeled one.
+        "phase1": (Phase1Mode(ToyClips(n=4), ToyClips(n=4, labeled_frames=1), settings), None),
+        "phase2": (Phase2Mode(settings), ToyClips(n=4)),
+    }
+    for name, (mode, data) in runs.items():
+        stage = "static" if name == "static" else "main"
+        config = cutie_toy_config(f"{stage}.iterations=2", f"{stage}.batch_size=2", f"{stage}.num_workers=0")
+        config.static.cutie.num_points = 256
+        trainer = Trainer(config, stage, data, tmp_path / name, mode=mode, device="cpu", progress=False)
+        try:
+            trainer.run()
+        finally:
+            trainer.close()
+        assert not torch.equal(
+            trainer.model.state_dict()["mask_decoder.pred.weight"],
+            start.state_dict()["mask_decoder.pred.weight"],
+        ), name
+        if name == "phase1":
+            assert isinstance(mode, Phase1Mode) and mode.teacher is not None
+
+
+class RandomIgnore(SupervisedMode):
+    """Ignores a random fifth of the pixels (the global generator must survive a resume)."""
+
+    name = "random-ignore"
+
+    def prepare_targets(self, batch: dict[str, Any], outputs: ClipOutput, it: int) -> dict[str, Any]:
+        batch["cls_gt"][torch.rand(batch["cls_gt"].shape) < 0.2] = -1
+        return batch
+
+
+class Crash(Exception):
+    """Stands in for a killed job."""
+
+
+class CrashAt(RandomIgnore):
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def after_step(self, model: torch.nn.Module, it: int) -> None:
+        if it == self.at:
+            raise Crash(it)
+
+
+def test_resume_is_bit_identical(tmp_path: Path) -> None:
+    # 5-frame clips: from frame 4 on the reference frames are a random pick.
+    config = cutie_toy_config("main.iterations=5", "main.save_every=3", "main.lr_steps=[2]")
+    data = lambda: ToyClips(n=3, frames=5)  # noqa: E731
+    whole = train(
+        config, "main", data(), tmp_path / "whole", mode=RandomIgnore(), device="cpu", progress=False
+    )
+    out = tmp_path / "parts"
+    with pytest.raises(Crash):
+        train(config, "main", data(), out, mode=CrashAt(3), device="cpu", progress=False)
+    resumed = train(
+        config, "main", data(), out, resume=True, mode=RandomIgnore(), device="cpu", progress=False
+    )
+    expected, actual = torch.load(whole, weights_only=True), torch.load(resumed, weights_only=True)
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
