@@ -1,8 +1,10 @@
 """Training speed: optimisation steps per second, data-loader clips per second, GPU use.
 
-- step: one full training iteration (clip forward of 3 frames, bootstrapped CE, backward,
-  Adam step) on an in-memory batch, so the figure is the model's alone. CPU: ``tiny`` preset,
-  batch 4 x 3 frames at 96x96, fp32. CUDA (if present): ``stcn`` preset, batch 8 x 3 frames
+- step: one full training iteration (clip forward of 3 frames, the model kind's loss and
+  optimiser from :mod:`twoshot.train.objectives` -- STCN: bootstrapped CE, Adam; Cutie: point
+  CE + dice with aux terms, AdamW --, backward, step) on an in-memory batch, so the figure is
+  the model's alone. CPU: each of ``--cpu-presets`` (default ``tiny``; e.g.
+  ``tiny,cutie-tiny``), batch 4 x 3 frames at 96x96, fp32. CUDA (if present): ``stcn`` preset, batch 8 x 3 frames
   at 384x384 with AMP, and the GPU utilisation sampled with nvidia-smi while it runs.
 - loader: clips per second from ``VOSClipDataset`` (mode full, STCN augmentation) through the
   trainer's batch stream, on a generated DAVIS-layout folder of 480x854 JPEG videos, with 0
@@ -11,6 +13,7 @@
   step, logging) on the same folder.
 
     python benchmarks/train_speed.py                   # CPU figures (+ CUDA when available)
+    python benchmarks/train_speed.py --cpu-presets tiny,cutie-tiny --loader-batches 0
     python benchmarks/train_speed.py --device cuda --cuda-batch 8
 
 ``run(...) -> dict`` does the same for a benchmark runner.
@@ -36,8 +39,8 @@ import torch
 from common import cpu_name
 from twoshot.config import load_config
 from twoshot.model import build_model
-from twoshot.train.forward import forward_batch
-from twoshot.train.loss import clip_loss
+from twoshot.train.forward import ClipModel, forward_batch
+from twoshot.train.objectives import objective_for
 
 
 def synthetic_batch(batch: int, frames: int, size: int, device: torch.device) -> dict[str, Any]:
@@ -61,19 +64,22 @@ def training_step(
     preset: str, batch: int, frames: int, size: int, device: torch.device, amp: bool
 ) -> Callable[[], None]:
     """One training iteration of a fresh ``preset`` model on an in-memory batch, as a callable:
-    clip forward (autocast when ``amp``), the loss, backward through the grad scaler, Adam
-    step; CUDA synchronised at its end."""
+    clip forward (autocast when ``amp``), the model kind's loss, backward through the grad
+    scaler, its optimiser's step; CUDA synchronised at its end."""
     config = load_config(preset)
     torch.manual_seed(0)
     model = build_model(config.model).to(device).eval()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-7)
+    objective = objective_for(model.kind, config.main)
+    objective.configure(model)
+    optimizer = objective.optimizer(model, amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     data = synthetic_batch(batch, frames, size, device)
+    clip_model = ClipModel(model)  # the trainer's forward: with the loss's aux outputs
 
     def step() -> None:
         with torch.autocast(device.type, enabled=amp):
-            output = forward_batch(model, data)
-        loss = clip_loss(output.logits, data["cls_gt"], data["selector"], 30_000, config.main)
+            output = forward_batch(clip_model, data)
+        loss = objective.loss(output, data, 30_000)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss.total).backward()
         scaler.step(optimizer)
@@ -247,6 +253,7 @@ def run(
     device: str = "auto",
     videos: int = 4,
     frames: int = 20,
+    cpu_presets: tuple[str, ...] = ("tiny",),
 ) -> dict[str, Any]:
     """All measurements as a dict (see the module docstring)."""
     result: dict[str, Any] = {
@@ -259,7 +266,12 @@ def run(
         },
     }
     cpu = torch.device("cpu")
-    result["cpu_step_tiny_b4_t3_96px"] = time_steps("tiny", 4, 3, 96, cpu, amp=False, steps=cpu_steps)
+    for preset in cpu_presets:
+        result[f"cpu_step_{preset}_b4_t3_96px"] = time_steps(
+            preset, 4, 3, 96, cpu, amp=False, steps=cpu_steps
+        )
+    if loader_batches <= 0:  # model figures only
+        return result
     with tempfile.TemporaryDirectory() as tmp:
         root = make_videos(Path(tmp) / "davis", videos, frames, (480, 854))
         result["loader_clips_per_s_384px"] = {
@@ -291,6 +303,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--trainer-iterations", type=int, default=20)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument(
+        "--cpu-presets",
+        default="tiny",
+        help="comma-separated presets timed on the CPU (e.g. tiny,cutie-tiny)",
+    )
     args = parser.parse_args()
     result = run(
         args.cpu_steps,
@@ -300,13 +317,16 @@ def main() -> None:
         args.workers,
         args.trainer_iterations,
         args.device,
+        cpu_presets=tuple(p for p in args.cpu_presets.split(",") if p),
     )
     print(json.dumps(result, indent=2))
-    step = result["cpu_step_tiny_b4_t3_96px"]["step_median_s"]
-    print(
-        f"tiny CPU step (batch 4 x 3 frames, 96x96): median {step:.3f} s "
-        f"({'<' if step < 0.5 else '>='} 0.5 s)"
-    )
+    for key, value in result.items():
+        if key.startswith("cpu_step_"):
+            step = value["step_median_s"]
+            print(
+                f"{key}: median {step:.3f} s per step ({value['it_per_s']:.2f} it/s; "
+                f"{'<' if step < 0.5 else '>='} 0.5 s)"
+            )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """``twoshot demo``: the whole two-shot method on generated videos, on one CPU, in minutes.
 
 Generates a small DAVIS-layout dataset (:mod:`twoshot.data.synth`), runs the pipeline with
-the ``tiny`` preset (static pretraining -> phase 1 -> pseudo-label bank -> phase 2, plus the
-naive 2-shot and full-supervision baselines), then writes overlays of a few validation
-videos and a bar plot of J&F next to the report.
+the ``tiny`` preset, or ``cutie-tiny`` with ``model="cutie"`` (static pretraining -> phase 1
+-> pseudo-label bank -> phase 2, plus the naive 2-shot and full-supervision baselines), then
+writes overlays of a few validation videos and a bar plot of J&F next to the report.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from twoshot.config import Config, load_config
+from twoshot.errors import UserError
 from twoshot.pipeline import PipelineReport, run_pipeline
 
 
@@ -64,15 +65,39 @@ QUICK = DemoScale(
 )
 
 
-def demo_config(scale: DemoScale, data: Path, out: Path, device: str) -> Config:
-    """The tiny preset with the demo's schedule and the generated data's paths."""
+# Cutie-tiny's training step took 1.6x STCN-tiny's on the development machine and its
+# propagation is slower too (docs/performance.md): 200 iterations per video stage keep the
+# whole demo near STCN's 10 minutes.
+CUTIE_FULL = DemoScale(
+    videos=40,
+    val_videos=20,
+    frames=24,
+    size=96,
+    static_images=200,
+    static_iterations=150,
+    iterations=200,
+    end_warm=60,
+    phase2_start_update=100,
+)
+
+DEMO_MODELS = ("stcn", "cutie")
+_PRESETS = {"stcn": "tiny", "cutie": "cutie-tiny"}
+
+
+def demo_config(scale: DemoScale, data: Path, out: Path, device: str, model: str = "stcn") -> Config:
+    """The tiny (``model="stcn"``) or cutie-tiny preset with the demo's schedule and the
+    generated data's paths."""
+    if model not in _PRESETS:
+        raise UserError(f"--model {model!r}: the demo runs one of {', '.join(DEMO_MODELS)}")
     its, steps = scale.iterations, [int(scale.iterations * 0.8)]
+    # Matching at 1/8: at 96x96, STCN's 1/16 leaves 6x6 cells, a few per object; every model
+    # on the demo's data scored 6-12 J&F higher at 1/8 (docs/results.md). Cutie's decoder
+    # works at 1/16 only.
+    stride = ["model.output_stride=8"] if model == "stcn" else []
     config = load_config(
-        "tiny",
+        _PRESETS[model],
         overrides=[
-            # Matching at 1/8: at 96x96, STCN's 1/16 leaves 6x6 cells, a few per object; every
-            # model on the demo's data scored 6-12 J&F higher at 1/8 (docs/results.md).
-            "model.output_stride=8",
+            *stride,
             f"static.iterations={scale.static_iterations}",
             f"static.lr_steps=[{int(scale.static_iterations * 0.8)}]",
             f"static.crop_size={scale.size}",
@@ -104,19 +129,25 @@ def run_demo(
     log: Callable[[str], None] = print,
     progress: bool = True,
     scale: DemoScale | None = None,
+    model: str = "stcn",
 ) -> tuple[PipelineReport, list[Path]]:
     """Generate data, run the pipeline, write overlays and a bar plot.
 
     out: demo folder (data in ``out/data``, the run in ``out/run``; default ``twoshot-demo``,
-    or ``twoshot-demo-quick`` with ``quick``); quick: the 2-minute smoke flavour; seed: data
-    seed; scale: explicit sizes (overrides ``quick``). A second call resumes / reuses what is
-    complete; UserError if ``out`` holds data or a run made with other settings.
+    or ``twoshot-demo-quick`` with ``quick``, each with ``-cutie`` appended for Cutie); quick:
+    the 2-minute smoke flavour; seed: data seed; scale: explicit sizes (overrides ``quick``);
+    model: ``stcn`` (the tiny preset) or ``cutie`` (cutie-tiny, with :data:`CUTIE_FULL`'s
+    shorter schedule). A second call resumes / reuses what is complete; UserError if ``out``
+    holds data or a run made with other settings.
     Returns (the pipeline report, the paths of the pictures written).
     """
     from twoshot.data.synth import generate_or_reuse, is_synth_output
 
-    scale = scale or (QUICK if quick else FULL)
-    out = Path(out or ("twoshot-demo-quick" if quick else "twoshot-demo"))
+    if model not in _PRESETS:
+        raise UserError(f"--model {model!r}: the demo runs one of {', '.join(DEMO_MODELS)}")
+    scale = scale or (QUICK if quick else (CUTIE_FULL if model == "cutie" else FULL))
+    suffix = "" if model == "stcn" else f"-{model}"
+    out = Path(out or (("twoshot-demo-quick" if quick else "twoshot-demo") + suffix))
     data = out / "data"
     if not is_synth_output(data):
         log(
@@ -133,7 +164,7 @@ def run_demo(
         val_videos=scale.val_videos,
         static_images=scale.static_images,
     )
-    config = demo_config(scale, data, out / "run", device)
+    config = demo_config(scale, data, out / "run", device, model)
     report = run_pipeline(config, log=log, progress=progress)
     pictures = [bar_plot(report, out / "jf.png")]
     pictures += write_overlays(config, out / "overlays", count=3)

@@ -13,12 +13,19 @@ HELP = "run the whole two-shot method on generated videos (about 10 min on 2 CPU
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--out, --quick, --seed, --device."""
+    """--out, --quick, --model, --seed, --device."""
     parser.add_argument(
         "--out", default=None, help="demo folder (default: ./twoshot-demo, with --quick ./twoshot-demo-quick)"
     )
     parser.add_argument(
         "--quick", action="store_true", help="a 2-minute smoke run on less data with short training"
+    )
+    parser.add_argument(
+        "--model",
+        choices=("stcn", "cutie"),
+        default="stcn",
+        help="stcn (the tiny preset) or cutie (cutie-tiny, a shorter schedule; default folder "
+        "./twoshot-demo-cutie)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -29,7 +36,12 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo and print the results table, stage times and output paths. Returns 0."""
     start = time.perf_counter()
     report, pictures = run_demo(
-        args.out, quick=args.quick, seed=args.seed, device=args.device, progress=not args.no_progress
+        args.out,
+        quick=args.quick,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+        model=args.model,
     )
     print()
     print(format_report(report))
