@@ -4,8 +4,9 @@
   optimiser from :mod:`twoshot.train.objectives` -- STCN: bootstrapped CE, Adam; Cutie: point
   CE + dice with aux terms, AdamW --, backward, step) on an in-memory batch, so the figure is
   the model's alone. CPU: each of ``--cpu-presets`` (default ``tiny``; e.g.
-  ``tiny,cutie-tiny``), batch 4 x 3 frames at 96x96, fp32. CUDA (if present): ``stcn`` preset, batch 8 x 3 frames
-  at 384x384 with AMP, and the GPU utilisation sampled with nvidia-smi while it runs.
+  ``tiny,cutie-tiny``), batch 4 x 3 frames at 96x96, fp32. CUDA (if present): ``stcn``
+  preset, batch 8 x 3 frames at 384x384 with AMP, and the GPU utilisation sampled with
+  nvidia-smi while it runs.
 - loader: clips per second from ``VOSClipDataset`` (mode full, STCN augmentation) through the
   trainer's batch stream, on a generated DAVIS-layout folder of 480x854 JPEG videos, with 0
   and N DataLoader workers.
