@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -246,3 +247,31 @@ def test_resume_is_bit_identical(tmp_path: Path) -> None:
     expected, actual = torch.load(whole, weights_only=True), torch.load(resumed, weights_only=True)
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
+
+
+def test_window_sampling_of_long_clips() -> None:
+    from twoshot.data.sampling import sample_window_frames
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        clip = sample_window_frames(rng, 30, 8, 3)
+        assert len(set(clip)) == 8 and all(0 <= f < 30 for f in clip)
+        ordered = sorted(clip)
+        # every frame is within the skip of an earlier drawn one: gaps of sorted frames <= 3
+        assert all(b - a <= 3 for a, b in zip(ordered, ordered[1:]))
+        assert clip in (ordered, ordered[::-1])
+    with pytest.raises(ValueError):
+        sample_window_frames(rng, 5, 8, 3)
+
+
+def test_eight_frame_clips_train_cutie(tmp_path: Path) -> None:
+    from twoshot.data.fixtures import make_davis
+    from twoshot.train.trainer import build_stage_dataset
+
+    root = make_davis(tmp_path / "davis", {"a": 12, "b": 10, "short": 6}, size=(40, 48)).root
+    config = cutie_toy_config("main.num_frames=8", "main.crop_size=32", "main.iterations=1")
+    with pytest.warns(UserWarning, match="short"):
+        dataset = build_stage_dataset("main", config, root, "davis", "train")
+    sample = dataset[0]
+    assert sample["rgb"].shape[0] == 8 and len(set(sample["info"]["frames"])) == 8
+    _run(config, tmp_path / "run", data=dataset)

@@ -349,6 +349,7 @@ class Pipeline:
             "max_skip": cfg.max_skip_values[0],
             "seed": cfg.seed,
             "annotation_stride": 5 if self.kind == "youtube" else 1,
+            "num_frames": cfg.num_frames,  # modes full and bank only (Cutie's 8-frame clips)
         }
 
     def static(self) -> Path | None:

@@ -61,6 +61,38 @@ def sample_stcn_frames(rng: RandomSource, length: int, max_skip: int, reverse_p:
     return clip
 
 
+def sample_window_frames(
+    rng: RandomSource, length: int, num_frames: int, max_skip: int, reverse_p: float = 0.5
+) -> list[int]:
+    """Cutie's clip sampling: ``num_frames`` distinct positions of ``0 .. length-1``.
+
+    From a uniform seed position, each next position is drawn uniformly from the positions
+    within ``j = min(length, max_skip)`` of any already drawn one and not drawn yet (the
+    reference grows this window around every new position); the clip is sorted and reversed
+    when ``rng.random() < reverse_p``. Needs ``length >= num_frames``.
+
+    Draws, in order: ``integers`` (seed), ``num_frames - 1`` ``integers`` (each an index into
+    the sorted window), then one ``random``. Returns ``num_frames`` positions in clip order.
+    """
+    if length < num_frames:
+        raise ValueError(f"cannot sample {num_frames} distinct frames from {length}")
+    if max_skip < 1:
+        raise ValueError(f"max_skip must be >= 1, got {max_skip}")
+    j = min(length, max_skip)
+    drawn = [int(rng.integers(length))]
+    window: set[int] = set()
+    while len(drawn) < num_frames:
+        last = drawn[-1]
+        window |= set(range(max(0, last - j), min(length, last + j + 1)))
+        window -= set(drawn)
+        choices = sorted(window)
+        drawn.append(choices[int(rng.integers(len(choices)))])
+    clip = sorted(drawn)
+    if rng.random() < reverse_p:
+        clip.reverse()
+    return clip
+
+
 def sample_list_frames(
     rng: RandomSource, frames: Sequence[int], max_skip: int, reverse_p: float = 0.5
 ) -> list[int]:

@@ -1,7 +1,8 @@
-"""Map-style dataset of 3-frame training clips from videos (STCN main training, two-shot phases).
+"""Map-style dataset of training clips from videos (STCN main training, two-shot phases).
 
 :class:`VOSClipDataset` turns ``list[VideoSequence]`` into sample dicts that the trainer
-consumes (batched by the default collate; T = 3, S = crop size):
+consumes (batched by the default collate; T = 3, or ``num_frames`` in modes full and bank;
+S = crop size):
 
 - ``rgb``      float32 [T, 3, S, S], ImageNet-normalised
 - ``gt``       float32 [T, 1, S, S], target-object mask (zeros on frames without labels)
@@ -32,6 +33,10 @@ Modes (DESIGN.md §2):
 - ``bank``: phase 2; every frame has a (pseudo) label in the bank and any may be the
   reference; STCN sampling over all frames. A video missing bank PNGs is an error.
 
+With ``num_frames`` other than 3 (Cutie's 8-frame clips), modes full and bank draw their
+frames as Cutie does (:func:`twoshot.data.sampling.sample_window_frames`), from the annotated
+frames (full) or all frames (bank); the other modes keep 3-frame clips.
+
 A sample is a pure function of ``(seed, epoch, index)`` and the current max skip:
 :meth:`set_epoch` and :meth:`set_max_skip` change them. DataLoader workers hold their own copy
 of the dataset, so call these in the process that makes the sample (as the trainer's
@@ -60,6 +65,7 @@ from twoshot.data.sampling import (
     sample_list_frames,
     sample_phase1_frames,
     sample_stcn_frames,
+    sample_window_frames,
 )
 from twoshot.errors import UserError
 
@@ -95,6 +101,7 @@ class VOSClipDataset(Dataset):
         max_tries: int = 5,
         augment: ClipAugment | None = None,
         labeled_clip_share: float = 0.0,
+        num_frames: int = CLIP_LENGTH,
     ) -> None:
         if mode not in MODES:
             raise UserError(f"unknown clip mode {mode!r}; choose one of: {', '.join(MODES)}")
@@ -104,9 +111,14 @@ class VOSClipDataset(Dataset):
             raise UserError(f"repeats and max_tries must be >= 1 (got {repeats}, {max_tries})")
         if not sequences:
             raise UserError("no training videos: the dataset is empty")
+        if num_frames < 2:
+            raise UserError(f"a training clip needs at least 2 frames, got num_frames={num_frames}")
         if not 0.0 <= labeled_clip_share <= 1.0:
             raise UserError(f"labeled_clip_share must be in [0, 1], got {labeled_clip_share}")
         self.mode = mode
+        # Modes full and bank take clips of num_frames frames (Cutie's 8-frame clips); the
+        # two-shot warm-up and phase-1 clips are 3 frames by the method's design.
+        self.num_frames = num_frames if mode in ("full", "bank") else CLIP_LENGTH
         self.labeled_clip_share = labeled_clip_share
         self.crop_size = crop_size
         self.annotation_stride = annotation_stride
@@ -151,8 +163,10 @@ class VOSClipDataset(Dataset):
                 f"video {video.name}: {len(video.frame_paths)} frame files but "
                 f"{len(video.frame_names)} frame names"
             )
-        if video.num_frames < CLIP_LENGTH:
-            return f"{video.num_frames} frames, clips need {CLIP_LENGTH}"
+        if video.num_frames < self.num_frames:
+            return f"{video.num_frames} frames, clips need {self.num_frames}"
+        if self.num_frames != CLIP_LENGTH and self.mode == "full" and len(video.mask_paths) < self.num_frames:
+            return f"{len(video.mask_paths)} annotated frames, clips need {self.num_frames}"
         if not video.mask_paths:
             return "no annotated frame"
         bad = [i for i in video.mask_paths if not 0 <= i < video.num_frames]
@@ -194,6 +208,10 @@ class VOSClipDataset(Dataset):
             self.labeled_clip_share > 0 and rng.random() < self.labeled_clip_share
         ):
             return sample_phase1_frames(source, video.num_frames, self._annotated[video_index], self.max_skip)
+        if self.num_frames != CLIP_LENGTH:  # modes full and bank only
+            positions = self._annotated[video_index] if self.mode == "full" else range(video.num_frames)
+            picks = sample_window_frames(source, len(positions), self.num_frames, self.max_skip)
+            return [int(positions[p]) for p in picks]
         if self.mode == "bank":
             return sample_stcn_frames(source, video.num_frames, self.max_skip)
         return sample_list_frames(source, self._annotated[video_index], self.max_skip)

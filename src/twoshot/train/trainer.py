@@ -479,6 +479,7 @@ def build_stage_dataset(
         max_skip=cfg.max_skip_values[0],
         annotation_stride=5 if kind == "youtube" else 1,
         seed=cfg.seed,
+        num_frames=cfg.num_frames,
     )
 
 
