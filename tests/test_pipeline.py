@@ -196,6 +196,10 @@ def test_demo_writes_report_plot_and_overlays(tmp_path: Path) -> None:
     # It segments at twice the frame size, and `twoshot infer` on its weights does too.
     assert json.loads((run / "config.json").read_text())["inference"]["size"] == 96
     assert load_for_inference(run / "phase2" / "final.pth")[1].size == 96
+    # The bank's value against the labels a user has without it.
+    value = (run / "bank_value.md").read_text()
+    assert "pseudo-label bank" in value and "copy of the nearest labeled mask" in value
+    assert "static model, forward" in value and "Labeled by hand: 6 of 18 frames" in value
 
 
 def _report(objects: dict[str, dict[str, float]] | None = None, **scores: float) -> PipelineReport:

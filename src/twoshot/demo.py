@@ -166,6 +166,11 @@ def run_demo(
     )
     config = demo_config(scale, data, out / "run", device, model)
     report = run_pipeline(config, log=log, progress=progress)
+    # The bank's own quality next to the baselines a user has without it (run/bank_value.md).
+    from twoshot.inference.bank_quality import demo_bank_value
+
+    log("[bank value] scoring the bank, nearest-mask copies and static forward propagation")
+    demo_bank_value(out / "run", data, config.pipeline.train_split, config.inference)
     pictures = [bar_plot(report, out / "jf.png")]
     pictures += write_overlays(config, out / "overlays", count=3)
     return report, pictures

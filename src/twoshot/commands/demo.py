@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from twoshot.commands.common import add_progress_argument
 from twoshot.demo import run_demo
@@ -45,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
     )
     print()
     print(format_report(report))
+    bank_value = Path(report.out) / "bank_value.md"
+    if bank_value.is_file():
+        print(bank_value.read_text(encoding="utf-8"))
     print("time per stage:")
     for stage, seconds in report.stage_seconds.items():
         print(f"  {stage:<16} {seconds:7.1f} s")
