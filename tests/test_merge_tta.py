@@ -53,9 +53,13 @@ def test_fused_schedule_covers_each_gap_from_both_sides() -> None:
     assert fused_runs(4, [1, 2], None, mem_every=5, include_last=False)[0].source == 1  # no gap: no runs
 
 
+@pytest.mark.parametrize("kind", ["stcn", "cutie"])
 def test_fused_merge_equals_hand_combination_of_two_runs(
-    model: STCN, video: tuple[np.ndarray, np.ndarray]
+    kind: str, model: STCN, video: tuple[np.ndarray, np.ndarray]
 ) -> None:
+    if kind == "cutie":
+        torch.manual_seed(0)
+        model = build_model(load_config("cutie-tiny").model).eval()  # type: ignore[assignment]
     frames, labels = video
     given = {A: labels[A], B: labels[B]}
     fused = _run(model, frames, given, mode="bidirectional", merge="fused")

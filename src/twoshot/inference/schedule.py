@@ -197,7 +197,7 @@ def fusion_weights(frame: int, a: int, b: int) -> tuple[float, float]:
 
     A propagation drifts with every frame it carries the mask, so the nearer side is trusted
     more; at the midpoint both count equally. (The networks' own confidence was not used: a
-    drifted propagation is often confidently wrong, docs/results.md.)
+    third of a demo bank's wrong pixels are confident, docs/inference.md.)
     """
     span = b - a
     return (b - frame) / span, (frame - a) / span
