@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twoshot.config import Config, config_differences, describe_differences, to_dict
 from twoshot.data.budget import Budget, apply_budget, load_budget, make_budget, save_budget, summarize_budget
@@ -33,6 +33,9 @@ from twoshot.data.readers import detect_kind, open_dataset
 from twoshot.devices import resolve_device
 from twoshot.errors import UserError
 from twoshot.fsutil import atomic_open, write_json
+
+if TYPE_CHECKING:  # the recipes import torch; the pipeline module does not need to
+    from twoshot.train.recipes import StageRecipe
 
 TRAINED_MODELS = ("static", "phase1", "phase2", "naive", "full")
 # Keys that change how a run executes, not what it computes: a run may resume with others.
@@ -314,10 +317,9 @@ class Pipeline:
         """Training videos restricted to the budget's labeled frames."""
         return apply_budget(self.train_sequences, budget)
 
-    def _train_step(
-        self, name: str, stage: str, make: Callable[[], tuple[Any, Any]], init: Path | str | None
-    ) -> Path:
-        """Train model ``name`` unless its weights exist; resumes from a checkpoint."""
+    def _train_step(self, name: str, make: Callable[[], StageRecipe], init: Path | str | None) -> Path:
+        """Train model ``name`` from the recipe ``make`` builds (:mod:`twoshot.train.recipes`)
+        unless its weights exist; resumes from a checkpoint."""
         from twoshot.train.trainer import train
 
         out_dir = self.out / name
@@ -327,30 +329,21 @@ class Pipeline:
             return final
 
         def work() -> Path:
-            dataset, mode = make()
+            recipe = make()
             resume = (out_dir / "checkpoint.pt").is_file()
             return train(
                 self.config,
-                stage,
-                dataset,
+                recipe.section,
+                recipe.dataset,
                 out_dir,
                 init=init,
                 resume=resume,
-                mode=mode,
+                mode=recipe.mode,
                 device=self.p.device,
                 progress=self.progress,
             )
 
         return self._timed(name, work)
-
-    def _crop_kwargs(self) -> dict[str, Any]:
-        cfg = self.config.main
-        return {
-            "max_skip": cfg.max_skip_values[0],
-            "seed": cfg.seed,
-            "annotation_stride": 5 if self.kind == "youtube" else 1,
-            "num_frames": cfg.num_frames,  # modes full and bank only (Cutie's 8-frame clips)
-        }
 
     def static(self) -> Path | None:
         """Step 2: static-image pretraining, when ``static_data`` is given."""
@@ -358,36 +351,19 @@ class Pipeline:
             return Path(self.p.init)
         if not self.p.static_data:
             return None
-        from twoshot.data.static_clips import StaticClipDataset
+        from twoshot.train.recipes import static_recipe
 
-        cfg = self.config.static
         data = self.p.static_data
         assert data is not None  # the pipeline skips the static stage without it
-        return self._train_step(
-            "static",
-            "static",
-            lambda: (StaticClipDataset(data, cfg.crop_size, seed=cfg.seed), None),
-            None,
-        )
+        return self._train_step("static", lambda: static_recipe(self.config, data), None)
 
     def phase1(self, budget: Budget, init: Path | None) -> Path:
         """Step 3: two-shot phase 1 on the budgeted videos."""
-        from twoshot.data.vos_clips import VOSClipDataset
-        from twoshot.train.phases import Phase1Mode
+        from twoshot.train.recipes import phase1_recipe
 
-        def make() -> tuple[Any, Any]:
-            videos, crop = self.budgeted(budget), self.config.main.crop_size
-            warm = VOSClipDataset(videos, crop, mode="labeled_only", **self._crop_kwargs())
-            clips = VOSClipDataset(
-                videos,
-                crop,
-                mode="phase1",
-                **self._crop_kwargs(),
-                labeled_clip_share=self.config.twoshot.labeled_clip_share,
-            )
-            return None, Phase1Mode(warm, clips, self.config.twoshot)
-
-        return self._train_step("phase1", "main", make, init)
+        return self._train_step(
+            "phase1", lambda: phase1_recipe(self.config, self.budgeted(budget), self.kind), init
+        )
 
     def bank(self, budget_path: Path, weights: Path) -> Path:
         """Step 4: the pseudo-label bank from phase 1's weights."""
@@ -418,52 +394,26 @@ class Pipeline:
 
     def phase2(self, bank: Path, init: Path | None) -> Path:
         """Step 5: retraining on the pseudo-label bank with online refinement."""
-        from twoshot.bank import bank_sequences
-        from twoshot.data.vos_clips import VOSClipDataset
-        from twoshot.train.phases import Phase2Mode
+        from twoshot.train.recipes import phase2_recipe
 
-        def make() -> tuple[Any, Any]:
-            videos = bank_sequences(self.train_sequences, bank)
-            kwargs = {**self._crop_kwargs(), "annotation_stride": 1}  # the bank labels every frame
-            dataset = VOSClipDataset(videos, self.config.main.crop_size, mode="bank", **kwargs)
-            # With twoshot.write_back the mode rewrites the bank's PNGs of unlabeled frames.
-            return dataset, Phase2Mode(self.config.twoshot, bank=bank, videos=videos)
-
-        return self._train_step("phase2", "main", make, init)
+        return self._train_step(
+            "phase2", lambda: phase2_recipe(self.config, self.train_sequences, bank), init
+        )
 
     def naive(self, budget: Budget, init: Path | None) -> Path:
         """Baseline: supervised training on the labeled frames only."""
-        from twoshot.data.vos_clips import VOSClipDataset
+        from twoshot.train.recipes import naive_recipe
 
         return self._train_step(
-            "naive",
-            "main",
-            lambda: (
-                VOSClipDataset(
-                    self.budgeted(budget),
-                    self.config.main.crop_size,
-                    mode="labeled_only",
-                    **self._crop_kwargs(),
-                ),
-                None,
-            ),
-            init,
+            "naive", lambda: naive_recipe(self.config, self.budgeted(budget), self.kind), init
         )
 
     def full(self, init: Path | None) -> Path:
         """Baseline: supervised training on every annotated frame."""
-        from twoshot.data.vos_clips import VOSClipDataset
+        from twoshot.train.recipes import full_recipe
 
         return self._train_step(
-            "full",
-            "main",
-            lambda: (
-                VOSClipDataset(
-                    self.train_sequences, self.config.main.crop_size, mode="full", **self._crop_kwargs()
-                ),
-                None,
-            ),
-            init,
+            "full", lambda: full_recipe(self.config, self.train_sequences, self.kind), init
         )
 
     def predict(self, name: str, weights: Path) -> Path:

@@ -1,4 +1,6 @@
-"""``twoshot train``: STCN static-image pretraining (stage static) or main training (stage main).
+"""``twoshot train``: one training stage -- static-image pretraining, full supervision, the naive
+2-shot baseline, two-shot phase 1 or phase 2 -- for any model (``model.kind``); each stage's data
+and mode come from :mod:`twoshot.train.recipes`, as in ``twoshot pipeline``.
 
 Runs unchanged under ``torchrun --nproc_per_node=N -m twoshot.cli train ...`` (or the
 ``twoshot`` script): each process trains ``batch_size`` samples per step, so the global batch
@@ -12,18 +14,21 @@ import os
 
 from twoshot.commands.common import add_config_arguments, add_progress_argument, config_from_args
 
-HELP = "train STCN: static-image pretraining (--stage static) or video training (--stage main)"
+HELP = "train one stage: static, full (alias main), naive, phase1 (--budget) or phase2 (--bank)"
 
 DATASET_KINDS = ("davis", "youtube", "generic", "static")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--stage, --data, --dataset, --split, --out, --init, --resume, --device, config args."""
+    """--stage, --data, --dataset, --split, --budget, --bank, --out, --init, --resume, --device,
+    config args."""
     parser.add_argument(
         "--stage",
-        choices=("static", "main"),
+        choices=("static", "main", "full", "naive", "phase1", "phase2"),
         required=True,
-        help="static: 3-frame clips warped from image/mask pairs (STCN stage 0); main: clips from videos",
+        help="static: 3-frame clips warped from image/mask pairs; full (or main): clips from every "
+        "annotated frame; naive: from the --budget's labeled frames only; phase1: two-shot phase 1 "
+        "(--budget); phase2: two-shot phase 2 on a pseudo-label --bank",
     )
     parser.add_argument("--data", required=True, metavar="PATH", help="dataset folder")
     parser.add_argument(
@@ -34,6 +39,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--split", default=None, help="DAVIS ImageSets split or YouTube-VOS sub-folder, e.g. train"
+    )
+    parser.add_argument(
+        "--budget",
+        metavar="JSON",
+        default=None,
+        help="label budget (video -> labeled frame names): required by naive and phase1; with "
+        "phase2 it is checked against the bank",
+    )
+    parser.add_argument(
+        "--bank", metavar="DIR", default=None, help="pseudo-label bank made by `twoshot bank` (phase2)"
     )
     parser.add_argument(
         "--out",
@@ -58,18 +73,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the stage's dataset and train; prints the final weights' path. Returns 0."""
-    from twoshot.train.trainer import build_stage_dataset, train
+    """Build the stage's recipe (checking budget and bank first) and train; prints the final
+    weights' path. Returns 0."""
+    from twoshot.train.recipes import build_recipe
+    from twoshot.train.trainer import train
 
     config = config_from_args(args)
-    dataset = build_stage_dataset(args.stage, config, args.data, args.dataset, args.split)
+    recipe = build_recipe(args.stage, config, args.data, args.dataset, args.split, args.budget, args.bank)
     final = train(
         config,
-        args.stage,
-        dataset,
+        recipe.section,
+        recipe.dataset,
         args.out,
         init=args.init,
         resume=args.resume,
+        mode=recipe.mode,
         device=args.device,
         progress=not args.no_progress,
     )

@@ -450,37 +450,20 @@ def train(
 def build_stage_dataset(
     stage: str, config: Config, data: str | Path, kind: str | None = None, split: str | None = None
 ) -> Dataset[Any]:
-    """The stage's clip dataset from a folder on disk.
+    """The stage's clip dataset from a folder on disk (the ``static`` or ``full`` recipe of
+    :mod:`twoshot.train.recipes`).
 
     static: StaticClipDataset(data) (image/mask pairs); main: VOSClipDataset(mode "full")
     over ``open_dataset(kind, data, split)``, kind auto-detected when None, YouTube-VOS with
-    its every-5th-frame annotation stride. Crop size and seed come from the stage's
-    TrainConfig. Raises UserError for a missing or unusable dataset.
+    its every-5th-frame annotation stride. Crop size, seed and clip length come from the
+    stage's TrainConfig. Raises UserError for a missing or unusable dataset.
     """
-    cfg = stage_config(config, stage)
-    if (kind not in (None, "static")) if stage == "static" else (kind == "static"):
-        raise UserError(
-            f"--dataset {kind} does not fit --stage {stage}: the static stage trains "
-            "on image/mask pairs (--dataset static), the main stage on videos"
-        )
-    if stage == "static":
-        from twoshot.data.static_clips import StaticClipDataset
+    from twoshot.train.recipes import build_recipe
 
-        return StaticClipDataset(data, cfg.crop_size, seed=cfg.seed)
-    from twoshot.data.readers import detect_kind, open_dataset
-    from twoshot.data.vos_clips import VOSClipDataset
-
-    kind = kind or detect_kind(data, split)
-    sequences = open_dataset(kind, data, split)
-    return VOSClipDataset(
-        sequences,
-        cfg.crop_size,
-        mode="full",
-        max_skip=cfg.max_skip_values[0],
-        annotation_stride=5 if kind == "youtube" else 1,
-        seed=cfg.seed,
-        num_frames=cfg.num_frames,
-    )
+    stage_config(config, stage)  # static or main
+    recipe = build_recipe(stage, config, data, kind, split)
+    assert recipe.dataset is not None  # the static and full recipes have their dataset
+    return recipe.dataset
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,0 +1,217 @@
+"""Each training stage's data and mode, built from the configuration in one place.
+
+``twoshot pipeline`` and ``twoshot train --stage ...`` both build their stages here:
+
+- ``static``: 3-frame clips warped from image/mask pairs (section ``static``);
+- ``full``: supervised training on every annotated frame (section ``main``; ``main`` is its
+  older name on the command line);
+- ``naive``: supervised training on the budget's labeled frames only;
+- ``phase1``: two-shot phase 1 (labeled-frame warm-up, then EMA-teacher pseudo labels);
+- ``phase2``: two-shot phase 2 on a pseudo-label bank, with online refinement.
+
+The budget and the bank are checked against the dataset before anything is built: a budget
+naming other videos, a bank made from another dataset or another budget, or an unfinished
+bank is refused with a message naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from twoshot.config import Config
+from twoshot.data.budget import Budget, apply_budget, load_budget
+from twoshot.data.layout import VideoSequence
+from twoshot.errors import UserError
+from twoshot.train.modes import TrainingMode
+
+RECIPES = ("static", "full", "naive", "phase1", "phase2")
+ALIASES = {"main": "full"}  # the stage's name before the recipes had names of their own
+
+
+@dataclass
+class StageRecipe:
+    """What the trainer needs for one stage: the TrainConfig section it runs under
+    (``static`` or ``main``), the clip dataset (None when the mode provides it) and the mode
+    (None: plain supervised training)."""
+
+    section: str
+    dataset: Dataset[Any] | None
+    mode: TrainingMode | None
+
+
+def clip_options(config: Config, kind: str) -> dict[str, Any]:
+    """VOSClipDataset keyword arguments of the main section: first max skip of the curriculum,
+    seed, clip length, and YouTube-VOS's every-5th-frame annotation stride."""
+    cfg = config.main
+    return {
+        "max_skip": cfg.max_skip_values[0],
+        "seed": cfg.seed,
+        "annotation_stride": 5 if kind == "youtube" else 1,
+        "num_frames": cfg.num_frames,  # modes full and bank only (Cutie's 8-frame clips)
+    }
+
+
+def static_recipe(config: Config, data: str | Path) -> StageRecipe:
+    """Static-image pretraining on the image/mask pairs under ``data``."""
+    from twoshot.data.static_clips import StaticClipDataset
+
+    cfg = config.static
+    return StageRecipe("static", StaticClipDataset(data, cfg.crop_size, seed=cfg.seed), None)
+
+
+def full_recipe(config: Config, sequences: Sequence[VideoSequence], kind: str) -> StageRecipe:
+    """Supervised training on every annotated frame of ``sequences``."""
+    from twoshot.data.vos_clips import VOSClipDataset
+
+    dataset = VOSClipDataset(sequences, config.main.crop_size, mode="full", **clip_options(config, kind))
+    return StageRecipe("main", dataset, None)
+
+
+def naive_recipe(config: Config, budgeted: Sequence[VideoSequence], kind: str) -> StageRecipe:
+    """Supervised training on the labeled frames only (``budgeted``: :func:`apply_budget`'s)."""
+    from twoshot.data.vos_clips import VOSClipDataset
+
+    options = clip_options(config, kind)
+    dataset = VOSClipDataset(budgeted, config.main.crop_size, mode="labeled_only", **options)
+    return StageRecipe("main", dataset, None)
+
+
+def phase1_recipe(config: Config, budgeted: Sequence[VideoSequence], kind: str) -> StageRecipe:
+    """Two-shot phase 1 on the budgeted videos (the mode switches datasets at ``end_warm``)."""
+    from twoshot.data.vos_clips import VOSClipDataset
+    from twoshot.train.phases import Phase1Mode
+
+    crop, options = config.main.crop_size, clip_options(config, kind)
+    warm = VOSClipDataset(budgeted, crop, mode="labeled_only", **options)
+    clips = VOSClipDataset(
+        budgeted, crop, mode="phase1", labeled_clip_share=config.twoshot.labeled_clip_share, **options
+    )
+    return StageRecipe("main", None, Phase1Mode(warm, clips, config.twoshot))
+
+
+def phase2_recipe(config: Config, sequences: Sequence[VideoSequence], bank: str | Path) -> StageRecipe:
+    """Two-shot phase 2 on the pseudo-label bank ``bank`` of the training videos ``sequences``."""
+    from twoshot.bank import bank_sequences
+    from twoshot.data.vos_clips import VOSClipDataset
+    from twoshot.train.phases import Phase2Mode
+
+    videos = bank_sequences(list(sequences), Path(bank))
+    options = {**clip_options(config, "davis"), "annotation_stride": 1}  # the bank labels every frame
+    dataset = VOSClipDataset(videos, config.main.crop_size, mode="bank", **options)
+    # With twoshot.write_back the mode rewrites the bank's PNGs of unlabeled frames.
+    return StageRecipe("main", dataset, Phase2Mode(config.twoshot, bank=bank, videos=videos))
+
+
+def budgeted_videos(
+    sequences: Sequence[VideoSequence], budget: Budget, path: str | Path
+) -> list[VideoSequence]:
+    """The videos restricted to the budget's labeled frames; UserError naming ``path`` when
+    the budget does not fit the dataset."""
+    try:
+        return apply_budget(sequences, budget)
+    except UserError as exc:
+        raise UserError(f"{path}: this budget does not fit the dataset: {exc}") from exc
+
+
+def check_bank(
+    bank: str | Path, sequences: Sequence[VideoSequence], budget: str | Path | None = None
+) -> None:
+    """UserError naming the file unless ``bank`` is a finished pseudo-label bank of these
+    training videos (and, with the budget file ``budget``, made from that budget: the bank
+    records the file's sha256, or its content's when it was given as a mapping)."""
+    from twoshot.bank import FORMAT, MANIFEST, budget_sha256, file_sha256
+
+    root = Path(bank)
+    manifest_path = root / MANIFEST
+    if not root.is_dir():
+        raise UserError(f"{root}: no such pseudo-label bank folder")
+    if not manifest_path.is_file():
+        raise UserError(f"{root}: not a pseudo-label bank (no {MANIFEST}); make one with `twoshot bank`")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{manifest_path}: cannot read the bank manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{manifest_path}: not a twoshot pseudo-label bank manifest")
+    if manifest.get("status") != "complete":
+        raise UserError(
+            f"{manifest_path}: the bank is not finished (status {manifest.get('status')!r}); "
+            "run `twoshot bank` again to complete it"
+        )
+    names = {seq.name for seq in sequences}
+    foreign = sorted(set(manifest.get("videos") or {}) - names)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise UserError(
+            f"{manifest_path}: the bank holds videos that are not in the training data "
+            f"({', '.join(foreign[:3])}{more}); it was made from another dataset"
+        )
+    if budget is not None:
+        recorded = (manifest.get("budget") or {}).get("sha256")
+        if recorded not in (file_sha256(budget), budget_sha256(load_budget(budget))):
+            made_from = (manifest.get("budget") or {}).get("path") or "a budget given in memory"
+            raise UserError(
+                f"{manifest_path}: the bank was made from another budget ({made_from}), not {budget}"
+            )
+
+
+def build_recipe(
+    stage: str,
+    config: Config,
+    data: str | Path,
+    kind: str | None = None,
+    split: str | None = None,
+    budget: str | Path | None = None,
+    bank: str | Path | None = None,
+) -> StageRecipe:
+    """Stage ``stage`` (one of :data:`RECIPES`) from a dataset folder, as ``twoshot train`` runs it.
+
+    data / kind / split: the training data (kind detected when None; ``static`` for the
+    static stage). budget: label-budget JSON (naive, phase1, phase2: required for naive and
+    phase1; for phase2 it is checked against the bank). bank: the pseudo-label bank (phase2,
+    required). ``main`` is accepted for ``full``. Raises UserError naming the file for a
+    missing or mismatched budget or bank, before anything is written.
+    """
+    from twoshot.data.readers import detect_kind, open_dataset
+
+    name, stage = stage, ALIASES.get(stage, stage)
+    if stage not in RECIPES:
+        raise UserError(f"unknown training stage {name!r}; choose one of: {', '.join(RECIPES)}")
+    if stage == "static":
+        if kind not in (None, "static"):
+            raise UserError(
+                f"--dataset {kind} does not fit --stage static: it trains on image/mask pairs "
+                "(--dataset static)"
+            )
+        if budget is not None or bank is not None:
+            raise UserError("--budget and --bank do not fit --stage static (image/mask pairs)")
+        return static_recipe(config, data)
+    if kind == "static":
+        raise UserError(f"--dataset static does not fit --stage {name}: it trains on videos")
+    if stage in ("naive", "phase1") and budget is None:
+        raise UserError(f"--stage {stage} needs --budget (the label budget JSON)")
+    if stage == "phase2" and bank is None:
+        raise UserError("--stage phase2 needs --bank (the pseudo-label bank folder made by `twoshot bank`)")
+    if stage != "phase2" and bank is not None:
+        raise UserError(f"--bank is only for --stage phase2, not {stage}")
+    if stage == "full" and budget is not None:
+        raise UserError(f"--budget does not fit --stage {name} (it trains on every annotated frame)")
+    kind = kind or detect_kind(data, split)
+    sequences = open_dataset(kind, data, split)
+    if stage == "full":
+        return full_recipe(config, sequences, kind)
+    if stage == "phase2":
+        assert bank is not None
+        check_bank(bank, sequences, budget)
+        return phase2_recipe(config, sequences, bank)
+    assert budget is not None
+    budgeted = budgeted_videos(sequences, load_budget(budget), budget)
+    if stage == "naive":
+        return naive_recipe(config, budgeted, kind)
+    return phase1_recipe(config, budgeted, kind)
