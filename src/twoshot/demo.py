@@ -65,9 +65,10 @@ QUICK = DemoScale(
 )
 
 
-# Cutie-tiny's training step took 1.6x STCN-tiny's on the development machine and its
-# propagation is slower too (docs/performance.md): 200 iterations per video stage keep the
-# whole demo near STCN's 10 minutes.
+# Cutie-tiny's training step (forward, point loss, backward) took 1.6-2.8x STCN-tiny's on the
+# development machine, measured while it was shared (docs/performance.md): 200 iterations per
+# video stage (350 for STCN) and a shorter static stage aim at STCN's 10 minutes. The whole
+# Cutie demo has not been timed end to end on an idle machine yet.
 CUTIE_FULL = DemoScale(
     videos=40,
     val_videos=20,
