@@ -275,3 +275,21 @@ def test_eight_frame_clips_train_cutie(tmp_path: Path) -> None:
     sample = dataset[0]
     assert sample["rgb"].shape[0] == 8 and len(set(sample["info"]["frames"])) == 8
     _run(config, tmp_path / "run", data=dataset)
+
+
+@pytest.mark.parametrize(
+    "key", ["main.cutie.num_points=64", "static.cutie.num_ref_frames=1", "model.cutie.num_heads=2"]
+)
+def test_a_cutie_key_with_stcn_is_refused(key: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from twoshot.cli import main
+    from twoshot.config import load_config
+    from twoshot.errors import UserError
+
+    with pytest.raises(UserError, match=f"config key '{key.split('=')[0]}' is a cutie setting"):
+        load_config("tiny", overrides=[key])
+    assert load_config("cutie-tiny", overrides=[key]).model.kind == "cutie"
+    assert (
+        main(["train", "--stage", "main", "--data", "nowhere", "--out", "nowhere", "--preset", "stcn", key])
+        == 2
+    )
+    assert "is a cutie setting, but model.kind is 'stcn'" in capsys.readouterr().err

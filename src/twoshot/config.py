@@ -249,7 +249,33 @@ def _layered(
     for item in overrides:
         apply_override(config, item)
     check_model_config(config.model)
+    check_model_only_keys(config)
     return config
+
+
+_MODEL_ONLY_SECTIONS: dict[str, tuple[str, ...]] = {
+    # Sections only one model kind reads: setting them for another kind is a mistake.
+    "cutie": ("model.cutie", "static.cutie", "main.cutie"),
+}
+
+
+def check_model_only_keys(config: Config) -> None:
+    """UserError naming the key if a setting only another model kind reads differs from its
+    default (e.g. ``main.cutie.num_points`` with ``model.kind: stcn``). Defaults are left
+    alone, so saved configurations, which hold every key, load as before."""
+    for kind, sections in _MODEL_ONLY_SECTIONS.items():
+        if config.model.kind == kind:
+            continue
+        for dotted in sections:
+            section_name, field_name = dotted.split(".")
+            value = getattr(getattr(config, section_name), field_name)
+            default = type(value)()
+            for item in dataclasses.fields(value):
+                if getattr(value, item.name) != getattr(default, item.name):
+                    raise UserError(
+                        f"config key '{dotted}.{item.name}' is a {kind} setting, but model.kind is "
+                        f"{config.model.kind!r}; remove it or set model.kind: {kind}"
+                    )
 
 
 def check_model_config(model: ModelConfig) -> None:
