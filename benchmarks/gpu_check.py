@@ -18,8 +18,10 @@ tests      ``pytest -m cuda``: an AMP training step with the grad scaler for ``t
            sharded over two processes sharing a GPU against one process. On a CPU they are
            collected and skipped.
 inference  frames/s and peak CUDA memory at 480p (854x480 frames, shorter side 480) for
-           ``tiny`` and ``stcn`` with random weights, fp32 and AMP, eager and compiled, next
-           to the published figures, and a profile of ``stcn`` with AMP: where the time goes.
+           ``tiny``, ``stcn``, ``cutie-small`` and ``cutie-base`` with random weights, fp32
+           and AMP, eager and compiled, next to the published figures, and a profile of
+           ``stcn`` with AMP: where the time goes (``cutie-tiny`` instead of the Cutie
+           presets on a CPU).
 train      ``stcn`` optimisation steps at the reference batches (4 per GPU for the main
            stages, 8 for static pretraining) with AMP at 384x384: it/s, peak memory, and a
            profile (the share of the time the GPU is busy); the clip loader's clips/s with
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import importlib.util
 import os
 import subprocess
@@ -286,13 +289,18 @@ class EngineVariant:
 
 
 def inference_variants(cuda: bool, quick: bool) -> list[EngineVariant]:
-    """tiny and stcn; on CUDA fp32 and AMP, stcn with AMP in channels-last layout too, and
-    stcn compiled (AMP only with --quick). Compiled variants come last: --budget may cut them."""
+    """tiny, stcn and cutie-tiny on a CPU; on CUDA tiny, stcn, cutie-small and cutie-base in
+    fp32 and AMP, stcn with AMP in channels-last layout too, then stcn compiled (AMP only with
+    --quick) and cutie-base compiled with AMP (not with --quick). Compiled variants come last:
+    --budget may cut them."""
     if not cuda:
-        return [EngineVariant("tiny", False, False), EngineVariant("stcn", False, False)]
-    variants = [EngineVariant(p, amp, False) for p in ("tiny", "stcn") for amp in (False, True)]
+        return [EngineVariant(p, False, False) for p in ("tiny", "stcn", "cutie-tiny")]
+    presets = ("tiny", "stcn", "cutie-small", "cutie-base")
+    variants = [EngineVariant(p, amp, False) for p in presets for amp in (False, True)]
     variants.append(EngineVariant("stcn", True, False, channels_last=True))
     variants += [EngineVariant("stcn", amp, True) for amp in ((True,) if quick else (True, False))]
+    if not quick:
+        variants.append(EngineVariant("cutie-base", True, True))
     return variants
 
 
@@ -301,7 +309,7 @@ def section_inference(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     import torch
 
     from common import timed
-    from twoshot.config import InferenceConfig, load_config
+    from twoshot.config import load_config
     from twoshot.data.fixtures import random_video
     from twoshot.inference import PropagationEngine
     from twoshot.model import build_model
@@ -309,10 +317,17 @@ def section_inference(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     cuda = ctx.cuda
     # Multiples of 8 frames: on CUDA the key encoder takes 8 frames per call, and a shorter
     # last batch would make torch.compile compile a second graph inside the timed runs.
+    cutie = ("cutie-small", "cutie-base")
     frames_of = (
-        ({"tiny": 32, "stcn": 32} if ctx.quick else {"tiny": 96, "stcn": 96})
+        (
+            {"tiny": 32, "stcn": 32, **dict.fromkeys(cutie, 32)}
+            if ctx.quick
+            else {"tiny": 96, "stcn": 96, **dict.fromkeys(cutie, 96)}
+        )
         if cuda
-        else ({"tiny": 4, "stcn": 2} if ctx.quick else {"tiny": 16, "stcn": 4})
+        else (
+            {"tiny": 4, "stcn": 2, "cutie-tiny": 2} if ctx.quick else {"tiny": 16, "stcn": 4, "cutie-tiny": 8}
+        )
     )
     repeats = 2 if cuda else 1
     video, labels = random_video(max(frames_of.values()), (480, 854), object_ids=(1, 2), seed=0)
@@ -334,7 +349,9 @@ def section_inference(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
                 ]
             )
             continue
-        config = InferenceConfig(
+        # Each preset's memory settings (top-k 20 for STCN, 30 for Cutie), at 480p.
+        config = dataclasses.replace(
+            load_config(variant.preset).inference,
             size=480,
             device=ctx.device,
             amp=variant.amp,
@@ -376,7 +393,6 @@ def section_inference(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         del engine
         if cuda:
             torch.cuda.empty_cache()
-    rows.append(["inference", "cutie-base, cutie-small", "not in twoshot yet", PUBLISHED["cutie-base"]])
     details: dict[str, Any] = {
         "results": results,
         "settings": {

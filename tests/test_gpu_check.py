@@ -55,7 +55,7 @@ def test_cpu_quick_run_reports_every_section(tmp_path: Path) -> None:
     cases = sections["tests"]["details"]["cases"]
     assert len(cases) >= 7 and {c["outcome"] for c in cases} == {"skipped"}
     speed = sections["inference"]["details"]["results"]
-    assert set(speed) == {"tiny, fp32, eager", "stcn, fp32, eager"}
+    assert set(speed) == {"tiny, fp32, eager", "stcn, fp32, eager", "cutie-tiny, fp32, eager"}
     assert all(r["frames_per_second"] > 0 and r["peak_cuda_mib"] is None for r in speed.values())
     assert sections["inference"]["details"]["profile"]["top_cpu"]
     train = sections["train"]["details"]
