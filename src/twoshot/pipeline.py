@@ -317,9 +317,11 @@ class Pipeline:
         """Training videos restricted to the budget's labeled frames."""
         return apply_budget(self.train_sequences, budget)
 
-    def _train_step(self, name: str, make: Callable[[], StageRecipe], init: Path | str | None) -> Path:
-        """Train model ``name`` from the recipe ``make`` builds (:mod:`twoshot.train.recipes`)
-        unless its weights exist; resumes from a checkpoint."""
+    def _train_step(
+        self, name: str, stage: str, make: Callable[[], tuple[Any, Any]], init: Path | str | None
+    ) -> Path:
+        """Train model ``name`` (config section ``stage``) on the (dataset, mode) that ``make``
+        builds (:func:`_parts` of a recipe) unless its weights exist; resumes from a checkpoint."""
         from twoshot.train.trainer import train
 
         out_dir = self.out / name
@@ -329,16 +331,16 @@ class Pipeline:
             return final
 
         def work() -> Path:
-            recipe = make()
+            dataset, mode = make()
             resume = (out_dir / "checkpoint.pt").is_file()
             return train(
                 self.config,
-                recipe.section,
-                recipe.dataset,
+                stage,
+                dataset,
                 out_dir,
                 init=init,
                 resume=resume,
-                mode=recipe.mode,
+                mode=mode,
                 device=self.p.device,
                 progress=self.progress,
             )
@@ -355,14 +357,17 @@ class Pipeline:
 
         data = self.p.static_data
         assert data is not None  # the pipeline skips the static stage without it
-        return self._train_step("static", lambda: static_recipe(self.config, data), None)
+        return self._train_step("static", "static", lambda: _parts(static_recipe(self.config, data)), None)
 
     def phase1(self, budget: Budget, init: Path | None) -> Path:
         """Step 3: two-shot phase 1 on the budgeted videos."""
         from twoshot.train.recipes import phase1_recipe
 
         return self._train_step(
-            "phase1", lambda: phase1_recipe(self.config, self.budgeted(budget), self.kind), init
+            "phase1",
+            "main",
+            lambda: _parts(phase1_recipe(self.config, self.budgeted(budget), self.kind)),
+            init,
         )
 
     def bank(self, budget_path: Path, weights: Path) -> Path:
@@ -397,7 +402,7 @@ class Pipeline:
         from twoshot.train.recipes import phase2_recipe
 
         return self._train_step(
-            "phase2", lambda: phase2_recipe(self.config, self.train_sequences, bank), init
+            "phase2", "main", lambda: _parts(phase2_recipe(self.config, self.train_sequences, bank)), init
         )
 
     def naive(self, budget: Budget, init: Path | None) -> Path:
@@ -405,7 +410,7 @@ class Pipeline:
         from twoshot.train.recipes import naive_recipe
 
         return self._train_step(
-            "naive", lambda: naive_recipe(self.config, self.budgeted(budget), self.kind), init
+            "naive", "main", lambda: _parts(naive_recipe(self.config, self.budgeted(budget), self.kind)), init
         )
 
     def full(self, init: Path | None) -> Path:
@@ -413,7 +418,7 @@ class Pipeline:
         from twoshot.train.recipes import full_recipe
 
         return self._train_step(
-            "full", lambda: full_recipe(self.config, self.train_sequences, self.kind), init
+            "full", "main", lambda: _parts(full_recipe(self.config, self.train_sequences, self.kind)), init
         )
 
     def predict(self, name: str, weights: Path) -> Path:
@@ -563,6 +568,11 @@ class Pipeline:
         report.stage_seconds = dict(self.timings)
         write_report(report, self.out)
         return report
+
+
+def _parts(recipe: StageRecipe) -> tuple[Any, Any]:
+    """(dataset, mode) of a stage recipe (every video stage runs in section ``main``)."""
+    return recipe.dataset, recipe.mode
 
 
 def run_pipeline(config: Config, log: Callable[[str], None] = print, progress: bool = True) -> PipelineReport:
