@@ -95,7 +95,8 @@ class PropagationJobs:
             previous = self._jobs.get(video)
             if previous is not None:
                 previous.cancel.set()
-            if reuse and previous is not None:
+            # Reuse follows the nearest rule's sources; a fused frame depends on both sides.
+            if reuse and previous is not None and self.engine.config.merge == "nearest":
                 job.results.update(_reusable(previous, job))
                 job.reused = len(job.results)
             self._jobs[video] = job
