@@ -65,10 +65,11 @@ QUICK = DemoScale(
 )
 
 
-# Cutie-tiny's training step (forward, point loss, backward) took 1.6-2.8x STCN-tiny's on the
-# development machine, measured while it was shared (docs/performance.md): 200 iterations per
-# video stage (350 for STCN) and a shorter static stage aim at STCN's 10 minutes. The whole
-# Cutie demo has not been timed end to end on an idle machine yet.
+# Cutie-tiny's training step (forward, point loss, backward) took 1.5-2.0x STCN-tiny's on the
+# development machine (docs/performance.md): 200 iterations per video stage (350 for STCN) and
+# a shorter static stage aim at STCN's 10 minutes. The whole Cutie demo took 12 min 10 s with
+# one thread while the machine was shared (load ~7; docs/results.md); it has not been timed
+# on an idle machine.
 CUTIE_FULL = DemoScale(
     videos=40,
     val_videos=20,
