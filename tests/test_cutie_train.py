@@ -293,3 +293,14 @@ def test_a_cutie_key_with_stcn_is_refused(key: str, capsys: pytest.CaptureFixtur
         == 2
     )
     assert "is a cutie setting, but model.kind is 'stcn'" in capsys.readouterr().err
+
+
+def test_bad_cutie_training_settings_are_refused(tmp_path: Path) -> None:
+    from twoshot.errors import UserError
+
+    config = cutie_toy_config("main.cutie.importance_ratio=1.5")
+    with pytest.raises(
+        UserError, match=r"config main.cutie.importance_ratio must be in \[0, 1\] \(got 1.5\)"
+    ):
+        Trainer(config, "main", ToyClips(), tmp_path / "run", device="cpu", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -485,6 +485,18 @@ def _check_train_config(cfg: TrainConfig, stage: str) -> None:
     for ok, key, what in checks:
         if not ok:
             raise UserError(f"config {stage}.{key} {what} (got {getattr(cfg, key)!r})")
+    cutie = cfg.cutie
+    cutie_checks = [
+        (cutie.num_points >= 1, "num_points", "must be >= 1"),
+        (cutie.oversample_ratio >= 1.0, "oversample_ratio", "must be >= 1"),
+        (0.0 <= cutie.importance_ratio <= 1.0, "importance_ratio", "must be in [0, 1]"),
+        (cutie.num_ref_frames >= 1, "num_ref_frames", "must be >= 1"),
+        (0.0 <= cutie.deep_update_prob <= 1.0, "deep_update_prob", "must be in [0, 1]"),
+        (cutie.grad_scale > 0, "grad_scale", "must be > 0"),
+    ]
+    for ok, key, what in cutie_checks:
+        if not ok:
+            raise UserError(f"config {stage}.cutie.{key} {what} (got {getattr(cutie, key)!r})")
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
