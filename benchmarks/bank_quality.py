@@ -7,6 +7,7 @@ the result with the DAVIS protocol (docs/results.md, "Better banks").
 
     twoshot demo --out /tmp/demo                                   # once, ~10 min
     python benchmarks/bank_quality.py --demo /tmp/demo --part merge     # merge x TTA table
+    python benchmarks/bank_quality.py --demo /tmp/demo --part scales    # larger sizes
     python benchmarks/bank_quality.py --demo /tmp/demo --part budgets   # strategies x K table
 
 Rows are printed as they finish and collected in ``--json``.
@@ -73,6 +74,29 @@ def merge_part(demo: Path, device: str, scales: list[float], rows: list[dict]) -
     return scores
 
 
+def scales_part(demo: Path, device: str, rows: list[dict]) -> list[LabelScore]:
+    """The run's own budget at larger sizes: scales 1.5 and 2 alone, then with flip and 1.0
+    under both merges."""
+    run = demo / "run"
+    sequences = open_dataset("davis", demo / "data", "train")
+    budget = load_budget(run / "budget.json")
+    scores = []
+    for name, changes in (
+        ("bank nearest", {}),
+        ("bank nearest + scales [1.5, 2.0]", {"scales": [1.5, 2.0]}),
+        ("bank nearest + flip + scales [1.0, 1.5, 2.0]", {"flip": True, "scales": [1.0, 1.5, 2.0]}),
+        (
+            "bank fused + flip + scales [1.0, 1.5, 2.0]",
+            {"merge": "fused", "flip": True, "scales": [1.0, 1.5, 2.0]},
+        ),
+    ):
+        engine, _ = _engine(run / "phase1" / "final.pth", device, **changes)
+        start = time.perf_counter()
+        scores.append(score_method("bank", sequences, budget, engine, name=name))
+        _row(name, scores[-1], time.perf_counter() - start, rows)
+    return scores
+
+
 def budgets_part(
     demo: Path, device: str, shots: list[int], seeds: list[int], rows: list[dict]
 ) -> list[LabelScore]:
@@ -101,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--demo", type=Path, required=True, help="a twoshot demo folder (data/ and run/)")
-    parser.add_argument("--part", choices=("merge", "budgets"), required=True)
+    parser.add_argument("--part", choices=("merge", "scales", "budgets"), required=True)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.25])
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 2, 3])
@@ -113,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.part == "merge":
         scores = merge_part(args.demo, args.device, args.scales, rows)
         reference = next(s for s in scores if s.method == "bank nearest")
+    elif args.part == "scales":
+        scores = scales_part(args.demo, args.device, rows)
+        reference = scores[0]
     else:
         scores = budgets_part(args.demo, args.device, args.shots, args.seeds, rows)
         reference = None
