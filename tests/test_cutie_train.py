@@ -277,9 +277,7 @@ def test_eight_frame_clips_train_cutie(tmp_path: Path) -> None:
     _run(config, tmp_path / "run", data=dataset)
 
 
-@pytest.mark.parametrize(
-    "key", ["main.cutie.num_points=64", "static.cutie.num_ref_frames=1", "model.cutie.num_heads=2"]
-)
+@pytest.mark.parametrize("key", ["main.cutie.num_points=64", "static.cutie.num_ref_frames=1"])
 def test_a_cutie_key_with_stcn_is_refused(key: str, capsys: pytest.CaptureFixture[str]) -> None:
     from twoshot.cli import main
     from twoshot.config import load_config

@@ -254,8 +254,9 @@ def _layered(
 
 
 _MODEL_ONLY_SECTIONS: dict[str, tuple[str, ...]] = {
-    # Sections only one model kind reads: setting them for another kind is a mistake.
-    "cutie": ("model.cutie", "static.cutie", "main.cutie"),
+    # Training sections only one model kind reads: setting them for another kind is a mistake.
+    # (model.cutie stays ignored by STCN, as documented on CutieSizes.)
+    "cutie": ("static.cutie", "main.cutie"),
 }
 
 
