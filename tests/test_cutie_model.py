@@ -147,7 +147,10 @@ def test_presets_and_size_checks() -> None:
     ]:
         with pytest.raises(UserError, match=message):
             load_config("cutie-tiny", overrides=[override])
-    assert load_config("stcn", overrides=["model.cutie.num_queries=7"]).model.kind == "stcn"  # ignored
+    with pytest.raises(
+        UserError, match="'model.cutie.num_queries' is a cutie setting, but model.kind is 'stcn'"
+    ):
+        load_config("stcn", overrides=["model.cutie.num_queries=7"])
 
 
 def test_clip_forward_segments_later_frames_and_trains() -> None:

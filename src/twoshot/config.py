@@ -29,7 +29,9 @@ MODEL_KINDS: tuple[str, ...] = ("stcn", "cutie")
 
 @dataclass
 class CutieSizes:
-    """Sizes only Cutie has (``model.cutie``; ignored by STCN). The defaults are Cutie-base.
+    """Sizes only Cutie has (``model.cutie``; refused with an STCN model unless at the defaults).
+
+    The defaults are Cutie-base.
 
     Cutie's pixel / mask encoders, ``key_dim``, ``value_dim`` and its mask decoder's widths
     (``decoder_dims``, the first equal to ``embed_dim``) come from :class:`ModelConfig`.
@@ -254,9 +256,8 @@ def _layered(
 
 
 _MODEL_ONLY_SECTIONS: dict[str, tuple[str, ...]] = {
-    # Training sections only one model kind reads: setting them for another kind is a mistake.
-    # (model.cutie stays ignored by STCN, as documented on CutieSizes.)
-    "cutie": ("static.cutie", "main.cutie"),
+    # Sections only one model kind reads: setting them for another kind is a mistake.
+    "cutie": ("model.cutie", "static.cutie", "main.cutie"),
 }
 
 
