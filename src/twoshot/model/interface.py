@@ -20,6 +20,7 @@ network input size (multiples of 16).
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from twoshot.config import InferenceConfig, ModelConfig
+from twoshot.devices import amp_dtype, inference_autocast
 
 PERMANENT = "permanent"
 TEMPORARY = "temporary"
@@ -98,6 +100,15 @@ class Propagator(ABC):
 
     segments_every_frame: ClassVar[bool] = False
     preparation: ClassVar[FramePreparation] = FramePreparation()
+
+    def __init__(self, config: InferenceConfig) -> None:
+        self.config = config
+        self.dtype = amp_dtype(config.amp_dtype)  # refuses a bad inference.amp_dtype
+
+    def autocast(self, tensor: torch.Tensor) -> contextlib.AbstractContextManager[object]:
+        """Autocast to ``inference.amp_dtype`` for work on ``tensor``'s device when
+        ``inference.amp`` and that device is CUDA; a no-op otherwise (CPU runs fp32)."""
+        return inference_autocast(self.config.amp, self.dtype, tensor.device)
 
     @abstractmethod
     def encode_frames(self, images: torch.Tensor) -> FrameFeatures:

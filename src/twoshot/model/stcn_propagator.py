@@ -8,13 +8,11 @@ operations and orders of STCN's ``InferenceCore``, so masks stay bit-identical t
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING
 
 import torch
 
 from twoshot.config import InferenceConfig
-from twoshot.devices import amp_dtype, inference_autocast
 from twoshot.model.aggregate import aggregate
 from twoshot.model.interface import TEMPORARY, FrameFeatures, Propagator, RunMemory, Wrap, no_wrap
 from twoshot.model.memory_store import MemoryStore
@@ -28,18 +26,14 @@ class STCNPropagator(Propagator):
     (key encoder, value encoder, decoder) go through ``wrap``."""
 
     def __init__(self, model: STCN, config: InferenceConfig, wrap: Wrap = no_wrap) -> None:
-        self.config = config
-        self.dtype = amp_dtype(config.amp_dtype)
+        super().__init__(config)
         self._encode_key = wrap(model.encode_key, "encode_key")
         self._encode_value = wrap(model.encode_value, "encode_value")
         self._decode = wrap(model.decode, "decode")
 
-    def _autocast(self, tensor: torch.Tensor) -> contextlib.AbstractContextManager[object]:
-        return inference_autocast(self.config.amp, self.dtype, tensor.device)
-
     def encode_frames(self, images: torch.Tensor) -> KeyFeatures:
         """Key features of images [B, 3, Hp, Wp] (see :meth:`STCN.encode_key`)."""
-        with self._autocast(images):
+        with self.autocast(images):
             features: KeyFeatures = self._encode_key(images)
         return features
 
@@ -51,7 +45,7 @@ class STCNPropagator(Propagator):
         """Memory read, decoder, sigmoid and soft aggregation -> float32 [1, 1+K, Hp, Wp]."""
         assert isinstance(memory, MemoryStore)
         feats: KeyFeatures = features  # type: ignore[assignment]
-        with self._autocast(image):
+        with self.autocast(image):
             readout = memory.read(feats.key, self.config.top_k)
             logits = self._decode(readout, feats)
         return aggregate(torch.sigmoid(logits.float()), dim=1)
@@ -71,6 +65,6 @@ class STCNPropagator(Propagator):
             return  # STCN keeps no state between frames besides its memory
         assert isinstance(memory, MemoryStore)
         feats: KeyFeatures = features  # type: ignore[assignment]
-        with self._autocast(image):
+        with self.autocast(image):
             values = self._encode_value(image, feats.f16, prob[:, 1:])
         memory.add(feats.key[0], values[0], temporary=kind == TEMPORARY, pinned=pinned)

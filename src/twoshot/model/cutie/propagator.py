@@ -16,13 +16,10 @@ Per frame the engine calls :meth:`CutiePropagator.segment` (when the run has mem
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 
 from twoshot.config import InferenceConfig
-from twoshot.devices import amp_dtype, inference_autocast
 from twoshot.errors import UserError
 from twoshot.model.cutie.network import Cutie, CutieFeatures
 from twoshot.model.cutie.store import KeyValueMemory, MemorySettings
@@ -160,9 +157,8 @@ class CutiePropagator(Propagator):
                 "config key 'inference.include_last': cutie has no temporary memory frame "
                 "(its sensory memory carries the previous frame); set it to false"
             )
-        self.dtype = amp_dtype(config.amp_dtype)
+        super().__init__(config)
         self.model = model
-        self.config = config
         self.settings = settings or memory_settings(config)
         self.stagger = stagger_frames(config.mem_every)
         self._encode_image = wrap(model.encode_image, "encode_image")
@@ -170,12 +166,9 @@ class CutiePropagator(Propagator):
         self._object_readout = wrap(model.object_readout, "object_readout")
         self._segment = wrap(model.segment, "decode")
 
-    def _autocast(self, tensor: torch.Tensor) -> contextlib.AbstractContextManager[object]:
-        return inference_autocast(self.config.amp, self.dtype, tensor.device)
-
     def encode_frames(self, images: torch.Tensor) -> CutieFeatures:
         """Image features of normalised, padded frames [B, 3, Hp, Wp] (see :meth:`Cutie.encode_image`)."""
-        with self._autocast(images):
+        with self.autocast(images):
             features: CutieFeatures = self._encode_image(images)
         return features
 
@@ -189,7 +182,7 @@ class CutiePropagator(Propagator):
         if memory.sensory is None or memory.summaries is None or memory.last_mask is None:
             raise RuntimeError("segment before any memory frame")
         update = memory.frame - memory.last_memory_frame in self.stagger
-        with self._autocast(image):
+        with self.autocast(image):
             visual = memory.store.read(features.key, features.selection)
             parts = []
             for bucket, readout in zip(memory.store.buckets, visual):
@@ -254,7 +247,7 @@ class CutiePropagator(Propagator):
                 (1, memory.num_objects - known, self.model.sensory_dim, h, w), device=features.key.device
             )
             memory.sensory = fresh if memory.sensory is None else torch.cat([memory.sensory, fresh], dim=1)
-        with self._autocast(image):
+        with self.autocast(image):
             values, sensory, summaries = self._encode_mask(image, features.pix_feat, memory.sensory, masks)
             memory.store.add(features.key, features.shrinkage, features.selection, values)
         if memory.summaries is None:
