@@ -1,4 +1,4 @@
-"""The STCN training loop (DESIGN.md §2-3) with the two-shot extension point.
+"""The training loop of any model (STCN's, DESIGN.md §2-3) with the two-shot extension point.
 
 One iteration: the next batch from the seeded stream (max skip by the curriculum), the clip
 forward pass (:mod:`twoshot.train.forward`) under AMP on CUDA, the mode's targets, the
@@ -10,9 +10,9 @@ Files in ``out_dir`` (rank 0 writes them, atomically):
 
 - ``checkpoint.pt``: the training checkpoint every ``save_every`` iterations and at the end:
   ``{it, network, optimizer, scheduler, scaler, rng, stream, curriculum, mode, stage,
-  world_size, config}`` (``it`` = completed iterations; ``network`` is a raw STCN state dict,
-  so :func:`twoshot.model.checkpoint.read_state_dict` reads it as STCN's own checkpoints);
-- ``final.pth``: the final weights in STCN's format (:func:`save_weights`);
+  world_size, config}`` (``it`` = completed iterations; ``network`` is a raw state dict,
+  so :func:`twoshot.model.checkpoint.read_state_dict` reads it as the published checkpoints);
+- ``final.pth``: the final weights in the published checkpoints' format (:func:`save_weights`);
 - ``config.json``: the configuration of the run; ``log.jsonl`` and ``tensorboard/``: logs.
 
 Iterations are counted from 1 in messages ("iteration 7" is the 7th optimisation step);
@@ -77,7 +77,7 @@ class Trainer:
 
     Construction sets up the process group (under torchrun), the model, optimiser, scheduler,
     scaler and data stream, and restores a checkpoint when ``resume``; :meth:`run` trains.
-    ``model`` is the bare STCN (the same object DDP wraps).
+    ``model`` is the bare model (the same object DDP wraps).
     """
 
     def __init__(
@@ -427,7 +427,7 @@ def train(
     device: str | torch.device = "auto",
     progress: bool = True,
 ) -> Path:
-    """Train STCN for one stage and return the path of the final weights (STCN format).
+    """Train the configured model for one stage and return the path of its final weights.
 
     config: the full Config (the ``stage`` section's TrainConfig drives the run, ``model``
     the network). stage: ``static`` or ``main`` (two-shot phases use ``main`` with a mode).
