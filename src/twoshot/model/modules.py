@@ -176,10 +176,18 @@ class UpsampleBlock(nn.Module):
         self.out_conv = ResBlock(up_channels, out_channels)
 
     def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """skip [B, Cs, H, W]; up [B*K, Cu, h, w] (K objects per skip, batch-major) -> [B*K, Cout, H, W].
+
+        The skip convolution runs once per frame and is shared by the frame's K objects: its
+        input does not depend on the object (STCN computes it once per frame too).
+        """
         if up.shape[-2:] != skip.shape[-2:]:
             up = F.interpolate(up, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        x = self.skip_conv(skip) + up
-        return self.out_conv(x)
+        skip = self.skip_conv(skip)
+        objects = up.shape[0] // skip.shape[0]
+        if objects > 1:
+            skip = skip.unsqueeze(1).expand(-1, objects, -1, -1, -1).flatten(0, 1)
+        return self.out_conv(skip + up)
 
 
 class Decoder(nn.Module):
@@ -188,14 +196,28 @@ class Decoder(nn.Module):
     def __init__(self, in_channels: int, key_channels: tuple[int, int, int], dims: list[int]) -> None:
         super().__init__()
         c4, c8, _ = key_channels
-        self.compress = ResBlock(in_channels, dims[0])
+        # A ResBlock; a fast inference copy swaps in a SharedInputResBlock (same function).
+        self.compress: nn.Module = ResBlock(in_channels, dims[0])
         self.up_16_8 = UpsampleBlock(c8, dims[0], dims[1])
         self.up_8_4 = UpsampleBlock(c4, dims[1], dims[2])
         self.pred = nn.Conv2d(dims[2], 1, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:
-        """x [N,Cin,h,w] (1/16, or 1/8), f8 [N,C8,H/8,W/8], f4 [N,C4,H/4,W/4] -> logits [N,1,H,W]."""
-        x = self.compress(x)
+    def forward(
+        self, readout: torch.Tensor, query: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits of K objects per frame.
+
+        readout [B*K,Cv,h,w] (1/16, or 1/8; K objects per frame, batch-major); query [B,Cq,h,w]
+        (the frame's key_comp features, shared by its objects); f8 [B,C8,H/8,W/8] and
+        f4 [B,C4,H/4,W/4] (one per frame) -> logits [B*K,1,H,W].
+        """
+        objects = readout.shape[0] // query.shape[0]
+        if isinstance(self.compress, ResBlock):
+            if objects > 1:
+                query = query.unsqueeze(1).expand(-1, objects, -1, -1, -1).flatten(0, 1)
+            x = self.compress(torch.cat([readout, query], dim=1))
+        else:  # an inference rewrite taking both halves (twoshot.model.fast_inference)
+            x = self.compress(readout, query)
         x = self.up_16_8(f8, x)
         x = self.up_8_4(f4, x)
         x = self.pred(F.relu(x))

@@ -98,12 +98,7 @@ class STCN(VOSModel):
     def decode(self, readout_values: torch.Tensor, query: KeyFeatures) -> torch.Tensor:
         """Object logits from memory readouts. readout_values [B,K,Cv,h,w] -> [B,K,H,W]."""
         batch, objects = readout_values.shape[:2]
-
-        def repeat(t: torch.Tensor) -> torch.Tensor:
-            return t.unsqueeze(1).expand(-1, objects, -1, -1, -1).flatten(0, 1)
-
-        x = torch.cat([readout_values.flatten(0, 1), repeat(query.thin)], dim=1)
-        logits = self.decoder(x, repeat(query.f8), repeat(query.f4))
+        logits = self.decoder(readout_values.flatten(0, 1), query.thin, query.f8, query.f4)
         return logits.view(batch, objects, *logits.shape[2:])
 
     def segment(
