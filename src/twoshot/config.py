@@ -158,7 +158,12 @@ class InferenceConfig:
     # Frames per key-encoder call (features are cached per video). None: 8 on CUDA, 1 on a
     # CPU, where one frame per call measured 1.08-1.14x faster and matches STCN bit for bit.
     key_batch: int | None = None
-    channels_last: bool = False  # NHWC convolutions: faster, not bit-identical (docs/performance.md)
+    # Bit-identical to the reference implementations (STCN's and Cutie's inference code).
+    # Off by default: then the engine uses channels-last convolutions and the model's fast
+    # inference copy (folded BatchNorm, shared per-frame work; docs/performance.md), whose
+    # masks agree with the exact path's on all but a few pixels in a million.
+    exact: bool = False
+    channels_last: bool | None = None  # NHWC convolutions; None: on unless ``exact``
     compile: bool = False  # torch.compile the network; falls back to eager where unavailable
     # How bidirectional propagation (the bank, infer --backward) merges directions: "nearest"
     # (the paper's rule: each frame from its nearest labeled frame) or "fused" (a frame between
@@ -168,6 +173,11 @@ class InferenceConfig:
     # ``size`` times each factor of ``scales`` (1.0 = the plain run).
     flip: bool = False
     scales: list[float] = field(default_factory=lambda: [1.0])
+
+    def uses_channels_last(self) -> bool:
+        """Whether convolutions run channels-last: ``channels_last``, or when that is unset,
+        unless ``exact``."""
+        return (not self.exact) if self.channels_last is None else self.channels_last
 
 
 @dataclass

@@ -69,6 +69,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="bound memory for long videos (labeled frames are always kept)",
     )
+    parser.add_argument(
+        "--exact",
+        action="store_true",
+        help="bit-identical to the reference implementation (slower: no channels-last "
+        "convolutions, no folded BatchNorm; the default agrees on all but a few pixels in a million)",
+    )
     parser.add_argument("--amp", action="store_true", help="half-precision autocast (CUDA only)")
     parser.add_argument(
         "--amp-dtype",
@@ -123,6 +129,7 @@ def load_model_and_config(args: argparse.Namespace) -> tuple[VOSModel, Inference
         amp=args.amp or config.amp,
         include_last=args.include_last or config.include_last,
         flip=getattr(args, "flip", False) or config.flip,
+        exact=getattr(args, "exact", False) or config.exact,
     )
     _check_settings(config)
     return model, config

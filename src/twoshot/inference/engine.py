@@ -16,13 +16,16 @@ For one video the engine
    arrays, ``twoshot infer`` writes each frame as it comes (so long videos are streamed),
    the pseudo-label bank writes its videos, progress bars count frames.
 
-Fast-path options (``InferenceConfig``): ``amp`` (autocast on CUDA, to float16 or, with
-``amp_dtype``, bfloat16), ``channels_last`` (NHWC convolutions; not bit-identical to the
-default layout, see docs/performance.md) and ``compile`` (``torch.compile`` of the model's
-heavy calls, falling back to eager execution where compiling is unavailable or fails).
+Speed (``InferenceConfig``): by default the engine runs convolutions channels-last (NHWC)
+and the model's fast inference copy (folded BatchNorm, per-frame work shared by the objects);
+``exact`` keeps the reference implementations' layout and operations, bit for bit.
+``amp`` (autocast on CUDA, to float16 or, with ``amp_dtype``, bfloat16) and ``compile``
+(``torch.compile`` of the model's heavy calls, falling back to eager execution where
+compiling is unavailable or fails) are opt-in; see docs/performance.md.
 
-With STCN, masks equal those of STCN's ``InferenceCore`` (DAVIS) / ``inference_core_yv``
-(YouTube-VOS) for the same weights and settings; see ``tests/test_inference.py``.
+With ``exact`` and STCN, masks equal those of STCN's ``InferenceCore`` (DAVIS) /
+``inference_core_yv`` (YouTube-VOS) for the same weights and settings; see
+``tests/test_inference.py``.
 """
 
 from __future__ import annotations
@@ -61,6 +64,12 @@ def check_inference_settings(config: InferenceConfig) -> None:
         raise UserError(f"inference.scales {config.scales}: every factor must be above 0, got {bad}")
     if len(set(config.scales)) != len(config.scales):
         raise UserError(f"inference.scales {config.scales}: a factor is repeated")
+    if config.exact and (config.channels_last or config.compile):
+        option = "channels_last" if config.channels_last else "compile"
+        raise UserError(
+            f"inference.exact with inference.{option}: {option} is not bit-identical to the "
+            "reference; drop one of the two"
+        )
 
 
 @dataclass
@@ -184,7 +193,7 @@ class PropagationEngine:
     ``config`` on ``device``.
 
     The model is moved to ``device`` and put in eval mode, its convolution weights in
-    channels-last memory when ``config.channels_last`` and in the default layout otherwise
+    channels-last memory when ``config.uses_channels_last()`` and in the default layout otherwise
     (in place, values unchanged: one layout per model at a time). :attr:`key_batch` frames
     are encoded per call; ``config.amp`` enables autocast to ``config.amp_dtype`` (float16
     or bfloat16) on CUDA (CPU runs fp32); ``config.compile`` runs the model's heavy calls
@@ -204,7 +213,9 @@ class PropagationEngine:
         self.device = torch.device(device)
         # The layout is set both ways: weights an earlier channels-last engine converted
         # would otherwise make every convolution here NHWC too.
-        self.memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        self.memory_format = (
+            torch.channels_last if self.config.uses_channels_last() else torch.contiguous_format
+        )
         # Module.to's stubs lack memory_format, which it takes at run time.
         self.model = model.to(self.device, memory_format=self.memory_format).eval()  # type: ignore[call-overload]
         wrap = _compile_or_eager if self.config.compile else _eager

@@ -6,6 +6,7 @@ padded input size (H, W), or 1/8 with ``model.output_stride: 8``.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +16,7 @@ from twoshot.config import InferenceConfig, ModelConfig
 from twoshot.model.aggregate import aggregate_logits
 from twoshot.model.interface import Propagator, VOSModel, Wrap, no_wrap
 from twoshot.model.memory import memory_affinity, readout
-from twoshot.model.modules import Decoder, KeyEncoder, KeyProjection, ValueEncoder
+from twoshot.model.modules import Decoder, KeyEncoder, KeyProjection, ResBlock, ValueEncoder
 from twoshot.model.preprocess import pad_divide_by, unpad
 
 
@@ -128,10 +129,36 @@ class STCN(VOSModel):
         return logits, torch.softmax(logits, dim=1)
 
     def propagator(self, config: InferenceConfig, wrap: Wrap = no_wrap) -> Propagator:
-        """STCN's inference operations (:class:`~twoshot.model.stcn_propagator.STCNPropagator`)."""
+        """STCN's inference operations (:class:`~twoshot.model.stcn_propagator.STCNPropagator`):
+        on this network when ``config.exact``, else on :meth:`fast_copy` (made now, from the
+        weights as they are)."""
         from twoshot.model.stcn_propagator import STCNPropagator
 
-        return STCNPropagator(self, config, wrap)
+        if config.exact:
+            return STCNPropagator(self, config, wrap)
+        layout = torch.channels_last if config.uses_channels_last() else torch.contiguous_format
+        # Module.to's stubs lack memory_format, which it takes at run time.
+        fast = self.fast_copy().to(memory_format=layout)  # type: ignore[call-overload]
+        return STCNPropagator(fast, config, wrap)
+
+    def fast_copy(self) -> STCN:
+        """An inference-only STCN computing the same function with less work: BatchNorms folded
+        into the encoders' convolutions, and the decoder's first block computing the frame's
+        shared half once for all objects (:mod:`twoshot.model.fast_inference`). Modules it does
+        not rewrite are shared with this network; this network is unchanged."""
+        from twoshot.model.fast_inference import SharedInputResBlock, fold_batch_norms
+
+        fast = copy.copy(self)
+        object.__setattr__(fast, "_modules", dict(self._modules))
+        fast.key_encoder = fold_batch_norms(self.key_encoder)  # type: ignore[assignment]
+        fast.value_encoder = fold_batch_norms(self.value_encoder)  # type: ignore[assignment]
+        decoder = copy.copy(self.decoder)
+        object.__setattr__(decoder, "_modules", dict(self.decoder._modules))
+        compress = self.decoder.compress
+        assert isinstance(compress, ResBlock)
+        decoder.compress = SharedInputResBlock(compress, self.config.value_dim)
+        fast.decoder = decoder
+        return fast.eval()
 
     def clip_forward(
         self, rgb: torch.Tensor, first_masks: torch.Tensor, selector: torch.Tensor

@@ -1,0 +1,86 @@
+"""Inference-only rewrites that compute the same function as a network with less work.
+
+Not bit-identical to the reference implementations (sums run in another order), so they are
+used only when ``inference.exact`` is off; the masks they give agree with the exact path on
+all but a few pixels in a million (``tests/test_fast_inference.py``, docs/performance.md).
+
+- :func:`fold_batch_norms`: a copy of a module whose eval-mode BatchNorms are folded into the
+  convolutions before them (``torch.nn.utils.fusion.fuse_conv_bn_eval``), one pass less
+  over every activation of the ResNet encoders.
+- :class:`SharedInputResBlock`: STCN's decoder starts with a ResBlock on
+  ``concat(readout, key_comp)``: the readout differs per object, the ``key_comp`` half is the
+  same for every object of a frame. A convolution is linear in its input channels, so its
+  output is ``conv_readout(readout) + conv_key(key_comp)``, and the second term is computed
+  once per frame instead of once per object.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from twoshot.model.modules import ResBlock
+
+
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``module`` with every BatchNorm folded into its convolution.
+
+    Pairs are found by torchvision's ResNet naming, which every encoder here uses: a module's
+    ``convN`` followed by ``bnN`` (N = 1, 2, 3), and ``Sequential(Conv2d, BatchNorm2d)``
+    downsample branches. The BatchNorm becomes an ``Identity``; ``module`` is left unchanged.
+    """
+    folded = copy.deepcopy(module).eval()
+    for parent in folded.modules():
+        for n in (1, 2, 3):
+            conv, norm = getattr(parent, f"conv{n}", None), getattr(parent, f"bn{n}", None)
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                setattr(parent, f"conv{n}", fuse_conv_bn_eval(conv, norm))
+                setattr(parent, f"bn{n}", nn.Identity())
+        if isinstance(parent, nn.Sequential) and len(parent) == 2:
+            conv, norm = parent[0], parent[1]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                parent[0], parent[1] = fuse_conv_bn_eval(conv, norm), nn.Identity()
+    return folded
+
+
+def _split_conv(conv: nn.Conv2d, channels: int) -> tuple[nn.Conv2d, nn.Conv2d]:
+    """(conv on the first ``channels`` input channels with the bias, conv on the rest without)."""
+    weight = conv.weight.detach()
+    first, rest = copy.deepcopy(conv), copy.deepcopy(conv)
+    first.weight = nn.Parameter(weight[:, :channels].clone(), requires_grad=False)
+    rest.weight = nn.Parameter(weight[:, channels:].clone(), requires_grad=False)
+    first.in_channels, rest.in_channels = channels, conv.in_channels - channels
+    rest.register_parameter("bias", None)
+    return first, rest
+
+
+class SharedInputResBlock(nn.Module):
+    """A :class:`ResBlock` on ``concat(per_object, shared)`` with the shared half computed once.
+
+    Built from a ResBlock with a ``downsample`` convolution (its input and output widths
+    differ) whose first ``per_object_channels`` input channels are the per-object part.
+    """
+
+    def __init__(self, block: ResBlock, per_object_channels: int) -> None:
+        super().__init__()
+        if block.downsample is None:
+            raise ValueError("SharedInputResBlock needs a ResBlock whose width changes (with downsample)")
+        self.conv1_object, self.conv1_shared = _split_conv(block.conv1, per_object_channels)
+        self.down_object, self.down_shared = _split_conv(block.downsample, per_object_channels)
+        self.conv2 = copy.deepcopy(block.conv2)
+
+    def forward(self, per_object: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        """per_object [B*K, Ca, h, w] (K objects per frame, batch-major), shared [B, Cb, h, w]
+        -> [B*K, Cout, h, w], equal (up to float rounding) to the block on their concatenation."""
+        objects = per_object.shape[0] // shared.shape[0]
+
+        def per_frame(t: torch.Tensor) -> torch.Tensor:
+            return t.unsqueeze(1).expand(-1, objects, -1, -1, -1).flatten(0, 1) if objects > 1 else t
+
+        hidden = self.conv1_object(F.relu(per_object)) + per_frame(self.conv1_shared(F.relu(shared)))
+        skip = self.down_object(per_object) + per_frame(self.down_shared(shared))
+        return skip + self.conv2(F.relu(hidden))
