@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
+    from twoshot.allocator import keep_freed_memory
+
+    keep_freed_memory()  # every command that runs a network allocates large tensors per frame
     try:
         return int(args._run(args) or 0)
     except UserError as exc:
