@@ -13,6 +13,7 @@ import torch
 
 from helpers import ToyClips, cutie_toy_config
 from twoshot.config import CutieTrainSettings, TwoShotConfig
+from twoshot.data.batch import ClipBatch
 from twoshot.model.registry import build_model
 from twoshot.train.forward import ClipOutput
 from twoshot.train.modes import SupervisedMode
@@ -213,9 +214,8 @@ class RandomIgnore(SupervisedMode):
 
     name = "random-ignore"
 
-    def prepare_targets(self, batch: dict[str, Any], outputs: ClipOutput, it: int) -> dict[str, Any]:
-        batch["cls_gt"][torch.rand(batch["cls_gt"].shape) < 0.2] = -1
-        return batch
+    def prepare_targets(self, batch: ClipBatch, outputs: ClipOutput, it: int) -> ClipBatch:
+        return batch.replace(cls_gt=batch.cls_gt.masked_fill(torch.rand(batch.cls_gt.shape) < 0.2, -1))
 
 
 class Crash(Exception):
@@ -273,7 +273,7 @@ def test_eight_frame_clips_train_cutie(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="short"):
         dataset = build_stage_dataset("main", config, root, "davis", "train")
     sample = dataset[0]
-    assert sample["rgb"].shape[0] == 8 and len(set(sample["info"]["frames"])) == 8
+    assert sample.rgb.shape[1] == 8 and len(set(sample.frames[0].tolist())) == 8
     _run(config, tmp_path / "run", data=dataset)
 
 

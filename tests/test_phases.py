@@ -5,28 +5,30 @@ from __future__ import annotations
 import torch
 
 from twoshot.config import TwoShotConfig, load_config
+from twoshot.data.batch import ClipBatch
 from twoshot.model import build_model
 from twoshot.train.forward import forward_batch
 from twoshot.train.phases import Phase1Mode, Phase2Mode
 from twoshot.train.targets import IGNORE, confident_labels
 
 
-def _batch(labeled: list[bool]) -> dict[str, torch.Tensor]:
+def _batch(labeled: list[bool]) -> ClipBatch:
     torch.manual_seed(0)
     b, t, s = 2, len(labeled), 32
-    gt = torch.zeros(b, t, 1, s, s)
-    gt[:, :, :, 8:20, 8:20] = 1
-    cls = gt[:, :, 0].long()
+    gt = torch.zeros(b, t, s, s)
+    gt[:, :, 8:20, 8:20] = 1
+    cls = gt.long()
     flags = torch.tensor([labeled] * b)
     cls[~flags] = IGNORE
-    return {
-        "rgb": torch.randn(b, t, 3, s, s),
-        "gt": gt,
-        "sec_gt": torch.zeros_like(gt),
-        "cls_gt": cls,
-        "selector": torch.tensor([[1.0, 0.0]] * b),
-        "labeled": flags,
-    }
+    return ClipBatch(
+        rgb=torch.randn(b, t, 3, s, s),
+        first_masks=torch.stack([gt[:, 0], torch.zeros_like(gt[:, 0])], dim=1),
+        cls_gt=cls,
+        selector=torch.tensor([[1.0, 0.0]] * b),
+        labeled=flags,
+        names=("a", "b"),
+        frames=torch.arange(t).repeat(b, 1),
+    )
 
 
 def test_phase1_switches_dataset_at_end_of_warmup() -> None:
@@ -44,9 +46,10 @@ def test_phase1_targets_come_from_the_teacher_where_confident() -> None:
         outputs = forward_batch(model, batch)
         prepared = mode.prepare_targets(batch, outputs, it=5)
         expected = confident_labels(forward_batch(mode.teacher, batch).probs[:, 0], 0.5)
-    assert torch.equal(prepared["cls_gt"][:, 0], batch["cls_gt"][:, 0])
-    assert torch.equal(prepared["cls_gt"][:, 2], batch["cls_gt"][:, 2])  # labeled: ground truth
-    assert torch.equal(prepared["cls_gt"][:, 1], expected)  # unlabeled: teacher
+    assert torch.equal(prepared.cls_gt[:, 0], batch.cls_gt[:, 0])
+    assert torch.equal(prepared.cls_gt[:, 2], batch.cls_gt[:, 2])  # labeled: ground truth
+    assert torch.equal(prepared.cls_gt[:, 1], expected)  # unlabeled: teacher
+    assert prepared.rgb is batch.rgb and batch.cls_gt[:, 1].eq(IGNORE).all()  # a new batch
     scalars = mode.log_scalars()
     assert 0.0 <= scalars["pseudo_label_share"] <= 1.0
     assert "pseudo_label_accuracy" in scalars or (expected == IGNORE).all()
@@ -79,7 +82,7 @@ def test_phase1_without_teacher_uses_the_student() -> None:
     with torch.no_grad():
         outputs = forward_batch(model, batch)
     prepared = mode.prepare_targets(batch, outputs, it=1)
-    assert torch.equal(prepared["cls_gt"][:, 2], confident_labels(outputs.probs[:, 1], 0.5))
+    assert torch.equal(prepared.cls_gt[:, 2], confident_labels(outputs.probs[:, 1], 0.5))
 
 
 def test_phase2_refines_only_after_the_start_iteration() -> None:
@@ -91,6 +94,6 @@ def test_phase2_refines_only_after_the_start_iteration() -> None:
 
     outputs = ClipOutput(probs.log(), probs)
     assert mode.prepare_targets(batch, outputs, it=9) is batch
-    refined = mode.prepare_targets(batch, outputs, it=10)["cls_gt"]
-    assert (refined[:, 1:] == 0).all() and torch.equal(refined[:, 0], batch["cls_gt"][:, 0])
+    refined = mode.prepare_targets(batch, outputs, it=10).cls_gt
+    assert (refined[:, 1:] == 0).all() and torch.equal(refined[:, 0], batch.cls_gt[:, 0])
     assert mode.log_scalars()["refined_share"] > 0

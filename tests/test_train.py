@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from helpers import ToyClips, toy_config
 from twoshot.cli import main as cli_main
 from twoshot.config import load_config
+from twoshot.data.batch import ClipBatch
 from twoshot.data.sampling import max_skip_at
 from twoshot.errors import UserError
 from twoshot.model import build_model, load_checkpoint
@@ -226,13 +227,14 @@ class RecordingMode(SupervisedMode):
     def dataset(self, it: int) -> Dataset:
         return self.first if it < 3 else self.second
 
-    def prepare_targets(self, batch: dict[str, Any], outputs: ClipOutput, it: int) -> dict[str, Any]:
+    def prepare_targets(self, batch: ClipBatch, outputs: ClipOutput, it: int) -> ClipBatch:
         assert not torch.is_grad_enabled()
         assert outputs.probs.shape[1] == 2
         self.calls.append(("prepare", it))
-        self.names.append(list(batch["info"]["name"]))
-        batch["cls_gt"][:, 2] = -1
-        return batch
+        self.names.append(list(batch.names))
+        targets = batch.cls_gt.clone()
+        targets[:, 2] = -1
+        return batch.replace(cls_gt=targets)
 
     def after_step(self, model: torch.nn.Module, it: int) -> None:
         assert isinstance(model, torch.nn.Module) and not hasattr(model, "module")
