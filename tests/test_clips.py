@@ -23,6 +23,7 @@ from twoshot.data.augment import (
     to_normalized_tensor,
 )
 from twoshot.data.batch import ClipBatch, collate_clips
+from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import write_frame, write_mask
 from twoshot.data.static_clips import StaticClipDataset, find_static_pairs
 from twoshot.data.vos_clips import VOSClipDataset
@@ -210,6 +211,58 @@ def test_two_objects_give_a_second_object(tmp_path):
     assert kinds == {True, False}
 
 
+STRIPE_COLOURS = {1: (230, 30, 30), 2: (30, 210, 40), 3: (40, 60, 230), 4: (240, 230, 40)}
+
+
+def make_striped_video(root: Path, name: str, objects: int, num_frames: int = 6) -> VideoSequence:
+    """Vertical stripes 4 px wide of ``objects`` objects in turn, one colour each: every crop
+    of frame 0 shows every object."""
+    frame_dir, mask_dir = root / "JPEGImages" / name, root / "Annotations" / name
+    frame_dir.mkdir(parents=True)
+    mask_dir.mkdir(parents=True)
+    labels = np.broadcast_to((np.arange(56) // 4) % objects + 1, (40, 56)).astype(np.uint8)
+    image = np.array([STRIPE_COLOURS[int(o)] for o in labels.flat], dtype=np.uint8).reshape(40, 56, 3)
+    names = [f"{t:05d}" for t in range(num_frames)]
+    for stem in names:
+        write_frame(frame_dir / f"{stem}.png", image)
+        write_mask(mask_dir / f"{stem}.png", labels)
+    return VideoSequence(
+        name=name,
+        frame_paths=[frame_dir / f"{n}.png" for n in names],
+        frame_names=names,
+        mask_paths={t: mask_dir / f"{n}.png" for t, n in enumerate(names)},
+    )
+
+
+def test_up_to_num_objects_distinct_objects_per_clip(tmp_path):
+    no_colour = dataclasses.replace(ClipAugment(CROP), **NO_COLOUR)
+    videos = [make_striped_video(tmp_path, "four", 4), make_striped_video(tmp_path, "two", 2)]
+    dataset = VOSClipDataset(videos, CROP, seed=7, repeats=40, augment=no_colour, num_objects=3)
+    subsets, first_slot = set(), set()
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        check_sample(sample, slots=3)
+        assert sample.object_ids is not None
+        ids = sample.object_ids[0].tolist()
+        if sample.names[0] == "four":  # 4 objects in every crop: 3 distinct of them
+            assert sample.selector.tolist() == [[1.0, 1.0, 1.0]]
+            assert len(set(ids)) == 3 and set(ids) <= {1, 2, 3, 4}
+            subsets.add(frozenset(ids))
+            first_slot.add(ids[0])
+        else:  # 2 objects: both, and an empty third slot
+            assert sample.selector.tolist() == [[1.0, 1.0, 0.0]]
+            assert sorted(ids[:2]) == [1, 2] and ids[2] == -1
+        # Slot k holds the object ids[k]: its pixels in frame 0 have that object's colour.
+        frame = denormalize(sample.rgb[0])[0]
+        for slot, obj in enumerate(ids):
+            if obj > 0:
+                colour = frame[sample.first_masks[0, slot].numpy() > 0].mean(0)
+                assert np.abs(colour - np.array(STRIPE_COLOURS[obj])).max() < 40
+    assert len(subsets) == 4 and first_slot == {1, 2, 3, 4}  # any 3 of the 4, in any order
+    with pytest.raises(UserError, match="num_objects=0"):
+        VOSClipDataset(videos, CROP, num_objects=0)
+
+
 def test_phase1_opens_only_budgeted_annotations(tmp_path, monkeypatch):
     budget = [2, 9]
     videos = [make_video(tmp_path, name, num_frames=12, labeled=budget) for name in ("a", "b")]
@@ -368,6 +421,16 @@ def test_static_clips_from_each_layout(tmp_path):
     assert torch.equal(dataset[5].rgb, again[5].rgb)
     dataset.set_epoch(1)
     assert not torch.equal(dataset[5].rgb, again[5].rgb)
+
+
+def test_static_clips_pad_their_one_object(tmp_path):
+    image, mask = static_pair(1)
+    write_frame(tmp_path / "s" / "a.jpg", image)
+    write_gray_mask(tmp_path / "s" / "a.png", mask)
+    for slots in (1, 3):
+        sample = StaticClipDataset(tmp_path / "s", CROP, num_objects=slots)[0]
+        check_sample(sample, slots=slots)
+        assert sample.selector.tolist() == [[1.0] + [0.0] * (slots - 1)]
 
 
 def test_static_mask_binarisation(tmp_path):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from twoshot.config import TwoShotConfig, load_config
 from twoshot.data.batch import ClipBatch
 from twoshot.model import build_model
-from twoshot.train.forward import forward_batch
+from twoshot.train.forward import ClipOutput, forward_batch
 from twoshot.train.phases import Phase1Mode, Phase2Mode
 from twoshot.train.targets import IGNORE, confident_labels
 
@@ -90,10 +91,56 @@ def test_phase2_refines_only_after_the_start_iteration() -> None:
     batch = _batch([True, True, True])
     probs = torch.zeros(2, 2, 3, 32, 32)
     probs[:, :, 0] = 1.0  # the model is sure everything is background
-    from twoshot.train.forward import ClipOutput
 
     outputs = ClipOutput(probs.log(), probs)
     assert mode.prepare_targets(batch, outputs, it=9) is batch
     refined = mode.prepare_targets(batch, outputs, it=10).cls_gt
     assert (refined[:, 1:] == 0).all() and torch.equal(refined[:, 0], batch.cls_gt[:, 0])
     assert mode.log_scalars()["refined_share"] > 0
+
+
+class FixedTeacher(torch.nn.Module):
+    """A teacher whose clip predictions are given: ``probs`` [B, T-1, K+1, H, W]."""
+
+    def __init__(self, probs: torch.Tensor) -> None:
+        super().__init__()
+        self.probs = probs
+
+    def forward(
+        self, rgb: torch.Tensor, first_masks: torch.Tensor, selector: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        assert first_masks.shape[1] == selector.shape[1] == self.probs.shape[2] - 1
+        return self.probs.log(), self.probs, {}
+
+
+def test_phase1_teacher_targets_with_three_objects() -> None:
+    # One clip of 3 frames at 1 x 7 pixels with 3 objects; frame 1 is unlabeled, frame 2 labeled.
+    # The teacher's probabilities (background, objects 1-3) for frame 1, pixel by pixel:
+    frame1 = [
+        [0.95, 0.02, 0.02, 0.01],  # background: 1 - (p1 + p2 + p3) = 0.95 >= 0.9
+        [0.04, 0.92, 0.02, 0.02],  # object 1
+        [0.05, 0.03, 0.90, 0.02],  # object 2 at exactly the threshold
+        [0.01, 0.01, 0.01, 0.97],  # object 3
+        [0.50, 0.30, 0.10, 0.10],  # nothing confident: ignored
+        [0.05, 0.89, 0.06, 0.00],  # object 1 just below: ignored
+        [0.88, 0.04, 0.04, 0.04],  # background just below (the objects sum to 0.12): ignored
+    ]
+    frame2 = [[0.0, 0.0, 0.0, 1.0]] * 7  # ignored: frame 2 keeps its ground truth
+    probs = torch.tensor([frame1, frame2]).permute(0, 2, 1)[None, :, :, None, :]  # [1, 2, 4, 1, 7]
+    truth = torch.tensor([[[0, 1, 2, 3, 0, 1, 2]], [[-1] * 7], [[3, 3, 2, 2, 1, 1, 0]]])
+    batch = ClipBatch(
+        rgb=torch.zeros(1, 3, 3, 1, 7),
+        first_masks=torch.stack([truth[0] == k for k in (1, 2, 3)], dim=0).float()[None],
+        cls_gt=truth[None],
+        selector=torch.ones(1, 3),
+        labeled=torch.tensor([[True, False, True]]),
+        names=("clip",),
+        frames=torch.tensor([[4, 5, 6]]),
+    )
+    mode = Phase1Mode(None, None, TwoShotConfig(end_warm=0, pseudo_threshold=0.9))  # type: ignore[arg-type]
+    mode.teacher = FixedTeacher(probs)
+    student = ClipOutput(torch.zeros_like(probs), torch.full_like(probs, 0.25))
+    prepared = mode.prepare_targets(batch, student, it=1)
+    assert prepared.cls_gt[0, 1, 0].tolist() == [0, 1, 2, 3, IGNORE, IGNORE, IGNORE]
+    assert torch.equal(prepared.cls_gt[0, 0], truth[0]) and torch.equal(prepared.cls_gt[0, 2], truth[2])
+    assert mode.log_scalars()["pseudo_label_share"] == pytest.approx(4 / 7)

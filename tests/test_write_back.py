@@ -166,6 +166,10 @@ def test_merge_rules() -> None:
     # without a second object, class 2 writes nothing and class 0 clears the target only
     assert merge_classes(bank, classes, [1, -1]).tolist() == [[1, 0, 2, 3, 1, 2]]
     assert merge_classes(bank, classes, [2, 1]).tolist() == [[2, 0, 0, 3, 1, 1]]
+    # three objects: class 3 writes the third id, class 0 clears all three
+    three = np.array([[3, 0, 0, 0, NO_LABEL, 2]], dtype=np.uint8)
+    assert merge_classes(bank, three, [1, 2, 3]).tolist() == [[3, 0, 0, 0, 1, 2]]
+    assert merge_classes(bank, three, [1, 2, -1]).tolist() == [[0, 0, 0, 3, 1, 2]]
 
 
 FRAMES, HEIGHT, WIDTH = 6, 20, 20
