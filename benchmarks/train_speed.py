@@ -39,26 +39,28 @@ import torch
 
 from common import cpu_name
 from twoshot.config import load_config
+from twoshot.data.batch import ClipBatch
 from twoshot.model import build_model
 from twoshot.train.forward import ClipModel, forward_batch
 from twoshot.train.objectives import objective_for
 
 
-def synthetic_batch(batch: int, frames: int, size: int, device: torch.device) -> dict[str, Any]:
-    """A training batch of random frames with a target and a second object (sample dict)."""
+def synthetic_batch(batch: int, frames: int, size: int, device: torch.device) -> ClipBatch:
+    """A training batch of random frames with a target and a second object."""
     generator = torch.Generator().manual_seed(0)
     rgb = torch.randn(batch, frames, 3, size, size, generator=generator)
     cls = torch.zeros(batch, frames, size, size, dtype=torch.int64)
     cls[:, :, size // 4 : size // 2, size // 4 : size // 2] = 1
     cls[:, :, -size // 4 :, : size // 4] = 2
-    return {
-        "rgb": rgb.to(device),
-        "gt": (cls == 1).float()[:, :, None].to(device),
-        "sec_gt": (cls == 2).float()[:, :, None].to(device),
-        "cls_gt": cls.to(device),
-        "selector": torch.ones(batch, 2, device=device),
-        "labeled": torch.ones(batch, frames, dtype=torch.bool, device=device),
-    }
+    return ClipBatch(
+        rgb=rgb,
+        first_masks=torch.stack([cls[:, 0] == 1, cls[:, 0] == 2], dim=1).float(),
+        cls_gt=cls,
+        selector=torch.ones(batch, 2),
+        labeled=torch.ones(batch, frames, dtype=torch.bool),
+        names=tuple(f"clip{b}" for b in range(batch)),
+        frames=torch.arange(frames).repeat(batch, 1),
+    ).to(device)
 
 
 def training_step(

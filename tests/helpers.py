@@ -12,7 +12,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ from torch.utils.data import Dataset
 
 from twoshot.config import Config, load_config
 from twoshot.data.augment import Jitter
+from twoshot.data.batch import ClipBatch
 from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import write_frame, write_mask
 from twoshot.errors import UserError
@@ -74,7 +74,7 @@ class ToyClips(Dataset):
     def set_max_skip(self, max_skip: int) -> None:
         self.max_skip = max_skip
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> ClipBatch:
         if index == self.fail_on:
             raise UserError(f"video {self.prefix}{index}: no object in any annotation mask")
         self.seen.append((self.epoch, self.max_skip, index))
@@ -90,21 +90,19 @@ class ToyClips(Dataset):
             rgb[t, 0] += (cls[t] == 1).float()
             rgb[t, 1] += (cls[t] == 2).float()
         labeled = torch.ones(steps, dtype=torch.bool)
-        gt, sec_gt = (cls == 1).float()[:, None], (cls == 2).float()[:, None]
+        first = torch.stack([cls[0] == 1, cls[0] == 2]).float()  # frame 0 is always labeled
         if self.labeled_frames is not None:
             labeled[self.labeled_frames :] = False
             cls[self.labeled_frames :] = -1
-            gt[self.labeled_frames :] = 0
-            sec_gt[self.labeled_frames :] = 0
-        return {
-            "rgb": rgb,
-            "gt": gt,
-            "sec_gt": sec_gt,
-            "cls_gt": cls,
-            "selector": torch.tensor([1.0, 1.0 if second else 0.0]),
-            "labeled": labeled,
-            "info": {"name": f"{self.prefix}{index}", "frames": list(range(steps))},
-        }
+        return ClipBatch.single(
+            rgb=rgb,
+            first_masks=first,
+            cls_gt=cls,
+            selector=torch.tensor([1.0, 1.0 if second else 0.0]),
+            labeled=labeled,
+            name=f"{self.prefix}{index}",
+            frames=range(steps),
+        )
 
 
 def toy_config(*overrides: str) -> Config:

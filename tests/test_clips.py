@@ -22,6 +22,8 @@ from twoshot.data.augment import (
     StaticClipAugment,
     to_normalized_tensor,
 )
+from twoshot.data.batch import ClipBatch, collate_clips
+from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import write_frame, write_mask
 from twoshot.data.static_clips import StaticClipDataset, find_static_pairs
 from twoshot.data.vos_clips import VOSClipDataset
@@ -129,31 +131,32 @@ def test_normalisation():
 # ---------------------------------------------------------------- VOS clip datasets
 
 
-def check_sample(sample: dict, size: int = CROP) -> None:
-    assert sample["rgb"].shape == (3, 3, size, size) and sample["rgb"].dtype == torch.float32
-    for key in ("gt", "sec_gt"):
-        assert sample[key].shape == (3, 1, size, size) and sample[key].dtype == torch.float32
-    assert sample["cls_gt"].shape == (3, size, size) and sample["cls_gt"].dtype == torch.int64
-    assert sample["selector"].shape == (2,) and sample["selector"].dtype == torch.float32
-    assert sample["labeled"].shape == (3,) and sample["labeled"].dtype == torch.bool
-    assert bool(sample["labeled"][0])
-    assert set(sample["info"]) == {"name", "frames"} and len(sample["info"]["frames"]) == 3
-    assert all(type(f) is int for f in sample["info"]["frames"])
-    gt, sec, cls = sample["gt"][:, 0], sample["sec_gt"][:, 0], sample["cls_gt"]
-    assert not torch.any((gt > 0) & (sec > 0))
-    for t in range(3):
-        if sample["labeled"][t]:
-            expected = torch.zeros_like(cls[t])
-            expected[gt[t] > 0] = 1
-            expected[sec[t] > 0] = 2
-            assert torch.equal(cls[t], expected)
+def check_sample(sample: ClipBatch, size: int = CROP, slots: int = 2) -> None:
+    """A dataset item: a ClipBatch of one 3-frame clip with ``slots`` object slots."""
+    assert sample.size == 1 and sample.num_objects == slots
+    assert sample.rgb.shape == (1, 3, 3, size, size) and sample.rgb.dtype == torch.float32
+    assert sample.first_masks.shape == (1, slots, size, size) and sample.first_masks.dtype == torch.float32
+    assert sample.cls_gt.shape == (1, 3, size, size) and sample.cls_gt.dtype == torch.int64
+    assert sample.selector.shape == (1, slots) and sample.selector.dtype == torch.float32
+    assert sample.labeled.shape == (1, 3) and sample.labeled.dtype == torch.bool
+    assert bool(sample.labeled[0, 0])
+    assert len(sample.names) == 1 and sample.frames.shape == (1, 3) and sample.frames.dtype == torch.int64
+    masks, cls, present = sample.first_masks[0], sample.cls_gt[0], sample.selector[0]
+    assert not torch.any(masks.sum(0) > 1)  # slots do not overlap
+    expected = torch.zeros_like(cls[0])
+    for slot in range(slots):
+        expected[masks[slot] > 0] = slot + 1
+    assert torch.equal(cls[0], expected)
+    for t in range(1, 3):
+        if not sample.labeled[0, t]:
+            assert torch.all(cls[t] == -1)
         else:
-            assert torch.all(cls[t] == -1) and gt[t].sum() == 0 and sec[t].sum() == 0
-    assert sample["selector"][0] == 1
-    if sample["selector"][1] == 1:  # the second object is chosen among frame 0's objects
-        assert sec[0].sum() > 0
-    else:
-        assert sec.sum() == 0
+            assert cls[t].min() >= 0 and cls[t].max() <= slots
+    assert present[0] == 1
+    filled = int(present.sum())
+    assert present.tolist() == [1.0] * filled + [0.0] * (slots - filled)  # present slots first
+    for slot in range(1, slots):  # an object slot is filled with an object of frame 0
+        assert (masks[slot].sum() > 0) == bool(present[slot])
 
 
 @pytest.mark.parametrize("mode", ["full", "labeled_only", "phase1", "bank"])
@@ -167,19 +170,20 @@ def test_sample_format_in_every_mode(tmp_path, mode):
     for index in range(len(dataset)):
         sample = dataset[index]
         check_sample(sample)
-        assert sample["info"]["name"] == ("a", "b")[index % 2]
-        assert sample["gt"][0].sum() > 0  # the target is an object of the first frame
-        if sample["info"]["name"] == "b":
-            assert sample["selector"].tolist() == [1.0, 0.0] and sample["sec_gt"].sum() == 0
+        name, frames = sample.names[0], sample.frames[0].tolist()
+        assert name == ("a", "b")[index % 2]
+        assert sample.first_masks[0, 0].sum() > 0  # the target is an object of the first frame
+        if name == "b":
+            assert sample.selector.tolist() == [[1.0, 0.0]] and sample.first_masks[0, 1].sum() == 0
         if mode in ("labeled_only", "phase1"):
-            labeled = {"a": {1, 6}, "b": {0, 5}}[sample["info"]["name"]]
-            assert sample["info"]["frames"][0] in labeled
-            flags = [f in labeled for f in sample["info"]["frames"]]
-            assert sample["labeled"].tolist() == flags
+            labeled = {"a": {1, 6}, "b": {0, 5}}[name]
+            assert frames[0] in labeled
+            flags = [f in labeled for f in frames]
+            assert sample.labeled[0].tolist() == flags
             if mode == "labeled_only":
                 assert all(flags)
         else:
-            assert sample["labeled"].all()
+            assert sample.labeled.all()
     with pytest.raises(IndexError):
         dataset[len(dataset)]
 
@@ -190,21 +194,73 @@ def test_two_objects_give_a_second_object(tmp_path):
         [make_video(tmp_path, "a", size=(48, 48))], CROP, seed=3, repeats=20, augment=no_colour
     )
     samples = [dataset[i] for i in range(20)]
-    with_second = [s for s in samples if s["selector"][1] == 1]
+    with_second = [s for s in samples if s.selector[0, 1] == 1]
     assert len(with_second) >= 10
     for sample in with_second:
-        assert (sample["cls_gt"][0] == 2).any() and (sample["cls_gt"][0] == 1).any()
+        assert (sample.cls_gt[0, 0] == 2).any() and (sample.cls_gt[0, 0] == 1).any()
     # either object may be the target: the target region of frame 0 is red in some samples
     # (object 1) and green in others (object 2); the second object has the other colour
     kinds = set()
     for sample in with_second:
-        first = denormalize(sample["rgb"])[0]
-        target = first[sample["gt"][0, 0].numpy() > 0].mean(0)
-        second = first[sample["sec_gt"][0, 0].numpy() > 0].mean(0)
+        first = denormalize(sample.rgb[0])[0]
+        target = first[sample.first_masks[0, 0].numpy() > 0].mean(0)
+        second = first[sample.first_masks[0, 1].numpy() > 0].mean(0)
         target_red = bool(target[0] > target[1])
         assert target_red != bool(second[0] > second[1])
         kinds.add(target_red)
     assert kinds == {True, False}
+
+
+STRIPE_COLOURS = {1: (230, 30, 30), 2: (30, 210, 40), 3: (40, 60, 230), 4: (240, 230, 40)}
+
+
+def make_striped_video(root: Path, name: str, objects: int, num_frames: int = 6) -> VideoSequence:
+    """Vertical stripes 4 px wide of ``objects`` objects in turn, one colour each: every crop
+    of frame 0 shows every object."""
+    frame_dir, mask_dir = root / "JPEGImages" / name, root / "Annotations" / name
+    frame_dir.mkdir(parents=True)
+    mask_dir.mkdir(parents=True)
+    labels = np.broadcast_to((np.arange(56) // 4) % objects + 1, (40, 56)).astype(np.uint8)
+    image = np.array([STRIPE_COLOURS[int(o)] for o in labels.flat], dtype=np.uint8).reshape(40, 56, 3)
+    names = [f"{t:05d}" for t in range(num_frames)]
+    for stem in names:
+        write_frame(frame_dir / f"{stem}.png", image)
+        write_mask(mask_dir / f"{stem}.png", labels)
+    return VideoSequence(
+        name=name,
+        frame_paths=[frame_dir / f"{n}.png" for n in names],
+        frame_names=names,
+        mask_paths={t: mask_dir / f"{n}.png" for t, n in enumerate(names)},
+    )
+
+
+def test_up_to_num_objects_distinct_objects_per_clip(tmp_path):
+    no_colour = dataclasses.replace(ClipAugment(CROP), **NO_COLOUR)
+    videos = [make_striped_video(tmp_path, "four", 4), make_striped_video(tmp_path, "two", 2)]
+    dataset = VOSClipDataset(videos, CROP, seed=7, repeats=40, augment=no_colour, num_objects=3)
+    subsets, first_slot = set(), set()
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        check_sample(sample, slots=3)
+        assert sample.object_ids is not None
+        ids = sample.object_ids[0].tolist()
+        if sample.names[0] == "four":  # 4 objects in every crop: 3 distinct of them
+            assert sample.selector.tolist() == [[1.0, 1.0, 1.0]]
+            assert len(set(ids)) == 3 and set(ids) <= {1, 2, 3, 4}
+            subsets.add(frozenset(ids))
+            first_slot.add(ids[0])
+        else:  # 2 objects: both, and an empty third slot
+            assert sample.selector.tolist() == [[1.0, 1.0, 0.0]]
+            assert sorted(ids[:2]) == [1, 2] and ids[2] == -1
+        # Slot k holds the object ids[k]: its pixels in frame 0 have that object's colour.
+        frame = denormalize(sample.rgb[0])[0]
+        for slot, obj in enumerate(ids):
+            if obj > 0:
+                colour = frame[sample.first_masks[0, slot].numpy() > 0].mean(0)
+                assert np.abs(colour - np.array(STRIPE_COLOURS[obj])).max() < 40
+    assert len(subsets) == 4 and first_slot == {1, 2, 3, 4}  # any 3 of the 4, in any order
+    with pytest.raises(UserError, match="num_objects=0"):
+        VOSClipDataset(videos, CROP, num_objects=0)
 
 
 def test_phase1_opens_only_budgeted_annotations(tmp_path, monkeypatch):
@@ -233,7 +289,7 @@ def test_phase1_opens_only_budgeted_annotations(tmp_path, monkeypatch):
     for index in range(len(dataset)):
         sample = dataset[index]
         check_sample(sample)
-        unlabeled_seen += int((~sample["labeled"]).sum())
+        unlabeled_seen += int((~sample.labeled).sum())
     pngs = [p for p in opened if p.endswith(".png")]
     assert pngs and set(pngs) <= allowed
     assert unlabeled_seen > 0
@@ -248,10 +304,10 @@ def test_phase1_labeled_clip_share(tmp_path, share):
     dataset = VOSClipDataset(
         videos, CROP, mode="phase1", seed=0, repeats=40, max_skip=11, labeled_clip_share=share
     )
-    all_labeled = [bool(dataset[i]["labeled"].all()) for i in range(len(dataset))]
+    all_labeled = [bool(dataset[i].labeled.all()) for i in range(len(dataset))]
     for index, labeled in enumerate(all_labeled):
         if labeled:
-            assert set(dataset[index]["info"]["frames"]) <= set(budget)
+            assert set(dataset[index].frames[0].tolist()) <= set(budget)
     fraction = sum(all_labeled) / len(all_labeled)
     if share == 1.0:
         assert fraction == 1.0
@@ -271,34 +327,33 @@ def test_labeled_clip_share_must_be_a_probability(tmp_path):
 def test_max_skip_and_epoch_setters(tmp_path):
     video = make_video(tmp_path, "a", num_frames=30, size=(24, 24), objects=1)
     dataset = VOSClipDataset([video], 16, seed=5, repeats=40)
-    spans = [max(dataset[i]["info"]["frames"]) - min(dataset[i]["info"]["frames"]) for i in range(40)]
+    spans = [int(dataset[i].frames.max() - dataset[i].frames.min()) for i in range(40)]
     assert max(spans) <= 2 * 6
     dataset.set_max_skip(25)
-    spans = [max(dataset[i]["info"]["frames"]) - min(dataset[i]["info"]["frames"]) for i in range(40)]
+    spans = [int(dataset[i].frames.max() - dataset[i].frames.min()) for i in range(40)]
     assert max(spans) > 12
     youtube = VOSClipDataset([video], 16, max_skip=25, annotation_stride=5)
     assert youtube.max_skip == 5
     youtube.set_max_skip(5)
     assert youtube.max_skip == 1
-    first = dataset[0]["info"]["frames"], dataset[0]["rgb"]
+    first = dataset[0].rgb
     dataset.set_epoch(1)
-    assert not torch.equal(dataset[0]["rgb"], first[1])
+    assert not torch.equal(dataset[0].rgb, first)
     dataset.set_epoch(0)
-    assert torch.equal(dataset[0]["rgb"], first[1])
+    assert torch.equal(dataset[0].rgb, first)
 
 
-def batches(dataset, workers: int) -> list[dict]:
-    loader = DataLoader(dataset, batch_size=2, shuffle=False, num_workers=workers)
+def batches(dataset, workers: int) -> list[ClipBatch]:
+    loader = DataLoader(dataset, batch_size=2, shuffle=False, num_workers=workers, collate_fn=collate_clips)
     return list(loader)
 
 
-def assert_same_batches(a: list[dict], b: list[dict]) -> None:
+def assert_same_batches(a: list[ClipBatch], b: list[ClipBatch]) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b):
-        for key in ("rgb", "gt", "sec_gt", "cls_gt", "selector", "labeled"):
-            assert torch.equal(x[key], y[key]), key
-        assert x["info"]["name"] == y["info"]["name"]
-        assert all(torch.equal(p, q) for p, q in zip(x["info"]["frames"], y["info"]["frames"]))
+        for field in dataclasses.fields(ClipBatch):
+            p, q = getattr(x, field.name), getattr(y, field.name)
+            assert torch.equal(p, q) if isinstance(p, torch.Tensor) else p == q, field.name
 
 
 def test_bit_identical_batches_with_two_workers(tmp_path):
@@ -308,8 +363,8 @@ def test_bit_identical_batches_with_two_workers(tmp_path):
     first = batches(dataset, 2)
     assert_same_batches(first, batches(dataset, 2))
     assert_same_batches(first, batches(dataset, 0))  # and the same without workers
-    assert first[0]["rgb"].shape == (2, 3, 3, CROP, CROP)
-    assert first[0]["labeled"].shape == (2, 3)
+    assert first[0].rgb.shape == (2, 3, 3, CROP, CROP)
+    assert first[0].labeled.shape == (2, 3) and first[0].object_ids.shape == (2, 2)
 
 
 # ---------------------------------------------------------------- static clips
@@ -354,18 +409,28 @@ def test_static_clips_from_each_layout(tmp_path):
         for index in range(len(dataset)):
             sample = dataset[index]
             check_sample(sample)
-            assert sample["selector"].tolist() == [1.0, 0.0] and sample["sec_gt"].sum() == 0
-            assert set(sample["cls_gt"].unique().tolist()) <= {0, 1}
-            assert sample["gt"].sum() > 0 and sample["labeled"].all()
-            assert sample["info"]["frames"] == [0, 0, 0]
+            assert sample.selector.tolist() == [[1.0, 0.0]] and sample.first_masks[0, 1].sum() == 0
+            assert set(sample.cls_gt.unique().tolist()) <= {0, 1}
+            assert sample.first_masks.sum() > 0 and sample.labeled.all()
+            assert sample.frames.tolist() == [[0, 0, 0]] and sample.geometry is None
     duts = StaticClipDataset(tmp_path / "DUTS-TR", CROP)
     assert [p[1].parent.name for p in duts.pairs] == ["DUTS-TR-Mask"] * 2
     # determinism: a pure function of (seed, epoch, index)
     dataset = StaticClipDataset(tmp_path, CROP, seed=4)
     again = StaticClipDataset(tmp_path, CROP, seed=4)
-    assert torch.equal(dataset[5]["rgb"], again[5]["rgb"])
+    assert torch.equal(dataset[5].rgb, again[5].rgb)
     dataset.set_epoch(1)
-    assert not torch.equal(dataset[5]["rgb"], again[5]["rgb"])
+    assert not torch.equal(dataset[5].rgb, again[5].rgb)
+
+
+def test_static_clips_pad_their_one_object(tmp_path):
+    image, mask = static_pair(1)
+    write_frame(tmp_path / "s" / "a.jpg", image)
+    write_gray_mask(tmp_path / "s" / "a.png", mask)
+    for slots in (1, 3):
+        sample = StaticClipDataset(tmp_path / "s", CROP, num_objects=slots)[0]
+        check_sample(sample, slots=slots)
+        assert sample.selector.tolist() == [[1.0] + [0.0] * (slots - 1)]
 
 
 def test_static_mask_binarisation(tmp_path):

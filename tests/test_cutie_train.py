@@ -13,6 +13,7 @@ import torch
 
 from helpers import ToyClips, cutie_toy_config
 from twoshot.config import CutieTrainSettings, TwoShotConfig
+from twoshot.data.batch import ClipBatch
 from twoshot.model.registry import build_model
 from twoshot.train.forward import ClipOutput
 from twoshot.train.modes import SupervisedMode
@@ -213,9 +214,8 @@ class RandomIgnore(SupervisedMode):
 
     name = "random-ignore"
 
-    def prepare_targets(self, batch: dict[str, Any], outputs: ClipOutput, it: int) -> dict[str, Any]:
-        batch["cls_gt"][torch.rand(batch["cls_gt"].shape) < 0.2] = -1
-        return batch
+    def prepare_targets(self, batch: ClipBatch, outputs: ClipOutput, it: int) -> ClipBatch:
+        return batch.replace(cls_gt=batch.cls_gt.masked_fill(torch.rand(batch.cls_gt.shape) < 0.2, -1))
 
 
 class Crash(Exception):
@@ -273,7 +273,7 @@ def test_eight_frame_clips_train_cutie(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="short"):
         dataset = build_stage_dataset("main", config, root, "davis", "train")
     sample = dataset[0]
-    assert sample["rgb"].shape[0] == 8 and len(set(sample["info"]["frames"])) == 8
+    assert sample.rgb.shape[1] == 8 and len(set(sample.frames[0].tolist())) == 8
     _run(config, tmp_path / "run", data=dataset)
 
 
@@ -302,3 +302,60 @@ def test_bad_cutie_training_settings_are_refused(tmp_path: Path) -> None:
     ):
         Trainer(config, "main", ToyClips(), tmp_path / "run", device="cpu", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_cutie_presets_train_on_three_objects_and_bad_counts_are_refused() -> None:
+    from twoshot.config import load_config
+    from twoshot.errors import UserError
+
+    for preset in ("cutie-base", "cutie-small"):
+        config = load_config(preset)
+        assert (config.static.num_objects, config.main.num_objects) == (1, 3)  # the reference's
+    assert load_config("stcn").main.num_objects == load_config("tiny").static.num_objects == 2
+    for key in ("main.num_objects=0", "static.num_objects=-2", "main.num_objects=255"):
+        with pytest.raises(UserError, match=f"config key '{key.split('=')[0]}'.* between 1 and 254"):
+            load_config("cutie-tiny", overrides=[key])
+
+
+class Recorder(Phase1Mode):
+    """Phase 1 that records what each step's loss receives (object slots and logit channels)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.seen: list[tuple[list[list[float]], int, bool]] = []
+
+    def prepare_targets(self, batch: ClipBatch, outputs: ClipOutput, it: int) -> ClipBatch:
+        prepared = super().prepare_targets(batch, outputs, it)
+        unlabeled = ~batch.labeled
+        pseudo = bool((prepared.cls_gt[unlabeled] >= 0).any())
+        self.seen.append((batch.selector.tolist(), outputs.logits.shape[2], pseudo))
+        return prepared
+
+
+def test_a_cutie_step_on_clips_of_three_objects(tmp_path: Path) -> None:
+    from twoshot.data.fixtures import make_davis
+    from twoshot.train.recipes import build_recipe
+
+    root = make_davis(tmp_path / "davis", {"a": 9, "b": 8}, size=(48, 48), object_ids=(1, 2, 3)).root
+    budget = tmp_path / "budget.json"
+    budget.write_text('{"a": ["00001.jpg", "00006.jpg"], "b": ["00000.jpg", "00005.jpg"]}')
+    config = cutie_toy_config(
+        "main.num_objects=3",
+        "main.crop_size=32",
+        "main.iterations=2",
+        "twoshot.end_warm=1",
+        "twoshot.labeled_clip_share=0",
+        "twoshot.pseudo_threshold=0.34",  # an untrained teacher is never 90% sure
+    )
+    recipe = build_recipe("phase1", config, root, "davis", "train", budget=budget)
+    assert isinstance(recipe.mode, Phase1Mode)
+    clips = recipe.mode.clip_dataset
+    assert clips.num_objects == 3 and any(clips[i].selector.sum() == 3 for i in range(len(clips)))
+    mode = Recorder(recipe.mode.warmup_dataset, clips, config.twoshot)
+    start = build_model(config.model).state_dict()["mask_decoder.pred.weight"]
+    trainer = _run(config, tmp_path / "run", mode=mode, data=None)
+    # Iteration 1: labeled-only clips; iteration 2: teacher labels on the unlabeled frames.
+    assert [channels for _, channels, _ in mode.seen] == [4, 4]
+    assert all(len(row) == 3 for selector, _, _ in mode.seen for row in selector)
+    assert mode.seen[1][2]  # some unlabeled pixel got a label from the teacher
+    assert not torch.equal(trainer.model.state_dict()["mask_decoder.pred.weight"], start)

@@ -72,6 +72,13 @@ def test_recipes_build_the_pipeline_stages(davis: tuple[Path, Path], tmp_path: P
         "phase2", config, root, "davis", "train", budget=budget, bank=_bank(tmp_path, root, budget)
     )
     assert isinstance(phase2.mode, Phase2Mode) and phase2.dataset.mode == "bank"  # type: ignore[union-attr]
+    # Every clip dataset takes its objects per clip from the stage's section.
+    three = load_config("tiny", overrides=["main.num_objects=3"])
+    phase1 = build_recipe("phase1", three, root, "davis", "train", budget=budget)
+    assert isinstance(phase1.mode, Phase1Mode)
+    datasets = [phase1.mode.warmup_dataset, phase1.mode.clip_dataset]
+    datasets.append(build_recipe("full", three, root, "davis", "train").dataset)
+    assert [d.num_objects for d in datasets] == [3, 3, 3]  # type: ignore[union-attr]
 
 
 def test_train_cli_runs_phase1_and_phase2(davis: tuple[Path, Path], tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from helpers import ToyClips, toy_config
+from twoshot.data.batch import ClipBatch
 from twoshot.train.forward import ClipOutput
 from twoshot.train.modes import SupervisedMode
 from twoshot.train.trainer import train
@@ -33,10 +34,9 @@ class CountingMode(SupervisedMode):
         self.steps = 0
         self.loaded: dict[str, Any] | None = None
 
-    def prepare_targets(self, batch: dict[str, Any], outputs: ClipOutput, it: int) -> dict[str, Any]:
-        drop = torch.rand(batch["cls_gt"].shape) < 0.2  # ignore a random 20 % of pixels
-        batch["cls_gt"][drop] = -1
-        return batch
+    def prepare_targets(self, batch: ClipBatch, outputs: ClipOutput, it: int) -> ClipBatch:
+        drop = torch.rand(batch.cls_gt.shape) < 0.2  # ignore a random 20 % of pixels
+        return batch.replace(cls_gt=batch.cls_gt.masked_fill(drop, -1))
 
     def after_step(self, model: torch.nn.Module, it: int) -> None:
         self.steps += 1

@@ -13,6 +13,7 @@ from twoshot.data.sampling import (
     effective_max_skip,
     max_skip_at,
     sample_list_frames,
+    sample_objects,
     sample_phase1_frames,
     sample_stcn_frames,
     skip_switch_steps,
@@ -213,3 +214,50 @@ def test_clip_rng_is_a_function_of_seed_epoch_index():
     for other in ((7, 3, 11), (7, 2, 12), (8, 2, 11)):
         assert not np.array_equal(a, clip_rng(*other).integers(1 << 30, size=4))
     clip_rng(-1, 0, 0)  # negative seeds are accepted (taken modulo 2**64)
+
+
+# ---------------------------------------------------------------- objects per clip
+
+
+def test_objects_hand_computed():
+    # Three draws among the objects not drawn yet: index 3 of [2, 4, 5, 9, 11], index 0 of
+    # [2, 4, 5, 11], index 2 of [4, 5, 11].
+    rng = Scripted(integers=[(5, 3), (4, 0), (3, 2)])
+    assert sample_objects(rng, [2, 4, 5, 9, 11], 3) == [9, 2, 11]
+    # Fewer objects than slots: all of them, one draw each, then no more draws.
+    assert sample_objects(Scripted(integers=[(2, 1), (1, 0)]), [4, 7], 3) == [7, 4]
+    assert sample_objects(Scripted(), [], 3) == []
+    with pytest.raises(ValueError, match="num_objects"):
+        sample_objects(Scripted(), [1], 0)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_objects_with_a_seeded_generator(count):
+    # The expected draws computed independently: NumPy's choice over a list is that list's
+    # entry at integers(len); STCN drew its target and second object with choice.
+    objects = [3, 8, 1, 6, 12][:count]
+    for seed in range(30):
+        chosen = sample_objects(np.random.default_rng(seed), objects, 3)
+        reference = np.random.default_rng(seed)
+        rest, expected = list(objects), []
+        for _ in range(min(3, count)):
+            expected.append(int(reference.choice(rest)))
+            rest.remove(expected[-1])
+        assert chosen == expected
+        assert len(set(chosen)) == len(chosen) == min(3, count) and set(chosen) <= set(objects)
+    # STCN's two draws are unchanged: target = choice(objects), second = choice(the others).
+    for seed in range(30):
+        rng, reference = np.random.default_rng(seed), np.random.default_rng(seed)
+        target = int(reference.choice(objects))
+        others = [o for o in objects if o != target]
+        second = [int(reference.choice(others))] if others else []
+        assert sample_objects(rng, objects, 2) == [target, *second]
+
+
+def test_objects_are_a_uniform_subset():
+    rng = np.random.default_rng(0)
+    counts: dict[frozenset[int], int] = {}
+    for _ in range(4000):
+        picked = frozenset(sample_objects(rng, [1, 2, 3, 4], 3))
+        counts[picked] = counts.get(picked, 0) + 1
+    assert len(counts) == 4 and all(abs(c / 4000 - 0.25) < 0.03 for c in counts.values())

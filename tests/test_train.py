@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from helpers import ToyClips, toy_config
 from twoshot.cli import main as cli_main
 from twoshot.config import load_config
+from twoshot.data.batch import ClipBatch
 from twoshot.data.sampling import max_skip_at
 from twoshot.errors import UserError
 from twoshot.model import build_model, load_checkpoint
@@ -22,7 +23,14 @@ from twoshot.model.checkpoint import read_state_dict
 from twoshot.train import objectives as objectives_module
 from twoshot.train.forward import ClipOutput
 from twoshot.train.loader import StreamSampler, epoch_order
-from twoshot.train.loss import LossResult, bootstrap_p, bootstrapped_ce, clip_loss, iou_counts
+from twoshot.train.loss import (
+    LossResult,
+    bootstrap_p,
+    bootstrapped_ce,
+    clip_loss,
+    iou_counts,
+    object_channels,
+)
 from twoshot.train.modes import SupervisedMode, TrainingMode
 from twoshot.train.trainer import Trainer, TrainingDiverged, train
 
@@ -133,6 +141,26 @@ def test_clip_loss_per_sample_second_object_channels() -> None:
     assert result.p == 1.0 and len(result.frames) == 2
 
 
+def test_clip_loss_scores_each_sample_on_its_present_objects() -> None:
+    # K = 3 slots: sample 0 has 3 objects, sample 1 two, sample 2 one (padded slots).
+    torch.manual_seed(1)
+    cfg = load_config("tiny").main
+    logits = torch.randn(3, 2, 4, 8, 8)
+    cls_gt = torch.randint(0, 4, (3, 3, 8, 8))
+    cls_gt[1] = cls_gt[1].clamp(max=2)
+    cls_gt[2] = cls_gt[2].clamp(max=1)
+    selector = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert object_channels(selector) == [3, 2, 1]
+    assert object_channels(torch.zeros(1, 2)) == [1]  # slot 1 always counts
+    result = clip_loss(logits, cls_gt, selector, it=0, config=cfg)
+    expected = sum(
+        F.cross_entropy(logits[j, i, : c + 1][None], cls_gt[j, i + 1][None]) / 3
+        for i in range(2)
+        for j, c in enumerate((3, 2, 1))
+    )
+    torch.testing.assert_close(result.total, expected)
+
+
 def test_iou_counts_skip_ignored_pixels() -> None:
     probs = torch.zeros(1, 1, 3, 2, 2)
     probs[0, 0, 1] = torch.tensor([[0.9, 0.9], [0.1, 0.1]])
@@ -141,6 +169,13 @@ def test_iou_counts_skip_ignored_pixels() -> None:
     counts = iou_counts(probs, cls_gt, torch.tensor([[1.0, 0.0]]))
     assert counts["i"].item() == 1 and counts["u"].item() == 2  # the -1 pixel is left out
     assert counts["sec_u"].item() == 0
+    # Three slots: slots 2 and 3 pool into sec_*, an empty slot 3 counts nothing.
+    probs = torch.zeros(2, 1, 4, 1, 3)
+    probs[:, 0, 2] = torch.tensor([[0.9, 0.9, 0.1]])
+    probs[:, 0, 3] = torch.tensor([[0.1, 0.1, 0.9]])
+    cls_gt = torch.tensor([[[[0, 0, 0]], [[2, 0, 3]]]]).repeat(2, 1, 1, 1)
+    counts = iou_counts(probs, cls_gt, torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]))
+    assert (counts["sec_i"].item(), counts["sec_u"].item()) == (2 + 1, 3 + 2)
 
 
 # ----------------------------------------------------------------------------------------
@@ -226,13 +261,14 @@ class RecordingMode(SupervisedMode):
     def dataset(self, it: int) -> Dataset:
         return self.first if it < 3 else self.second
 
-    def prepare_targets(self, batch: dict[str, Any], outputs: ClipOutput, it: int) -> dict[str, Any]:
+    def prepare_targets(self, batch: ClipBatch, outputs: ClipOutput, it: int) -> ClipBatch:
         assert not torch.is_grad_enabled()
         assert outputs.probs.shape[1] == 2
         self.calls.append(("prepare", it))
-        self.names.append(list(batch["info"]["name"]))
-        batch["cls_gt"][:, 2] = -1
-        return batch
+        self.names.append(list(batch.names))
+        targets = batch.cls_gt.clone()
+        targets[:, 2] = -1
+        return batch.replace(cls_gt=targets)
 
     def after_step(self, model: torch.nn.Module, it: int) -> None:
         assert isinstance(model, torch.nn.Module) and not hasattr(model, "module")

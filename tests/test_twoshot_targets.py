@@ -59,3 +59,17 @@ def test_refinement_overwrites_only_confident_pixels() -> None:
     prob[0, 1, :, 0, 1] = torch.tensor([0.001, 0.998, 0.001])  # frame 2, pixel 1: sure target
     targets = refine_targets(cls_gt, prob, 0.99)
     assert targets.view(3, 2).tolist() == [[1, 1], [0, 2], [2, 1]]
+
+
+def test_refinement_with_three_objects() -> None:
+    # One refined frame of 4 pixels; classes background and objects 1-3.
+    cls_gt = torch.tensor([[0, 1, 2, 3], [3, 3, 0, 1]]).view(1, 2, 1, 4)
+    prob = torch.tensor(
+        [
+            [0.001, 0.001, 0.997, 0.001],  # sure of object 2
+            [0.002, 0.002, 0.002, 0.994],  # sure of object 3
+            [0.995, 0.002, 0.002, 0.001],  # sure of background (1 - p1 - p2 - p3 = 0.995)
+            [0.250, 0.250, 0.250, 0.250],  # unsure: the bank's label stays
+        ]
+    ).T.reshape(1, 1, 4, 1, 4)
+    assert refine_targets(cls_gt, prob, 0.99).view(2, 4).tolist() == [[0, 1, 2, 3], [2, 3, 0, 1]]

@@ -21,6 +21,7 @@ from helpers import NO_COLOUR, draw_frame, make_video, toy_config, uniform_neigh
 from twoshot.bank import BankIdentity, BankStore, bank_sequences, video_lock
 from twoshot.config import TwoShotConfig
 from twoshot.data.augment import ClipAugment, crop_resize_matrix, labels_to_frame
+from twoshot.data.batch import ClipBatch, collate_clips
 from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import DAVIS_PALETTE, read_mask, write_mask
 from twoshot.data.vos_clips import VOSClipDataset
@@ -135,21 +136,24 @@ def test_samples_carry_their_geometry_and_object_ids(tmp_path: Path) -> None:
     )
     for index in range(len(dataset)):
         sample = dataset[index]
-        assert sample["geometry"].shape == (3, 3, 3) and sample["geometry"].dtype == torch.float64
-        assert sample["crop_box"].dtype == torch.int64 and sample["frame_size"].tolist() == [40, 56]
-        target, second = sample["object_ids"].tolist()
+        assert sample.geometry is not None and sample.crop_box is not None
+        assert sample.frame_size is not None and sample.object_ids is not None
+        assert sample.geometry.shape == (1, 3, 3, 3) and sample.geometry.dtype == torch.float64
+        assert sample.crop_box.dtype == torch.int64 and sample.frame_size.tolist() == [[40, 56]]
+        target, second = sample.object_ids[0].tolist()
         assert target in (1, 2) and second in (1, 2, -1) and target != second
         # the sample's classes, mapped to ids and warped back, sit on the frame's own labels
-        box = tuple(sample["crop_box"].tolist())
-        for t, frame in enumerate(sample["info"]["frames"]):
-            ids = np.array([0, target, max(second, 0)], dtype=np.uint8)[sample["cls_gt"][t].numpy()]
-            back = labels_to_frame(ids, sample["geometry"][t].numpy(), box, (40, 56))
+        box = tuple(sample.crop_box[0].tolist())
+        for t, frame in enumerate(sample.frames[0].tolist()):
+            ids = np.array([0, target, max(second, 0)], dtype=np.uint8)[sample.cls_gt[0, t].numpy()]
+            back = labels_to_frame(ids, sample.geometry[0, t].numpy(), box, (40, 56))
             truth, _ = read_mask(video.mask_paths[frame])
             valid = back != NO_LABEL
             ours = np.where(np.isin(truth, [target, second]), truth, 0)
             assert (back[valid] == ours[valid]).mean() > 0.9
-    batch = next(iter(DataLoader(dataset, batch_size=2)))
-    assert batch["geometry"].shape == (2, 3, 3, 3) and batch["object_ids"].shape == (2, 2)
+    batch = next(iter(DataLoader(dataset, batch_size=2, collate_fn=collate_clips)))
+    assert batch.geometry is not None and batch.object_ids is not None
+    assert batch.geometry.shape == (2, 3, 3, 3) and batch.object_ids.shape == (2, 2)
 
 
 # ---------------------------------------------------------------- merge and write
@@ -158,10 +162,14 @@ def test_samples_carry_their_geometry_and_object_ids(tmp_path: Path) -> None:
 def test_merge_rules() -> None:
     bank = np.array([[0, 1, 2, 3, 1, 2]], dtype=np.uint8)
     classes = np.array([[1, 0, 0, 0, NO_LABEL, 2]], dtype=np.uint8)
-    assert merge_classes(bank, classes, 1, 2).tolist() == [[1, 0, 0, 3, 1, 2]]
+    assert merge_classes(bank, classes, [1, 2]).tolist() == [[1, 0, 0, 3, 1, 2]]
     # without a second object, class 2 writes nothing and class 0 clears the target only
-    assert merge_classes(bank, classes, 1, -1).tolist() == [[1, 0, 2, 3, 1, 2]]
-    assert merge_classes(bank, classes, 2, 1).tolist() == [[2, 0, 0, 3, 1, 1]]
+    assert merge_classes(bank, classes, [1, -1]).tolist() == [[1, 0, 2, 3, 1, 2]]
+    assert merge_classes(bank, classes, [2, 1]).tolist() == [[2, 0, 0, 3, 1, 1]]
+    # three objects: class 3 writes the third id, class 0 clears all three
+    three = np.array([[3, 0, 0, 0, NO_LABEL, 2]], dtype=np.uint8)
+    assert merge_classes(bank, three, [1, 2, 3]).tolist() == [[3, 0, 0, 0, 1, 2]]
+    assert merge_classes(bank, three, [1, 2, -1]).tolist() == [[0, 0, 0, 3, 1, 2]]
 
 
 FRAMES, HEIGHT, WIDTH = 6, 20, 20
@@ -192,16 +200,28 @@ def confident_probs(regions: list[dict[int, tuple[slice, slice]]]) -> torch.Tens
     return probs
 
 
-def fake_batch(frames: list[int], matrix: np.ndarray, target: int, second: int) -> dict:
-    steps = len(frames)
-    return {
-        "cls_gt": torch.zeros(1, steps, HEIGHT, WIDTH, dtype=torch.int64),
+def fake_batch(
+    frames: list[int], matrix: np.ndarray, object_ids: list[int], geometry: bool = True
+) -> ClipBatch:
+    """One clip of video "a" (its video frames ``frames``) with all-background targets; with
+    ``geometry`` (as VOSClipDataset gives) the fields write-back needs: ``matrix`` per frame."""
+    steps, slots = len(frames), len(object_ids)
+    where = {
         "geometry": torch.from_numpy(np.stack([matrix] * steps))[None],
         "crop_box": torch.tensor([[0, 0, HEIGHT, WIDTH]]),
         "frame_size": torch.tensor([[HEIGHT, WIDTH]]),
-        "object_ids": torch.tensor([[target, second]]),
-        "info": {"name": ["a"], "frames": [torch.tensor([f]) for f in frames]},
+        "object_ids": torch.tensor([object_ids]),
     }
+    return ClipBatch(
+        rgb=torch.zeros(1, steps, 3, HEIGHT, WIDTH),
+        first_masks=torch.zeros(1, slots, HEIGHT, WIDTH),
+        cls_gt=torch.zeros(1, steps, HEIGHT, WIDTH, dtype=torch.int64),
+        selector=(torch.tensor([object_ids]) >= 0).float(),
+        labeled=torch.ones(1, steps, dtype=torch.bool),
+        names=("a",),
+        frames=torch.tensor([frames]),
+        **(where if geometry else {}),
+    )
 
 
 def test_write_back_changes_exactly_the_expected_pixels(tmp_path: Path) -> None:
@@ -226,10 +246,10 @@ def test_write_back_changes_exactly_the_expected_pixels(tmp_path: Path) -> None:
         1: (slice(0, 2), slice(0, 5)),  # target on background
         2: (slice(12, 14), slice(0, 20)),
     }  # ... but the second object on rows 12-13
-    batch = fake_batch([1, 2, 3], identity, target=1, second=2)
+    batch = fake_batch([1, 2, 3], identity, [1, 2])
     probs = confident_probs([regions, everything])
     prepared = mode.prepare_targets(batch, ClipOutput(probs.log(), probs), it=0)
-    assert prepared["cls_gt"][0, 1, 0, 0] == 1  # the loss targets are refined as before
+    assert prepared.cls_gt[0, 1, 0, 0] == 1  # the loss targets are refined as before
 
     expected = masks[2].copy()
     expected[0:2, 0:5] = 1
@@ -256,7 +276,7 @@ def test_write_back_changes_exactly_the_expected_pixels(tmp_path: Path) -> None:
     # A mirrored crop of frame 4 with no second object: class 2 is dropped, class 1 lands
     # mirrored, class 0 clears only the target.
     mirror = np.array([[-1.0, 0.0, WIDTH - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    batch = fake_batch([0, 4, 4], mirror, target=1, second=-1)
+    batch = fake_batch([0, 4, 4], mirror, [1, -1])
     regions = {
         1: (slice(0, 1), slice(0, 3)),
         2: (slice(19, 20), slice(0, 20)),
@@ -288,8 +308,8 @@ def test_write_back_needs_the_bank_and_its_manifest(tmp_path: Path) -> None:
         Phase2Mode(settings, bank=bank, videos=[fake_video("b")])
     mode = Phase2Mode(TwoShotConfig(write_back=True, phase2_start_update=0), bank=bank, videos=[fake_video()])
     probs = confident_probs([{}, {}])
-    toy = {"cls_gt": torch.zeros(1, 3, HEIGHT, WIDTH, dtype=torch.int64)}
-    with pytest.raises(UserError, match="VOSClipDataset"):
+    toy = fake_batch([0, 1, 2], np.eye(3), [1, 2], geometry=False)
+    with pytest.raises(UserError, match="lack geometry, crop_box, frame_size, object_ids.*VOSClipDataset"):
         mode.prepare_targets(toy, ClipOutput(probs.log(), probs), it=0)
 
 
@@ -305,7 +325,7 @@ def _write_rows(path: str, first_row: int, object_id: int, start: Any) -> None:
         classes = np.full((2 * ROWS_PER_WRITER, 32), NO_LABEL, dtype=np.uint8)
         classes[row] = 1
         with video_lock(Path(path).parent):
-            rewrite_frame(path, classes, object_id, -1)
+            rewrite_frame(path, classes, [object_id, -1])
 
 
 def test_two_processes_writing_one_frame_keep_both_updates(tmp_path: Path) -> None:

@@ -110,6 +110,10 @@ class TrainConfig:
     seed: int = 14159265
     crop_size: int = 384
     num_frames: int = 3
+    # Objects per training clip (K): up to this many of frame 0's objects are drawn into each
+    # clip, fewer slots padded. STCN: 2 (a target and a second object); the Cutie presets: 3 in
+    # main training and 1 in pre-training, as the reference's num_objects.
+    num_objects: int = 2
     num_workers: int = 4
     max_skip_values: list[int] = field(default_factory=lambda: [5, 10, 15, 20, 25, 5])
     max_skip_fractions: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.9])
@@ -262,7 +266,24 @@ def _layered(
         apply_override(config, item)
     check_model_config(config.model)
     check_model_only_keys(config)
+    check_train_sections(config)
     return config
+
+
+MAX_OBJECTS = 254
+"""Most objects a clip can hold: label-map ids 1..254 (0 is background, 255 "don't care")."""
+
+
+def check_train_sections(config: Config) -> None:
+    """Raise UserError naming the key if a training section asks for clips no dataset can make
+    (``num_objects`` outside 1..:data:`MAX_OBJECTS`)."""
+    for name in ("static", "main"):
+        objects = getattr(config, name).num_objects
+        if not 1 <= objects <= MAX_OBJECTS:
+            raise UserError(
+                f"config key '{name}.num_objects': objects per training clip must be between 1 "
+                f"and {MAX_OBJECTS}, got {objects}"
+            )
 
 
 _MODEL_ONLY_SECTIONS: dict[str, tuple[str, ...]] = {

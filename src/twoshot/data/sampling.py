@@ -1,4 +1,4 @@
-"""Which frames of a video make a 3-frame training clip, and how far apart they may be.
+"""Which frames of a video make a training clip, how far apart they may be, and which objects.
 
 Pure functions of an explicit random generator (``numpy.random.Generator`` or anything with
 its ``integers``, ``random`` and ``choice`` methods), so a clip is reproducible from a seed and
@@ -6,6 +6,7 @@ the formulas can be checked against hand-computed cases. DESIGN.md §2-3.
 
 - :func:`sample_stcn_frames`: STCN's reference sampling over a list of ``length`` frames.
 - :func:`sample_phase1_frames`: two-shot phase-1 clips that start at a labeled frame.
+- :func:`sample_objects`: the objects a clip is trained on (up to ``num_objects``).
 - :func:`max_skip_at` / :func:`skip_switch_steps`: the max-skip curriculum.
 - :func:`clip_rng`: the generator of one sample, from ``(seed, epoch, index)``.
 - :func:`effective_max_skip`: YouTube-VOS-style data (annotations every 5th frame) divides
@@ -159,6 +160,28 @@ def sample_phase1_frames(
         first, second = pair if direction > 0 else pair[::-1]
         clip = [first] + sorted([second, f1], key=lambda f: direction * f)
     return clip
+
+
+def sample_objects(rng: RandomSource, objects: Sequence[int], num_objects: int) -> list[int]:
+    """Up to ``num_objects`` distinct objects of ``objects`` (frame 0's ids), drawn one by one.
+
+    Each draw picks uniformly among the objects not drawn yet (the rest's entry
+    ``integers(len(rest))``, the same draw as NumPy's ``choice(rest)``, with which STCN draws
+    its target and then its second object), until ``num_objects`` are drawn or none
+    is left. The set is thus a uniform random subset of size ``min(num_objects, n)``, as the
+    Cutie reference's (which subsamples only when there are more than ``num_objects`` and keeps
+    the ids' order otherwise); the slots come in drawing order, which changes nothing for
+    models that treat objects alike. Draws: one ``integers`` per object returned.
+    """
+    if num_objects < 1:
+        raise ValueError(f"num_objects must be >= 1, got {num_objects}")
+    rest = [int(o) for o in objects]
+    chosen: list[int] = []
+    while rest and len(chosen) < num_objects:
+        pick = rest[int(rng.integers(len(rest)))]
+        chosen.append(pick)
+        rest = [o for o in rest if o != pick]
+    return chosen
 
 
 def clip_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

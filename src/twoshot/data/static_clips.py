@@ -8,8 +8,9 @@
   ``images/`` + ``ground_truth_mask/`` (ECSSD), ``images/`` + ``masks/``.
 
 Each sample warps one pair into 3 frames (:class:`twoshot.data.augment.StaticClipAugment`)
-and has the same keys, shapes and dtypes as :mod:`twoshot.data.vos_clips` samples, with one
-object: ``sec_gt`` zeros, ``selector`` [1, 0], ``labeled`` all True.
+and is a :class:`~twoshot.data.batch.ClipBatch` of one clip, as :mod:`twoshot.data.vos_clips`
+samples, with one object in slot 1 of ``num_objects`` (the others empty: ``selector``
+[1, 0, ...]), ``labeled`` all True, ``frames`` all 0 and no geometry fields.
 
 Masks are binarised: an indexed (palette) PNG by ``label > 0``; a grayscale/RGB one by
 ``value > 127`` (saliency masks are 0/255 with soft edges), or ``> 0`` when its values are
@@ -27,6 +28,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from twoshot.data.augment import StaticClipAugment, to_normalized_tensor
+from twoshot.data.batch import ClipBatch
 from twoshot.data.masks import read_frame
 from twoshot.data.sampling import clip_rng
 from twoshot.errors import UserError
@@ -97,7 +99,8 @@ class StaticClipDataset(Dataset):
 
     crop_size: S; seed: base of each sample's generator (a sample is a pure function of
     ``(seed, epoch, index)``); repeats: each pair is listed this many times per epoch;
-    augment: the warp (STCN's at ``crop_size`` by default). UserError if no pair is found;
+    augment: the warp (STCN's at ``crop_size`` by default); num_objects: K, the object slots
+    of a clip (its one object and K - 1 empty ones). UserError if no pair is found;
     an unreadable file, mismatched sizes or an empty mask raise UserError naming the file
     when the sample is made (or all at once with :meth:`validate_masks`).
     """
@@ -110,9 +113,12 @@ class StaticClipDataset(Dataset):
         seed: int = 0,
         repeats: int = 1,
         augment: StaticClipAugment | None = None,
+        num_objects: int = 2,
     ) -> None:
         if crop_size < 1:
             raise UserError(f"crop size must be positive, got {crop_size}")
+        if num_objects < 1:
+            raise UserError(f"a training clip needs at least 1 object, got num_objects={num_objects}")
         if repeats < 1:
             raise UserError(f"repeats must be >= 1, got {repeats}")
         self.root = Path(root)
@@ -121,6 +127,7 @@ class StaticClipDataset(Dataset):
         self.seed = seed
         self.repeats = repeats
         self.augment = augment or StaticClipAugment(crop_size)
+        self.num_objects = num_objects
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -150,24 +157,25 @@ class StaticClipDataset(Dataset):
             raise UserError(f"{mask_path}: mask has no object (all background)")
         return image, mask
 
-    def __getitem__(self, index: int) -> dict[str, object]:
-        """Sample ``index`` of the current epoch: the VOS sample dict with one object."""
+    def __getitem__(self, index: int) -> ClipBatch:
+        """Sample ``index`` of the current epoch: a ClipBatch of one clip with one object."""
         if not 0 <= index < len(self):
             raise IndexError(index)
         pair_index = index % len(self.pairs)
         image, mask = self.load_pair(pair_index)
         pixels, labels = self.augment(clip_rng(self.seed, self.epoch, index), image, mask)
-        gt = labels[:, None].astype(np.float32)
         steps = pixels.shape[0]
-        return {
-            "rgb": to_normalized_tensor(pixels),
-            "gt": torch.from_numpy(gt),
-            "sec_gt": torch.zeros_like(torch.from_numpy(gt)),
-            "cls_gt": torch.from_numpy(labels.astype(np.int64)),
-            "selector": torch.tensor([1.0, 0.0], dtype=torch.float32),
-            "labeled": torch.ones(steps, dtype=torch.bool),
-            "info": {"name": str(self.pairs[pair_index][0].relative_to(self.root)), "frames": [0] * steps},
-        }
+        first = np.zeros((self.num_objects, *labels.shape[1:]), dtype=np.float32)
+        first[0] = labels[0]
+        return ClipBatch.single(
+            rgb=to_normalized_tensor(pixels),
+            first_masks=torch.from_numpy(first),
+            cls_gt=torch.from_numpy(labels.astype(np.int64)),
+            selector=torch.tensor([1.0] + [0.0] * (self.num_objects - 1), dtype=torch.float32),
+            labeled=torch.ones(steps, dtype=torch.bool),
+            name=str(self.pairs[pair_index][0].relative_to(self.root)),
+            frames=[0] * steps,
+        )
 
     def validate_masks(self) -> None:
         """Read every pair now; UserError for the first bad one (see :meth:`load_pair`)."""

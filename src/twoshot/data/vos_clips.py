@@ -1,24 +1,17 @@
 """Map-style dataset of training clips from videos (STCN main training, two-shot phases).
 
-:class:`VOSClipDataset` turns ``list[VideoSequence]`` into sample dicts that the trainer
-consumes (batched by the default collate; T = 3, or ``num_frames`` in modes full and bank;
-S = crop size):
+:class:`VOSClipDataset` turns ``list[VideoSequence]`` into training clips, each a
+:class:`~twoshot.data.batch.ClipBatch` of one clip (T = 3, or ``num_frames`` in modes full
+and bank; S = crop size; K = ``num_objects``) with every field set:
 
-- ``rgb``      float32 [T, 3, S, S], ImageNet-normalised
-- ``gt``       float32 [T, 1, S, S], target-object mask (zeros on frames without labels)
-- ``sec_gt``   float32 [T, 1, S, S], second-object mask (zeros if there is none)
-- ``cls_gt``   int64 [T, S, S]: 0 background, 1 target, 2 second object, -1 unknown
-- ``selector`` float32 [2]: [1, 1 if a second object exists else 0]
-- ``labeled``  bool [T]: which frames carry ground truth (frame 0 always does)
-- ``info``     {"name": video name, "frames": [frame index per clip frame]}
-- ``geometry``   float64 [T, 3, 3]: each frame's map from original-frame pixels to crop
-  pixels (:meth:`ClipAugment.augment_clip`)
-- ``crop_box``   int64 [4]: the clip's crop in the original frames (top, left, height, width)
-- ``frame_size`` int64 [2]: the original frames' (height, width)
-- ``object_ids`` int64 [2]: the label-map ids of the target and second object (-1: none)
-
-The last four let phase 2 write refined labels back onto the original frames
-(:mod:`twoshot.train.write_back`); they are tensors so that the default collate batches them.
+- the objects are up to K distinct objects present in frame 0 *after* augmentation, drawn by
+  :func:`twoshot.data.sampling.sample_objects` (STCN: K = 2, a target and, if there is one, a
+  second object; Cutie: K = 3); slot k's pixels are class k in ``cls_gt``, empty slots have
+  zero masks, ``object_ids`` -1 and ``selector`` 0 (slot 1 always has 1, as in STCN and
+  Cutie, even when the crops lost every object);
+- ``cls_gt`` is -1 on frames without a label (``labeled`` False);
+- ``geometry``, ``crop_box``, ``frame_size`` and ``object_ids`` let phase 2 write refined
+  labels back onto the original frames (:mod:`twoshot.train.write_back`).
 
 Modes (DESIGN.md §2):
 
@@ -55,6 +48,7 @@ import torch
 from torch.utils.data import Dataset
 
 from twoshot.data.augment import AugmentedClip, ClipAugment, to_normalized_tensor
+from twoshot.data.batch import ClipBatch
 from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import read_frame, read_mask
 from twoshot.data.sampling import (
@@ -63,6 +57,7 @@ from twoshot.data.sampling import (
     clip_rng,
     effective_max_skip,
     sample_list_frames,
+    sample_objects,
     sample_phase1_frames,
     sample_stcn_frames,
     sample_window_frames,
@@ -83,7 +78,8 @@ class VOSClipDataset(Dataset):
     batches); max_tries: crops re-drawn when the first frame loses every object (STCN: 5);
     augment: the clip augmentation (STCN's at ``crop_size`` by default);
     labeled_clip_share: mode ``phase1`` only, the chance that a sample is a labeled-only
-    clip (as mode ``labeled_only``) instead of a phase-1 clip (0 = the reference).
+    clip (as mode ``labeled_only``) instead of a phase-1 clip (0 = the reference);
+    num_objects: K, the objects per clip (STCN 2, Cutie 3).
     Videos with fewer than 3 frames or without annotations are skipped with one warning;
     UserError if none is usable or if a listed file is missing.
     """
@@ -102,6 +98,7 @@ class VOSClipDataset(Dataset):
         augment: ClipAugment | None = None,
         labeled_clip_share: float = 0.0,
         num_frames: int = CLIP_LENGTH,
+        num_objects: int = 2,
     ) -> None:
         if mode not in MODES:
             raise UserError(f"unknown clip mode {mode!r}; choose one of: {', '.join(MODES)}")
@@ -115,7 +112,10 @@ class VOSClipDataset(Dataset):
             raise UserError(f"a training clip needs at least 2 frames, got num_frames={num_frames}")
         if not 0.0 <= labeled_clip_share <= 1.0:
             raise UserError(f"labeled_clip_share must be in [0, 1], got {labeled_clip_share}")
+        if num_objects < 1:
+            raise UserError(f"a training clip needs at least 1 object, got num_objects={num_objects}")
         self.mode = mode
+        self.num_objects = num_objects
         # Modes full and bank take clips of num_frames frames (Cutie's 8-frame clips); the
         # two-shot warm-up and phase-1 clips are 3 frames by the method's design.
         self.num_frames = num_frames if mode in ("full", "bank") else CLIP_LENGTH
@@ -216,8 +216,8 @@ class VOSClipDataset(Dataset):
             return sample_stcn_frames(source, video.num_frames, self.max_skip)
         return sample_list_frames(source, self._annotated[video_index], self.max_skip)
 
-    def __getitem__(self, index: int) -> dict[str, object]:
-        """Sample ``index`` of the current epoch (see the module doc for the dict)."""
+    def __getitem__(self, index: int) -> ClipBatch:
+        """Sample ``index`` of the current epoch: a ClipBatch of one clip (see the module doc)."""
         if not 0 <= index < len(self):
             raise IndexError(index)
         video_index = index % len(self.videos)
@@ -225,7 +225,7 @@ class VOSClipDataset(Dataset):
         rng = clip_rng(self.seed, self.epoch, index)
         frame_cache: dict[int, np.ndarray] = {}
         mask_cache: dict[int, np.ndarray] = {}
-        target = second = None
+        chosen: list[int] = []
         for _ in range(self.max_tries):
             frames = self.sample_frames(rng, video_index)
             images = [self._frame(video, f, frame_cache) for f in frames]
@@ -238,17 +238,13 @@ class VOSClipDataset(Dataset):
             assert first is not None  # every mode starts at an annotated frame
             objects = [int(o) for o in np.unique(first) if o not in (0, VOID_LABEL)]
             if objects:
-                target = int(rng.choice(objects))
-                others = [o for o in objects if o != target]
-                second = int(rng.choice(others)) if others else None
+                chosen = sample_objects(cast(RandomSource, rng), objects, self.num_objects)
                 break
         else:
             # Like STCN, a clip whose crops never showed an object is all background; but a
             # video with no object at all is a mistake in the data, so say so.
             self._check_not_empty(video)
-        sample = _pack(clip.pixels, clip.masks, target, second, video.name, frames)
-        sample.update(_geometry(clip, images[0].shape[:2], target, second))
-        return sample
+        return _pack(clip, chosen, self.num_objects, video.name, frames, images[0].shape[:2])
 
     def _frame(self, video: VideoSequence, index: int, cache: dict[int, np.ndarray]) -> np.ndarray:
         if index not in cache:
@@ -295,32 +291,19 @@ class VOSClipDataset(Dataset):
             self._check_not_empty(video)
 
 
-def _geometry(
-    clip: AugmentedClip, frame_size: tuple[int, ...], target: int | None, second: int | None
-) -> dict[str, torch.Tensor]:
-    """The sample entries that map the clip back onto its original frames (see module doc)."""
-    return {
-        "geometry": torch.from_numpy(clip.matrices),
-        "crop_box": torch.tensor(clip.crop_box, dtype=torch.int64),
-        "frame_size": torch.tensor(tuple(frame_size), dtype=torch.int64),
-        "object_ids": torch.tensor(
-            [-1 if target is None else target, -1 if second is None else second], dtype=torch.int64
-        ),
-    }
-
-
 def _pack(
-    pixels: np.ndarray,
-    labels: Sequence[np.ndarray | None],
-    target: int | None,
-    second: int | None,
+    clip: AugmentedClip,
+    objects: Sequence[int],
+    slots: int,
     name: str,
     frames: Sequence[int],
-) -> dict[str, object]:
-    """Build the sample dict from augmented frames (float32 [T,S,S,3]) and label maps."""
+    frame_size: tuple[int, ...],
+) -> ClipBatch:
+    """The clip as a ClipBatch of one: ``objects`` (ids, in slot order) fill the first of
+    ``slots`` slots; frames without labels get class -1. ``frame_size``: the original (H, W)."""
+    pixels, labels = clip.pixels, clip.masks
     steps, size = pixels.shape[0], pixels.shape[1]
-    gt = np.zeros((steps, 1, size, size), dtype=np.float32)
-    sec_gt = np.zeros_like(gt)
+    first = np.zeros((slots, size, size), dtype=np.float32)
     cls_gt = np.zeros((steps, size, size), dtype=np.int64)
     labeled = np.zeros(steps, dtype=bool)
     for t, frame_labels in enumerate(labels):
@@ -328,18 +311,25 @@ def _pack(
             cls_gt[t] = -1
             continue
         labeled[t] = True
-        if target is not None:
-            gt[t, 0] = frame_labels == target
-            cls_gt[t][frame_labels == target] = 1
-        if second is not None:
-            sec_gt[t, 0] = frame_labels == second
-            cls_gt[t][frame_labels == second] = 2
-    return {
-        "rgb": to_normalized_tensor(pixels),
-        "gt": torch.from_numpy(gt),
-        "sec_gt": torch.from_numpy(sec_gt),
-        "cls_gt": torch.from_numpy(cls_gt),
-        "selector": torch.tensor([1.0, 1.0 if second is not None else 0.0], dtype=torch.float32),
-        "labeled": torch.from_numpy(labeled),
-        "info": {"name": name, "frames": [int(f) for f in frames]},
-    }
+        for slot, obj in enumerate(objects):
+            if t == 0:
+                first[slot] = frame_labels == obj
+            cls_gt[t][frame_labels == obj] = slot + 1
+    # Slot 1 counts as present even in a clip whose crops lost every object (an all-background
+    # clip), as in both references: the loss then trains background against one object.
+    filled = max(1, len(objects))
+    present = [1.0] * filled + [0.0] * (slots - filled)
+    ids = [int(o) for o in objects] + [-1] * (slots - len(objects))
+    return ClipBatch.single(
+        rgb=to_normalized_tensor(pixels),
+        first_masks=torch.from_numpy(first),
+        cls_gt=torch.from_numpy(cls_gt),
+        selector=torch.tensor(present, dtype=torch.float32),
+        labeled=torch.from_numpy(labeled),
+        name=name,
+        frames=frames,
+        geometry=torch.from_numpy(clip.matrices),
+        crop_box=torch.tensor(clip.crop_box, dtype=torch.int64),
+        frame_size=torch.tensor(tuple(frame_size), dtype=torch.int64),
+        object_ids=torch.tensor(ids, dtype=torch.int64),
+    )

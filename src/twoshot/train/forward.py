@@ -1,18 +1,18 @@
 """The training forward pass over a batch of clips, for any model.
 
-Frame 0's ground-truth masks (target and second object, K = 2) start each clip; the model's
+Frame 0's ground-truth masks of the clip's K object slots start each clip; the model's
 :meth:`~twoshot.model.interface.VOSModel.clip_forward` segments frames 1..T-1 (STCN's
 recurrence is in :mod:`twoshot.model.network`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from twoshot.data.batch import ClipBatch
 from twoshot.model.interface import VOSModel
 
 
@@ -56,26 +56,16 @@ class ClipModel(nn.Module):
         return self.model.training_forward(rgb, first_masks, selector)
 
 
-def first_frame_masks(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Frame 0's masks of a training batch: [B, 2, H, W] = (target, second object).
-
-    batch["gt"], batch["sec_gt"]: [B,T,1,H,W]. The second object's mask is all zeros when
-    the clip has none (its selector entry is 0).
-    """
-    return torch.cat([batch["gt"][:, 0], batch["sec_gt"][:, 0]], dim=1).float()
-
-
-def forward_batch(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> ClipOutput:
-    """Run the clip forward on a training batch (a dict as the clip datasets give).
+def forward_batch(model: nn.Module, batch: ClipBatch) -> ClipOutput:
+    """Run the clip forward on a training batch: frames ``batch.rgb`` from frame 0's
+    ``batch.first_masks`` [B, K, S, S], absent slots masked by ``batch.selector`` [B, K].
 
     model: a VOSModel (predictions only, e.g. the teacher), or a :class:`ClipModel` (possibly
     wrapped in DDP) around one (predictions and the auxiliary logits the loss needs).
-    Returns the :class:`ClipOutput` of frames 1..T-1.
+    Returns the :class:`ClipOutput` of frames 1..T-1 (K + 1 channels).
     """
-    masks = first_frame_masks(batch)
-    selector = batch["selector"].float()
     if isinstance(model, VOSModel):
-        logits, probs = model.clip_forward(batch["rgb"], masks, selector)
+        logits, probs = model.clip_forward(batch.rgb, batch.first_masks, batch.selector)
         return ClipOutput(logits, probs)
-    logits, probs, aux = model(batch["rgb"], masks, selector)
+    logits, probs, aux = model(batch.rgb, batch.first_masks, batch.selector)
     return ClipOutput(logits, probs, aux)

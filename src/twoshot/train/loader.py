@@ -18,6 +18,8 @@ Each sample is also made with Python's, NumPy's and torch's global generators se
 (seed, epoch, index), so datasets that draw from the global generators are reproducible too,
 independently of the worker that makes the sample. Each sample gets a ``sample_seed`` (int64,
 from the same triple) for randomness the loss needs per sample (Cutie's point sampling).
+Samples are :class:`~twoshot.data.batch.ClipBatch` items of one clip, batched by
+:func:`~twoshot.data.batch.collate_clips`.
 """
 
 from __future__ import annotations
@@ -26,18 +28,24 @@ import contextlib
 import random
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from twoshot.data.batch import ClipBatch, collate_clips
 from twoshot.errors import UserError
 
-Batch = dict[str, Any]
 ItemKey = tuple[int, int, int]  # (epoch, max_skip, dataset index)
-_ERROR = "__twoshot_user_error__"
-SAMPLE_SEED = "sample_seed"  # int64 per sample in every batch (see StreamItems)
+
+
+@dataclass(frozen=True)
+class SampleFailure:
+    """A UserError raised while making a sample, carried to the main process as a value."""
+
+    message: str
 
 
 def epoch_order(length: int, global_batch: int, seed: int, epoch: int) -> list[int]:
@@ -97,14 +105,15 @@ class StreamSampler(Sampler[list[ItemKey]]):
             it += 1
 
 
-class StreamItems(Dataset[Batch]):
+class StreamItems(Dataset[ClipBatch | SampleFailure]):
     """Wraps a clip dataset: applies a key's epoch and max skip, seeds the global generators.
 
-    A UserError raised while making a sample (a bad video) is returned as a marker, so that it
-    reaches the main process as its own message instead of a worker traceback.
+    A UserError raised while making a sample (a bad video) is returned as a
+    :class:`SampleFailure`, so that it reaches the main process as its own message instead of
+    a worker traceback.
     """
 
-    def __init__(self, dataset: Dataset[Batch], seed: int) -> None:
+    def __init__(self, dataset: Dataset[ClipBatch], seed: int) -> None:
         self.dataset = dataset
         self.seed = seed
         self._epoch: int | None = None
@@ -113,7 +122,7 @@ class StreamItems(Dataset[Batch]):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: ItemKey) -> Any:
+    def __getitem__(self, key: ItemKey) -> ClipBatch | SampleFailure:
         epoch, skip, index = key
         try:
             if epoch != self._epoch and hasattr(self.dataset, "set_epoch"):
@@ -124,21 +133,22 @@ class StreamItems(Dataset[Batch]):
             sample = _seeded_call(
                 lambda: self.dataset[index], _mix(self.seed, epoch, index), restore=get_worker_info() is None
             )
-            if isinstance(sample, dict):
+            if isinstance(sample, ClipBatch):
                 # A seed of the sample's own for randomness in the loss (Cutie's point
                 # sampling): the same whichever process or batch position the sample gets.
-                sample = {**sample, SAMPLE_SEED: torch.tensor(_mix(self.seed, epoch, index, 1))}
+                seed = torch.tensor([_mix(self.seed, epoch, index, 1)], dtype=torch.int64)
+                sample = sample.replace(sample_seed=seed)
             return sample
         except UserError as exc:
-            return {_ERROR: str(exc)}
+            return SampleFailure(str(exc))
 
 
-def collate(samples: list[Any]) -> Any:
-    """``default_collate``, passing a sample's UserError marker through instead."""
+def collate(samples: list[ClipBatch | SampleFailure]) -> ClipBatch | SampleFailure:
+    """:func:`~twoshot.data.batch.collate_clips`, passing a sample's failure through instead."""
     for sample in samples:
-        if isinstance(sample, dict) and _ERROR in sample:
+        if isinstance(sample, SampleFailure):
             return sample
-    return default_collate(samples)
+    return collate_clips(samples)  # type: ignore[arg-type]  # no failure among them
 
 
 def seed_worker(worker_id: int) -> None:
@@ -170,7 +180,7 @@ class ClipStream:
         self.rank, self.world, self.skip_at, self.pin_memory = rank, world, skip_at, pin_memory
         self.epoch = 0
         self.position = 0  # steps of ``epoch`` already consumed
-        self.dataset: Dataset[Batch] | None = None
+        self.dataset: Dataset[ClipBatch] | None = None
         self._iterator: Iterator[Any] | None = None
         self._loader: DataLoader[Any] | None = None
 
@@ -178,13 +188,13 @@ class ClipStream:
         """{epoch, position}: where the next batch comes from."""
         return {"epoch": self.epoch, "position": self.position}
 
-    def load_state_dict(self, state: dict[str, int], dataset: Dataset[Batch] | None) -> None:
+    def load_state_dict(self, state: dict[str, int], dataset: Dataset[ClipBatch] | None) -> None:
         """Continue from ``state``; ``dataset`` is the one in use when the state was saved."""
         self.close()
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self.dataset = dataset
 
-    def next_batch(self, dataset: Dataset[Batch], it: int) -> Batch:
+    def next_batch(self, dataset: Dataset[ClipBatch], it: int) -> ClipBatch:
         """The batch of iteration ``it`` from ``dataset`` (a new dataset starts a new epoch).
 
         Raises UserError for an empty dataset or a sample that could not be made.
@@ -228,8 +238,8 @@ class ClipStream:
                 self._iterator = iter(self._loader)  # forks the workers
         batch = next(self._iterator)
         self.position += 1
-        if isinstance(batch, dict) and _ERROR in batch:
-            raise UserError(batch[_ERROR])
+        if isinstance(batch, SampleFailure):
+            raise UserError(batch.message)
         return batch
 
     def close(self) -> None:

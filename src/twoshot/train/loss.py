@@ -3,8 +3,9 @@
 STCN's loss: per sample and per predicted frame, ``F.cross_entropy`` on the soft-aggregated
 logits (background + K objects); plain CE before ``loss_start_warm``; afterwards the mean of
 the hardest ``p`` fraction of pixels, ``p`` falling linearly from 1.0 to ``loss_top_p`` at
-``loss_end_warm``. Samples without a second object use only the first two logit channels.
-The clip loss is the sum over frames 1..T-1 of the mean over the batch.
+``loss_end_warm``. A sample uses the logit channels of its present objects only (STCN: a
+sample without a second object uses background + target). The clip loss is the sum over
+frames 1..T-1 of the mean over the batch.
 
 Two-shot adds the label -1 (no target for this pixel): those pixels are removed *before* the
 top-p selection, so ``p`` is a fraction of the labeled pixels.
@@ -58,6 +59,17 @@ def bootstrapped_ce(
     return kept.mean()
 
 
+def object_channels(selector: torch.Tensor) -> list[int]:
+    """Per sample, the object slots its loss scores: 1 + the index of the last present slot
+    (``selector > 0.5``), at least 1. selector [B, K]; one host sync.
+
+    Present slots come first (the clip datasets fill them in order), so this is the number
+    of objects, as the Cutie reference's ``num_objects`` and STCN's "second object or not".
+    """
+    present = (selector > 0.5).tolist()
+    return [max([k + 1 for k, on in enumerate(row) if on] or [1]) for row in present]
+
+
 @dataclass
 class LossResult:
     """The clip loss and what is logged about it.
@@ -79,21 +91,22 @@ def clip_loss(
     """STCN's training loss over frames 1..T-1 of a batch of clips.
 
     logits [B,T-1,K+1,H,W] (ClipOutput.logits); cls_gt int64 [B,T,H,W] with 0 background,
-    1 target, 2 second object, -1 ignored (frame 0 is not scored); selector [B,K], the second
-    object present when selector[:, 1] > 0.5. ``it``: 0-based iteration (bootstrap schedule).
-    Returns a :class:`LossResult`: total = sum over frames of the mean over samples.
+    k the object of slot k, -1 ignored (frame 0 is not scored); selector [B,K] (a sample is
+    scored on background + :func:`object_channels` objects). ``it``: 0-based iteration
+    (bootstrap schedule). Returns a :class:`LossResult`: total = sum over frames of the mean
+    over samples.
     """
     batch, predicted = logits.shape[:2]
     p = bootstrap_p(it, config.loss_start_warm, config.loss_end_warm, config.loss_top_p)
     plain = it < config.loss_start_warm
     total = logits.new_zeros((), dtype=torch.float32)
     frames = []
-    has_second = (selector[:, 1] > 0.5).tolist()  # one host sync, not one per sample
+    objects = object_channels(selector)  # one host sync, not one per sample
     for i in range(predicted):
         frame_loss = logits.new_zeros((), dtype=torch.float32)
         for j in range(batch):
             # A loop, as STCN: samples differ in object count and in labeled-pixel count.
-            channels = logits.shape[2] if has_second[j] else 2
+            channels = objects[j] + 1
             frame_loss = (
                 frame_loss + bootstrapped_ce(logits[j, i, :channels], cls_gt[j, i + 1], p, plain) / batch
             )
@@ -107,18 +120,20 @@ def iou_counts(probs: torch.Tensor, cls_gt: torch.Tensor, selector: torch.Tensor
 
     probs [B,T-1,K+1,H,W] (ClipOutput.probs); cls_gt [B,T,H,W]; selector [B,K].
     An object is predicted where its aggregated probability is > 0.5; pixels labeled -1 are
-    left out; the second object counts only in samples that have one.
-    Returns detached scalar tensors {"i", "u", "sec_i", "sec_u"} summed over the batch.
+    left out; slots 2..K count only in samples where they hold an object.
+    Returns detached scalar tensors summed over the batch: {"i", "u"} of slot 1 (the target)
+    and, when K > 1, {"sec_i", "sec_u"} summed over slots 2..K (the other objects).
     """
     target = cls_gt[:, 1:]
     valid = target != IGNORE
     pred = probs[:, :, 1] > 0.5
     truth = target == 1
     counts = {"i": (pred & truth & valid).sum(), "u": ((pred | truth) & valid).sum()}
-    if probs.shape[2] > 2:
-        has_second = (selector[:, 1] > 0.5)[:, None, None, None]
-        pred2 = (probs[:, :, 2] > 0.5) & has_second
-        truth2 = (target == 2) & has_second
-        counts["sec_i"] = (pred2 & truth2 & valid).sum()
-        counts["sec_u"] = ((pred2 | truth2) & valid).sum()
+    for slot in range(2, probs.shape[2]):
+        present = (selector[:, slot - 1] > 0.5)[:, None, None, None]
+        pred_k = (probs[:, :, slot] > 0.5) & present
+        truth_k = (target == slot) & present
+        inter, union = (pred_k & truth_k & valid).sum(), ((pred_k | truth_k) & valid).sum()
+        counts["sec_i"] = counts["sec_i"] + inter if "sec_i" in counts else inter
+        counts["sec_u"] = counts["sec_u"] + union if "sec_u" in counts else union
     return {k: v.detach().float() for k, v in counts.items()}

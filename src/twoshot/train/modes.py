@@ -12,7 +12,8 @@ Hook order in one iteration ``it`` (0-based):
 1. ``dataset(it)`` -> the dataset the next batch comes from (``None``: the stage's dataset);
 2. forward pass of the student on the batch -> :class:`~twoshot.train.forward.ClipOutput`;
 3. ``prepare_targets(batch, outputs, it)`` under ``torch.no_grad()`` (and autocast when AMP
-   is on) -> the batch whose ``cls_gt`` the loss uses;
+   is on) -> the batch (a :class:`~twoshot.data.batch.ClipBatch`) whose ``cls_gt`` the
+   loss uses;
 4. loss, backward, optimiser step;
 5. ``after_step(model, it)`` with the bare STCN (no DDP wrapper).
 
@@ -30,9 +31,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from twoshot.data.batch import ClipBatch
 from twoshot.train.forward import ClipOutput
-
-Batch = dict[str, Any]
 
 
 @runtime_checkable
@@ -52,14 +52,14 @@ class TrainingMode(Protocol):
         changes, and relies on this to resume exactly.
         """
 
-    def prepare_targets(self, batch: Batch, outputs: ClipOutput, it: int) -> Batch:
+    def prepare_targets(self, batch: ClipBatch, outputs: ClipOutput, it: int) -> ClipBatch:
         """Targets for the loss, between the forward pass and the loss.
 
-        batch: the training batch on the device (see twoshot.data: ``rgb`` [B,T,3,H,W],
-        ``gt``/``sec_gt`` [B,T,1,H,W], ``cls_gt`` int64 [B,T,H,W] with -1 = unknown,
-        ``selector`` [B,2], ``labeled`` bool [B,T]). outputs: the student's predictions for
-        frames 1..T-1 (with grad; called under no_grad). Return the batch with ``cls_gt``
-        (0 bg / 1 target / 2 second / -1 ignored) filled in for the frames to train on.
+        batch: the training batch on the device (``cls_gt`` int64 [B,T,H,W] with -1 =
+        unknown, ``selector`` [B,K], ``labeled`` bool [B,T], ...). outputs: the student's
+        predictions for frames 1..T-1 (with grad; called under no_grad). Return the batch
+        with ``cls_gt`` (0 background, k the object of slot k, -1 ignored) filled in for the
+        frames to train on: ``batch.replace(cls_gt=targets)``.
         """
 
     def after_step(self, model: nn.Module, it: int) -> None:
@@ -90,7 +90,7 @@ class SupervisedMode:
         """Always the stage's dataset."""
         return None
 
-    def prepare_targets(self, batch: Batch, outputs: ClipOutput, it: int) -> Batch:
+    def prepare_targets(self, batch: ClipBatch, outputs: ClipOutput, it: int) -> ClipBatch:
         """The batch unchanged."""
         return batch
 

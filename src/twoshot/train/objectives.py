@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from twoshot.config import TrainConfig
+from twoshot.data.batch import ClipBatch
 from twoshot.errors import UserError
 from twoshot.train.forward import ClipOutput
-from twoshot.train.loader import SAMPLE_SEED
 from twoshot.train.loss import LossResult, clip_loss
 
 
@@ -31,9 +31,10 @@ class Objective(Protocol):
     def optimizer(self, model: nn.Module, use_amp: bool) -> torch.optim.Optimizer:
         """The optimiser over ``model``'s trainable parameters."""
 
-    def loss(self, output: ClipOutput, batch: dict[str, Any], it: int) -> LossResult:
-        """The loss of a batch; ``batch["cls_gt"]`` int64 [B, T, H, W] (-1 ignored),
-        ``batch["selector"]`` [B, K]; ``output`` the clip predictions (with aux); ``it`` 0-based."""
+    def loss(self, output: ClipOutput, batch: ClipBatch, it: int) -> LossResult:
+        """The loss of a batch: targets ``batch.cls_gt`` int64 [B, T, H, W] (-1 ignored) of the
+        slots ``batch.selector`` [B, K]; ``output`` the clip predictions (with aux); ``it``
+        0-based."""
 
 
 class STCNObjective:
@@ -52,9 +53,9 @@ class STCNObjective:
         params = [p for p in model.parameters() if p.requires_grad]
         return torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
-    def loss(self, output: ClipOutput, batch: dict[str, Any], it: int) -> LossResult:
+    def loss(self, output: ClipOutput, batch: ClipBatch, it: int) -> LossResult:
         """Bootstrapped CE over frames 1..T-1 (ignored pixels left out)."""
-        return clip_loss(output.logits, batch["cls_gt"], batch["selector"], it, self.cfg)
+        return clip_loss(output.logits, batch.cls_gt, batch.selector, it, self.cfg)
 
 
 # Parameter-name endings of the object transformer's learned embeddings: no weight decay (the
@@ -111,17 +112,12 @@ class CutieObjective:
             eps=1e-6 if use_amp else 1e-8,
         )
 
-    def loss(self, output: ClipOutput, batch: dict[str, Any], it: int) -> LossResult:
+    def loss(self, output: ClipOutput, batch: ClipBatch, it: int) -> LossResult:
         """:func:`twoshot.train.point_loss.cutie_clip_loss` (ignored pixels excluded)."""
         from twoshot.train.point_loss import cutie_clip_loss
 
         return cutie_clip_loss(
-            output.logits,
-            output.aux,
-            batch["cls_gt"],
-            batch["selector"],
-            self.cfg.cutie,
-            batch.get(SAMPLE_SEED),
+            output.logits, output.aux, batch.cls_gt, batch.selector, self.cfg.cutie, batch.sample_seed
         )
 
 

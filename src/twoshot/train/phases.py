@@ -18,10 +18,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from twoshot.config import TwoShotConfig
+from twoshot.data.batch import ClipBatch
 from twoshot.data.layout import VideoSequence
 from twoshot.errors import UserError
 from twoshot.train.forward import ClipOutput, forward_batch
-from twoshot.train.modes import Batch, SupervisedMode
+from twoshot.train.modes import SupervisedMode
 from twoshot.train.targets import IGNORE, confident_labels, pseudo_label_targets, refine_targets
 from twoshot.train.teacher import ema_update, make_teacher
 from twoshot.train.write_back import BankWriter
@@ -73,33 +74,35 @@ class Phase1Mode(SupervisedMode):
         """Labeled-only clips before ``end_warm``, phase-1 clips from then on."""
         return self.warmup_dataset if it < self.settings.end_warm else self.clip_dataset
 
-    def prepare_targets(self, batch: Batch, outputs: ClipOutput, it: int) -> Batch:
-        """Fill unlabeled frames with confident teacher (or student) labels; -1 elsewhere."""
+    def prepare_targets(self, batch: ClipBatch, outputs: ClipOutput, it: int) -> ClipBatch:
+        """Fill unlabeled frames with confident teacher (or student) labels; -1 elsewhere.
+
+        A pixel takes object k where its probability is >= ``pseudo_threshold``, background
+        where 1 - (sum of the K objects' probabilities) is, else -1 (any K).
+        """
         if it < self.settings.end_warm:
             return batch
         if self.teacher is not None:
             probs = forward_batch(self.teacher, batch).probs
         else:
             probs = outputs.probs.detach()
-        targets = pseudo_label_targets(
-            batch["cls_gt"], batch["labeled"], probs, self.settings.pseudo_threshold
-        )
+        targets = pseudo_label_targets(batch.cls_gt, batch.labeled, probs, self.settings.pseudo_threshold)
         self._measure(batch, probs, targets)
-        return {**batch, "cls_gt": targets}
+        return batch.replace(cls_gt=targets)
 
-    def _measure(self, batch: Batch, probs: torch.Tensor, targets: torch.Tensor) -> None:
-        unlabeled = ~batch["labeled"][:, 1:]
+    def _measure(self, batch: ClipBatch, probs: torch.Tensor, targets: torch.Tensor) -> None:
+        unlabeled = ~batch.labeled[:, 1:]
         if unlabeled.any():
             self.averages.add(
                 "pseudo_label_share", float((targets[:, 1:][unlabeled] != IGNORE).float().mean())
             )
         # Accuracy only where ground truth happens to exist: labeled frames 1..T-1 of the
         # clip, labeled as if they were not. It is logged, never used in the loss.
-        labeled = batch["labeled"][:, 1:]
+        labeled = batch.labeled[:, 1:]
         if labeled.any():
             guess = confident_labels(probs.flatten(0, 1), self.settings.pseudo_threshold)
             guess = guess.view_as(targets[:, 1:])[labeled]
-            truth = batch["cls_gt"][:, 1:][labeled]
+            truth = batch.cls_gt[:, 1:][labeled]
             confident = (guess != IGNORE) & (truth != IGNORE)
             if confident.any():
                 self.averages.add(
@@ -153,22 +156,22 @@ class Phase2Mode(SupervisedMode):
                 )
             self.writer = BankWriter(bank, videos)
 
-    def prepare_targets(self, batch: Batch, outputs: ClipOutput, it: int) -> Batch:
+    def prepare_targets(self, batch: ClipBatch, outputs: ClipOutput, it: int) -> ClipBatch:
         """From ``phase2_start_update`` on, confident predictions overwrite frames 1..T-1
         (and, with write-back, the bank's PNGs of those frames)."""
         if it < self.settings.phase2_start_update:
             return batch
         probs = outputs.probs.detach()
-        targets = refine_targets(batch["cls_gt"], probs, self.settings.refine_threshold)
-        self.averages.add("refined_share", float((targets[:, 1:] != batch["cls_gt"][:, 1:]).float().mean()))
+        targets = refine_targets(batch.cls_gt, probs, self.settings.refine_threshold)
+        self.averages.add("refined_share", float((targets[:, 1:] != batch.cls_gt[:, 1:]).float().mean()))
         if self.writer is not None:
             confident = confident_labels(probs.flatten(0, 1), self.settings.refine_threshold)
-            stats = self.writer.write_batch(batch, confident.view_as(batch["cls_gt"][:, 1:]))
+            stats = self.writer.write_batch(batch, confident.view_as(batch.cls_gt[:, 1:]))
             self.averages.add("written_back_pixels", float(stats.pixels))
             self.averages.add("written_back_files", float(stats.files))
             if stats.visited:
                 self.averages.add("written_back_share", stats.pixels / stats.visited)
-        return {**batch, "cls_gt": targets}
+        return batch.replace(cls_gt=targets)
 
     def log_scalars(self) -> dict[str, float]:
         """Means since the last call: share of target pixels changed by refinement; with

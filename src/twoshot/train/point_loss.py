@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from twoshot.config import CutieTrainSettings
-from twoshot.train.loss import IGNORE, LossResult
+from twoshot.train.loss import IGNORE, LossResult, object_channels
 
 
 @dataclass(frozen=True)
@@ -160,8 +160,9 @@ def cutie_clip_loss(
 
     logits [B, T-1, K+1, H, W]; aux: ``sensory`` [B, T-1, K+1, h, w] and ``query``
     [B, T-1, K+1, L, h, w] when present (:meth:`Cutie.training_forward`); cls_gt int64
-    [B, T, H, W] (0 background, 1.. objects, -1 ignored; frame 0 not scored); selector [B, K]
-    (samples use 1 + the number of objects up to the last present one); seeds int64 [B]: each
+    [B, T, H, W] (0 background, k the object of slot k, -1 ignored; frame 0 not scored);
+    selector [B, K] (a sample is scored on background + its
+    :func:`~twoshot.train.loss.object_channels` objects); seeds int64 [B]: each
     sample's points come from a generator seeded with its entry (the batch's
     ``sample_seed``), so that a sample is scored alike in any process and batch position;
     None draws from torch's default generator. Returns a
@@ -169,7 +170,7 @@ def cutie_clip_loss(
     """
     sampling = PointSampling(settings.num_points, settings.oversample_ratio, settings.importance_ratio)
     batch = logits.shape[0]
-    present = (selector > 0.5).tolist()  # one host sync
+    objects = object_channels(selector)  # the reference's num_objects per sample
     seed_list = seeds.tolist() if seeds is not None else None
     terms: dict[str, torch.Tensor] = {}
 
@@ -177,9 +178,7 @@ def cutie_clip_loss(
         terms[name] = terms[name] + value if name in terms else value
 
     for b in range(batch):
-        # Objects up to the last present one (the reference's num_objects per sample).
-        objects = max([k + 1 for k, on in enumerate(present[b]) if on] or [1])
-        channels = objects + 1
+        channels = objects[b] + 1
         targets, valid = one_hot_targets(cls_gt[b, 1:].clamp(max=channels - 1), channels)
         generator = None
         if seed_list is not None:

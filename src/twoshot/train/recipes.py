@@ -47,13 +47,14 @@ class StageRecipe:
 
 def clip_options(config: Config, kind: str) -> dict[str, Any]:
     """VOSClipDataset keyword arguments of the main section: first max skip of the curriculum,
-    seed, clip length, and YouTube-VOS's every-5th-frame annotation stride."""
+    seed, clip length, objects per clip, and YouTube-VOS's every-5th-frame annotation stride."""
     cfg = config.main
     return {
         "max_skip": cfg.max_skip_values[0],
         "seed": cfg.seed,
         "annotation_stride": 5 if kind == "youtube" else 1,
         "num_frames": cfg.num_frames,  # modes full and bank only (Cutie's 8-frame clips)
+        "num_objects": cfg.num_objects,
     }
 
 
@@ -62,7 +63,8 @@ def static_recipe(config: Config, data: str | Path) -> StageRecipe:
     from twoshot.data.static_clips import StaticClipDataset
 
     cfg = config.static
-    return StageRecipe("static", StaticClipDataset(data, cfg.crop_size, seed=cfg.seed), None)
+    dataset = StaticClipDataset(data, cfg.crop_size, seed=cfg.seed, num_objects=cfg.num_objects)
+    return StageRecipe("static", dataset, None)
 
 
 def full_recipe(config: Config, sequences: Sequence[VideoSequence], kind: str) -> StageRecipe:

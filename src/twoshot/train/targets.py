@@ -1,8 +1,8 @@
 """Per-pixel targets of the two-shot method: confident pseudo labels and online refinement.
 
-Both turn aggregated probabilities (background first: [B, 3, H, W] for background, target
-object, second object) into class targets 0 / 1 / 2, with -1 for "no label" (ignored by the
-loss).
+Both turn aggregated probabilities (background first: [B, K+1, H, W] for background and the
+clip's K objects; STCN K = 2, target and second object) into class targets 0..K, with -1 for
+"no label" (ignored by the loss).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ IGNORE = -1
 def confident_labels(prob: torch.Tensor, threshold: float) -> torch.Tensor:
     """Class of each pixel whose most likely class has probability >= ``threshold``, else -1.
 
-    prob: [B, C, H, W] aggregated probabilities (C = 1 + objects, background first); since
-    they sum to one, the background test ``1 - p1 - p2 >= t`` is ``prob[:, 0] >= t``.
-    Returns int64 [B, H, W].
+    prob: [B, C, H, W] aggregated probabilities (C = 1 + K objects, background first); since
+    they sum to one, the background test ``1 - (p1 + ... + pK) >= t`` is ``prob[:, 0] >= t``.
+    With ``t > 0.5`` at most one class passes. Returns int64 [B, H, W].
     """
     best, label = prob.max(dim=1)
     return torch.where(best >= threshold, label, torch.full_like(label, IGNORE))

@@ -219,7 +219,7 @@ class Trainer:
             while self.it < total:
                 it = self.it
                 batch = self.stream.next_batch(self.dataset_at(it), it)
-                batch = _to_device(batch, self.device)
+                batch = batch.to(self.device)
                 with torch.autocast(self.device.type, enabled=self.use_amp):
                     output = forward_batch(self.net, batch)
                     with torch.no_grad():
@@ -242,7 +242,7 @@ class Trainer:
                 _accumulate(
                     sums,
                     loss,
-                    iou_counts(output.probs.detach(), batch["cls_gt"], batch["selector"]),
+                    iou_counts(output.probs.detach(), batch.cls_gt, batch.selector),
                     grad_norm,
                 )
                 steps_in_window += 1
@@ -256,7 +256,7 @@ class Trainer:
                     logger.image(
                         self.it,
                         "train/clips",
-                        clip_grid(batch["rgb"], batch["cls_gt"], output.probs.detach()),
+                        clip_grid(batch.rgb, batch.cls_gt, output.probs.detach()),
                     )
                 if self.it % cfg.save_every == 0 or self.it == total:
                     self._save(total)
@@ -497,12 +497,6 @@ def _check_train_config(cfg: TrainConfig, stage: str) -> None:
     for ok, key, what in cutie_checks:
         if not ok:
             raise UserError(f"config {stage}.cutie.{key} {what} (got {getattr(cutie, key)!r})")
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
-    }
 
 
 def _accumulate(

@@ -7,9 +7,9 @@ the original frame with the inverse of the clip's geometry (nearest neighbour; o
 pixels inside the crop box whose image falls inside the crop count,
 :func:`twoshot.data.augment.labels_to_frame`) and merged into that frame's bank PNG:
 
-- class 1 -> the target's object id, class 2 -> the second object's id (if the clip has one);
-- class 0 -> 0 only where the bank holds the target or the second id: class 0 means
-  "neither of the two", so other objects are left alone.
+- class k -> the id of the clip's k-th object (``object_ids``; empty slots are skipped);
+- class 0 -> 0 only where the bank holds one of the clip's objects: class 0 means "none of
+  the clip's objects", so other objects (not sampled into the clip) are left alone.
 
 Labeled (ground-truth) frames, as the bank manifest lists them, are never touched. Each PNG
 is replaced atomically (temporary file + rename, :func:`twoshot.data.masks.write_mask`), and
@@ -31,7 +31,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -46,28 +45,29 @@ from twoshot.bank import (
     video_lock,
 )
 from twoshot.data.augment import labels_to_frame
+from twoshot.data.batch import ClipBatch
 from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import read_mask, write_mask
 from twoshot.errors import UserError
 from twoshot.fsutil import write_json
 
 NO_LABEL = 255  # in class maps: nothing to write at this pixel
-BATCH_KEYS = ("geometry", "crop_box", "frame_size", "object_ids", "info")
+BATCH_FIELDS = ("geometry", "crop_box", "frame_size", "object_ids")  # VOSClipDataset sets them
 
 PathLike = str | os.PathLike[str]
 
 
-def merge_classes(bank: np.ndarray, classes: np.ndarray, target: int, second: int) -> np.ndarray:
+def merge_classes(bank: np.ndarray, classes: np.ndarray, object_ids: Sequence[int]) -> np.ndarray:
     """Merge refined classes into a bank label map.
 
-    bank: uint8 [H, W] object ids; classes: uint8 [H, W] with 0 / 1 / 2 or :data:`NO_LABEL`;
-    target / second: the ids classes 1 / 2 stand for (-1: no such object, class ignored).
-    Returns the new uint8 [H, W]: class 1 -> target, class 2 -> second, class 0 -> 0 only
-    where ``bank`` holds target or second (another object is not "background").
+    bank: uint8 [H, W] object ids; classes: uint8 [H, W] with 0..K or :data:`NO_LABEL`;
+    object_ids: the K ids classes 1..K stand for (-1: empty slot, its class ignored).
+    Returns the new uint8 [H, W]: class k -> ``object_ids[k-1]``, class 0 -> 0 only where
+    ``bank`` holds one of the ids (another object is not "background").
     """
     out = bank.copy()
     ours = np.zeros(bank.shape, dtype=bool)
-    for class_id, object_id in ((1, target), (2, second)):
+    for class_id, object_id in enumerate(object_ids, start=1):
         if object_id >= 0:
             ours |= bank == object_id
             out[classes == class_id] = object_id
@@ -75,7 +75,7 @@ def merge_classes(bank: np.ndarray, classes: np.ndarray, target: int, second: in
     return out
 
 
-def rewrite_frame(path: PathLike, classes: np.ndarray, target: int, second: int) -> int:
+def rewrite_frame(path: PathLike, classes: np.ndarray, object_ids: Sequence[int]) -> int:
     """Merge ``classes`` (uint8 [H, W] on the original frame, see :func:`merge_classes`) into
     the bank PNG at ``path`` and replace it atomically if anything changed (palette kept).
 
@@ -87,7 +87,7 @@ def rewrite_frame(path: PathLike, classes: np.ndarray, target: int, second: int)
             f"{path}: bank mask is {labels.shape[1]}x{labels.shape[0]} but the "
             f"training frame is {classes.shape[1]}x{classes.shape[0]}"
         )
-    merged = merge_classes(labels, classes, target, second)
+    merged = merge_classes(labels, classes, object_ids)
     changed = int(np.count_nonzero(merged != labels))
     if changed:
         write_mask(path, merged, palette)
@@ -131,27 +131,30 @@ class BankWriter:
         self.pending = WriteStats()  # rewrites not yet counted in the manifest
         self.recorded = False  # whether this process has marked the manifest
 
-    def write_batch(self, batch: dict[str, Any], confident: torch.Tensor) -> WriteStats:
+    def write_batch(self, batch: ClipBatch, confident: torch.Tensor) -> WriteStats:
         """Write a batch's confident labels into the bank.
 
-        batch: a collated VOSClipDataset batch (``geometry`` [B,T,3,3], ``crop_box`` [B,4],
-        ``frame_size`` [B,2], ``object_ids`` [B,2], ``info``); confident: int64
-        [B, T-1, S, S], the class of each pixel of frames 1..T-1 where the model is
+        batch: a VOSClipDataset batch (``geometry`` [B,T,3,3], ``crop_box`` [B,4],
+        ``frame_size`` [B,2], ``object_ids`` [B,K], ``names``, ``frames`` [B,T]); confident:
+        int64 [B, T-1, S, S], the class of each pixel of frames 1..T-1 where the model is
         confident, -1 elsewhere. Returns this batch's counts.
         """
-        missing = [key for key in BATCH_KEYS if key not in batch]
-        if missing:
+        fields = batch.geometry, batch.crop_box, batch.frame_size, batch.object_ids
+        geometry_t, boxes_t, sizes_t, ids_t = fields
+        if geometry_t is None or boxes_t is None or sizes_t is None or ids_t is None:
+            missing = [name for name, value in zip(BATCH_FIELDS, fields) if value is None]
             raise UserError(
                 f"twoshot.write_back: the training batches lack {', '.join(missing)}; "
                 "they must come from VOSClipDataset"
             )
         classes = confident_class_maps(confident)
-        geometry = batch["geometry"].cpu().numpy()
-        boxes = batch["crop_box"].cpu().numpy()
-        sizes = batch["frame_size"].cpu().numpy()
-        ids = batch["object_ids"].cpu().numpy()
+        geometry = geometry_t.cpu().numpy()
+        boxes = boxes_t.cpu().numpy()
+        sizes = sizes_t.cpu().numpy()
+        ids = ids_t.cpu().tolist()
         stats = WriteStats()
-        for video, items in self._frames_by_video(batch["info"], classes.shape[1] + 1).items():
+        clip_frames = batch.frames.cpu().tolist()
+        for video, items in self._frames_by_video(batch.names, clip_frames).items():
             with video_lock(self.bank / video):
                 for b, t, frame in items:
                     if frame in self.labeled[video]:
@@ -168,22 +171,24 @@ class BankWriter:
                         stats.add(WriteStats(0, 0, on_frame.size))
                         continue
                     path = self.bank / video / f"{self.frame_names[video][frame]}.png"
-                    changed = rewrite_frame(path, on_frame, int(ids[b, 0]), int(ids[b, 1]))
+                    changed = rewrite_frame(path, on_frame, ids[b])
                     stats.add(WriteStats(int(changed > 0), changed, on_frame.size))
         self.pending.add(stats)
         if stats.files and not self.recorded:
             self.flush()  # mark the bank as changed at once, not only at the next log step
         return stats
 
-    def _frames_by_video(self, info: dict[str, Any], steps: int) -> dict[str, list[tuple[int, int, int]]]:
-        """(sample, clip frame 1..T-1, video frame index) grouped by video, from the collated
-        ``info`` ({"name": [B] names, "frames": T tensors / lists of [B] indices})."""
+    def _frames_by_video(
+        self, names: Sequence[str], frames: list[list[int]]
+    ) -> dict[str, list[tuple[int, int, int]]]:
+        """(sample, clip frame 1..T-1, video frame index) grouped by video, from the batch's
+        ``names`` (B) and ``frames`` (B lists of T video frame indices)."""
         grouped: dict[str, list[tuple[int, int, int]]] = {}
-        for b, name in enumerate(info["name"]):
+        for b, name in enumerate(names):
             if name not in self.frame_names:
                 raise UserError(f"twoshot.write_back: video {name} of the batch is not in the bank")
-            for t in range(1, steps):
-                grouped.setdefault(name, []).append((b, t, int(info["frames"][t][b])))
+            for t in range(1, len(frames[b])):
+                grouped.setdefault(name, []).append((b, t, int(frames[b][t])))
         return grouped
 
     def flush(self) -> None:
