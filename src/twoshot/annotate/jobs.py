@@ -87,13 +87,7 @@ class PropagationJobs:
         reuse: keep the previous job's frames that the new labels do not change. RequestError
         400 when the video has no labeled frame.
         """
-        with self.store.lock:  # the masks and the revision they belong to, read together
-            seq = self.store.labeled_sequence(video)
-            revision = self.store.revision[video]
-            try:
-                masks, _ = load_annotations(seq)
-            except UserError as exc:
-                raise RequestError(422, str(exc)) from exc
+        seq, masks, revision = self._labeled(video)
         job = Job(video, seq.num_frames, masks, revision)
         with self._lock:
             previous = self._jobs.get(video)
@@ -109,6 +103,19 @@ class PropagationJobs:
         )
         job.thread.start()
         return job
+
+    def _labeled(self, video: str) -> tuple[VideoSequence, dict[int, np.ndarray], int]:
+        """(the video restricted to its labeled frames, their masks {frame: uint8 [H, W]}, the
+        store's revision of the video), read together under the store's lock. RequestError
+        400 without labeled frames, 422 for an unreadable mask."""
+        with self.store.lock:
+            seq = self.store.labeled_sequence(video)
+            revision = self.store.revision[video]
+            try:
+                masks, _ = load_annotations(seq)
+            except UserError as exc:
+                raise RequestError(422, str(exc)) from exc
+        return seq, masks, revision
 
     def _run(self, job: Job, seq: VideoSequence) -> None:
         """The job's thread: wait for the engine, then store each frame as it is final."""
@@ -158,12 +165,7 @@ class PropagationJobs:
 
         if strategy not in MODEL_STRATEGIES:
             raise RequestError(400, f"strategy {strategy!r}: expected one of {', '.join(MODEL_STRATEGIES)}")
-        with self.store.lock:  # the labeled frames and their masks, read together
-            seq = self.store.labeled_sequence(video)
-            try:
-                masks, _ = load_annotations(seq)
-            except UserError as exc:
-                raise RequestError(422, str(exc)) from exc
+        seq, masks, _ = self._labeled(video)
         unlabeled = [f for f in range(seq.num_frames) if f not in masks]
         if not 1 <= count <= len(unlabeled):
             raise RequestError(
