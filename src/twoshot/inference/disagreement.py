@@ -118,10 +118,9 @@ def propagation_disagreement(
 
     frames: T frames uint8 [H, W, 3]; labels: the chosen frames' masks (masks without an
     object start no run). predictions: filled, on each call, with every unlabeled frame's
-    labels uint8 [H, W] from the mean of its two runs (the one run's alone with one chosen
-    frame; stand-in labels for a frame whose
-    annotation is not known yet, e.g. in the annotation app).
-    Each frame's first opinion is held (float16, CPU) until its second arrives.
+    labels uint8 [H, W] from the mean of its two runs (the one run alone with one chosen
+    frame): stand-in labels for frames whose annotation is not known yet (the annotation
+    app). Each frame's first opinion is held (float16, CPU) until its second arrives.
     """
 
     def score(frames: FrameSource, masks: Mapping[int, np.ndarray]) -> np.ndarray:
