@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from twoshot.config import InferenceConfig
-from twoshot.data.budget import load_budget, make_budget
+from twoshot.data.budget import MODEL_STRATEGIES, load_budget, make_budget
 from twoshot.data.readers import open_dataset
 from twoshot.inference.bank_quality import LabelScore, format_scores, score_method
 from twoshot.inference.engine import PropagationEngine
@@ -100,7 +100,8 @@ def scales_part(demo: Path, device: str, rows: list[dict]) -> list[LabelScore]:
 def budgets_part(
     demo: Path, device: str, shots: list[int], seeds: list[int], rows: list[dict]
 ) -> list[LabelScore]:
-    """Strategies random (several seeds) / uniform / uncertainty at each K, banks nearest & fused."""
+    """Strategies random (several seeds) / uniform / uncertainty / disagreement at each K,
+    banks nearest & fused."""
     sequences = open_dataset("davis", demo / "data", "train")
     checkpoint = demo / "run" / "phase1" / "final.pth"
     engines = {merge: _engine(checkpoint, device, merge=merge)[0] for merge in ("nearest", "fused")}
@@ -108,9 +109,10 @@ def budgets_part(
     for k in shots:
         budgets = {f"random seed {s}": make_budget(sequences, k, "random", s) for s in seeds}
         budgets["uniform"] = make_budget(sequences, k, "uniform")
-        start = time.perf_counter()
-        budgets["uncertainty"] = suggest_budget(sequences, k, engines["nearest"])
-        print(f"uncertainty suggestions K={k}: {time.perf_counter() - start:.0f} s", flush=True)
+        for strategy in MODEL_STRATEGIES:
+            start = time.perf_counter()
+            budgets[strategy] = suggest_budget(sequences, k, engines["nearest"], strategy=strategy)
+            print(f"{strategy} suggestions K={k}: {time.perf_counter() - start:.0f} s", flush=True)
         for name, budget in budgets.items():
             for merge, engine in engines.items():
                 start = time.perf_counter()

@@ -239,6 +239,9 @@ def test_suggestions_follow_the_budget_strategies(client: TestClient) -> None:
     assert len(random) == 2 and random == sorted(random)
     assert client.get("/api/videos/bear/suggest?k=2&strategy=best").status_code == 400
     assert client.get("/api/videos/bear/suggest?k=zero").status_code == 400
+    # Model strategies need the checkpoint the app was started without.
+    response = client.get("/api/videos/bear/suggest?k=2&strategy=uncertainty")
+    assert response.status_code == 409 and "--checkpoint" in response.json()["error"]
 
 
 def test_propagation_needs_a_checkpoint(client: TestClient) -> None:
@@ -328,6 +331,32 @@ def test_propagation_equals_pseudo_label_and_export(davis, checkpoint: Path, tmp
     version = client.get("/api/videos/bear/frames/6/mask").headers["x-mask-version"]
     assert put(client, "bear", 6, corrected, base=version).status_code == 200
     propagate_and_compare(3, tmp_path / "bank4")  # frames 0, 2 and 4 (from 1 and 3) kept
+
+
+@pytest.mark.parametrize("strategy", ["uncertainty", "disagreement"])
+def test_model_suggestions_start_from_the_labeled_frames(davis, checkpoint: Path, strategy: str) -> None:
+    store = AnnotationStore(davis.root)
+    model, config = load_for_inference(checkpoint, "tiny")
+    client = client_for(store, PropagationJobs(store, model, config))
+    assert client.get("/api/info").json()["strategies"] == [
+        "random",
+        "uniform",
+        "ends",
+        "uncertainty",
+        "disagreement",
+    ]
+    url = f"/api/videos/bear/suggest?strategy={strategy}"
+    response = client.get(url + "&k=2")
+    assert response.status_code == 400 and "no labeled frame" in response.json()["error"]
+    put(client, "bear", 3, davis.labels["bear"][3])
+    frames = client.get(url + "&k=3").json()["frames"]
+    # k more frames, distinct, never the labeled one, the same on a second request.
+    assert len(frames) == 3 == len(set(frames)) and frames == sorted(frames)
+    assert 3 not in frames and all(0 <= f < 8 for f in frames)
+    assert client.get(url + "&k=3").json()["frames"] == frames
+    assert client.get(url + "&k=7").json()["frames"] == [0, 1, 2, 4, 5, 6, 7]
+    response = client.get(url + "&k=8")
+    assert response.status_code == 400 and "expected 1..7" in response.json()["error"]
 
 
 def test_export_needs_labels_and_never_replaces_other_folders(client: TestClient, davis) -> None:

@@ -1,8 +1,9 @@
 """twoshot annotate in a real browser: the distribution's headless Chromium driven by Playwright.
 
 One test draws brush strokes and a polygon for two objects on two frames and checks the
-PNGs on disk; one propagates with a tiny random checkpoint, checks that the overlay shows
-and that the exported masks equal ``twoshot pseudo-label``'s.
+PNGs on disk; one propagates with a tiny random checkpoint, checks that the overlay shows,
+that the exported masks equal ``twoshot pseudo-label``'s and that the model's frame
+suggestions are offered and marked.
 """
 
 from __future__ import annotations
@@ -187,6 +188,14 @@ def test_propagate_shows_the_overlay_and_exports_the_pseudo_labels(browser, tmp_
         assert shown != hidden
         page.click("#export")
         page.wait_for_function("document.querySelector('#export-result').textContent.includes('dense')")
+        # With a checkpoint the page offers the model's suggestions: 2 more frames to label.
+        page.select_option("#suggest-strategy", "disagreement")
+        page.fill("#suggest-k", "2")
+        page.click("#suggest")
+        page.wait_for_function("window.annotator.state.suggested.size === 2", timeout=60000)
+        suggested = page.evaluate("[...window.annotator.state.suggested]")
+        assert len(suggested) == 2 and not {0, 6} & set(suggested)
+        assert page.locator(".thumb.suggested").count() == 2
         page.close()
     assert errors == []
 

@@ -118,6 +118,66 @@ def test_pipeline_runs_every_stage_then_skips_and_resumes(dataset: Path, tmp_pat
     assert all(torch.equal(weights[k], resumed[k]) for k in weights)
 
 
+def test_self_training_rounds_run_resume_and_report(dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    config = _config(dataset, out, [])
+    config.pipeline.static_data = None  # phase 1 from scratch: the rounds are what is tested
+    config.twoshot.rounds = 2
+    logs: list[str] = []
+    report = run_pipeline(config, log=logs.append, progress=False)
+    assert [m.name for m in report.models] == ["phase1", "phase2", "round-2"]
+    assert report.score("round-2").labeled_share == 0.25
+    assert report.score("round-2").train_seconds is not None
+    # Each round's bank is scored; round 1's is the paper's bank line.
+    assert len(report.round_banks) == 2 and report.round_banks[0] == report.bank_j_and_f
+    assert "J&F " in (out / "report.md").read_text() and "(round 2)." in (out / "report.md").read_text()
+    # Round 2's bank comes from round 1's phase-2 model, in its own folder; round 1's stays.
+    manifest_path = out / "round-2" / "bank" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["checkpoint"]["path"] == str(out / "phase2" / "final.pth")
+    assert json.loads((out / "bank" / "manifest.json").read_text())["checkpoint"]["path"] == str(
+        out / "phase1" / "final.pth"
+    )
+    weights = torch.load(out / "round-2" / "phase2" / "final.pth", weights_only=True)
+    png = (out / "round-2" / "bank" / "train0001" / "00003.png").read_bytes()
+
+    # Killed in round 2's bank (one video unwritten, nothing after it): the rerun continues
+    # there and ends with the same bank and weights.
+    shutil.rmtree(out / "round-2" / "phase2")
+    shutil.rmtree(out / "round-2" / "bank" / "train0001")
+    del manifest["videos"]["train0001"]
+    manifest["status"] = "in progress"
+    manifest_path.write_text(json.dumps(manifest))
+    for stale in ("eval/round-2.json", "eval/round-2-bank.json", "report.json"):
+        (out / stale).unlink()
+    shutil.rmtree(out / "predictions" / "round-2")
+    logs.clear()
+    again = run_pipeline(config, log=logs.append, progress=False)
+    ran = [line for line in logs if line.endswith("running")]
+    assert ran == ["[round-2 bank] running", "[round-2] running", "[infer:round-2] running"], logs
+    assert (out / "round-2" / "bank" / "train0001" / "00003.png").read_bytes() == png
+    resumed = torch.load(out / "round-2" / "phase2" / "final.pth", weights_only=True)
+    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+    assert again.round_banks == report.round_banks
+
+    # Killed after round 2's last checkpoint: the rerun resumes that training only.
+    (out / "round-2" / "phase2" / "final.pth").unlink()
+    logs.clear()
+    run_pipeline(config, log=logs.append, progress=False)
+    assert [line for line in logs if line.endswith("running")] == ["[round-2] running"], logs
+    resumed = torch.load(out / "round-2" / "phase2" / "final.pth", weights_only=True)
+    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+
+
+def test_rounds_below_one_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(UserError, match="config key 'twoshot.rounds': must be at least 1"):
+        load_config("tiny", overrides=["twoshot.rounds=0"])
+    assert main(["pipeline", "--preset", "tiny", "--data", "nowhere", "twoshot.rounds=-1"]) == 2
+    assert "'twoshot.rounds': must be at least 1" in capsys.readouterr().err
+
+
 def test_pipeline_never_needs_unlabeled_annotations(dataset: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -413,7 +413,7 @@ def test_pipeline_hands_the_bank_to_phase2(bank_run, tmp_path: Path, monkeypatch
     monkeypatch.setattr(Pipeline, "train_sequences", property(lambda self: videos))
     made = {}
 
-    def fake_train_step(self, name, stage, make, init):
+    def fake_train_step(self, name, stage, make, init, folder=None):
         made["dataset"], made["mode"] = make()
         return tmp_path / "final.pth"
 

@@ -145,6 +145,10 @@ class TwoShotConfig:
     # bank (DESIGN §2, off in the reference). The bank then changes during training, so a
     # resumed phase 2 is no longer bit-identical to an uninterrupted one.
     write_back: bool = False
+    # Self-training rounds (``twoshot pipeline`` only): 1 is the paper (one bank, one phase
+    # 2); each further round rebuilds the bank with the previous round's phase-2 model and
+    # trains phase 2 again on it (docs/training.md, "Self-training rounds").
+    rounds: int = 1
 
 
 @dataclass
@@ -267,6 +271,7 @@ def _layered(
     check_model_config(config.model)
     check_model_only_keys(config)
     check_train_sections(config)
+    check_twoshot_config(config.twoshot)
     return config
 
 
@@ -284,6 +289,15 @@ def check_train_sections(config: Config) -> None:
                 f"config key '{name}.num_objects': objects per training clip must be between 1 "
                 f"and {MAX_OBJECTS}, got {objects}"
             )
+
+
+def check_twoshot_config(twoshot: TwoShotConfig) -> None:
+    """Raise UserError naming the key if a two-shot setting is out of range."""
+    if twoshot.rounds < 1:
+        raise UserError(
+            f"config key 'twoshot.rounds': must be at least 1 (1 = the paper: one bank, one "
+            f"phase 2), got {twoshot.rounds}"
+        )
 
 
 _MODEL_ONLY_SECTIONS: dict[str, tuple[str, ...]] = {

@@ -9,6 +9,9 @@ killed at any point resumes where it stopped (a training step resumes from its c
 4. ``bank``     the pseudo-label bank from phase 1's model (bidirectional propagation);
 5. ``phase2``   retraining on the bank with online refinement (``twoshot.write_back``:
                 also rewriting the bank's PNGs of unlabeled frames);
+5b. ``round-r`` with ``twoshot.rounds`` >= 2, self-training round r = 2, 3, ...: a bank
+                (``round-r/bank``) from the previous round's phase-2 model, and phase 2
+                again (``round-r/phase2``) on it from the same initial weights;
 6. baselines    ``naive`` (labeled frames only) and ``full`` (every frame, when the data has
                 full annotations), trained with the same schedule;
 7. ``evaluate`` inference on the validation videos and DAVIS J&F for every model;
@@ -55,6 +58,9 @@ RUNTIME_KEYS = frozenset(
         "inference.device",
         "inference.key_batch",
         "inference.compile",
+        # More rounds only add steps after the finished ones (none of which reads it); fewer
+        # leave the later rounds' folders unreported.
+        "twoshot.rounds",
     }
 )
 BASELINES = ("naive", "full")
@@ -119,6 +125,8 @@ class PipelineReport:
     total_frames: int
     models: list[ModelScore] = field(default_factory=list)
     bank_j_and_f: float | None = None  # pseudo-label bank vs ground truth (evaluation only)
+    # With twoshot.rounds >= 2: each round's bank vs ground truth, round 1 first (as above).
+    round_banks: list[float] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def score(self, name: str) -> ModelScore | None:
@@ -318,13 +326,19 @@ class Pipeline:
         return apply_budget(self.train_sequences, budget)
 
     def _train_step(
-        self, name: str, stage: str, make: Callable[[], tuple[Any, Any]], init: Path | str | None
+        self,
+        name: str,
+        stage: str,
+        make: Callable[[], tuple[Any, Any]],
+        init: Path | str | None,
+        folder: Path | None = None,
     ) -> Path:
         """Train model ``name`` (config section ``stage``) on the (dataset, mode) that ``make``
-        builds (:func:`_parts` of a recipe) unless its weights exist; resumes from a checkpoint."""
+        builds (:func:`_parts` of a recipe) into ``folder`` (default ``out/<name>``) unless its
+        weights exist; resumes from a checkpoint."""
         from twoshot.train.trainer import train
 
-        out_dir = self.out / name
+        out_dir = folder or self.out / name
         final = out_dir / "final.pth"
         if final.is_file():
             self.log(f"[{name}] complete, skipped ({final})")
@@ -370,15 +384,17 @@ class Pipeline:
             init,
         )
 
-    def bank(self, budget_path: Path, weights: Path) -> Path:
-        """Step 4: the pseudo-label bank from phase 1's weights."""
+    def bank(self, budget_path: Path, weights: Path, round_: int = 1) -> Path:
+        """Step 4: the pseudo-label bank from ``weights`` (phase 1's; in self-training round
+        ``round_`` >= 2 the previous round's phase 2's, into ``round-<r>/bank``)."""
         from twoshot.inference.pseudo_label import build_bank
         from twoshot.model import load_model
 
-        bank = self.out / "bank"
+        bank = self._round_folder(round_) / "bank"
+        step = "bank" if round_ == 1 else f"{round_name(round_)} bank"
         manifest = bank / "manifest.json"
         if manifest.is_file() and json.loads(manifest.read_text()).get("status") == "complete":
-            self.log(f"[bank] complete, skipped ({bank})")
+            self.log(f"[{step}] complete, skipped ({bank})")
             return bank
 
         def work() -> Path:
@@ -395,15 +411,27 @@ class Pipeline:
             )
             return bank
 
-        return self._timed("bank", work)
+        return self._timed(step, work)
 
-    def phase2(self, bank: Path, init: Path | None) -> Path:
-        """Step 5: retraining on the pseudo-label bank with online refinement."""
+    def phase2(self, bank: Path, init: Path | None, round_: int = 1) -> Path:
+        """Step 5: retraining on the pseudo-label bank with online refinement (model
+        ``phase2``; in self-training round ``round_`` >= 2 model ``round-<r>`` in
+        ``round-<r>/phase2``)."""
         from twoshot.train.recipes import phase2_recipe
 
+        name = "phase2" if round_ == 1 else round_name(round_)
         return self._train_step(
-            "phase2", "main", lambda: _parts(phase2_recipe(self.config, self.train_sequences, bank)), init
+            name,
+            "main",
+            lambda: _parts(phase2_recipe(self.config, self.train_sequences, bank)),
+            init,
+            self._round_folder(round_) / "phase2",
         )
+
+    def _round_folder(self, round_: int) -> Path:
+        """Where round ``round_``'s bank and phase 2 live: ``out`` for round 1 (the paper's
+        layout, so one-round runs are unchanged), ``out/round-<r>`` after."""
+        return self.out if round_ == 1 else self.out / round_name(round_)
 
     def naive(self, budget: Budget, init: Path | None) -> Path:
         """Baseline: supervised training on the labeled frames only."""
@@ -472,8 +500,9 @@ class Pipeline:
             return root / split / "Annotations"
         return root / "Annotations"
 
-    def evaluate_bank(self, bank: Path) -> float | None:
-        """J&F of the pseudo-label bank against full training annotations, if they exist.
+    def evaluate_bank(self, bank: Path, round_: int = 1) -> float | None:
+        """J&F of round ``round_``'s pseudo-label bank against full training annotations, if
+        they exist.
 
         Reported for insight only; no training step ever reads these annotations.
         """
@@ -481,7 +510,7 @@ class Pipeline:
             return None
         from twoshot.evaluate.folders import evaluate_folders
 
-        path = self.out / "eval" / "bank.json"
+        path = self.out / "eval" / ("bank.json" if round_ == 1 else f"{round_name(round_)}-bank.json")
         if path.is_file():
             return float(json.loads(path.read_text())["J&F-Mean"])
         result = evaluate_folders(
@@ -530,8 +559,13 @@ class Pipeline:
         if init is not None and self.p.static_data and not self.p.init:
             weights["static"] = init
         weights["phase1"] = self.phase1(budget, init)
-        bank = self.bank(budget_path, weights["phase1"])
-        weights["phase2"] = self.phase2(bank, init)
+        banks = [self.bank(budget_path, weights["phase1"])]
+        weights["phase2"] = self.phase2(banks[0], init)
+        latest = weights["phase2"]
+        for round_ in range(2, self.config.twoshot.rounds + 1):
+            # Self-training: the latest model labels the bank, phase 2 starts over on it.
+            banks.append(self.bank(budget_path, latest, round_))
+            latest = weights[round_name(round_)] = self.phase2(banks[-1], init, round_)
         if "naive" in self.p.baselines:
             weights["naive"] = self.naive(budget, init)
         if "full" in self.p.baselines:
@@ -541,21 +575,28 @@ class Pipeline:
                 self.log("[full] skipped: the training videos are not fully annotated")
 
         share = summary.labeled_frames / max(summary.total_frames, 1)
+        rounds = {
+            round_name(r): f"two-shot round {r} (phase 2 on the bank of round {r - 1}'s model)"
+            for r in range(2, self.config.twoshot.rounds + 1)
+        }
+        titles = {**MODEL_TITLES, **rounds}
         shares = {"static": 0.0, "phase1": share, "phase2": share, "naive": share, "full": 1.0}
+        shares.update(dict.fromkeys(rounds, share))
         report = PipelineReport(
             out=str(self.out),
             budget=str(budget_path),
             labeled_frames=summary.labeled_frames,
             total_frames=summary.total_frames,
         )
-        for name in TRAINED_MODELS:
+        order = [*TRAINED_MODELS[:3], *rounds, *TRAINED_MODELS[3:]]  # rounds after phase 2
+        for name in order:
             if name not in weights:
                 continue
             scores = self.evaluate(name, self.predict(name, weights[name]))
             report.models.append(
                 ModelScore(
                     name,
-                    MODEL_TITLES[name],
+                    titles[name],
                     scores["J&F-Mean"],
                     scores["J-Mean"],
                     scores["F-Mean"],
@@ -564,10 +605,18 @@ class Pipeline:
                     scores.get("objects", {}),
                 )
             )
-        report.bank_j_and_f = self.evaluate_bank(bank)
+        round_banks = [self.evaluate_bank(bank, r) for r, bank in enumerate(banks, start=1)]
+        report.bank_j_and_f = round_banks[0]
+        if len(banks) > 1:
+            report.round_banks = [score for score in round_banks if score is not None]
         report.stage_seconds = dict(self.timings)
         write_report(report, self.out)
         return report
+
+
+def round_name(round_: int) -> str:
+    """Self-training round ``round_``'s folder and model name (rounds >= 2): ``round-<r>``."""
+    return f"round-{round_}"
 
 
 def _parts(recipe: StageRecipe) -> tuple[Any, Any]:
@@ -593,7 +642,10 @@ def format_report(report: PipelineReport) -> str:
         f"Labeled frames: {report.labeled_frames} of {report.total_frames} "
         f"({100 * report.labeled_frames / max(report.total_frames, 1):.1f}%)."
     ]
-    if report.bank_j_and_f is not None:
+    if report.round_banks:
+        banks = ", ".join(f"{100 * j:.1f} (round {r})" for r, j in enumerate(report.round_banks, start=1))
+        notes.append(f"Pseudo-label banks vs. ground truth on the training videos: J&F {banks}.")
+    elif report.bank_j_and_f is not None:
         notes.append(
             f"Pseudo-label bank vs. ground truth on the training videos: J&F {100 * report.bank_j_and_f:.1f}."
         )

@@ -14,6 +14,9 @@ frame takes the run from its nearest labeled frame, a run depends only on its ow
 mask and the frames it passes, and runs are causal: a frame whose nearest labeled frame is
 the same, with the same mask, as in the previous job has the same result, which is reused.
 The engine is asked (``output_frames``) for the other frames only.
+
+Model suggestions (``uncertainty``, ``disagreement``) run on the same engine, under the same
+lock: :meth:`PropagationJobs.suggest`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 
 from twoshot.annotate.storage import AnnotationStore, RequestError
 from twoshot.config import InferenceConfig
+from twoshot.data.budget import MODEL_STRATEGIES
 from twoshot.data.layout import VideoSequence
 from twoshot.data.readers import load_annotations, load_frames
 from twoshot.errors import UserError
@@ -83,13 +87,7 @@ class PropagationJobs:
         reuse: keep the previous job's frames that the new labels do not change. RequestError
         400 when the video has no labeled frame.
         """
-        with self.store.lock:  # the masks and the revision they belong to, read together
-            seq = self.store.labeled_sequence(video)
-            revision = self.store.revision[video]
-            try:
-                masks, _ = load_annotations(seq)
-            except UserError as exc:
-                raise RequestError(422, str(exc)) from exc
+        seq, masks, revision = self._labeled(video)
         job = Job(video, seq.num_frames, masks, revision)
         with self._lock:
             previous = self._jobs.get(video)
@@ -105,6 +103,19 @@ class PropagationJobs:
         )
         job.thread.start()
         return job
+
+    def _labeled(self, video: str) -> tuple[VideoSequence, dict[int, np.ndarray], int]:
+        """(the video restricted to its labeled frames, their masks {frame: uint8 [H, W]}, the
+        store's revision of the video), read together under the store's lock. RequestError
+        400 without labeled frames, 422 for an unreadable mask."""
+        with self.store.lock:
+            seq = self.store.labeled_sequence(video)
+            revision = self.store.revision[video]
+            try:
+                masks, _ = load_annotations(seq)
+            except UserError as exc:
+                raise RequestError(422, str(exc)) from exc
+        return seq, masks, revision
 
     def _run(self, job: Job, seq: VideoSequence) -> None:
         """The job's thread: wait for the engine, then store each frame as it is final."""
@@ -139,6 +150,32 @@ class PropagationJobs:
             job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
             job.finished_s = time.perf_counter() - job.created
+
+    def suggest(self, video: str, count: int, strategy: str) -> list[int]:
+        """``count`` more frames of ``video`` to label, ascending, chosen by ``strategy`` (one
+        of :data:`~twoshot.data.budget.MODEL_STRATEGIES`) as ``twoshot budget`` chooses them,
+        starting from the frames labeled so far.
+
+        Unlike ``twoshot budget``, the picks' true masks are unknown (the user has not drawn
+        them): each pick joins the labeled frames with its predicted mask as a stand-in,
+        the best guess of what the user will draw. RequestError 400 for another strategy or
+        a ``count`` outside 1..(unlabeled frames), 400 when nothing is labeled yet.
+        """
+        from twoshot.inference.suggest import greedy_picks, model_scorer
+
+        if strategy not in MODEL_STRATEGIES:
+            raise RequestError(400, f"strategy {strategy!r}: expected one of {', '.join(MODEL_STRATEGIES)}")
+        seq, masks, _ = self._labeled(video)
+        unlabeled = [f for f in range(seq.num_frames) if f not in masks]
+        if not 1 <= count <= len(unlabeled):
+            raise RequestError(
+                400, f"k = {count}: expected 1..{len(unlabeled)} (the unlabeled frames of {video})"
+            )
+        predictions: dict[int, np.ndarray] = {}
+        score = model_scorer(strategy, self.engine, predictions)
+        with self._engine_lock:
+            picks = greedy_picks(load_frames(seq), masks, count, score, unlabeled, predictions.get)
+        return sorted(picks)
 
     def get(self, video: str) -> Job | None:
         """The video's latest job, or None."""

@@ -26,7 +26,7 @@ from starlette.staticfiles import StaticFiles
 from twoshot.annotate.export import export_dataset
 from twoshot.annotate.jobs import PropagationJobs
 from twoshot.annotate.storage import AnnotationStore, RequestError
-from twoshot.data.budget import STRATEGIES
+from twoshot.data.budget import MODEL_STRATEGIES, STRATEGIES
 from twoshot.errors import UserError
 
 STATIC = Path(__file__).parent / "static"
@@ -55,7 +55,8 @@ def create_app(
                 "budget": str(store.budget_path),
                 "export": str(export_to),
                 "propagation": jobs is not None,
-                "strategies": list(STRATEGIES),
+                # Model strategies need the checkpoint's engine.
+                "strategies": list(STRATEGIES) + (list(MODEL_STRATEGIES) if jobs is not None else []),
             }
         )
 
@@ -133,7 +134,15 @@ def create_app(
         shots = _int(request.query_params.get("k", "2"), "k")
         strategy = request.query_params.get("strategy", "uniform")
         seed = _int(request.query_params.get("seed", "0"), "seed")
-        frames = await run_in_threadpool(store.suggest, name, shots, strategy, seed)
+        if strategy in MODEL_STRATEGIES:
+            if jobs is None:
+                raise RequestError(
+                    409,
+                    f"no checkpoint loaded: {strategy} suggestions need twoshot annotate --checkpoint",
+                )
+            frames = await run_in_threadpool(jobs.suggest, name, shots, strategy)
+        else:
+            frames = await run_in_threadpool(store.suggest, name, shots, strategy, seed)
         return JSONResponse({"frames": frames})
 
     async def propagate(request: Request) -> Response:

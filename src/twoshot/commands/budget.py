@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from twoshot.data.budget import STRATEGIES, Budget, make_budget, save_budget, summarize_budget
+from twoshot.data.budget import (
+    MODEL_STRATEGIES,
+    STRATEGIES,
+    Budget,
+    make_budget,
+    save_budget,
+    summarize_budget,
+)
 from twoshot.data.layout import VideoSequence
 from twoshot.data.readers import detect_kind, open_dataset
 from twoshot.errors import UserError
@@ -32,21 +39,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--strategy",
-        choices=(*STRATEGIES, "uncertainty"),
+        choices=(*STRATEGIES, *MODEL_STRATEGIES),
         default="random",
         help="how frames are chosen among the annotated ones (default: random); uncertainty: "
-        "greedily where propagation from the frames chosen so far is least confident (needs --checkpoint)",
+        "greedily where propagation from the frames chosen so far is least confident; "
+        "disagreement: greedily where two propagations from them disagree most (both need --checkpoint)",
     )
     parser.add_argument(
         "--checkpoint",
         default=None,
         metavar="CKPT",
-        help="weights that propagate for --strategy uncertainty (e.g. a phase-1 model)",
+        help="weights that propagate for --strategy uncertainty or disagreement (e.g. a phase-1 model)",
     )
     parser.add_argument(
         "--device",
         default="auto",
-        help="auto | cpu | cuda | cuda:N for --strategy uncertainty (default auto)",
+        help="auto | cpu | cuda | cuda:N for --strategy uncertainty or disagreement (default auto)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
     parser.add_argument("--out", required=True, metavar="FILE", help="budget JSON to write")
@@ -54,17 +62,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the dataset, make the budget, write it atomically, print a summary. Returns 0."""
-    if args.strategy == "uncertainty" and not args.checkpoint:
-        raise UserError("--strategy uncertainty needs --checkpoint: the model whose propagation it measures")
-    if args.checkpoint and args.strategy != "uncertainty":
-        raise UserError(f"--checkpoint is used only by --strategy uncertainty, not {args.strategy}")
+    model_based = args.strategy in MODEL_STRATEGIES
+    if model_based and not args.checkpoint:
+        raise UserError(
+            f"--strategy {args.strategy} needs --checkpoint: the model whose propagation it measures"
+        )
+    if args.checkpoint and not model_based:
+        raise UserError(
+            f"--checkpoint is used only by --strategy {' or '.join(MODEL_STRATEGIES)}, not {args.strategy}"
+        )
     split = args.split
     kind = args.dataset or detect_kind(args.data, split or "train")
     if split is None and kind in ("davis", "youtube"):
         split = "train"
     sequences = open_dataset(kind, args.data, split, resolution=args.resolution)
-    if args.strategy == "uncertainty":
-        budget = _uncertainty_budget(sequences, args)
+    if model_based:
+        budget = _model_budget(sequences, args)
     else:
         budget = make_budget(sequences, shots=args.shots, strategy=args.strategy, seed=args.seed)
     save_budget(args.out, budget)
@@ -76,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _uncertainty_budget(sequences: list[VideoSequence], args: argparse.Namespace) -> Budget:
-    """Frames suggested by the propagation of ``args.checkpoint`` (its saved inference settings)."""
+def _model_budget(sequences: list[VideoSequence], args: argparse.Namespace) -> Budget:
+    """Frames suggested by ``args.strategy`` with the propagation of ``args.checkpoint`` (its
+    saved inference settings)."""
     import dataclasses
 
     from twoshot.inference.engine import PropagationEngine
@@ -87,4 +101,4 @@ def _uncertainty_budget(sequences: list[VideoSequence], args: argparse.Namespace
     check_shots(sequences, args.shots)  # before the weights are read
     model, config = load_for_inference(args.checkpoint)
     engine = PropagationEngine(model, dataclasses.replace(config, device=args.device))
-    return suggest_budget(sequences, args.shots, engine, log=print)
+    return suggest_budget(sequences, args.shots, engine, log=print, strategy=args.strategy)

@@ -27,6 +27,9 @@ from twoshot.fsutil import write_json
 
 Budget = dict[str, list[str]]
 STRATEGIES: tuple[str, ...] = ("random", "uniform", "ends")
+# Strategies that propagate with a model checkpoint (twoshot.inference.suggest): `twoshot
+# budget --checkpoint`, the annotate app with a checkpoint.
+MODEL_STRATEGIES: tuple[str, ...] = ("uncertainty", "disagreement")
 
 
 # --------------------------------------------------------------------------------------------

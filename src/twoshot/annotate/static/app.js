@@ -14,6 +14,11 @@ const S = {
   saveQueue: [], saving: false, poll: null, loadToken: 0,
 };
 const LOW_CONFIDENCE = Math.round(0.6 * 255);
+// Strategies that propagate with the loaded checkpoint: they add k frames to the labeled ones.
+const MODEL_STRATEGY_TITLES = {
+  uncertainty: "k more frames where the propagation from the labeled frames is least confident",
+  disagreement: "k more frames where two propagations from the labeled frames disagree most",
+};
 const $ = (id) => document.getElementById(id);
 const canvas = $("canvas");
 const ctx = canvas.getContext("2d");
@@ -58,6 +63,7 @@ async function init() {
   for (const name of S.info.strategies) {
     const option = document.createElement("option");
     option.value = option.textContent = name;
+    if (MODEL_STRATEGY_TITLES[name]) option.title = MODEL_STRATEGY_TITLES[name];
     if (name === "uniform") option.selected = true;
     $("suggest-strategy").appendChild(option);
   }
@@ -559,6 +565,8 @@ function updateVideoRow(row) {
 async function suggest() {
   const k = Number($("suggest-k").value) || 2;
   const strategy = $("suggest-strategy").value;
+  await flushSaves();  // model strategies start from the labeled frames as saved
+  if (MODEL_STRATEGY_TITLES[strategy]) showMessage(`suggesting ${k} more frames (${strategy})…`, "info");
   try {
     const result = await getJSON(`${videoUrl(S.video.name)}/suggest?k=${k}&strategy=${strategy}`);
     S.suggested = new Set(result.frames);
