@@ -268,6 +268,7 @@ def run(
             size=RESIZED_SHORT_SIDE if case == "resized" else -1,
             max_memory_frames=10 if long_term else None,
             device="cpu",
+            exact=True,
         )
         settings = None
         if long_term:

@@ -12,10 +12,11 @@ smallest first), the peak of Python/NumPy allocations (``tracemalloc``) and, on 
 ``torch.cuda.max_memory_allocated``.
 
 ``--fast-path`` instead compares the engine's speed options on one preset, interleaved
-round by round on the same clip: the default engine, key encoding in batches of 8 frames
-(``key_batch=8``: the CUDA default; a CPU's is 1), ``channels_last``, ``compile``
-(torch.compile; its compile time is reported separately), channels_last + compile, one
-intra-op thread, and on CUDA ``amp``.
+round by round on the same clip: the default engine (channels-last, the model's fast
+inference copy), ``exact`` (the reference's layout and operations, bit for bit), the fast
+copy without channels-last, key encoding in batches of 8 frames (``key_batch=8``: the CUDA
+default; a CPU's is 1), ``compile`` (torch.compile; its compile time is reported
+separately), one intra-op thread, and on CUDA ``amp``.
 Each option's masks are compared with the default engine's (pixels that differ).
 
     python benchmarks/inference_speed.py                       # tiny 24 frames, stcn 4 frames (CPU)
@@ -133,10 +134,10 @@ def run(
 
 FAST_PATH_OPTIONS: tuple[str, ...] = (
     "default",
+    "exact",
+    "no_channels_last",
     "key_batch_8",
-    "channels_last",
     "compile",
-    "channels_last_compile",
     "one_thread",
     "amp",
 )
@@ -172,11 +173,11 @@ def fast_path(
         wanted = [o for o in wanted if "compile" not in o]
     settings = {
         "default": {},
+        "exact": {"exact": True},
+        "no_channels_last": {"channels_last": False},
         "key_batch_8": {"key_batch": 8},
-        "channels_last": {"channels_last": True},
         "compile": {"compile": True},
         "one_thread": {},
-        "channels_last_compile": {"channels_last": True, "compile": True},
         "amp": {"amp": True},
     }
     threads = torch.get_num_threads()

@@ -268,10 +268,11 @@ def test_lazy_frames_read_on_demand_and_check_sizes(tmp_path: Path) -> None:
 # Fast path options
 
 
-def test_channels_last_gives_the_plain_masks_up_to_float_ties(model: STCN) -> None:
+def test_default_fast_path_gives_the_exact_masks_up_to_float_ties(model: STCN) -> None:
+    """The default engine (channels-last, the fast copy) against ``exact``."""
     frames, labels = random_video(10, (48, 64), object_ids=(1, 2), seed=16)
-    plain = _engine(model).propagate(frames, {0: labels[0]}, probabilities=True)
-    fast_engine = _engine(model, channels_last=True)
+    plain = _engine(model, exact=True).propagate(frames, {0: labels[0]}, probabilities=True)
+    fast_engine = _engine(model)
     assert fast_engine.model.key_encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     fast = fast_engine.propagate(frames, {0: labels[0]}, probabilities=True)
     assert plain.probabilities is not None and fast.probabilities is not None
@@ -282,8 +283,8 @@ def test_channels_last_gives_the_plain_masks_up_to_float_ties(model: STCN) -> No
     differ = plain.masks != fast.masks
     assert differ.mean() < 1e-3
     assert (top2[:, 1] - top2[:, 0])[differ].max(initial=0) < 1e-5
-    # A later plain engine on the same model returns to the default layout: bit-identical.
-    again = _engine(model).propagate(frames, {0: labels[0]})
+    # A later exact engine on the same model returns to the default layout: bit-identical.
+    again = _engine(model, exact=True).propagate(frames, {0: labels[0]})
     np.testing.assert_array_equal(again.masks, plain.masks)
 
 

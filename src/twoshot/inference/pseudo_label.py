@@ -133,7 +133,7 @@ def build_bank(
     # Recorded only when not the default, so that banks made before these settings existed
     # keep their identity (and stay resumable).
     defaults = InferenceConfig()
-    for name in ("merge", "flip", "scales"):
+    for name in ("merge", "flip", "scales", "exact"):
         if getattr(config, name) != getattr(defaults, name):
             settings[name] = getattr(config, name)
     identity = BankIdentity(checkpoint_info, budget_info, settings)
