@@ -290,9 +290,9 @@ class EngineVariant:
 
 def inference_variants(cuda: bool, quick: bool) -> list[EngineVariant]:
     """tiny, stcn and cutie-tiny on a CPU; on CUDA tiny, stcn, cutie-small and cutie-base in
-    fp32 and AMP (the default fast path), stcn with AMP on the exact path too, then stcn compiled (AMP only with
-    --quick) and cutie-base compiled with AMP (not with --quick). Compiled variants come last:
-    --budget may cut them."""
+    fp32 and AMP (the default fast path), stcn with AMP on the exact path too, then stcn
+    compiled (AMP only with --quick) and cutie-base compiled with AMP (not with --quick).
+    Compiled variants come last: --budget may cut them."""
     if not cuda:
         return [EngineVariant(p, False, False) for p in ("tiny", "stcn", "cutie-tiny")]
     presets = ("tiny", "stcn", "cutie-small", "cutie-base")

@@ -8,25 +8,29 @@ all but a few pixels in a million (``tests/test_fast_inference.py``, docs/perfor
   convolutions before them (``torch.nn.utils.fusion.fuse_conv_bn_eval``), one pass less
   over every activation of the ResNet encoders.
 - :class:`SharedInputResBlock`: STCN's decoder starts with a ResBlock on
-  ``concat(readout, key_comp)``: the readout differs per object, the ``key_comp`` half is the
-  same for every object of a frame. A convolution is linear in its input channels, so its
-  output is ``conv_readout(readout) + conv_key(key_comp)``, and the second term is computed
-  once per frame instead of once per object.
+  ``concat(readout, key_comp)``, and its value fuser with one on ``concat(value f16, key
+  f16)``: the first half differs per object, the key half is the same for every object of a
+  frame. A convolution is linear in its input channels, so its output is
+  ``conv_object(object half) + conv_key(key half)``, and the second term is computed once
+  per frame instead of once per object.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from twoshot.model.modules import ResBlock
+from twoshot.model.modules import ResBlock, per_object_rows
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
-def fold_batch_norms(module: nn.Module) -> nn.Module:
+def fold_batch_norms(module: ModuleT) -> ModuleT:
     """An eval-mode copy of ``module`` with every BatchNorm folded into its convolution.
 
     Pairs are found by torchvision's ResNet naming, which every encoder here uses: a module's
@@ -76,11 +80,9 @@ class SharedInputResBlock(nn.Module):
     def forward(self, per_object: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         """per_object [B*K, Ca, h, w] (K objects per frame, batch-major), shared [B, Cb, h, w]
         -> [B*K, Cout, h, w], equal (up to float rounding) to the block on their concatenation."""
-        objects = per_object.shape[0] // shared.shape[0]
-
-        def per_frame(t: torch.Tensor) -> torch.Tensor:
-            return t.unsqueeze(1).expand(-1, objects, -1, -1, -1).flatten(0, 1) if objects > 1 else t
-
-        hidden = self.conv1_object(F.relu(per_object)) + per_frame(self.conv1_shared(F.relu(shared)))
-        skip = self.down_object(per_object) + per_frame(self.down_shared(shared))
+        rows = per_object.shape[0]
+        hidden = self.conv1_object(F.relu(per_object)) + per_object_rows(
+            self.conv1_shared(F.relu(shared)), rows
+        )
+        skip = self.down_object(per_object) + per_object_rows(self.down_shared(shared), rows)
         return skip + self.conv2(F.relu(hidden))

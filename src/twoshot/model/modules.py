@@ -13,6 +13,16 @@ from torch import nn
 from twoshot.model.resnet import ResNetTrunk
 
 
+def per_object_rows(per_frame: torch.Tensor, rows: int) -> torch.Tensor:
+    """Frame features [B, ...] repeated for each of the frame's objects: [rows = B*K, ...]."""
+    objects = rows // per_frame.shape[0]
+    return (
+        per_frame
+        if objects == 1
+        else per_frame.unsqueeze(1).expand(-1, objects, *per_frame.shape[1:]).flatten(0, 1)
+    )
+
+
 class ResBlock(nn.Module):
     """Pre-activation residual block: downsample(x) + conv2(relu(conv1(relu(x)))).
 
@@ -88,12 +98,18 @@ class FeatureFusionBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.block1 = ResBlock(in_channels, out_channels)
+        # A ResBlock; a fast inference copy swaps in a SharedInputResBlock (same function).
+        self.block1: nn.Module = ResBlock(in_channels, out_channels)
         self.attention = CBAM(out_channels)
         self.block2 = ResBlock(out_channels, out_channels)
 
     def forward(self, value_f16: torch.Tensor, key_f16: torch.Tensor) -> torch.Tensor:
-        x = self.block1(torch.cat([value_f16, key_f16], dim=1))
+        """value_f16 [B*K,Cv16,h,w] (K objects per frame, batch-major), key_f16 [B,C16,h,w]
+        (one per frame) -> memory values [B*K,value_dim,h,w]."""
+        if isinstance(self.block1, ResBlock):
+            x = self.block1(torch.cat([value_f16, per_object_rows(key_f16, value_f16.shape[0])], dim=1))
+        else:  # an inference rewrite taking both halves (twoshot.model.fast_inference)
+            x = self.block1(value_f16, key_f16)
         x = x + self.attention(x)
         return self.block2(x)
 
@@ -142,7 +158,8 @@ class ValueEncoder(nn.Module):
     def forward(
         self, images: torch.Tensor, key_f16: torch.Tensor, masks: torch.Tensor, others: torch.Tensor
     ) -> torch.Tensor:
-        """images [N,3,H,W], key_f16 [N,C16,h,w], masks/others [N,1,H,W] -> value [N,Cv,h,w]."""
+        """images [B*K,3,H,W], key_f16 [B,C16,h,w] (one per frame; K objects per frame,
+        batch-major), masks/others [B*K,1,H,W] -> value [B*K,Cv,h,w]."""
         x = torch.cat([images, masks, others], dim=1)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer3(self.layer2(self.layer1(x)))
@@ -183,11 +200,7 @@ class UpsampleBlock(nn.Module):
         """
         if up.shape[-2:] != skip.shape[-2:]:
             up = F.interpolate(up, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        skip = self.skip_conv(skip)
-        objects = up.shape[0] // skip.shape[0]
-        if objects > 1:
-            skip = skip.unsqueeze(1).expand(-1, objects, -1, -1, -1).flatten(0, 1)
-        return self.out_conv(skip + up)
+        return self.out_conv(per_object_rows(self.skip_conv(skip), up.shape[0]) + up)
 
 
 class Decoder(nn.Module):
@@ -211,11 +224,8 @@ class Decoder(nn.Module):
         (the frame's key_comp features, shared by its objects); f8 [B,C8,H/8,W/8] and
         f4 [B,C4,H/4,W/4] (one per frame) -> logits [B*K,1,H,W].
         """
-        objects = readout.shape[0] // query.shape[0]
         if isinstance(self.compress, ResBlock):
-            if objects > 1:
-                query = query.unsqueeze(1).expand(-1, objects, -1, -1, -1).flatten(0, 1)
-            x = self.compress(torch.cat([readout, query], dim=1))
+            x = self.compress(torch.cat([readout, per_object_rows(query, readout.shape[0])], dim=1))
         else:  # an inference rewrite taking both halves (twoshot.model.fast_inference)
             x = self.compress(readout, query)
         x = self.up_16_8(f8, x)

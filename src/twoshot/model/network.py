@@ -90,9 +90,8 @@ class STCN(VOSModel):
         else:
             others = torch.zeros_like(masks)
         flat_images = images.unsqueeze(1).expand(-1, objects, -1, -1, -1).reshape(-1, 3, height, width)
-        flat_f16 = key_f16.unsqueeze(1).expand(-1, objects, -1, -1, -1).flatten(0, 1)
         values = self.value_encoder(
-            flat_images, flat_f16, masks.reshape(-1, 1, height, width), others.reshape(-1, 1, height, width)
+            flat_images, key_f16, masks.reshape(-1, 1, height, width), others.reshape(-1, 1, height, width)
         )
         return values.view(batch, objects, *values.shape[1:])
 
@@ -144,14 +143,19 @@ class STCN(VOSModel):
     def fast_copy(self) -> STCN:
         """An inference-only STCN computing the same function with less work: BatchNorms folded
         into the encoders' convolutions, and the decoder's first block computing the frame's
-        shared half once for all objects (:mod:`twoshot.model.fast_inference`). Modules it does
-        not rewrite are shared with this network; this network is unchanged."""
+        shared half once for all objects, and so does the value fuser's first block for the key
+        features (:mod:`twoshot.model.fast_inference`). Modules it does not rewrite are shared
+        with this network; this network is unchanged."""
         from twoshot.model.fast_inference import SharedInputResBlock, fold_batch_norms
 
         fast = copy.copy(self)
         object.__setattr__(fast, "_modules", dict(self._modules))
-        fast.key_encoder = fold_batch_norms(self.key_encoder)  # type: ignore[assignment]
-        fast.value_encoder = fold_batch_norms(self.value_encoder)  # type: ignore[assignment]
+        fast.key_encoder = fold_batch_norms(self.key_encoder)
+        fast.value_encoder = value_encoder = fold_batch_norms(self.value_encoder)
+        block1 = value_encoder.fuser.block1
+        assert isinstance(block1, ResBlock)
+        value_channels = block1.conv1.in_channels - self.key_encoder.channels[2]
+        value_encoder.fuser.block1 = SharedInputResBlock(block1, value_channels)
         decoder = copy.copy(self.decoder)
         object.__setattr__(decoder, "_modules", dict(self.decoder._modules))
         compress = self.decoder.compress
