@@ -51,6 +51,17 @@ def fold_batch_norms(module: ModuleT) -> ModuleT:
     return folded
 
 
+def with_modules(module: ModuleT, **replacements: nn.Module) -> ModuleT:
+    """A shallow copy of ``module`` that shares its submodules except those named, which it
+    replaces; ``module`` itself is unchanged."""
+    clone = copy.copy(module)
+    # copy.copy shares the submodule registry: give the copy its own before replacing.
+    object.__setattr__(clone, "_modules", dict(module._modules))
+    for name, replacement in replacements.items():
+        setattr(clone, name, replacement)
+    return clone
+
+
 def _split_conv(conv: nn.Conv2d, channels: int) -> tuple[nn.Conv2d, nn.Conv2d]:
     """(conv on the first ``channels`` input channels with the bias, conv on the rest without)."""
     weight = conv.weight.detach()

@@ -6,7 +6,6 @@ padded input size (H, W), or 1/8 with ``model.output_stride: 8``.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -146,23 +145,20 @@ class STCN(VOSModel):
         shared half once for all objects, and so does the value fuser's first block for the key
         features (:mod:`twoshot.model.fast_inference`). Modules it does not rewrite are shared
         with this network; this network is unchanged."""
-        from twoshot.model.fast_inference import SharedInputResBlock, fold_batch_norms
+        from twoshot.model.fast_inference import SharedInputResBlock, fold_batch_norms, with_modules
 
-        fast = copy.copy(self)
-        object.__setattr__(fast, "_modules", dict(self._modules))
-        fast.key_encoder = fold_batch_norms(self.key_encoder)
-        fast.value_encoder = value_encoder = fold_batch_norms(self.value_encoder)
-        block1 = value_encoder.fuser.block1
-        assert isinstance(block1, ResBlock)
-        value_channels = block1.conv1.in_channels - self.key_encoder.channels[2]
-        value_encoder.fuser.block1 = SharedInputResBlock(block1, value_channels)
-        decoder = copy.copy(self.decoder)
-        object.__setattr__(decoder, "_modules", dict(self.decoder._modules))
+        value_encoder = fold_batch_norms(self.value_encoder)  # a copy: rewritten in place below
+        fuser_block = value_encoder.fuser.block1
         compress = self.decoder.compress
-        assert isinstance(compress, ResBlock)
-        decoder.compress = SharedInputResBlock(compress, self.config.value_dim)
-        fast.decoder = decoder
-        return fast.eval()
+        assert isinstance(fuser_block, ResBlock) and isinstance(compress, ResBlock)
+        value_channels = fuser_block.conv1.in_channels - self.key_encoder.channels[2]
+        value_encoder.fuser.block1 = SharedInputResBlock(fuser_block, value_channels)
+        return with_modules(
+            self,
+            key_encoder=fold_batch_norms(self.key_encoder),
+            value_encoder=value_encoder,
+            decoder=with_modules(self.decoder, compress=SharedInputResBlock(compress, self.config.value_dim)),
+        ).eval()
 
     def clip_forward(
         self, rgb: torch.Tensor, first_masks: torch.Tensor, selector: torch.Tensor
