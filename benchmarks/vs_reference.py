@@ -39,7 +39,9 @@ folders it runs them from.
     python benchmarks/vs_reference.py --stcn ~/src/STCN --only inference --rounds 3
 
 Defaults: 2 videos x 12 frames at 480x640, 3 objects, labeled frames 2 and 9, random
-weights (``--weights`` takes an STCN-format ``.pth``, e.g. the published ``stcn.pth``).
+weights with the key projection scaled by ``KEY_SCALE`` (the reference's top-k softmax
+overflows on large random keys; ``--weights`` takes an STCN-format ``.pth`` instead, e.g.
+the published ``stcn.pth``).
 ``run(...) -> dict`` returns the figures.
 """
 
@@ -67,6 +69,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve()
 LABELED = (2, 9)
+KEY_SCALE = 0.05  # random key projection scaled down (see make_weights)
 PAPER_RUNS: dict[str, list[str]] = {
     # output folder (as merge_left_right.py names them) -> extra flags of the run
     "phase1_left_480p": [],
@@ -280,6 +283,11 @@ def make_weights(layout: Layout, weights: Path | None) -> None:
 
     torch.manual_seed(0)
     model = build_model(load_config(preset="stcn").model)
+    with torch.no_grad():
+        # Random keys at 480p have norms in the tens: the reference's top-k softmax takes exp()
+        # of affinities without subtracting their maximum and overflows to NaN (background
+        # everywhere). Smaller keys keep it finite, as trained weights do.
+        model.key_proj.key_proj.weight.mul_(KEY_SCALE)
     torch.save(model.state_dict(), layout.weights)
 
 
