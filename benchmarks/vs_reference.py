@@ -325,6 +325,11 @@ def timed_processes(commands: Sequence[tuple[list[str], Path]], env: dict[str, s
     return Usage(wall, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
 
 
+def _twoshot_model_options(layout: Layout) -> list[str]:
+    """The options every twoshot command here takes: the weights, STCN's preset, no progress bar."""
+    return ["--checkpoint", str(layout.weights), "--preset", "stcn", "--no-progress"]
+
+
 def inference_variants(layout: Layout, stcn: Path, out: Path, extra: Sequence[str]) -> dict[str, Any]:
     """STCN's eval_generic.py and ``twoshot infer``: name -> (commands, output folder)."""
     ref_out, ours_out = out / "stcn-infer", out / "twoshot-infer"
@@ -345,26 +350,8 @@ def inference_variants(layout: Layout, stcn: Path, out: Path, extra: Sequence[st
             layout.root,
         )
     ]
-    ours = [
-        (
-            twoshot_command(
-                "infer",
-                "--dataset",
-                "generic",
-                "--data",
-                str(layout.generic),
-                "--out",
-                str(ours_out),
-                "--checkpoint",
-                str(layout.weights),
-                "--preset",
-                "stcn",
-                "--no-progress",
-                *extra,
-            ),
-            layout.root,
-        )
-    ]
+    options = ["--dataset", "generic", "--data", str(layout.generic), "--out", str(ours_out)]
+    ours = [(twoshot_command("infer", *options, *_twoshot_model_options(layout), *extra), layout.root)]
     return {"reference": (reference, ref_out), "twoshot": (ours, ours_out)}
 
 
@@ -391,34 +378,9 @@ def bank_variants(layout: Layout, seed_repo: Path, out: Path, extra: Sequence[st
         (reference_command(seed_repo, "phase2_scripts/merge_left_right.py", []), layout.paper_merge_cwd)
     )
     ours_out = out / "twoshot-bank"
-    ours = [
-        (
-            twoshot_command(
-                "pseudo-label",
-                "--dataset",
-                "davis",
-                "--data",
-                str(layout.davis),
-                "--split",
-                "train",
-                "--budget",
-                str(layout.budget),
-                "--out",
-                str(ours_out),
-                "--checkpoint",
-                str(layout.weights),
-                "--preset",
-                "stcn",
-                "--mem-every",
-                "5",
-                "--size",
-                "-1",
-                "--no-progress",
-                *extra,
-            ),
-            layout.root,
-        )
-    ]
+    options = ["--dataset", "davis", "--data", str(layout.davis), "--split", "train", "--budget",
+               str(layout.budget), "--out", str(ours_out), "--mem-every", "5", "--size", "-1"]  # fmt: skip
+    ours = [(twoshot_command("pseudo-label", *options, *_twoshot_model_options(layout), *extra), layout.root)]
     return {"reference": (reference, vos / "phase1_merge_480p" / "Annotations"), "twoshot": (ours, ours_out)}
 
 
