@@ -6,7 +6,8 @@ ellipses on Lissajous paths) of ``--frames`` frames, rendered one frame at a tim
 engine asks for it (never held whole), is propagated forward from frame 0 with the ``tiny``
 preset (random weights: memory and speed do not depend on them) at shorter side 480, memory
 every 5 frames, top-k 20. Each configuration runs in a fresh child process, one after the
-other, so that its peak resident set is its own:
+other, so that its peak resident set is its own, with the allocator settings of the
+``twoshot`` command line (``twoshot.allocator``: freed memory kept in the process):
 
 - ``cap``: ``max_memory_frames = --cap`` (default 10), masks taken frame by frame from
   ``PropagationEngine.frames`` and dropped (what ``predict_sequences`` does, writing them);
@@ -399,6 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
+        from twoshot.allocator import keep_freed_memory
+
+        keep_freed_memory()  # as the twoshot command line does, whose memory this measures
         spec = json.loads(args.child)
         torch.set_num_threads(spec.pop("threads"))
         print(json.dumps(measure_memory(**spec)))
