@@ -42,6 +42,17 @@ class ResBlock(nn.Module):
         return (x if self.downsample is None else self.downsample(x)) + r
 
 
+def concat_block(block: nn.Module, per_object: torch.Tensor, per_frame: torch.Tensor) -> torch.Tensor:
+    """``block`` on concat(per_object [B*K, Ca, h, w], per_frame [B, Cb, h, w] repeated per object).
+
+    A :class:`ResBlock` takes the concatenation; an inference rewrite of it
+    (:class:`~twoshot.model.fast_inference.SharedInputResBlock`) takes both halves.
+    """
+    if isinstance(block, ResBlock):
+        return block(torch.cat([per_object, per_object_rows(per_frame, per_object.shape[0])], dim=1))
+    return block(per_object, per_frame)
+
+
 class ChannelGate(nn.Module):
     """CBAM channel attention: one MLP on the average- and max-pooled features, summed."""
 
@@ -106,10 +117,7 @@ class FeatureFusionBlock(nn.Module):
     def forward(self, value_f16: torch.Tensor, key_f16: torch.Tensor) -> torch.Tensor:
         """value_f16 [B*K,Cv16,h,w] (K objects per frame, batch-major), key_f16 [B,C16,h,w]
         (one per frame) -> memory values [B*K,value_dim,h,w]."""
-        if isinstance(self.block1, ResBlock):
-            x = self.block1(torch.cat([value_f16, per_object_rows(key_f16, value_f16.shape[0])], dim=1))
-        else:  # an inference rewrite taking both halves (twoshot.model.fast_inference)
-            x = self.block1(value_f16, key_f16)
+        x = concat_block(self.block1, value_f16, key_f16)
         x = x + self.attention(x)
         return self.block2(x)
 
@@ -224,10 +232,7 @@ class Decoder(nn.Module):
         (the frame's key_comp features, shared by its objects); f8 [B,C8,H/8,W/8] and
         f4 [B,C4,H/4,W/4] (one per frame) -> logits [B*K,1,H,W].
         """
-        if isinstance(self.compress, ResBlock):
-            x = self.compress(torch.cat([readout, per_object_rows(query, readout.shape[0])], dim=1))
-        else:  # an inference rewrite taking both halves (twoshot.model.fast_inference)
-            x = self.compress(readout, query)
+        x = concat_block(self.compress, readout, query)
         x = self.up_16_8(f8, x)
         x = self.up_8_4(f4, x)
         x = self.pred(F.relu(x))
