@@ -47,7 +47,7 @@ from twoshot.inference.geometry import Geometry, labels_from_prob, prepare_masks
 from twoshot.inference.key_cache import FramesOnDemand, FrameSource, KeyCache
 from twoshot.inference.schedule import MERGES, Run, forward_runs, fused_runs, nearest_runs
 from twoshot.model.aggregate import aggregate
-from twoshot.model.interface import VOSModel
+from twoshot.model.interface import VOSModel, inference_memory_format
 
 MODES: tuple[str, ...] = ("forward", "bidirectional")
 
@@ -192,9 +192,10 @@ class PropagationEngine:
     """Runs a model's inference (any :class:`~twoshot.model.interface.VOSModel`) under
     ``config`` on ``device``.
 
-    The model is moved to ``device`` and put in eval mode, its convolution weights in
-    channels-last memory when ``config.uses_channels_last()`` and in the default layout otherwise
-    (in place, values unchanged: one layout per model at a time). :attr:`key_batch` frames
+    The model is moved to ``device`` and put in eval mode, its convolution weights in the
+    layout of :func:`~twoshot.model.interface.inference_memory_format` (channels-last unless
+    ``config.exact``; in place, values unchanged: one layout per model at a time).
+    :attr:`key_batch` frames
     are encoded per call; ``config.amp`` enables autocast to ``config.amp_dtype`` (float16
     or bfloat16) on CUDA (CPU runs fp32); ``config.compile`` runs the model's heavy calls
     through ``torch.compile`` (compiled on first use, per engine).
@@ -213,9 +214,7 @@ class PropagationEngine:
         self.device = torch.device(device)
         # The layout is set both ways: weights an earlier channels-last engine converted
         # would otherwise make every convolution here NHWC too.
-        self.memory_format = (
-            torch.channels_last if self.config.uses_channels_last() else torch.contiguous_format
-        )
+        self.memory_format = inference_memory_format(self.config)
         # Module.to's stubs lack memory_format, which it takes at run time.
         self.model = model.to(self.device, memory_format=self.memory_format).eval()  # type: ignore[call-overload]
         wrap = _compile_or_eager if self.config.compile else _eager

@@ -40,6 +40,12 @@ Wrap = Callable[[Callable[..., Any], str], Callable[..., Any]]
 a ``torch.compile``-or-eager wrapper when asked to compile; the identity otherwise)."""
 
 
+def inference_memory_format(config: InferenceConfig) -> torch.memory_format:
+    """The layout inference runs convolutions in: channels-last when
+    ``config.uses_channels_last()``, else the default."""
+    return torch.channels_last if config.uses_channels_last() else torch.contiguous_format
+
+
 def no_wrap(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
     """The identity :data:`Wrap`: run ``fn`` as it is."""
     return fn

@@ -13,7 +13,7 @@ from torch import nn
 
 from twoshot.config import InferenceConfig, ModelConfig
 from twoshot.model.aggregate import aggregate_logits
-from twoshot.model.interface import Propagator, VOSModel, Wrap, no_wrap
+from twoshot.model.interface import Propagator, VOSModel, Wrap, inference_memory_format, no_wrap
 from twoshot.model.memory import memory_affinity, readout
 from twoshot.model.modules import Decoder, KeyEncoder, KeyProjection, ResBlock, ValueEncoder
 from twoshot.model.preprocess import pad_divide_by, unpad
@@ -134,9 +134,8 @@ class STCN(VOSModel):
 
         if config.exact:
             return STCNPropagator(self, config, wrap)
-        layout = torch.channels_last if config.uses_channels_last() else torch.contiguous_format
         # Module.to's stubs lack memory_format, which it takes at run time.
-        fast = self.fast_copy().to(memory_format=layout)  # type: ignore[call-overload]
+        fast = self.fast_copy().to(memory_format=inference_memory_format(config))  # type: ignore[call-overload]
         return STCNPropagator(fast, config, wrap)
 
     def fast_copy(self) -> STCN:
