@@ -105,48 +105,32 @@ class ToyClips(Dataset):
         )
 
 
+# Both toy configurations: 6 iterations of batch 2 in the main process, BatchNorm frozen,
+# checkpoints and images every 3, logs every 2, lr 1e-3 dropped at 4.
+_TOY_MAIN = (
+    "main.iterations=6",
+    "main.batch_size=2",
+    "main.num_workers=0",
+    "main.save_every=3",
+    "main.freeze_bn=true",
+    "main.log_every=2",
+    "main.image_every=3",
+    "main.lr=1e-3",
+    "main.lr_steps=[4]",
+)
+
+
 def toy_config(*overrides: str) -> Config:
     """The tiny preset, shrunk to a few CPU iterations on 32 px clips, BatchNorm frozen and
     the loss bootstrapped (to 15% of the pixels) as STCN, learning rate 1e-3."""
-    return load_config(
-        "tiny",
-        overrides=[
-            "main.iterations=6",
-            "main.batch_size=2",
-            "main.num_workers=0",
-            "main.save_every=3",
-            "main.freeze_bn=true",
-            "main.loss_top_p=0.15",
-            "main.log_every=2",
-            "main.image_every=3",
-            "main.loss_start_warm=2",
-            "main.loss_end_warm=5",
-            "main.lr=1e-3",
-            "main.lr_steps=[4]",
-            *overrides,
-        ],
-    )
+    bootstrapped = ("main.loss_top_p=0.15", "main.loss_start_warm=2", "main.loss_end_warm=5")
+    return load_config("tiny", overrides=[*_TOY_MAIN, *bootstrapped, *overrides])
 
 
 def cutie_toy_config(*overrides: str) -> Config:
     """The cutie-tiny preset shrunk as :func:`toy_config` (BatchNorm frozen, 6 iterations of
     batch 2 on 32 px clips), scoring 256 loss points per frame."""
-    return load_config(
-        "cutie-tiny",
-        overrides=[
-            "main.iterations=6",
-            "main.batch_size=2",
-            "main.num_workers=0",
-            "main.save_every=3",
-            "main.freeze_bn=true",
-            "main.log_every=2",
-            "main.image_every=3",
-            "main.lr=1e-3",
-            "main.lr_steps=[4]",
-            "main.cutie.num_points=256",
-            *overrides,
-        ],
-    )
+    return load_config("cutie-tiny", overrides=[*_TOY_MAIN, "main.cutie.num_points=256", *overrides])
 
 
 # ------------------------------------------------------------------------------------------
