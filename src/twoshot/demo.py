@@ -67,9 +67,8 @@ QUICK = DemoScale(
 
 # Cutie-tiny's training step (forward, point loss, backward) took 1.5-2.0x STCN-tiny's on the
 # development machine (docs/performance.md): 200 iterations per video stage (350 for STCN) and
-# a shorter static stage aim at STCN's 10 minutes. The whole Cutie demo took 12 min 10 s with
-# one thread while the machine was shared (load ~7; docs/results.md); it has not been timed
-# on an idle machine.
+# a shorter static stage aim at STCN's 10 minutes. The whole Cutie demo took 7 min 37 s on the
+# idle machine (12 min 10 s with one thread while it was shared, load ~7; docs/results.md).
 CUTIE_FULL = DemoScale(
     videos=40,
     val_videos=20,
