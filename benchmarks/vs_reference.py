@@ -386,13 +386,13 @@ def bank_variants(layout: Layout, seed_repo: Path, out: Path, extra: Sequence[st
 
 def agreement(reference: Path, ours: Path, videos: Sequence[str]) -> tuple[float, int]:
     """Share of pixels with the same label over every PNG the reference wrote, and the count."""
-    from PIL import Image
+    from twoshot.data.masks import read_mask
 
     same = total = files = 0
     for video in videos:
         for path in sorted((reference / video).glob("*.png")):
-            ref = np.array(Image.open(path))
-            mine = np.array(Image.open(ours / video / path.name))
+            ref, _ = read_mask(path)
+            mine, _ = read_mask(ours / video / path.name)
             same += int((ref == mine).sum())
             total += ref.size
             files += 1
