@@ -40,7 +40,7 @@ def davis(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _bank(tmp_path: Path, root: Path, budget: Path, videos: list[str] | None = None) -> Path:
-    """A finished bank of the dataset's own annotations (a stand-in for `twoshot bank`)."""
+    """A finished bank of the dataset's own annotations (a stand-in for `twoshot pseudo-label`)."""
     bank = tmp_path / "bank"
     for video in videos or ["bear", "cat"]:
         shutil.copytree(root / "Annotations" / "480p" / video, bank / video)
@@ -104,7 +104,9 @@ def test_bad_budget_or_bank_names_the_file_and_writes_nothing(
         assert "Traceback" not in err and not out.exists()
         return err
 
-    assert "--stage phase2 needs --bank" in refused("phase2", "--budget", str(budget))
+    err = refused("phase2", "--budget", str(budget))
+    # the message names a command that exists, so the user can follow it
+    assert "--stage phase2 needs --bank" in err and "`twoshot pseudo-label`" in err
     assert "--stage phase1 needs --budget" in refused("phase1")
 
     other = tmp_path / "other.json"

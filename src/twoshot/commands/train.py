@@ -48,7 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "phase2 it is checked against the bank",
     )
     parser.add_argument(
-        "--bank", metavar="DIR", default=None, help="pseudo-label bank made by `twoshot bank` (phase2)"
+        "--bank",
+        metavar="DIR",
+        default=None,
+        help="pseudo-label bank made by `twoshot pseudo-label` (phase2)",
     )
     parser.add_argument(
         "--out",

@@ -134,7 +134,9 @@ def check_bank(
     if not root.is_dir():
         raise UserError(f"{root}: no such pseudo-label bank folder")
     if not manifest_path.is_file():
-        raise UserError(f"{root}: not a pseudo-label bank (no {MANIFEST}); make one with `twoshot bank`")
+        raise UserError(
+            f"{root}: not a pseudo-label bank (no {MANIFEST}); make one with `twoshot pseudo-label`"
+        )
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -144,7 +146,7 @@ def check_bank(
     if manifest.get("status") != "complete":
         raise UserError(
             f"{manifest_path}: the bank is not finished (status {manifest.get('status')!r}); "
-            "run `twoshot bank` again to complete it"
+            "run `twoshot pseudo-label` again to complete it"
         )
     names = {seq.name for seq in sequences}
     foreign = sorted(set(manifest.get("videos") or {}) - names)
@@ -199,7 +201,9 @@ def build_recipe(
     if stage in ("naive", "phase1") and budget is None:
         raise UserError(f"--stage {stage} needs --budget (the label budget JSON)")
     if stage == "phase2" and bank is None:
-        raise UserError("--stage phase2 needs --bank (the pseudo-label bank folder made by `twoshot bank`)")
+        raise UserError(
+            "--stage phase2 needs --bank (the pseudo-label bank folder made by `twoshot pseudo-label`)"
+        )
     if stage != "phase2" and bank is not None:
         raise UserError(f"--bank is only for --stage phase2, not {stage}")
     if stage == "full" and budget is not None:
