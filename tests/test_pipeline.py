@@ -18,7 +18,7 @@ from twoshot.demo import DemoScale, run_demo
 from twoshot.errors import UserError
 from twoshot.inference.predictor import load_for_inference
 from twoshot.model import load_model
-from twoshot.pipeline import ModelScore, PipelineReport, run_pipeline
+from twoshot.pipeline import ModelScore, PipelineReport, naive_title, run_pipeline
 
 MODELS = ["static", "phase1", "phase2", "naive", "full"]
 
@@ -88,6 +88,8 @@ def test_pipeline_runs_every_stage_then_skips_and_resumes(dataset: Path, tmp_pat
     saved = json.loads((out / "report.json").read_text())
     assert [m["name"] for m in saved["models"]] == MODELS
     assert "| two-shot (phase 2 on the bank) |" in (out / "report.md").read_text()
+    # two labeled frames in every video: the baseline is named by that count
+    assert "| naive 2-shot (labeled frames only) |" in (out / "report.md").read_text()
 
     # A second run finds every step complete, also with settings that only change how it
     # runs (logging, the evaluation's workers).
@@ -269,6 +271,13 @@ def _report(objects: dict[str, dict[str, float]] | None = None, **scores: float)
             ModelScore(name, name, value, value, value, 0.1, None, (objects or {}).get(name, {}))
         )
     return report
+
+
+def test_naive_title_names_the_shots_only_when_every_video_has_as_many() -> None:
+    assert naive_title({"a": ["0.jpg", "5.jpg", "9.jpg"], "b": ["1.jpg", "2.jpg", "3.jpg"]}) == (
+        "naive 3-shot (labeled frames only)"
+    )
+    assert naive_title({"a": ["0.jpg"], "b": ["1.jpg", "2.jpg"]}) == "naive k-shot (labeled frames only)"
 
 
 def test_paired_standard_error_by_hand() -> None:
