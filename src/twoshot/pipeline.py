@@ -67,16 +67,16 @@ BASELINES = ("naive", "full")
 
 
 def naive_title(budget: Budget) -> str:
-    """The naive baseline's title: "naive 2-shot ..." when every video of ``budget`` has two
-    labeled frames, "naive k-shot ..." when the videos' counts differ."""
+    """The naive baseline's title: "naive K-shot ..." when every video of ``budget`` has K
+    labeled frames (e.g. "naive 2-shot"), "naive k-shot ..." when the videos' counts differ."""
     counts = {len(frames) for frames in budget.values()}
     shots = str(counts.pop()) if len(counts) == 1 else "k"
     return f"naive {shots}-shot (labeled frames only)"
 
 
+# The naive baseline's title depends on the budget: naive_title.
 MODEL_TITLES = {
     "static": "static pretraining only",
-    "naive": "naive k-shot (labeled frames only)",
     "phase1": "two-shot phase 1 (teacher)",
     "phase2": "two-shot (phase 2 on the bank)",
     "full": "full supervision",
@@ -589,7 +589,7 @@ class Pipeline:
             round_name(r): f"two-shot round {r} (phase 2 on the bank of round {r - 1}'s model)"
             for r in range(2, self.config.twoshot.rounds + 1)
         }
-        titles = {**MODEL_TITLES, **rounds, "naive": naive_title(budget)}
+        titles = {**MODEL_TITLES, "naive": naive_title(budget), **rounds}
         shares = {"static": 0.0, "phase1": share, "phase2": share, "naive": share, "full": 1.0}
         shares.update(dict.fromkeys(rounds, share))
         report = PipelineReport(

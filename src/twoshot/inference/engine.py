@@ -193,12 +193,12 @@ class PropagationEngine:
     ``config`` on ``device``.
 
     The model is moved to ``device`` and put in eval mode, its convolution weights in the
-    layout of :func:`~twoshot.model.interface.inference_memory_format` (channels-last unless
-    ``config.exact``; in place, values unchanged: one layout per model at a time).
-    :attr:`key_batch` frames
-    are encoded per call; ``config.amp`` enables autocast to ``config.amp_dtype`` (float16
-    or bfloat16) on CUDA (CPU runs fp32); ``config.compile`` runs the model's heavy calls
-    through ``torch.compile`` (compiled on first use, per engine).
+    layout of :func:`~twoshot.model.interface.inference_memory_format` (``config.channels_last``;
+    when unset, channels-last unless ``config.exact``; in place, values unchanged: one layout
+    per model at a time). :attr:`key_batch` frames are encoded per call; ``config.amp``
+    enables autocast to ``config.amp_dtype`` (float16 or bfloat16) on CUDA (CPU runs fp32);
+    ``config.compile`` runs the model's heavy calls through ``torch.compile`` (compiled on
+    first use, per engine).
     """
 
     def __init__(
