@@ -466,7 +466,7 @@ def _draw_actor(
             + np.float32(0.3 * scene.shading / actor.reach) * (lx * u + ly * v)
         )
         rgb = cv2.multiply(rgb, cv2.cvtColor(shade, cv2.COLOR_GRAY2RGB))
-    rgb = cv2.multiply(rgb, gain)  # type: ignore[call-overload]  # cv2 takes a 4-tuple scalar
+    rgb = cv2.multiply(rgb, gain)  # a 4-tuple is OpenCV's per-channel scalar
     return x0, y0, alpha, rgb
 
 
@@ -545,7 +545,10 @@ def _finish(scene: Scene, t: int, image: np.ndarray, noise_rng: np.random.Genera
     pa, pb = scene.light_plane[t]
     plane = np.maximum(0.2, 1.0 + np.float32(pa) * xx + np.float32(pb) * yy)
     gain = tuple(255.0 * float(g) for g in scene.light_gain[t]) + (0.0,)
-    image = cv2.multiply(cv2.multiply(image, cv2.cvtColor(plane, cv2.COLOR_GRAY2RGB)), gain)  # type: ignore[call-overload]
+    # OpenCV types its result as any numeric array; the product of float32 images is float32
+    # (asarray neither copies nor converts it), which the in-place float additions below need.
+    lit = cv2.multiply(cv2.multiply(image, cv2.cvtColor(plane, cv2.COLOR_GRAY2RGB)), gain)
+    image = np.asarray(lit, dtype=np.float32)
     if noise_rng is not None and scene.noise > 0:
         # A shifted window of one noise field per video: drawing fresh Gaussian noise for
         # every frame was the single most expensive step, and grain this faint shows no
