@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +16,18 @@ from twoshot.data.masks import write_mask
 from twoshot.data.readers import load_annotations, load_frames, open_dataset
 from twoshot.errors import UserError
 
-REFERENCE = Path("/work/shared/reference")
+# The reference files lie in shared/reference/ beside the repository (as in every clone CI
+# makes); a checkout on its own skips these tests, CI fails them.
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
 
 @pytest.mark.parametrize("name, videos", [("davis_rand_2frames.json", 60), ("yv_rand_2frames.json", 3464)])
 def test_reference_budgets_load_unchanged(tmp_path: Path, name: str, videos: int) -> None:
     path = REFERENCE / name
     if not path.is_file():
-        pytest.skip(f"{path} is not available")
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing: CI lays shared/reference/ beside the repository")
+        pytest.skip(f"{path} is not available (shared/reference/ beside the repository)")
     raw = json.loads(path.read_text())
     budget = load_budget(path)
     assert budget == raw and list(budget) == list(raw)  # same content, same order
