@@ -12,7 +12,14 @@ const S = {
   job: { state: "none", ready: new Set() }, propCache: new Map(),
   overlay: true, opacity: 0.5, polygon: [], drag: null, hover: null, spaceDown: false,
   saveQueue: [], saving: false, poll: null, loadToken: 0,
+  // Per frame ("video/frame"): what the toolbar says about its saving.
+  saveStates: new Map(),
+  // Per video, the object ids the server knows (a saved mask may only show these).
+  registered: new Map(),
+  hidden: new Set(), locked: new Set(), onlyBackground: false,
+  busy: new Map(), playing: null,
 };
+const TOKEN = document.querySelector('meta[name="twoshot-token"]').content;
 const LOW_CONFIDENCE = Math.round(0.6 * 255);
 // Strategies that propagate with the loaded checkpoint: they add k frames to the labeled ones.
 const MODEL_STRATEGY_TITLES = {
@@ -27,6 +34,8 @@ const ctx = canvas.getContext("2d");
 // Server
 
 async function api(method, url, body, headers) {
+  // The server refuses changes that carry neither the page's origin nor its token.
+  if (method !== "GET") headers = { ...(headers || {}), "X-Twoshot-Token": TOKEN };
   const response = await fetch(url, { method, body, headers });
   if (!response.ok) {
     let message = `${response.status}`;
@@ -41,6 +50,20 @@ const getJSON = async (url) => (await api("GET", url)).json();
 const sendJSON = async (method, url, obj) =>
   (await api(method, url, JSON.stringify(obj || {}), { "Content-Type": "application/json" })).json();
 const videoUrl = (name) => `/api/videos/${encodeURIComponent(name)}`;
+
+// Busy state: each running request shows its label until it answers (success or not).
+async function busy(label, work) {
+  const id = Symbol(label);
+  S.busy.set(id, label);
+  renderBusy();
+  try { return await work(); } finally { S.busy.delete(id); renderBusy(); }
+}
+function renderBusy() {
+  $("busy").textContent = [...S.busy.values()].join(", ");
+  const running = new Set(S.busy.values());
+  $("export").disabled = running.has("exporting…");
+  $("suggest").disabled = running.has("suggesting…");
+}
 const frameUrl = (name, index) => `${videoUrl(name)}/frames/${index}`;
 
 function showMessage(text, kind) {
@@ -60,6 +83,8 @@ function showMessage(text, kind) {
 async function init() {
   S.info = await getJSON("/api/info");
   $("dataset").textContent = `${S.info.data} (${S.info.kind})`;
+  $("budget-path").textContent = `budget: ${S.info.budget}`;
+  $("export-path").textContent = `to ${S.info.export}`;
   for (const name of S.info.strategies) {
     const option = document.createElement("option");
     option.value = option.textContent = name;
@@ -96,17 +121,23 @@ async function refreshVideos() {
 async function openVideo(name) {
   S.video = await getJSON(videoUrl(name));
   location.hash = encodeURIComponent(name);
+  stopPlaying();
   S.objects = S.video.objects;
-  S.object = S.objects.length ? S.objects[0].id : 1;
-  S.suggested = new Set();
+  S.registered.set(name, new Set(S.objects.map((o) => o.id)));
+  S.hidden = new Set();
+  S.locked = new Set();
+  S.object = S.objects.length ? S.objects[0].id : nextObjectId();
+  S.suggested = new Set(S.video.suggested);
   S.propCache = new Map();
   S.job = { state: "none", ready: new Set() };
   S.maskCanvas = makeCanvas(S.video.width, S.video.height);
   S.propCanvas = makeCanvas(S.video.width, S.video.height);
   for (const li of $("videos").children) li.classList.toggle("current", li.dataset.name === name);
   buildTimeline();
+  $("scrub").max = S.video.frames - 1;
   renderObjects();
   fitView();
+  $("progress").textContent = S.info.propagation ? "not propagated yet" : "no checkpoint loaded";
   await loadFrame(S.video.labeled.length ? S.video.labeled[0] : 0);
   if (S.info.propagation) await pollJob();
 }
@@ -148,11 +179,14 @@ async function loadFrame(index) {
   await loadPropagated();
   updateFrameLabel();
   updateTimeline();
+  updateSaveState();
+  $("scrub").value = index;
   draw();
 }
 
 async function loadPropagated() {
   S.prop = null;
+  $("accept").disabled = true;
   if (!S.job.ready.has(S.frame)) { renderProp(); return; }
   const cacheKey = `${S.job.id}/${S.frame}`;
   let entry = S.propCache.get(cacheKey);
@@ -166,10 +200,35 @@ async function loadPropagated() {
     } catch (e) { entry = null; }
   }
   S.prop = entry;
+  if (entry) for (const id of idsOf(entry.labels)) ensureObject(id);
   renderProp();
+  $("accept").disabled = !entry;
 }
 
 const key = (frame) => `${S.video.name}/${frame === undefined ? S.frame : frame}`;
+
+// The object ids (non-zero values) of a mask, ascending.
+function idsOf(mask) {
+  const seen = new Uint8Array(256);
+  for (let i = 0; i < mask.length; i++) seen[mask[i]] = 1;
+  const ids = [];
+  for (let id = 1; id < 256; id++) if (seen[id]) ids.push(id);
+  return ids;
+}
+
+// A new object's id: above every id on the video's masks (on disk, in this frame, in its
+// propagation) and every object listed, so that it can never merge into an existing one.
+function nextObjectId() {
+  let top = S.video.max_object_id || 0;
+  for (const o of S.objects) top = Math.max(top, o.id);
+  if (S.mask) for (const id of idsOf(S.mask)) top = Math.max(top, id);
+  if (S.prop) for (const id of idsOf(S.prop.labels)) top = Math.max(top, id);
+  return top + 1;
+}
+
+function updateSaveState() {
+  $("save-state").textContent = (S.video && S.saveStates.get(key())) || "";
+}
 
 // ------------------------------------------------------------------------------------------
 // Rendering
@@ -194,7 +253,7 @@ function renderMask() {
   const alpha = Math.round(255 * Math.max(0.25, S.opacity));
   for (let i = 0; i < S.mask.length; i++) {
     const id = S.mask[i];
-    if (!id) continue;
+    if (!id || S.hidden.has(id)) continue;
     const c = table[id];
     // Boundaries in full colour so that thin structures stay visible.
     const x = i % width;
@@ -224,7 +283,7 @@ function renderProp() {
     if (confidence[i] < LOW_CONFIDENCE && (x + y) % 6 === 0) {
       // Hatching marks pixels the model is unsure of, object or background.
       px[4 * i] = 255; px[4 * i + 1] = 235; px[4 * i + 2] = 0; px[4 * i + 3] = 200;
-    } else if (id) {
+    } else if (id && !S.hidden.has(id)) {
       const col = table[id];
       px[4 * i] = col[0]; px[4 * i + 1] = col[1]; px[4 * i + 2] = col[2]; px[4 * i + 3] = alpha;
     }
@@ -330,6 +389,7 @@ function updateFrameLabel() {
     + `${S.prop && !labeled ? " · propagated" : ""}`;
 }
 
+// List object ``id`` in the Objects bar (the server learns it before a mask showing it is saved).
 function ensureObject(id) {
   if (S.objects.some((o) => o.id === id)) return;
   S.objects.push({ id, name: `object ${id}`, color: S.video.palette[id] });
@@ -344,8 +404,17 @@ function renderObjects() {
     const li = document.createElement("li");
     li.dataset.id = obj.id;
     li.classList.toggle("current", obj.id === S.object);
+    li.classList.toggle("hidden", S.hidden.has(obj.id));
     li.innerHTML = `<span class="key">${n < 9 ? n + 1 : ""}</span><input type="color">`
-      + `<input type="text"><button class="del" title="Delete this object from every labeled frame">×</button>`;
+      + `<input type="text"><button class="toggle hide" title="Hide this object on the canvas">hide</button>`
+      + `<button class="toggle lock" title="Lock: no tool changes this object's pixels">lock</button>`
+      + `<button class="del" title="Delete this object from every labeled frame">×</button>`;
+    const hide = li.querySelector(".hide");
+    const lock = li.querySelector(".lock");
+    hide.classList.toggle("on", S.hidden.has(obj.id));
+    lock.classList.toggle("on", S.locked.has(obj.id));
+    hide.onclick = () => { toggle(S.hidden, obj.id); renderObjects(); renderMask(); renderProp(); draw(); };
+    lock.onclick = () => { toggle(S.locked, obj.id); renderObjects(); };
     const color = li.querySelector("input[type=color]");
     const text = li.querySelector("input[type=text]");
     color.value = obj.color;
@@ -360,23 +429,30 @@ function renderObjects() {
   });
 }
 
+function toggle(set, id) { if (set.has(id)) set.delete(id); else set.add(id); }
+
 function selectObject(id, rerender = true) {
   S.object = id;
   for (const li of $("objects").children) li.classList.toggle("current", Number(li.dataset.id) === id);
   if (rerender) draw();
 }
 
-async function saveObject(obj, change) {
+async function saveObject(obj, change, video = S.video.name) {
   Object.assign(obj, change);
   try {
-    const saved = await sendJSON("PUT", `${videoUrl(S.video.name)}/objects/${obj.id}`, { name: obj.name, color: obj.color });
+    const saved = await sendJSON("PUT", `${videoUrl(video)}/objects/${obj.id}`, { name: obj.name, color: obj.color });
     Object.assign(obj, saved);
-  } catch (e) { showMessage(`object not saved: ${e.message}`); }
+    S.registered.get(video).add(obj.id);
+    return true;
+  } catch (e) { showMessage(`object not saved: ${e.message}`); return false; }
 }
 
 async function addObject() {
-  const id = Math.max(0, ...S.objects.map((o) => o.id)) + 1;
-  if (id > 255) { showMessage("at most 255 objects"); return; }
+  const id = nextObjectId();
+  if (id > S.video.max_objects) {
+    showMessage(`at most ${S.video.max_objects} objects per video (twoshot annotate --max-objects)`);
+    return;
+  }
   const obj = { id, name: `object ${id}`, color: S.video.palette[id] };
   S.objects.push(obj);
   renderObjects();
@@ -390,10 +466,11 @@ async function deleteObject(obj) {
     await flushSaves();
     await api("DELETE", `${videoUrl(S.video.name)}/objects/${obj.id}`);
     S.objects = S.objects.filter((o) => o.id !== obj.id);
+    S.registered.get(S.video.name).delete(obj.id);
     S.history = new Map();
     const details = await getJSON(videoUrl(S.video.name));
     S.video.labeled = details.labeled;
-    if (S.object === obj.id) S.object = S.objects.length ? S.objects[0].id : 1;
+    if (S.object === obj.id) S.object = S.objects.length ? S.objects[0].id : nextObjectId();
     renderObjects();
     await loadFrame(S.frame);
     refreshVideos();
@@ -408,14 +485,44 @@ function history() {
   return S.history.get(key());
 }
 
+// Before the first edit of a propagated frame: the edit starts from the propagated mask that
+// the overlay shows (an unlabeled frame's own mask is empty), not from nothing.
+function startEdit() {
+  const before = S.mask.slice();
+  const labeled = S.video.labeled.includes(S.frame);
+  if (!labeled && S.prop && !idsOf(S.mask).length) {
+    S.mask = S.prop.labels.slice();
+    for (const id of idsOf(S.mask)) ensureObject(id);
+  }
+  return before;
+}
+
+// Whether a tool painting ``value`` may change pixel ``i``: never a locked object's pixel;
+// with "only on background", only background and the current object's pixels.
+function writable(i, value) {
+  const v = S.mask[i];
+  if (S.locked.has(v)) return false;
+  if (S.onlyBackground && value !== 0) return v === 0 || v === value;
+  return true;
+}
+
 function commit(before) {
   const h = history();
   h.undo.push(before);
   if (h.undo.length > 100) h.undo.shift();
   h.redo = [];
+  for (const id of idsOf(S.mask)) ensureObject(id);
   renderMask();
   draw();
   queueSave();
+}
+
+// The propagated mask of this frame, as it is, becomes its label.
+function acceptPropagated() {
+  if (!S.prop || !S.mask) return;
+  const before = S.mask.slice();
+  S.mask = S.prop.labels.slice();
+  commit(before);
 }
 
 function undo() {
@@ -449,7 +556,8 @@ function paintDisc(cx, cy, r, value) {
     for (let x = Math.max(0, Math.floor(cx - r)); x <= Math.min(width - 1, Math.ceil(cx + r)); x++) {
       const dx = x + 0.5 - cx;
       const dy = y + 0.5 - cy;
-      if (dx * dx + dy * dy <= r2 || (Math.abs(dx) <= 0.5 && Math.abs(dy) <= 0.5)) S.mask[y * width + x] = value;
+      const i = y * width + x;
+      if ((dx * dx + dy * dy <= r2 || (Math.abs(dx) <= 0.5 && Math.abs(dy) <= 0.5)) && writable(i, value)) S.mask[i] = value;
     }
   }
 }
@@ -459,7 +567,7 @@ function fillAt(x, y, value) {
   x = Math.floor(x); y = Math.floor(y);
   if (x < 0 || y < 0 || x >= width || y >= height) return false;
   const target = S.mask[y * width + x];
-  if (target === value) return false;
+  if (target === value || !writable(y * width + x, value)) return false;
   const stack = [y * width + x];
   while (stack.length) {
     const i = stack.pop();
@@ -484,26 +592,31 @@ function closePolygon() {
   raster.closePath();
   raster.fill();
   const alpha = raster.getImageData(0, 0, width, height).data;
-  const before = S.mask.slice();
-  for (let i = 0; i < S.mask.length; i++) if (alpha[4 * i + 3] >= 128) S.mask[i] = S.object;
+  const before = startEdit();
+  for (let i = 0; i < S.mask.length; i++) if (alpha[4 * i + 3] >= 128 && writable(i, S.object)) S.mask[i] = S.object;
   S.polygon = [];
   commit(before);
 }
 
 async function grabCut(start, end) {
-  const box = [start[0], start[1], end[0], end[1]].map(Math.round);
+  // A drag may leave the image: the box is the part of it inside the frame.
+  const clip = (v, hi) => Math.max(0, Math.min(hi, Math.round(v)));
+  const { width, height } = S.video;
+  const box = [clip(start[0], width), clip(start[1], height), clip(end[0], width), clip(end[1], height)];
   const frame = S.frame;
-  showMessage("GrabCut…", "info");
-  try {
-    const response = await api("POST", `${frameUrl(S.video.name, frame)}/grabcut`, JSON.stringify({ box }),
-      { "Content-Type": "application/json" });
-    const fg = new Uint8Array(await response.arrayBuffer());
-    if (frame !== S.frame) return;
-    const before = S.mask.slice();
-    for (let i = 0; i < fg.length; i++) if (fg[i]) S.mask[i] = S.object;
-    commit(before);
-    showMessage("");
-  } catch (e) { showMessage(`GrabCut failed: ${e.message}`); }
+  const video = S.video.name;
+  const object = S.object;
+  await busy("GrabCut…", async () => {
+    try {
+      const response = await api("POST", `${frameUrl(video, frame)}/grabcut`, JSON.stringify({ box }),
+        { "Content-Type": "application/json" });
+      const fg = new Uint8Array(await response.arrayBuffer());
+      if (frame !== S.frame || video !== S.video.name) { showMessage("GrabCut result dropped: another frame is open", "info"); return; }
+      const before = startEdit();
+      for (let i = 0; i < fg.length; i++) if (fg[i] && writable(i, object)) S.mask[i] = object;
+      commit(before);
+    } catch (e) { showMessage(`GrabCut failed: ${e.message}`); }
+  });
 }
 
 // ------------------------------------------------------------------------------------------
@@ -514,8 +627,15 @@ function queueSave() {
   const last = S.saveQueue[S.saveQueue.length - 1];
   if (last && last.video === entry.video && last.frame === entry.frame) S.saveQueue[S.saveQueue.length - 1] = entry;
   else S.saveQueue.push(entry);
-  $("save-state").textContent = "saving…";
+  // The objects the mask shows, as listed now: the server learns new ones before the mask.
+  entry.objects = idsOf(entry.data).map((id) => S.objects.find((o) => o.id === id) || { id, name: `object ${id}`, color: S.video.palette[id] });
+  setSaveState(entry.video, entry.frame, "saving…");
   runSaves();
+}
+
+function setSaveState(video, frame, text) {
+  S.saveStates.set(`${video}/${frame}`, text);
+  updateSaveState();
 }
 
 async function runSaves() {
@@ -526,6 +646,10 @@ async function runSaves() {
     const k = `${entry.video}/${entry.frame}`;
     const base = S.versions.get(k) || "";
     try {
+      const known = S.registered.get(entry.video);
+      for (const obj of entry.objects) {
+        if (!known.has(obj.id) && !(await saveObject(obj, {}, entry.video))) throw new Error(`object ${obj.id} could not be added`);
+      }
       const response = await api("PUT", `${frameUrl(entry.video, entry.frame)}/mask?base=${encodeURIComponent(base)}`,
         entry.data, { "Content-Type": "application/octet-stream" });
       const result = await response.json();
@@ -534,12 +658,16 @@ async function runSaves() {
         S.video.labeled = result.labeled_frames;
         if (entry.frame === S.frame) S.version = result.version;
         updateTimeline(); updateFrameLabel();
+        // Labeled now: the propagated overlay gives way to the saved mask at once.
+        if (entry.frame === S.frame) draw();
         const row = S.videos.find((v) => v.name === entry.video);
         if (row) { row.labeled = result.labeled_frames.length; updateVideoRow(row); }
       }
-      $("save-state").textContent = "saved";
+      const pending = S.saveQueue.some((q) => `${q.video}/${q.frame}` === k);
+      setSaveState(entry.video, entry.frame, pending ? "saving…" : "saved");
+      if (S.info.propagation && S.video && S.video.name === entry.video && S.job.state !== "none") pollJob();
     } catch (e) {
-      $("save-state").textContent = "not saved";
+      setSaveState(entry.video, entry.frame, "not saved");
       showMessage(e.status === 409 ? e.message : `not saved: ${e.message}`);
       S.saveQueue = S.saveQueue.filter((q) => `${q.video}/${q.frame}` !== k);
       S.history.delete(k);
@@ -565,26 +693,36 @@ function updateVideoRow(row) {
 async function suggest() {
   const k = Number($("suggest-k").value) || 2;
   const strategy = $("suggest-strategy").value;
-  await flushSaves();  // model strategies start from the labeled frames as saved
-  if (MODEL_STRATEGY_TITLES[strategy]) showMessage(`suggesting ${k} more frames (${strategy})…`, "info");
-  try {
-    const result = await getJSON(`${videoUrl(S.video.name)}/suggest?k=${k}&strategy=${strategy}`);
-    S.suggested = new Set(result.frames);
-    updateTimeline();
-    showMessage(`suggested frames: ${result.frames.join(", ")}`, "info");
-  } catch (e) { showMessage(e.message); }
+  const name = S.video.name;
+  await busy("suggesting…", async () => {
+    await flushSaves();  // model strategies start from the labeled frames as saved
+    try {
+      const result = await getJSON(`${videoUrl(name)}/suggest?k=${k}&strategy=${strategy}`);
+      if (!S.video || S.video.name !== name) return;
+      S.video.suggested = result.frames;  // the server keeps them too (reload, restart)
+      S.suggested = new Set(result.frames);
+      updateTimeline();
+      showMessage(`suggested frames: ${result.frames.join(", ")}`, "info");
+    } catch (e) { showMessage(e.message); }
+  });
 }
 
 async function propagate() {
   if (!S.info.propagation) return;
-  await flushSaves();
-  try {
-    await sendJSON("POST", `${videoUrl(S.video.name)}/propagate`, {});
-    S.propCache = new Map();
-    S.job = { state: "queued", ready: new Set() };
-    pollJob();
-  } catch (e) { showMessage(e.message); }
+  const name = S.video.name;
+  await busy("starting propagation…", async () => {
+    await flushSaves();
+    try {
+      await sendJSON("POST", `${videoUrl(name)}/propagate`, {});
+      if (!S.video || S.video.name !== name) return;
+      S.propCache = new Map();
+      S.job = { state: "queued", ready: new Set() };
+      await pollJob();
+    } catch (e) { showMessage(e.message); }
+  });
 }
+
+const JOB_STATES = { queued: "waiting…", running: "running", done: "done", failed: "failed", cancelled: "cancelled" };
 
 async function pollJob() {
   clearTimeout(S.poll);
@@ -595,12 +733,13 @@ async function pollJob() {
   if (!S.video || S.video.name !== name) return;
   const hadCurrent = S.job.ready.has(S.frame);
   S.job = { ...status, ready: new Set(status.ready) };
-  const labels = { none: "", queued: "waiting…", running: "running", done: "done", failed: "failed", cancelled: "cancelled" };
-  let text = `${labels[status.state] || status.state}`;
-  if (status.state !== "none") text += ` ${status.done}/${status.total}`;
-  if (status.reused) text += ` (${status.reused} kept)`;
-  if (status.state === "done" && status.stale) text += " (labels changed since)";
-  if (status.error) text += `: ${status.error}`;
+  let text = "not propagated yet";
+  if (status.state !== "none") {
+    text = `${JOB_STATES[status.state] || status.state} ${status.done}/${status.total}`;
+    if (status.reused) text += ` (${status.reused} kept)`;
+    if (status.stale) text += " (labels changed since: propagate again)";
+    if (status.error) text += `: ${status.error}`;
+  }
   $("progress").textContent = text;
   $("propagate").textContent = status.state === "running" ? "Restart" : "Propagate";
   updateTimeline();
@@ -609,13 +748,39 @@ async function pollJob() {
 }
 
 async function exportAll() {
-  await flushSaves();
-  $("export-result").textContent = "exporting…";
-  try {
-    const result = await sendJSON("POST", "/api/export", {});
-    const dense = result.videos.filter((v) => v.dense).length;
-    $("export-result").textContent = `${result.out}: ${result.videos.length} videos (${dense} dense)`;
-  } catch (e) { $("export-result").textContent = ""; showMessage(`export failed: ${e.message}`); }
+  $("export-result").textContent = "";
+  await busy("exporting…", async () => {
+    await flushSaves();
+    try {
+      const result = await sendJSON("POST", "/api/export", {});
+      const dense = result.videos.filter((v) => v.dense).length;
+      let text = `${result.out}: ${result.videos.length} videos (${dense} dense); train: ${result.train.join(", ")}`;
+      text += result.val.length ? `; held out for validation: ${result.val.join(", ")}` : `; ${result.note}`;
+      $("export-result").textContent = text;
+    } catch (e) { showMessage(`export failed: ${e.message}`); }
+  });
+}
+
+// ------------------------------------------------------------------------------------------
+// Playback: frames in turn at about 10 per second (the mask and overlay of each as it loads).
+
+function togglePlay() {
+  if (S.playing) { stopPlaying(); return; }
+  if (S.frame >= S.video.frames - 1) loadFrame(0);
+  $("play").textContent = "Pause";
+  const step = async () => {
+    if (!S.playing) return;
+    if (S.frame >= S.video.frames - 1) { stopPlaying(); return; }
+    await loadFrame(S.frame + 1);
+    if (S.playing) S.playing = setTimeout(step, 100);
+  };
+  S.playing = setTimeout(step, 100);
+}
+
+function stopPlaying() {
+  clearTimeout(S.playing);
+  S.playing = null;
+  $("play").textContent = "Play";
 }
 
 // ------------------------------------------------------------------------------------------
@@ -651,13 +816,14 @@ canvas.addEventListener("pointerdown", (event) => {
   if (event.button !== 0) return;
   if (S.tool === "brush" || S.tool === "eraser") {
     const value = S.tool === "brush" ? S.object : 0;
-    S.drag = { kind: "paint", before: S.mask.slice(), last: p, value };
-    ensureObject(S.object);
+    S.drag = { kind: "paint", before: startEdit(), last: p, value };
+    if (value) ensureObject(value);
     paintLine(p[0], p[1], p[0], p[1], value);
     renderMask(); draw();
   } else if (S.tool === "fill") {
-    const before = S.mask.slice();
-    if (fillAt(p[0], p[1], S.object)) commit(before);
+    const before = startEdit();
+    // The fill may change nothing, yet the propagated mask may just have been taken up.
+    if (fillAt(p[0], p[1], S.object) || S.mask.some((v, i) => v !== before[i])) commit(before);
   } else if (S.tool === "polygon") {
     S.polygon.push(p);
     draw();
@@ -728,6 +894,8 @@ document.addEventListener("keydown", (event) => {
   else if (k === "Escape") { S.polygon = []; S.drag = null; draw(); }
   else if (k === "o") { $("overlay").checked = !$("overlay").checked; S.overlay = $("overlay").checked; draw(); }
   else if (k === "r") propagate();
+  else if (k === "k") acceptPropagated();
+  else if (k === "l") togglePlay();
   else if (k === "+" || k === "=") zoomAt(1.25, canvas.width / 2, canvas.height / 2);
   else if (k === "-") zoomAt(1 / 1.25, canvas.width / 2, canvas.height / 2);
   else if (k === "0") fitView();
@@ -746,6 +914,10 @@ $("add-object").onclick = addObject;
 $("suggest").onclick = suggest;
 $("propagate").onclick = propagate;
 $("export").onclick = exportAll;
+$("accept").onclick = acceptPropagated;
+$("play").onclick = togglePlay;
+$("scrub").oninput = () => { stopPlaying(); loadFrame(Number($("scrub").value)); };
+$("only-background").onchange = () => { S.onlyBackground = $("only-background").checked; };
 $("overlay").onchange = () => { S.overlay = $("overlay").checked; draw(); };
 $("opacity").oninput = () => { S.opacity = Number($("opacity").value); if (S.mask) { renderMask(); renderProp(); draw(); } };
 window.addEventListener("resize", () => draw());
@@ -759,7 +931,7 @@ window.annotator = {
     return { x: rect.left + S.tx + x * S.zoom, y: rect.top + S.ty + y * S.zoom };
   },
   flush: flushSaves,
-  loadFrame, openVideo, selectObject, addObject,
+  loadFrame, openVideo, selectObject, addObject, draw,
 };
 
 setTool("brush");
