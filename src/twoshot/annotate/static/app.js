@@ -336,6 +336,7 @@ function fitView() {
   S.zoom = Math.min(rect.width / S.video.width, rect.height / S.video.height) * 0.96;
   S.tx = (rect.width - S.video.width * S.zoom) / 2;
   S.ty = (rect.height - S.video.height * S.zoom) / 2;
+  S.fitted = true;
   draw();
 }
 
@@ -344,6 +345,7 @@ function zoomAt(factor, cx, cy) {
   S.tx = cx - ((cx - S.tx) * zoom) / S.zoom;
   S.ty = cy - ((cy - S.ty) * zoom) / S.zoom;
   S.zoom = zoom;
+  S.fitted = false;
   draw();
 }
 
@@ -839,6 +841,7 @@ canvas.addEventListener("pointermove", (event) => {
   if (d && d.kind === "pan") {
     S.tx = d.tx + event.clientX - d.x;
     S.ty = d.ty + event.clientY - d.y;
+    S.fitted = false;
   } else if (d && d.kind === "paint") {
     paintLine(d.last[0], d.last[1], p[0], p[1], d.value);
     d.last = p;
@@ -920,7 +923,9 @@ $("scrub").oninput = () => { stopPlaying(); loadFrame(Number($("scrub").value));
 $("only-background").onchange = () => { S.onlyBackground = $("only-background").checked; };
 $("overlay").onchange = () => { S.overlay = $("overlay").checked; draw(); };
 $("opacity").oninput = () => { S.opacity = Number($("opacity").value); if (S.mask) { renderMask(); renderProp(); draw(); } };
-window.addEventListener("resize", () => draw());
+// The stage changes size with the window and when the Objects bar wraps: a fitted frame
+// is fitted again, a zoomed one keeps its zoom.
+new ResizeObserver(() => (S.fitted ? fitView() : draw())).observe(canvas);
 
 // For scripted use (tests, screenshots): image pixel -> page coordinates, and the state.
 window.annotator = {
