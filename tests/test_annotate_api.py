@@ -23,7 +23,7 @@ from twoshot.config import load_config
 from twoshot.data.budget import apply_budget, load_budget
 from twoshot.data.fixtures import make_davis, make_generic, make_video_file, make_youtube
 from twoshot.data.masks import DAVIS_PALETTE, read_mask, write_mask
-from twoshot.data.readers import open_dataset
+from twoshot.data.readers import load_frames, open_dataset
 from twoshot.inference.predictor import load_for_inference
 from twoshot.model import build_model, save_weights
 
@@ -99,6 +99,31 @@ def test_frame_image_thumb_and_empty_mask(client: TestClient, davis) -> None:
     assert client.get("/").status_code == 200 and "app.js" in client.get("/").text
     for name in ("app.js", "style.css", "index.html"):
         assert client.get(f"/static/{name}").status_code == 200
+
+
+def test_timeline_thumbnails_show_the_saved_mask(client: TestClient) -> None:
+    import io
+
+    from PIL import Image
+
+    put(client, "bear", 2, box_mask(1))
+    client.put("/api/videos/bear/objects/1", json={"color": "#00ff00"})
+
+    def thumb(query: str) -> np.ndarray:
+        response = client.get(f"/api/videos/bear/frames/2/thumb{query}")
+        return np.asarray(Image.open(io.BytesIO(response.content)), np.float64)
+
+    plain, masked = thumb(""), thumb("?masks=1")
+    assert plain.shape == masked.shape == (54, 72, 3)  # 54 pixels high, the frame's aspect
+    # Inside the object (rows 2-8, columns 3-12, x 2.25): 55 % green over the frame.
+    expected = 0.45 * plain[10, 15] + 0.55 * np.array([0, 255, 0])
+    assert np.abs(masked[10, 15] - expected).max() < 25, (masked[10, 15], expected)
+    assert np.abs(masked[40, 60] - plain[40, 60]).max() < 12  # background untouched
+    # An unlabeled frame without propagation: the plain thumbnail.
+    np.testing.assert_array_equal(
+        client.get("/api/videos/bear/frames/3/thumb?masks=1").content,
+        client.get("/api/videos/bear/frames/3/thumb").content,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,6 +508,60 @@ def test_propagation_equals_pseudo_label_and_export(davis, checkpoint: Path, tmp
     version = client.get("/api/videos/bear/frames/6/mask").headers["x-mask-version"]
     assert put(client, "bear", 6, corrected, base=version).status_code == 200
     propagate_and_compare(3, tmp_path / "bank4")  # frames 0, 2 and 4 (from 1 and 3) kept
+
+
+def test_one_way_propagation_from_a_labeled_frame(davis, checkpoint: Path) -> None:
+    store = AnnotationStore(davis.root)
+    model, config = load_for_inference(checkpoint, "tiny")
+    jobs = PropagationJobs(store, model, config)
+    client = client_for(store, jobs)
+    put(client, "bear", 1, davis.labels["bear"][1])
+    put(client, "bear", 6, davis.labels["bear"][6])
+    for body, words in (
+        ({"from": 3}, "frame 3 is not labeled"),
+        ({"from": 1, "direction": "sideways"}, "expected forward or backward"),
+        ({"from": "1"}, "expected a frame index"),
+    ):
+        response = client.post("/api/videos/bear/propagate", json=body)
+        assert response.status_code == 400 and words in response.json()["error"]
+    assert client.post("/api/videos/bear/propagate", json={"from": 9}).status_code == 404
+    assert client.post("/api/videos/bear/propagate").status_code == 202
+    jobs.wait("bear", 60)
+    both = {f: r[0] for f, r in jobs.get("bear").results.items()}
+    frames = load_frames(store.video("bear").seq)
+
+    def expected(order: list[int], origin: int) -> dict[int, np.ndarray]:
+        """A forward run over ``order`` from ``origin``'s mask, straight from the engine."""
+        runs = jobs.engine.frames(frames[order], {0: davis.labels["bear"][origin]}, mode="forward")
+        return {order[out.frame]: out.labels for out in runs}
+
+    for body, order, origin in (
+        ({"from": 1}, [1, 2, 3, 4, 5], 1),  # up to the next labeled frame
+        ({"from": 6, "direction": "backward"}, [6, 5, 4, 3, 2], 6),
+        ({"from": 6}, [6, 7], 6),  # to the end
+    ):
+        previous = {f: r[0] for f, r in jobs.get("bear").results.items()}
+        started = client.post("/api/videos/bear/propagate", json=body).json()
+        jobs.wait("bear", 60)
+        status = client.get("/api/videos/bear/propagation").json()
+        assert status["state"] == "done" and status["ready"] == list(range(8)), status
+        assert (
+            status["span"]
+            == {
+                "from": origin,
+                "first": min(order),
+                "last": max(order),
+                "direction": body.get("direction", "forward"),
+            }
+            == started["span"]
+        )
+        assert status["reused"] == 8 - len(order)
+        results = {f: r[0] for f, r in jobs.get("bear").results.items()}
+        for frame, labels in expected(order, origin).items():
+            np.testing.assert_array_equal(results[frame], labels)
+        for frame in set(range(8)) - set(order):
+            np.testing.assert_array_equal(results[frame], previous[frame])
+    np.testing.assert_array_equal(results[0], both[0])  # never in a span: still the first job's
 
 
 @pytest.mark.parametrize("strategy", ["uncertainty", "disagreement"])

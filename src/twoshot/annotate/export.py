@@ -126,9 +126,11 @@ def default_validation(names: Sequence[str]) -> list[str]:
 def _masks(
     store: AnnotationStore, jobs: PropagationJobs | None, name: str
 ) -> tuple[dict[int, np.ndarray], bool]:
-    """({frame: labels}, dense): the finished, up-to-date propagation, else the labeled frames."""
+    """({frame: labels}, dense): the finished, up-to-date propagation of every frame, else the
+    labeled frames."""
     job = jobs.get(name) if jobs is not None else None
-    if job is not None and job.state == "done" and job.revision == store.revision[name]:
+    complete = job is not None and len(job.results) == job.total  # a one-way job may not cover all
+    if job is not None and complete and job.state == "done" and job.revision == store.revision[name]:
         return {index: labels for index, (labels, _) in sorted(job.results.items())}, True
     return {index: store.read_mask(name, index)[0] for index in sorted(store.labeled[name])}, False
 

@@ -93,8 +93,17 @@ def create_app(
 
     async def thumb(request: Request) -> Response:
         name, index = _frame(request)
-        data = await run_in_threadpool(store.thumbnail, name, index)
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+        if request.query_params.get("masks") != "1":
+            data = await run_in_threadpool(store.thumbnail, name, index)
+            return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+        # The frame's saved mask when it is labeled, else its propagated one (if any).
+        labels = None
+        if index in store.labeled[name]:
+            labels = (await run_in_threadpool(store.read_mask, name, index))[0]
+        elif jobs is not None and (job := jobs.get(name)) is not None and index in job.results:
+            labels = job.results[index][0]
+        data = await run_in_threadpool(store.thumbnail, name, index, labels)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     async def get_mask(request: Request) -> Response:
         name, index = _frame(request)
@@ -166,7 +175,14 @@ def create_app(
             raise RequestError(
                 409, "no checkpoint loaded: start twoshot annotate with --checkpoint to propagate"
             )
-        await run_in_threadpool(jobs.start, name)
+        payload = await _json(request)
+        origin = payload.get("from")
+        if origin is not None and (not isinstance(origin, int) or isinstance(origin, bool)):
+            raise RequestError(400, f'"from": expected a frame index, got {origin!r}')
+        if origin is not None:
+            store.check_frame(name, origin)
+        direction = str(payload.get("direction", "forward"))
+        await run_in_threadpool(lambda: jobs.start(name, origin=origin, direction=direction))
         return JSONResponse(jobs.status(name), status_code=202)
 
     async def propagation(request: Request) -> Response:

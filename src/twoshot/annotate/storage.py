@@ -183,16 +183,27 @@ class AnnotationStore:
         Image.fromarray(self.frame_rgb(name, index)).save(buffer, format="JPEG", quality=92)
         return buffer.getvalue()
 
-    def thumbnail(self, name: str, index: int) -> bytes:
-        """A small JPEG of a frame for the timeline (cached)."""
+    def thumbnail(self, name: str, index: int, labels: np.ndarray | None = None) -> bytes:
+        """A small JPEG of a frame for the timeline (cached); with ``labels`` (uint8 [H, W])
+        the objects are drawn over it in their display colours (not cached)."""
         key = (name, index)
-        if key not in self._thumbs:
-            image = Image.fromarray(self.frame_rgb(name, index))
-            width = max(1, round(image.width * THUMB_HEIGHT / image.height))
-            buffer = io.BytesIO()
-            image.resize((width, THUMB_HEIGHT), Image.Resampling.BILINEAR).save(buffer, format="JPEG")
+        if labels is None and key in self._thumbs:
+            return self._thumbs[key]
+        image = Image.fromarray(self.frame_rgb(name, index))
+        size = (max(1, round(image.width * THUMB_HEIGHT / image.height)), THUMB_HEIGHT)
+        small = np.asarray(image.resize(size, Image.Resampling.BILINEAR))
+        if labels is not None:
+            ids = np.asarray(Image.fromarray(labels).resize(size, Image.Resampling.NEAREST))
+            table = palette_colors(self.palette(name)).astype(np.float32)
+            for obj in self.object_list(name):
+                table[obj["id"]] = [int(obj["color"][i : i + 2], 16) for i in (1, 3, 5)]
+            tinted = 0.45 * small + 0.55 * table[ids]
+            small = np.where(ids[..., None] > 0, tinted, small).round().astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(small).save(buffer, format="JPEG")
+        if labels is None:
             self._thumbs[key] = buffer.getvalue()
-        return self._thumbs[key]
+        return buffer.getvalue()
 
     def palette(self, name: str) -> bytes:
         """The video's palette: that of its first annotation PNG, else of any in the dataset,

@@ -364,7 +364,6 @@ function buildTimeline() {
       + `<span class="mark s" title="suggested"></span><span class="mark p" title="propagated"></span>`
       + `<span class="mark a" title="annotation on disk, not in the budget"></span></div>`
       + `<img loading="lazy" alt=""><div class="n">${i}</div>`;
-    div.querySelector("img").src = `${frameUrl(S.video.name, i)}/thumb`;
     div.onclick = () => loadFrame(i);
     timeline.appendChild(div);
   }
@@ -380,12 +379,19 @@ function updateTimeline() {
     div.classList.toggle("annotated", annotated.has(i) && !labeled.has(i));
     div.classList.toggle("suggested", S.suggested.has(i));
     div.classList.toggle("propagated", S.job.ready.has(i) && !labeled.has(i));
+    // The thumbnail shows the frame's saved or propagated mask: fetched again when that changes.
+    const stamp = labeled.has(i) ? `l${S.versions.get(key(i)) || ""}` : S.job.ready.has(i) ? `p${S.job.id}` : "";
+    if (div.dataset.stamp !== stamp) {
+      div.dataset.stamp = stamp;
+      div.querySelector("img").src = `${frameUrl(S.video.name, i)}/thumb${stamp ? `?masks=1&v=${encodeURIComponent(stamp)}` : ""}`;
+    }
     if (i === S.frame) div.scrollIntoView({ block: "nearest", inline: "nearest" });
   }
 }
 
 function updateFrameLabel() {
   const labeled = S.video.labeled.includes(S.frame);
+  for (const id of ["propagate-forward", "propagate-backward"]) $(id).disabled = !(labeled && S.info.propagation);
   $("frame-label").textContent = `${S.video.name} — frame ${S.frame} of 0–${S.video.frames - 1} `
     + `(${S.video.frame_names[S.frame]})${labeled ? " · labeled" : ""}`
     + `${S.prop && !labeled ? " · propagated" : ""}`;
@@ -614,6 +620,7 @@ async function grabCut(start, end) {
         { "Content-Type": "application/json" });
       const fg = new Uint8Array(await response.arrayBuffer());
       if (frame !== S.frame || video !== S.video.name) { showMessage("GrabCut result dropped: another frame is open", "info"); return; }
+      if (!fg.some((v) => v)) { showMessage("GrabCut found no object in this box: try a tighter box or another tool", "info"); return; }
       const before = startEdit();
       for (let i = 0; i < fg.length; i++) if (fg[i] && writable(i, object)) S.mask[i] = object;
       commit(before);
@@ -709,13 +716,15 @@ async function suggest() {
   });
 }
 
-async function propagate() {
+// Both ways from every labeled frame, or (direction given) one way from the current frame.
+async function propagate(direction) {
   if (!S.info.propagation) return;
   const name = S.video.name;
+  const body = direction ? { from: S.frame, direction } : {};
   await busy("starting propagation…", async () => {
     await flushSaves();
     try {
-      await sendJSON("POST", `${videoUrl(name)}/propagate`, {});
+      await sendJSON("POST", `${videoUrl(name)}/propagate`, body);
       if (!S.video || S.video.name !== name) return;
       S.propCache = new Map();
       S.job = { state: "queued", ready: new Set() };
@@ -738,6 +747,7 @@ async function pollJob() {
   let text = "not propagated yet";
   if (status.state !== "none") {
     text = `${JOB_STATES[status.state] || status.state} ${status.done}/${status.total}`;
+    if (status.span) text += ` (${status.span.direction} from frame ${status.span.from}: ${status.span.first}–${status.span.last})`;
     if (status.reused) text += ` (${status.reused} kept)`;
     if (status.stale) text += " (labels changed since: propagate again)";
     if (status.error) text += `: ${status.error}`;
@@ -915,7 +925,9 @@ $("redo").onclick = redo;
 $("zoom-fit").onclick = fitView;
 $("add-object").onclick = addObject;
 $("suggest").onclick = suggest;
-$("propagate").onclick = propagate;
+$("propagate").onclick = () => propagate();
+$("propagate-forward").onclick = () => propagate("forward");
+$("propagate-backward").onclick = () => propagate("backward");
 $("export").onclick = exportAll;
 $("accept").onclick = acceptPropagated;
 $("play").onclick = togglePlay;
