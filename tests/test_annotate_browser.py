@@ -120,7 +120,10 @@ def open_video(page, name: str) -> None:
 
 def go_to_frame(page, index: int) -> None:
     page.click(f'.thumb[data-frame="{index}"]')
-    page.wait_for_function(f"window.annotator.state.frame === {index}")
+    # The label is written once the frame, its mask and its propagation are in.
+    page.wait_for_function(
+        f"document.querySelector('#frame-label').textContent.includes(' frame {index} of')"
+    )
 
 
 def test_draw_two_objects_on_two_frames_and_save(browser, tmp_path: Path) -> None:
@@ -341,6 +344,14 @@ def test_correcting_a_propagated_frame_keeps_its_propagated_mask(browser, tmp_pa
         page.evaluate("window.annotator.flush()")
         np.testing.assert_array_equal(read_mask(pngs / "00005.png")[0], propagated(url, 5))
         assert page.inner_text("#save-state") == "saved"
+        # One way from here: frame 5 forward, up to the next labeled frame (7).
+        page.click("#propagate-forward")
+        page.wait_for_function(
+            "window.annotator.state.job.span && window.annotator.state.job.state === 'done'"
+        )
+        assert page.inner_text("#progress") == "done 8/8 (forward from frame 5: 5–6) (6 kept)"
+        go_to_frame(page, 6)
+        assert page.is_disabled("#propagate-forward") and page.is_disabled("#propagate-backward")
         page.close()
     assert errors == []
     assert load_budget(store.budget_path) == {"bear": ["00000.jpg", "00003.jpg", "00005.jpg", "00007.jpg"]}
@@ -406,3 +417,43 @@ def test_every_tool_adds_its_object_and_suggestions_and_validation_persist(brows
     export = data.root / "export/ImageSets/2017"
     assert (export / "train.txt").read_text() == "bear\n" and (export / "val.txt").read_text() == "cat\n"
     assert json.loads(store.objects_path.read_text())["bear"].keys() == {"1", "2", "3"}
+
+
+def test_lock_hide_background_only_and_playback(browser, tmp_path: Path) -> None:
+    data = make_davis(tmp_path / "davis", {"bear": 6}, size=(H, W), annotate=[])
+    store = AnnotationStore(data.root)
+    with serving(store) as url:
+        page, errors = open_page(browser, url)
+        page.evaluate("window.annotator.state.brush = 6")
+        stroke(page, [(8, 10), (30, 10)])  # object 1
+        page.click("#add-object")
+        page.check("#only-background")
+        page.keyboard.press("b")
+        stroke(page, [(20, 2), (20, 30)])  # object 2 crosses object 1 without covering it
+        page.uncheck("#only-background")
+        page.click('#objects li[data-id="1"] .lock')
+        page.keyboard.press("e")
+        stroke(page, [(12, 2), (12, 20)])  # the eraser leaves the locked object alone
+        page.evaluate("window.annotator.flush()")
+        frame0 = read_mask(data.root / "Annotations/480p/bear/00000.png")[0]
+        assert frame0[10, 8:31].tolist() == [1] * 23  # neither the brush nor the eraser got in
+        assert frame0[2:6, 20].tolist() == [2] * 4 and frame0[20:30, 20].tolist() == [2] * 10
+        # Hidden: object 2 leaves the canvas, and comes back.
+        shown = page.locator("#canvas").screenshot()
+        page.click('#objects li[data-id="2"] .hide')
+        assert page.locator("#canvas").screenshot() != shown
+        page.click('#objects li[data-id="2"] .hide')
+        assert page.locator("#canvas").screenshot() == shown
+        # The labeled frame's thumbnail shows its mask; playback runs to the end; scrubbing.
+        page.wait_for_function(
+            "document.querySelector('.thumb[data-frame=\"0\"] img').src.includes('masks=1')"
+        )
+        page.keyboard.press("l")
+        page.wait_for_function(
+            "window.annotator.state.frame === 5 && window.annotator.state.playing === null"
+        )
+        assert page.inner_text("#play") == "Play"
+        page.eval_on_selector("#scrub", "s => { s.value = 2; s.dispatchEvent(new Event('input')); }")
+        page.wait_for_function("window.annotator.state.frame === 2")
+        page.close()
+    assert errors == []
