@@ -664,6 +664,25 @@ def test_cli_serves_locally_and_warns_elsewhere(davis, capsys, monkeypatch) -> N
     served[1][0].close()
 
 
+def test_cli_object_limit_and_host_name(davis, capsys, monkeypatch) -> None:
+    import uvicorn
+
+    served = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: served.append((self, sockets)))
+    assert cli_main(["annotate", str(davis.root), "--port", "0", "--max-objects", "300"]) == 2
+    assert "--max-objects 300: expected 1..255" in capsys.readouterr().err and not served
+    assert (
+        cli_main(["annotate", str(davis.root), "--port", "0", "--max-objects", "5", "--host", "localhost"])
+        == 0
+    )
+    server, sockets = served[0]
+    sockets[0].close()
+    app = server.config.app
+    assert app.state.store.max_objects == 5
+    # The name given to --host is a Host the app answers to (at the served port).
+    assert [m.kwargs["names"] for m in app.user_middleware] == [["localhost"]]
+
+
 def test_cli_refuses_a_budget_naming_unknown_frames(davis, capsys) -> None:
     (davis.root / "budget.json").write_text(json.dumps({"bear": ["00099.jpg"]}))
     assert cli_main(["annotate", str(davis.root), "--port", "0"]) == 2
