@@ -97,7 +97,7 @@ def test_frame_image_thumb_and_empty_mask(client: TestClient, davis) -> None:
     mask = client.get("/api/videos/bear/frames/3/mask")
     assert mask.headers["x-mask-version"] == "" and mask.content == bytes(H * W)
     assert client.get("/").status_code == 200 and "app.js" in client.get("/").text
-    for name in ("app.js", "style.css", "index.html"):
+    for name in ("state.js", "view.js", "edit.js", "app.js", "style.css", "index.html"):
         assert client.get(f"/static/{name}").status_code == 200
 
 
