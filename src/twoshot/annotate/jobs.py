@@ -168,7 +168,7 @@ class PropagationJobs:
                         order.reverse()
                     wanted = order
                     propagation = self.engine.frames(
-                        frames[order], {0: job.labeled[origin]}, mode="forward", confidence=True
+                        [frames[f] for f in order], {0: job.labeled[origin]}, mode="forward", confidence=True
                     )
                 for out in propagation:
                     if job.cancel.is_set():
