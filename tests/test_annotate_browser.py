@@ -434,10 +434,14 @@ def test_lock_hide_background_only_and_playback(browser, tmp_path: Path) -> None
         page.click('#objects li[data-id="1"] .lock')
         page.keyboard.press("e")
         stroke(page, [(12, 2), (12, 20)])  # the eraser leaves the locked object alone
+        page.click('#objects li[data-id="1"] .lock')
+        page.check("#only-background")
+        page.keyboard.press("2")
+        stroke(page, [(20, 2), (20, 12)])  # only on background, the eraser erases object 2 only
         page.evaluate("window.annotator.flush()")
         frame0 = read_mask(data.root / "Annotations/480p/bear/00000.png")[0]
-        assert frame0[10, 8:31].tolist() == [1] * 23  # neither the brush nor the eraser got in
-        assert frame0[2:6, 20].tolist() == [2] * 4 and frame0[20:30, 20].tolist() == [2] * 10
+        assert frame0[10, 8:31].tolist() == [1] * 23  # neither brush nor eraser got in
+        assert frame0[2:6, 20].tolist() == [0] * 4 and frame0[20:30, 20].tolist() == [2] * 10
         # Hidden: object 2 leaves the canvas, and comes back.
         shown = page.locator("#canvas").screenshot()
         page.click('#objects li[data-id="2"] .hide')

@@ -22,11 +22,12 @@ function startEdit() {
 }
 
 // Whether a tool painting ``value`` may change pixel ``i``: never a locked object's pixel;
-// with "only on background", only background and the current object's pixels.
+// with "only on background", only background and the current object's pixels (the eraser:
+// the current object's only), so that other objects are never drawn over.
 function writable(i, value) {
   const v = S.mask[i];
   if (S.locked.has(v)) return false;
-  if (S.onlyBackground && value !== 0) return v === 0 || v === value;
+  if (S.onlyBackground) return value === 0 ? v === S.object : v === 0 || v === value;
   return true;
 }
 
