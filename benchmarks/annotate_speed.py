@@ -30,8 +30,11 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from common import machine_info
 from twoshot.annotate.jobs import PropagationJobs
+from twoshot.annotate.security import TOKEN_HEADER
 from twoshot.annotate.server import create_app
 from twoshot.annotate.storage import AnnotationStore
 from twoshot.config import load_config
@@ -44,8 +47,9 @@ def _get(url: str) -> bytes:
         return response.read()
 
 
-def _request(url: str, method: str, body: bytes = b"") -> bytes:
-    request = urllib.request.Request(url, data=body, method=method)
+def _request(url: str, method: str, token: str, body: bytes = b"") -> bytes:
+    # A script sends no Origin header: the app wants its session token instead.
+    request = urllib.request.Request(url, data=body, method=method, headers={TOKEN_HEADER: token})
     with urllib.request.urlopen(request) as response:
         return response.read()
 
@@ -79,19 +83,27 @@ def run(
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         sock.listen(64)
-        server = uvicorn.Server(uvicorn.Config(create_app(store, jobs), log_level="warning"))
+        app = create_app(store, jobs)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         while not server.started:
             time.sleep(0.01)
         base = f"http://127.0.0.1:{sock.getsockname()[1]}/api/videos/clip"
         labeled = [0, frames - 1]
+        for obj in sorted({int(v) for index in labeled for v in np.unique(data.labels["clip"][index])} - {0}):
+            _request(f"{base}/objects/{obj}", "PUT", app.state.token, b'{"color": "#800000"}')
         for index in labeled:
-            _request(f"{base}/frames/{index}/mask?base=", "PUT", data.labels["clip"][index].tobytes())
+            _request(
+                f"{base}/frames/{index}/mask?base=",
+                "PUT",
+                app.state.token,
+                data.labels["clip"][index].tobytes(),
+            )
         idle = [_switch(base, f % frames, False) for f in range(5, 25)]
 
         start = time.perf_counter()
-        _request(f"{base}/propagate", "POST")
+        _request(f"{base}/propagate", "POST", app.state.token)
         first_shown = None
         busy: list[float] = []
         probe = 1

@@ -15,6 +15,10 @@ mask and the frames it passes, and runs are causal: a frame whose nearest labele
 the same, with the same mask, as in the previous job has the same result, which is reused.
 The engine is asked (``output_frames``) for the other frames only.
 
+A job may also go one way only from one labeled frame (:meth:`PropagationJobs.start` with
+``origin``): forward or backward up to the next labeled frame, as the propagation tools of
+interactive VOS demos do; the other frames keep the previous job's results.
+
 Model suggestions (``uncertainty``, ``disagreement``) run on the same engine, under the same
 lock: :meth:`PropagationJobs.suggest`.
 """
@@ -47,7 +51,8 @@ class Job:
     their masks the job propagates; revision: the store's revision of the video when the job
     started (a later edit makes the result stale); results: frame -> (labels uint8 [H, W],
     confidence uint8 [H, W], max probability x 255); reused: frames taken from the previous
-    job unchanged.
+    job unchanged; span: (origin, first, last, direction) of a one-way job, None for both
+    ways.
     """
 
     video: str
@@ -64,6 +69,7 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     id: int = field(default_factory=itertools.count(1).__next__)
+    span: tuple[int, int, int, str] | None = None
 
     @property
     def sources(self) -> list[int]:
@@ -81,20 +87,39 @@ class PropagationJobs:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
-    def start(self, video: str, *, reuse: bool = True) -> Job:
+    def start(
+        self, video: str, *, reuse: bool = True, origin: int | None = None, direction: str = "forward"
+    ) -> Job:
         """Start propagating ``video`` from its labeled frames (cancelling its running job).
 
-        reuse: keep the previous job's frames that the new labels do not change. RequestError
-        400 when the video has no labeled frame.
+        reuse: keep the previous job's frames that the new labels do not change. origin: go
+        one way only, from this labeled frame in ``direction`` (forward | backward) up to the
+        next labeled frame or the video's end; the other frames keep the previous job's
+        results. RequestError 400 when the video has no labeled frame, or ``origin`` is not
+        one, or ``direction`` is neither.
         """
         seq, masks, revision = self._labeled(video)
         job = Job(video, seq.num_frames, masks, revision)
+        if origin is not None:
+            job.span = _span(seq.num_frames, sorted(masks), origin, direction)
+            job.labeled = {origin: masks[origin]}
         with self._lock:
             previous = self._jobs.get(video)
             if previous is not None:
                 previous.cancel.set()
+            if job.span is not None:
+                if previous is not None:
+                    first, last = job.span[1], job.span[2]
+                    kept = {f: r for f, r in previous.results.copy().items() if not first <= f <= last}
+                    job.results.update(kept)
+                    job.reused = len(kept)
             # Reuse follows the nearest rule's sources; a fused frame depends on both sides.
-            if reuse and previous is not None and self.engine.config.merge == "nearest":
+            elif (
+                reuse
+                and previous is not None
+                and previous.span is None
+                and self.engine.config.merge == "nearest"
+            ):
                 job.results.update(_reusable(previous, job))
                 job.reused = len(job.results)
             self._jobs[video] = job
@@ -125,23 +150,36 @@ class PropagationJobs:
                     job.state = "cancelled"
                     return
                 job.state = "running"
-                wanted = [f for f in range(job.total) if f not in job.results or f in job.labeled]
-                propagation = self.engine.frames(
-                    load_frames(seq),
-                    job.labeled,
-                    mode="bidirectional",
-                    output_frames=wanted if job.reused else None,
-                    confidence=True,
-                )
+                frames = load_frames(seq)
+                if job.span is None:
+                    wanted = [f for f in range(job.total) if f not in job.results or f in job.labeled]
+                    order = list(range(job.total))
+                    propagation = self.engine.frames(
+                        frames,
+                        job.labeled,
+                        mode="bidirectional",
+                        output_frames=wanted if job.reused else None,
+                        confidence=True,
+                    )
+                else:  # one way: the span's frames in the direction of travel, origin first
+                    origin, first, last, direction = job.span
+                    order = list(range(first, last + 1))
+                    if direction == "backward":
+                        order.reverse()
+                    wanted = order
+                    propagation = self.engine.frames(
+                        [frames[f] for f in order], {0: job.labeled[origin]}, mode="forward", confidence=True
+                    )
                 for out in propagation:
                     if job.cancel.is_set():
                         job.state = "cancelled"
                         return
-                    if out.frame not in wanted:
+                    frame = order[out.frame]
+                    if frame not in wanted:
                         continue  # reused: the engine leaves it out (background)
                     assert out.confidence is not None
-                    job.results[out.frame] = (out.labels, out.confidence)
-                    if job.first_frame_s is None and out.frame not in job.labeled:
+                    job.results[frame] = (out.labels, out.confidence)
+                    if job.first_frame_s is None and frame not in job.labeled:
                         job.first_frame_s = time.perf_counter() - job.created
                 job.state = "done"
         except UserError as exc:
@@ -196,6 +234,9 @@ class PropagationJobs:
             "total": job.total,
             "ready": sorted(ready),
             "labeled": sorted(job.labeled),
+            "span": None
+            if job.span is None
+            else dict(zip(("from", "first", "last", "direction"), job.span, strict=True)),
             "reused": job.reused,
             "stale": job.revision != self.store.revision[video],
             "error": job.error,
@@ -218,6 +259,24 @@ class PropagationJobs:
         if job is not None and job.thread is not None:
             job.thread.join(timeout)
         return job
+
+
+def _span(total: int, labeled: list[int], origin: int, direction: str) -> tuple[int, int, int, str]:
+    """(origin, first, last, direction): the frames a one-way job from ``origin`` covers, up
+    to the next labeled frame (excluded) or the video's end. RequestError 400 when
+    ``origin`` is not labeled or ``direction`` is neither forward nor backward."""
+    if direction not in ("forward", "backward"):
+        raise RequestError(400, f"direction {direction!r}: expected forward or backward")
+    if origin not in labeled:
+        raise RequestError(
+            400,
+            f"frame {origin} is not labeled: label it (or accept its propagated mask) to propagate from it",
+        )
+    if direction == "forward":
+        last = min([f for f in labeled if f > origin], default=total) - 1
+        return origin, origin, last, direction
+    first = max([f for f in labeled if f < origin], default=-1) + 1
+    return origin, first, origin, direction
 
 
 def _reusable(previous: Job, job: Job) -> dict[int, tuple[np.ndarray, np.ndarray]]:

@@ -4,13 +4,16 @@ Masks travel as raw bytes, one uint8 object id per pixel in row order (H x W byt
 the page reads and writes with typed arrays and no decoding. Every request names a video by
 its name and a frame by its index, never a path; the paths behind them are checked to
 resolve inside the dataset. Request bodies are capped (:data:`MAX_BODY`); a refused request
-gets a 4xx and a ``{"error": message}`` body and writes nothing.
+gets a 4xx and a ``{"error": message}`` body and writes nothing. Requests from other web
+pages are refused before they reach a handler (:mod:`twoshot.annotate.security`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+import math
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -25,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 
 from twoshot.annotate.export import export_dataset
 from twoshot.annotate.jobs import PropagationJobs
+from twoshot.annotate.security import TOKEN_HEADER, LocalOnly
 from twoshot.annotate.storage import AnnotationStore, RequestError
 from twoshot.data.budget import MODEL_STRATEGIES, STRATEGIES
 from twoshot.errors import UserError
@@ -38,14 +43,24 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def create_app(
-    store: AnnotationStore, jobs: PropagationJobs | None = None, export_dir: str | Path | None = None
+    store: AnnotationStore,
+    jobs: PropagationJobs | None = None,
+    export_dir: str | Path | None = None,
+    hosts: Sequence[str] = (),
 ) -> Starlette:
     """The Starlette application serving ``store``; ``jobs`` enables propagation (a checkpoint
-    was given); exports go to ``export_dir`` (default: ``export`` beside the budget JSON)."""
-    export_to = Path(export_dir) if export_dir is not None else store.budget_path.parent / "export"
+    was given); exports go to ``export_dir`` (default: ``export`` beside the budget JSON);
+    hosts: host names besides the served address that requests may name (``--host``).
+    ``app.state.token`` is the session token that the page holds and that scripts sending
+    no ``Origin`` header must send (header :data:`~twoshot.annotate.security.TOKEN_HEADER`)."""
+    export_to = (
+        Path(export_dir) if export_dir is not None else store.budget_path.parent / "export"
+    ).absolute()
+    token = secrets.token_urlsafe(24)
+    page = (STATIC / "index.html").read_text(encoding="utf-8").replace("{{token}}", token)
 
     async def index(request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+        return Response(page, media_type="text/html", headers={"Cache-Control": "no-store"})
 
     async def info(request: Request) -> Response:
         return JSONResponse(
@@ -55,6 +70,7 @@ def create_app(
                 "budget": str(store.budget_path),
                 "export": str(export_to),
                 "propagation": jobs is not None,
+                "max_objects": store.max_objects,
                 # Model strategies need the checkpoint's engine.
                 "strategies": list(STRATEGIES) + (list(MODEL_STRATEGIES) if jobs is not None else []),
             }
@@ -77,8 +93,17 @@ def create_app(
 
     async def thumb(request: Request) -> Response:
         name, index = _frame(request)
-        data = await run_in_threadpool(store.thumbnail, name, index)
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+        if request.query_params.get("masks") != "1":
+            data = await run_in_threadpool(store.thumbnail, name, index)
+            return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+        # The frame's saved mask when it is labeled, else its propagated one (if any).
+        labels = None
+        if index in store.labeled[name]:
+            labels = (await run_in_threadpool(store.read_mask, name, index))[0]
+        elif jobs is not None and (job := jobs.get(name)) is not None and index in job.results:
+            labels = job.results[index][0]
+        data = await run_in_threadpool(store.thumbnail, name, index, labels)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     async def get_mask(request: Request) -> Response:
         name, index = _frame(request)
@@ -103,9 +128,7 @@ def create_app(
     async def grabcut(request: Request) -> Response:
         name, index = _frame(request)
         payload = await _json(request)
-        box = payload.get("box")
-        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-            raise RequestError(400, 'expected {"box": [x0, y0, x1, y1]} in image pixels')
+        box = _pixels(payload, "box", 2, store.frame_size(name))
         rgb = await run_in_threadpool(store.frame_rgb, name, index)
         fg = await run_in_threadpool(grabcut_box, rgb, [int(round(v)) for v in box])
         return _raw(fg, "")
@@ -143,6 +166,7 @@ def create_app(
             frames = await run_in_threadpool(jobs.suggest, name, shots, strategy)
         else:
             frames = await run_in_threadpool(store.suggest, name, shots, strategy, seed)
+        await run_in_threadpool(store.remember_suggestions, name, strategy, shots, frames)
         return JSONResponse({"frames": frames})
 
     async def propagate(request: Request) -> Response:
@@ -151,7 +175,14 @@ def create_app(
             raise RequestError(
                 409, "no checkpoint loaded: start twoshot annotate with --checkpoint to propagate"
             )
-        await run_in_threadpool(jobs.start, name)
+        payload = await _json(request)
+        origin = payload.get("from")
+        if origin is not None and (not isinstance(origin, int) or isinstance(origin, bool)):
+            raise RequestError(400, f'"from": expected a frame index, got {origin!r}')
+        if origin is not None:
+            store.check_frame(name, origin)
+        direction = str(payload.get("direction", "forward"))
+        await run_in_threadpool(lambda: jobs.start(name, origin=origin, direction=direction))
         return JSONResponse(jobs.status(name), status_code=202)
 
     async def propagation(request: Request) -> Response:
@@ -174,8 +205,11 @@ def create_app(
 
     async def export(request: Request) -> Response:
         payload = await _json(request)
+        val = payload.get("val")
+        if val is not None and not (isinstance(val, list) and all(isinstance(v, str) for v in val)):
+            raise RequestError(400, 'expected {"val": [video names]} (the videos to hold out)')
         result = await run_in_threadpool(
-            export_dataset, store, jobs, export_to, videos=bool(payload.get("videos", True))
+            export_dataset, store, jobs, export_to, videos=bool(payload.get("videos", True)), val=val
         )
         return JSONResponse(result)
 
@@ -200,8 +234,13 @@ def create_app(
         Route("/api/export", _guard(export), methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _http_error},
+        middleware=[Middleware(LocalOnly, token=token, names=hosts)],
+    )
     app.state.store, app.state.jobs, app.state.export_dir = store, jobs, export_to
+    app.state.token, app.state.token_header = token, TOKEN_HEADER
     return app
 
 
@@ -257,6 +296,27 @@ def _frame(request: Request) -> tuple[str, int]:
     index = _int(request.path_params["index"], "frame index", status=404)
     request.app.state.store.check_frame(name, index)
     return name, index
+
+
+def _pixels(payload: dict[str, Any], key: str, points: int, size: tuple[int, int]) -> list[float]:
+    """``payload[key]``: ``points`` (x, y) pairs, flat, in pixels of a frame of ``size`` (H, W),
+    each finite and inside the frame (0..W, 0..H: a box may end on the far edge).
+    RequestError 400 otherwise, saying what was expected."""
+    height, width = size
+    values = payload.get(key)
+    shape = ", ".join(f"x{i}, y{i}" for i in range(points))
+    if not (
+        isinstance(values, list)
+        and len(values) == 2 * points
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    ):
+        raise RequestError(400, f'expected {{"{key}": [{shape}]}} in image pixels, got {values!r}')
+    if not all(math.isfinite(v) for v in values):
+        raise RequestError(400, f"{key} {values}: coordinates must be finite numbers")
+    for x, y in zip(values[::2], values[1::2], strict=True):
+        if not (0 <= x <= width and 0 <= y <= height):
+            raise RequestError(400, f"{key} {values}: ({x}, {y}) is outside the {width}x{height} frame")
+    return values
 
 
 def _int(text: str, what: str, status: int = 400) -> int:

@@ -9,11 +9,8 @@ budget JSON in the reference format (``twoshot.data.budget.save_budget``). A fra
 Concurrent editors: each mask has a version (a hash of its PNG's bytes); a save names the
 version it was based on, and a save based on an older one is refused (:class:`Conflict`),
 so two tabs editing one frame cannot silently overwrite each other. One lock serialises all
-writes, so the PNG and the budget always agree.
-
-Folder layouts are listed here rather than with :func:`twoshot.data.readers.open_dataset`
-because the readers require annotations for every DAVIS and generic video, and a labeling
-tool starts from videos that have none; the listing reuses the readers' own helpers.
+writes, so the PNG and the budget always agree. A saved mask may only show the video's
+objects (those named beside the budget or on its labeled masks), whose ids are capped.
 """
 
 from __future__ import annotations
@@ -22,13 +19,13 @@ import hashlib
 import io
 import os
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from twoshot.annotate.files import Video, list_videos, load_objects, load_suggestions, save_objects
 from twoshot.data import readers
 from twoshot.data.budget import (
     STRATEGIES,
@@ -47,6 +44,10 @@ from twoshot.errors import UserError
 from twoshot.fsutil import write_json
 
 THUMB_HEIGHT = 54
+# Object ids a video may use unless the app is told otherwise: enough for DAVIS (at most 10
+# per video) and YouTube-VOS, and a bound on what one malformed upload can make the page draw
+# and the propagation carry.
+DEFAULT_MAX_OBJECTS = 20
 
 
 class RequestError(Exception):
@@ -65,15 +66,6 @@ class Conflict(RequestError):
         super().__init__(409, message)
 
 
-@dataclass
-class Video:
-    """One video of the store: its sequence and where its annotation PNGs go."""
-
-    seq: VideoSequence
-    mask_dir: Path
-    size: tuple[int, int] | None = None  # (H, W), read on first use
-
-
 def default_budget_path(data: Path) -> Path:
     """Where the budget JSON goes when none is named: ``DATA/budget.json``, or
     ``<stem>_budget.json`` beside a video file."""
@@ -87,7 +79,8 @@ class AnnotationStore:
     ``<stem>_masks/<frame index>.png`` beside it, as ``twoshot infer`` reads them).
     kind: the layout (None = detected); split: DAVIS/YouTube-VOS split (None = every video
     folder for DAVIS; for YouTube-VOS the root if it holds meta.json, else ``train``);
-    budget: the budget JSON to read and update (None = :func:`default_budget_path`).
+    budget: the budget JSON to read and update (None = :func:`default_budget_path`);
+    max_objects: the highest object id a video may use (1..255).
     Raises UserError for an unreadable dataset or a budget that names unknown videos or
     frames.
     """
@@ -98,94 +91,40 @@ class AnnotationStore:
         kind: str | None = None,
         split: str | None = None,
         budget: str | os.PathLike[str] | None = None,
+        max_objects: int = DEFAULT_MAX_OBJECTS,
     ) -> None:
-        self.data = Path(data)
+        # Absolute paths: the page shows them, and they must not depend on where it was started.
+        self.data = Path(data).absolute()
         if not self.data.exists():
             raise UserError(f"{self.data}: no such file or folder")
+        if not 1 <= max_objects <= 255:
+            raise UserError(f"--max-objects {max_objects}: expected 1..255 (object ids are palette indices)")
+        self.max_objects = max_objects
         self.kind = kind or readers.detect_kind(self.data, split or "train")
         if self.kind == "youtube" and split is None and not (self.data / "meta.json").is_file():
             split = "train"  # a YouTube-VOS root: its training videos are the ones to label
         # Every path served or written must resolve inside this folder.
         self.root = (self.data.parent if self.data.is_file() else self.data).resolve()
-        self.videos: dict[str, Video] = {v.seq.name: v for v in self._open(split)}
+        self.videos: dict[str, Video] = {v.seq.name: v for v in list_videos(self.data, self.kind, split)}
         if not self.videos:
             raise UserError(f"{self.data}: no videos")
-        self.budget_path = Path(budget) if budget is not None else default_budget_path(self.data)
+        self.budget_path = Path(budget).absolute() if budget is not None else default_budget_path(self.data)
         self.objects_path = self.budget_path.with_name(f"{self.budget_path.stem}.objects.json")
+        self.suggestions_path = self.budget_path.with_name(f"{self.budget_path.stem}.suggestions.json")
         self.labeled: dict[str, set[int]] = {name: set() for name in self.videos}
         if self.budget_path.is_file():
             for name, entries in load_budget(self.budget_path).items():
                 if name not in self.videos:
                     raise UserError(f"{self.budget_path}: budget names video {name}, not in {self.data}")
                 self.labeled[name] = set(resolve_entries(self.videos[name].seq, entries))
-        self.objects: dict[str, dict[int, dict[str, str]]] = self._load_objects()
+        self.objects: dict[str, dict[int, dict[str, str]]] = load_objects(self.objects_path)
+        self.suggestions: dict[str, dict] = load_suggestions(self.suggestions_path, self.videos)
         self.revision: dict[str, int] = dict.fromkeys(self.videos, 0)
         self.lock = threading.RLock()
         self._thumbs: dict[tuple[str, int], bytes] = {}
         self._decoded: tuple[str, np.ndarray] | None = None  # a video file's frames
         self._palettes: dict[str, bytes] = {}
-
-    # ----------------------------------------------------------------------------------------
-    # Opening
-
-    def _open(self, split: str | None) -> list[Video]:
-        """The videos of the dataset, each with its annotation folder (which may not exist)."""
-        if self.kind == "video":
-            mask_dir = self.data.with_name(f"{self.data.stem}_masks")
-            num = readers._count_video_frames(str(self.data), *readers._stat_key(self.data))
-            if num == 0:
-                raise UserError(f"{self.data}: empty video (no frames decoded)")
-            width = max(5, len(str(num - 1)))
-            names = [f"{i:0{width}d}" for i in range(num)]
-            masks = {int(p.stem): p for p in _pngs(mask_dir) if p.stem.isdigit() and int(p.stem) < num}
-            seq = VideoSequence(self.data.stem, [], names, dict(sorted(masks.items())), video_file=self.data)
-            return [Video(seq, mask_dir)]
-        if self.kind == "youtube":
-            base = self.data if split is None else self.data / split
-            return [
-                Video(seq, base / "Annotations" / seq.name)
-                for seq in readers.open_dataset("youtube", self.data, split)
-            ]
-        if self.kind == "davis":
-            images = self.data / "JPEGImages" / "480p"
-            annotations = self.data / "Annotations" / "480p"
-        elif self.kind == "generic":
-            base = self.data if split is None else self.data / split
-            images, annotations = base / "JPEGImages", base / "Annotations"
-        else:
-            raise UserError(f"unknown dataset kind {self.kind!r}")
-        if not images.is_dir():
-            raise UserError(f"{images}: folder is missing")
-        names = sorted(
-            (p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith(".")),
-            key=readers.natural_key,
-        )
-        if split is not None and self.kind == "davis":
-            names = readers._read_davis_split(self.data, split)
-        out = []
-        for name in names:
-            frames = readers._list_frames(images / name)
-            frame_names = [p.stem for p in frames]
-            masks = readers._match_masks(annotations / name, frame_names, required=False)
-            out.append(Video(VideoSequence(name, frames, frame_names, masks), annotations / name))
-        return out
-
-    def _load_objects(self) -> dict[str, dict[int, dict[str, str]]]:
-        """Object names and colours per video from the sidecar JSON (empty if none)."""
-        import json
-
-        if not self.objects_path.is_file():
-            return {}
-        try:
-            raw = json.loads(self.objects_path.read_text(encoding="utf-8"))
-            return {
-                str(video): {
-                    int(k): {"name": str(v["name"]), "color": str(v["color"])} for k, v in objs.items()
-                }
-                for video, objs in raw.items()
-            }
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(f"{self.objects_path}: cannot read object names ({exc})") from exc
+        self._frame_ids: dict[tuple[str, int], frozenset[int]] = {}  # object ids of each PNG read
 
     # ----------------------------------------------------------------------------------------
     # Look-ups (each refuses unknown names and paths outside the dataset)
@@ -244,16 +183,27 @@ class AnnotationStore:
         Image.fromarray(self.frame_rgb(name, index)).save(buffer, format="JPEG", quality=92)
         return buffer.getvalue()
 
-    def thumbnail(self, name: str, index: int) -> bytes:
-        """A small JPEG of a frame for the timeline (cached)."""
+    def thumbnail(self, name: str, index: int, labels: np.ndarray | None = None) -> bytes:
+        """A small JPEG of a frame for the timeline (cached); with ``labels`` (uint8 [H, W])
+        the objects are drawn over it in their display colours (not cached)."""
         key = (name, index)
-        if key not in self._thumbs:
-            image = Image.fromarray(self.frame_rgb(name, index))
-            width = max(1, round(image.width * THUMB_HEIGHT / image.height))
-            buffer = io.BytesIO()
-            image.resize((width, THUMB_HEIGHT), Image.Resampling.BILINEAR).save(buffer, format="JPEG")
+        if labels is None and key in self._thumbs:
+            return self._thumbs[key]
+        image = Image.fromarray(self.frame_rgb(name, index))
+        size = (max(1, round(image.width * THUMB_HEIGHT / image.height)), THUMB_HEIGHT)
+        small = np.asarray(image.resize(size, Image.Resampling.BILINEAR))
+        if labels is not None:
+            ids = np.asarray(Image.fromarray(labels).resize(size, Image.Resampling.NEAREST))
+            table = palette_colors(self.palette(name)).astype(np.float32)
+            for obj in self.object_list(name):
+                table[obj["id"]] = [int(obj["color"][i : i + 2], 16) for i in (1, 3, 5)]
+            tinted = 0.45 * small + 0.55 * table[ids]
+            small = np.where(ids[..., None] > 0, tinted, small).round().astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(small).save(buffer, format="JPEG")
+        if labels is None:
             self._thumbs[key] = buffer.getvalue()
-        return self._thumbs[key]
+        return buffer.getvalue()
 
     def palette(self, name: str) -> bytes:
         """The video's palette: that of its first annotation PNG, else of any in the dataset,
@@ -295,6 +245,7 @@ class AnnotationStore:
             raise RequestError(
                 422, f"{path}: mask is {labels.shape[1]}x{labels.shape[0]}, its frame {width}x{height}"
             )
+        self._frame_ids[(name, index)] = _ids(labels)
         return labels, _version(data)
 
     def save_mask(self, name: str, index: int, labels: np.ndarray, base: str | None) -> dict:
@@ -304,7 +255,8 @@ class AnnotationStore:
         whatever is there). A frame showing an object becomes labeled; an all-background one
         leaves the budget (its PNG is still written when one existed, so that nothing
         reappears). Returns {version, labeled, labeled_frames}. Conflict (409) when ``base``
-        is not the current version; RequestError 400 for labels of the wrong size.
+        is not the current version; RequestError 400 for labels of the wrong size or showing
+        an object id the video does not have (add it with :meth:`set_object` first).
         """
         height, width = self.frame_size(name)
         if labels.shape != (height, width):
@@ -315,6 +267,19 @@ class AnnotationStore:
             )
         path = self.mask_path(name, index)
         with self.lock:
+            shown = _ids(labels)
+            known = self.object_ids(name)
+            unknown = sorted(shown - known)
+            if unknown:
+                listed = ", ".join(map(str, unknown[:10])) + (
+                    f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+                )
+                raise RequestError(
+                    400,
+                    f"mask of frame {index} of {name} shows object id(s) {listed}, which the video does "
+                    f"not have (its objects: {', '.join(map(str, sorted(known))) or 'none'}); add the "
+                    "object first",
+                )
             current = _version(path.read_bytes()) if path.is_file() else ""
             if base is not None and base != current:
                 raise Conflict(
@@ -325,6 +290,7 @@ class AnnotationStore:
             if labeled or path.is_file():
                 write_mask(path, labels, self.palette(name))
                 self.video(name).seq.mask_paths[index] = path
+                self._frame_ids[(name, index)] = shown
             before = set(self.labeled[name])
             if labeled:
                 self.labeled[name].add(index)
@@ -363,14 +329,38 @@ class AnnotationStore:
     # ----------------------------------------------------------------------------------------
     # Objects
 
+    def object_ids(self, name: str) -> set[int]:
+        """Ids of the video's objects: those named in the sidecar and those its labeled masks
+        show (each PNG read once, then remembered)."""
+        with self.lock:
+            ids = set(self.objects.get(name, {}))
+            for index in sorted(self.labeled[name]):
+                ids |= self._ids_on_disk(name, index)
+        return ids
+
+    def max_object_id(self, name: str) -> int:
+        """The highest object id anywhere in the video: its objects and every annotation PNG
+        on disk, labeled or not (0 if none); a new object takes the next one."""
+        with self.lock:
+            ids = self.object_ids(name)
+            for index in self.video(name).seq.mask_paths:
+                ids |= self._ids_on_disk(name, index)
+        return max(ids, default=0)
+
+    def _ids_on_disk(self, name: str, index: int) -> frozenset[int]:
+        """Object ids of frame ``index``'s PNG (none without one, or for one that cannot be
+        read: opening that frame reports why)."""
+        if (name, index) not in self._frame_ids:
+            try:
+                self.read_mask(name, index)  # records them
+            except RequestError:
+                return frozenset()
+        return self._frame_ids.get((name, index), frozenset())
+
     def object_list(self, name: str) -> list[dict]:
-        """The video's objects [{id, name, color '#rrggbb'}]: those named in the sidecar and
-        those its labeled masks show, by id."""
+        """The video's objects [{id, name, color '#rrggbb'}] (:meth:`object_ids`), by id."""
         colors = palette_colors(self.palette(name))
-        ids = set(self.objects.get(name, {}))
-        for index in sorted(self.labeled[name]):
-            labels, _ = self.read_mask(name, index)
-            ids.update(int(v) for v in np.unique(labels) if v != 0)
+        ids = self.object_ids(name)
         meta = self.objects.get(name, {})
         out = []
         for obj in sorted(ids):
@@ -382,10 +372,13 @@ class AnnotationStore:
         return out
 
     def set_object(self, name: str, obj: int, label: str, color: str) -> dict:
-        """Add or update object ``obj`` (1..255) of a video: its name and display colour."""
+        """Add or update object ``obj`` (1..max_objects) of a video: its name and display colour.
+        RequestError 400 for an id out of range or a malformed colour."""
         self.video(name)
-        if not 1 <= obj <= 255:
-            raise RequestError(400, f"object id {obj}: must be 1..255")
+        if not 1 <= obj <= self.max_objects and obj not in self.object_ids(name):
+            raise RequestError(
+                400, f"object id {obj}: must be 1..{self.max_objects} (the app's object limit, --max-objects)"
+            )
         if not (
             len(color) == 7
             and color.startswith("#")
@@ -395,7 +388,7 @@ class AnnotationStore:
         label = label.strip()[:100] or f"object {obj}"
         with self.lock:
             self.objects.setdefault(name, {})[obj] = {"name": label, "color": color.lower()}
-            self._save_objects()
+            save_objects(self.objects_path, self.objects)
         return {"id": obj, "name": label, "color": color.lower()}
 
     def delete_object(self, name: str, obj: int) -> dict:
@@ -411,18 +404,8 @@ class AnnotationStore:
                     self.save_mask(name, index, labels, version)
                     changed.append(index)
             if self.objects.get(name, {}).pop(obj, None) is not None:
-                self._save_objects()
+                save_objects(self.objects_path, self.objects)
         return {"deleted": obj, "frames": changed}
-
-    def _save_objects(self) -> None:
-        write_json(
-            self.objects_path,
-            {
-                video: {str(k): v for k, v in sorted(objs.items())}
-                for video, objs in self.objects.items()
-                if objs
-            },
-        )
 
     # ----------------------------------------------------------------------------------------
     # Suggestions
@@ -439,6 +422,14 @@ class AnnotationStore:
         everything = replace(seq, mask_paths={i: Path() for i in range(seq.num_frames)})
         budget = make_budget([everything], shots, strategy, seed, require_objects=False)
         return resolve_entries(seq, budget[name])
+
+    def remember_suggestions(self, name: str, strategy: str, shots: int, frames: list[int]) -> None:
+        """Keep the video's latest suggested frames (the sidecar beside the budget), so that
+        they survive switching videos, reloading the page and restarting the app."""
+        self.video(name)
+        with self.lock:
+            self.suggestions[name] = {"strategy": strategy, "k": shots, "frames": sorted(frames)}
+            write_json(self.suggestions_path, dict(sorted(self.suggestions.items())))
 
     # ----------------------------------------------------------------------------------------
     # Summaries
@@ -461,15 +452,16 @@ class AnnotationStore:
             "labeled": sorted(self.labeled[name]),
             "annotated": sorted(video.seq.mask_paths),
             "objects": self.object_list(name),
+            "max_object_id": self.max_object_id(name),
+            "max_objects": self.max_objects,
+            "suggested": self.suggestions.get(name, {}).get("frames", []),
             "palette": ["#{:02x}{:02x}{:02x}".format(*c) for c in palette_colors(self.palette(name))],
         }
 
 
-def _pngs(folder: Path) -> Sequence[Path]:
-    """PNG files of a folder (none if it does not exist)."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
+def _ids(labels: np.ndarray) -> frozenset[int]:
+    """The object ids (non-zero values) of a mask."""
+    return frozenset(int(v) for v in np.unique(labels) if v != 0)
 
 
 def _version(data: bytes) -> str:

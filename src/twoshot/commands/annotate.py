@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
+    parser.add_argument(
+        "--max-objects",
+        type=int,
+        default=None,
+        help="highest object id a video may use (default 20, at most 255)",
+    )
     add_model_arguments(parser)
     # Without a checkpoint the app is a labeling tool: the shared argument is made optional.
     for action in parser._actions:
@@ -52,9 +58,10 @@ def run(args: argparse.Namespace) -> int:
 
     from twoshot.annotate.jobs import PropagationJobs
     from twoshot.annotate.server import create_app
-    from twoshot.annotate.storage import AnnotationStore
+    from twoshot.annotate.storage import DEFAULT_MAX_OBJECTS, AnnotationStore
 
-    store = AnnotationStore(args.data, args.dataset, args.split, args.budget)
+    max_objects = DEFAULT_MAX_OBJECTS if args.max_objects is None else args.max_objects
+    store = AnnotationStore(args.data, args.dataset, args.split, args.budget, max_objects)
     jobs = None
     if args.checkpoint:
         try:
@@ -73,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    app = create_app(store, jobs, args.export)
+    app = create_app(store, jobs, args.export, hosts=[args.host])
     labeled = sum(1 for frames in store.labeled.values() if frames)
     print(
         f"twoshot annotate: {len(store.videos)} videos ({store.kind}), {labeled} with labels, "
