@@ -668,6 +668,8 @@ def section_twoshot(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     synth_seconds = time.perf_counter() - start
     config = demo_config(scale, folder / "data", folder / "run", ctx.device)
     config.static.num_workers = config.main.num_workers = workers
+    if name == "cpu-smoke":  # two clips a step are enough to show each stage runs
+        config.static.batch_size = config.main.batch_size = 2
     report = run_pipeline(config, log=lambda line: print(f"  {line}"), progress=False)
     print(format_report(report))
     rows: list[Row] = [
