@@ -229,7 +229,8 @@ class Sam2Propagator(Propagator):
         """Keep ``step`` as a tracked frame of ``track``, from its own prediction."""
         assert track.prediction is not None
         track.recent[step] = self._frame_memory(features, track.prediction.high_res, track.prediction, False)
-        oldest = step - (max(NUM_MASKMEM, MAX_OBJECT_POINTERS) - 1)
+        # the next frame reads memories up to 6 and pointers up to 15 frames back
+        oldest = step + 1 - (max(NUM_MASKMEM, MAX_OBJECT_POINTERS) - 1)
         for old in [s for s in track.recent if s < oldest]:
             del track.recent[old]
 
