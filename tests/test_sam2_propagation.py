@@ -28,7 +28,7 @@ def model() -> Sam2:
     torch.manual_seed(0)
     sam = Sam2("toy").eval()
     with torch.no_grad():  # random weights see every object: the masks are not all empty
-        sam.sam_mask_decoder.pred_obj_score_head.layers[2].bias.fill_(4.0)
+        sam.state_dict()["sam_mask_decoder.pred_obj_score_head.layers.2.bias"].fill_(4.0)
     return sam
 
 
@@ -199,3 +199,26 @@ def test_given_masks_are_told_from_predictions_on_annotated_frames() -> None:
     assert not _given(prob[1], prob[1] > 0.5)  # the same as the object's own prediction
     assert not _given(prob[2], prob[2] > 0.5)  # soft: a prediction
     assert not _given(torch.zeros(16, 16), own)  # no foreground
+
+
+def test_a_later_annotation_conditions_only_the_objects_it_gives(
+    model: Sam2, video: tuple[np.ndarray, np.ndarray]
+) -> None:
+    frames, labels = video
+    first = np.where(labels[0] == 3, 0, labels[0]).astype(np.uint8)
+    again = np.where(labels[4] == 1, 1, 0).astype(np.uint8)  # object 1 given again, object 2 not
+    eng = engine(model)
+    assert isinstance(eng.propagator, Sam2Propagator)
+    runs: list[Sam2RunMemory] = []
+
+    def recorded() -> Sam2RunMemory:
+        runs.append(Sam2RunMemory())
+        return runs[-1]
+
+    eng.propagator.new_memory = recorded
+    result = eng.propagate(frames, {0: first, 4: again})
+    assert np.array_equal(result.masks[4] == 1, again == 1)
+    (memory,) = runs
+    assert list(memory.tracks[0].conditioning) == [0, 4]
+    assert list(memory.tracks[1].conditioning) == [0]
+    assert 4 in memory.tracks[1].recent
