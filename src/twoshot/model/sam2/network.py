@@ -72,6 +72,14 @@ def sequence_first(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).permute(2, 0, 1)
 
 
+def token_map(x: torch.Tensor) -> torch.Tensor:
+    """x [B, C, H, W] viewed through the reference's token layout and back: the same values,
+    but the strides the reference's maps have. The trunk's maps are channels-last in memory,
+    and convolutions round differently depending on the strides of their input."""
+    b, c, h, w = x.shape
+    return sequence_first(x).permute(1, 2, 0).view(b, c, h, w)
+
+
 class Sam2(VOSModel):
     """SAM 2.1 of size ``size`` (a :class:`Sam2Size` or a preset name of :data:`SIZES`).
 
@@ -136,7 +144,8 @@ class Sam2(VOSModel):
             )
         features, positions = self.image_encoder(images)
         high_res = [self.sam_mask_decoder.conv_s0(features[0]), self.sam_mask_decoder.conv_s1(features[1])]
-        return Sam2Features(high_res, features[2], positions[2])
+        # The reference reads the decoder's skip maps back from its token layout (see token_map).
+        return Sam2Features([token_map(x) for x in high_res], features[2], positions[2])
 
     def sam_heads(
         self,
@@ -194,7 +203,7 @@ class Sam2(VOSModel):
             mode="bilinear",
             antialias=True,
         )
-        pointer = self.sam_heads(image, high_res, mask_input=self.mask_downsample(mask)).obj_ptr
+        pointer = self.sam_heads(token_map(image), high_res, mask_input=self.mask_downsample(mask)).obj_ptr
         weight = torch.any(mask.flatten(1).float() > 0.0, dim=1)[..., None].float()
         score = MASK_SCALE * weight + MASK_BIAS
         pointer = weight * pointer
@@ -210,7 +219,7 @@ class Sam2(VOSModel):
         mask = (mask_logits > 0).float() if binarize else torch.sigmoid(mask_logits)
         mask = mask * MASK_SCALE
         mask = mask + MASK_BIAS
-        memory, positions = self.memory_encoder(features, mask)
+        memory, positions = self.memory_encoder(token_map(features), mask)
         visible = (object_score > 0).float()
         memory += (1 - visible[..., None, None]) * self.no_obj_embed_spatial[..., None, None].expand(
             *memory.shape
