@@ -73,6 +73,17 @@ def test_fill_holes_fills_background_components_up_to_the_area() -> None:
     assert torch.equal(fill_holes(diagonal, 8), diagonal)
 
 
+def test_probabilities_keep_the_decision_of_logits_an_ulp_apart() -> None:
+    close = torch.tensor(0.19131231307983398)
+    logits = torch.stack([close - 1e-3, close, torch.nextafter(close, torch.tensor(1.0))])[:, None, None]
+    tie = torch.tensor([0.5, 0.5])[:, None, None]
+    for given, winner in ((logits, 3), (tie, 1), (torch.zeros(2, 1, 1), 0)):
+        prob = probabilities(given)
+        assert prob[:, 0, 0].argmax().item() == winner
+        assert (prob[winner] > torch.cat([prob[:winner], prob[winner + 1 :]])).all()
+        assert abs(prob.sum().item() - 1) < 1e-6
+
+
 def test_probabilities_pick_background_unless_a_logit_is_positive_then_the_highest() -> None:
     logits = torch.tensor([[[-2.0, 3.0, 1.0, -0.5]], [[-1.0, 2.0, 4.0, -3.0]]])  # [K=2, 1, 4]
     prob = probabilities(logits)
@@ -215,7 +226,7 @@ def test_a_later_annotation_conditions_only_the_objects_it_gives(
         runs.append(Sam2RunMemory())
         return runs[-1]
 
-    eng.propagator.new_memory = recorded
+    eng.propagator.new_memory = recorded  # type: ignore[method-assign]
     result = eng.propagate(frames, {0: first, 4: again})
     assert np.array_equal(result.masks[4] == 1, again == 1)
     (memory,) = runs

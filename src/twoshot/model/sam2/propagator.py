@@ -291,11 +291,23 @@ class Sam2Propagator(Propagator):
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Per-object mask logits [K, H, W] -> float32 [1+K, H, W] summing to one: background
-    ``sigmoid(-max logit)``, object k ``sigmoid(logit_k)``, normalised."""
+    """Per-object mask logits [K, H, W] -> float32 [1+K, H, W] summing to one (within a
+    rounding): background ``sigmoid(-max logit)``, object k ``sigmoid(logit_k)``, normalised.
+
+    Their argmax is exactly the reference's decision: background unless a logit is positive,
+    else the highest logit (ties to the first object). Logits a few ulps apart can round to
+    equal probabilities; there the winner is raised by one ulp above the others.
+    """
     logits = logits.float()
-    scores = torch.cat([torch.sigmoid(-logits.max(dim=0, keepdim=True).values), torch.sigmoid(logits)])
-    return scores / scores.sum(dim=0, keepdim=True)
+    top, best = logits.max(dim=0, keepdim=True).values, logits.argmax(dim=0, keepdim=True)
+    scores = torch.cat([torch.sigmoid(-top), torch.sigmoid(logits)])
+    prob = scores / scores.sum(dim=0, keepdim=True)
+    winner = torch.where(top > 0, best + 1, 0)
+    won = prob.gather(0, winner)
+    others = prob.scatter(0, winner, -1.0).max(dim=0, keepdim=True).values
+    return prob.scatter(
+        0, winner, torch.where(won > others, won, torch.nextafter(others, torch.ones_like(others)))
+    )
 
 
 def _given(channel: torch.Tensor, predicted: torch.Tensor | None) -> bool:
