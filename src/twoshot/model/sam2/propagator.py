@@ -43,7 +43,7 @@ from twoshot.model.sam2.network import Sam2, Sam2Features, SamOutput
 from twoshot.model.sam2.postprocess import FILL_HOLE_AREA, fill_holes
 from twoshot.model.sam2.sizes import HIDDEN_DIM, MAX_OBJECT_POINTERS, MEMORY_DIM, NUM_MASKMEM
 
-HARD = 1e-4  # an annotation's channel is within this of 0 or 1 everywhere
+HARD = 1e-6  # the engine's overlaid masks are within ~1e-7 of 0 or 1 everywhere
 
 
 @dataclass
@@ -191,7 +191,7 @@ class Sam2Propagator(Propagator):
         prob [1, 1+K, Hp, Wp] after the engine's annotation overlay. An object counts as given
         here when it has no prediction for this frame (new, or the annotation replaced every
         prediction) or, on an annotated frame (``pinned``), when its channel is a hard mask
-        (every value within 1e-4 of 0 or 1, some foreground) that differs from its own
+        (every value within 1e-6 of 0 or 1, some foreground) that differs from its own
         prediction. ``kind`` is not used: SAM 2 keeps every frame.
         """
         assert isinstance(memory, Sam2RunMemory) and isinstance(features, Sam2Features)
