@@ -1,0 +1,336 @@
+"""SAM 2.1: twoshot's network and propagator against the reference video predictor.
+
+Builds the reference ``SAM2VideoPredictor`` (facebookresearch/sam2, from a checkout the user
+gives with ``--reference``) from its config (``configs/sam2.1/sam2.1_hiera_t.yaml`` by
+default) with the overrides its ``build_sam2_video_predictor`` applies (dynamic multimask,
+binarised memory of given masks, ``fill_hole_area`` 8) and a small ``image_size``, and
+twoshot's :class:`~twoshot.model.sam2.Sam2` with the same weights: random ones (seeded,
+twoshot's state dict loaded into the reference with ``strict=True``; the object-score head's
+last bias raised so that objects are seen and the masks are not empty), or a published
+checkpoint with ``--checkpoint``. Both run on a generated video at ``image_size`` x
+``image_size`` (no resizing anywhere), its frames read from the same JPEG files, under
+``torch.autocast("cpu", dtype=torch.bfloat16)`` as SAM 2 is meant to run.
+
+Cases (each object tracked on its own, as SAM 2 does):
+
+- ``forward``: objects 1 and 2 given on frame 0, object 3 entering (given) on frame
+  ``--enter``. Reference: ``tools/vos_inference.py``'s per-object protocol: per object,
+  ``reset_state``, ``add_new_mask`` on its first frame, ``propagate_in_video`` from there;
+  the objects' logits combined by ``_apply_non_overlapping_constraints`` and > 0.
+  twoshot: ``PropagationEngine.frames`` in ``forward`` mode.
+- ``bidirectional``: all objects given on two labeled frames, each other frame from its
+  nearest labeled frame (twoshot's pseudo-label scheme). Reference: per labeled frame and
+  object, a fresh state, ``add_new_mask`` there, ``propagate_in_video(start_frame_idx=...,
+  reverse=False)`` and, in another fresh state, ``reverse=True``. twoshot: the engine in
+  ``bidirectional`` mode; each frame compared with the reference run of its source frame and
+  direction.
+
+Each case runs with the reference's hole filling (its compiled connected-components
+extension replaced, in this process only, by twoshot's CPU one) and without it (the
+extension absent, as on any CPU install: the reference warns and skips the step; twoshot
+with ``fill_hole_area`` 0). Printed per case: the share of compared pixels with equal
+labels (annotated frames excluded) and the frames that are bit-identical; with ``--fp32``,
+also twoshot's float32 mode against the same bfloat16 reference.
+
+The reference needs only PyYAML, PIL, numpy, tqdm and torch (all twoshot dependencies):
+its package ``__init__`` (Hydra) is bypassed, ``iopath`` is stubbed and the config's
+``_target_`` entries are instantiated here. Nothing of it is installed or imported by twoshot.
+
+    python benchmarks/sam2_reference.py --reference /path/to/sam2 [--frames 10] [--image-size 256]
+
+``run(reference, ...) -> dict`` returns the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import sys
+import tempfile
+import time
+import types
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from twoshot.config import InferenceConfig
+from twoshot.data.fixtures import random_video
+from twoshot.inference import PropagationEngine
+from twoshot.model.sam2 import SIZES, Sam2, Sam2Propagator, connected_components, load_sam2
+
+CASES: tuple[str, ...] = ("forward", "bidirectional")
+CONFIGS = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
+OBJECT_SCORE_BIAS = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def import_reference(path: Path, fill_holes: bool) -> Any:
+    """The reference's ``sam2`` package from a checkout at ``path`` (its ``__init__`` skipped);
+    its CUDA connected-components extension replaced by twoshot's CPU one when ``fill_holes``,
+    absent otherwise."""
+    package = path / "sam2"
+    if not (package / "sam2_video_predictor.py").is_file():
+        raise SystemExit(f"{path}: not a facebookresearch/sam2 checkout (no sam2/sam2_video_predictor.py)")
+    for name in [m for m in sys.modules if m == "sam2" or m.startswith("sam2.")]:
+        del sys.modules[name]
+    root = types.ModuleType("sam2")
+    root.__path__ = [str(package)]
+    sys.modules["sam2"] = root
+    if "iopath" not in sys.modules:
+        for name in ("iopath", "iopath.common", "iopath.common.file_io"):
+            sys.modules[name] = types.ModuleType(name)
+        sys.modules["iopath.common.file_io"].g_pathmgr = None  # type: ignore[attr-defined]
+    if fill_holes:
+        extension = types.ModuleType("sam2._C")
+
+        def get_connected_componnets(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return connected_components(mask)
+
+        extension.get_connected_componnets = get_connected_componnets  # type: ignore[attr-defined]
+        sys.modules["sam2._C"] = extension
+    module = importlib.import_module("sam2.sam2_video_predictor")
+    setattr(module, "tqdm", lambda items, **kwargs: items)  # noqa: B010 - no progress bars
+    return module
+
+
+def _numbers(node: Any) -> Any:
+    """YAML 1.1 reads ``1e-6`` as a string: such strings become floats (as OmegaConf reads them)."""
+    if isinstance(node, dict):
+        return {k: _numbers(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_numbers(v) for v in node]
+    if isinstance(node, str) and _FLOAT.match(node):
+        return float(node)
+    return node
+
+
+def instantiate(node: Any) -> Any:
+    """Build a Hydra-style config node: dicts with ``_target_`` become objects, recursively."""
+    if isinstance(node, list):
+        return [instantiate(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    kwargs = {k: instantiate(v) for k, v in node.items() if k != "_target_"}
+    if "_target_" not in node:
+        return kwargs
+    module, _, name = node["_target_"].rpartition(".")
+    return getattr(importlib.import_module(module), name)(**kwargs)
+
+
+def build_reference(path: Path, size: str, image_size: int, state: dict[str, torch.Tensor]) -> Any:
+    """The reference ``SAM2VideoPredictor`` of ``size`` at ``image_size`` with weights ``state``."""
+    config_file = path / "sam2" / "configs" / "sam2.1" / f"sam2.1_hiera_{CONFIGS[size]}.yaml"
+    model = _numbers(yaml.safe_load(config_file.read_text()))["model"]
+    model["_target_"] = "sam2.sam2_video_predictor.SAM2VideoPredictor"
+    model["image_size"] = image_size
+    # build_sam2_video_predictor's post-processing overrides
+    model["sam_mask_decoder_extra_args"] = {
+        "dynamic_multimask_via_stability": True,
+        "dynamic_multimask_stability_delta": 0.05,
+        "dynamic_multimask_stability_thresh": 0.98,
+    }
+    model["binarize_mask_from_pts_for_mem_enc"] = True
+    model["fill_hole_area"] = 8
+    predictor = instantiate(model)
+    predictor.load_state_dict(state, strict=True)
+    return predictor.eval()
+
+
+def write_jpegs(frames: np.ndarray, folder: Path) -> np.ndarray:
+    """Write frames as ``00000.jpg``... and return them as decoded (what both sides read)."""
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{i:05d}.jpg", quality=95)
+    return np.stack(
+        [np.array(Image.open(folder / f"{i:05d}.jpg").convert("RGB")) for i in range(len(frames))]
+    )
+
+
+def reference_run(
+    predictor: Any, state: Any, masks: dict[int, np.ndarray], start: int, reverse: bool
+) -> Iterator[tuple[int, np.ndarray]]:
+    """One object's reference run: ``masks`` {frame: bool [H, W]} given, propagated from
+    ``start``; yields (frame, float32 [H, W] logits at video resolution)."""
+    predictor.reset_state(state)
+    for frame, mask in masks.items():
+        predictor.add_new_mask(state, frame, 1, mask)
+    for frame, _, logits in predictor.propagate_in_video(state, start_frame_idx=start, reverse=reverse):
+        yield frame, logits[0, 0].float().numpy()
+
+
+def combine(logits: list[np.ndarray | None], ids: list[int], shape: tuple[int, int]) -> np.ndarray:
+    """Per-object logits (None: not tracked on this frame) -> uint8 ids, as the reference's
+    per-object evaluation combines them: the highest logit keeps a pixel, if positive."""
+    stack = np.stack([np.full(shape, -1024.0, np.float32) if x is None else x for x in logits])
+    best = stack.argmax(0)
+    labels = np.asarray(ids, np.uint8)[best]
+    return np.where(stack.max(0) > 0, labels, 0).astype(np.uint8)
+
+
+def reference_forward(
+    predictor: Any, state: Any, labels: np.ndarray, given: dict[int, np.ndarray]
+) -> dict[int, np.ndarray]:
+    """The ``forward`` case with the reference: {frame: uint8 ids} for every frame."""
+    ids = sorted({int(o) for m in given.values() for o in np.unique(m) if o})
+    first = {obj: min(f for f, m in given.items() if (m == obj).any()) for obj in ids}
+    per_object: dict[int, dict[int, np.ndarray]] = {}
+    for obj in ids:
+        start = first[obj]
+        per_object[obj] = dict(reference_run(predictor, state, {start: given[start] == obj}, start, False))
+    shape = labels.shape[1:]
+    return {f: combine([per_object[o].get(f) for o in ids], ids, shape) for f in range(len(labels))}
+
+
+def reference_bidirectional(
+    predictor: Any, state: Any, labels: np.ndarray, labeled: list[int]
+) -> dict[tuple[int, int], np.ndarray]:
+    """The ``bidirectional`` case with the reference: {(source, frame): uint8 ids} for every
+    frame each labeled frame's forward and backward runs reach."""
+    out: dict[tuple[int, int], np.ndarray] = {}
+    for source in labeled:
+        ids = [int(o) for o in np.unique(labels[source]) if o]
+        for reverse in (False, True):
+            runs = {
+                obj: dict(reference_run(predictor, state, {source: labels[source] == obj}, source, reverse))
+                for obj in ids
+            }
+            for frame in runs[ids[0]]:
+                out[(source, frame)] = combine([runs[o].get(frame) for o in ids], ids, labels.shape[1:])
+    return out
+
+
+def twoshot_engine(model: Sam2, amp: bool, fill_hole_area: int, num_frames: int) -> PropagationEngine:
+    """twoshot's engine for SAM 2: exact layouts, bfloat16 autocast with ``amp`` (else fp32)."""
+    config = InferenceConfig(size=-1, exact=True, amp=amp, amp_dtype="bfloat16", device="cpu")
+    engine = PropagationEngine(model, config, "cpu")
+    assert isinstance(engine.propagator, Sam2Propagator)
+    engine.propagator.fill_hole_area = fill_hole_area
+    engine.propagator.num_frames = num_frames
+    return engine
+
+
+def agreement(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Share of equal pixels and of bit-identical frames over (twoshot, reference) label pairs,
+    and the reference's share of object pixels (a check that the masks are not trivial)."""
+    equal = sum(int((a == b).sum()) for a, b in pairs)
+    total = sum(a.size for a, _ in pairs)
+    same = sum(bool((a == b).all()) for a, b in pairs)
+    foreground = sum(int((b > 0).sum()) for _, b in pairs)
+    return {
+        "pixels_equal": equal / total,
+        "frames_identical": same,
+        "frames": len(pairs),
+        "reference_foreground": foreground / total,
+    }
+
+
+def run(
+    reference: Path,
+    *,
+    size: str = "tiny",
+    image_size: int = 256,
+    num_frames: int = 10,
+    enter: int = 3,
+    seed: int = 0,
+    checkpoint: Path | None = None,
+    fp32: bool = False,
+) -> dict[str, Any]:
+    """All cases with and without hole filling; returns {case/mode: agreement figures}."""
+    torch.manual_seed(seed)
+    if checkpoint is not None:
+        model = load_sam2(checkpoint, size=size, image_size=image_size)
+    else:
+        model = Sam2(SIZES[size].with_image_size(image_size))
+        with torch.no_grad():
+            model.state_dict()[OBJECT_SCORE_BIAS].fill_(4.0)
+    model.eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    frames, labels = random_video(
+        num_frames, (image_size, image_size), object_ids=(1, 2, 3), first_frames={3: enter}, seed=seed
+    )
+    first = labels[0].copy()
+    first[first == 3] = 0
+    given = {0: first, enter: np.where(labels[enter] == 3, 3, 0).astype(np.uint8)}
+    labeled = [1, num_frames - 2]
+    results: dict[str, Any] = {}
+    reference_labels: dict[bool, dict[int, np.ndarray]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        frames = write_jpegs(frames, Path(tmp))
+        for fill in (True, False):
+            import_reference(reference, fill)
+            predictor = build_reference(reference, size, image_size, weights)
+            with warnings.catch_warnings(), torch.autocast("cpu", dtype=torch.bfloat16):
+                warnings.simplefilter("ignore")
+                started = time.perf_counter()
+                state = predictor.init_state(tmp)
+                ref_forward = reference_forward(predictor, state, labels, given)
+                ref_both = reference_bidirectional(predictor, state, labels, labeled)
+                ref_seconds = time.perf_counter() - started
+            reference_labels[fill] = ref_forward
+            modes = [("bf16", True)] + ([("fp32", False)] if fp32 else [])
+            for mode, amp in modes:
+                engine = twoshot_engine(model, amp, 8 if fill else 0, num_frames)
+                started = time.perf_counter()
+                outs = list(engine.frames(frames, given, mode="forward"))
+                pairs = [(o.labels, ref_forward[o.frame]) for o in outs if o.frame not in given]
+                both = list(engine.frames(frames, {f: labels[f] for f in labeled}, mode="bidirectional"))
+                seconds = time.perf_counter() - started
+                both_pairs = [
+                    (o.labels, ref_both[(o.source, o.frame)])
+                    for o in both
+                    if o.frame not in labeled and o.source is not None
+                ]
+                tag = f"{'fill' if fill else 'no-fill'}/{mode}"
+                results[f"forward/{tag}"] = agreement(pairs)
+                results[f"bidirectional/{tag}"] = agreement(both_pairs)
+                results[f"seconds/{tag}"] = {"twoshot": seconds, "reference": ref_seconds}
+    changed = sum(
+        int((reference_labels[True][f] != reference_labels[False][f]).sum()) for f in range(num_frames)
+    )
+    results["hole-filling changes (reference, forward case)"] = changed
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reference", type=Path, required=True, help="checkout of facebookresearch/sam2")
+    parser.add_argument("--size", choices=list(CONFIGS), default="tiny")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--frames", type=int, default=10)
+    parser.add_argument("--enter", type=int, default=3, help="frame where object 3 enters")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint", type=Path, help="published weights instead of random ones")
+    parser.add_argument("--fp32", action="store_true", help="also twoshot's float32 mode")
+    args = parser.parse_args(argv)
+    results = run(
+        args.reference,
+        size=args.size,
+        image_size=args.image_size,
+        num_frames=args.frames,
+        enter=args.enter,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        fp32=args.fp32,
+    )
+    for key, value in results.items():
+        if isinstance(value, int):
+            print(f"{key}: {value} pixels")
+        elif key.startswith("seconds/"):
+            print(f"{key:28s} twoshot {value['twoshot']:.1f} s, reference {value['reference']:.1f} s")
+        else:
+            print(
+                f"{key:28s} {100 * value['pixels_equal']:.4f}% pixels equal, "
+                f"{value['frames_identical']}/{value['frames']} frames identical "
+                f"(reference: {100 * value['reference_foreground']:.1f}% object pixels)"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
