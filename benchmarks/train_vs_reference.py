@@ -489,7 +489,7 @@ def format_scenario(name: str, figures: dict[str, Any]) -> str:
             [
                 figures["first_it"] + step,
                 " / ".join(row["batch"]),
-                " / ".join(f"{p:.4f}" for p in row["p"]),
+                " / ".join(f"{p:.5f}" for p in row["p"]),
                 f"{row['loss_reference']:.15g}",
                 f"{row['loss_twoshot']:.15g}",
                 f"{row['relative_diff']:.1e}",

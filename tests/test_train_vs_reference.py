@@ -91,5 +91,5 @@ def test_comparison_of_losses_targets_and_weights(bench: ModuleType) -> None:
     }
     assert result["teacher"] == "only one side has a teacher"
     text = bench.format_scenario("phase1", {"first_it": 5, **result})
-    assert "| 5 | semi / semi | 1.0000 / 1.0000 | 2 | 2.5 | 2.5e-01 | 75.0000% (50.0% labeled) |" in text
+    assert "| 5 | semi / semi | 1.00000 / 1.00000 | 2 | 2.5 | 2.5e-01 | 75.0000% (50.0% labeled) |" in text
     assert "student: max |paper - twoshot| 2.5e-01 (w), max update 2.2e+00, ratio 1.1e-01" in text
