@@ -14,8 +14,10 @@ step, in three scenarios:
 - **phase2**: two-shot phase 2 with online refinement (0.99) from iteration 1.
 
 For each step it prints both losses and their relative difference, which batch each side
-trained on (labeled-only or the clip with unlabeled frames) and how many target pixels agree
-(frames 1-2, after pseudo-labelling or refinement); after the last step the largest weight
+trained on (the paper's names: ``ori``, labeled-only clips; ``semi``, clips with unlabeled
+frames, or phase 2's bank clips) and how many target pixels agree (frames 1-2, after
+pseudo-labelling or refinement; with the share of them labeled and the share twoshot's mode
+changed); after the last step the largest weight
 difference of the student and of the teacher, next to the largest change the steps made.
 
 The reference runs in its own process (``--run-reference``), where the stand-ins of
@@ -297,7 +299,7 @@ def run_twoshot(work: Path, scenario_name: str, steps: int, dtype_name: str) -> 
     elif scenario_name == "phase2":
         mode = Phase2Mode(settings)
     batches = torch.load(work / "batches.pt", weights_only=True)
-    record: dict[str, Any] = {"loss": [], "frames": [], "p": [], "targets": [], "used": []}
+    record: dict[str, Any] = {"loss": [], "frames": [], "p": [], "targets": [], "used": [], "changed": []}
     trainer = Trainer(
         config, "main", None, work / f"twoshot-{scenario_name}", init=work / "weights.pth",
         mode=mode, device="cpu", progress=False,
@@ -324,6 +326,7 @@ def run_twoshot(work: Path, scenario_name: str, steps: int, dtype_name: str) -> 
             record["frames"].append([float(f) for f in done.loss.frames])
             record["p"].append(done.loss.p)
             record["targets"].append(done.batch.cls_gt.clone())
+            record["changed"].append(float((done.batch.cls_gt != cls_gt)[:, 1:].double().mean()))
             record["used"].append(used)
         record["student"] = trainer.model.state_dict()
         teacher = getattr(mode, "teacher", None)
@@ -379,6 +382,7 @@ def compare_scenario(
                 "batch": [reference["used"][step], ours["used"][step]],
                 "targets_agree": float((ref_t == our_t).double().mean()),
                 "targets_labeled": float((our_t != -1).double().mean()),
+                "targets_changed": ours["changed"][step] if "changed" in ours else None,
             }
         )
     result: dict[str, Any] = {
@@ -493,7 +497,12 @@ def format_scenario(name: str, figures: dict[str, Any]) -> str:
                 f"{row['loss_reference']:.15g}",
                 f"{row['loss_twoshot']:.15g}",
                 f"{row['relative_diff']:.1e}",
-                f"{100 * row['targets_agree']:.4f}% ({100 * row['targets_labeled']:.1f}% labeled)",
+                f"{100 * row['targets_agree']:.4f}% ({100 * row['targets_labeled']:.1f}% labeled"
+                + (
+                    f", {100 * row['targets_changed']:.1f}% changed)"
+                    if row["targets_changed"] is not None
+                    else ")"
+                ),
             ]
         )
     header = [
