@@ -1,11 +1,11 @@
 """The two training phases of the two-shot method as :class:`TrainingMode` hooks (DESIGN §2).
 
 Phase 1 trains on the labeled frames only up to iteration ``end_warm`` (0-based, included, as
-the paper's code), then on clips that start at a
-labeled frame and run over all frames, with the unlabeled frames' targets taken from an EMA
-teacher where it is confident. Phase 2 trains on the pseudo-label bank and, from
-``phase2_start_update`` on, lets the model's own confident predictions overwrite the bank's
-targets; with ``write_back`` they also overwrite the bank's files.
+the paper's code), then on clips that start at a labeled frame and run over all frames, with
+the unlabeled frames' targets taken from an EMA teacher where it is confident. Phase 2
+trains on the pseudo-label bank and, from ``phase2_start_update`` on, lets the model's own
+confident predictions overwrite the bank's targets; with ``write_back`` they also overwrite
+the bank's files.
 """
 
 from __future__ import annotations
