@@ -174,6 +174,14 @@ def _cuda_on_cpu() -> None:
 
 def run_reference_script(checkout: Path, script: str, argv: Sequence[str]) -> None:
     """In this process: install the stand-ins, then run ``checkout/script`` as ``__main__``."""
+    install_stand_ins(checkout)
+    sys.argv = [script, *argv]
+    runpy.run_path(str(checkout / script), run_name="__main__")
+
+
+def install_stand_ins(checkout: Path) -> None:
+    """In this process (the reference's): the stand-ins of the module docstring, and
+    ``checkout`` first on ``sys.path`` so that its packages (``model``, ``util``) import."""
     import torch
     from torch.utils import model_zoo
 
@@ -191,8 +199,6 @@ def run_reference_script(checkout: Path, script: str, argv: Sequence[str]) -> No
     if not torch.cuda.is_available():
         _cuda_on_cpu()
     sys.path.insert(0, str(checkout))
-    sys.argv = [script, *argv]
-    runpy.run_path(str(checkout / script), run_name="__main__")
 
 
 # --- data, weights and commands ---------------------------------------------------------

@@ -24,7 +24,7 @@ TINY = [
     "main.batch_size=2",
     "main.crop_size=32",
     "main.save_every=2",
-    "twoshot.end_warm=1",
+    "twoshot.end_warm=0",
     "twoshot.phase2_start_update=1",
     "--no-progress",
 ]

@@ -16,7 +16,8 @@ def test_ema_alpha_schedule() -> None:
     assert ema_alpha(10_000) == 0.995
 
 
-def test_ema_update_averages_parameters_and_float_buffers() -> None:
+def _pair() -> tuple[nn.Module, nn.Module]:
+    """A student and its teacher that differ in a weight and in BatchNorm's buffers."""
     student = nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1))
     teacher = make_teacher(student)
     assert not any(p.requires_grad for p in teacher.parameters())
@@ -25,10 +26,25 @@ def test_ema_update_averages_parameters_and_float_buffers() -> None:
         student[0].weight.fill_(3.0)
         student[1].running_mean.fill_(2.0)
         student[1].num_batches_tracked.fill_(7)
+    return student, teacher
+
+
+def test_ema_update_averages_parameters_only_as_the_paper() -> None:
+    student, teacher = _pair()
     alpha = ema_update(teacher, student, iteration=3)  # alpha = 1 - 1/4
     assert alpha == 0.75
-    assert torch.allclose(teacher[0].weight, torch.tensor(0.75 * 1.0 + 0.25 * 3.0))
-    assert torch.allclose(teacher[1].running_mean, torch.tensor(0.25 * 2.0))
+    assert teacher[0].weight.item() == 0.75 * 1.0 + 0.25 * 3.0
+    assert teacher[0].bias.item() == student[0].bias.item()  # equal from the start: stays equal
+    # The teacher's BatchNorm statistics stay those it was made with.
+    assert teacher[1].running_mean.item() == 0.0 and teacher[1].running_var.item() == 1.0
+    assert int(teacher[1].num_batches_tracked) == 0
+
+
+def test_ema_update_with_buffers_averages_float_buffers_too() -> None:
+    student, teacher = _pair()
+    assert ema_update(teacher, student, iteration=3, buffers=True) == 0.75
+    assert teacher[0].weight.item() == 0.75 * 1.0 + 0.25 * 3.0
+    assert teacher[1].running_mean.item() == 0.25 * 2.0
     assert int(teacher[1].num_batches_tracked) == 7
 
 

@@ -130,8 +130,11 @@ class TrainConfig:
 class TwoShotConfig:
     """The two-shot method's own settings (DESIGN §2)."""
 
-    end_warm: int = 70_000  # phase 1: supervised warm-up on labeled frames until here
+    end_warm: int = 70_000  # phase 1: warm-up on labeled frames for iterations 0..end_warm
     ema_alpha: float = 0.995
+    # The EMA teacher also averages the student's BatchNorm running statistics (true), or
+    # keeps its own from the start of phase 1 (false, the paper: parameters only).
+    ema_buffers: bool = False
     pseudo_threshold: float = 0.9  # phase 1 teacher confidence for a pseudo label
     use_teacher: bool = True  # false: the student labels its own clips
     # Phase 1 after end_warm: share of clips that stay labeled-only (ground truth on every

@@ -36,19 +36,25 @@ def bootstrap_p(it: int, start_warm: int, end_warm: int, top_p: float) -> float:
     return float(top_p + (1.0 - top_p) * (end_warm - it) / (end_warm - start_warm))
 
 
+def loss_dtype(logits: torch.Tensor) -> torch.dtype:
+    """The loss's precision: fp32 for fp16/bf16/fp32 logits (AMP), fp64 for fp64 logits."""
+    return torch.promote_types(logits.dtype, torch.float32)
+
+
 def bootstrapped_ce(
     logits: torch.Tensor, target: torch.Tensor, p: float, plain: bool = False
 ) -> torch.Tensor:
     """Bootstrapped CE of one frame of one sample.
 
-    logits [C,H,W] (float, any dtype; computed in fp32); target int64 [H,W] with classes
-    0..C-1 and IGNORE (-1). ``plain``: mean over all labeled pixels (STCN before warm-up);
-    otherwise the mean of the ``max(1, int(n*p))`` largest pixel losses of the n labeled ones.
+    logits [C,H,W] (float, any dtype; computed in fp32, in fp64 when given fp64); target int64
+    [H,W] with classes 0..C-1 and IGNORE (-1). ``plain``: mean over all labeled pixels (STCN
+    before warm-up); otherwise the mean of the ``max(1, int(n*p))`` largest pixel losses of
+    the n labeled ones.
     Returns a scalar tensor; 0 (still attached to ``logits``) when no pixel is labeled, so a
     fully ignored frame neither produces NaN nor disconnects the graph.
     """
     valid = target != IGNORE
-    raw = F.cross_entropy(logits[None].float(), target[None].clamp(min=0), reduction="none")[0]
+    raw = F.cross_entropy(logits[None].to(loss_dtype(logits)), target[None].clamp(min=0), reduction="none")[0]
     raw = raw[valid]
     count = raw.numel()
     if count == 0:
@@ -99,11 +105,11 @@ def clip_loss(
     batch, predicted = logits.shape[:2]
     p = bootstrap_p(it, config.loss_start_warm, config.loss_end_warm, config.loss_top_p)
     plain = it < config.loss_start_warm
-    total = logits.new_zeros((), dtype=torch.float32)
+    total = logits.new_zeros((), dtype=loss_dtype(logits))
     frames = []
     objects = object_channels(selector)  # one host sync, not one per sample
     for i in range(predicted):
-        frame_loss = logits.new_zeros((), dtype=torch.float32)
+        frame_loss = logits.new_zeros((), dtype=loss_dtype(logits))
         for j in range(batch):
             # A loop, as STCN: samples differ in object count and in labeled-pixel count.
             channels = objects[j] + 1

@@ -1,10 +1,11 @@
 """The two training phases of the two-shot method as :class:`TrainingMode` hooks (DESIGN §2).
 
-Phase 1 trains on the labeled frames only until ``end_warm``, then on clips that start at a
-labeled frame and run over all frames, with the unlabeled frames' targets taken from an EMA
-teacher where it is confident. Phase 2 trains on the pseudo-label bank and, from
-``phase2_start_update`` on, lets the model's own confident predictions overwrite the bank's
-targets; with ``write_back`` they also overwrite the bank's files.
+Phase 1 trains on the labeled frames only up to iteration ``end_warm`` (0-based, included, as
+the paper's code), then on clips that start at a labeled frame and run over all frames, with
+the unlabeled frames' targets taken from an EMA teacher where it is confident. Phase 2
+trains on the pseudo-label bank and, from ``phase2_start_update`` on, lets the model's own
+confident predictions overwrite the bank's targets; with ``write_back`` they also overwrite
+the bank's files.
 """
 
 from __future__ import annotations
@@ -71,8 +72,13 @@ class Phase1Mode(SupervisedMode):
             self.teacher = make_teacher(model).to(device)
 
     def dataset(self, it: int) -> Dataset[Any]:
-        """Labeled-only clips before ``end_warm``, phase-1 clips from then on."""
-        return self.warmup_dataset if it < self.settings.end_warm else self.clip_dataset
+        """Labeled-only clips up to ``end_warm`` (included), phase-1 clips after it."""
+        return self.clip_dataset if self.after_warmup(it) else self.warmup_dataset
+
+    def after_warmup(self, it: int) -> bool:
+        """Whether 0-based iteration ``it`` trains on phase-1 clips: ``it > end_warm``, the
+        paper's test (its model/model.py switches data and targets on ``it > end_warm``)."""
+        return it > self.settings.end_warm
 
     def prepare_targets(self, batch: ClipBatch, outputs: ClipOutput, it: int) -> ClipBatch:
         """Fill unlabeled frames with confident teacher (or student) labels; -1 elsewhere.
@@ -80,7 +86,7 @@ class Phase1Mode(SupervisedMode):
         A pixel takes object k where its probability is >= ``pseudo_threshold``, background
         where 1 - (sum of the K objects' probabilities) is, else -1 (any K).
         """
-        if it < self.settings.end_warm:
+        if not self.after_warmup(it):
             return batch
         if self.teacher is not None:
             probs = forward_batch(self.teacher, batch).probs
@@ -110,9 +116,10 @@ class Phase1Mode(SupervisedMode):
                 )
 
     def after_step(self, model: nn.Module, it: int) -> None:
-        """EMA update of the teacher: t = a t + (1 - a) s, a = min(1 - 1/(it+1), ema_alpha)."""
+        """EMA update of the teacher: t = a t + (1 - a) s, a = min(1 - 1/(it+1), ema_alpha),
+        over parameters (and buffers too with ``ema_buffers``)."""
         if self.teacher is not None:
-            ema_update(self.teacher, model, it, self.settings.ema_alpha)
+            ema_update(self.teacher, model, it, self.settings.ema_alpha, self.settings.ema_buffers)
 
     def extra_state(self) -> dict[str, Any]:
         """The teacher's weights."""

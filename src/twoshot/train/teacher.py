@@ -26,19 +26,26 @@ def make_teacher(student: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, iteration: int, max_alpha: float = 0.995) -> float:
-    """teacher = a * teacher + (1 - a) * student for every parameter and float buffer.
+def ema_update(
+    teacher: nn.Module, student: nn.Module, iteration: int, max_alpha: float = 0.995, buffers: bool = False
+) -> float:
+    """teacher = a * teacher + (1 - a) * student for every parameter; returns the alpha used.
 
-    Buffers of BatchNorm (running statistics) are averaged like parameters; integer buffers
-    (num_batches_tracked) are copied. Returns the alpha used.
+    buffers False (the paper's rule): the teacher's buffers (BatchNorm running statistics)
+    keep the values they had when the teacher was made. True: float buffers are averaged like
+    parameters and integer buffers (num_batches_tracked) copied, which lets the teacher follow
+    a student whose BatchNorm trains (``freeze_bn: false``).
     """
     alpha = ema_alpha(iteration, max_alpha)
     source = getattr(student, "module", student)
-    student_state = source.state_dict()
-    for name, value in teacher.state_dict().items():
-        new = student_state[name]
-        if value.dtype.is_floating_point:
-            value.mul_(alpha).add_(new.detach(), alpha=1.0 - alpha)
-        else:
-            value.copy_(new)
+    for mine, theirs in zip(teacher.parameters(), source.parameters(), strict=True):
+        mine.mul_(alpha).add_(theirs.detach(), alpha=1.0 - alpha)
+    if buffers:
+        student_buffers = dict(source.named_buffers())
+        for name, value in teacher.named_buffers():
+            new = student_buffers[name]
+            if value.dtype.is_floating_point:
+                value.mul_(alpha).add_(new, alpha=1.0 - alpha)
+            else:
+                value.copy_(new)
     return alpha

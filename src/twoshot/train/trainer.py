@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from twoshot.config import Config, TrainConfig, to_dict
+from twoshot.data.batch import ClipBatch
 from twoshot.data.sampling import max_skip_at
 from twoshot.devices import resolve_device
 from twoshot.errors import UserError
@@ -42,16 +44,29 @@ from twoshot.model.interface import VOSModel
 from twoshot.model.registry import build_model
 from twoshot.train import distributed as dist_utils
 from twoshot.train.distributed import DistContext
-from twoshot.train.forward import ClipModel, forward_batch
+from twoshot.train.forward import ClipModel, ClipOutput, forward_batch
 from twoshot.train.loader import ClipStream
 from twoshot.train.logger import TrainLogger, clip_grid
-from twoshot.train.loss import iou_counts
+from twoshot.train.loss import LossResult, iou_counts
 from twoshot.train.modes import SupervisedMode, TrainingMode
 from twoshot.train.objectives import Objective, objective_for
 
 STAGES = ("static", "main")
 CHECKPOINT_NAME = "checkpoint.pt"
 FINAL_NAME = "final.pth"
+
+
+@dataclass
+class StepResult:
+    """What one :meth:`Trainer.step` did: the batch with the targets the loss used, the
+    predictions, the loss (and its value), the gradient norm when clipping, the lr."""
+
+    batch: ClipBatch
+    output: ClipOutput
+    loss: LossResult
+    loss_value: float
+    grad_norm: torch.Tensor | None
+    lr: float
 
 
 class TrainingDiverged(UserError):
@@ -219,34 +234,17 @@ class Trainer:
             while self.it < total:
                 it = self.it
                 batch = self.stream.next_batch(self.dataset_at(it), it)
-                batch = batch.to(self.device)
-                with torch.autocast(self.device.type, enabled=self.use_amp):
-                    output = forward_batch(self.net, batch)
-                    with torch.no_grad():
-                        batch = self.mode.prepare_targets(batch, output, it)
-                loss = self.objective.loss(output, batch, it)
-                loss_value = self._check_finite(loss.total, it, total)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss.total).backward()
-                grad_norm = None
-                if cfg.grad_clip is not None:
-                    self.scaler.unscale_(self.optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                lr = max(group["lr"] for group in self.optimizer.param_groups)  # Cutie: backbone at x0.1
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
-                self.mode.after_step(self.model, it)
-                self.it = it + 1
+                done = self.step(batch.to(self.device), it)
+                batch, output, loss, lr = done.batch, done.output, done.loss, done.lr
 
                 _accumulate(
                     sums,
                     loss,
                     iou_counts(output.probs.detach(), batch.cls_gt, batch.selector),
-                    grad_norm,
+                    done.grad_norm,
                 )
                 steps_in_window += 1
-                logger.step(loss_value)
+                logger.step(done.loss_value)
                 if self.it % cfg.log_every == 0 or self.it == total:
                     elapsed = time.perf_counter() - window_start
                     scalars = self._window_scalars(sums, steps_in_window, elapsed, loss.p, lr)
@@ -267,6 +265,36 @@ class Trainer:
             self.stream.close()
             logger.close()
         return self.final_path
+
+    def step(self, batch: ClipBatch, it: int) -> StepResult:
+        """One optimisation step of 0-based iteration ``it`` on ``batch`` (on the device).
+
+        The loop body of :meth:`run`: forward (under AMP on CUDA), the mode's targets, the
+        loss, backward, optional gradient clipping, optimiser, scaler and scheduler steps, the
+        mode's ``after_step``; then ``self.it = it + 1``. Raises TrainingDiverged on a
+        non-finite loss. Returns the batch with the targets the loss used, the predictions,
+        the loss and the learning rate of the step.
+        """
+        cfg = self.cfg
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            output = forward_batch(self.net, batch)
+            with torch.no_grad():
+                batch = self.mode.prepare_targets(batch, output, it)
+        loss = self.objective.loss(output, batch, it)
+        loss_value = self._check_finite(loss.total, it, cfg.iterations)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss.total).backward()
+        grad_norm = None
+        if cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        lr = max(group["lr"] for group in self.optimizer.param_groups)  # Cutie: backbone at x0.1
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.mode.after_step(self.model, it)
+        self.it = it + 1
+        return StepResult(batch, output, loss, loss_value, grad_norm, lr)
 
     def close(self) -> None:
         """Leave the process group (when this trainer created it)."""
@@ -516,6 +544,7 @@ def _accumulate(
 
 
 __all__ = [
+    "StepResult",
     "Trainer",
     "TrainingDiverged",
     "STAGES",
