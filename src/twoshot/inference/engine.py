@@ -194,9 +194,10 @@ class PropagationEngine:
 
     The model is moved to ``device`` and put in eval mode, its convolution weights in the
     layout of :func:`~twoshot.model.interface.inference_memory_format` (``config.channels_last``;
-    when unset, channels-last unless ``config.exact``; in place, values unchanged: one layout
-    per model at a time). :attr:`key_batch` frames are encoded per call; ``config.amp``
-    enables autocast to ``config.amp_dtype`` (float16 or bfloat16) on CUDA (CPU runs fp32);
+    when unset, channels-last unless ``config.exact`` or the model keeps the reference's layout
+    on its fast path, as Cutie; in place, values unchanged: one layout per model at a time).
+    :attr:`key_batch` frames are encoded per call; ``config.amp`` enables autocast to
+    ``config.amp_dtype`` (float16 or bfloat16) on CUDA (CPU runs fp32);
     ``config.compile`` runs the model's heavy calls through ``torch.compile`` (compiled on
     first use, per engine).
     """
@@ -214,7 +215,7 @@ class PropagationEngine:
         self.device = torch.device(device)
         # The layout is set both ways: weights an earlier channels-last engine converted
         # would otherwise make every convolution here NHWC too.
-        self.memory_format = inference_memory_format(self.config)
+        self.memory_format = inference_memory_format(self.config, model)
         # Module.to's stubs lack memory_format, which it takes at run time.
         self.model = model.to(self.device, memory_format=self.memory_format).eval()  # type: ignore[call-overload]
         wrap = _compile_or_eager if self.config.compile else _eager
