@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from test_cutie_inference import seeded_weights
+from helpers import load_benchmark
 from twoshot.config import PRESETS, InferenceConfig, load_config
-from twoshot.data.fixtures import make_generic, random_video
+from twoshot.data.fixtures import make_generic
 from twoshot.errors import UserError
 from twoshot.inference import PropagationEngine
 from twoshot.inference.engine import check_inference_settings
 from twoshot.model import STCN, build_model, save_weights
 from twoshot.model.fast_inference import SharedInputResBlock, fold_batch_norms
-from twoshot.model.interface import VOSModel
 from twoshot.model.modules import ResBlock
 from twoshot.model.resnet import ResNetTrunk
 
@@ -157,53 +156,22 @@ def test_infer_exact_flag_gives_the_exact_masks(tmp_path) -> None:  # noqa: ANN0
 
 # --- No drift: the fast path against the exact path, frame by frame, through the memory ---
 
+fast_agreement = load_benchmark("fast_agreement")
 DRIFT_SIZE = (48, 64)
 DRIFT_FRAMES = 10
 ENTERS_AT = 3
 LOGIT_STD = 1.0  # of the final convolution's logits on the first segmented frame
 
 
-def _final_conv(model: torch.nn.Module) -> torch.nn.Conv2d:
-    """The convolution that gives each object's logit (STCN's decoder.pred, Cutie's mask_decoder.pred)."""
-    decoder = model.mask_decoder if hasattr(model, "mask_decoder") else model.decoder
-    assert isinstance(decoder.pred, torch.nn.Conv2d)
-    return decoder.pred
-
-
-def _drift_video() -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """10 frames, objects 1 and 2 annotated on frame 0, object 3 entering (annotated) on frame 3."""
-    video, labels = random_video(DRIFT_FRAMES, DRIFT_SIZE, object_ids=(1, 2, 3), first_frames={3: ENTERS_AT})
-    first = np.where(labels[0] == 3, 0, labels[0]).astype(np.uint8)
-    later = np.where(labels[ENTERS_AT] == 3, 3, 0).astype(np.uint8)
-    return video, {0: first, ENTERS_AT: later}
-
-
-def _calibrated(preset: str, config: InferenceConfig, video: np.ndarray, first: np.ndarray) -> VOSModel:
-    """``preset``'s network with seeded weights whose final convolution is scaled so that its
-    logits on the first segmented frame have standard deviation LOGIT_STD: mixed probabilities,
-    neither near-certain masks (which no rounding moves) nor all-equal ones."""
-    model = seeded_weights(build_model(load_config(preset).model), seed=5)
-    conv = _final_conv(model)
-    spread: list[float] = []
-    hook = conv.register_forward_hook(lambda module, inputs, out: spread.append(float(out.std())))
-    PropagationEngine(model, dataclasses.replace(config, exact=True)).propagate(video[:2], {0: first})
-    hook.remove()
-    with torch.no_grad():
-        conv.weight.mul_(LOGIT_STD / spread[0])
-        assert conv.bias is not None
-        conv.bias.mul_(LOGIT_STD / spread[0])
-    return model
-
-
 @pytest.mark.parametrize("preset", PRESETS)
 def test_fast_path_agrees_with_the_exact_path_on_every_frame(preset: str) -> None:
     """Every preset's default (fast) path against its exact path over 10 frames of memory,
-    with an object entering on frame 3: >= 99.9% equal pixels on each frame, not only on
-    average. Cutie's fast path is the exact one (see Cutie.channels_last_when_fast): equal bits."""
+    with an object entering on frame 3 and calibrated weights (mixed probabilities): >= 99.9%
+    equal pixels on each frame, not only on average. Cutie's fast path is its exact one."""
     torch.manual_seed(0)
-    video, masks = _drift_video()
+    video, masks = fast_agreement.entering_video(DRIFT_SIZE, DRIFT_FRAMES, ENTERS_AT)
     config = dataclasses.replace(load_config(preset).inference, size=-1, device="cpu")
-    model = _calibrated(preset, config, video, masks[0])
+    model = fast_agreement.calibrated_model(preset, config, video, masks[0], LOGIT_STD, seed=5)
     exact = PropagationEngine(model, dataclasses.replace(config, exact=True)).propagate(
         video, masks, probabilities=True
     )
@@ -216,7 +184,7 @@ def test_fast_path_agrees_with_the_exact_path_on_every_frame(preset: str) -> Non
     agreement = (fast.masks == exact.masks).mean(axis=(1, 2))
     assert all(agreement[t] >= 0.999 for t in range(DRIFT_FRAMES)), agreement.round(5).tolist()
     if model.kind == "cutie":
-        # With the filer's near-tie weights at 240x320, channels-last rounding flipped Cutie's
-        # attention masks and 3% / 17% of frames 8 / 9 (docs/performance.md): its default is exact.
+        # With near-tie weights at 240x320, channels-last rounding flipped Cutie's attention
+        # masks and 3% / 17% of frames 8 / 9 (docs/performance.md): its default is exact.
         assert not model.channels_last_when_fast
         np.testing.assert_array_equal(fast.probabilities, exact.probabilities)

@@ -75,7 +75,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="bit-identical to the reference implementation (slower: no channels-last "
         "convolutions, no folded BatchNorm; the default agrees on all but a few pixels in a million)",
     )
-    parser.add_argument("--amp", action="store_true", help="half-precision autocast (CUDA only)")
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="half-precision autocast (CUDA; on a CPU with --amp-dtype bfloat16 only)",
+    )
     parser.add_argument(
         "--amp-dtype",
         choices=("float16", "bfloat16"),

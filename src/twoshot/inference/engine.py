@@ -16,10 +16,11 @@ For one video the engine
    arrays, ``twoshot infer`` writes each frame as it comes (so long videos are streamed),
    the pseudo-label bank writes its videos, progress bars count frames.
 
-Speed (``InferenceConfig``): by default the engine runs convolutions channels-last (NHWC)
-and the model's fast inference copy (folded BatchNorm, per-frame work shared by the objects);
-``exact`` keeps the reference implementations' layout and operations, bit for bit.
-``amp`` (autocast on CUDA, to float16 or, with ``amp_dtype``, bfloat16) and ``compile``
+Speed (``InferenceConfig``): by default the engine runs the model's fast inference copy
+(STCN: folded BatchNorm, per-frame work shared by the objects, channels-last (NHWC)
+convolutions; Cutie: the exact path, see ``VOSModel.channels_last_when_fast``); ``exact``
+keeps the reference implementations' layout and operations, bit for bit. ``amp`` (autocast
+on CUDA to float16 or, with ``amp_dtype``, bfloat16; on a CPU to bfloat16 only) and ``compile``
 (``torch.compile`` of the model's heavy calls, falling back to eager execution where
 compiling is unavailable or fails) are opt-in; see docs/performance.md.
 
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 
 from twoshot.config import InferenceConfig
-from twoshot.devices import amp_dtype
+from twoshot.devices import amp_dtype, cpu_bf16_flags
 from twoshot.errors import UserError
 from twoshot.inference.geometry import Geometry, labels_from_prob, prepare_masks, to_original
 from twoshot.inference.key_cache import FramesOnDemand, FrameSource, KeyCache
@@ -69,6 +70,24 @@ def check_inference_settings(config: InferenceConfig) -> None:
         raise UserError(
             f"inference.exact with inference.{option}: {option} is not bit-identical to the "
             "reference; drop one of the two"
+        )
+
+
+def _check_precision(config: InferenceConfig, device: torch.device) -> None:
+    """UserError for ``exact`` with bfloat16 on a CPU (the reference implementations compute
+    in fp32 there); a warning when bfloat16 on this CPU would be emulated (slower than fp32)."""
+    if not (config.amp and device.type == "cpu" and config.amp_dtype == "bfloat16"):
+        return
+    if config.exact:
+        raise UserError(
+            "inference.exact with inference.amp (bfloat16) on a CPU: the reference implementations "
+            "compute in fp32 on a CPU; drop one of the two"
+        )
+    if not cpu_bf16_flags():
+        warnings.warn(
+            "inference.amp with bfloat16 on a CPU without AVX-512 BF16 or AMX (no avx512_bf16 / "
+            "amx_bf16 in /proc/cpuinfo): bfloat16 is emulated there and usually slower than fp32",
+            stacklevel=3,
         )
 
 
@@ -197,7 +216,7 @@ class PropagationEngine:
     when unset, channels-last unless ``config.exact`` or the model keeps the reference's layout
     on its fast path, as Cutie; in place, values unchanged: one layout per model at a time).
     :attr:`key_batch` frames are encoded per call; ``config.amp`` enables autocast to
-    ``config.amp_dtype`` (float16 or bfloat16) on CUDA (CPU runs fp32);
+    ``config.amp_dtype`` (float16 or bfloat16) on CUDA, to bfloat16 on a CPU (float16 runs fp32);
     ``config.compile`` runs the model's heavy calls through ``torch.compile`` (compiled on
     first use, per engine).
     """
@@ -213,6 +232,7 @@ class PropagationEngine:
 
             device = resolve_device(self.config.device)
         self.device = torch.device(device)
+        _check_precision(self.config, self.device)
         # The layout is set both ways: weights an earlier channels-last engine converted
         # would otherwise make every convolution here NHWC too.
         self.memory_format = inference_memory_format(self.config, model)

@@ -117,7 +117,8 @@ class Propagator(ABC):
 
     def autocast(self, tensor: torch.Tensor) -> contextlib.AbstractContextManager[object]:
         """Autocast to ``inference.amp_dtype`` for work on ``tensor``'s device when
-        ``inference.amp`` and that device is CUDA; a no-op otherwise (CPU runs fp32)."""
+        ``inference.amp`` (CUDA: float16 or bfloat16; CPU: bfloat16 only, float16 runs fp32);
+        a no-op otherwise."""
         return inference_autocast(self.config.amp, self.dtype, tensor.device)
 
     @abstractmethod
