@@ -18,7 +18,8 @@ channels-last forced on (Cutie's default keeps the reference's layout), the fast
 without channels-last, key encoding in batches of 8 frames (``key_batch=8``: the CUDA
 default; a CPU's is 1), ``compile`` (torch.compile; its compile time is reported
 separately), one intra-op thread, ``bf16`` (autocast to bfloat16, on a CPU too: native
-with AVX-512 BF16 or AMX) and on CUDA ``amp`` (float16).
+with AVX-512 BF16 or AMX), ``onnxruntime`` (STCN's networks exported to ONNX and run by
+ONNX Runtime, on a CPU with the onnx extra) and on CUDA ``amp`` (float16).
 Each option's masks are compared with the default engine's (pixels that differ).
 
     python benchmarks/inference_speed.py                       # tiny 24 frames, stcn 4 frames (CPU)
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import importlib.util
 import json
 import sys
 import tracemalloc
@@ -143,6 +145,7 @@ FAST_PATH_OPTIONS: tuple[str, ...] = (
     "compile",
     "one_thread",
     "bf16",
+    "onnxruntime",
     "amp",
 )
 
@@ -179,6 +182,8 @@ def fast_path(
         wanted = [o for o in wanted if o != "amp"]
     if not hasattr(torch, "compile"):
         wanted = [o for o in wanted if "compile" not in o]
+    if cuda or preset_config.model.kind != "stcn" or importlib.util.find_spec("onnxruntime") is None:
+        wanted = [o for o in wanted if o != "onnxruntime"]  # STCN on a CPU, with the onnx extra
     settings = {
         "default": {},
         "exact": {"exact": True},
@@ -188,6 +193,7 @@ def fast_path(
         "compile": {"compile": True},
         "one_thread": {},
         "bf16": {"amp": True, "amp_dtype": "bfloat16"},
+        "onnxruntime": {"runtime": "onnxruntime"},
         "amp": {"amp": True},
     }
     threads = torch.get_num_threads()

@@ -151,6 +151,9 @@ class TwoShotConfig:
     rounds: int = 1
 
 
+RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime")  # values of inference.runtime
+
+
 @dataclass
 class InferenceConfig:
     """Propagation settings (STCN's evaluation defaults)."""
@@ -174,6 +177,9 @@ class InferenceConfig:
     exact: bool = False
     channels_last: bool | None = None  # NHWC convolutions; None: on unless ``exact``
     compile: bool = False  # torch.compile the network; falls back to eager where unavailable
+    # Which runtime runs the networks: "torch", or "onnxruntime" (STCN only, CPU, the optional
+    # onnx extra; twoshot.inference.onnx_runtime, docs/inference.md).
+    runtime: str = "torch"
     # How bidirectional propagation (the bank, infer --backward) merges directions: "nearest"
     # (the paper's rule: each frame from its nearest labeled frame) or "fused" (a frame between
     # two labeled frames averages both sides, weighted by temporal distance; docs/inference.md).

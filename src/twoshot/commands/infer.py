@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from twoshot.commands.common import add_progress_argument
-from twoshot.config import MODEL_KINDS, PRESETS, InferenceConfig
+from twoshot.config import MODEL_KINDS, PRESETS, RUNTIMES, InferenceConfig
 from twoshot.errors import UserError
 
 if TYPE_CHECKING:  # the model module imports torch: not at the CLI's start
@@ -88,6 +88,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=None,
+        help="what runs the networks: torch (default) or onnxruntime (STCN only, CPU, needs "
+        "pip install 'twoshot[onnx]'; masks agree with torch's on >= 99.9%% of pixels)",
+    )
+    parser.add_argument(
         "--merge",
         default=None,
         metavar="nearest|fused",
@@ -123,6 +130,7 @@ def load_model_and_config(args: argparse.Namespace) -> tuple[VOSModel, Inference
         "size": args.size,
         "max_memory_frames": args.max_memory_frames,
         "amp_dtype": args.amp_dtype,
+        "runtime": getattr(args, "runtime", None),
         "merge": getattr(args, "merge", None),
         "scales": getattr(args, "scales", None),
     }

@@ -41,14 +41,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from twoshot.config import InferenceConfig
+from twoshot.config import RUNTIMES, InferenceConfig
 from twoshot.devices import amp_dtype, cpu_bf16_flags
 from twoshot.errors import UserError
 from twoshot.inference.geometry import Geometry, labels_from_prob, prepare_masks, to_original
 from twoshot.inference.key_cache import FramesOnDemand, FrameSource, KeyCache
 from twoshot.inference.schedule import MERGES, Run, forward_runs, fused_runs, nearest_runs
 from twoshot.model.aggregate import aggregate
-from twoshot.model.interface import VOSModel, inference_memory_format
+from twoshot.model.interface import VOSModel, Wrap, inference_memory_format
 
 MODES: tuple[str, ...] = ("forward", "bidirectional")
 
@@ -65,6 +65,14 @@ def check_inference_settings(config: InferenceConfig) -> None:
         raise UserError(f"inference.scales {config.scales}: every factor must be above 0, got {bad}")
     if len(set(config.scales)) != len(config.scales):
         raise UserError(f"inference.scales {config.scales}: a factor is repeated")
+    if config.runtime not in RUNTIMES:
+        raise UserError(f"inference.runtime {config.runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    if config.runtime != "torch" and (config.exact or config.compile or config.amp):
+        option = "exact" if config.exact else "compile" if config.compile else "amp"
+        raise UserError(
+            f"inference.runtime {config.runtime} with inference.{option}: the runtime runs its own "
+            "fp32 kernels; drop one of the two"
+        )
     if config.exact and (config.channels_last or config.compile):
         option = "channels_last" if config.channels_last else "compile"
         raise UserError(
@@ -238,7 +246,13 @@ class PropagationEngine:
         self.memory_format = inference_memory_format(self.config, model)
         # Module.to's stubs lack memory_format, which it takes at run time.
         self.model = model.to(self.device, memory_format=self.memory_format).eval()  # type: ignore[call-overload]
-        wrap = _compile_or_eager if self.config.compile else _eager
+        wrap: Wrap = _compile_or_eager if self.config.compile else _eager
+        if self.config.runtime == "onnxruntime":
+            from twoshot.inference.onnx_runtime import OnnxRuntimeWrap
+
+            if self.device.type != "cpu":
+                raise UserError(f"inference.runtime onnxruntime runs on a CPU, not on {self.device}")
+            wrap = OnnxRuntimeWrap()
         self.propagator = self.model.propagator(self.config, wrap)
 
     @property
