@@ -237,8 +237,10 @@ def run(
     buffer_tokens: int = 100,
     cases: Sequence[str] = CASES,
     threads: int = 2,
+    exact: bool = True,
 ) -> dict[str, Any]:
-    """Run the comparisons; returns {case: compare(...) figures and seconds}."""
+    """Run the comparisons (twoshot's exact path, or its default path when not ``exact``);
+    returns {case: compare(...) figures and seconds}."""
     torch.set_num_threads(threads)
     path = Path(reference).resolve()
     ref = import_reference(path)
@@ -268,7 +270,7 @@ def run(
             size=RESIZED_SHORT_SIDE if case == "resized" else -1,
             max_memory_frames=10 if long_term else None,
             device="cpu",
-            exact=True,
+            exact=exact,
         )
         settings = None
         if long_term:
@@ -324,6 +326,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--default-path",
+        action="store_true",
+        help="run twoshot's default path (what twoshot infer runs) instead of inference.exact",
+    )
     args = parser.parse_args(argv)
     results = run(
         args.reference,
@@ -336,8 +343,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.buffer_tokens,
         [c.strip() for c in args.cases.split(",") if c.strip()],
         args.threads,
+        exact=not args.default_path,
     )
-    print(f"Cutie-{results.pop('model')}: twoshot vs reference, same random weights")
+    from common import machine_info, machine_line
+
+    print(machine_line(machine_info("cpu")))
+    path = "default" if args.default_path else "exact"
+    print(f"Cutie-{results.pop('model')}: twoshot ({path} path) vs reference, same random weights")
     print(
         "| case | frames | equal pixels | max abs prob diff | label shares (bg, 1, 2, 3) "
         "| reference s | twoshot s |"

@@ -11,7 +11,10 @@ on frame 0, object 3 entering and annotated on frame ``--enter``) with the exact
   Cutie: the exact path, see ``VOSModel.channels_last_when_fast``);
 - ``channels_last``: the default path with channels-last forced on (Cutie's old default);
 - ``bf16``: the default path under bfloat16 autocast (``inference.amp`` with ``amp_dtype:
-  bfloat16``; native on CPUs with AVX-512 BF16 or AMX).
+  bfloat16``; native on CPUs with AVX-512 BF16 or AMX);
+- STCN only, one ingredient of its fast path at a time on the exact network: ``fold_only``
+  (BatchNorm folded into the encoders), ``shared_only`` (the decoder's and value fuser's
+  shared halves), ``channels_last_only``.
 
 It prints, per preset and variant, the share of equal label pixels on every frame, the worst
 frame, the largest probability difference and the seconds of each run, with the CPU's flags.
@@ -26,6 +29,7 @@ frame, the largest probability difference and the seconds of each run, with the 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -47,7 +51,39 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fast": {},
     "channels_last": {"channels_last": True},
     "bf16": {"amp": True, "amp_dtype": "bfloat16"},
+    "fold_only": {"channels_last": False},
+    "shared_only": {"channels_last": False},
+    "channels_last_only": {"channels_last": True},
 }
+INGREDIENTS = ("fold_only", "shared_only", "channels_last_only")
+
+
+def ingredient_engine(model: VOSModel, config: InferenceConfig, ingredient: str) -> PropagationEngine:
+    """An engine running STCN's exact network with one ingredient of its fast copy only."""
+    from twoshot.model.fast_inference import SharedInputResBlock, fold_batch_norms, with_modules
+    from twoshot.model.network import STCN
+    from twoshot.model.stcn_propagator import STCNPropagator
+
+    engine = PropagationEngine(model, config)  # its layout: channels-last for channels_last_only
+    network = engine.model
+    assert isinstance(network, STCN)
+    if ingredient == "fold_only":
+        network = with_modules(
+            network,
+            key_encoder=fold_batch_norms(network.key_encoder),
+            value_encoder=fold_batch_norms(network.value_encoder),
+        )
+    elif ingredient == "shared_only":
+        value_encoder = copy.deepcopy(network.value_encoder)  # its fuser block is replaced below
+        block = value_encoder.fuser.block1
+        value_channels = block.conv1.in_channels - network.key_encoder.channels[2]
+        value_encoder.fuser.block1 = SharedInputResBlock(block, value_channels)
+        compress = SharedInputResBlock(network.decoder.compress, network.config.value_dim)
+        network = with_modules(
+            network, value_encoder=value_encoder, decoder=with_modules(network.decoder, compress=compress)
+        )
+    engine.propagator = STCNPropagator(network.eval(), config)
+    return engine
 
 
 def seeded_weights(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -117,7 +153,7 @@ def run(
     frames: int = 10,
     enter: int = 3,
     logit_std: float = 1.0,
-    variants: Sequence[str] = tuple(VARIANTS),
+    variants: Sequence[str] = ("fast", "channels_last", "bf16"),
     seed: int = 0,
 ) -> dict[str, Any]:
     """The figures: {"machine": ..., "settings": ..., "results": {preset: {variant: {...}}}}
@@ -143,10 +179,15 @@ def run(
             "uncertain_share": [round(float(u), 3) for u in uncertain],
         }
         for name in variants:
+            if name in INGREDIENTS and model.kind != "stcn":
+                continue
             start = time.perf_counter()
-            out = PropagationEngine(model, dataclasses.replace(config, **VARIANTS[name])).propagate(
-                video, masks, probabilities=True
-            )
+            variant = dataclasses.replace(config, **VARIANTS[name])
+            if name in INGREDIENTS:
+                engine = ingredient_engine(model, variant, name)
+            else:
+                engine = PropagationEngine(model, variant)
+            out = engine.propagate(video, masks, probabilities=True)
             seconds = time.perf_counter() - start
             assert out.probabilities is not None
             agreement = (out.masks == exact.masks).mean(axis=(1, 2))
@@ -183,7 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--logit-std", type=float, default=1.0, help="calibration of the final logits; 0 leaves them"
     )
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="+", default=["fast", "channels_last", "bf16"], choices=list(VARIANTS)
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     report = run(
@@ -194,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for preset, row in report["results"].items():
         for name in args.variants:
+            if name not in row:
+                continue
             r = row[name]
             print(
                 f"| {preset} | {name} | {100 * r['worst']:.3f}% | {100 * r['mean']:.3f}% | "
