@@ -11,7 +11,8 @@ The video (``twoshot.data.fixtures.random_video``): rectangles moving over a blo
 background, objects 1 and 2 annotated on frame 0 and object 3 entering (and annotated) on
 frame ``--enter``. Cases:
 
-- ``native``: frames at 128x176 (a multiple of 16: no padding), FIFO working memory;
+- ``native``: frames at 128x176 (``--native-size``; a multiple of 16: no padding), FIFO
+  working memory;
 - ``resized``: 150x230 frames resized (bilinear, antialiased) to shorter side 100 and padded
   to 112x160, outputs upsampled back to 150x230 before the argmax (as the reference's
   evaluation does), FIFO working memory;
@@ -29,6 +30,7 @@ it); its ImageNet downloads are skipped (the weights are replaced anyway).
 
     python benchmarks/cutie_reference.py --reference /path/to/Cutie               # small, ~1 min
     python benchmarks/cutie_reference.py --reference /path/to/Cutie --model base  # ~70 s
+    python benchmarks/cutie_reference.py --reference /path/to/Cutie --default-path  # twoshot infer's path
 
 ``run(reference, ...) -> dict`` returns the figures.
 """
@@ -238,6 +240,7 @@ def run(
     cases: Sequence[str] = CASES,
     threads: int = 2,
     exact: bool = True,
+    native: tuple[int, int] = NATIVE,
 ) -> dict[str, Any]:
     """Run the comparisons (twoshot's exact path, or its default path when not ``exact``);
     returns {case: compare(...) figures and seconds}."""
@@ -284,7 +287,7 @@ def run(
                 buffer_tokens=lt.buffer_tokens,
                 top_k=int(cfg.top_k),
             )
-        size = ORIGINAL if case == "resized" else NATIVE
+        size = ORIGINAL if case == "resized" else native
         video, labels = make_video(size, long_frames if long_term else frames, enter, seed)
         target = processing_size(*size, RESIZED_SHORT_SIDE) if case == "resized" else None
         given = annotations(labels, enter)
@@ -327,6 +330,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
+        "--native-size",
+        type=int,
+        nargs=2,
+        default=NATIVE,
+        metavar=("H", "W"),
+        help="frame size of the native and long-term cases (multiples of 16)",
+    )
+    parser.add_argument(
         "--default-path",
         action="store_true",
         help="run twoshot's default path (what twoshot infer runs) instead of inference.exact",
@@ -344,6 +355,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         [c.strip() for c in args.cases.split(",") if c.strip()],
         args.threads,
         exact=not args.default_path,
+        native=tuple(args.native_size),
     )
     from common import machine_info, machine_line
 
