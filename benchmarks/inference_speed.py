@@ -184,6 +184,8 @@ def fast_path(
         wanted = [o for o in wanted if "compile" not in o]
     if cuda or preset_config.model.kind != "stcn" or importlib.util.find_spec("onnxruntime") is None:
         wanted = [o for o in wanted if o != "onnxruntime"]  # STCN on a CPU, with the onnx extra
+    if base.channels_last_when_fast:
+        wanted = [o for o in wanted if o != "channels_last"]  # the default already is
     settings = {
         "default": {},
         "exact": {"exact": True},
