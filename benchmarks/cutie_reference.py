@@ -207,6 +207,7 @@ def compare(
     added as zeros)."""
     equal = total = 0
     max_diff = 0.0
+    per_frame = []
     shares = np.zeros(4)
     for a, b in zip(ours, theirs):
         if original is not None:
@@ -218,10 +219,13 @@ def compare(
         la, lb = a.argmax(0), b.argmax(0)
         equal += int((la == lb).sum())
         total += la.numel()
+        per_frame.append(round(float((la == lb).float().mean()), 5))
         max_diff = max(max_diff, float((a - b).abs().max()))
         shares[: a.shape[0]] += np.bincount(lb.flatten().numpy(), minlength=a.shape[0])[:4]
     return {
         "equal_share": equal / total,
+        "worst_frame_share": min(per_frame),
+        "per_frame": per_frame,
         "pixels": total,
         "max_prob_diff": max_diff,
         "label_shares": (shares / shares.sum()).round(4).tolist(),
@@ -240,9 +244,11 @@ def run(
     cases: Sequence[str] = CASES,
     threads: int = 2,
     exact: bool = True,
+    channels_last: bool | None = None,
     native: tuple[int, int] = NATIVE,
 ) -> dict[str, Any]:
-    """Run the comparisons (twoshot's exact path, or its default path when not ``exact``);
+    """Run the comparisons (twoshot's exact path, or its default path when not ``exact``,
+    with ``inference.channels_last`` set to ``channels_last``);
     returns {case: compare(...) figures and seconds}."""
     torch.set_num_threads(threads)
     path = Path(reference).resolve()
@@ -274,6 +280,7 @@ def run(
             max_memory_frames=10 if long_term else None,
             device="cpu",
             exact=exact,
+            channels_last=channels_last,
         )
         settings = None
         if long_term:
@@ -342,6 +349,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="run twoshot's default path (what twoshot infer runs) instead of inference.exact",
     )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="with --default-path: force channels-last convolutions (Cutie's default before issue 34)",
+    )
     args = parser.parse_args(argv)
     results = run(
         args.reference,
@@ -355,24 +367,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         [c.strip() for c in args.cases.split(",") if c.strip()],
         args.threads,
         exact=not args.default_path,
+        channels_last=True if args.default_path and args.channels_last else None,
         native=tuple(args.native_size),
     )
     from common import machine_info, machine_line
 
     print(machine_line(machine_info("cpu")))
     path = "default" if args.default_path else "exact"
+    if args.default_path and args.channels_last:
+        path += ", channels-last"
     print(f"Cutie-{results.pop('model')}: twoshot ({path} path) vs reference, same random weights")
     print(
-        "| case | frames | equal pixels | max abs prob diff | label shares (bg, 1, 2, 3) "
+        "| case | frames | equal pixels | worst frame | max abs prob diff | label shares (bg, 1, 2, 3) "
         "| reference s | twoshot s |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for case, r in results.items():
         share = r["equal_share"]
         print(
             f"| {case} | {r['frames']} | {100 * share:.4f}% "
             f"({r['pixels'] - round(share * r['pixels'])} differ) "
-            f"| {r['max_prob_diff']:.2e} | {r['label_shares']} | {r.get('reference_s', '')} "
+            f"| {100 * r['worst_frame_share']:.2f}% | {r['max_prob_diff']:.2e} | {r['label_shares']} "
+            f"| {r.get('reference_s', '')} "
             f"| {r.get('twoshot_s', '')} |"
         )
     if not math.isfinite(min(r["max_prob_diff"] for r in results.values())):
