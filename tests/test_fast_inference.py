@@ -161,9 +161,12 @@ DRIFT_SIZE = (48, 64)
 DRIFT_FRAMES = 10
 ENTERS_AT = 3
 LOGIT_STD = 1.0  # of the final convolution's logits on the first segmented frame
+# The kinds whose logit convolution fast_agreement.final_conv knows; a new model adds its own there.
+CALIBRATED_KINDS = ("stcn", "cutie")
+DRIFT_PRESETS = [p for p in PRESETS if load_config(p).model.kind in CALIBRATED_KINDS]
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", DRIFT_PRESETS)
 def test_fast_path_agrees_with_the_exact_path_on_every_frame(preset: str) -> None:
     """Every preset's default (fast) path against its exact path over 10 frames of memory,
     with an object entering on frame 3 and calibrated weights (mixed probabilities): >= 99.9%
