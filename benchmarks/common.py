@@ -47,14 +47,18 @@ def load_average() -> float | None:
 
 
 def machine_info(device: str = "cpu") -> dict[str, Any]:
-    """What the figures were measured on: CPU model and count, OS, Python, torch and its
-    intra-op threads, the device (GPU name on CUDA) and the load average now."""
+    """What the figures were measured on: CPU model, count and speed-relevant flags (avx2,
+    avx512f, avx512_bf16, amx_bf16), OS, Python, torch and its intra-op threads, the device
+    (GPU name on CUDA) and the load average now."""
     import torch
+
+    from twoshot.devices import cpu_flags
 
     cuda = device.startswith("cuda") and torch.cuda.is_available()
     return {
         "processor": cpu_name(),
         "cpu_count": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -62,6 +66,16 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         "device": torch.cuda.get_device_name(torch.device(device)) if cuda else "cpu",
         "load_average_1min": load_average(),
     }
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    """One line for a table's caption: CPU, its flags, threads, device, load (from :func:`machine_info`)."""
+    flags = ", ".join(info.get("cpu_flags") or []) or "none of avx2/avx512f/avx512_bf16/amx_bf16"
+    return (
+        f"CPU: {info['processor']} ({info['cpu_count']} cores; flags: {flags}); torch {info['torch']} "
+        f"with {info['torch_threads']} threads; device {info['device']}; "
+        f"1-minute load {info['load_average_1min']}"
+    )
 
 
 def synchronize(device: str | torch.device | None) -> None:

@@ -11,7 +11,8 @@ The video (``twoshot.data.fixtures.random_video``): rectangles moving over a blo
 background, objects 1 and 2 annotated on frame 0 and object 3 entering (and annotated) on
 frame ``--enter``. Cases:
 
-- ``native``: frames at 128x176 (a multiple of 16: no padding), FIFO working memory;
+- ``native``: frames at 128x176 (``--native-size``; a multiple of 16: no padding), FIFO
+  working memory;
 - ``resized``: 150x230 frames resized (bilinear, antialiased) to shorter side 100 and padded
   to 112x160, outputs upsampled back to 150x230 before the argmax (as the reference's
   evaluation does), FIFO working memory;
@@ -29,6 +30,7 @@ it); its ImageNet downloads are skipped (the weights are replaced anyway).
 
     python benchmarks/cutie_reference.py --reference /path/to/Cutie               # small, ~1 min
     python benchmarks/cutie_reference.py --reference /path/to/Cutie --model base  # ~70 s
+    python benchmarks/cutie_reference.py --reference /path/to/Cutie --default-path  # twoshot infer's path
 
 ``run(reference, ...) -> dict`` returns the figures.
 """
@@ -205,6 +207,7 @@ def compare(
     added as zeros)."""
     equal = total = 0
     max_diff = 0.0
+    per_frame = []
     shares = np.zeros(4)
     for a, b in zip(ours, theirs):
         if original is not None:
@@ -216,10 +219,13 @@ def compare(
         la, lb = a.argmax(0), b.argmax(0)
         equal += int((la == lb).sum())
         total += la.numel()
+        per_frame.append(round(float((la == lb).float().mean()), 5))
         max_diff = max(max_diff, float((a - b).abs().max()))
         shares[: a.shape[0]] += np.bincount(lb.flatten().numpy(), minlength=a.shape[0])[:4]
     return {
         "equal_share": equal / total,
+        "worst_frame_share": min(per_frame),
+        "per_frame": per_frame,
         "pixels": total,
         "max_prob_diff": max_diff,
         "label_shares": (shares / shares.sum()).round(4).tolist(),
@@ -237,8 +243,13 @@ def run(
     buffer_tokens: int = 100,
     cases: Sequence[str] = CASES,
     threads: int = 2,
+    exact: bool = True,
+    channels_last: bool | None = None,
+    native: tuple[int, int] = NATIVE,
 ) -> dict[str, Any]:
-    """Run the comparisons; returns {case: compare(...) figures and seconds}."""
+    """Run the comparisons (twoshot's exact path, or its default path when not ``exact``,
+    with ``inference.channels_last`` set to ``channels_last``);
+    returns {case: compare(...) figures and seconds}."""
     torch.set_num_threads(threads)
     path = Path(reference).resolve()
     ref = import_reference(path)
@@ -268,7 +279,8 @@ def run(
             size=RESIZED_SHORT_SIDE if case == "resized" else -1,
             max_memory_frames=10 if long_term else None,
             device="cpu",
-            exact=True,
+            exact=exact,
+            channels_last=channels_last,
         )
         settings = None
         if long_term:
@@ -282,7 +294,7 @@ def run(
                 buffer_tokens=lt.buffer_tokens,
                 top_k=int(cfg.top_k),
             )
-        size = ORIGINAL if case == "resized" else NATIVE
+        size = ORIGINAL if case == "resized" else native
         video, labels = make_video(size, long_frames if long_term else frames, enter, seed)
         target = processing_size(*size, RESIZED_SHORT_SIDE) if case == "resized" else None
         given = annotations(labels, enter)
@@ -324,6 +336,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--native-size",
+        type=int,
+        nargs=2,
+        default=NATIVE,
+        metavar=("H", "W"),
+        help="frame size of the native and long-term cases (multiples of 16)",
+    )
+    parser.add_argument(
+        "--default-path",
+        action="store_true",
+        help="run twoshot's default path (what twoshot infer runs) instead of inference.exact",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="with --default-path: force channels-last convolutions (Cutie's default before issue 34)",
+    )
     args = parser.parse_args(argv)
     results = run(
         args.reference,
@@ -336,19 +366,29 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.buffer_tokens,
         [c.strip() for c in args.cases.split(",") if c.strip()],
         args.threads,
+        exact=not args.default_path,
+        channels_last=True if args.default_path and args.channels_last else None,
+        native=tuple(args.native_size),
     )
-    print(f"Cutie-{results.pop('model')}: twoshot vs reference, same random weights")
+    from common import machine_info, machine_line
+
+    print(machine_line(machine_info("cpu")))
+    path = "default" if args.default_path else "exact"
+    if args.default_path and args.channels_last:
+        path += ", channels-last"
+    print(f"Cutie-{results.pop('model')}: twoshot ({path} path) vs reference, same random weights")
     print(
-        "| case | frames | equal pixels | max abs prob diff | label shares (bg, 1, 2, 3) "
+        "| case | frames | equal pixels | worst frame | max abs prob diff | label shares (bg, 1, 2, 3) "
         "| reference s | twoshot s |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for case, r in results.items():
         share = r["equal_share"]
         print(
             f"| {case} | {r['frames']} | {100 * share:.4f}% "
             f"({r['pixels'] - round(share * r['pixels'])} differ) "
-            f"| {r['max_prob_diff']:.2e} | {r['label_shares']} | {r.get('reference_s', '')} "
+            f"| {100 * r['worst_frame_share']:.2f}% | {r['max_prob_diff']:.2e} | {r['label_shares']} "
+            f"| {r.get('reference_s', '')} "
             f"| {r.get('twoshot_s', '')} |"
         )
     if not math.isfinite(min(r["max_prob_diff"] for r in results.values())):

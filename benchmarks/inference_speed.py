@@ -12,11 +12,14 @@ smallest first), the peak of Python/NumPy allocations (``tracemalloc``) and, on 
 ``torch.cuda.max_memory_allocated``.
 
 ``--fast-path`` instead compares the engine's speed options on one preset, interleaved
-round by round on the same clip: the default engine (channels-last, the model's fast
-inference copy), ``exact`` (the reference's layout and operations, bit for bit), the fast
-copy without channels-last, key encoding in batches of 8 frames (``key_batch=8``: the CUDA
+round by round on the same clip: the default engine (the model's fast inference copy,
+channels-last for STCN), ``exact`` (the reference's layout and operations, bit for bit),
+channels-last forced on (Cutie's default keeps the reference's layout), the fast copy
+without channels-last, key encoding in batches of 8 frames (``key_batch=8``: the CUDA
 default; a CPU's is 1), ``compile`` (torch.compile; its compile time is reported
-separately), one intra-op thread, and on CUDA ``amp``.
+separately), one intra-op thread, ``bf16`` (autocast to bfloat16, on a CPU too: native
+with AVX-512 BF16 or AMX), ``onnxruntime`` (STCN's networks exported to ONNX and run by
+ONNX Runtime, on a CPU with the onnx extra) and on CUDA ``amp`` (float16).
 Each option's masks are compared with the default engine's (pixels that differ).
 
     python benchmarks/inference_speed.py                       # tiny 24 frames, stcn 4 frames (CPU)
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import importlib.util
 import json
 import sys
 import tracemalloc
@@ -42,8 +46,8 @@ from functools import partial
 import numpy as np
 import torch
 
-from common import interleave, machine_info, peak_rss_mb, reset_peak_rss, rss_mb, timed
-from twoshot.config import InferenceConfig, load_config
+from common import interleave, machine_info, machine_line, peak_rss_mb, reset_peak_rss, rss_mb, timed
+from twoshot.config import load_config
 from twoshot.data.fixtures import random_video
 from twoshot.inference import PropagationEngine
 from twoshot.model import build_model
@@ -135,10 +139,13 @@ def run(
 FAST_PATH_OPTIONS: tuple[str, ...] = (
     "default",
     "exact",
+    "channels_last",
     "no_channels_last",
     "key_batch_8",
     "compile",
     "one_thread",
+    "bf16",
+    "onnxruntime",
     "amp",
 )
 
@@ -152,32 +159,43 @@ def fast_path(
     device: str = "cpu",
     objects: int = 2,
     seed: int = 0,
+    processing: int = 480,
 ) -> dict:
     """Speed of each engine option against the default engine, interleaved on one clip.
 
     options: names from FAST_PATH_OPTIONS (``default`` is always included; ``amp`` only on
     CUDA, ``compile`` variants skipped when torch has no ``torch.compile``); rounds: timed
-    runs per option after a full warm-up run (which compiles, for the compile options).
+    runs per option after a full warm-up run (which compiles, for the compile options);
+    processing: the shorter side frames are processed at (``inference.size``).
     Returns per option: median / best seconds, frames/s, speed-up over the default (median
     of per-round ratios), pixels whose mask differs from the default engine's, and for
     compile its warm-up (compile) seconds and whether it fell back to eager execution.
     """
     frames, labels = random_video(num_frames, size, object_ids=tuple(range(1, objects + 1)), seed=seed)
     torch.manual_seed(seed)
-    base = build_model(load_config(preset).model).eval()
+    preset_config = load_config(preset)
+    base = build_model(preset_config.model).eval()
+    preset_inference = preset_config.inference
     cuda = device.startswith("cuda")
     wanted = ["default"] + [o for o in options if o != "default"]
     if not cuda:
         wanted = [o for o in wanted if o != "amp"]
     if not hasattr(torch, "compile"):
         wanted = [o for o in wanted if "compile" not in o]
+    if cuda or preset_config.model.kind != "stcn" or importlib.util.find_spec("onnxruntime") is None:
+        wanted = [o for o in wanted if o != "onnxruntime"]  # STCN on a CPU, with the onnx extra
+    if base.channels_last_when_fast:
+        wanted = [o for o in wanted if o != "channels_last"]  # the default already is
     settings = {
         "default": {},
         "exact": {"exact": True},
+        "channels_last": {"channels_last": True},
         "no_channels_last": {"channels_last": False},
         "key_batch_8": {"key_batch": 8},
         "compile": {"compile": True},
         "one_thread": {},
+        "bf16": {"amp": True, "amp_dtype": "bfloat16"},
+        "onnxruntime": {"runtime": "onnxruntime"},
         "amp": {"amp": True},
     }
     threads = torch.get_num_threads()
@@ -186,7 +204,8 @@ def fast_path(
     fell_back: dict[str, bool] = {}
     for name in wanted:
         # Each option gets its own copy of the weights: channels_last converts them in place.
-        config = InferenceConfig(size=480, device=device, **settings[name])  # type: ignore[arg-type]
+        # The preset's memory settings (top-k 20 for STCN, 30 for Cutie).
+        config = dataclasses.replace(preset_inference, size=processing, device=device, **settings[name])
         engines[name] = PropagationEngine(copy.deepcopy(base), config)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -222,11 +241,11 @@ def fast_path(
             "preset": preset,
             "frames": num_frames,
             "size": list(size),
-            "processing": "shorter side 480",
+            "processing": f"shorter side {processing}",
             "objects": objects,
             "rounds": rounds,
             "mem_every": 5,
-            "top_k": 20,
+            "top_k": preset_inference.top_k,
         },
         "results": results,
     }
@@ -279,11 +298,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="with --fast-path: the options to compare",
     )
     parser.add_argument("--rounds", type=int, default=3, help="with --fast-path: timed rounds")
+    parser.add_argument(
+        "--processing", type=int, default=480, help="with --fast-path: shorter side to process at"
+    )
+    parser.add_argument(
+        "--size", type=int, nargs=2, default=[480, 854], metavar=("H", "W"), help="generated video size"
+    )
     args = parser.parse_args(argv)
     if args.fast_path:
         preset = args.presets[0] if args.presets != ["tiny", "stcn"] else "tiny"
         frames = _frames_arg(args.frames).get(preset, 16)
-        report = fast_path(preset, frames, options=args.options, rounds=args.rounds, device=args.device)
+        report = fast_path(
+            preset,
+            frames,
+            tuple(args.size),
+            options=args.options,
+            rounds=args.rounds,
+            device=args.device,
+            processing=args.processing,
+        )
+        print(machine_line(report["machine"]))
         print("| option | median s | frames/s | speed-up vs default | pixels differing | warm-up s |")
         print("|---|---|---|---|---|---|")
         for name, r in report["results"].items():
@@ -296,11 +330,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run(
         args.presets,
         _frames_arg(args.frames),
+        tuple(args.size),
         device=args.device,
         amp=args.amp,
         key_batch=args.key_batch,
         repeats=args.repeats,
     )
+    print(machine_line(report["machine"]))
     print("| preset | frames | seconds | frames/s | peak RSS MiB | peak NumPy MiB | peak CUDA MiB |")
     print("|---|---|---|---|---|---|---|")
     for preset, r in report["results"].items():

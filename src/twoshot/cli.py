@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "pseudo-label",
     "infer",
+    "export",
     "eval",
     "annotate",
     "info",

@@ -154,6 +154,9 @@ class TwoShotConfig:
     rounds: int = 1
 
 
+RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime")  # values of inference.runtime
+
+
 @dataclass
 class InferenceConfig:
     """Propagation settings (STCN's evaluation defaults)."""
@@ -162,7 +165,7 @@ class InferenceConfig:
     top_k: int = 20
     size: int = 480  # shorter side for processing; -1 keeps native size
     include_last: bool = False  # temporary memory of the previous frame
-    amp: bool = False  # CUDA only
+    amp: bool = False  # autocast: CUDA, or a CPU with amp_dtype bfloat16 (docs/performance.md)
     amp_dtype: str = "float16"  # float16 | bfloat16: the autocast type with amp
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_memory_frames: int | None = None  # bounded memory for long videos; None = unbounded
@@ -172,10 +175,14 @@ class InferenceConfig:
     # Bit-identical to the reference implementations (STCN's and Cutie's inference code).
     # Off by default: then the engine uses channels-last convolutions and the model's fast
     # inference copy (folded BatchNorm, shared per-frame work; docs/performance.md), whose
-    # masks agree with the exact path's on all but a few pixels in a million.
+    # masks agree with the exact path's on all but a few pixels in a million; Cutie's fast
+    # path is its exact one (its masked attention turns rounding into drift).
     exact: bool = False
     channels_last: bool | None = None  # NHWC convolutions; None: on unless ``exact``
     compile: bool = False  # torch.compile the network; falls back to eager where unavailable
+    # Which runtime runs the networks: "torch", or "onnxruntime" (STCN only, CPU, the optional
+    # onnx extra; twoshot.inference.onnx_runtime, docs/inference.md).
+    runtime: str = "torch"
     # How bidirectional propagation (the bank, infer --backward) merges directions: "nearest"
     # (the paper's rule: each frame from its nearest labeled frame) or "fused" (a frame between
     # two labeled frames averages both sides, weighted by temporal distance; docs/inference.md).

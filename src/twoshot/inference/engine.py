@@ -16,10 +16,11 @@ For one video the engine
    arrays, ``twoshot infer`` writes each frame as it comes (so long videos are streamed),
    the pseudo-label bank writes its videos, progress bars count frames.
 
-Speed (``InferenceConfig``): by default the engine runs convolutions channels-last (NHWC)
-and the model's fast inference copy (folded BatchNorm, per-frame work shared by the objects);
-``exact`` keeps the reference implementations' layout and operations, bit for bit.
-``amp`` (autocast on CUDA, to float16 or, with ``amp_dtype``, bfloat16) and ``compile``
+Speed (``InferenceConfig``): by default the engine runs the model's fast inference copy
+(STCN: folded BatchNorm, per-frame work shared by the objects, channels-last (NHWC)
+convolutions; Cutie: the exact path, see ``VOSModel.channels_last_when_fast``); ``exact``
+keeps the reference implementations' layout and operations, bit for bit. ``amp`` (autocast
+on CUDA to float16 or, with ``amp_dtype``, bfloat16; on a CPU to bfloat16 only) and ``compile``
 (``torch.compile`` of the model's heavy calls, falling back to eager execution where
 compiling is unavailable or fails) are opt-in; see docs/performance.md.
 
@@ -40,14 +41,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from twoshot.config import InferenceConfig
-from twoshot.devices import amp_dtype
+from twoshot.config import RUNTIMES, InferenceConfig
+from twoshot.devices import amp_dtype, cpu_bf16_flags
 from twoshot.errors import UserError
 from twoshot.inference.geometry import Geometry, labels_from_prob, prepare_masks, to_original
 from twoshot.inference.key_cache import FramesOnDemand, FrameSource, KeyCache
 from twoshot.inference.schedule import MERGES, Run, forward_runs, fused_runs, nearest_runs
 from twoshot.model.aggregate import aggregate
-from twoshot.model.interface import VOSModel, inference_memory_format
+from twoshot.model.interface import VOSModel, Wrap, inference_memory_format
 
 MODES: tuple[str, ...] = ("forward", "bidirectional")
 
@@ -64,11 +65,37 @@ def check_inference_settings(config: InferenceConfig) -> None:
         raise UserError(f"inference.scales {config.scales}: every factor must be above 0, got {bad}")
     if len(set(config.scales)) != len(config.scales):
         raise UserError(f"inference.scales {config.scales}: a factor is repeated")
+    if config.runtime not in RUNTIMES:
+        raise UserError(f"inference.runtime {config.runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    if config.runtime != "torch" and (config.exact or config.compile or config.amp):
+        option = "exact" if config.exact else "compile" if config.compile else "amp"
+        raise UserError(
+            f"inference.runtime {config.runtime} with inference.{option}: the runtime runs its own "
+            "fp32 kernels; drop one of the two"
+        )
     if config.exact and (config.channels_last or config.compile):
         option = "channels_last" if config.channels_last else "compile"
         raise UserError(
             f"inference.exact with inference.{option}: {option} is not bit-identical to the "
             "reference; drop one of the two"
+        )
+
+
+def _check_precision(config: InferenceConfig, device: torch.device) -> None:
+    """UserError for ``exact`` with bfloat16 on a CPU (the reference implementations compute
+    in fp32 there); a warning when bfloat16 on this CPU would be emulated (slower than fp32)."""
+    if not (config.amp and device.type == "cpu" and config.amp_dtype == "bfloat16"):
+        return
+    if config.exact:
+        raise UserError(
+            "inference.exact with inference.amp (bfloat16) on a CPU: the reference implementations "
+            "compute in fp32 on a CPU; drop one of the two"
+        )
+    if not cpu_bf16_flags():
+        warnings.warn(
+            "inference.amp with bfloat16 on a CPU without AVX-512 BF16 or AMX (no avx512_bf16 / "
+            "amx_bf16 in /proc/cpuinfo): bfloat16 is emulated there and usually slower than fp32",
+            stacklevel=3,
         )
 
 
@@ -194,9 +221,10 @@ class PropagationEngine:
 
     The model is moved to ``device`` and put in eval mode, its convolution weights in the
     layout of :func:`~twoshot.model.interface.inference_memory_format` (``config.channels_last``;
-    when unset, channels-last unless ``config.exact``; in place, values unchanged: one layout
-    per model at a time). :attr:`key_batch` frames are encoded per call; ``config.amp``
-    enables autocast to ``config.amp_dtype`` (float16 or bfloat16) on CUDA (CPU runs fp32);
+    when unset, channels-last unless ``config.exact`` or the model keeps the reference's layout
+    on its fast path, as Cutie; in place, values unchanged: one layout per model at a time).
+    :attr:`key_batch` frames are encoded per call; ``config.amp`` enables autocast to
+    ``config.amp_dtype`` (float16 or bfloat16) on CUDA, to bfloat16 on a CPU (float16 runs fp32);
     ``config.compile`` runs the model's heavy calls through ``torch.compile`` (compiled on
     first use, per engine).
     """
@@ -212,12 +240,19 @@ class PropagationEngine:
 
             device = resolve_device(self.config.device)
         self.device = torch.device(device)
+        _check_precision(self.config, self.device)
         # The layout is set both ways: weights an earlier channels-last engine converted
         # would otherwise make every convolution here NHWC too.
-        self.memory_format = inference_memory_format(self.config)
+        self.memory_format = inference_memory_format(self.config, model)
         # Module.to's stubs lack memory_format, which it takes at run time.
         self.model = model.to(self.device, memory_format=self.memory_format).eval()  # type: ignore[call-overload]
-        wrap = _compile_or_eager if self.config.compile else _eager
+        wrap: Wrap = _compile_or_eager if self.config.compile else _eager
+        if self.config.runtime == "onnxruntime":
+            from twoshot.inference.onnx_runtime import OnnxRuntimeWrap
+
+            if self.device.type != "cpu":
+                raise UserError(f"inference.runtime onnxruntime runs on a CPU, not on {self.device}")
+            wrap = OnnxRuntimeWrap()
         self.propagator = self.model.propagator(self.config, wrap)
 
     @property

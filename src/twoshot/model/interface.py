@@ -40,9 +40,13 @@ Wrap = Callable[[Callable[..., Any], str], Callable[..., Any]]
 a ``torch.compile``-or-eager wrapper when asked to compile; the identity otherwise)."""
 
 
-def inference_memory_format(config: InferenceConfig) -> torch.memory_format:
-    """The layout inference runs convolutions in: channels-last when
-    ``config.uses_channels_last()``, else the default."""
+def inference_memory_format(config: InferenceConfig, model: VOSModel | None = None) -> torch.memory_format:
+    """The layout inference runs ``model``'s convolutions in: channels-last when
+    ``config.channels_last`` says so; when it is unset, channels-last unless ``config.exact``
+    or ``model`` keeps the reference's layout on its fast path
+    (:attr:`VOSModel.channels_last_when_fast` False); the default layout otherwise."""
+    if config.channels_last is None and model is not None and not model.channels_last_when_fast:
+        return torch.contiguous_format
     return torch.channels_last if config.uses_channels_last() else torch.contiguous_format
 
 
@@ -113,7 +117,8 @@ class Propagator(ABC):
 
     def autocast(self, tensor: torch.Tensor) -> contextlib.AbstractContextManager[object]:
         """Autocast to ``inference.amp_dtype`` for work on ``tensor``'s device when
-        ``inference.amp`` and that device is CUDA; a no-op otherwise (CPU runs fp32)."""
+        ``inference.amp`` (CUDA: float16 or bfloat16; CPU: bfloat16 only, float16 runs fp32);
+        a no-op otherwise."""
         return inference_autocast(self.config.amp, self.dtype, tensor.device)
 
     @abstractmethod
@@ -162,6 +167,11 @@ class VOSModel(nn.Module, ABC):
 
     kind: ClassVar[str]
     config: ModelConfig
+    # Whether the fast path (``inference.exact`` off, ``inference.channels_last`` unset) runs
+    # convolutions channels-last. Off for a model whose masks move far more than the layout's
+    # rounding when a float changes (a hard threshold inside the network, as Cutie's masked
+    # attention): its fast path stays bit-identical to the exact one (docs/performance.md).
+    channels_last_when_fast: ClassVar[bool] = True
 
     @abstractmethod
     def propagator(self, config: InferenceConfig, wrap: Wrap = no_wrap) -> Propagator:

@@ -99,6 +99,11 @@ class Cutie(VOSModel):
     """Cutie with the reference's parameter names; sizes from ``config`` (Cutie-base if None)."""
 
     kind = "cutie"
+    # The object transformer thresholds its auxiliary masks at 0.5 to restrict attention, so
+    # a rounding difference of 1e-6 (channels-last kernels) flips pixels near the threshold
+    # and their readout by up to 1e-2, and the masks drift apart over the memory frames:
+    # the fast path keeps the reference's layout and stays bit-identical (docs/performance.md).
+    channels_last_when_fast = False
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()

@@ -1,0 +1,253 @@
+"""Per-frame agreement of the engine's faster paths with its exact path, through the memory.
+
+For each preset, a seeded random network whose final convolution is calibrated so that its
+logits on the first segmented frame have a chosen standard deviation (mixed probabilities:
+neither near-certain masks, which no rounding moves, nor the near-ties of an uncalibrated
+random network, unless asked for) propagates a generated video (objects 1 and 2 annotated
+on frame 0, object 3 entering and annotated on frame ``--enter``) with the exact path
+(``inference.exact``) and with each variant:
+
+- ``fast``: the default path (STCN: folded BatchNorm, shared per-frame halves, channels-last;
+  Cutie: the exact path, see ``VOSModel.channels_last_when_fast``);
+- ``channels_last``: the default path with channels-last forced on (Cutie's old default);
+- ``bf16``: the default path under bfloat16 autocast (``inference.amp`` with ``amp_dtype:
+  bfloat16``; native on CPUs with AVX-512 BF16 or AMX);
+- STCN only, one ingredient of its fast path at a time on the exact network: ``fold_only``
+  (BatchNorm folded into the encoders), ``shared_only`` (the decoder's and value fuser's
+  shared halves), ``channels_last_only``.
+
+It prints, per preset and variant, the share of equal label pixels on every frame, the worst
+frame, the largest probability difference and the seconds of each run, with the CPU's flags.
+``tests/test_fast_inference.py`` uses :func:`calibrated_model` and :func:`entering_video`.
+
+    python benchmarks/fast_agreement.py                                  # all presets, 240x320
+    python benchmarks/fast_agreement.py --presets cutie-small --logit-std 0   # uncalibrated
+
+``run(...) -> dict`` returns the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from twoshot.config import PRESETS, InferenceConfig, load_config
+from twoshot.data.fixtures import random_video
+from twoshot.inference import PropagationEngine
+from twoshot.model import build_model
+from twoshot.model.interface import VOSModel
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "fast": {},
+    "channels_last": {"channels_last": True},
+    "bf16": {"amp": True, "amp_dtype": "bfloat16"},
+    "fold_only": {"channels_last": False},
+    "shared_only": {"channels_last": False},
+    "channels_last_only": {"channels_last": True},
+}
+INGREDIENTS = ("fold_only", "shared_only", "channels_last_only")
+
+
+def ingredient_engine(model: VOSModel, config: InferenceConfig, ingredient: str) -> PropagationEngine:
+    """An engine running STCN's exact network with one ingredient of its fast copy only."""
+    from twoshot.model.fast_inference import SharedInputResBlock, fold_batch_norms, with_modules
+    from twoshot.model.network import STCN
+    from twoshot.model.stcn_propagator import STCNPropagator
+
+    engine = PropagationEngine(model, config)  # its layout: channels-last for channels_last_only
+    network = engine.model
+    assert isinstance(network, STCN)
+    if ingredient == "fold_only":
+        network = with_modules(
+            network,
+            key_encoder=fold_batch_norms(network.key_encoder),
+            value_encoder=fold_batch_norms(network.value_encoder),
+        )
+    elif ingredient == "shared_only":
+        value_encoder = copy.deepcopy(network.value_encoder)  # its fuser block is replaced below
+        block = value_encoder.fuser.block1
+        value_channels = block.conv1.in_channels - network.key_encoder.channels[2]
+        value_encoder.fuser.block1 = SharedInputResBlock(block, value_channels)
+        compress = SharedInputResBlock(network.decoder.compress, network.config.value_dim)
+        network = with_modules(
+            network, value_encoder=value_encoder, decoder=with_modules(network.decoder, compress=compress)
+        )
+    engine.propagator = STCNPropagator(network.eval(), config)
+    return engine
+
+
+def seeded_weights(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Fill every parameter and BatchNorm statistic from a generator (independent of the
+    modules' initialisation code): weights normal / sqrt(fan-in), BatchNorm scales near 1,
+    variances in [1, 1.5], other vectors 0.1 * normal; eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point() or name.endswith("inv_freq"):
+                continue
+            noise = torch.randn(tensor.shape, generator=generator)
+            if name.endswith("running_var"):
+                tensor.copy_(1 + 0.5 * torch.rand(tensor.shape, generator=generator))
+            elif tensor.dim() > 1:
+                tensor.copy_(noise / math.sqrt(tensor[0].numel()))
+            elif (".bn" in name or "norm" in name) and name.endswith("weight"):
+                tensor.copy_(1 + 0.1 * noise)
+            else:
+                tensor.copy_(0.1 * noise)
+    return model.eval()
+
+
+def final_conv(model: torch.nn.Module) -> torch.nn.Conv2d:
+    """The convolution giving each object's logit (STCN's decoder.pred, Cutie's mask_decoder.pred)."""
+    decoder = model.mask_decoder if hasattr(model, "mask_decoder") else model.decoder
+    assert isinstance(decoder.pred, torch.nn.Conv2d)
+    return decoder.pred
+
+
+def entering_video(
+    size: tuple[int, int], frames: int, enter: int, seed: int = 0
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """(frames uint8 [T, H, W, 3], annotations {frame: uint8 [H, W]}): objects 1 and 2
+    annotated on frame 0, object 3 entering and annotated alone on frame ``enter``."""
+    video, labels = random_video(frames, size, object_ids=(1, 2, 3), first_frames={3: enter}, seed=seed)
+    first = np.where(labels[0] == 3, 0, labels[0]).astype(np.uint8)
+    later = np.where(labels[enter] == 3, 3, 0).astype(np.uint8)
+    return video, {0: first, enter: later}
+
+
+def calibrated_model(
+    preset: str, config: InferenceConfig, video: np.ndarray, first: np.ndarray, logit_std: float, seed: int
+) -> VOSModel:
+    """``preset``'s network with :func:`seeded_weights`, its final convolution (weights and
+    bias) scaled so that the logits it gives on frame 1, segmented by the exact path from
+    ``first`` (frame 0's masks), have standard deviation ``logit_std`` (0: left unscaled)."""
+    model = build_model(load_config(preset).model)
+    seeded_weights(model, seed)
+    if logit_std <= 0:
+        return model
+    conv = final_conv(model)
+    spread: list[float] = []
+    hook = conv.register_forward_hook(lambda module, inputs, out: spread.append(float(out.std())))
+    PropagationEngine(model, dataclasses.replace(config, exact=True)).propagate(video[:2], {0: first})
+    hook.remove()
+    with torch.no_grad():
+        conv.weight.mul_(logit_std / spread[0])
+        assert conv.bias is not None
+        conv.bias.mul_(logit_std / spread[0])
+    return model
+
+
+def run(
+    presets: Sequence[str] = PRESETS,
+    size: tuple[int, int] = (240, 320),
+    frames: int = 10,
+    enter: int = 3,
+    logit_std: float = 1.0,
+    variants: Sequence[str] = ("fast", "channels_last", "bf16"),
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The figures: {"machine": ..., "settings": ..., "results": {preset: {variant: {...}}}}
+    with per-frame agreement, its minimum and mean, the largest probability difference, the
+    share of uncertain pixels (top probability below 0.9) on the exact path, and seconds."""
+    from common import machine_info  # here: tests import this script without benchmarks/ on the path
+
+    video, masks = entering_video(size, frames, enter, seed)
+    results: dict[str, Any] = {}
+    for preset in presets:
+        config = dataclasses.replace(load_config(preset).inference, size=-1, device="cpu")
+        torch.manual_seed(seed)
+        model = calibrated_model(preset, config, video, masks[0], logit_std, seed)
+        start = time.perf_counter()
+        exact = PropagationEngine(model, dataclasses.replace(config, exact=True)).propagate(
+            video, masks, probabilities=True
+        )
+        exact_s = time.perf_counter() - start
+        assert exact.probabilities is not None
+        uncertain = (exact.probabilities.max(axis=1) < 0.9).mean(axis=(1, 2))
+        row: dict[str, Any] = {
+            "exact_seconds": round(exact_s, 2),
+            "uncertain_share": [round(float(u), 3) for u in uncertain],
+        }
+        for name in variants:
+            if name in INGREDIENTS and model.kind != "stcn":
+                continue
+            start = time.perf_counter()
+            variant = dataclasses.replace(config, **VARIANTS[name])
+            if name in INGREDIENTS:
+                engine = ingredient_engine(model, variant, name)
+            else:
+                engine = PropagationEngine(model, variant)
+            out = engine.propagate(video, masks, probabilities=True)
+            seconds = time.perf_counter() - start
+            assert out.probabilities is not None
+            agreement = (out.masks == exact.masks).mean(axis=(1, 2))
+            row[name] = {
+                "per_frame": [round(float(a), 5) for a in agreement],
+                "worst": round(float(agreement.min()), 5),
+                "mean": round(float(agreement.mean()), 5),
+                "max_prob_diff": float(np.abs(out.probabilities - exact.probabilities).max()),
+                "seconds": round(seconds, 2),
+            }
+        results[preset] = row
+    return {
+        "machine": machine_info("cpu"),
+        "settings": {
+            "size": list(size),
+            "frames": frames,
+            "enter": enter,
+            "logit_std": logit_std,
+            "seed": seed,
+        },
+        "results": results,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: print a Markdown table and the JSON result."""
+    from common import machine_line
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    parser.add_argument("--size", type=int, nargs=2, default=[240, 320], metavar=("H", "W"))
+    parser.add_argument("--frames", type=int, default=10)
+    parser.add_argument("--enter", type=int, default=3, help="frame where object 3 appears")
+    parser.add_argument(
+        "--logit-std", type=float, default=1.0, help="calibration of the final logits; 0 leaves them"
+    )
+    parser.add_argument(
+        "--variants", nargs="+", default=["fast", "channels_last", "bf16"], choices=list(VARIANTS)
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    report = run(
+        args.presets, tuple(args.size), args.frames, args.enter, args.logit_std, args.variants, args.seed
+    )
+    print(machine_line(report["machine"]))
+    print("| preset | variant | worst frame | mean | per frame | max prob diff | s (exact s) |")
+    print("|---|---|---|---|---|---|---|")
+    for preset, row in report["results"].items():
+        for name in args.variants:
+            if name not in row:
+                continue
+            r = row[name]
+            print(
+                f"| {preset} | {name} | {100 * r['worst']:.3f}% | {100 * r['mean']:.3f}% | "
+                f"{' '.join(f'{100 * a:.2f}' for a in r['per_frame'])} | {r['max_prob_diff']:.1e} | "
+                f"{r['seconds']} ({row['exact_seconds']}) |"
+            )
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""``twoshot export``: write a model's per-frame networks for another runtime."""
+
+from __future__ import annotations
+
+import argparse
+
+from twoshot.config import MODEL_KINDS, PRESETS
+
+HELP = "export a model's per-frame networks (ONNX; STCN only so far)"
+FORMATS: tuple[str, ...] = ("onnx",)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint, --model, --preset, --format, --out, --exact."""
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="STCN weights to export")
+    parser.add_argument(
+        "--model", choices=tuple(MODEL_KINDS), default=None, help="architecture of the weights"
+    )
+    parser.add_argument("--preset", choices=PRESETS, default=None, help="model sizes (default: guessed)")
+    parser.add_argument("--format", choices=FORMATS, default="onnx", help="file format (default onnx)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the exported files")
+    parser.add_argument(
+        "--exact",
+        action="store_true",
+        help="export the network as it is, not the fast inference copy (BatchNorm folded)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export the networks; print the files written."""
+    from twoshot.inference.onnx_runtime import export_onnx
+    from twoshot.inference.predictor import load_for_inference
+
+    model, _ = load_for_inference(args.checkpoint, args.preset, args.model)
+    for path in export_onnx(model, args.out, exact=args.exact):
+        print(path)
+    return 0
