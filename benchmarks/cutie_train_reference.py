@@ -178,7 +178,9 @@ def run_twoshot(config: Config, dataset: GeneratedClips, init: Path, out: Path) 
     def recording_loss(output: Any, batch: ClipBatch, it: int) -> Any:
         result = objective_loss(output, batch, it)
         batches.append(batch)
-        losses.append({"total": float(result.total), **{k: float(v) for k, v in result.terms.items()}})
+        losses.append(
+            {"total": float(result.total.detach()), **{k: float(v) for k, v in result.terms.items()}}
+        )
         return result
 
     model.training_forward = recording_forward  # type: ignore[method-assign]
