@@ -347,7 +347,9 @@ def import_training(path: Path, config: Config) -> dict[str, Any]:
 
         return build
 
-    own = {("basic", (2, 2, 2), 64): resnet.resnet18, ("bottleneck", (3, 4, 6), 64): resnet.resnet50}
+    # The reference's own builders, kept from the first call (a second call re-patches).
+    resnet18, resnet50 = resnet.__dict__.setdefault("_unpatched", (resnet.resnet18, resnet.resnet50))
+    own = {("basic", (2, 2, 2), 64): resnet18, ("bottleneck", (3, 4, 6), 64): resnet50}
     pixel = own.get((m.key_block, tuple(m.key_layers), m.key_width)) or stand_in(
         m.key_block, m.key_layers, m.key_width
     )
