@@ -157,7 +157,8 @@ def test_a_fully_ignored_frame_adds_nothing() -> None:
 
 
 def test_objectives_by_model_kind() -> None:
-    config = cutie_toy_config()
+    # cutie-tiny trains its pixel encoder at the full rate; the reference's 0.1x is set here.
+    config = cutie_toy_config("main.cutie.backbone_lr_ratio=0.1")
     assert isinstance(objective_for("stcn", config.main), STCNObjective)
     objective = objective_for("cutie", config.main)
     assert isinstance(objective, CutieObjective)
@@ -359,3 +360,29 @@ def test_a_cutie_step_on_clips_of_three_objects(tmp_path: Path) -> None:
     assert all(len(row) == 3 for selector, _, _ in mode.seen for row in selector)
     assert mode.seen[1][2]  # some unlabeled pixel got a label from the teacher
     assert not torch.equal(trainer.model.state_dict()["mask_decoder.pred.weight"], start)
+
+
+def test_slots_no_clip_fills_are_not_run() -> None:
+    # A batch whose clips hold at most 2 objects in 3 slots is run on 2 slots, as the
+    # reference does: the outputs equal those of the same clips given 2 slots, and the third
+    # slot comes back with probability 0 (and the aggregation's logit of probability 0).
+    from twoshot.model.cutie.network import EMPTY_SLOT_LOGIT
+
+    torch.manual_seed(0)
+    model = build_model(cutie_toy_config().model).eval()
+    rgb = torch.randn(2, 3, 3, 32, 32)
+    masks = torch.zeros(2, 3, 32, 32)
+    masks[0, 0, 4:12, 4:14] = 1
+    masks[0, 1, 18:28, 10:20] = 1
+    masks[1, 0, 8:20, 8:24] = 1
+    selector = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    with torch.no_grad():
+        torch.manual_seed(1)
+        logits, probs, aux = model.training_forward(rgb, masks, selector)
+        torch.manual_seed(1)
+        logits2, probs2, aux2 = model.training_forward(rgb, masks[:, :2], selector[:, :2])
+    assert logits.shape == (2, 2, 4, 32, 32) and aux["query"].shape[2] == 4
+    assert torch.equal(logits[:, :, :3], logits2) and torch.equal(probs[:, :, :3], probs2)
+    assert all(torch.equal(aux[name][:, :, :3], aux2[name]) for name in ("sensory", "query"))
+    assert bool((probs[:, :, 3] == 0).all()) and bool((logits[:, :, 3] == EMPTY_SLOT_LOGIT).all())
+    assert bool((aux["sensory"][:, :, 3] == EMPTY_SLOT_LOGIT).all())

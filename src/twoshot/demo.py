@@ -66,16 +66,19 @@ QUICK = DemoScale(
 
 
 # Cutie-tiny's training step (forward, point loss, backward) took 1.5-2.0x STCN-tiny's on the
-# development machine (docs/performance.md): 200 iterations per video stage (350 for STCN) and
-# a shorter static stage aim at STCN's 10 minutes. The whole Cutie demo took 7 min 37 s on the
-# idle machine (12 min 10 s with one thread while it was shared, load ~7; docs/results.md).
+# development machine (docs/performance.md): 200 iterations per video stage (350 for STCN) aim
+# at STCN's 10 minutes. The whole Cutie demo took 7 min 37 s on the idle machine with 150
+# static iterations. Pretraining decides whether Cutie-tiny learns to propagate: the phase-1
+# model's bank scored 51.1 J&F after 300 static iterations and 57.1 after 500 (copying the
+# nearest labeled mask: 43.4), for about 2 min more (docs/results.md, "Why Cutie-tiny learned
+# no propagation").
 CUTIE_FULL = DemoScale(
     videos=40,
     val_videos=20,
     frames=24,
     size=96,
     static_images=200,
-    static_iterations=150,
+    static_iterations=500,
     iterations=200,
     end_warm=60,
     phase2_start_update=100,

@@ -14,6 +14,7 @@ Shapes: B batch, K objects, (H, W) padded input size (multiples of 16), (h, w) =
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,9 @@ from twoshot.model.cutie.memory_read import readout, similarity, softmax_full
 from twoshot.model.cutie.transformer import ObjectSummarizer, QueryTransformer
 from twoshot.model.interface import Propagator, VOSModel, Wrap, no_wrap
 from twoshot.model.preprocess import pad_divide_by, unpad
+
+# The aggregated logit of an object with probability 0 (the aggregation clamps to 1e-7).
+EMPTY_SLOT_LOGIT = math.log(1e-7 / (1 - 1e-7))
 
 # Training constants of the reference's main stage (train_config.yaml).
 NUM_REF_FRAMES = 3  # memory frames a training frame reads (the most recent ones until then random)
@@ -268,6 +272,29 @@ class Cutie(VOSModel):
     def _clip(
         self, rgb: torch.Tensor, first_masks: torch.Tensor, selector: torch.Tensor, with_aux: bool
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`_clip_slots` over as many object slots as the batch's fullest clip fills.
+
+        As the reference (its training wrapper cuts the batch's slots to the largest object
+        count), a slot no clip uses is not run: it would hold the aggregation's clamped
+        probability 1e-7 and take that share of every pixel's softmax mass, in the masks the
+        next frames read too. Its channels come back as logit ``EMPTY_SLOT_LOGIT`` and
+        probability 0 (present slots come first in a batch, :class:`~twoshot.data.batch.ClipBatch`).
+        """
+        slots = selector.shape[1]
+        used = max(1, int(selector.sum(dim=1).max()))
+        if used >= slots:
+            return self._clip_slots(rgb, first_masks, selector, with_aux)
+        logits, probs, aux = self._clip_slots(rgb, first_masks[:, :used], selector[:, :used], with_aux)
+        missing = slots - used
+        return (
+            _pad_channels(logits, missing, EMPTY_SLOT_LOGIT),
+            _pad_channels(probs, missing, 0.0),
+            {name: _pad_channels(value, missing, EMPTY_SLOT_LOGIT) for name, value in aux.items()},
+        )
+
+    def _clip_slots(
+        self, rgb: torch.Tensor, first_masks: torch.Tensor, selector: torch.Tensor, with_aux: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Segment frames 1..T-1 of each training clip from frame 0's masks, as Cutie trains.
 
         Frame 0's masks are encoded; each later frame reads (full softmax) the memory of at
@@ -355,3 +382,9 @@ class Cutie(VOSModel):
         if with_aux:
             aux = {"sensory": torch.stack(sensory_aux, dim=1), "query": torch.stack(query_aux, dim=1)}
         return logits_out, probs_out, aux
+
+
+def _pad_channels(values: torch.Tensor, count: int, fill: float) -> torch.Tensor:
+    """``values`` [B, T, C, ...] with ``count`` channels of ``fill`` appended along dim 2."""
+    extra = values.new_full((*values.shape[:2], count, *values.shape[3:]), fill)
+    return torch.cat([values, extra], dim=2)
