@@ -12,11 +12,11 @@ import torch
 from twoshot.config import InferenceConfig, load_config
 from twoshot.data.fixtures import make_generic
 from twoshot.errors import UserError
-from twoshot.inference.engine import check_inference_settings
+from twoshot.config_checks import check_inference_settings
 from twoshot.model import STCN, build_model, save_weights
 from twoshot.model.fast_inference import SharedInputResBlock, fold_batch_norms
-from twoshot.model.modules import ResBlock
 from twoshot.model.resnet import ResNetTrunk
+from twoshot.model.stcn.modules import ResBlock
 
 
 def _with_running_stats(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

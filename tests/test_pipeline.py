@@ -28,10 +28,12 @@ def _config(data: Path, out: Path, baselines: list[str]) -> Config:
         "tiny",
         overrides=[
             "static.iterations=6",
+            "static.lr_steps=[]",
             "static.batch_size=2",
             "static.num_workers=0",
             "static.crop_size=48",
             "main.iterations=8",
+            "main.lr_steps=[]",
             "main.batch_size=2",
             "main.num_workers=0",
             "main.crop_size=48",

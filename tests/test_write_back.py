@@ -366,6 +366,7 @@ def bank_run(tmp_path: Path) -> tuple[list[VideoSequence], Path]:
 def _train_phase2(videos: list[VideoSequence], bank: Path, out: Path, write_back: bool) -> None:
     config = toy_config(
         "main.iterations=3",
+        "main.lr_steps=[]",
         "main.save_every=3",
         "main.log_every=1",
         "twoshot.phase2_start_update=0",

@@ -41,35 +41,16 @@ import numpy as np
 import torch
 
 from twoshot.config import InferenceConfig
+from twoshot.config_checks import check_inference_settings
 from twoshot.devices import amp_dtype
 from twoshot.errors import UserError
 from twoshot.inference.geometry import Geometry, labels_from_prob, prepare_masks, to_original
 from twoshot.inference.key_cache import FramesOnDemand, FrameSource, KeyCache
-from twoshot.inference.schedule import MERGES, Run, forward_runs, fused_runs, nearest_runs
+from twoshot.inference.schedule import Run, forward_runs, fused_runs, nearest_runs
 from twoshot.model.aggregate import aggregate
 from twoshot.model.interface import VOSModel, inference_memory_format
 
 MODES: tuple[str, ...] = ("forward", "bidirectional")
-
-
-def check_inference_settings(config: InferenceConfig) -> None:
-    """UserError naming the setting if ``config.merge``, ``flip`` or ``scales`` is unusable
-    (called before any work: by the engine, the bank and ``twoshot infer``)."""
-    if config.merge not in MERGES:
-        raise UserError(f"inference.merge {config.merge!r}: choose one of {', '.join(MERGES)}")
-    if not config.scales:
-        raise UserError("inference.scales is empty: give at least one factor (1.0 = the plain run)")
-    bad = [s for s in config.scales if not s > 0]
-    if bad:
-        raise UserError(f"inference.scales {config.scales}: every factor must be above 0, got {bad}")
-    if len(set(config.scales)) != len(config.scales):
-        raise UserError(f"inference.scales {config.scales}: a factor is repeated")
-    if config.exact and (config.channels_last or config.compile):
-        option = "channels_last" if config.channels_last else "compile"
-        raise UserError(
-            f"inference.exact with inference.{option}: {option} is not bit-identical to the "
-            "reference; drop one of the two"
-        )
 
 
 @dataclass
@@ -206,7 +187,7 @@ class PropagationEngine:
     ) -> None:
         self.config = config or InferenceConfig()
         amp_dtype(self.config.amp_dtype)  # refuse a bad value before any work
-        check_inference_settings(self.config)
+        check_inference_settings(self.config, model.kind)
         if device is None:
             from twoshot.devices import resolve_device
 

@@ -133,10 +133,10 @@ def load_for_inference(
 
 def _preset_inference(model: VOSModel) -> InferenceConfig:
     """The inference section of the preset whose model sizes equal ``model``'s, else defaults."""
-    from twoshot.config import PRESETS
+    from twoshot.config import preset_names, to_dict
 
-    for name in PRESETS:
+    for name in preset_names():
         config = load_config(name)
-        if config.model == model.config:
+        if to_dict(config.model) == to_dict(model.config):  # model sections included
             return config.inference
     return InferenceConfig()

@@ -2,7 +2,7 @@
 
 The two-shot method is model-agnostic: any memory-based VOS model can be its teacher and
 student. The algorithms in :mod:`twoshot.inference` and :mod:`twoshot.train` talk only to
-the names defined here; STCN (:mod:`twoshot.model.network`) and Cutie
+the names defined here; STCN (:mod:`twoshot.model.stcn.network`) and Cutie
 (:mod:`twoshot.model.cutie`) implement them. A model provides
 
 - :meth:`VOSModel.propagator`: its inference operations, bound to inference settings;
