@@ -13,8 +13,8 @@ import torch
 
 from helpers import ToyClips, cutie_toy_config
 from twoshot.config import TwoShotConfig
-from twoshot.model.cutie.spec import CutieTrainSettings
 from twoshot.data.batch import ClipBatch
+from twoshot.model.cutie.spec import CutieTrainSettings
 from twoshot.model.registry import build_model
 from twoshot.train.forward import ClipOutput
 from twoshot.train.modes import SupervisedMode

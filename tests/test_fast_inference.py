@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from twoshot.config import InferenceConfig, load_config
+from twoshot.config_checks import check_inference_settings
 from twoshot.data.fixtures import make_generic
 from twoshot.errors import UserError
-from twoshot.config_checks import check_inference_settings
 from twoshot.model import STCN, build_model, save_weights
 from twoshot.model.fast_inference import SharedInputResBlock, fold_batch_norms
 from twoshot.model.resnet import ResNetTrunk

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import toy_model
 
+import toy_model
 from twoshot.cli import main as cli_main
 from twoshot.config import load_config, to_dict
 from twoshot.data.fixtures import make_davis
