@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 from twoshot.errors import UserError
 
 if TYPE_CHECKING:
-    from twoshot.config import Config, InferenceConfig, ModelConfig, TrainConfig, TwoShotConfig
+    from twoshot.config import (
+        Config,
+        InferenceConfig,
+        ModelConfig,
+        PipelineConfig,
+        TrainConfig,
+        TwoShotConfig,
+    )
 
 MAX_OBJECTS = 254
 """Most objects a clip can hold: label-map ids 1..254 (0 is background, 255 "don't care")."""
@@ -29,6 +36,9 @@ MERGES: tuple[str, ...] = ("nearest", "fused")
 
 AMP_DTYPES: tuple[str, ...] = ("float16", "bfloat16")
 TRAIN_STAGES: tuple[str, ...] = ("static", "main")
+BASELINES: tuple[str, ...] = ("naive", "full")
+"""The baselines ``twoshot pipeline`` can train next to the two-shot models."""
+DATASETS: tuple[str, ...] = ("davis", "youtube", "generic")
 
 
 def check_config(config: Config) -> None:
@@ -39,6 +49,7 @@ def check_config(config: Config) -> None:
         check_train_config(getattr(config, stage), stage, config.model.kind)
     check_twoshot_config(config.twoshot)
     check_inference_settings(config.inference, config.model.kind)
+    check_pipeline_config(config.pipeline, need_data=False)
 
 
 def check_stage(config: Config, stage: str, two_shot: bool = False) -> None:
@@ -189,6 +200,29 @@ def check_twoshot_config(twoshot: TwoShotConfig) -> None:
         (0.0 < twoshot.refine_threshold <= 1.0, "refine_threshold", "must be in (0, 1]"),
     ]
     _refuse(checks, twoshot, "twoshot.")
+
+
+def check_pipeline_config(pipeline: PipelineConfig, need_data: bool = True) -> None:
+    """Raise UserError naming the key if the ``pipeline`` section is out of range (with
+    ``need_data``: also if ``pipeline.data`` is unset, as ``twoshot pipeline`` needs it)."""
+    from twoshot.data.budget import STRATEGIES
+
+    if need_data and not pipeline.data:
+        raise UserError("pipeline.data is not set: the dataset root to train on")
+    unknown = [b for b in pipeline.baselines if b not in BASELINES]
+    if unknown:
+        raise UserError(f"pipeline.baselines: unknown {unknown}; choose from {list(BASELINES)}")
+    checks = [
+        (
+            pipeline.dataset is None or pipeline.dataset in DATASETS,
+            "dataset",
+            f"choose {', '.join(DATASETS)} or null",
+        ),
+        (pipeline.shots >= 1, "shots", "must be at least 1"),
+        (pipeline.budget_strategy in STRATEGIES, "budget_strategy", f"choose one of {', '.join(STRATEGIES)}"),
+        (pipeline.eval_workers >= 1, "eval_workers", "must be at least 1"),
+    ]
+    _refuse(checks, pipeline, "pipeline.")
 
 
 def check_inference_settings(config: InferenceConfig, kind: str | None = None) -> None:

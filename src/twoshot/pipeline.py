@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twoshot.config import Config, config_differences, describe_differences, to_dict
+from twoshot.config_checks import BASELINES, check_config, check_pipeline_config, check_stage
 from twoshot.data.budget import Budget, apply_budget, load_budget, make_budget, save_budget, summarize_budget
 from twoshot.data.layout import VideoSequence
 from twoshot.data.readers import detect_kind, open_dataset
@@ -63,7 +64,6 @@ RUNTIME_KEYS = frozenset(
         "twoshot.rounds",
     }
 )
-BASELINES = ("naive", "full")
 
 
 def naive_title(budget: Budget) -> str:
@@ -269,11 +269,7 @@ class Pipeline:
     def __init__(self, config: Config, log: Callable[[str], None] = print, progress: bool = True) -> None:
         self.config = config
         self.p = config.pipeline
-        if not self.p.data:
-            raise UserError("pipeline.data is not set: the dataset root to train on")
-        unknown = [b for b in self.p.baselines if b not in BASELINES]
-        if unknown:
-            raise UserError(f"pipeline.baselines: unknown {unknown}; choose from {list(BASELINES)}")
+        check_pipeline_config(self.p)
         self.out = Path(self.p.out)
         self.log = log
         self.progress = progress
@@ -283,6 +279,7 @@ class Pipeline:
             json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}
         )
         self._train: list[VideoSequence] | None = None
+        self._made_budget: Budget | None = None  # made by preflight, saved by the budget step
 
     # -- data -------------------------------------------------------------------------------
 
@@ -320,6 +317,8 @@ class Pipeline:
             return path, load_budget(path)
         if self.p.budget:
             budget = load_budget(self.p.budget)
+        elif self._made_budget is not None:
+            budget = self._made_budget
         else:
             budget = make_budget(
                 self.train_sequences,
@@ -555,8 +554,41 @@ class Pipeline:
                 "use another output folder, or delete it to start over"
             )
 
+    def preflight(self) -> None:
+        """UserError naming the key, file or split if any stage would fail on its input: the
+        configuration (with the run's own rules: ``lr_steps`` within each trained stage's
+        ``iterations``, ``twoshot.end_warm`` before ``main.iterations``), the training and
+        validation splits, the budget (it must fit the training videos), the static data and
+        the initial weights. Reads folder listings and the budget only; writes nothing."""
+        check_config(self.config)
+        if self.p.static_data and not self.p.init:
+            check_stage(self.config, "static")
+        check_stage(self.config, "main", two_shot=True)
+        if self.p.init and not Path(self.p.init).is_file():
+            raise UserError(f"pipeline.init: {self.p.init}: weights file not found")
+        if self.p.static_data and not self.p.init and not Path(self.p.static_data).is_dir():
+            raise UserError(f"pipeline.static_data: {self.p.static_data}: folder not found")
+        if not self.train_sequences:
+            raise UserError(
+                f"pipeline.train_split: no videos in split {self.p.train_split!r} of {self.p.data}"
+            )
+        if not self.val_sequences():
+            raise UserError(f"pipeline.val_split: no videos in split {self.p.val_split!r} of {self.p.data}")
+        saved = self.out / "budget.json"
+        if saved.is_file() or self.p.budget:
+            apply_budget(self.train_sequences, load_budget(saved if saved.is_file() else str(self.p.budget)))
+        else:
+            self._made_budget = make_budget(
+                self.train_sequences,
+                shots=self.p.shots,
+                strategy=self.p.budget_strategy,
+                seed=self.p.budget_seed,
+            )
+
     def run(self) -> PipelineReport:
-        """Run every step (skipping complete ones) and write the report. Returns it."""
+        """Check everything (:meth:`preflight`), then run every step (skipping complete ones)
+        and write the report. Returns it."""
+        self.preflight()
         self._check_same_run()
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "config.json", to_dict(self.config))
