@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twoshot.config import Config, config_differences, describe_differences, to_dict
-from twoshot.config_checks import BASELINES, check_config, check_pipeline_config, check_stage
+from twoshot.config_checks import check_config, check_pipeline_config, check_stage
 from twoshot.data.budget import Budget, apply_budget, load_budget, make_budget, save_budget, summarize_budget
 from twoshot.data.layout import VideoSequence
 from twoshot.data.readers import detect_kind, open_dataset
@@ -576,7 +576,12 @@ class Pipeline:
             raise UserError(f"pipeline.val_split: no videos in split {self.p.val_split!r} of {self.p.data}")
         saved = self.out / "budget.json"
         if saved.is_file() or self.p.budget:
-            apply_budget(self.train_sequences, load_budget(saved if saved.is_file() else str(self.p.budget)))
+            source = saved if saved.is_file() else Path(str(self.p.budget))
+            budget = load_budget(source)
+            try:
+                apply_budget(self.train_sequences, budget)
+            except UserError as exc:
+                raise UserError(f"{source}: {exc}") from None
         else:
             self._made_budget = make_budget(
                 self.train_sequences,
