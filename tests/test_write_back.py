@@ -26,7 +26,7 @@ from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import DAVIS_PALETTE, read_mask, write_mask
 from twoshot.data.vos_clips import VOSClipDataset
 from twoshot.errors import UserError
-from twoshot.inference.engine import FrameOutput
+from twoshot.inference.frames import FrameOutput
 from twoshot.pipeline import Pipeline
 from twoshot.train.forward import ClipOutput
 from twoshot.train.phases import Phase2Mode

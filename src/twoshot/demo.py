@@ -18,7 +18,8 @@ import numpy as np
 from twoshot.config import Config, load_config
 from twoshot.errors import UserError
 from twoshot.model.spec import ModelSpec
-from twoshot.pipeline import PipelineReport, run_pipeline
+from twoshot.pipeline import run_pipeline
+from twoshot.report import PipelineReport
 
 
 @dataclass(frozen=True)

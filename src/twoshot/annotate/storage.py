@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from twoshot.data import readers
+from twoshot.data import folders, readers
 from twoshot.data.budget import (
     STRATEGIES,
     Budget,
@@ -132,7 +132,7 @@ class AnnotationStore:
         """The videos of the dataset, each with its annotation folder (which may not exist)."""
         if self.kind == "video":
             mask_dir = self.data.with_name(f"{self.data.stem}_masks")
-            num = readers._count_video_frames(str(self.data), *readers._stat_key(self.data))
+            num = readers.video_frame_count(self.data)
             if num == 0:
                 raise UserError(f"{self.data}: empty video (no frames decoded)")
             width = max(5, len(str(num - 1)))
@@ -158,15 +158,15 @@ class AnnotationStore:
             raise UserError(f"{images}: folder is missing")
         names = sorted(
             (p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith(".")),
-            key=readers.natural_key,
+            key=folders.natural_key,
         )
         if split is not None and self.kind == "davis":
-            names = readers._read_davis_split(self.data, split)
+            names = folders.read_davis_split(self.data, split)
         out = []
         for name in names:
-            frames = readers._list_frames(images / name)
+            frames = folders.list_frames(images / name)
             frame_names = [p.stem for p in frames]
-            masks = readers._match_masks(annotations / name, frame_names, required=False)
+            masks = folders.match_masks(annotations / name, frame_names, required=False)
             out.append(Video(VideoSequence(name, frames, frame_names, masks), annotations / name))
         return out
 

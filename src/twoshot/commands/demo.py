@@ -8,7 +8,7 @@ from pathlib import Path
 
 from twoshot.commands.common import add_progress_argument
 from twoshot.demo import demo_models, run_demo
-from twoshot.pipeline import format_report
+from twoshot.report import format_report
 
 HELP = "run the whole two-shot method on generated videos (about 10 min on 2 CPU cores)"
 

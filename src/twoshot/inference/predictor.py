@@ -19,7 +19,8 @@ import torch
 
 from twoshot.config import InferenceConfig, load_config
 from twoshot.errors import UserError
-from twoshot.inference.engine import PropagationEngine, PropagationResult
+from twoshot.inference.engine import PropagationEngine
+from twoshot.inference.frames import PropagationResult
 from twoshot.inference.key_cache import FrameSource
 from twoshot.model.interface import VOSModel
 

@@ -31,7 +31,8 @@ from twoshot.data.budget import Budget, apply_budget, load_budget
 from twoshot.data.layout import VideoSequence
 from twoshot.data.readers import load_annotations, load_frames
 from twoshot.errors import UserError
-from twoshot.inference.engine import FrameOutput, Propagation, PropagationEngine
+from twoshot.inference.engine import Propagation, PropagationEngine
+from twoshot.inference.frames import FrameOutput
 from twoshot.model.interface import VOSModel
 
 PathLike = str | os.PathLike[str]
