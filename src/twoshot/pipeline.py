@@ -197,13 +197,13 @@ class Pipeline:
     def bank(self, budget_path: Path, weights: Path, round_: int = 1) -> Path:
         """Step 4: the pseudo-label bank from ``weights`` (phase 1's; in self-training round
         ``round_`` >= 2 the previous round's phase 2's, into ``round-<r>/bank``)."""
+        from twoshot.bank import bank_is_complete
         from twoshot.inference.pseudo_label import build_bank
         from twoshot.model import load_model
 
         bank = self._round_folder(round_) / "bank"
         step = "bank" if round_ == 1 else f"{round_name(round_)} bank"
-        manifest = bank / "manifest.json"
-        if manifest.is_file() and json.loads(manifest.read_text()).get("status") == "complete":
+        if bank_is_complete(bank):
             self.log(f"[{step}] complete, skipped ({bank})")
             return bank
 
