@@ -54,8 +54,8 @@ def check_config(config: Config) -> None:
 
 def check_stage(config: Config, stage: str, two_shot: bool = False) -> None:
     """Raise UserError naming the key if training ``stage`` (``static`` | ``main``) cannot run
-    as configured: a learning-rate step outside 1..iterations, or (``two_shot``: phase 1 or
-    2) ``twoshot.end_warm`` not before ``main.iterations``."""
+    as configured: a learning-rate step outside 1..iterations, or (``two_shot``: phase 1,
+    whose warm-up must end) ``twoshot.end_warm`` not before ``main.iterations``."""
     cfg: TrainConfig = getattr(config, stage)
     late = [step for step in cfg.lr_steps if not 1 <= step <= cfg.iterations]
     if late:
