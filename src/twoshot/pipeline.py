@@ -30,7 +30,7 @@ from twoshot.config import Config, config_differences, describe_differences, to_
 from twoshot.config_checks import check_config, check_pipeline_config, check_stage
 from twoshot.data.budget import Budget, apply_budget, load_budget, make_budget, save_budget, summarize_budget
 from twoshot.data.layout import VideoSequence
-from twoshot.data.readers import detect_kind, open_dataset
+from twoshot.data.readers import detect_layout, open_dataset
 from twoshot.devices import resolve_device
 from twoshot.errors import UserError
 from twoshot.fsutil import write_json
@@ -74,7 +74,7 @@ class Pipeline:
         self.out = Path(self.p.out)
         self.log = log
         self.progress = progress
-        self.kind = self.p.dataset or detect_kind(self.p.data, self.p.train_split)
+        self.layout = self.p.dataset or detect_layout(self.p.data, self.p.train_split)
         self.timings_path = self.out / "timings.json"
         self.timings: dict[str, float] = (
             json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}
@@ -88,16 +88,16 @@ class Pipeline:
     def train_sequences(self) -> list[VideoSequence]:
         """The training videos, every annotation PNG listed (opened only where budgeted)."""
         if self._train is None:
-            self._train = open_dataset(self.kind, self.p.data, self.p.train_split)
+            self._train = open_dataset(self.layout, self.p.data, self.p.train_split)
         return self._train
 
     def val_sequences(self) -> list[VideoSequence]:
         """The validation videos."""
-        return open_dataset(self.kind, self.p.data, self.p.val_split)
+        return open_dataset(self.layout, self.p.data, self.p.val_split)
 
     def has_full_annotations(self) -> bool:
         """Whether every training frame has an annotation (full supervision possible)."""
-        stride = 5 if self.kind == "youtube" else 1
+        stride = 5 if self.layout == "youtube" else 1
         return all(len(s.mask_paths) >= -(-s.num_frames // stride) for s in self.train_sequences)
 
     # -- steps ------------------------------------------------------------------------------
@@ -190,7 +190,7 @@ class Pipeline:
         return self._train_step(
             "phase1",
             "main",
-            lambda: _parts(phase1_recipe(self.config, self.budgeted(budget), self.kind)),
+            lambda: _parts(phase1_recipe(self.config, self.budgeted(budget), self.layout)),
             init,
         )
 
@@ -248,7 +248,10 @@ class Pipeline:
         from twoshot.train.recipes import naive_recipe
 
         return self._train_step(
-            "naive", "main", lambda: _parts(naive_recipe(self.config, self.budgeted(budget), self.kind)), init
+            "naive",
+            "main",
+            lambda: _parts(naive_recipe(self.config, self.budgeted(budget), self.layout)),
+            init,
         )
 
     def full(self, init: Path | None) -> Path:
@@ -256,7 +259,7 @@ class Pipeline:
         from twoshot.train.recipes import full_recipe
 
         return self._train_step(
-            "full", "main", lambda: _parts(full_recipe(self.config, self.train_sequences, self.kind)), init
+            "full", "main", lambda: _parts(full_recipe(self.config, self.train_sequences, self.layout)), init
         )
 
     def predict(self, name: str, weights: Path) -> Path:
@@ -304,9 +307,9 @@ class Pipeline:
     def _annotation_root(self, split: str) -> Path:
         """The folder of per-video ground-truth folders for ``split``."""
         root = Path(self.p.data)
-        if self.kind == "davis":
+        if self.layout == "davis":
             return root / "Annotations" / "480p"
-        if self.kind == "youtube":
+        if self.layout == "youtube":
             return root / split / "Annotations"
         return root / "Annotations"
 

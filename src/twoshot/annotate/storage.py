@@ -102,7 +102,7 @@ class AnnotationStore:
         self.data = Path(data)
         if not self.data.exists():
             raise UserError(f"{self.data}: no such file or folder")
-        self.kind = kind or readers.detect_kind(self.data, split or "train")
+        self.kind = kind or readers.detect_layout(self.data, split or "train")
         if self.kind == "youtube" and split is None and not (self.data / "meta.json").is_file():
             split = "train"  # a YouTube-VOS root: its training videos are the ones to label
         # Every path served or written must resolve inside this folder.

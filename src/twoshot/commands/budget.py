@@ -13,7 +13,7 @@ from twoshot.data.budget import (
     summarize_budget,
 )
 from twoshot.data.layout import VideoSequence
-from twoshot.data.readers import detect_kind, open_dataset
+from twoshot.data.readers import detect_layout, open_dataset
 from twoshot.errors import UserError
 
 HELP = "choose K labeled frames per video (a label budget) and write them as JSON"
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             f"--checkpoint is used only by --strategy {' or '.join(MODEL_STRATEGIES)}, not {args.strategy}"
         )
     split = args.split
-    kind = args.dataset or detect_kind(args.data, split or "train")
+    kind = args.dataset or detect_layout(args.data, split or "train")
     if split is None and kind in ("davis", "youtube"):
         split = "train"
     sequences = open_dataset(kind, args.data, split, resolution=args.resolution)

@@ -177,12 +177,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Segment every video and write the masks. Returns 0."""
-    from twoshot.data.readers import detect_kind, open_dataset
+    from twoshot.data.readers import detect_layout, open_dataset
     from twoshot.inference.engine import PropagationEngine
     from twoshot.inference.predict import predict_sequences
 
     # YouTube-VOS roots hold split folders: look for valid/meta.json when no split is given.
-    kind = args.dataset or detect_kind(args.data, args.split or "valid")
+    kind = args.dataset or detect_layout(args.data, args.split or "valid")
     split = args.split
     if split is None and kind == "davis":
         split = "val"

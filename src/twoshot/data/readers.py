@@ -8,8 +8,8 @@ unlabeled frame (DESIGN.md section 2). Problems a user can fix raise
 
 Entry points:
 
-- :func:`open_dataset` (``kind`` in ``davis``, ``youtube``, ``generic``, ``video``), or
-  :func:`detect_kind` to guess the kind of a folder;
+- :func:`open_dataset` (``layout`` in ``davis``, ``youtube``, ``generic``, ``video``), or
+  :func:`detect_layout` to guess the layout of a folder;
 - :func:`load_frames` -> uint8 ``[T, H, W, 3]`` (PyAV for video files);
 - :func:`load_annotations` -> ``({frame_index: uint8 [H, W]}, palette)``;
 - :func:`reference_annotations`: the masks semi-supervised inference is given (each object on
@@ -34,7 +34,7 @@ from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import read_frame, read_mask
 from twoshot.errors import UserError
 
-KINDS: tuple[str, ...] = ("davis", "youtube", "generic", "video")
+LAYOUTS: tuple[str, ...] = ("davis", "youtube", "generic", "video")
 VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
 PathLike = str | os.PathLike[str]
@@ -46,7 +46,7 @@ MaskSource = Mapping[int, PathLike] | PathLike
 
 
 def open_dataset(
-    kind: str,
+    layout: str,
     root: PathLike,
     split: str | None = None,
     *,
@@ -56,7 +56,7 @@ def open_dataset(
 ) -> list[VideoSequence]:
     """Read a dataset layout into VideoSequences (sorted by name for folder layouts).
 
-    kind: ``davis`` | ``youtube`` | ``generic`` | ``video``.
+    layout: ``davis`` | ``youtube`` | ``generic`` | ``video``.
     root: dataset root folder (for ``video``: the video file).
     split: DAVIS: ``train`` / ``val`` / any ``ImageSets/2017/<split>.txt``, or a path to such a
         list (None = every video folder); YouTube-VOS: ``train`` / ``valid`` / ... sub-folder
@@ -67,16 +67,16 @@ def open_dataset(
     Raises UserError for a missing folder/split file/video, an empty video, or an annotation
     PNG without a frame. No annotation PNG is opened.
     """
-    if kind not in KINDS:
-        raise UserError(f"unknown dataset kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown dataset layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     root = Path(root)
     if not root.exists():
-        raise UserError(f"{root}: no such {'file' if kind == 'video' else 'folder'}")
-    if kind == "davis":
+        raise UserError(f"{root}: no such {'file' if layout == 'video' else 'folder'}")
+    if layout == "davis":
         sequences = open_davis(root, split, resolution)
-    elif kind == "youtube":
+    elif layout == "youtube":
         sequences = open_youtube(root, split)
-    elif kind == "generic":
+    elif layout == "generic":
         sequences = open_generic(root, split)
     else:
         if masks is None:
@@ -94,7 +94,7 @@ def open_dataset(
     return sequences
 
 
-def detect_kind(root: PathLike, split: str | None = None) -> str:
+def detect_layout(root: PathLike, split: str | None = None) -> str:
     """Guess the layout of ``root``: ``video`` (a file), ``davis``, ``youtube`` or ``generic``.
 
     DAVIS has ``JPEGImages/480p`` (or ``Full-Resolution``); YouTube-VOS has ``meta.json`` in
@@ -111,7 +111,7 @@ def detect_kind(root: PathLike, split: str | None = None) -> str:
         return "generic"
     raise UserError(
         f"{root}: not a DAVIS, YouTube-VOS or generic dataset folder (no "
-        "JPEGImages/480p, meta.json or JPEGImages found); pass the kind explicitly"
+        "JPEGImages/480p, meta.json or JPEGImages found); pass the layout explicitly (--dataset)"
     )
 
 

@@ -137,7 +137,7 @@ def build_recipe(
     required). ``main`` is accepted for ``full``. Raises UserError naming the file for a
     missing or mismatched budget or bank, before anything is written.
     """
-    from twoshot.data.readers import detect_kind, open_dataset
+    from twoshot.data.readers import detect_layout, open_dataset
 
     name, stage = stage, ALIASES.get(stage, stage)
     if stage not in RECIPES:
@@ -163,7 +163,7 @@ def build_recipe(
         raise UserError(f"--bank is only for --stage phase2, not {stage}")
     if stage == "full" and budget is not None:
         raise UserError(f"--budget does not fit --stage {name} (it trains on every annotated frame)")
-    kind = kind or detect_kind(data, split)
+    kind = kind or detect_layout(data, split)
     sequences = open_dataset(kind, data, split)
     if stage == "full":
         return full_recipe(config, sequences, kind)
