@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from twoshot.config import Config, config_differences, describe_differences, to_dict
 from twoshot.config_checks import check_config, check_pipeline_config, check_stage
 from twoshot.data.budget import Budget, apply_budget, load_budget, make_budget, save_budget, summarize_budget
+from twoshot.data.folders import DATASET_LAYOUTS
 from twoshot.data.layout import VideoSequence
 from twoshot.data.readers import detect_layout, open_dataset
 from twoshot.devices import resolve_device
@@ -97,7 +98,7 @@ class Pipeline:
 
     def has_full_annotations(self) -> bool:
         """Whether every training frame has an annotation (full supervision possible)."""
-        stride = 5 if self.layout == "youtube" else 1
+        stride = DATASET_LAYOUTS[self.layout].annotation_stride
         return all(len(s.mask_paths) >= -(-s.num_frames // stride) for s in self.train_sequences)
 
     # -- steps ------------------------------------------------------------------------------
@@ -306,12 +307,7 @@ class Pipeline:
 
     def _annotation_root(self, split: str) -> Path:
         """The folder of per-video ground-truth folders for ``split``."""
-        root = Path(self.p.data)
-        if self.layout == "davis":
-            return root / "Annotations" / "480p"
-        if self.layout == "youtube":
-            return root / split / "Annotations"
-        return root / "Annotations"
+        return DATASET_LAYOUTS[self.layout].annotation_root(self.p.data, split)
 
     def evaluate_bank(self, bank: Path, round_: int = 1) -> float | None:
         """J&F of round ``round_``'s pseudo-label bank against full training annotations, if

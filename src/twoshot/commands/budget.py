@@ -12,6 +12,7 @@ from twoshot.data.budget import (
     save_budget,
     summarize_budget,
 )
+from twoshot.data.folders import DATASET_LAYOUTS
 from twoshot.data.layout import VideoSequence
 from twoshot.data.readers import detect_layout, open_dataset
 from twoshot.errors import UserError
@@ -73,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
         )
     split = args.split
     kind = args.dataset or detect_layout(args.data, split or "train")
-    if split is None and kind in ("davis", "youtube"):
-        split = "train"
+    if split is None:
+        split = DATASET_LAYOUTS[kind].default_split(args.data, True)
     sequences = open_dataset(kind, args.data, split, resolution=args.resolution)
     if model_based:
         budget = _model_budget(sequences, args)

@@ -177,17 +177,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Segment every video and write the masks. Returns 0."""
+    from twoshot.data.folders import DATASET_LAYOUTS
     from twoshot.data.readers import detect_layout, open_dataset
     from twoshot.inference.engine import PropagationEngine
     from twoshot.inference.predict import predict_sequences
 
     # YouTube-VOS roots hold split folders: look for valid/meta.json when no split is given.
     kind = args.dataset or detect_layout(args.data, args.split or "valid")
-    split = args.split
-    if split is None and kind == "davis":
-        split = "val"
-    elif split is None and kind == "youtube" and (Path(args.data) / "valid" / "meta.json").is_file():
-        split = "valid"
+    split = args.split if args.split is not None else DATASET_LAYOUTS[kind].default_split(args.data, False)
     masks = args.masks
     if kind == "video" and masks is None:
         masks = str(Path(args.data).with_name(f"{Path(args.data).stem}_masks"))

@@ -11,6 +11,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from twoshot.data.layout import VideoSequence
@@ -22,6 +23,48 @@ FRAME_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 
 # --------------------------------------------------------------------------------------------
 # Shared listing helpers
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """The rules of one on-disk dataset layout that commands, recipes and the pipeline need
+    beyond opening it (:func:`twoshot.data.readers.open_dataset`).
+
+    name: ``davis`` | ``youtube`` | ``generic`` | ``video``; annotation_stride: every how
+    many frames a training video is annotated (YouTube-VOS: 5); train_split / eval_split:
+    the splits commands default to (None: the root itself); split_folders: splits are
+    sub-folders holding ``meta.json`` (YouTube-VOS), so a default split is taken only where
+    that folder exists.
+    """
+
+    name: str
+    annotation_stride: int = 1
+    train_split: str | None = None
+    eval_split: str | None = None
+    split_folders: bool = False
+
+    def default_split(self, root: str | Path, training: bool) -> str | None:
+        """The split a command reads from ``root`` when none is given."""
+        split = self.train_split if training else self.eval_split
+        if split is not None and self.split_folders and not (Path(root) / split / "meta.json").is_file():
+            return None
+        return split
+
+    def annotation_root(self, root: str | Path, split: str | None) -> Path:
+        """The folder of per-video annotation folders of ``split`` under ``root``."""
+        base = Path(root) / split if self.split_folders and split else Path(root)
+        return base / "Annotations" / "480p" if self.name == "davis" else base / "Annotations"
+
+
+DATASET_LAYOUTS: dict[str, DatasetLayout] = {
+    "davis": DatasetLayout("davis", train_split="train", eval_split="val"),
+    "youtube": DatasetLayout(
+        "youtube", annotation_stride=5, train_split="train", eval_split="valid", split_folders=True
+    ),
+    "generic": DatasetLayout("generic"),
+    "video": DatasetLayout("video"),
+}
+"""Every layout :func:`twoshot.data.readers.open_dataset` reads, by name."""
 
 
 def natural_key(name: str) -> list[int | str]:

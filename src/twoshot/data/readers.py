@@ -29,12 +29,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from twoshot.data.folders import DAVIS_RESOLUTIONS, list_files, open_davis, open_generic, open_youtube
+from twoshot.data.folders import (
+    DATASET_LAYOUTS,
+    DAVIS_RESOLUTIONS,
+    list_files,
+    open_davis,
+    open_generic,
+    open_youtube,
+)
 from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import read_frame, read_mask
 from twoshot.errors import UserError
 
-LAYOUTS: tuple[str, ...] = ("davis", "youtube", "generic", "video")
+LAYOUTS: tuple[str, ...] = tuple(DATASET_LAYOUTS)
 VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
 PathLike = str | os.PathLike[str]

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from twoshot.config import Config
 from twoshot.data.budget import Budget, apply_budget, load_budget
+from twoshot.data.folders import DATASET_LAYOUTS
 from twoshot.data.layout import VideoSequence
 from twoshot.errors import UserError
 from twoshot.train.modes import TrainingMode
@@ -51,7 +52,7 @@ def clip_options(config: Config, kind: str) -> dict[str, Any]:
     return {
         "max_skip": cfg.max_skip_values[0],
         "seed": cfg.seed,
-        "annotation_stride": 5 if kind == "youtube" else 1,
+        "annotation_stride": DATASET_LAYOUTS[kind].annotation_stride,
         "num_frames": cfg.num_frames,  # modes full and bank only (Cutie's 8-frame clips)
         "num_objects": cfg.num_objects,
     }
