@@ -34,6 +34,11 @@ def _plugin_getattr(self: Any, name: str) -> Any:
     raise AttributeError(f"{type(self).__name__!r} has no attribute or model section {name!r}")
 
 
+def _plugin_eq(self: Any, other: object) -> bool:
+    # ``__eq__`` of the same sections: their fields and their model-plugin sections.
+    return type(other) is type(self) and to_dict(self) == to_dict(other)
+
+
 @dataclass
 class ModelConfig:
     """Network architecture and sizes. The defaults are the published STCN (``stcn`` preset).
@@ -61,6 +66,7 @@ class ModelConfig:
 
     if not TYPE_CHECKING:  # hidden from type checking, which keeps refusing unknown attributes
         __getattr__ = _plugin_getattr
+        __eq__ = _plugin_eq
 
 
 @dataclass
@@ -98,6 +104,7 @@ class TrainConfig:
 
     if not TYPE_CHECKING:
         __getattr__ = _plugin_getattr
+        __eq__ = _plugin_eq
 
 
 @dataclass

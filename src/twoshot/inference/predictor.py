@@ -134,10 +134,10 @@ def load_for_inference(
 
 def _preset_inference(model: VOSModel) -> InferenceConfig:
     """The inference section of the preset whose model sizes equal ``model``'s, else defaults."""
-    from twoshot.config import preset_names, to_dict
+    from twoshot.config import preset_names
 
     for name in preset_names():
         config = load_config(name)
-        if to_dict(config.model) == to_dict(model.config):  # model sections included
+        if config.model == model.config:  # model sections (model.cutie ...) included
             return config.inference
     return InferenceConfig()
