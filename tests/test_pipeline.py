@@ -284,7 +284,7 @@ def test_naive_title_names_the_shots_only_when_every_video_has_as_many() -> None
 
 
 def test_paired_standard_error_by_hand() -> None:
-    from twoshot.evaluate.statistics import paired_standard_error
+    from twoshot.evaluate.standard_errors import paired_standard_error
 
     naive = {"a_1": 0.4, "a_2": 0.5, "b_1": 0.6, "only_naive_1": 0.9}
     full = {"a_1": 0.5, "a_2": 0.5, "b_1": 0.8}

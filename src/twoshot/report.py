@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from twoshot.data.budget import Budget
-from twoshot.evaluate.statistics import paired_standard_error, standard_error
+from twoshot.evaluate.standard_errors import paired_standard_error, standard_error
 from twoshot.fsutil import atomic_open, write_json
 
 
