@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from twoshot.config import PRESETS, InferenceConfig, load_config
+from twoshot.config import InferenceConfig, load_config, preset_names
 from twoshot.data.fixtures import random_video
 from twoshot.inference import PropagationEngine
 from twoshot.model import build_model
@@ -61,8 +61,8 @@ INGREDIENTS = ("fold_only", "shared_only", "channels_last_only")
 def ingredient_engine(model: VOSModel, config: InferenceConfig, ingredient: str) -> PropagationEngine:
     """An engine running STCN's exact network with one ingredient of its fast copy only."""
     from twoshot.model.fast_inference import SharedInputResBlock, fold_batch_norms, with_modules
-    from twoshot.model.network import STCN
-    from twoshot.model.stcn_propagator import STCNPropagator
+    from twoshot.model.stcn.network import STCN
+    from twoshot.model.stcn.propagator import STCNPropagator
 
     engine = PropagationEngine(model, config)  # its layout: channels-last for channels_last_only
     network = engine.model
@@ -148,7 +148,7 @@ def calibrated_model(
 
 
 def run(
-    presets: Sequence[str] = PRESETS,
+    presets: Sequence[str] | None = None,
     size: tuple[int, int] = (240, 320),
     frames: int = 10,
     enter: int = 3,
@@ -163,7 +163,7 @@ def run(
 
     video, masks = entering_video(size, frames, enter, seed)
     results: dict[str, Any] = {}
-    for preset in presets:
+    for preset in preset_names() if presets is None else presets:
         config = dataclasses.replace(load_config(preset).inference, size=-1, device="cpu")
         torch.manual_seed(seed)
         model = calibrated_model(preset, config, video, masks[0], logit_std, seed)
@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from common import machine_line
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    parser.add_argument("--presets", nargs="+", default=list(preset_names()), choices=preset_names())
     parser.add_argument("--size", type=int, nargs=2, default=[240, 320], metavar=("H", "W"))
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--enter", type=int, default=3, help="frame where object 3 appears")

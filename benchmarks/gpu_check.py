@@ -650,7 +650,8 @@ def section_twoshot(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     full baselines) at the scale of :func:`twoshot_scale`."""
     from twoshot.data.synth import generate_or_reuse
     from twoshot.demo import demo_config
-    from twoshot.pipeline import format_report, run_pipeline
+    from twoshot.pipeline import run_pipeline
+    from twoshot.report import format_report
 
     name, scale, workers = twoshot_scale(ctx.cuda, ctx.quick)
     folder = ctx.work / f"twoshot-{name}"

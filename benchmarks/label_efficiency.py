@@ -18,7 +18,7 @@ for the tiny model at 4 000 iterations, docs/results.md). ``--repeats R`` trains
 R times with training seeds ``main.seed + r`` (folders ``NAME``, ``NAME-seed1``, ...; the
 data, the budget and the static pretraining stay the same); the table then gives mean J&F
 and the runs' range, and the gap's standard error includes the seeds' spread
-(:func:`twoshot.pipeline.estimate_gap`).
+(:func:`twoshot.report.estimate_gap`).
 
     python benchmarks/label_efficiency.py --out runs/label-efficiency        # CPU, ~20 min on 2 idle cores
     python benchmarks/label_efficiency.py --scale gpu --device cuda --out ...     # larger, for a GPU
@@ -37,7 +37,8 @@ from twoshot.data.synth import generate_or_reuse
 from twoshot.demo import FULL, DemoScale, demo_config
 from twoshot.errors import UserError
 from twoshot.fsutil import write_json
-from twoshot.pipeline import GapEstimate, PipelineReport, estimate_gap, gap_note, run_pipeline
+from twoshot.pipeline import run_pipeline
+from twoshot.report import GapEstimate, PipelineReport, estimate_gap, gap_note
 
 SCALES = {
     # The demo's data and schedule: the k2 variant is exactly `twoshot demo`'s run.
@@ -129,7 +130,7 @@ def rows(reports: dict[str, list[PipelineReport]]) -> list[dict[str, object]]:
 def format_table(table: list[dict[str, object]], gap: GapEstimate | None = None) -> str:
     """Markdown table of :func:`rows` (with a column of the runs' range when a variant ran
     more than once) plus the line on the k2 runs' naive-to-full gap
-    (:func:`twoshot.pipeline.gap_note`): the gap, the share recovered, its standard error."""
+    (:func:`twoshot.report.gap_note`): the gap, the share recovered, its standard error."""
     repeated = any(len(row["runs"]) > 1 for row in table)  # type: ignore[arg-type]
     header = "| method | labeled frames / video | frames labeled | J&F |" + (" runs |" if repeated else "")
     lines = [header, "|---|---:|---:|---:|" + ("---:|" if repeated else "")]

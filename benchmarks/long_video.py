@@ -200,6 +200,7 @@ def train_tiny(workdir: Path, iterations: int, seed: int = 0) -> Path:
         "tiny",
         overrides=[
             f"main.iterations={iterations}",
+            "main.lr_steps=[]",  # no decay within these few hundred iterations (the preset's is at 650)
             "main.num_workers=0",
             "main.save_every=1000000",
             "main.log_every=1000000",

@@ -34,7 +34,7 @@ import torch
 from common import machine_info, markdown_table, print_report, timed
 from twoshot.config import load_config
 from twoshot.model import STCN, build_model
-from twoshot.model.memory_store import MemoryStore
+from twoshot.model.stcn.memory_store import MemoryStore
 
 PARTS = ("encode_key", "decode", "encode_value", "read")
 WAYS = ("reference", "exact", "default")

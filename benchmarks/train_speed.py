@@ -218,6 +218,7 @@ def time_trainer(
         preset,
         overrides=[
             f"main.iterations={iterations}",
+            "main.lr_steps=[]",  # a speed run: the preset's steps lie past its few iterations
             f"main.batch_size={batch}",
             f"main.crop_size={crop}",
             f"main.num_workers={workers}",

@@ -19,12 +19,12 @@ from twoshot.data.augment import (
     IMAGENET_STD,
     ClipAugment,
     Jitter,
-    StaticClipAugment,
     to_normalized_tensor,
 )
 from twoshot.data.batch import ClipBatch, collate_clips
 from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import write_frame, write_mask
+from twoshot.data.static_augment import StaticClipAugment
 from twoshot.data.static_clips import StaticClipDataset, find_static_pairs
 from twoshot.data.vos_clips import VOSClipDataset
 from twoshot.errors import UserError

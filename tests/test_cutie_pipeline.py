@@ -25,9 +25,11 @@ def test_pipeline_with_cutie(tmp_path: Path) -> None:
         "cutie-tiny",
         overrides=[
             "static.iterations=2",
+            "static.lr_steps=[]",
             "static.batch_size=2",
             "static.crop_size=48",
             "main.iterations=4",
+            "main.lr_steps=[]",
             "main.batch_size=2",
             "main.crop_size=48",
             "static.cutie.num_points=128",

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from helpers import ToyClips, cutie_toy_config
-from twoshot.config import CutieTrainSettings, TwoShotConfig
+from twoshot.config import TwoShotConfig
 from twoshot.data.batch import ClipBatch
+from twoshot.model.cutie.spec import CutieTrainSettings
 from twoshot.model.registry import build_model
 from twoshot.train.forward import ClipOutput
 from twoshot.train.modes import SupervisedMode
@@ -195,7 +196,9 @@ def test_one_step_of_every_stage(tmp_path: Path) -> None:
     }
     for name, (mode, data) in runs.items():
         stage = "static" if name == "static" else "main"
-        config = cutie_toy_config(f"{stage}.iterations=2", f"{stage}.batch_size=2", f"{stage}.num_workers=0")
+        config = cutie_toy_config(
+            f"{stage}.iterations=2", f"{stage}.lr_steps=[]", f"{stage}.batch_size=2", f"{stage}.num_workers=0"
+        )
         config.static.cutie.num_points = 256
         trainer = Trainer(config, stage, data, tmp_path / name, mode=mode, device="cpu", progress=False)
         try:
@@ -270,7 +273,9 @@ def test_eight_frame_clips_train_cutie(tmp_path: Path) -> None:
     from twoshot.train.trainer import build_stage_dataset
 
     root = make_davis(tmp_path / "davis", {"a": 12, "b": 10, "short": 6}, size=(40, 48)).root
-    config = cutie_toy_config("main.num_frames=8", "main.crop_size=32", "main.iterations=1")
+    config = cutie_toy_config(
+        "main.num_frames=8", "main.crop_size=32", "main.iterations=1", "main.lr_steps=[]"
+    )
     with pytest.warns(UserWarning, match="short"):
         dataset = build_stage_dataset("main", config, root, "davis", "train")
     sample = dataset[0]
@@ -297,10 +302,13 @@ def test_a_cutie_key_with_stcn_is_refused(key: str, capsys: pytest.CaptureFixtur
 def test_bad_cutie_training_settings_are_refused(tmp_path: Path) -> None:
     from twoshot.errors import UserError
 
-    config = cutie_toy_config("main.cutie.importance_ratio=1.5")
     with pytest.raises(
         UserError, match=r"config main.cutie.importance_ratio must be in \[0, 1\] \(got 1.5\)"
     ):
+        cutie_toy_config("main.cutie.importance_ratio=1.5")  # refused when the config loads
+    config = cutie_toy_config()
+    config.main.cutie.importance_ratio = 1.5  # a config built in code: the trainer checks it too
+    with pytest.raises(UserError, match=r"main.cutie.importance_ratio"):
         Trainer(config, "main", ToyClips(), tmp_path / "run", device="cpu", progress=False)
     assert not (tmp_path / "run").exists()
 
@@ -344,6 +352,7 @@ def test_a_cutie_step_on_clips_of_three_objects(tmp_path: Path) -> None:
         "main.num_objects=3",
         "main.crop_size=32",
         "main.iterations=2",
+        "main.lr_steps=[]",
         "twoshot.end_warm=0",
         "twoshot.labeled_clip_share=0",
         "twoshot.pseudo_threshold=0.34",  # an untrained teacher is never 90% sure

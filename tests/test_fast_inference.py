@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from helpers import load_benchmark
-from twoshot.config import PRESETS, InferenceConfig, load_config
+from twoshot.config import InferenceConfig, load_config, preset_names
+from twoshot.config_checks import check_inference_settings
 from twoshot.data.fixtures import make_generic
 from twoshot.errors import UserError
 from twoshot.inference import PropagationEngine
-from twoshot.inference.engine import check_inference_settings
 from twoshot.model import STCN, build_model, save_weights
 from twoshot.model.fast_inference import SharedInputResBlock, fold_batch_norms
-from twoshot.model.modules import ResBlock
 from twoshot.model.resnet import ResNetTrunk
+from twoshot.model.stcn.modules import ResBlock
 
 
 def _with_running_stats(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -163,7 +163,7 @@ ENTERS_AT = 3
 LOGIT_STD = 1.0  # of the final convolution's logits on the first segmented frame
 # The kinds whose logit convolution fast_agreement.final_conv knows; a new model adds its own there.
 CALIBRATED_KINDS = ("stcn", "cutie")
-DRIFT_PRESETS = [p for p in PRESETS if load_config(p).model.kind in CALIBRATED_KINDS]
+DRIFT_PRESETS = [p for p in preset_names() if load_config(p).model.kind in CALIBRATED_KINDS]
 
 
 @pytest.mark.parametrize("preset", DRIFT_PRESETS)

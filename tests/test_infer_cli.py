@@ -173,7 +173,9 @@ def test_bad_settings_and_checkpoint(
     checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = _davis(tmp_path)
-    assert "--mem-every 0" in _fails(checkpoint, root, tmp_path, capsys, "--mem-every", "0")
+    assert "'inference.mem_every': must be at least 1, got 0" in _fails(
+        checkpoint, root, tmp_path, capsys, "--mem-every", "0"
+    )
     junk = tmp_path / "junk.pth"
     junk.write_text("nope")
     assert "junk.pth: not a PyTorch checkpoint" in _fails(junk, root, tmp_path, capsys)
@@ -195,7 +197,7 @@ def test_checkpoints_of_another_model_or_size_are_refused(
     neither = tmp_path / "neither.pth"
     torch.save({"backbone.weight": torch.zeros(2), "head.bias": torch.zeros(1)}, neither)
     err = _fails(neither, root, tmp_path, capsys)
-    assert "neither.pth: not a stcn checkpoint: the weights look like neither model (stcn, cutie)" in err
+    assert "neither.pth: not a stcn checkpoint: the weights look like no model (stcn, cutie)" in err
     assert "(first keys: backbone.weight, head.bias)" in err
 
     torch.manual_seed(0)

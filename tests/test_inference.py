@@ -18,8 +18,8 @@ from twoshot.inference import Predictor, PropagationEngine
 from twoshot.inference.schedule import PERMANENT, TEMPORARY, plan_steps
 from twoshot.model import STCN, build_model, save_weights
 from twoshot.model.aggregate import aggregate
-from twoshot.model.memory import memory_affinity, readout
-from twoshot.model.memory_store import MemoryStore
+from twoshot.model.stcn.memory import memory_affinity, readout
+from twoshot.model.stcn.memory_store import MemoryStore
 
 
 @pytest.fixture(scope="module")

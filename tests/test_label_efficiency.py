@@ -11,7 +11,7 @@ import pytest
 from helpers import load_benchmark
 from twoshot.demo import DemoScale
 from twoshot.errors import UserError
-from twoshot.pipeline import ModelScore, PipelineReport
+from twoshot.report import ModelScore, PipelineReport
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def _report(**scores: float) -> PipelineReport:
 
 
 def test_table_gives_mean_and_range_of_the_seeds(bench: ModuleType) -> None:
-    from twoshot.pipeline import estimate_gap
+    from twoshot.report import estimate_gap
 
     reports = {
         "k2": [

@@ -59,7 +59,14 @@ def _model_iou(model: torch.nn.Module, clips: ClipBatch) -> float:
 def test_twenty_steps_beat_the_untrained_model_and_the_copy_baseline(tmp_path: Path) -> None:
     train, held_out = _clips([0, 1]), _clips([5, 6, 7, 8])
     config = load_config(
-        "tiny", overrides=["main.num_workers=0", "main.lr=1e-3", "main.batch_size=2", "main.iterations=20"]
+        "tiny",
+        overrides=[
+            "main.num_workers=0",
+            "main.lr=1e-3",
+            "main.batch_size=2",
+            "main.iterations=20",
+            "main.lr_steps=[]",
+        ],
     )
     trainer = Trainer(config, "main", None, tmp_path / "run", device="cpu", progress=False)
     try:

@@ -19,7 +19,7 @@ from twoshot.data.readers import open_dataset
 from twoshot.inference import PropagationEngine
 from twoshot.inference.predict import LazyFrames, predict_sequences
 from twoshot.model import STCN, build_model
-from twoshot.model.memory_store import MemoryStore
+from twoshot.model.stcn.memory_store import MemoryStore
 
 
 @pytest.fixture()

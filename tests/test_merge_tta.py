@@ -17,7 +17,8 @@ from twoshot.cli import main as cli_main
 from twoshot.config import InferenceConfig, load_config
 from twoshot.data.fixtures import make_davis
 from twoshot.errors import UserError
-from twoshot.inference.engine import PropagationEngine, PropagationResult
+from twoshot.inference.engine import PropagationEngine
+from twoshot.inference.frames import PropagationResult
 from twoshot.inference.schedule import fused_runs, fusion_weights
 from twoshot.model import STCN, build_model
 

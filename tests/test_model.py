@@ -14,10 +14,11 @@ from twoshot.config import load_config
 from twoshot.errors import UserError
 from twoshot.model import STCN, build_model, load_checkpoint, load_model, save_weights
 from twoshot.model.aggregate import aggregate
-from twoshot.model.checkpoint import expand_value_conv1, read_state_dict
-from twoshot.model.memory import memory_affinity, readout
+from twoshot.model.checkpoint import read_state_dict
 from twoshot.model.preprocess import pad_divide_by, unpad
 from twoshot.model.resnet import ResNetTrunk
+from twoshot.model.stcn.memory import memory_affinity, readout
+from twoshot.model.stcn.weights import expand_value_conv1
 
 REFERENCE_KEYS = Path(__file__).parent / "data" / "stcn_state_dict_keys.tsv"
 

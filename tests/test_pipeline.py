@@ -18,7 +18,8 @@ from twoshot.demo import DemoScale, run_demo
 from twoshot.errors import UserError
 from twoshot.inference.predictor import load_for_inference
 from twoshot.model import load_model
-from twoshot.pipeline import ModelScore, PipelineReport, naive_title, run_pipeline
+from twoshot.pipeline import run_pipeline
+from twoshot.report import ModelScore, PipelineReport, naive_title
 
 MODELS = ["static", "phase1", "phase2", "naive", "full"]
 
@@ -28,10 +29,12 @@ def _config(data: Path, out: Path, baselines: list[str]) -> Config:
         "tiny",
         overrides=[
             "static.iterations=6",
+            "static.lr_steps=[]",
             "static.batch_size=2",
             "static.num_workers=0",
             "static.crop_size=48",
             "main.iterations=8",
+            "main.lr_steps=[]",
             "main.batch_size=2",
             "main.num_workers=0",
             "main.crop_size=48",
@@ -281,7 +284,7 @@ def test_naive_title_names_the_shots_only_when_every_video_has_as_many() -> None
 
 
 def test_paired_standard_error_by_hand() -> None:
-    from twoshot.pipeline import paired_standard_error
+    from twoshot.evaluate.standard_errors import paired_standard_error
 
     naive = {"a_1": 0.4, "a_2": 0.5, "b_1": 0.6, "only_naive_1": 0.9}
     full = {"a_1": 0.5, "a_2": 0.5, "b_1": 0.8}
@@ -298,7 +301,7 @@ def test_model_standard_error_by_hand() -> None:
 
 
 def test_a_gap_within_its_standard_error_is_not_measured() -> None:
-    from twoshot.pipeline import format_report
+    from twoshot.report import format_report
 
     # naive 0.40 and full 0.42 on average; per-object differences +0.12 and -0.08: the gap
     # 0.02 has a standard error of 0.1 (sample std 0.1414 / sqrt 2), so 2 errors = 0.2.
@@ -321,7 +324,7 @@ def test_a_gap_within_its_standard_error_is_not_measured() -> None:
 
 
 def test_gap_recovered_and_its_note() -> None:
-    from twoshot.pipeline import format_report
+    from twoshot.report import format_report
 
     report = _report(naive=0.40, full=0.50, phase2=0.48)
     assert report.gap_recovered() == pytest.approx(0.8)
@@ -347,7 +350,7 @@ def _run(naive: dict[str, float], full: dict[str, float], phase2: float | None =
 
 
 def test_gap_over_training_seeds_pools_runs_by_hand() -> None:
-    from twoshot.pipeline import estimate_gap
+    from twoshot.report import estimate_gap
 
     # Naive 0.40 and 0.44, full 0.46 and 0.48: gap 0.05 on the means. Every object gains
     # 0.05 on the per-object means (objects' error 0); the runs' gaps 0.06 and 0.04 have
@@ -372,7 +375,7 @@ def test_gap_over_training_seeds_pools_runs_by_hand() -> None:
 
 
 def test_gap_error_adds_objects_and_seeds_in_quadrature() -> None:
-    from twoshot.pipeline import estimate_gap, mean_object_scores
+    from twoshot.report import estimate_gap, mean_object_scores
 
     # Full's per-object means 0.44, 0.44 against naive's 0.30, 0.50: differences 0.14 and
     # -0.06, standard error 0.1. The runs' gaps 0.02 and 0.06: standard error 0.02.

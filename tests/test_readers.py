@@ -12,7 +12,7 @@ import pytest
 from twoshot.data.fixtures import make_davis, make_generic, make_video_file, make_youtube
 from twoshot.data.masks import write_mask
 from twoshot.data.readers import (
-    detect_kind,
+    detect_layout,
     load_annotations,
     load_frames,
     open_dataset,
@@ -125,13 +125,13 @@ def test_video_file_read_back_with_pyav(tmp_path: Path) -> None:
     assert sorted(seq2.mask_paths) == [0]
 
 
-def test_detect_kind(tmp_path: Path, davis, youtube) -> None:
-    assert detect_kind(davis.root) == "davis"
-    assert detect_kind(youtube.root, "train") == "youtube"
-    assert detect_kind(make_generic(tmp_path / "g").root) == "generic"
-    assert detect_kind(make_video_file(tmp_path / "v.mp4", 2).root) == "video"
+def test_detect_layout(tmp_path: Path, davis, youtube) -> None:
+    assert detect_layout(davis.root) == "davis"
+    assert detect_layout(youtube.root, "train") == "youtube"
+    assert detect_layout(make_generic(tmp_path / "g").root) == "generic"
+    assert detect_layout(make_video_file(tmp_path / "v.mp4", 2).root) == "video"
     with pytest.raises(UserError, match="not a DAVIS, YouTube-VOS or generic"):
-        detect_kind(tmp_path / "g" / "JPEGImages")
+        detect_layout(tmp_path / "g" / "JPEGImages")
 
 
 def test_only_requested_pngs_are_opened(monkeypatch, davis, youtube) -> None:
@@ -267,7 +267,7 @@ def test_error_video_file_problems(tmp_path: Path) -> None:
 
 
 def test_error_unknown_kind_and_missing_root(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="unknown dataset kind 'kitti'"):
+    with pytest.raises(UserError, match="unknown dataset layout 'kitti'"):
         open_dataset("kitti", tmp_path)
     with pytest.raises(UserError, match="nothing: no such folder"):
         open_dataset("davis", tmp_path / "nothing")

@@ -21,6 +21,7 @@ TINY = [
     "--preset",
     "tiny",
     "main.iterations=2",
+    "main.lr_steps=[]",
     "main.batch_size=2",
     "main.crop_size=32",
     "main.save_every=2",

@@ -204,7 +204,7 @@ def test_sharding_union_equals_single_process_batch() -> None:
 
 def test_freeze_bn_false_trains_batchnorm_statistics(tmp_path: Path) -> None:
     trainer = Trainer(
-        toy_config("main.freeze_bn=false", "main.iterations=2"),
+        toy_config("main.freeze_bn=false", "main.iterations=2", "main.lr_steps=[]"),
         "main",
         ToyClips(),
         tmp_path / "run",
@@ -332,7 +332,14 @@ def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(
 
 def test_existing_checkpoint_needs_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    train(toy_config("main.iterations=1"), "main", ToyClips(), out, device="cpu", progress=False)
+    train(
+        toy_config("main.iterations=1", "main.lr_steps=[]"),
+        "main",
+        ToyClips(),
+        out,
+        device="cpu",
+        progress=False,
+    )
     with pytest.raises(UserError, match="--resume"):
         Trainer(toy_config(), "main", ToyClips(), out, device="cpu")
     with pytest.raises(UserError, match="no checkpoint.pt"):
@@ -420,6 +427,7 @@ def test_cli_trains_on_a_davis_folder(tmp_path: Path, capsys: pytest.CaptureFixt
         "cpu",
         "--no-progress",
         "main.iterations=2",
+        "main.lr_steps=[]",
         "main.batch_size=2",
         "main.crop_size=32",
         "main.num_workers=0",
@@ -465,7 +473,7 @@ class CvClips(ToyClips):
 image = np.random.rand(800, 800, 3).astype(np.float32)
 for _ in range(3):                    # the parent's OpenCV pool now has threads
     cv2.warpAffine(image, np.eye(2, 3), (800, 800))
-train(toy_config("main.iterations=2", "main.num_workers=2"), "main", CvClips(), {out!r},
+train(toy_config("main.iterations=2", "main.lr_steps=[]", "main.num_workers=2"), "main", CvClips(), {out!r},
       device="cpu", progress=False)
 print("done")
 """
@@ -514,6 +522,7 @@ def test_cli_static_stage_and_empty_mask(tmp_path: Path, capsys: pytest.CaptureF
         "cpu",
         "--no-progress",
         "static.iterations=2",
+        "static.lr_steps=[]",
         "static.batch_size=3",
         "static.crop_size=32",
         "static.num_workers=0",

@@ -26,7 +26,7 @@ from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import DAVIS_PALETTE, read_mask, write_mask
 from twoshot.data.vos_clips import VOSClipDataset
 from twoshot.errors import UserError
-from twoshot.inference.engine import FrameOutput
+from twoshot.inference.frames import FrameOutput
 from twoshot.pipeline import Pipeline
 from twoshot.train.forward import ClipOutput
 from twoshot.train.phases import Phase2Mode
@@ -366,6 +366,7 @@ def bank_run(tmp_path: Path) -> tuple[list[VideoSequence], Path]:
 def _train_phase2(videos: list[VideoSequence], bank: Path, out: Path, write_back: bool) -> None:
     config = toy_config(
         "main.iterations=3",
+        "main.lr_steps=[]",
         "main.save_every=3",
         "main.log_every=1",
         "twoshot.phase2_start_update=0",

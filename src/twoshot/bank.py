@@ -271,11 +271,7 @@ class BankStore:
 
     def _read_manifest(self) -> dict[str, Any]:
         """The manifest on disk as a dict ({} if missing or unreadable)."""
-        try:
-            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            return {}
-        return manifest if isinstance(manifest, dict) else {}
+        return read_manifest(self.manifest_path.parent)
 
     def _manifest(self, status: str, videos: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -292,6 +288,64 @@ class BankStore:
 
 # --------------------------------------------------------------------------------------------
 # Reading the bank back as training videos
+
+
+def check_bank(
+    bank: str | Path, sequences: Sequence[VideoSequence], budget: str | Path | None = None
+) -> None:
+    """UserError naming the file unless ``bank`` is a finished pseudo-label bank of these
+    training videos (and, with the budget file ``budget``, made from that budget: the bank
+    records the file's sha256, or its content's when it was given as a mapping)."""
+    from twoshot.data.budget import load_budget
+
+    root = Path(bank)
+    manifest_path = root / MANIFEST
+    if not root.is_dir():
+        raise UserError(f"{root}: no such pseudo-label bank folder")
+    if not manifest_path.is_file():
+        raise UserError(
+            f"{root}: not a pseudo-label bank (no {MANIFEST}); make one with `twoshot pseudo-label`"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{manifest_path}: cannot read the bank manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{manifest_path}: not a twoshot pseudo-label bank manifest")
+    if manifest.get("status") != "complete":
+        raise UserError(
+            f"{manifest_path}: the bank is not finished (status {manifest.get('status')!r}); "
+            "run `twoshot pseudo-label` again to complete it"
+        )
+    names = {seq.name for seq in sequences}
+    foreign = sorted(set(manifest.get("videos") or {}) - names)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise UserError(
+            f"{manifest_path}: the bank holds videos that are not in the training data "
+            f"({', '.join(foreign[:3])}{more}); it was made from another dataset"
+        )
+    if budget is not None:
+        recorded = (manifest.get("budget") or {}).get("sha256")
+        if recorded not in (file_sha256(budget), budget_sha256(load_budget(budget))):
+            made_from = (manifest.get("budget") or {}).get("path") or "a budget given in memory"
+            raise UserError(
+                f"{manifest_path}: the bank was made from another budget ({made_from}), not {budget}"
+            )
+
+
+def bank_is_complete(bank: PathLike) -> bool:
+    """Whether folder ``bank`` holds a finished pseudo-label bank (its manifest says so)."""
+    return read_manifest(Path(bank)).get("status") == "complete"
+
+
+def read_manifest(bank: Path) -> dict[str, Any]:
+    """The manifest of the bank in folder ``bank`` as a dict ({} if missing or unreadable)."""
+    try:
+        manifest = json.loads((bank / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
 
 
 def bank_sequences(sequences: list[VideoSequence], bank: Path) -> list[VideoSequence]:

@@ -10,54 +10,46 @@ the valid ones.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
-import types
-import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from twoshot.config_values import check_type
 from twoshot.errors import UserError
 
-MODEL_KINDS: tuple[str, ...] = ("stcn", "cutie")
-"""The architectures ``model.kind`` may name (classes in :mod:`twoshot.model.registry`)."""
+
+def _plugin_getattr(self: Any, name: str) -> Any:
+    # ``__getattr__`` of the sections with model-plugin sections (ModelConfig, TrainConfig):
+    # only called for names the dataclass lacks, so ``config.model.cutie`` reads a plugin section.
+    if name.startswith("__"):
+        raise AttributeError(name)
+    sections = plugin_sections(self)
+    if name in sections:
+        return sections[name]
+    raise AttributeError(f"{type(self).__name__!r} has no attribute or model section {name!r}")
 
 
-@dataclass
-class CutieSizes:
-    """Sizes only Cutie has (``model.cutie``; refused with an STCN model unless at the defaults).
-
-    The defaults are Cutie-base.
-
-    Cutie's pixel / mask encoders, ``key_dim``, ``value_dim`` and its mask decoder's widths
-    (``decoder_dims``, the first equal to ``embed_dim``) come from :class:`ModelConfig`.
-    """
-
-    pixel_dim: int = 256  # pixel features and the key projection's input
-    sensory_dim: int = 256  # per-object recurrent (sensory) state
-    embed_dim: int = 256  # object transformer width; equals pixel_dim
-    num_queries: int = 16  # object queries = object summaries (half fore-, half background)
-    num_heads: int = 8
-    ff_dim: int = 2048
-    num_blocks: int = 3  # object transformer blocks
-    pe_scale: float = 32.0  # sine positional encoding: coordinates scaled to [0, pe_scale]
-    pe_temperature: float = 128.0
+def _plugin_eq(self: Any, other: object) -> bool:
+    # ``__eq__`` of the same sections: their fields and their model-plugin sections.
+    return type(other) is type(self) and to_dict(self) == to_dict(other)
 
 
 @dataclass
 class ModelConfig:
     """Network architecture and sizes. The defaults are the published STCN (``stcn`` preset).
 
-    ``kind`` picks the architecture (:data:`MODEL_KINDS`); the
-    encoder fields serve both models (STCN's key / value encoders are Cutie's pixel / mask
-    encoders).
+    ``kind`` picks the architecture (a registered model, :func:`twoshot.model.registry.model_kinds`);
+    the encoder fields serve both STCN and Cutie (STCN's key / value encoders are Cutie's pixel
+    / mask encoders). A model's own sizes are the section ``model.<kind>`` (its spec's ``sizes``
+    dataclass, :func:`plugin_sections`).
     """
 
-    kind: str = "stcn"  # stcn | cutie
+    kind: str = "stcn"  # a registered model: stcn | cutie | ...
     key_block: str = "bottleneck"  # ResNet block of the key encoder: bottleneck | basic
     key_layers: list[int] = field(default_factory=lambda: [3, 4, 6])
     key_width: int = 64  # channels of the ResNet stem
@@ -71,32 +63,18 @@ class ModelConfig:
     # small frames, where 1/16 leaves a few cells per object (the demo's 96x96 frames).
     output_stride: int = 16
     backbone_weights: str | None = None  # torchvision ResNet-50/-18 .pth files (file, dir, or "a,b")
-    cutie: CutieSizes = field(default_factory=CutieSizes)
 
-
-@dataclass
-class CutieTrainSettings:
-    """Training settings only Cutie uses (``static.cutie`` / ``main.cutie``; refused with STCN).
-
-    Defaults are the reference's main training (``train_config.yaml``); its pre-training
-    samples 8192 points and reads 2 reference frames.
-    """
-
-    num_points: int = 12544  # loss points per frame (PointRend-style uncertainty sampling)
-    oversample_ratio: float = 3.0  # candidate points per loss point
-    importance_ratio: float = 0.75  # share of the loss points picked by uncertainty
-    sensory_aux_weight: float = 0.01  # aux loss on the sensory memory's logits
-    query_aux_weight: float = 0.01  # aux loss on the object transformer's logits (every level)
-    backbone_lr_ratio: float = 0.1  # pixel encoder learning rate = lr x this
-    embed_weight_decay: float = 0.0  # weight decay of the query embeddings
-    num_ref_frames: int = 3  # memory frames a training frame reads
-    deep_update_prob: float = 0.2  # chance that encoding a predicted mask updates the sensory memory
-    grad_scale: float = 8192.0  # initial AMP loss scale
+    if not TYPE_CHECKING:  # hidden from type checking, which keeps refusing unknown attributes
+        __getattr__ = _plugin_getattr
+        __eq__ = _plugin_eq
 
 
 @dataclass
 class TrainConfig:
-    """One training stage (static pretraining, main training, two-shot phase 1 or 2)."""
+    """One training stage (static pretraining, main training, two-shot phase 1 or 2).
+
+    A model's own training settings are the section ``<stage>.<kind>`` (its spec's
+    ``train_settings`` dataclass, :func:`plugin_sections`)."""
 
     iterations: int = 150_000
     batch_size: int = 4  # per process; the global batch is this x world size
@@ -123,7 +101,10 @@ class TrainConfig:
     save_every: int = 10_000
     log_every: int = 100
     image_every: int = 1_000
-    cutie: CutieTrainSettings = field(default_factory=CutieTrainSettings)
+
+    if not TYPE_CHECKING:
+        __getattr__ = _plugin_getattr
+        __eq__ = _plugin_eq
 
 
 @dataclass
@@ -152,9 +133,6 @@ class TwoShotConfig:
     # 2); each further round rebuilds the bank with the previous round's phase-2 model and
     # trains phase 2 again on it (docs/training.md, "Self-training rounds").
     rounds: int = 1
-
-
-RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime")  # values of inference.runtime
 
 
 @dataclass
@@ -230,14 +208,51 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
-PRESETS = ("stcn", "tiny", "cutie-base", "cutie-small", "cutie-tiny")
+# The model-plugin sections: which spec attribute holds each section class's dataclass.
+_PLUGIN_ATTRIBUTES: dict[type, str] = {ModelConfig: "sizes", TrainConfig: "train_settings"}
+
+
+def plugin_sections(section: Any) -> dict[str, Any]:
+    """The registered models' own sections of a ModelConfig (``model.<kind>``) or a TrainConfig
+    (``<stage>.<kind>``), kind -> dataclass instance; those not set yet start at their
+    defaults. Empty for any other object."""
+    attribute = _PLUGIN_ATTRIBUTES.get(type(section))
+    if attribute is None:
+        return {}
+    from twoshot.model.registry import specs
+
+    store: dict[str, Any] = section.__dict__.setdefault("_plugin_sections", {})
+    found = {}
+    for spec in specs():
+        cls = getattr(spec, attribute)
+        if cls is None:
+            continue
+        if spec.kind not in store:
+            store[spec.kind] = cls()
+        found[spec.kind] = store[spec.kind]
+    return found
+
+
+def _section_names(target: Any) -> list[str]:
+    """The keys of a config section: its fields, then its model-plugin sections."""
+    return [f.name for f in dataclasses.fields(target)] + list(plugin_sections(target))
+
+
+def preset_names() -> tuple[str, ...]:
+    """Every registered model's presets (the names ``--preset`` takes)."""
+    from twoshot.model.registry import preset_names as registered
+
+    return registered()
 
 
 def preset_path(name: str) -> Path:
-    """Path of the shipped preset YAML ``name``; UserError listing the presets if unknown."""
-    if name not in PRESETS:
-        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return Path(str(resources.files("twoshot") / "configs" / f"{name}.yaml"))
+    """Path of the preset YAML ``name``; UserError listing the presets if unknown."""
+    from twoshot.model.registry import preset_spec
+
+    spec = preset_spec(name)
+    if spec is None:
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    return spec.preset_file(name)
 
 
 def load_config(
@@ -278,118 +293,10 @@ def _layered(
         _merge(config, data, source)
     for item in overrides:
         apply_override(config, item)
-    check_model_config(config.model)
-    check_model_only_keys(config)
-    check_train_sections(config)
-    check_twoshot_config(config.twoshot)
+    from twoshot.config_checks import check_config
+
+    check_config(config)
     return config
-
-
-MAX_OBJECTS = 254
-"""Most objects a clip can hold: label-map ids 1..254 (0 is background, 255 "don't care")."""
-
-
-def check_train_sections(config: Config) -> None:
-    """Raise UserError naming the key if a training section asks for clips no dataset can make
-    (``num_objects`` outside 1..:data:`MAX_OBJECTS`)."""
-    for name in ("static", "main"):
-        objects = getattr(config, name).num_objects
-        if not 1 <= objects <= MAX_OBJECTS:
-            raise UserError(
-                f"config key '{name}.num_objects': objects per training clip must be between 1 "
-                f"and {MAX_OBJECTS}, got {objects}"
-            )
-
-
-def check_twoshot_config(twoshot: TwoShotConfig) -> None:
-    """Raise UserError naming the key if a two-shot setting is out of range."""
-    if twoshot.rounds < 1:
-        raise UserError(
-            f"config key 'twoshot.rounds': must be at least 1 (1 = the paper: one bank, one "
-            f"phase 2), got {twoshot.rounds}"
-        )
-
-
-_MODEL_ONLY_SECTIONS: dict[str, tuple[str, ...]] = {
-    # Sections only one model kind reads: setting them for another kind is a mistake.
-    "cutie": ("model.cutie", "static.cutie", "main.cutie"),
-}
-
-
-def check_model_only_keys(config: Config) -> None:
-    """UserError naming the key if a setting only another model kind reads differs from its
-    default (e.g. ``main.cutie.num_points`` with ``model.kind: stcn``). Defaults are left
-    alone, so saved configurations, which hold every key, load as before."""
-    for kind, sections in _MODEL_ONLY_SECTIONS.items():
-        if config.model.kind == kind:
-            continue
-        for dotted in sections:
-            section_name, field_name = dotted.split(".")
-            value = getattr(getattr(config, section_name), field_name)
-            default = type(value)()
-            for item in dataclasses.fields(value):
-                if getattr(value, item.name) != getattr(default, item.name):
-                    raise UserError(
-                        f"config key '{dotted}.{item.name}' is a {kind} setting, but model.kind is "
-                        f"{config.model.kind!r}; remove it or set model.kind: {kind}"
-                    )
-
-
-def check_model_config(model: ModelConfig) -> None:
-    """Raise UserError naming the key if ``model`` describes no network twoshot can build."""
-    if model.kind not in MODEL_KINDS:
-        raise UserError(
-            f"config key 'model.kind': {model.kind!r} is not a model; choose one of: {', '.join(MODEL_KINDS)}"
-        )
-    for name in ("key_block", "value_block"):
-        if getattr(model, name) not in ("basic", "bottleneck"):
-            raise UserError(
-                f"config key 'model.{name}': {getattr(model, name)!r} is not a ResNet "
-                "block; choose basic or bottleneck"
-            )
-    for name in ("key_layers", "value_layers"):
-        layers = getattr(model, name)
-        if len(layers) != 3 or any(n < 1 for n in layers):
-            raise UserError(f"config key 'model.{name}': {layers} must give 3 stages of >= 1 block")
-    if model.output_stride not in (8, 16):
-        raise UserError(f"config key 'model.output_stride': must be 8 or 16, got {model.output_stride}")
-    if model.kind == "cutie":
-        _check_cutie_sizes(model)
-
-
-def _check_cutie_sizes(model: ModelConfig) -> None:
-    """Raise UserError naming the key if the Cutie sizes of ``model`` build no network."""
-    sizes = model.cutie
-    for name in ("pixel_dim", "sensory_dim", "embed_dim", "num_queries", "num_heads", "ff_dim", "num_blocks"):
-        if getattr(sizes, name) < 1:
-            raise UserError(
-                f"config key 'model.cutie.{name}': must be at least 1, got {getattr(sizes, name)}"
-            )
-    if model.output_stride != 16:
-        raise UserError(
-            "config key 'model.output_stride': cutie needs 16 (its decoder upsamples "
-            f"1/16 -> 1/8 -> 1/4), got {model.output_stride}"
-        )
-    if len(model.decoder_dims) != 3 or model.decoder_dims[0] != sizes.embed_dim:
-        raise UserError(
-            f"config key 'model.decoder_dims': cutie's mask decoder needs 3 widths, the "
-            f"first equal to model.cutie.embed_dim ({sizes.embed_dim}), got {model.decoder_dims}"
-        )
-    if sizes.pixel_dim != sizes.embed_dim:
-        raise UserError(
-            f"config key 'model.cutie.pixel_dim': must equal model.cutie.embed_dim "
-            f"({sizes.embed_dim}; the sensory auxiliary head multiplies them), got {sizes.pixel_dim}"
-        )
-    if sizes.embed_dim % 4 or sizes.embed_dim % sizes.num_heads:
-        raise UserError(
-            f"config key 'model.cutie.embed_dim': must be a multiple of 4 (positional "
-            f"encoding) and of model.cutie.num_heads ({sizes.num_heads}), got {sizes.embed_dim}"
-        )
-    if sizes.num_queries % 2:
-        raise UserError(
-            f"config key 'model.cutie.num_queries': must be even (half foreground, half "
-            f"background), got {sizes.num_queries}"
-        )
 
 
 def apply_override(config: Any, item: str) -> None:
@@ -400,7 +307,7 @@ def apply_override(config: Any, item: str) -> None:
     parts = dotted.strip().split(".")
     target = config
     for depth, part in enumerate(parts):
-        names = [f.name for f in dataclasses.fields(target)]
+        names = _section_names(target)
         if part not in names:
             where = ".".join(parts[:depth]) or "top level"
             raise UserError(
@@ -411,7 +318,7 @@ def apply_override(config: Any, item: str) -> None:
                 value = yaml.safe_load(raw) if raw.strip() else None
             except yaml.YAMLError as exc:
                 raise UserError(f"config key {dotted!r}: cannot parse value {raw!r}") from exc
-            setattr(target, part, _check_type(target, part, value, dotted))
+            setattr(target, part, check_type(target, part, value, dotted))
         else:
             target = getattr(target, part)
             if not dataclasses.is_dataclass(target):
@@ -419,8 +326,13 @@ def apply_override(config: Any, item: str) -> None:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """Plain nested dict of a config dataclass (for saving next to checkpoints and reports)."""
-    return dataclasses.asdict(config)
+    """Plain nested dict of a config dataclass, model-plugin sections included (for saving next
+    to checkpoints and reports)."""
+    out: dict[str, Any] = {}
+    for name in _section_names(config):
+        value = getattr(config, name)
+        out[name] = to_dict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
 
 
 def config_differences(
@@ -462,7 +374,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _merge(target: Any, data: dict[str, Any], source: str, prefix: str = "") -> None:
-    names = {f.name: f for f in dataclasses.fields(target)}
+    names = _section_names(target)
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in names:
@@ -473,66 +385,4 @@ def _merge(target: Any, data: dict[str, Any], source: str, prefix: str = "") -> 
                 raise UserError(f"{source}: {dotted!r} must be a mapping")
             _merge(current, value, source, dotted + ".")
         else:
-            setattr(target, key, _check_type(target, key, value, dotted, source))
-
-
-def _check_type(target: Any, name: str, value: Any, dotted: str, source: str = "override") -> Any:
-    hints = typing.get_type_hints(type(target))
-    expected = hints[name]
-    coerced = _coerce(value, expected)
-    if coerced is _INVALID:
-        raise UserError(f"{source}: config key {dotted!r} expects {_type_name(expected)}, got {value!r}")
-    return coerced
-
-
-_INVALID = object()
-
-
-def _coerce(value: Any, expected: Any) -> Any:
-    origin = typing.get_origin(expected)
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(expected):
-            result = _coerce(value, option)
-            if result is not _INVALID:
-                return result
-        return _INVALID
-    if expected is type(None):
-        return None if value is None else _INVALID
-    if origin is list:
-        if not isinstance(value, list):
-            return _INVALID
-        (item_type,) = typing.get_args(expected)
-        items = [_coerce(v, item_type) for v in value]
-        return _INVALID if any(i is _INVALID for i in items) else items
-    if expected is bool:
-        return value if isinstance(value, bool) else _INVALID
-    if expected is int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else _INVALID
-    if expected is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            # YAML 1.1 reads "1e-4" (no dot) as a string; users mean a number.
-            try:
-                return float(value)
-            except ValueError:
-                return _INVALID
-        return _INVALID
-    if expected is str:
-        return (
-            value
-            if isinstance(value, str)
-            else (str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _INVALID)
-        )
-    return value
-
-
-def _type_name(expected: Any) -> str:
-    origin = typing.get_origin(expected)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(expected))
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(expected)[0])}"
-    if expected is type(None):
-        return "null"
-    return getattr(expected, "__name__", str(expected))
+            setattr(target, key, check_type(target, key, value, dotted, source))

@@ -17,7 +17,9 @@ import numpy as np
 
 from twoshot.config import Config, load_config
 from twoshot.errors import UserError
-from twoshot.pipeline import PipelineReport, run_pipeline
+from twoshot.model.spec import ModelSpec
+from twoshot.pipeline import run_pipeline
+from twoshot.report import PipelineReport
 
 
 @dataclass(frozen=True)
@@ -84,24 +86,40 @@ CUTIE_FULL = DemoScale(
     phase2_start_update=100,
 )
 
-DEMO_MODELS = ("stcn", "cutie")
-_PRESETS = {"stcn": "tiny", "cutie": "cutie-tiny"}
+# Models with a schedule of their own at full scale; the others run FULL.
+_FULL_SCALES = {"cutie": CUTIE_FULL}
+
+
+def demo_models() -> tuple[str, ...]:
+    """The registered models that name a demo preset (``twoshot demo --model``)."""
+    from twoshot.model.registry import specs
+
+    return tuple(spec.kind for spec in specs() if spec.demo_preset is not None)
+
+
+def _demo_spec(model: str) -> ModelSpec:
+    """The spec of demo model ``model``; UserError listing the demo models if it has none."""
+    from twoshot.model.registry import specs
+
+    for spec in specs():
+        if spec.kind == model and spec.demo_preset is not None:
+            return spec
+    raise UserError(f"--model {model!r}: the demo runs one of {', '.join(demo_models())}")
 
 
 def demo_config(scale: DemoScale, data: Path, out: Path, device: str, model: str = "stcn") -> Config:
     """The tiny (``model="stcn"``) or cutie-tiny preset with the demo's schedule and the
     generated data's paths."""
-    if model not in _PRESETS:
-        raise UserError(f"--model {model!r}: the demo runs one of {', '.join(DEMO_MODELS)}")
+    spec = _demo_spec(model)
+    assert spec.demo_preset is not None
     its, steps = scale.iterations, [int(scale.iterations * 0.8)]
-    # Matching at 1/8: at 96x96, STCN's 1/16 leaves 6x6 cells, a few per object; every model
-    # on the demo's data scored 6-12 J&F higher at 1/8 (docs/results.md). Cutie's decoder
-    # works at 1/16 only.
-    stride = ["model.output_stride=8"] if model == "stcn" else []
+    # The spec's own overrides: STCN matches at 1/8, as at 96x96 its 1/16 leaves 6x6 cells, a
+    # few per object; every model on the demo's data scored 6-12 J&F higher at 1/8
+    # (docs/results.md). Cutie's decoder works at 1/16 only.
     config = load_config(
-        _PRESETS[model],
+        spec.demo_preset,
         overrides=[
-            *stride,
+            *spec.demo_overrides,
             f"static.iterations={scale.static_iterations}",
             f"static.lr_steps=[{int(scale.static_iterations * 0.8)}]",
             f"static.crop_size={scale.size}",
@@ -147,9 +165,8 @@ def run_demo(
     """
     from twoshot.data.synth import generate_or_reuse, is_synth_output
 
-    if model not in _PRESETS:
-        raise UserError(f"--model {model!r}: the demo runs one of {', '.join(DEMO_MODELS)}")
-    scale = scale or (QUICK if quick else (CUTIE_FULL if model == "cutie" else FULL))
+    _demo_spec(model)
+    scale = scale or (QUICK if quick else _FULL_SCALES.get(model, FULL))
     suffix = "" if model == "stcn" else f"-{model}"
     out = Path(out or (("twoshot-demo-quick" if quick else "twoshot-demo") + suffix))
     data = out / "data"

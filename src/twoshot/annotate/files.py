@@ -1,7 +1,7 @@
 """What the annotation store reads from disk besides masks: the dataset's videos (listed
 here rather than with :func:`twoshot.data.readers.open_dataset`, which requires annotations
 for every DAVIS and generic video, while a labeling tool starts from videos that have none;
-the listing reuses the readers' own helpers), and the sidecar JSONs beside the budget
+the listing reuses the folder helpers of :mod:`twoshot.data.folders`), and the sidecar JSONs beside the budget
 (object names and colours, the last suggested frames)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from twoshot.data import readers
+from twoshot.data import folders, readers
 from twoshot.data.layout import VideoSequence
 from twoshot.errors import UserError
 from twoshot.fsutil import write_json
@@ -26,12 +26,12 @@ class Video:
     size: tuple[int, int] | None = None  # (H, W), read on first use
 
 
-def list_videos(data: Path, kind: str, split: str | None) -> list[Video]:
-    """The videos of the dataset ``data`` of layout ``kind``, each with its annotation folder
+def list_videos(data: Path, layout: str, split: str | None) -> list[Video]:
+    """The videos of the dataset ``data`` of layout ``layout``, each with its annotation folder
     (which may not exist). UserError for a missing image folder or an empty video file."""
-    if kind == "video":
+    if layout == "video":
         mask_dir = data.with_name(f"{data.stem}_masks")
-        num = readers._count_video_frames(str(data), *readers._stat_key(data))
+        num = readers.video_frame_count(data)
         if num == 0:
             raise UserError(f"{data}: empty video (no frames decoded)")
         width = max(5, len(str(num - 1)))
@@ -39,33 +39,33 @@ def list_videos(data: Path, kind: str, split: str | None) -> list[Video]:
         masks = {int(p.stem): p for p in _pngs(mask_dir) if p.stem.isdigit() and int(p.stem) < num}
         seq = VideoSequence(data.stem, [], names, dict(sorted(masks.items())), video_file=data)
         return [Video(seq, mask_dir)]
-    if kind == "youtube":
+    if layout == "youtube":
         base = data if split is None else data / split
         return [
             Video(seq, base / "Annotations" / seq.name)
             for seq in readers.open_dataset("youtube", data, split)
         ]
-    if kind == "davis":
+    if layout == "davis":
         images = data / "JPEGImages" / "480p"
         annotations = data / "Annotations" / "480p"
-    elif kind == "generic":
+    elif layout == "generic":
         base = data if split is None else data / split
         images, annotations = base / "JPEGImages", base / "Annotations"
     else:
-        raise UserError(f"unknown dataset kind {kind!r}")
+        raise UserError(f"unknown dataset layout {layout!r}")
     if not images.is_dir():
         raise UserError(f"{images}: folder is missing")
     names = sorted(
         (p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith(".")),
-        key=readers.natural_key,
+        key=folders.natural_key,
     )
-    if split is not None and kind == "davis":
-        names = readers._read_davis_split(data, split)
+    if split is not None and layout == "davis":
+        names = folders.read_davis_split(data, split)
     out = []
     for name in names:
-        frames = readers._list_frames(images / name)
+        frames = folders.list_frames(images / name)
         frame_names = [p.stem for p in frames]
-        masks = readers._match_masks(annotations / name, frame_names, required=False)
+        masks = folders.match_masks(annotations / name, frame_names, required=False)
         out.append(Video(VideoSequence(name, frames, frame_names, masks), annotations / name))
     return out
 

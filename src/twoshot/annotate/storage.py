@@ -100,7 +100,7 @@ class AnnotationStore:
         if not 1 <= max_objects <= 255:
             raise UserError(f"--max-objects {max_objects}: expected 1..255 (object ids are palette indices)")
         self.max_objects = max_objects
-        self.kind = kind or readers.detect_kind(self.data, split or "train")
+        self.kind = kind or readers.detect_layout(self.data, split or "train")
         if self.kind == "youtube" and split is None and not (self.data / "meta.json").is_file():
             split = "train"  # a YouTube-VOS root: its training videos are the ones to label
         # Every path served or written must resolve inside this folder.

@@ -12,8 +12,9 @@ from twoshot.data.budget import (
     save_budget,
     summarize_budget,
 )
+from twoshot.data.folders import DATASET_LAYOUTS
 from twoshot.data.layout import VideoSequence
-from twoshot.data.readers import detect_kind, open_dataset
+from twoshot.data.readers import detect_layout, open_dataset
 from twoshot.errors import UserError
 
 HELP = "choose K labeled frames per video (a label budget) and write them as JSON"
@@ -72,9 +73,9 @@ def run(args: argparse.Namespace) -> int:
             f"--checkpoint is used only by --strategy {' or '.join(MODEL_STRATEGIES)}, not {args.strategy}"
         )
     split = args.split
-    kind = args.dataset or detect_kind(args.data, split or "train")
-    if split is None and kind in ("davis", "youtube"):
-        split = "train"
+    kind = args.dataset or detect_layout(args.data, split or "train")
+    if split is None:
+        split = DATASET_LAYOUTS[kind].default_split(args.data, True)
     sequences = open_dataset(kind, args.data, split, resolution=args.resolution)
     if model_based:
         budget = _model_budget(sequences, args)

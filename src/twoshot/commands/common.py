@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from twoshot.config import PRESETS, Config, load_config
+from twoshot.config import Config, load_config, preset_names
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str = "stcn") -> None:
     """Add --preset, --config and trailing ``section.key=value`` overrides."""
     parser.add_argument(
         "--preset",
-        choices=PRESETS,
+        choices=preset_names(),
         default=None,
         help=f"shipped configuration preset (default: {default_preset})",
     )

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from twoshot.commands.common import add_progress_argument
-from twoshot.demo import run_demo
-from twoshot.pipeline import format_report
+from twoshot.demo import demo_models, run_demo
+from twoshot.report import format_report
 
 HELP = "run the whole two-shot method on generated videos (about 10 min on 2 CPU cores)"
 
@@ -23,10 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model",
-        choices=("stcn", "cutie"),
+        choices=demo_models(),
         default="stcn",
-        help="stcn (the tiny preset) or cutie (cutie-tiny, a shorter schedule; default folder "
-        "./twoshot-demo-cutie)",
+        help="stcn (the tiny preset) or cutie (cutie-tiny, a shorter schedule); any model but "
+        "stcn writes to ./twoshot-demo-<model> by default",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from twoshot.config import MODEL_KINDS, PRESETS
+from twoshot.config import preset_names
+from twoshot.model.registry import model_kinds
 
 HELP = "export a model's per-frame networks (ONNX; STCN only so far)"
 FORMATS: tuple[str, ...] = ("onnx",)
@@ -13,10 +14,10 @@ FORMATS: tuple[str, ...] = ("onnx",)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--checkpoint, --model, --preset, --format, --out, --exact."""
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="STCN weights to export")
+    parser.add_argument("--model", choices=model_kinds(), default=None, help="architecture of the weights")
     parser.add_argument(
-        "--model", choices=tuple(MODEL_KINDS), default=None, help="architecture of the weights"
+        "--preset", choices=preset_names(), default=None, help="model sizes (default: guessed)"
     )
-    parser.add_argument("--preset", choices=PRESETS, default=None, help="model sizes (default: guessed)")
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="file format (default onnx)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the exported files")
     parser.add_argument(

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from twoshot.commands.common import add_progress_argument
-from twoshot.config import MODEL_KINDS, PRESETS, RUNTIMES, InferenceConfig
-from twoshot.errors import UserError
+from twoshot.config import InferenceConfig, preset_names
+from twoshot.config_checks import RUNTIMES, check_inference_settings
+from twoshot.model.registry import model_kinds
 
 if TYPE_CHECKING:  # the model module imports torch: not at the CLI's start
     from twoshot.model.interface import VOSModel
@@ -27,13 +28,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model",
-        choices=tuple(MODEL_KINDS),
+        choices=model_kinds(),
         default=None,
         help="the architecture of the weights (default: told from their names)",
     )
     parser.add_argument(
         "--preset",
-        choices=PRESETS,
+        choices=preset_names(),
         default=None,
         help="model sizes and inference defaults (default: the config.json that "
         "'twoshot train' wrote beside the weights, else guessed from them)",
@@ -117,7 +118,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_model_and_config(args: argparse.Namespace) -> tuple[VOSModel, InferenceConfig]:
     """(model, InferenceConfig) from --checkpoint / --preset and the setting flags."""
-    from twoshot.inference.engine import check_inference_settings
     from twoshot.inference.predictor import load_for_inference
 
     # Refuse bad augmentation or merge flags before the weights are read.
@@ -143,22 +143,8 @@ def load_model_and_config(args: argparse.Namespace) -> tuple[VOSModel, Inference
         flip=getattr(args, "flip", False) or config.flip,
         exact=getattr(args, "exact", False) or config.exact,
     )
-    _check_settings(config)
+    check_inference_settings(config, model.kind)
     return model, config
-
-
-def _check_settings(config: InferenceConfig) -> None:
-    if config.mem_every < 1:
-        raise UserError(f"--mem-every {config.mem_every}: must be at least 1")
-    if config.top_k < 1:
-        raise UserError(f"--top-k {config.top_k}: must be at least 1")
-    if config.size != -1 and config.size < 16:
-        raise UserError(f"--size {config.size}: use -1 (native size) or at least 16 pixels")
-    if config.max_memory_frames is not None and config.max_memory_frames < 1:
-        raise UserError(f"--max-memory-frames {config.max_memory_frames}: must be at least 1")
-    from twoshot.inference.engine import check_inference_settings
-
-    check_inference_settings(config)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -203,17 +189,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Segment every video and write the masks. Returns 0."""
-    from twoshot.data.readers import detect_kind, open_dataset
+    from twoshot.data.folders import DATASET_LAYOUTS
+    from twoshot.data.readers import detect_layout, open_dataset
     from twoshot.inference.engine import PropagationEngine
     from twoshot.inference.predict import predict_sequences
 
     # YouTube-VOS roots hold split folders: look for valid/meta.json when no split is given.
-    kind = args.dataset or detect_kind(args.data, args.split or "valid")
-    split = args.split
-    if split is None and kind == "davis":
-        split = "val"
-    elif split is None and kind == "youtube" and (Path(args.data) / "valid" / "meta.json").is_file():
-        split = "valid"
+    kind = args.dataset or detect_layout(args.data, args.split or "valid")
+    split = args.split if args.split is not None else DATASET_LAYOUTS[kind].default_split(args.data, False)
     masks = args.masks
     if kind == "video" and masks is None:
         masks = str(Path(args.data).with_name(f"{Path(args.data).stem}_masks"))

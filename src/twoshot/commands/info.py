@@ -8,7 +8,7 @@ import platform
 import torch
 
 from twoshot._version import __version__
-from twoshot.config import PRESETS
+from twoshot.config import preset_names
 
 HELP = "print versions, available devices and presets"
 
@@ -24,5 +24,5 @@ def run(args: argparse.Namespace) -> int:
     cuda = torch.cuda.is_available()
     print(f"cuda available: {cuda}" + (f" ({torch.cuda.get_device_name(0)})" if cuda else ""))
     print(f"cpu threads: {torch.get_num_threads()}")
-    print(f"presets: {', '.join(PRESETS)}")
+    print(f"presets: {', '.join(preset_names())}")
     return 0

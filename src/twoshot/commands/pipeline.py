@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from twoshot.commands.common import add_config_arguments, add_progress_argument, config_from_args
-from twoshot.pipeline import format_report, run_pipeline
+from twoshot.pipeline import run_pipeline
+from twoshot.report import format_report
 
 HELP = "run the whole two-shot method with baselines and write a report (resumable)"
 

@@ -40,10 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build (or resume) the bank and print a summary. Returns 0."""
-    from twoshot.data.readers import detect_kind, open_dataset
+    from twoshot.data.readers import detect_layout, open_dataset
     from twoshot.inference.pseudo_label import build_bank
 
-    kind = args.dataset or detect_kind(args.data, args.split)
+    kind = args.dataset or detect_layout(args.data, args.split)
     if kind == "video":
         raise UserError(
             f"{args.data}: pseudo-labelling needs a dataset folder (davis, youtube "

@@ -78,10 +78,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the stage's recipe (checking budget and bank first) and train; prints the final
     weights' path. Returns 0."""
+    from twoshot.config_checks import check_stage
     from twoshot.train.recipes import build_recipe
     from twoshot.train.trainer import train
 
     config = config_from_args(args)
+    # The run's own rules (lr_steps within iterations; the two-shot warm-up before the end)
+    # before the data is read.
+    section = "static" if args.stage == "static" else "main"
+    check_stage(config, section, two_shot=args.stage == "phase1")
     recipe = build_recipe(args.stage, config, args.data, args.dataset, args.split, args.budget, args.bank)
     final = train(
         config,

@@ -112,8 +112,8 @@ def make_budget(
         candidates = sorted(seq.mask_paths)
         if not candidates:
             raise UserError(f"video {seq.name}: no annotated frame to choose from")
-        usable = _object_checker(seq) if require_objects else (lambda index: True)
-        chosen = _choose(candidates, shots, strategy, random.Random(f"{seed}:{seq.name}"), usable)
+        usable = object_checker(seq) if require_objects else (lambda index: True)
+        chosen = choose_frames(candidates, shots, strategy, random.Random(f"{seed}:{seq.name}"), usable)
         if not chosen:
             raise UserError(
                 f"video {seq.name}: none of its {len(candidates)} annotation PNGs "
@@ -123,8 +123,9 @@ def make_budget(
     return budget
 
 
-def _object_checker(seq: VideoSequence) -> Callable[[int], bool]:
-    """Cached test: does the annotation PNG of frame ``index`` show any object?"""
+def object_checker(seq: VideoSequence) -> Callable[[int], bool]:
+    """A cached test ``index -> bool``: does the annotation PNG of frame ``index`` of ``seq``
+    show any object?"""
     cache: dict[int, bool] = {}
 
     def has_object(index: int) -> bool:
@@ -146,10 +147,12 @@ def _target_positions(n: int, k: int, strategy: str) -> list[int]:
     return [math.floor(i * (n - 1) / (k - 1) + 0.5) for i in range(k)]
 
 
-def _choose(
+def choose_frames(
     candidates: list[int], shots: int, strategy: str, rng: random.Random, usable: Callable[[int], bool]
 ) -> list[int]:
-    """Frame indices chosen among ``candidates`` (sorted) following ``strategy``."""
+    """Up to ``shots`` frame indices chosen among ``candidates`` (sorted) following
+    ``strategy`` (:data:`STRATEGIES`), skipping frames ``usable`` refuses; ``rng`` draws
+    the random strategy's frames."""
     n = len(candidates)
     k = min(shots, n)
     chosen: list[int] = []

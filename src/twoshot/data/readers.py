@@ -8,21 +8,20 @@ unlabeled frame (DESIGN.md section 2). Problems a user can fix raise
 
 Entry points:
 
-- :func:`open_dataset` (``kind`` in ``davis``, ``youtube``, ``generic``, ``video``), or
-  :func:`detect_kind` to guess the kind of a folder;
+- :func:`open_dataset` (``layout`` in ``davis``, ``youtube``, ``generic``, ``video``), or
+  :func:`detect_layout` to guess the layout of a folder;
 - :func:`load_frames` -> uint8 ``[T, H, W, 3]`` (PyAV for video files);
 - :func:`load_annotations` -> ``({frame_index: uint8 [H, W]}, palette)``;
 - :func:`reference_annotations`: the masks semi-supervised inference is given (each object on
   the frame where it first appears);
 - :func:`frame_size`, :func:`check_sequence`.
+
+The folder layouts themselves are read in :mod:`twoshot.data.folders`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -30,13 +29,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from twoshot.data.folders import (
+    DATASET_LAYOUTS,
+    DAVIS_RESOLUTIONS,
+    list_files,
+    open_davis,
+    open_generic,
+    open_youtube,
+)
 from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import read_frame, read_mask
 from twoshot.errors import UserError
 
-KINDS: tuple[str, ...] = ("davis", "youtube", "generic", "video")
-DAVIS_RESOLUTIONS: tuple[str, ...] = ("480p", "Full-Resolution")
-FRAME_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
+LAYOUTS: tuple[str, ...] = tuple(DATASET_LAYOUTS)
 VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
 PathLike = str | os.PathLike[str]
@@ -48,7 +53,7 @@ MaskSource = Mapping[int, PathLike] | PathLike
 
 
 def open_dataset(
-    kind: str,
+    layout: str,
     root: PathLike,
     split: str | None = None,
     *,
@@ -58,7 +63,7 @@ def open_dataset(
 ) -> list[VideoSequence]:
     """Read a dataset layout into VideoSequences (sorted by name for folder layouts).
 
-    kind: ``davis`` | ``youtube`` | ``generic`` | ``video``.
+    layout: ``davis`` | ``youtube`` | ``generic`` | ``video``.
     root: dataset root folder (for ``video``: the video file).
     split: DAVIS: ``train`` / ``val`` / any ``ImageSets/2017/<split>.txt``, or a path to such a
         list (None = every video folder); YouTube-VOS: ``train`` / ``valid`` / ... sub-folder
@@ -69,17 +74,17 @@ def open_dataset(
     Raises UserError for a missing folder/split file/video, an empty video, or an annotation
     PNG without a frame. No annotation PNG is opened.
     """
-    if kind not in KINDS:
-        raise UserError(f"unknown dataset kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown dataset layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     root = Path(root)
     if not root.exists():
-        raise UserError(f"{root}: no such {'file' if kind == 'video' else 'folder'}")
-    if kind == "davis":
-        sequences = _open_davis(root, split, resolution)
-    elif kind == "youtube":
-        sequences = _open_youtube(root, split)
-    elif kind == "generic":
-        sequences = _open_generic(root, split)
+        raise UserError(f"{root}: no such {'file' if layout == 'video' else 'folder'}")
+    if layout == "davis":
+        sequences = open_davis(root, split, resolution)
+    elif layout == "youtube":
+        sequences = open_youtube(root, split)
+    elif layout == "generic":
+        sequences = open_generic(root, split)
     else:
         if masks is None:
             raise UserError(
@@ -96,7 +101,7 @@ def open_dataset(
     return sequences
 
 
-def detect_kind(root: PathLike, split: str | None = None) -> str:
+def detect_layout(root: PathLike, split: str | None = None) -> str:
     """Guess the layout of ``root``: ``video`` (a file), ``davis``, ``youtube`` or ``generic``.
 
     DAVIS has ``JPEGImages/480p`` (or ``Full-Resolution``); YouTube-VOS has ``meta.json`` in
@@ -113,255 +118,8 @@ def detect_kind(root: PathLike, split: str | None = None) -> str:
         return "generic"
     raise UserError(
         f"{root}: not a DAVIS, YouTube-VOS or generic dataset folder (no "
-        "JPEGImages/480p, meta.json or JPEGImages found); pass the kind explicitly"
+        "JPEGImages/480p, meta.json or JPEGImages found); pass the layout explicitly (--dataset)"
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Shared listing helpers
-
-
-def natural_key(name: str) -> list[int | str]:
-    """Sort key that orders digit runs by value ("f2" < "f10"); DAVIS names sort as before."""
-    # re.split with a capturing group alternates text, digits, text ...: types never clash.
-    return [int(part) if i % 2 else part.lower() for i, part in enumerate(re.split(r"(\d+)", name))]
-
-
-def _list_files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
-    """Files of ``folder`` with one of ``suffixes`` (case-insensitive), hidden ones skipped."""
-    return sorted(
-        (
-            p
-            for p in folder.iterdir()
-            if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file()
-        ),
-        key=lambda p: natural_key(p.stem),
-    )
-
-
-def _list_frames(folder: Path, suffixes: Sequence[str] = FRAME_SUFFIXES) -> list[Path]:
-    """Image files of a video folder in temporal order; UserError if missing, empty or ambiguous."""
-    if not folder.is_dir():
-        raise UserError(f"{folder}: video folder is missing")
-    frames = _list_files(folder, suffixes)
-    if not frames:
-        raise UserError(f"{folder}: empty video (no {'/'.join(suffixes)} frames)")
-    stems = [p.stem for p in frames]
-    if len(set(stems)) != len(stems):
-        dup = next(s for s in stems if stems.count(s) > 1)
-        raise UserError(f"{folder}: two frame files named {dup}.* (e.g. .jpg and .png)")
-    return frames
-
-
-def _match_masks(ann_folder: Path, frame_names: list[str], *, required: bool) -> dict[int, Path]:
-    """Map frame index -> annotation PNG of ``ann_folder`` (listing only, nothing is opened).
-
-    A PNG whose stem is not a frame name is an error (its frame is missing); with
-    ``required`` an absent or empty folder is an error too.
-    """
-    if not ann_folder.is_dir():
-        if required:
-            raise UserError(f"{ann_folder}: annotation folder is missing")
-        return {}
-    index = {name: i for i, name in enumerate(frame_names)}
-    mask_paths: dict[int, Path] = {}
-    for png in _list_files(ann_folder, (".png",)):
-        if png.stem not in index:
-            raise UserError(
-                f"{png}: annotation has no matching frame {png.stem}.* in the "
-                "JPEGImages folder (frame missing)"
-            )
-        mask_paths[index[png.stem]] = png
-    if required and not mask_paths:
-        raise UserError(f"{ann_folder}: no annotation PNG for this video")
-    return dict(sorted(mask_paths.items()))
-
-
-def _check_no_gaps(folder: Path, frames: list[Path]) -> None:
-    """DAVIS frames are numbered consecutively: a gap means a frame file is missing."""
-    stems = [p.stem for p in frames]
-    if not all(s.isdigit() for s in stems) or len(stems) < 2:
-        return
-    numbers = [int(s) for s in stems]
-    # gcd of steps allows layouts sampled every k-th frame (YouTube-VOS uses 5).
-    step = 0
-    for a, b in zip(numbers, numbers[1:]):
-        step = math.gcd(step, b - a)
-    for a, b in zip(numbers, numbers[1:]):
-        if b - a != step:
-            width = len(stems[0])
-            raise UserError(
-                f"{folder}: frame {a + step:0{width}d} is missing "
-                f"(frames jump from {a:0{width}d} to {b:0{width}d})"
-            )
-
-
-# --------------------------------------------------------------------------------------------
-# DAVIS 2017
-
-
-def _open_davis(root: Path, split: str | None, resolution: str) -> list[VideoSequence]:
-    """DAVIS: JPEGImages/<res>/<video>/00000.jpg, Annotations/<res>/<video>/00000.png."""
-    if resolution not in DAVIS_RESOLUTIONS:
-        raise UserError(f"unknown DAVIS resolution {resolution!r}; expected {' or '.join(DAVIS_RESOLUTIONS)}")
-    images = root / "JPEGImages" / resolution
-    annotations = root / "Annotations" / resolution
-    if not images.is_dir():
-        raise UserError(f"{images}: folder is missing (not a DAVIS {resolution} root)")
-    if split is None:
-        names = sorted(p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith("."))
-    else:
-        names = _read_davis_split(root, split)
-    if not names:
-        raise UserError(f"{images}: no videos")
-    sequences = []
-    for name in names:
-        frames = _list_frames(images / name, (".jpg", ".jpeg"))
-        _check_no_gaps(images / name, frames)
-        frame_names = [p.stem for p in frames]
-        sequences.append(
-            VideoSequence(
-                name=name,
-                frame_paths=frames,
-                frame_names=frame_names,
-                mask_paths=_match_masks(annotations / name, frame_names, required=True),
-            )
-        )
-    return sequences
-
-
-def _read_davis_split(root: Path, split: str) -> list[str]:
-    """Video names of ``ImageSets/2017/<split>.txt`` (or of ``split`` given as a file path)."""
-    sets = root / "ImageSets" / "2017"
-    path = Path(split) if split.endswith(".txt") else sets / f"{split}.txt"
-    if not path.is_file():
-        have = sorted(p.stem for p in sets.glob("*.txt")) if sets.is_dir() else []
-        raise UserError(
-            f"{path}: split file is missing" + (f" (available: {', '.join(have)})" if have else "")
-        )
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read split file ({exc})") from exc
-    names = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    if not names:
-        raise UserError(f"{path}: split file lists no video")
-    return names
-
-
-# --------------------------------------------------------------------------------------------
-# YouTube-VOS
-
-
-def _open_youtube(root: Path, split: str | None) -> list[VideoSequence]:
-    """YouTube-VOS: <split>/JPEGImages/<video>/*.jpg, <split>/Annotations/..., <split>/meta.json."""
-    base = root if split is None else root / split
-    if not base.is_dir():
-        have = sorted(p.name for p in root.iterdir() if (p / "meta.json").is_file())
-        raise UserError(
-            f"{base}: split folder is missing" + (f" (available: {', '.join(have)})" if have else "")
-        )
-    split_name = split if split is not None else root.name
-    # A submission holds exactly the frames meta.json lists, except on training splits.
-    is_train = split_name.lower().startswith("train")
-    meta = _read_meta(base / "meta.json")
-    sequences = []
-    for name in sorted(meta):
-        frames = _list_frames(base / "JPEGImages" / name, (".jpg", ".jpeg"))
-        frame_names = [p.stem for p in frames]
-        index = {stem: i for i, stem in enumerate(frame_names)}
-        first: dict[int, int] = {}
-        listed: set[int] = set()
-        for obj_id, obj_frames in meta[name].items():
-            for frame in obj_frames:
-                if frame not in index:
-                    raise UserError(
-                        f"{base / 'meta.json'}: video {name} object {obj_id} lists "
-                        f"frame {frame}, but {base / 'JPEGImages' / name / frame}.jpg "
-                        "is missing"
-                    )
-                listed.add(index[frame])
-            if obj_frames:
-                first[obj_id] = min(index[f] for f in obj_frames)
-        ann_folder = base / "Annotations" / name
-        mask_paths = _match_masks(ann_folder, frame_names, required=not is_train)
-        if not is_train:
-            # The given masks are inputs of inference: each object's first frame must have one.
-            for obj_id, first_index in sorted(first.items()):
-                if first_index not in mask_paths:
-                    raise UserError(
-                        f"{ann_folder / frame_names[first_index]}.png: missing; meta.json "
-                        f"says object {obj_id} first appears in this frame"
-                    )
-        sequences.append(
-            VideoSequence(
-                name=name,
-                frame_paths=frames,
-                frame_names=frame_names,
-                mask_paths=mask_paths,
-                object_first_frame=dict(sorted(first.items())),
-                frames_to_save=None if is_train else sorted(listed),
-            )
-        )
-    return sequences
-
-
-def _read_meta(path: Path) -> dict[str, dict[int, list[str]]]:
-    """Parse meta.json into {video: {object_id: [frame names]}}; UserError if malformed."""
-    if not path.is_file():
-        raise UserError(f"{path}: meta.json is missing")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: cannot read meta.json ({exc})") from exc
-    videos = raw.get("videos") if isinstance(raw, dict) else None
-    if not isinstance(videos, dict):
-        raise UserError(f'{path}: expected {{"videos": {{video: {{"objects": ...}}}}}}')
-    meta: dict[str, dict[int, list[str]]] = {}
-    for name, entry in videos.items():
-        objects = entry.get("objects") if isinstance(entry, dict) else None
-        if not isinstance(objects, dict):
-            raise UserError(f'{path}: video {name} has no "objects" mapping')
-        meta[name] = {}
-        for key, obj in objects.items():
-            frames = obj.get("frames") if isinstance(obj, dict) else None
-            if not (key.isdigit() and 0 < int(key) < 256):
-                raise UserError(f"{path}: video {name} object id {key!r} is not an integer 1..255")
-            if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
-                raise UserError(f'{path}: video {name} object {key} has no "frames" list of names')
-            # Frame names may come with an extension in hand-made files; ids are the stems.
-            meta[name][int(key)] = [Path(f).stem for f in frames]
-    return meta
-
-
-# --------------------------------------------------------------------------------------------
-# Generic folders
-
-
-def _open_generic(root: Path, split: str | None) -> list[VideoSequence]:
-    """Generic: JPEGImages/<video>/*.jpg|png + Annotations/<video>/*.png (first-appearance frames)."""
-    base = root if split is None else root / split
-    images = base / "JPEGImages"
-    if not images.is_dir():
-        raise UserError(f"{images}: folder is missing (generic layout needs JPEGImages/<video>/)")
-    names = sorted(
-        (p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key
-    )
-    if not names:
-        raise UserError(f"{images}: no video folders")
-    sequences = []
-    for name in names:
-        frames = _list_frames(images / name)
-        frame_names = [p.stem for p in frames]
-        sequences.append(
-            VideoSequence(
-                name=name,
-                frame_paths=frames,
-                frame_names=frame_names,
-                mask_paths=_match_masks(base / "Annotations" / name, frame_names, required=True),
-            )
-        )
-    return sequences
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,7 +135,7 @@ def open_video_file(path: PathLike, masks: MaskSource, name: str | None = None) 
     undecodable or empty video, a mask index out of range, or a missing mask file.
     """
     path = Path(path)
-    num_frames = _count_video_frames(str(path), *_stat_key(path))
+    num_frames = video_frame_count(path)
     if num_frames == 0:
         raise UserError(f"{path}: empty video (no frames decoded)")
     if isinstance(masks, Mapping):
@@ -387,7 +145,7 @@ def open_video_file(path: PathLike, masks: MaskSource, name: str | None = None) 
         if not folder.is_dir():
             raise UserError(f"{folder}: mask folder is missing")
         mask_paths = {}
-        for png in _list_files(folder, (".png",)):
+        for png in list_files(folder, (".png",)):
             if not png.stem.isdigit():
                 raise UserError(f"{png}: mask name must be a frame index such as 00000.png")
             mask_paths[int(png.stem)] = png
@@ -406,6 +164,12 @@ def open_video_file(path: PathLike, masks: MaskSource, name: str | None = None) 
         mask_paths=dict(sorted(mask_paths.items())),
         video_file=path,
     )
+
+
+def video_frame_count(path: PathLike) -> int:
+    """Frames of the video file ``path``, decoded once per file version (cached by path,
+    modification time and size)."""
+    return _count_video_frames(str(path), *_stat_key(Path(path)))
 
 
 def _stat_key(path: Path) -> tuple[int, int]:

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from twoshot.config_checks import check_curriculum
 from twoshot.errors import UserError
 
 CLIP_LENGTH = 3  # STCN trains on 3-frame clips; the formulas below are written for 3 frames.
@@ -205,18 +206,6 @@ def effective_max_skip(max_skip: int, annotation_stride: int = 1) -> int:
     return max(1, int(max_skip) // annotation_stride)
 
 
-def _check_curriculum(values: Sequence[int], fractions: Sequence[float]) -> None:
-    if len(values) != len(fractions) + 1:
-        raise UserError(
-            f"max_skip_values needs one more entry than max_skip_fractions "
-            f"(got {len(values)} values, {len(fractions)} fractions)"
-        )
-    if any(v < 1 for v in values):
-        raise UserError(f"max_skip_values must all be >= 1, got {list(values)}")
-    if any(not 0.0 <= f <= 1.0 for f in fractions) or list(fractions) != sorted(fractions):
-        raise UserError(f"max_skip_fractions must be increasing, in [0, 1]; got {list(fractions)}")
-
-
 def skip_switch_steps(total_steps: int, fractions: Sequence[float]) -> list[int]:
     """Steps at which the max skip changes: ``round(f * total_steps)`` for each fraction.
 
@@ -237,6 +226,6 @@ def max_skip_at(
     (TrainConfig.max_skip_values / max_skip_fractions; STCN's 5, 10, 15, 20, 25, 5 at
     10/20/30/40/90 %). Raises UserError if the lists do not fit together.
     """
-    _check_curriculum(values, fractions)
+    check_curriculum(values, fractions)
     passed = sum(1 for s in skip_switch_steps(total_steps, fractions) if step >= s)
     return int(values[passed])

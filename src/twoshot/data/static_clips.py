@@ -7,7 +7,7 @@
 - two folders: ``<X>-Image/<name>.jpg`` + ``<X>-Mask/<name>.png`` (DUTS),
   ``images/`` + ``ground_truth_mask/`` (ECSSD), ``images/`` + ``masks/``.
 
-Each sample warps one pair into 3 frames (:class:`twoshot.data.augment.StaticClipAugment`)
+Each sample warps one pair into 3 frames (:class:`twoshot.data.static_augment.StaticClipAugment`)
 and is a :class:`~twoshot.data.batch.ClipBatch` of one clip, as :mod:`twoshot.data.vos_clips`
 samples, with one object in slot 1 of ``num_objects`` (the others empty: ``selector``
 [1, 0, ...]), ``labeled`` all True, ``frames`` all 0 and no geometry fields.
@@ -27,10 +27,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from twoshot.data.augment import StaticClipAugment, to_normalized_tensor
+from twoshot.data.augment import to_normalized_tensor
 from twoshot.data.batch import ClipBatch
 from twoshot.data.masks import read_frame
 from twoshot.data.sampling import clip_rng
+from twoshot.data.static_augment import StaticClipAugment
 from twoshot.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".bmp", ".webp")

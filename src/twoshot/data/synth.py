@@ -38,7 +38,8 @@ from PIL import Image
 
 from twoshot.data.masks import write_frame, write_mask
 from twoshot.data.synth_config import SynthConfig
-from twoshot.data.synth_render import PlacementError, RenderedVideo, make_video
+from twoshot.data.synth_render import RenderedVideo, make_video
+from twoshot.data.synth_scene import PlacementError
 from twoshot.errors import UserError
 from twoshot.fsutil import atomic_dir, atomic_open, atomic_path
 

@@ -1,7 +1,8 @@
 """The generator's difficulty knobs (:class:`SynthConfig`) and its named difficulty presets.
 
-Kept apart from :mod:`twoshot.data.synth` (which writes datasets) and
-:mod:`twoshot.data.synth_render` (which draws videos) because both read them.
+Kept apart from :mod:`twoshot.data.synth` (which writes datasets),
+:mod:`twoshot.data.synth_scene` (which samples scenes) and :mod:`twoshot.data.synth_render`
+(which draws them) because they all read them.
 """
 
 from __future__ import annotations

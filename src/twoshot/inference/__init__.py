@@ -7,7 +7,8 @@
 - :func:`build_bank` (``twoshot.inference.pseudo_label``): the pseudo-label bank of a dataset.
 """
 
-from twoshot.inference.engine import EngineStats, PropagationEngine, PropagationResult
+from twoshot.inference.engine import PropagationEngine
+from twoshot.inference.frames import EngineStats, PropagationResult
 from twoshot.inference.predictor import Predictor
 from twoshot.inference.schedule import assign_sources
 

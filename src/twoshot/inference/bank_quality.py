@@ -47,13 +47,13 @@ class LabelScore:
 
     def standard_error(self) -> float | None:
         """Standard error of the J&F over objects (None with fewer than two)."""
-        from twoshot.pipeline import standard_error
+        from twoshot.evaluate.standard_errors import standard_error
 
         return standard_error(list(self.objects.values()))
 
     def paired_error(self, other: LabelScore) -> float | None:
         """Standard error of this score minus ``other``'s, paired over the same objects."""
-        from twoshot.pipeline import paired_standard_error
+        from twoshot.evaluate.standard_errors import paired_standard_error
 
         return paired_standard_error(other.objects, self.objects)
 

@@ -35,58 +35,41 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from twoshot.config import RUNTIMES, InferenceConfig
+from twoshot.config import InferenceConfig
+from twoshot.config_checks import check_inference_settings
 from twoshot.devices import amp_dtype, cpu_bf16_flags
 from twoshot.errors import UserError
-from twoshot.inference.geometry import Geometry, labels_from_prob, prepare_masks, to_original
+from twoshot.inference.frames import (
+    EngineStats,
+    FrameMaker,
+    FrameOutput,
+    ObjectChannels,
+    PartialFrame,
+    PropagationResult,
+    check_masks,
+    overlay_annotation,
+    present_objects,
+)
+from twoshot.inference.geometry import Geometry
 from twoshot.inference.key_cache import FramesOnDemand, FrameSource, KeyCache
-from twoshot.inference.schedule import MERGES, Run, forward_runs, fused_runs, nearest_runs
-from twoshot.model.aggregate import aggregate
+from twoshot.inference.schedule import Run, forward_runs, fused_runs, nearest_runs
 from twoshot.model.interface import VOSModel, Wrap, inference_memory_format
 
 MODES: tuple[str, ...] = ("forward", "bidirectional")
 
 
-def check_inference_settings(config: InferenceConfig) -> None:
-    """UserError naming the setting if ``config.merge``, ``flip`` or ``scales`` is unusable
-    (called before any work: by the engine, the bank and ``twoshot infer``)."""
-    if config.merge not in MERGES:
-        raise UserError(f"inference.merge {config.merge!r}: choose one of {', '.join(MERGES)}")
-    if not config.scales:
-        raise UserError("inference.scales is empty: give at least one factor (1.0 = the plain run)")
-    bad = [s for s in config.scales if not s > 0]
-    if bad:
-        raise UserError(f"inference.scales {config.scales}: every factor must be above 0, got {bad}")
-    if len(set(config.scales)) != len(config.scales):
-        raise UserError(f"inference.scales {config.scales}: a factor is repeated")
-    if config.runtime not in RUNTIMES:
-        raise UserError(f"inference.runtime {config.runtime!r}: choose one of {', '.join(RUNTIMES)}")
-    if config.runtime != "torch" and (config.exact or config.compile or config.amp):
-        option = "exact" if config.exact else "compile" if config.compile else "amp"
-        raise UserError(
-            f"inference.runtime {config.runtime} with inference.{option}: the runtime runs its own "
-            "fp32 kernels; drop one of the two"
-        )
-    if config.exact and (config.channels_last or config.compile):
-        option = "channels_last" if config.channels_last else "compile"
-        raise UserError(
-            f"inference.exact with inference.{option}: {option} is not bit-identical to the "
-            "reference; drop one of the two"
-        )
-
-
-def _check_precision(config: InferenceConfig, device: torch.device) -> None:
-    """UserError for ``exact`` with bfloat16 on a CPU (the reference implementations compute
-    in fp32 there); a warning when bfloat16 on this CPU would be emulated (slower than fp32)."""
+def _check_precision(config: InferenceConfig, device: torch.device, model: VOSModel) -> None:
+    """UserError for ``exact`` with bfloat16 on a CPU where ``model``'s reference implementation
+    computes in fp32 there (STCN's, Cutie's); a warning when bfloat16 on this CPU would be
+    emulated (slower than fp32)."""
     if not (config.amp and device.type == "cpu" and config.amp_dtype == "bfloat16"):
         return
-    if config.exact:
+    if config.exact and not model.reference_autocasts_on_cpu:
         raise UserError(
             "inference.exact with inference.amp (bfloat16) on a CPU: the reference implementations "
             "compute in fp32 on a CPU; drop one of the two"
@@ -97,92 +80,6 @@ def _check_precision(config: InferenceConfig, device: torch.device) -> None:
             "amx_bf16 in /proc/cpuinfo): bfloat16 is emulated there and usually slower than fp32",
             stacklevel=3,
         )
-
-
-@dataclass
-class EngineStats:
-    """Work done for one video (for tests, benchmarks and summaries).
-
-    key_encodes: frames through the frame encoder (each frame at most once when planned);
-    encoder_calls: batched encoder calls; value_encodes: frames memorised (one mask-encoder
-    call per memory frame, all objects batched); segmented: frames segmented from memory;
-    peak_memory_frames: largest memory of any run; peak_cached_frames: most frame features
-    held at once; runs: propagation runs; seconds: wall time.
-    """
-
-    key_encodes: int = 0
-    encoder_calls: int = 0
-    value_encodes: int = 0
-    segmented: int = 0
-    peak_memory_frames: int = 0
-    peak_cached_frames: int = 0
-    runs: int = 0
-    seconds: float = 0.0
-
-
-class ObjectChannels:
-    """Object ids <-> channels of a run's probabilities: channel 0 is the background, channel
-    ``c`` (1-based) holds the c-th object enabled."""
-
-    def __init__(self) -> None:
-        self.ids: list[int] = []
-        self._channels: dict[int, int] = {}
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __contains__(self, obj: object) -> bool:
-        return obj in self._channels
-
-    def channel(self, obj: int) -> int:
-        """The channel (1-based) of object ``obj``; KeyError if it is not enabled."""
-        return self._channels[obj]
-
-    def add(self, objects: Collection[int]) -> list[int]:
-        """Enable the objects of ``objects`` not enabled yet, in the given order; returns them."""
-        new = [int(o) for o in objects if o not in self._channels]
-        for obj in new:
-            self.ids.append(obj)
-            self._channels[obj] = len(self.ids)
-        return new
-
-
-@dataclass
-class FrameOutput:
-    """One frame of a propagation, final, at the original size.
-
-    frame: its index; labels: uint8 [H, W] object ids (0 = background); source: the
-    annotated frame whose run gave it (None: no run reached it, all background);
-    object_ids: the ids of channels 1..K of ``probabilities``; confidence: uint8 [H, W],
-    max probability x 255 (when asked for); probabilities: float32 [1+K, H, W] on the
-    engine's device, background first (when asked for).
-    """
-
-    frame: int
-    labels: np.ndarray
-    source: int | None
-    object_ids: list[int]
-    confidence: np.ndarray | None = None
-    probabilities: torch.Tensor | None = None
-
-
-@dataclass
-class PropagationResult:
-    """The outputs for one video, at the original frame size.
-
-    masks: uint8 [T, H, W] object ids (0 = background; frames not covered are all 0).
-    object_ids: the video's object ids, ascending (the channel order of ``probabilities``).
-    sources: per frame, the annotated frame whose propagation gave it (None: not covered).
-    confidence: uint8 [T, H, W], max probability x 255 (when asked for).
-    probabilities: float32 [T, K+1, H, W], background first then ``object_ids`` (when asked).
-    """
-
-    masks: np.ndarray
-    object_ids: list[int]
-    sources: list[int | None]
-    confidence: np.ndarray | None = None
-    probabilities: np.ndarray | None = None
-    stats: EngineStats = field(default_factory=EngineStats)
 
 
 class Propagation(Iterator[FrameOutput]):
@@ -234,13 +131,13 @@ class PropagationEngine:
     ) -> None:
         self.config = config or InferenceConfig()
         amp_dtype(self.config.amp_dtype)  # refuse a bad value before any work
-        check_inference_settings(self.config)
+        check_inference_settings(self.config, model.kind)
         if device is None:
             from twoshot.devices import resolve_device
 
             device = resolve_device(self.config.device)
         self.device = torch.device(device)
-        _check_precision(self.config, self.device)
+        _check_precision(self.config, self.device, model)
         # The layout is set both ways: weights an earlier channels-last engine converted
         # would otherwise make every convolution here NHWC too.
         self.memory_format = inference_memory_format(self.config, model)
@@ -303,7 +200,7 @@ class PropagationEngine:
         if first.ndim != 3 or first.shape[2] != 3:
             raise UserError(f"frames must be RGB [H, W, 3], got shape {first.shape}")
         height, width = first.shape[:2]
-        masks = _check_masks(masks_by_frame, num_frames, (height, width))
+        masks = check_masks(masks_by_frame, num_frames, (height, width))
         object_ids = sorted({int(o) for m in masks.values() for o in np.unique(m) if o != 0})
         cfg = self.config
         wanted = None if output_frames is None else {int(f) for f in output_frames}
@@ -312,7 +209,7 @@ class PropagationEngine:
         runs = plan(num_frames, list(masks), wanted, cfg.mem_every, cfg.include_last, every_frame)
         stats = EngineStats(runs=len(runs))
         upscale = self.propagator.preparation.upscale
-        output = _FrameMaker(
+        output = FrameMaker(
             Geometry.for_frames(height, width, cfg.size, upscale), object_ids, confidence, probabilities
         )
         variants = [
@@ -377,7 +274,7 @@ class PropagationEngine:
         masks: dict[int, np.ndarray],
         mode: str,
         runs: list[Run],
-        output: _FrameMaker,
+        output: FrameMaker,
         variants: list[tuple[float, bool]],
         stats: EngineStats,
     ) -> Iterator[FrameOutput]:
@@ -395,7 +292,7 @@ class PropagationEngine:
                 if scale == 1.0
                 else Geometry.for_frames(height, width, max(16, round(base * scale)), True)
             )
-            maker = _FrameMaker(geometry, output.object_ids, confidence=False, probabilities=True)
+            maker = FrameMaker(geometry, output.object_ids, confidence=False, probabilities=True)
             source: FrameSource = _Mirrored(frames) if flip else frames
             given = {f: np.ascontiguousarray(m[:, ::-1]) for f, m in masks.items()} if flip else masks
             part = EngineStats()
@@ -426,7 +323,7 @@ class PropagationEngine:
         masks: dict[int, np.ndarray],
         mode: str,
         runs: list[Run],
-        output: _FrameMaker,
+        output: FrameMaker,
         stats: EngineStats,
     ) -> Iterator[FrameOutput]:
         """The body of :meth:`frames`: labeled frames, every run's frames, then the uncovered.
@@ -437,7 +334,7 @@ class PropagationEngine:
         """
         start = time.perf_counter()
         remaining = Counter(step.frame for run in runs for step in run.steps if step.emit)
-        pending: dict[int, _Partial] = {}
+        pending: dict[int, PartialFrame] = {}
 
         def emit(run: Run, frame: int, prob: torch.Tensor, ids: list[int], source: int) -> FrameOutput | None:
             if remaining[frame] == 1 and frame not in pending:
@@ -446,7 +343,7 @@ class PropagationEngine:
             part = output.video_channels(prob, ids) * weight
             held = pending.get(frame)
             if held is None:
-                held = pending[frame] = _Partial(part, weight, source, weight)
+                held = pending[frame] = PartialFrame(part, weight, source, weight)
             else:
                 held.total += part
                 held.weight += weight
@@ -508,7 +405,7 @@ class PropagationEngine:
             # frames must not run (and create tensors) in inference mode.
             with torch.inference_mode():
                 cached = cache.acquire(step.frame, frames[index + 1 :])
-                present = _present(masks[step.frame]) if step.annotation else []
+                present = present_objects(masks[step.frame]) if step.annotation else []
                 prob: torch.Tensor | None = None  # [1, 1+K, Hp, Wp], background first
                 # An annotation that shows every enabled object replaces the whole prediction.
                 if step.predict and not (step.annotation and all(o in present for o in channels.ids)):
@@ -516,7 +413,7 @@ class PropagationEngine:
                     stats.segmented += 1
                 if step.annotation:
                     source = step.frame
-                    prob, new = _overlay(
+                    prob, new = overlay_annotation(
                         prob, channels, masks[step.frame], present, run_ids, geometry, self.device
                     )
                     if new:
@@ -532,147 +429,6 @@ class PropagationEngine:
             if result is not None:
                 yield result
         stats.peak_memory_frames = max(stats.peak_memory_frames, memory.peak_frames)
-
-
-def _present(labels: np.ndarray) -> list[int]:
-    """The object ids shown in labels [H, W], ascending."""
-    return [int(o) for o in np.unique(labels) if o != 0]
-
-
-def _overlay(
-    prob: torch.Tensor | None,
-    channels: ObjectChannels,
-    labels: np.ndarray,
-    present: list[int],
-    run_ids: list[int],
-    geometry: Geometry,
-    device: torch.device,
-) -> tuple[torch.Tensor, list[int]]:
-    """Put an annotated frame's masks over the propagated probabilities, as STCN's interact.
-
-    prob: [1, 1+K, Hp, Wp] for the enabled objects of ``channels`` (None when nothing was
-    segmented: no object yet, or the annotation shows them all); present: the ids in
-    ``labels``; run_ids: every object the run will see, ascending. The annotated objects'
-    pixels are cleared in every channel, their channels set to their masks, and the object
-    channels soft-aggregated again. Like STCN's YouTube-VOS code this aggregation runs over
-    all of ``run_ids`` in id order, objects not enabled yet as zero channels (they shift the
-    other probabilities by ~1e-7, which keeps results bit-identical to STCN's).
-    Returns (prob [1, 1+K', Hp, Wp] in channel order, the ids enabled by this frame).
-    """
-    onehot = prepare_masks(labels, present, geometry, device)  # [A, Hp, Wp]
-    position = {obj: i for i, obj in enumerate(run_ids)}
-    objects = torch.zeros((len(run_ids), *onehot.shape[-2:]), device=device)
-    if prob is not None:
-        for obj in channels.ids:
-            objects[position[obj]] = prob[0, channels.channel(obj)].float()
-    objects[:, onehot.sum(0) > 0.5] = 0
-    for channel, obj in enumerate(present):
-        objects[position[obj]] = onehot[channel]
-    new = channels.add(present)
-    aggregated = aggregate(objects[None], dim=1)
-    order = [0] + [1 + position[obj] for obj in channels.ids]
-    if order != list(range(len(run_ids) + 1)):
-        aggregated = aggregated[:, order]
-    return aggregated, new
-
-
-def _check_masks(
-    masks_by_frame: Mapping[int, np.ndarray], num_frames: int, size: tuple[int, int]
-) -> dict[int, np.ndarray]:
-    """Validated {frame: uint8 [H, W]} without masks that show no object, sorted by frame."""
-    masks: dict[int, np.ndarray] = {}
-    for frame, labels in sorted(masks_by_frame.items()):
-        frame = int(frame)
-        labels = np.asarray(labels)
-        if not 0 <= frame < num_frames:
-            raise UserError(f"mask given for frame {frame}, but the video has {num_frames} frames")
-        if labels.ndim != 2:
-            raise UserError(
-                f"mask of frame {frame} must be a 2-D array of object ids, got shape "
-                f"{labels.shape} (an RGB mask?)"
-            )
-        if labels.shape != size:
-            raise UserError(
-                f"mask of frame {frame} is {labels.shape[1]}x{labels.shape[0]} but "
-                f"the frame is {size[1]}x{size[0]}"
-            )
-        if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
-            raise UserError(f"mask of frame {frame} has ids outside 0..255")
-        if labels.any():
-            masks[frame] = labels.astype(np.uint8, copy=False)
-    if not masks:
-        raise UserError("no object in the given masks (every mask is all background)")
-    return masks
-
-
-class _FrameMaker:
-    """Makes :class:`FrameOutput` s at the original size from network-resolution probabilities,
-    given masks, or nothing (uncovered frames)."""
-
-    def __init__(
-        self, geometry: Geometry, object_ids: list[int], confidence: bool, probabilities: bool
-    ) -> None:
-        self.geometry = geometry
-        self.object_ids = object_ids
-        self.want_confidence = confidence
-        self.want_probabilities = probabilities
-
-    def predicted(self, frame: int, prob: torch.Tensor, ids: list[int], source: int) -> FrameOutput:
-        """Frame ``frame`` from its probabilities [1+K, Hp, Wp] of objects ``ids``."""
-        return self.final(frame, to_original(prob, self.geometry), ids, source)
-
-    def video_channels(self, prob: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        """prob [1+k, h, w] of objects ``ids`` -> float32 [1+K, h, w] in the video's channel
-        order (background, then :attr:`object_ids`); objects not in ``ids`` get 0."""
-        if ids == self.object_ids:
-            return prob.float()
-        out = torch.zeros((len(self.object_ids) + 1, *prob.shape[1:]), device=prob.device)
-        position = {obj: channel for channel, obj in enumerate(self.object_ids, start=1)}
-        out[[0] + [position[o] for o in ids]] = prob.float()
-        return out
-
-    def final(self, frame: int, full: torch.Tensor, ids: list[int], source: int | None) -> FrameOutput:
-        """Frame ``frame`` from its probabilities [1+K, H, W] at the original size."""
-        labels, top = labels_from_prob(full, ids)
-        confidence = None
-        if self.want_confidence:
-            confidence = (top * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-        return FrameOutput(
-            frame,
-            labels.cpu().numpy(),
-            source,
-            list(ids),
-            confidence,
-            full if self.want_probabilities else None,
-        )
-
-    def given(self, frame: int, labels: np.ndarray, source: int | None) -> FrameOutput:
-        """A given mask as the result of ``frame`` (certain: confidence 255, one-hot)."""
-        probabilities = None
-        if self.want_probabilities:
-            ids = torch.as_tensor(np.ascontiguousarray(labels)).long()
-            channel_of = torch.zeros(256, dtype=torch.long)
-            for channel, obj in enumerate(self.object_ids, start=1):
-                channel_of[obj] = channel
-            probabilities = torch.nn.functional.one_hot(channel_of[ids], len(self.object_ids) + 1)
-            probabilities = probabilities.permute(2, 0, 1).float()
-        confidence = np.full(labels.shape, 255, np.uint8) if self.want_confidence else None
-        return FrameOutput(frame, labels, source, list(self.object_ids), confidence, probabilities)
-
-    def background(self, frame: int) -> FrameOutput:
-        """A frame no run reached: background with certainty."""
-        return self.given(frame, np.zeros(self.geometry.original, np.uint8), source=None)
-
-
-@dataclass
-class _Partial:
-    """A frame's combination in progress: the weighted sum [1+K, Hp, Wp] so far, the weights
-    summed, and the source of the heaviest part (its weight ``best``)."""
-
-    total: torch.Tensor
-    weight: float
-    source: int
-    best: float
 
 
 class _Mirrored(FramesOnDemand):

@@ -29,7 +29,7 @@ from torch import nn
 from twoshot.errors import UserError
 from twoshot.fsutil import atomic_open, write_json
 from twoshot.model.interface import VOSModel
-from twoshot.model.network import STCN, KeyFeatures
+from twoshot.model.stcn.network import STCN, KeyFeatures
 
 OPSET = 17
 

@@ -19,7 +19,8 @@ import torch
 
 from twoshot.config import InferenceConfig, load_config
 from twoshot.errors import UserError
-from twoshot.inference.engine import PropagationEngine, PropagationResult
+from twoshot.inference.engine import PropagationEngine
+from twoshot.inference.frames import PropagationResult
 from twoshot.inference.key_cache import FrameSource
 from twoshot.model.interface import VOSModel
 
@@ -133,10 +134,10 @@ def load_for_inference(
 
 def _preset_inference(model: VOSModel) -> InferenceConfig:
     """The inference section of the preset whose model sizes equal ``model``'s, else defaults."""
-    from twoshot.config import PRESETS
+    from twoshot.config import preset_names
 
-    for name in PRESETS:
+    for name in preset_names():
         config = load_config(name)
-        if config.model == model.config:
+        if config.model == model.config:  # model sections (model.cutie ...) included
             return config.inference
     return InferenceConfig()

@@ -26,11 +26,13 @@ import torch
 
 from twoshot.bank import BankIdentity, BankStore, budget_sha256, file_sha256, weights_sha256
 from twoshot.config import InferenceConfig
+from twoshot.config_checks import check_inference_settings
 from twoshot.data.budget import Budget, apply_budget, load_budget
 from twoshot.data.layout import VideoSequence
 from twoshot.data.readers import load_annotations, load_frames
 from twoshot.errors import UserError
-from twoshot.inference.engine import FrameOutput, Propagation, PropagationEngine, check_inference_settings
+from twoshot.inference.engine import Propagation, PropagationEngine
+from twoshot.inference.frames import FrameOutput
 from twoshot.model.interface import VOSModel
 
 PathLike = str | os.PathLike[str]
@@ -107,7 +109,7 @@ def build_bank(
     """
     start = time.perf_counter()
     config = dataclasses.replace(config) if config is not None else InferenceConfig()
-    check_inference_settings(config)  # before the bank folder is touched
+    check_inference_settings(config, model.kind)  # before the bank folder is touched
     budget_info: dict[str, str | None]
     if isinstance(budget, (str, os.PathLike)):
         budget_info = {"path": str(budget), "sha256": file_sha256(budget)}

@@ -188,9 +188,6 @@ def nearest_runs(
     return runs
 
 
-MERGES: tuple[str, ...] = ("nearest", "fused")
-
-
 def fusion_weights(frame: int, a: int, b: int) -> tuple[float, float]:
     """Weights of the forward run from labeled frame ``a`` and the backward run from ``b`` on a
     frame between them (a < frame < b): linear in the temporal distance, (b - t, t - a) / (b - a).

@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Mapping, MutableMapping, Seque
 
 import numpy as np
 
-from twoshot.data.budget import MODEL_STRATEGIES, Budget, _choose, _object_checker, frame_entry
+from twoshot.data.budget import MODEL_STRATEGIES, Budget, choose_frames, frame_entry, object_checker
 from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import read_mask
 from twoshot.data.readers import load_frames
@@ -109,8 +109,8 @@ def suggest_frames(
     video with fewer such frames than ``shots`` gets them all.
     """
     candidates = sorted(seq.mask_paths)
-    usable = _object_checker(seq)
-    chosen = _choose(candidates, 1, "uniform", random.Random(0), usable)
+    usable = object_checker(seq)
+    chosen = choose_frames(candidates, 1, "uniform", random.Random(0), usable)
     if not chosen:
         return []
     frames = load_frames(seq) if frames is None else frames

@@ -1,20 +1,30 @@
 """VOS networks behind one interface (:class:`VOSModel`): STCN (Cheng et al., NeurIPS 2021),
-parameter-compatible with its checkpoints, and Cutie (Cheng et al., CVPR 2024)."""
+parameter-compatible with its checkpoints, and Cutie (Cheng et al., CVPR 2024); each model is
+a folder with a spec (:mod:`twoshot.model.spec`) listed in :mod:`twoshot.model.registry`.
 
-from twoshot.model.checkpoint import load_checkpoint, load_model, save_weights
-from twoshot.model.interface import Propagator, RunMemory, VOSModel
-from twoshot.model.network import STCN, KeyFeatures
-from twoshot.model.registry import build_model, model_class
+The names below are imported on first use: the configuration reads the registry without
+importing torch."""
 
-__all__ = [
-    "STCN",
-    "KeyFeatures",
-    "Propagator",
-    "RunMemory",
-    "VOSModel",
-    "build_model",
-    "load_checkpoint",
-    "load_model",
-    "model_class",
-    "save_weights",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "STCN": "twoshot.model.stcn.network",
+    "KeyFeatures": "twoshot.model.stcn.network",
+    "Propagator": "twoshot.model.interface",
+    "RunMemory": "twoshot.model.interface",
+    "VOSModel": "twoshot.model.interface",
+    "build_model": "twoshot.model.registry",
+    "model_class": "twoshot.model.registry",
+    "load_checkpoint": "twoshot.model.checkpoint",
+    "load_model": "twoshot.model.checkpoint",
+    "save_weights": "twoshot.model.checkpoint",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'twoshot.model' has no attribute {name!r}")

@@ -2,10 +2,10 @@
 
 Accepted on load: a raw state dict, one saved from ``DataParallel`` / DDP (``module.``
 prefixes), and a training checkpoint ``{it, network, optimizer, scheduler}``. Which model
-the weights are (STCN or Cutie) is told by their parameter names (:func:`detect_kind`). An
-STCN stage-0 (static pretraining) checkpoint whose value encoder takes 4 input channels is
-expanded to 5 channels the way STCN does (orthogonally initialised extra channel); a
-single-object Cutie checkpoint is expanded as Cutie's own loader does.
+the weights are is told by their parameter names (:func:`detect_kind`, from each registered
+model's ``checkpoint_prefixes``); the model's ``upgrade_state`` then expands older forms (an
+STCN stage-0 checkpoint's 4-channel value encoder, a single-object Cutie checkpoint) as the
+model's own loader does.
 """
 
 from __future__ import annotations
@@ -20,20 +20,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from twoshot.config import MODEL_KINDS, PRESETS, Config, ModelConfig, config_from_dict, load_config
+from twoshot.config import Config, ModelConfig, config_from_dict, load_config, preset_names
 from twoshot.errors import UserError
 from twoshot.fsutil import save_torch
 from twoshot.model.interface import VOSModel
-from twoshot.model.registry import model_class
-
-VALUE_CONV1 = "value_encoder.conv1.weight"
+from twoshot.model.registry import model_class, model_kinds, spec_for, specs
+from twoshot.model.spec import import_object
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> OrderedDict[str, torch.Tensor]:
     """Load the network weights from any accepted checkpoint form.
 
-    Returns a state dict with plain STCN names (no ``module.`` prefix), the value encoder's
-    first convolution expanded to 5 input channels if it had 4.
+    Returns a state dict with the model's plain names (no ``module.`` prefix), upgraded by its
+    model's ``upgrade_state`` (older checkpoint forms expanded to the current network).
     """
     path = Path(path)
     if not path.is_file():
@@ -52,24 +51,18 @@ def read_state_dict(path: str | os.PathLike[str]) -> OrderedDict[str, torch.Tens
             f"{path}: not a state dict of tensors (nor a training checkpoint with a 'network' entry)"
         )
     state = OrderedDict((k[len("module.") :] if k.startswith("module.") else k, v) for k, v in obj.items())
-    if VALUE_CONV1 in state and state[VALUE_CONV1].dim() == 4 and state[VALUE_CONV1].shape[1] == 4:
-        state[VALUE_CONV1] = expand_value_conv1(state[VALUE_CONV1])
-    if detect_kind(state) == "cutie":
-        from twoshot.model.cutie.weights import expand_single_object
-
-        state = OrderedDict(expand_single_object(state))
+    kind = detect_kind(state)
+    upgrade = spec_for(kind).upgrade_state if kind is not None else None
+    if upgrade is not None:
+        state = OrderedDict(import_object(upgrade)(state))
     return state
 
 
-# Parameter-name prefixes only one architecture has (its encoders), telling checkpoints apart.
-_KIND_PREFIXES = {"stcn": ("key_encoder.", "value_encoder."), "cutie": ("pixel_encoder.", "mask_encoder.")}
-
-
 def detect_kind(state: Mapping[str, torch.Tensor]) -> str | None:
-    """The architecture (``stcn`` | ``cutie``) whose encoder names ``state`` has, or None."""
-    for kind, prefixes in _KIND_PREFIXES.items():
-        if all(any(k.startswith(p) for k in state) for p in prefixes):
-            return kind
+    """The registered architecture whose ``checkpoint_prefixes`` ``state`` has, or None."""
+    for spec in specs():
+        if all(any(k.startswith(p) for k in state) for p in spec.checkpoint_prefixes):
+            return spec.kind
     return None
 
 
@@ -86,20 +79,10 @@ def check_kind(state: Mapping[str, torch.Tensor], kind: str, source: str) -> Non
     looks = (
         f"the weights look like a {found} checkpoint; use --model {found}"
         if found
-        else f"the weights look like neither model ({', '.join(MODEL_KINDS)}): no parameters "
-        f"named {' / '.join(_KIND_PREFIXES[kind])}*"
+        else f"the weights look like no model ({', '.join(model_kinds())}): no parameters "
+        f"named {' / '.join(spec_for(kind).checkpoint_prefixes)}*"
     )
     raise UserError(f"{source}: not a {kind} checkpoint: {looks} (first keys: {names})")
-
-
-def expand_value_conv1(weight: torch.Tensor) -> torch.Tensor:
-    """Add the 'other objects' input channel to a stage-0 value encoder conv1.
-
-    weight [C,4,7,7] -> [C,5,7,7]; the new channel is orthogonally initialised, as in STCN.
-    """
-    pad = torch.zeros((weight.shape[0], 1, *weight.shape[2:]), dtype=weight.dtype)
-    nn.init.orthogonal_(pad)
-    return torch.cat([weight, pad], dim=1)
 
 
 def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -128,7 +111,7 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
 def matching_preset(state: Mapping[str, torch.Tensor]) -> str | None:
     """The name of a shipped preset whose model has exactly these names and shapes, or None."""
     kind = detect_kind(state)
-    for name in PRESETS:
+    for name in preset_names():
         config = load_config(name).model
         if config.kind != kind:
             continue
@@ -220,7 +203,7 @@ def load_model(
             check_kind(state, kind or "stcn", str(path))
         preset = matching_preset(state)
         if preset is None:
-            fitting = [name for name in PRESETS if load_config(name).model.kind == found]
+            fitting = [name for name in preset_names() if load_config(name).model.kind == found]
             raise UserError(
                 f"{path}: the {found} weights fit no shipped preset "
                 f"({', '.join(fitting)}); pass the model configuration that produced them"

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from twoshot.model.modules import ResBlock, per_object_rows
+from twoshot.model.stcn.modules import ResBlock, per_object_rows
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 

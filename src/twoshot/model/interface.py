@@ -2,7 +2,7 @@
 
 The two-shot method is model-agnostic: any memory-based VOS model can be its teacher and
 student. The algorithms in :mod:`twoshot.inference` and :mod:`twoshot.train` talk only to
-the names defined here; STCN (:mod:`twoshot.model.network`) and Cutie
+the names defined here; STCN (:mod:`twoshot.model.stcn.network`) and Cutie
 (:mod:`twoshot.model.cutie`) implement them. A model provides
 
 - :meth:`VOSModel.propagator`: its inference operations, bound to inference settings;
@@ -172,6 +172,10 @@ class VOSModel(nn.Module, ABC):
     # rounding when a float changes (a hard threshold inside the network, as Cutie's masked
     # attention): its fast path stays bit-identical to the exact one (docs/performance.md).
     channels_last_when_fast: ClassVar[bool] = True
+    # Whether the reference implementation itself runs under bfloat16 autocast on a CPU (SAM 2's
+    # video predictor does): then ``inference.exact`` with bfloat16 ``amp`` is its exact mode
+    # rather than a contradiction (the references of STCN and Cutie compute in fp32 there).
+    reference_autocasts_on_cpu: ClassVar[bool] = False
 
     @abstractmethod
     def propagator(self, config: InferenceConfig, wrap: Wrap = no_wrap) -> Propagator:

@@ -1,32 +1,82 @@
-"""The classes of the architectures ``model.kind`` names, and building a model from a config.
+"""The registered models (:class:`~twoshot.model.spec.ModelSpec`), and building one from a config.
 
-Each kind maps to the module and class implementing :class:`twoshot.model.interface.VOSModel`;
-modules are imported on first use so that loading STCN never imports Cutie's code.
+Adding a model: a folder ``twoshot/model/<kind>/`` with a ``spec.py`` defining ``SPEC``, and
+its line in :data:`BUILTIN_SPECS`. Spec modules are torch-free and imported on first use;
+networks only when built, so loading STCN never imports Cutie's code.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
-from twoshot.config import MODEL_KINDS, ModelConfig
 from twoshot.errors import UserError
+from twoshot.model.spec import ModelSpec, import_object
 
-if TYPE_CHECKING:  # the CLI reads MODEL_KINDS without importing torch
+if TYPE_CHECKING:  # the configuration reads the specs without importing torch
+    from twoshot.config import ModelConfig
     from twoshot.model.interface import VOSModel
 
-_CLASSES: dict[str, str] = {
-    "stcn": "twoshot.model.network:STCN",
-    "cutie": "twoshot.model.cutie:Cutie",
-}
+BUILTIN_SPECS: tuple[str, ...] = (
+    "twoshot.model.stcn.spec:SPEC",
+    "twoshot.model.cutie.spec:SPEC",
+)
+"""The shipped models, in the order they are listed to the user."""
+
+_REGISTERED: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> None:
+    """Add ``spec`` to the models (after the built-in ones); ValueError if its kind is taken."""
+    specs()
+    if spec.kind in _REGISTERED:
+        raise ValueError(f"a model named {spec.kind!r} is already registered")
+    _REGISTERED[spec.kind] = spec
+
+
+def unregister(kind: str) -> None:
+    """Remove the model ``kind`` registered with :func:`register` (for tests)."""
+    specs()
+    _REGISTERED.pop(kind, None)
+
+
+def specs() -> tuple[ModelSpec, ...]:
+    """Every registered model's spec, the built-in ones first."""
+    if not _REGISTERED:
+        for target in BUILTIN_SPECS:
+            spec: ModelSpec = import_object(target)
+            _REGISTERED[spec.kind] = spec
+    return tuple(_REGISTERED.values())
+
+
+def model_kinds() -> tuple[str, ...]:
+    """The names ``model.kind`` may take."""
+    return tuple(spec.kind for spec in specs())
+
+
+def spec_for(kind: str) -> ModelSpec:
+    """The spec of model ``kind``; UserError listing the models if unknown."""
+    for spec in specs():
+        if spec.kind == kind:
+            return spec
+    raise UserError(f"unknown model {kind!r}; choose one of: {', '.join(model_kinds())}")
+
+
+def preset_names() -> tuple[str, ...]:
+    """Every registered model's presets, in registration order."""
+    return tuple(name for spec in specs() for name in spec.presets)
+
+
+def preset_spec(name: str) -> ModelSpec | None:
+    """The spec whose presets include ``name``, or None."""
+    for spec in specs():
+        if name in spec.presets:
+            return spec
+    return None
 
 
 def model_class(kind: str) -> type[VOSModel]:
     """The VOSModel subclass of architecture ``kind``; UserError listing the kinds if unknown."""
-    if kind not in MODEL_KINDS:
-        raise UserError(f"unknown model {kind!r}; choose one of: {', '.join(MODEL_KINDS)}")
-    module, name = _CLASSES[kind].split(":")
-    cls: type[VOSModel] = getattr(importlib.import_module(module), name)
+    cls: type[VOSModel] = import_object(spec_for(kind).network)
     return cls
 
 
@@ -36,6 +86,7 @@ def build_model(config: ModelConfig | None = None) -> VOSModel:
     If ``config.backbone_weights`` names torchvision ImageNet ResNet files they are loaded
     into the model's encoders (see :mod:`twoshot.model.backbone_weights`).
     """
+    from twoshot.config import ModelConfig
     from twoshot.model.backbone_weights import load_backbone_weights
 
     config = config or ModelConfig()

@@ -2,7 +2,7 @@
 
 Frame 0's ground-truth masks of the clip's K object slots start each clip; the model's
 :meth:`~twoshot.model.interface.VOSModel.clip_forward` segments frames 1..T-1 (STCN's
-recurrence is in :mod:`twoshot.model.network`).
+recurrence is in :mod:`twoshot.model.stcn.network`).
 """
 
 from __future__ import annotations

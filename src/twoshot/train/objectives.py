@@ -3,7 +3,8 @@
 The trainer asks :func:`objective_for` once and never looks at ``model.kind`` itself. STCN
 trains with the bootstrapped CE and Adam over all parameters (DESIGN §2-3); Cutie with
 cross-entropy + dice on sampled points plus auxiliary terms and AdamW with the reference's
-parameter groups (DESIGN §7). A third model adds a class here and its kind to ``_OBJECTIVES``.
+parameter groups (DESIGN §7). A model names its recipe class in its spec's ``objective``
+(:mod:`twoshot.model.spec`); the class may live in the model's own folder.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import nn
 
 from twoshot.config import TrainConfig
 from twoshot.data.batch import ClipBatch
-from twoshot.errors import UserError
+from twoshot.model.cutie.spec import cutie_train_settings
 from twoshot.train.forward import ClipOutput
 from twoshot.train.loss import LossResult, clip_loss
 
@@ -80,7 +81,7 @@ def cutie_parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str,
             embeddings.append(param)
         else:
             others.append(param)
-    settings = cfg.cutie
+    settings = cutie_train_settings(cfg)
     return [
         {"params": backbone, "lr": cfg.lr * settings.backbone_lr_ratio, "weight_decay": cfg.weight_decay},
         {"params": embeddings, "lr": cfg.lr, "weight_decay": settings.embed_weight_decay},
@@ -93,15 +94,16 @@ class CutieObjective:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        self.grad_scale = float(cfg.cutie.grad_scale)
+        self.settings = cutie_train_settings(cfg)
+        self.grad_scale = float(self.settings.grad_scale)
 
     def configure(self, model: nn.Module) -> None:
         """Reference frames and deep-update chance of Cutie's clip forward from ``cfg.cutie``."""
         from twoshot.model.cutie import Cutie
 
         if isinstance(model, Cutie):
-            model.num_ref_frames = self.cfg.cutie.num_ref_frames
-            model.deep_update_prob = self.cfg.cutie.deep_update_prob
+            model.num_ref_frames = self.settings.num_ref_frames
+            model.deep_update_prob = self.settings.deep_update_prob
 
     def optimizer(self, model: nn.Module, use_amp: bool) -> torch.optim.Optimizer:
         """AdamW over :func:`cutie_parameter_groups`; eps 1e-6 under AMP (1e-8 otherwise)."""
@@ -117,18 +119,15 @@ class CutieObjective:
         from twoshot.train.point_loss import cutie_clip_loss
 
         return cutie_clip_loss(
-            output.logits, output.aux, batch.cls_gt, batch.selector, self.cfg.cutie, batch.sample_seed
+            output.logits, output.aux, batch.cls_gt, batch.selector, self.settings, batch.sample_seed
         )
 
 
-_OBJECTIVES: dict[str, type[STCNObjective] | type[CutieObjective]] = {
-    "stcn": STCNObjective,
-    "cutie": CutieObjective,
-}
-
-
 def objective_for(kind: str, cfg: TrainConfig) -> Objective:
-    """The training recipe of model kind ``kind`` under stage settings ``cfg``."""
-    if kind not in _OBJECTIVES:
-        raise UserError(f"no training recipe for model {kind!r}; trainable: {', '.join(_OBJECTIVES)}")
-    return _OBJECTIVES[kind](cfg)
+    """The training recipe of model kind ``kind`` (its spec's ``objective``) under stage
+    settings ``cfg``; UserError listing the models if ``kind`` is not registered."""
+    from twoshot.model.registry import spec_for
+    from twoshot.model.spec import import_object
+
+    objective: Objective = import_object(spec_for(kind).objective)(cfg)
+    return objective

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from twoshot.config import CutieTrainSettings
+from twoshot.model.cutie.spec import CutieTrainSettings
 from twoshot.train.loss import IGNORE, LossResult, object_channels
 
 

@@ -16,7 +16,6 @@ bank is refused with a message naming the file.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch.utils.data import Dataset
 
 from twoshot.config import Config
 from twoshot.data.budget import Budget, apply_budget, load_budget
+from twoshot.data.folders import DATASET_LAYOUTS
 from twoshot.data.layout import VideoSequence
 from twoshot.errors import UserError
 from twoshot.train.modes import TrainingMode
@@ -52,7 +52,7 @@ def clip_options(config: Config, kind: str) -> dict[str, Any]:
     return {
         "max_skip": cfg.max_skip_values[0],
         "seed": cfg.seed,
-        "annotation_stride": 5 if kind == "youtube" else 1,
+        "annotation_stride": DATASET_LAYOUTS[kind].annotation_stride,
         "num_frames": cfg.num_frames,  # modes full and bank only (Cutie's 8-frame clips)
         "num_objects": cfg.num_objects,
     }
@@ -121,50 +121,6 @@ def budgeted_videos(
         raise UserError(f"{path}: this budget does not fit the dataset: {exc}") from exc
 
 
-def check_bank(
-    bank: str | Path, sequences: Sequence[VideoSequence], budget: str | Path | None = None
-) -> None:
-    """UserError naming the file unless ``bank`` is a finished pseudo-label bank of these
-    training videos (and, with the budget file ``budget``, made from that budget: the bank
-    records the file's sha256, or its content's when it was given as a mapping)."""
-    from twoshot.bank import FORMAT, MANIFEST, budget_sha256, file_sha256
-
-    root = Path(bank)
-    manifest_path = root / MANIFEST
-    if not root.is_dir():
-        raise UserError(f"{root}: no such pseudo-label bank folder")
-    if not manifest_path.is_file():
-        raise UserError(
-            f"{root}: not a pseudo-label bank (no {MANIFEST}); make one with `twoshot pseudo-label`"
-        )
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{manifest_path}: cannot read the bank manifest ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UserError(f"{manifest_path}: not a twoshot pseudo-label bank manifest")
-    if manifest.get("status") != "complete":
-        raise UserError(
-            f"{manifest_path}: the bank is not finished (status {manifest.get('status')!r}); "
-            "run `twoshot pseudo-label` again to complete it"
-        )
-    names = {seq.name for seq in sequences}
-    foreign = sorted(set(manifest.get("videos") or {}) - names)
-    if foreign:
-        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-        raise UserError(
-            f"{manifest_path}: the bank holds videos that are not in the training data "
-            f"({', '.join(foreign[:3])}{more}); it was made from another dataset"
-        )
-    if budget is not None:
-        recorded = (manifest.get("budget") or {}).get("sha256")
-        if recorded not in (file_sha256(budget), budget_sha256(load_budget(budget))):
-            made_from = (manifest.get("budget") or {}).get("path") or "a budget given in memory"
-            raise UserError(
-                f"{manifest_path}: the bank was made from another budget ({made_from}), not {budget}"
-            )
-
-
 def build_recipe(
     stage: str,
     config: Config,
@@ -182,7 +138,7 @@ def build_recipe(
     required). ``main`` is accepted for ``full``. Raises UserError naming the file for a
     missing or mismatched budget or bank, before anything is written.
     """
-    from twoshot.data.readers import detect_kind, open_dataset
+    from twoshot.data.readers import detect_layout, open_dataset
 
     name, stage = stage, ALIASES.get(stage, stage)
     if stage not in RECIPES:
@@ -208,12 +164,14 @@ def build_recipe(
         raise UserError(f"--bank is only for --stage phase2, not {stage}")
     if stage == "full" and budget is not None:
         raise UserError(f"--budget does not fit --stage {name} (it trains on every annotated frame)")
-    kind = kind or detect_kind(data, split)
+    kind = kind or detect_layout(data, split)
     sequences = open_dataset(kind, data, split)
     if stage == "full":
         return full_recipe(config, sequences, kind)
     if stage == "phase2":
         assert bank is not None
+        from twoshot.bank import check_bank
+
         check_bank(bank, sequences, budget)
         return phase2_recipe(config, sequences, bank)
     assert budget is not None

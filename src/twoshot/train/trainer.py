@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from twoshot.config import Config, TrainConfig, to_dict
+from twoshot.config_checks import check_stage, check_train_config
 from twoshot.data.batch import ClipBatch
 from twoshot.data.sampling import max_skip_at
 from twoshot.devices import resolve_device
@@ -110,7 +111,10 @@ class Trainer:
         self.config = config
         self.stage = stage
         self.cfg = stage_config(config, stage)
-        _check_train_config(self.cfg, stage)
+        # Loading the config checked each section; what this run adds: lr_steps within
+        # iterations (and checks for configs built without load_config).
+        check_train_config(self.cfg, stage, config.model.kind)
+        check_stage(config, stage)
         self.out_dir = Path(out_dir)
         self.mode: TrainingMode = mode if mode is not None else SupervisedMode()
         self.dataset = dataset
@@ -126,8 +130,6 @@ class Trainer:
         if resume and not self.checkpoint_path.exists():
             raise UserError(f"--resume: no {CHECKPOINT_NAME} in {self.out_dir} to resume from")
         cfg = self.cfg
-        # The curriculum's lists are checked here, not at the first switch hours later.
-        max_skip_at(0, cfg.iterations, cfg.max_skip_values, cfg.max_skip_fractions)
         self.ctx: DistContext = dist_utils.setup(resolve_device(device))
         self.device = self.ctx.device
         self.use_amp = bool(cfg.amp and self.device.type == "cuda")
@@ -495,36 +497,6 @@ def build_stage_dataset(
 
 
 # ----------------------------------------------------------------------------------------
-
-
-def _check_train_config(cfg: TrainConfig, stage: str) -> None:
-    """UserError for settings the loop cannot run with, naming the key."""
-    checks = [
-        (cfg.iterations >= 1, "iterations", "must be >= 1"),
-        (cfg.batch_size >= 1, "batch_size", "must be >= 1"),
-        (cfg.num_frames >= 2, "num_frames", "must be >= 2"),
-        (cfg.num_workers >= 0, "num_workers", "must be >= 0"),
-        (cfg.save_every >= 1, "save_every", "must be >= 1"),
-        (cfg.log_every >= 1, "log_every", "must be >= 1"),
-        (cfg.image_every >= 1, "image_every", "must be >= 1"),
-        (0.0 < cfg.loss_top_p <= 1.0, "loss_top_p", "must be in (0, 1]"),
-        (cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip", "must be > 0 or null"),
-    ]
-    for ok, key, what in checks:
-        if not ok:
-            raise UserError(f"config {stage}.{key} {what} (got {getattr(cfg, key)!r})")
-    cutie = cfg.cutie
-    cutie_checks = [
-        (cutie.num_points >= 1, "num_points", "must be >= 1"),
-        (cutie.oversample_ratio >= 1.0, "oversample_ratio", "must be >= 1"),
-        (0.0 <= cutie.importance_ratio <= 1.0, "importance_ratio", "must be in [0, 1]"),
-        (cutie.num_ref_frames >= 1, "num_ref_frames", "must be >= 1"),
-        (0.0 <= cutie.deep_update_prob <= 1.0, "deep_update_prob", "must be in [0, 1]"),
-        (cutie.grad_scale > 0, "grad_scale", "must be > 0"),
-    ]
-    for ok, key, what in cutie_checks:
-        if not ok:
-            raise UserError(f"config {stage}.cutie.{key} {what} (got {getattr(cutie, key)!r})")
 
 
 def _accumulate(

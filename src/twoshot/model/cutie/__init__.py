@@ -29,18 +29,25 @@ own memory (frames from its first memory frame on), sensory memory and object su
 the object transformer and the "other objects" channels of the pixel fusion run per bucket.
 """
 
-from twoshot.model.cutie.network import Cutie, CutieFeatures
-from twoshot.model.cutie.propagator import CutiePropagator, CutieRunMemory, memory_settings
-from twoshot.model.cutie.store import MemorySettings
-from twoshot.model.cutie.weights import expand_single_object, is_single_object
+import importlib
+from typing import Any
 
-__all__ = [
-    "Cutie",
-    "CutieFeatures",
-    "CutiePropagator",
-    "CutieRunMemory",
-    "MemorySettings",
-    "expand_single_object",
-    "is_single_object",
-    "memory_settings",
-]
+# Imported on first use: the configuration reads ``spec`` without importing torch.
+_EXPORTS = {
+    "Cutie": "network",
+    "CutieFeatures": "network",
+    "CutiePropagator": "propagator",
+    "CutieRunMemory": "propagator",
+    "memory_settings": "propagator",
+    "MemorySettings": "store",
+    "expand_single_object": "weights",
+    "is_single_object": "weights",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"twoshot.model.cutie.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'twoshot.model.cutie' has no attribute {name!r}")

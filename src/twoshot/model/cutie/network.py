@@ -34,6 +34,7 @@ from twoshot.model.cutie.encoders import (
     other_objects,
 )
 from twoshot.model.cutie.memory_read import readout, similarity, softmax_full
+from twoshot.model.cutie.spec import cutie_sizes
 from twoshot.model.cutie.transformer import ObjectSummarizer, QueryTransformer
 from twoshot.model.interface import Propagator, VOSModel, Wrap, no_wrap
 from twoshot.model.preprocess import pad_divide_by, unpad
@@ -116,7 +117,7 @@ class Cutie(VOSModel):
 
             config = load_config("cutie-base").model
         self.config = config
-        sizes = config.cutie
+        sizes = cutie_sizes(config)
         self.pixel_encoder = PixelEncoder(config.key_block, config.key_layers, config.key_width)
         c4, c8, c16 = self.pixel_encoder.channels
         self.pix_feat_proj = nn.Conv2d(c16, sizes.pixel_dim, kernel_size=1)
@@ -153,7 +154,7 @@ class Cutie(VOSModel):
     @property
     def sensory_dim(self) -> int:
         """Channels of the per-object sensory memory."""
-        return self.config.cutie.sensory_dim
+        return cutie_sizes(self.config).sensory_dim
 
     def imagenet_encoders(self) -> dict[str, nn.Module]:
         """The encoders that start from ImageNet ResNets, by name (for backbone loading)."""

@@ -88,6 +88,7 @@ class Sam2(VOSModel):
     """
 
     kind: ClassVar[str] = "sam2"
+    reference_autocasts_on_cpu: ClassVar[bool] = True  # its predictor runs under bf16 autocast
 
     def __init__(self, size: Sam2Size | str = "tiny", config: ModelConfig | None = None) -> None:
         super().__init__()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from twoshot.model.memory import memory_affinity, readout
+from twoshot.model.stcn.memory import memory_affinity, readout
 
 
 @dataclass

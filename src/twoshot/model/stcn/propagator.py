@@ -1,7 +1,7 @@
 """STCN's inference operations behind the model-agnostic :class:`Propagator` interface.
 
 Per frame: the key encoder (once per frame and video), a memory read of the run's
-:class:`~twoshot.model.memory_store.MemoryStore` with top-k, the decoder and soft aggregation;
+:class:`~twoshot.model.stcn.memory_store.MemoryStore` with top-k, the decoder and soft aggregation;
 per memory frame, the value encoder on all enabled objects at once. These are the
 operations and orders of STCN's ``InferenceCore``, so masks stay bit-identical to it.
 """
@@ -15,10 +15,10 @@ import torch
 from twoshot.config import InferenceConfig
 from twoshot.model.aggregate import aggregate
 from twoshot.model.interface import TEMPORARY, FrameFeatures, Propagator, RunMemory, Wrap, no_wrap
-from twoshot.model.memory_store import MemoryStore
+from twoshot.model.stcn.memory_store import MemoryStore
 
 if TYPE_CHECKING:
-    from twoshot.model.network import STCN, KeyFeatures
+    from twoshot.model.stcn.network import STCN, KeyFeatures
 
 
 class STCNPropagator(Propagator):

@@ -14,9 +14,9 @@ from torch import nn
 from twoshot.config import InferenceConfig, ModelConfig
 from twoshot.model.aggregate import aggregate_logits
 from twoshot.model.interface import Propagator, VOSModel, Wrap, inference_memory_format, no_wrap
-from twoshot.model.memory import memory_affinity, readout
-from twoshot.model.modules import Decoder, KeyEncoder, KeyProjection, ResBlock, ValueEncoder
 from twoshot.model.preprocess import pad_divide_by, unpad
+from twoshot.model.stcn.memory import memory_affinity, readout
+from twoshot.model.stcn.modules import Decoder, KeyEncoder, KeyProjection, ResBlock, ValueEncoder
 
 
 @dataclass
@@ -127,10 +127,10 @@ class STCN(VOSModel):
         return logits, torch.softmax(logits, dim=1)
 
     def propagator(self, config: InferenceConfig, wrap: Wrap = no_wrap) -> Propagator:
-        """STCN's inference operations (:class:`~twoshot.model.stcn_propagator.STCNPropagator`):
+        """STCN's inference operations (:class:`~twoshot.model.stcn.propagator.STCNPropagator`):
         on this network when ``config.exact``, else on :meth:`fast_copy` (made now, from the
         weights as they are)."""
-        from twoshot.model.stcn_propagator import STCNPropagator
+        from twoshot.model.stcn.propagator import STCNPropagator
 
         if config.exact:
             return STCNPropagator(self, config, wrap)
