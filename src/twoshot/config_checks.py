@@ -56,9 +56,13 @@ def check_config(config: Config) -> None:
 
 def check_stage(config: Config, stage: str, two_shot: bool = False) -> None:
     """Raise UserError naming the key if training ``stage`` (``static`` | ``main``) cannot run
-    as configured: a learning-rate step outside 1..iterations, or (``two_shot``: phase 1,
+    as configured: a model whose training recipe refuses to be built (SAM 2's), a
+    learning-rate step outside 1..iterations, or (``two_shot``: phase 1,
     whose warm-up must end) ``twoshot.end_warm`` not before ``main.iterations``."""
     cfg: TrainConfig = getattr(config, stage)
+    from twoshot.train.objectives import objective_for
+
+    objective_for(config.model.kind, cfg)  # a model that cannot train (SAM 2) refuses here
     late = [step for step in cfg.lr_steps if not 1 <= step <= cfg.iterations]
     if late:
         raise UserError(

@@ -1,7 +1,8 @@
 """Checkpoint I/O in the published models' format: a raw ``state_dict`` written with ``torch.save``.
 
 Accepted on load: a raw state dict, one saved from ``DataParallel`` / DDP (``module.``
-prefixes), and a training checkpoint ``{it, network, optimizer, scheduler}``. Which model
+prefixes), a training checkpoint ``{it, network, optimizer, scheduler}`` and a published
+file with the state dict under ``"model"`` (SAM 2's). Which model
 the weights are is told by their parameter names (:func:`detect_kind`, from each registered
 model's ``checkpoint_prefixes``); the model's ``upgrade_state`` then expands older forms (an
 STCN stage-0 checkpoint's 4-channel value encoder, a single-object Cutie checkpoint) as the
@@ -44,11 +45,13 @@ def read_state_dict(path: str | os.PathLike[str]) -> OrderedDict[str, torch.Tens
             f"{path}: not a PyTorch checkpoint ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})"
         ) from exc
-    if isinstance(obj, Mapping) and "network" in obj and isinstance(obj["network"], Mapping):
-        obj = obj["network"]
+    for wrapper in ("network", "model"):  # a training checkpoint; a published SAM 2 file
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(
-            f"{path}: not a state dict of tensors (nor a training checkpoint with a 'network' entry)"
+            f"{path}: not a state dict of tensors (nor a training checkpoint with a 'network' "
+            "entry, nor a published file with a 'model' entry)"
         )
     state = OrderedDict((k[len("module.") :] if k.startswith("module.") else k, v) for k, v in obj.items())
     kind = detect_kind(state)

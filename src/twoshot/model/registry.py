@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # the configuration reads the specs without importing torch
 BUILTIN_SPECS: tuple[str, ...] = (
     "twoshot.model.stcn.spec:SPEC",
     "twoshot.model.cutie.spec:SPEC",
+    "twoshot.model.sam2.spec:SPEC",
 )
 """The shipped models, in the order they are listed to the user."""
 

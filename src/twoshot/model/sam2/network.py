@@ -80,8 +80,22 @@ def token_map(x: torch.Tensor) -> torch.Tensor:
     return sequence_first(x).permute(1, 2, 0).view(b, c, h, w)
 
 
+def size_of_config(config: ModelConfig) -> Sam2Size:
+    """The :class:`Sam2Size` a ModelConfig's ``model.sam2`` section names (its ``size`` at its
+    ``image_size``, when set)."""
+    from twoshot.model.sam2.spec import sam2_sizes
+
+    sizes = sam2_sizes(config)
+    if sizes.size not in SIZES:
+        raise UserError(f"config key 'model.sam2.size': {sizes.size!r} is not one of {', '.join(SIZES)}")
+    preset = SIZES[sizes.size]
+    return preset if sizes.image_size is None else preset.with_image_size(sizes.image_size)
+
+
 class Sam2(VOSModel):
-    """SAM 2.1 of size ``size`` (a :class:`Sam2Size` or a preset name of :data:`SIZES`).
+    """SAM 2.1 of size ``size``: a :class:`Sam2Size`, a preset name of :data:`SIZES`, or a
+    ModelConfig of kind "sam2" (its ``model.sam2`` section names the size and input size; how
+    the registry builds it).
 
     ``config``: the model section it belongs to (``kind`` "sam2"; the STCN / Cutie fields
     are unused).
@@ -90,8 +104,12 @@ class Sam2(VOSModel):
     kind: ClassVar[str] = "sam2"
     reference_autocasts_on_cpu: ClassVar[bool] = True  # its predictor runs under bf16 autocast
 
-    def __init__(self, size: Sam2Size | str = "tiny", config: ModelConfig | None = None) -> None:
+    def __init__(
+        self, size: Sam2Size | str | ModelConfig = "tiny", config: ModelConfig | None = None
+    ) -> None:
         super().__init__()
+        if isinstance(size, ModelConfig):
+            config, size = size, size_of_config(size)
         self.size = SIZES[size] if isinstance(size, str) and size in SIZES else size
         if not isinstance(self.size, Sam2Size):
             raise UserError(f"unknown SAM 2 size {size!r}: choose one of {', '.join(SIZES)}")
