@@ -197,7 +197,7 @@ def test_checkpoints_of_another_model_or_size_are_refused(
     neither = tmp_path / "neither.pth"
     torch.save({"backbone.weight": torch.zeros(2), "head.bias": torch.zeros(1)}, neither)
     err = _fails(neither, root, tmp_path, capsys)
-    assert "neither.pth: not a stcn checkpoint: the weights look like no model (stcn, cutie)" in err
+    assert "neither.pth: not a stcn checkpoint: the weights look like no model (stcn, cutie, sam2)" in err
     assert "(first keys: backbone.weight, head.bias)" in err
 
     torch.manual_seed(0)

@@ -18,6 +18,7 @@ from twoshot.data.masks import read_mask
 from twoshot.data.readers import load_frames, open_dataset, reference_annotations
 from twoshot.errors import UserError
 from twoshot.inference import PropagationEngine
+from twoshot.inference.suggest import suggest_budget
 from twoshot.model import build_model, save_weights
 from twoshot.model.checkpoint import detect_kind, load_model, read_state_dict
 from twoshot.model.sam2 import Sam2
@@ -117,6 +118,17 @@ def test_sam2_bank_trains_an_stcn_model(checkpoint: Path, tmp_path: Path) -> Non
     overrides = [*schedule, "main.crop_size=32", "twoshot.phase2_start_update=1"]
     assert cli_main([*train, "--out", str(out), "--preset", "tiny", *CPU, *overrides]) == 0
     assert detect_kind(read_state_dict(out / "final.pth")) == "stcn"
+
+
+def test_budget_uncertainty_propagates_with_sam2(model: Sam2, checkpoint: Path, tmp_path: Path) -> None:
+    root = make_davis(tmp_path / "davis", {"bear": 6}, size=(48, 64), object_ids=(1, 2)).root
+    out = tmp_path / "budget.json"
+    args = ["budget", "--data", str(root), "--dataset", "davis", "--strategy", "uncertainty"]
+    assert cli_main([*args, "--checkpoint", str(checkpoint), "--device", "cpu", "--out", str(out)]) == 0
+    sequences = open_dataset("davis", root, "train")
+    engine = PropagationEngine(model, load_config("sam2-toy").inference, "cpu")
+    expected = suggest_budget(sequences, 2, engine, strategy="uncertainty")
+    assert json.loads(out.read_text()) == expected and len(expected["bear"]) == 2
 
 
 def test_refusals(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
