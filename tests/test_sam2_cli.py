@@ -111,7 +111,8 @@ def test_sam2_bank_trains_an_stcn_model(checkpoint: Path, tmp_path: Path) -> Non
     bank = tmp_path / "bank"
     label = ["pseudo-label", "--checkpoint", str(checkpoint), "--model", "sam2", *davis]
     assert cli_main([*label, "--budget", str(budget), "--out", str(bank), *CPU]) == 0
-    assert read_mask(bank / "bear" / "00002.png")[0].shape == (48, 64)
+    unlabeled = read_mask(bank / "bear" / "00002.png")[0]
+    assert unlabeled.shape == (48, 64) and set(np.unique(unlabeled)) == {0, 1, 2}
     out = tmp_path / "stcn"
     train = ["train", "--stage", "phase2", *davis, "--bank", str(bank), "--budget", str(budget)]
     schedule = ["main.iterations=2", "main.lr_steps=[1]", "main.batch_size=1", "main.save_every=2"]
@@ -129,6 +130,32 @@ def test_budget_uncertainty_propagates_with_sam2(model: Sam2, checkpoint: Path, 
     engine = PropagationEngine(model, load_config("sam2-toy").inference, "cpu")
     expected = suggest_budget(sequences, 2, engine, strategy="uncertainty")
     assert json.loads(out.read_text()) == expected and len(expected["bear"]) == 2
+
+
+def test_annotate_propagates_with_sam2_as_pseudo_label_does(checkpoint: Path, tmp_path: Path) -> None:
+    from test_annotate_api import client_for, put
+
+    from twoshot.annotate.jobs import PropagationJobs
+    from twoshot.annotate.storage import AnnotationStore
+    from twoshot.inference.predictor import load_for_inference
+
+    data = make_davis(tmp_path / "davis", {"bear": 6}, size=(24, 32), annotate=[])
+    store = AnnotationStore(data.root)
+    model, config = load_for_inference(checkpoint, kind="sam2")
+    jobs = PropagationJobs(store, model, config)
+    client = client_for(store, jobs)
+    put(client, "bear", 1, data.labels["bear"][1])
+    put(client, "bear", 4, data.labels["bear"][4])
+    assert client.post("/api/videos/bear/propagate").status_code == 202
+    jobs.wait("bear", 60)
+    assert client.get("/api/videos/bear/propagation").json()["state"] == "done"
+    bank = tmp_path / "bank"
+    argv = ["pseudo-label", "--checkpoint", str(checkpoint), "--data", str(data.root)]
+    assert cli_main([*argv, "--budget", str(store.budget_path), "--out", str(bank), "--no-progress"]) == 0
+    for frame in range(6):
+        response = client.get(f"/api/videos/bear/frames/{frame}/propagated")
+        labels = np.frombuffer(response.content[: 24 * 32], np.uint8).reshape(24, 32)
+        np.testing.assert_array_equal(labels, read_mask(bank / "bear" / f"{frame:05d}.png")[0])
 
 
 def test_refusals(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -151,6 +178,11 @@ def test_refusals(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
         "tiny.pth: not a sam2 checkpoint: the weights look like a stcn checkpoint" in capsys.readouterr().err
     )
     assert not out.exists()
+
+    assert cli_main([*infer, "--preset", "sam2.1-tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "sam2-toy.pth: checkpoint does not match the sam2 model" in err
+    assert "the weights fit the 'sam2-toy' preset: use --preset sam2-toy" in err and not out.exists()
 
     train = ["train", "--stage", "full", "--data", str(root), "--out", str(out), "--preset", "sam2-toy", *CPU]
     assert cli_main(train) == 2
