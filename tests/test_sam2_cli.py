@@ -134,7 +134,6 @@ def test_budget_uncertainty_propagates_with_sam2(model: Sam2, checkpoint: Path, 
 
 def test_annotate_propagates_with_sam2_as_pseudo_label_does(checkpoint: Path, tmp_path: Path) -> None:
     from test_annotate_api import client_for, put
-
     from twoshot.annotate.jobs import PropagationJobs
     from twoshot.annotate.storage import AnnotationStore
     from twoshot.inference.predictor import load_for_inference
