@@ -5,6 +5,8 @@ training an STCN model, and the refusals (another model's checkpoint, training S
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +74,17 @@ def test_presets_build_each_size_and_the_registry_tells_sam2_checkpoints(
         load_config("sam2-toy", overrides=["model.sam2.image_size=100"])
     with pytest.raises(UserError, match=r"'model.sam2.size' is a sam2 setting, but model.kind is 'stcn'"):
         load_config("stcn", overrides=["model.sam2.size=toy"])
+
+
+def test_sam2_presets_load_without_torch() -> None:
+    # The spec contract: the configuration reads the registered specs before any network exists.
+    code = (
+        "import sys; from twoshot.config import load_config; "
+        "assert load_config('sam2.1-large').model.sam2.size == 'large'; "
+        "assert 'torch' not in sys.modules; print('ok')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.stdout.strip() == "ok", done.stderr
 
 
 def test_published_layout_loads_unchanged(model: Sam2, checkpoint: Path, tmp_path: Path) -> None:

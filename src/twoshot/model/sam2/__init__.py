@@ -5,7 +5,9 @@ Modules: :mod:`.sizes` (the published sizes and a toy one), :mod:`.network` (the
 :class:`Sam2` network with the reference's parameter names), :mod:`.hiera` (image encoder),
 :mod:`.memory` (memory attention and encoder), :mod:`.heads` (SAM's prompt encoder and mask
 decoder), :mod:`.layers` (shared blocks), :mod:`.propagator` (semi-supervised tracking from
-masks), :mod:`.postprocess` (hole filling), :mod:`.weights` (checkpoints).
+masks), :mod:`.postprocess` (hole filling), :mod:`.weights` (checkpoints), :mod:`.spec` (the
+model plugin: config section, presets, checkpoint prefixes), :mod:`.objective` (training,
+refused for now).
 
 What a model registry needs: the model class :class:`Sam2` (``kind`` "sam2"), its size type
 :class:`Sam2Size` (validated when built) and presets :data:`SIZES` (``toy``, ``tiny``,
@@ -13,29 +15,35 @@ What a model registry needs: the model class :class:`Sam2` (``kind`` "sam2"), it
 :func:`detect_size`, :func:`check_sam2_state`) and loading (:func:`load_sam2`).
 """
 
-from twoshot.model.sam2.network import Sam2, Sam2Features, SamOutput
-from twoshot.model.sam2.postprocess import FILL_HOLE_AREA, connected_components, fill_holes
-from twoshot.model.sam2.propagator import Sam2Propagator, Sam2RunMemory, probabilities
-from twoshot.model.sam2.sizes import CHECKPOINT_FILES, SIZES, Sam2Size, size_named
-from twoshot.model.sam2.weights import check_sam2_state, detect_size, is_sam2_state, load_sam2, read_state
+import importlib
+from typing import Any
 
-__all__ = [
-    "CHECKPOINT_FILES",
-    "FILL_HOLE_AREA",
-    "SIZES",
-    "Sam2",
-    "Sam2Features",
-    "Sam2Propagator",
-    "Sam2RunMemory",
-    "Sam2Size",
-    "SamOutput",
-    "check_sam2_state",
-    "connected_components",
-    "detect_size",
-    "fill_holes",
-    "is_sam2_state",
-    "load_sam2",
-    "probabilities",
-    "read_state",
-    "size_named",
-]
+# Imported on first use: the configuration reads ``spec`` without importing torch.
+_EXPORTS = {
+    "CHECKPOINT_FILES": "sizes",
+    "FILL_HOLE_AREA": "postprocess",
+    "SIZES": "sizes",
+    "Sam2": "network",
+    "Sam2Features": "network",
+    "Sam2Propagator": "propagator",
+    "Sam2RunMemory": "propagator",
+    "Sam2Size": "sizes",
+    "SamOutput": "network",
+    "check_sam2_state": "weights",
+    "connected_components": "postprocess",
+    "detect_size": "weights",
+    "fill_holes": "postprocess",
+    "is_sam2_state": "weights",
+    "load_sam2": "weights",
+    "probabilities": "propagator",
+    "read_state": "weights",
+    "size_named": "sizes",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"twoshot.model.sam2.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'twoshot.model.sam2' has no attribute {name!r}")
