@@ -23,8 +23,9 @@ from twoshot.inference import PropagationEngine
 from twoshot.inference.suggest import suggest_budget
 from twoshot.model import build_model, save_weights
 from twoshot.model.checkpoint import detect_kind, load_model, read_state_dict
-from twoshot.model.sam2 import Sam2
+from twoshot.model.sam2 import SIZES, Sam2
 from twoshot.model.sam2.objective import TRAINING_REFUSED
+from twoshot.model.sam2.spec import SIZE_NAMES
 
 CPU = ["--device", "cpu", "--no-progress"]
 
@@ -66,6 +67,7 @@ def test_presets_build_each_size_and_the_registry_tells_sam2_checkpoints(
         "sam2.1-base-plus": ("base_plus", 1024),
         "sam2.1-large": ("large", 1024),
     }
+    assert tuple(SIZES) == SIZE_NAMES  # the torch-free spec's list of sizes is the network's
     assert build_model(load_config("sam2-toy", overrides=["model.sam2.image_size=64"]).model).image_size == 64
     assert detect_kind(read_state_dict(checkpoint)) == "sam2"
     with pytest.raises(UserError, match=r"config key 'model.sam2.size': 'huge' is not a SAM 2 size"):
