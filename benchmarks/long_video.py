@@ -190,7 +190,8 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 def train_tiny(workdir: Path, iterations: int, seed: int = 0) -> Path:
     """Train ``tiny`` from scratch on 16 generated 24-frame 96x96 videos; returns final.pth."""
     from twoshot.data.synth import generate_dataset
-    from twoshot.train.trainer import build_stage_dataset, train
+    from twoshot.train.recipes import build_stage_dataset
+    from twoshot.train.trainer import train
 
     data = workdir / "synth"
     generate_dataset(

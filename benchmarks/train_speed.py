@@ -212,7 +212,8 @@ def time_trainer(
     root: a DAVIS-layout folder (:func:`make_videos`); preset / batch / crop / workers / amp:
     the run's settings (defaults: tiny, batch 4, 96 px, fp32, on the CPU); out: a new folder.
     """
-    from twoshot.train.trainer import Trainer, build_stage_dataset
+    from twoshot.train.recipes import build_stage_dataset
+    from twoshot.train.trainer import Trainer
 
     config = load_config(
         preset,

@@ -32,7 +32,8 @@ from twoshot.inference import PropagationEngine
 from twoshot.inference.pseudo_label import build_bank
 from twoshot.model import STCN, build_model, load_model, save_weights
 from twoshot.train.modes import SupervisedMode
-from twoshot.train.trainer import Trainer, build_stage_dataset
+from twoshot.train.recipes import build_stage_dataset
+from twoshot.train.trainer import Trainer
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

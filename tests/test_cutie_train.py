@@ -270,7 +270,7 @@ def test_window_sampling_of_long_clips() -> None:
 
 def test_eight_frame_clips_train_cutie(tmp_path: Path) -> None:
     from twoshot.data.fixtures import make_davis
-    from twoshot.train.trainer import build_stage_dataset
+    from twoshot.train.recipes import build_stage_dataset
 
     root = make_davis(tmp_path / "davis", {"a": 12, "b": 10, "short": 6}, size=(40, 48)).root
     config = cutie_toy_config(

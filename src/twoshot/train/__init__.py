@@ -13,7 +13,7 @@ _EXPORTS = {
     "train": "twoshot.train.trainer",
     "Trainer": "twoshot.train.trainer",
     "TrainingDiverged": "twoshot.train.trainer",
-    "build_stage_dataset": "twoshot.train.trainer",
+    "build_stage_dataset": "twoshot.train.recipes",
     "STAGES": "twoshot.train.trainer",
     "TrainingMode": "twoshot.train.modes",
     "SupervisedMode": "twoshot.train.modes",

@@ -146,3 +146,20 @@ def clip_grid(
         pred = [truth[0]] + [colorize(probs[b, t].argmax(0)) for t in range(probs.shape[1])]
         rows += [torch.cat(frames, 2), torch.cat(truth, 2), torch.cat(pred, 2)]
     return torch.cat(rows, 1)
+
+
+def accumulate_window(
+    sums: dict[str, torch.Tensor], loss: Any, ious: dict[str, torch.Tensor], grad_norm: torch.Tensor | None
+) -> None:
+    """Add one iteration's loss terms (``loss``: a loss result with ``total``, ``frames`` and
+    ``terms``), IoU counts and gradient norm to the logging window's sums (no host sync)."""
+    items: dict[str, torch.Tensor] = {"loss": loss.total.detach().float()}
+    for i, frame_loss in enumerate(loss.frames, start=1):
+        items[f"loss_frame{i}"] = frame_loss.float()
+    for name, term in loss.terms.items():
+        items[f"loss_{name}"] = term.float()
+    items.update(ious)
+    if grad_norm is not None:
+        items["grad_norm"] = grad_norm.detach().float()
+    for name, value in items.items():
+        sums[name] = sums[name] + value if name in sums else value.clone()

@@ -179,3 +179,22 @@ def build_recipe(
     if stage == "naive":
         return naive_recipe(config, budgeted, kind)
     return phase1_recipe(config, budgeted, kind)
+
+
+def build_stage_dataset(
+    stage: str, config: Config, data: str | Path, kind: str | None = None, split: str | None = None
+) -> Dataset[Any]:
+    """The stage's clip dataset from a folder on disk (the ``static`` or ``full`` recipe of
+    :mod:`twoshot.train.recipes`).
+
+    static: StaticClipDataset(data) (image/mask pairs); main: VOSClipDataset(mode "full")
+    over ``open_dataset(kind, data, split)``, kind auto-detected when None, YouTube-VOS with
+    its every-5th-frame annotation stride. Crop size, seed and clip length come from the
+    stage's TrainConfig. Raises UserError for a missing or unusable dataset.
+    """
+    from twoshot.train.trainer import stage_config  # the loop imports this module
+
+    stage_config(config, stage)  # static or main
+    recipe = build_recipe(stage, config, data, kind, split)
+    assert recipe.dataset is not None  # the static and full recipes have their dataset
+    return recipe.dataset

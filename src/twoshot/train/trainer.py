@@ -47,7 +47,7 @@ from twoshot.train import distributed as dist_utils
 from twoshot.train.distributed import DistContext
 from twoshot.train.forward import ClipModel, ClipOutput, forward_batch
 from twoshot.train.loader import ClipStream
-from twoshot.train.logger import TrainLogger, clip_grid
+from twoshot.train.logger import TrainLogger, accumulate_window, clip_grid
 from twoshot.train.loss import LossResult, iou_counts
 from twoshot.train.modes import SupervisedMode, TrainingMode
 from twoshot.train.objectives import Objective, objective_for
@@ -239,7 +239,7 @@ class Trainer:
                 done = self.step(batch.to(self.device), it)
                 batch, output, loss, lr = done.batch, done.output, done.loss, done.lr
 
-                _accumulate(
+                accumulate_window(
                     sums,
                     loss,
                     iou_counts(output.probs.detach(), batch.cls_gt, batch.selector),
@@ -461,10 +461,10 @@ def train(
 
     config: the full Config (the ``stage`` section's TrainConfig drives the run, ``model``
     the network). stage: ``static`` or ``main`` (two-shot phases use ``main`` with a mode).
-    dataset: the clip dataset (e.g. from :func:`build_stage_dataset`; may be None when the
-    mode provides datasets). out_dir: checkpoint, weights and logs. init: weights to start
-    from (any form :func:`read_state_dict` accepts; ignored on resume). resume: continue from
-    ``out_dir/checkpoint.pt``. mode: a :class:`TrainingMode` (default supervised). device:
+    dataset: the clip dataset (e.g. from :func:`twoshot.train.recipes.build_stage_dataset`;
+    may be None when the mode provides datasets). out_dir: checkpoint, weights and logs.
+    init: weights to start from (any form :func:`read_state_dict` accepts; ignored on
+    resume). resume: continue from ``out_dir/checkpoint.pt``. mode: a :class:`TrainingMode` (default supervised). device:
     auto | cpu | cuda | cuda:N (torchrun processes take cuda:LOCAL_RANK). progress: tqdm bar.
     Under torchrun every process calls this; rank 0 logs and saves.
     """
@@ -477,50 +477,11 @@ def train(
         trainer.close()
 
 
-def build_stage_dataset(
-    stage: str, config: Config, data: str | Path, kind: str | None = None, split: str | None = None
-) -> Dataset[Any]:
-    """The stage's clip dataset from a folder on disk (the ``static`` or ``full`` recipe of
-    :mod:`twoshot.train.recipes`).
-
-    static: StaticClipDataset(data) (image/mask pairs); main: VOSClipDataset(mode "full")
-    over ``open_dataset(kind, data, split)``, kind auto-detected when None, YouTube-VOS with
-    its every-5th-frame annotation stride. Crop size, seed and clip length come from the
-    stage's TrainConfig. Raises UserError for a missing or unusable dataset.
-    """
-    from twoshot.train.recipes import build_recipe
-
-    stage_config(config, stage)  # static or main
-    recipe = build_recipe(stage, config, data, kind, split)
-    assert recipe.dataset is not None  # the static and full recipes have their dataset
-    return recipe.dataset
-
-
-# ----------------------------------------------------------------------------------------
-
-
-def _accumulate(
-    sums: dict[str, torch.Tensor], loss: Any, ious: dict[str, torch.Tensor], grad_norm: torch.Tensor | None
-) -> None:
-    """Add one iteration's loss terms and IoU counts to the window sums (no host sync)."""
-    items: dict[str, torch.Tensor] = {"loss": loss.total.detach().float()}
-    for i, frame_loss in enumerate(loss.frames, start=1):
-        items[f"loss_frame{i}"] = frame_loss.float()
-    for name, term in loss.terms.items():
-        items[f"loss_{name}"] = term.float()
-    items.update(ious)
-    if grad_norm is not None:
-        items["grad_norm"] = grad_norm.detach().float()
-    for name, value in items.items():
-        sums[name] = sums[name] + value if name in sums else value.clone()
-
-
 __all__ = [
     "StepResult",
     "Trainer",
     "TrainingDiverged",
     "STAGES",
-    "build_stage_dataset",
     "seed_everything",
     "stage_config",
     "train",
