@@ -464,8 +464,9 @@ def train(
     dataset: the clip dataset (e.g. from :func:`twoshot.train.recipes.build_stage_dataset`;
     may be None when the mode provides datasets). out_dir: checkpoint, weights and logs.
     init: weights to start from (any form :func:`read_state_dict` accepts; ignored on
-    resume). resume: continue from ``out_dir/checkpoint.pt``. mode: a :class:`TrainingMode` (default supervised). device:
-    auto | cpu | cuda | cuda:N (torchrun processes take cuda:LOCAL_RANK). progress: tqdm bar.
+    resume). resume: continue from ``out_dir/checkpoint.pt``. mode: a :class:`TrainingMode`
+    (default supervised). device: auto | cpu | cuda | cuda:N (torchrun processes take
+    cuda:LOCAL_RANK). progress: tqdm bar.
     Under torchrun every process calls this; rank 0 logs and saves.
     """
     trainer = Trainer(
