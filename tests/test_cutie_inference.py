@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import load_benchmark
 from twoshot.config import InferenceConfig, load_config
 from twoshot.data.fixtures import random_video
 from twoshot.errors import UserError
@@ -26,29 +27,12 @@ from twoshot.model.cutie.store import KeyValueMemory, _LongTerm
 from twoshot.model.interface import PERMANENT, TEMPORARY
 from twoshot.model.preprocess import normalize_images, pad_divide_by
 
-
-def seeded_weights(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Fill every parameter and BatchNorm statistic from a generator (independent of the
-    modules' initialisation code), scaled by fan-in; eval mode."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if not tensor.is_floating_point() or name.endswith("inv_freq"):
-                continue
-            noise = torch.randn(tensor.shape, generator=generator)
-            if name.endswith("running_var"):
-                tensor.copy_(1 + 0.5 * torch.rand(tensor.shape, generator=generator))
-            elif tensor.dim() > 1:
-                tensor.copy_(noise / math.sqrt(tensor[0].numel()))
-            elif ".bn" in name and name.endswith("weight") or "norm.weight" in name:
-                tensor.copy_(1 + 0.1 * noise)
-            else:
-                tensor.copy_(0.1 * noise)
-    return model.eval()
+# Its fan-in-scaled weights (the same fill as the fast-path agreement benchmark's).
+fast_agreement = load_benchmark("fast_agreement")
 
 
 def tiny_model(seed: int = 0) -> Cutie:
-    return seeded_weights(Cutie(load_config("cutie-tiny").model), seed)
+    return fast_agreement.seeded_weights(Cutie(load_config("cutie-tiny").model), seed)
 
 
 def overlay(prob: torch.Tensor | None, ids: list[int], mask: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
