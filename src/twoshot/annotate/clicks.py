@@ -24,8 +24,10 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
+import torch
 
 from twoshot.annotate.storage import AnnotationStore, RequestError
+from twoshot.config import InferenceConfig
 from twoshot.model.interface import VOSModel
 
 DEFAULT_CACHED_FRAMES = 8  # image features kept (about 20 MB a frame for the 1024-pixel models)
@@ -52,8 +54,8 @@ class ClickSegmenter:
         self,
         store: AnnotationStore,
         model: VOSModel,
-        config: Any,
-        device: Any,
+        config: InferenceConfig,
+        device: torch.device | str,
         cached_frames: int = DEFAULT_CACHED_FRAMES,
     ) -> None:
         from twoshot.model.sam2.network import Sam2
