@@ -3,7 +3,8 @@
 Builds the reference ``SAM2VideoPredictor`` (facebookresearch/sam2, from a checkout the user
 gives with ``--reference``) from its config (``configs/sam2.1/sam2.1_hiera_t.yaml`` by
 default) with the overrides its ``build_sam2_video_predictor`` applies (dynamic multimask,
-binarised memory of given masks, ``fill_hole_area`` 8) and a small ``image_size``, and
+binarised memory of given masks, ``fill_hole_area`` 8) and a small ``image_size`` (``--size
+toy``: that config with the toy trunk, :data:`REFERENCE_TOY`), and
 twoshot's :class:`~twoshot.model.sam2.Sam2` with the same weights: random ones (seeded,
 twoshot's state dict loaded into the reference with ``strict=True``; the object-score head's
 last bias raised so that objects are seen and the masks are not empty), or a published
