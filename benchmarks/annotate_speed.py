@@ -13,6 +13,14 @@ the page does. It reports:
     python benchmarks/annotate_speed.py                 # tiny, 100 frames, CPU
     python benchmarks/annotate_speed.py --device cuda --frames 100
 
+With ``--clicks`` (a SAM 2 preset, e.g. ``--preset sam2-toy`` or ``sam2.1-tiny``) it times
+click-to-segment instead: on each of ``--click-frames`` frames of the same kind of video, a
+first click (the frame's image features computed, then one decoder step) and
+``--clicks-per-frame`` - 1 further clicks (the features cached: one decoder step each),
+each a ``POST .../segment`` as the page sends it, timed from request to answer.
+
+    python benchmarks/annotate_speed.py --clicks --preset sam2-toy
+
 ``run(...) -> dict`` does the same for a benchmark runner.
 """
 
@@ -149,13 +157,103 @@ def run(
     }
 
 
+def run_clicks(
+    preset: str = "sam2-toy",
+    device: str = "cpu",
+    size: tuple[int, int] = (480, 854),
+    click_frames: int = 3,
+    clicks_per_frame: int = 4,
+) -> dict:
+    """Time click-to-segment requests (first click on a frame, further clicks) with a
+    random-weight SAM 2 preset; returns the figures."""
+    import dataclasses
+
+    import torch
+    import uvicorn
+
+    torch.manual_seed(0)
+    config = load_config(preset)
+    model = build_model(config.model)
+    load_before = machine_info(device)["load_average_1min"]
+    first: list[float] = []
+    further: list[float] = []
+    server_first: list[float] = []
+    server_further: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_davis(Path(tmp) / "davis", {"clip": click_frames}, size=size, annotate=[])
+        store = AnnotationStore(data.root)
+        jobs = PropagationJobs(store, model, dataclasses.replace(config.inference, device=device))
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        app = create_app(store, jobs)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.01)
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}/api/videos/clip"
+        _request(f"{base}/objects/1", "PUT", app.state.token, b'{"color": "#800000"}')
+        rng = np.random.default_rng(0)
+        height, width = size
+        for frame in range(click_frames):
+            points: list[list[float]] = []
+            for n in range(clicks_per_frame):
+                points.append([float(rng.uniform(0, width)), float(rng.uniform(0, height)), int(n % 2 == 0)])
+                body = json.dumps({"object": 1, "box": None, "points": points}).encode()
+                request = urllib.request.Request(
+                    f"{base}/frames/{frame}/segment",
+                    data=body,
+                    method="POST",
+                    headers={TOKEN_HEADER: app.state.token, "Content-Type": "application/json"},
+                )
+                start = time.perf_counter()
+                with urllib.request.urlopen(request) as response:
+                    response.read()
+                    encoded = response.headers["X-Encoded"] == "1"
+                    seconds = float(response.headers["X-Seconds"])
+                elapsed = time.perf_counter() - start
+                if encoded != (n == 0):
+                    raise RuntimeError(f"frame {frame}, click {n + 1}: features encoded={encoded}")
+                (first if n == 0 else further).append(elapsed)
+                (server_first if n == 0 else server_further).append(seconds)
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+    return {
+        "preset": preset,
+        "image_size": model.image_size,
+        "size": f"{size[1]}x{size[0]}",
+        "device": device,
+        "amp": config.inference.amp,
+        "first_click_s_median": round(statistics.median(first), 3),
+        "first_click_s_all": [round(v, 3) for v in first],
+        "further_click_s_median": round(statistics.median(further), 3),
+        "further_click_s_max": round(max(further), 3),
+        "further_clicks": len(further),
+        "server_first_s_median": round(statistics.median(server_first), 3),
+        "server_further_s_median": round(statistics.median(server_further), 3),
+        "load_average_1min_before": load_before,
+        "machine": machine_info(device),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--preset", default=None, help="tiny; with --clicks sam2-toy")
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--clicks", action="store_true", help="time click-to-segment (SAM 2 presets)")
+    parser.add_argument("--click-frames", type=int, default=3)
+    parser.add_argument("--clicks-per-frame", type=int, default=4)
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.preset, args.frames, args.device), indent=2))
+    if args.clicks:
+        result = run_clicks(
+            args.preset or "sam2-toy", args.device, (480, 854), args.click_frames, args.clicks_per_frame
+        )
+    else:
+        result = run(args.preset or "tiny", args.frames, args.device)
+    print(json.dumps(result, indent=2))
     return 0
 
 

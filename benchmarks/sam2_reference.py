@@ -3,7 +3,8 @@
 Builds the reference ``SAM2VideoPredictor`` (facebookresearch/sam2, from a checkout the user
 gives with ``--reference``) from its config (``configs/sam2.1/sam2.1_hiera_t.yaml`` by
 default) with the overrides its ``build_sam2_video_predictor`` applies (dynamic multimask,
-binarised memory of given masks, ``fill_hole_area`` 8) and a small ``image_size``, and
+binarised memory of given masks, ``fill_hole_area`` 8) and a small ``image_size`` (``--size
+toy``: that config with the toy trunk, :data:`REFERENCE_TOY`), and
 twoshot's :class:`~twoshot.model.sam2.Sam2` with the same weights: random ones (seeded,
 twoshot's state dict loaded into the reference with ``strict=True``; the object-score head's
 last bias raised so that objects are seen and the masks are not empty), or a published
@@ -25,6 +26,19 @@ Cases (each object tracked on its own, as SAM 2 does):
   ``bidirectional`` mode; each frame compared with the reference run of its source frame and
   direction.
 
+``clicks`` (``--sections clicks``): click-to-segment, as ``twoshot annotate`` does it, against
+the reference's ``add_new_points_or_box`` on a frame not tracked yet (an initial
+conditioning frame: no memory, the frame segmented from its prompts alone), with the
+prompts added one call at a time (``clear_old_points=False`` after the first, so each call
+feeds the previous call's logits back as the mask prompt). Frames of a generated video that
+are not square (3/4 x 5/4 of ``image_size``), so that coordinates are normalised by the
+frame's width and height and the masks come back at the frame's size. The reference resizes
+frames with PIL where twoshot resizes tensors; to compare the prompt path itself, the
+reference's loaded frames are replaced by twoshot's network input (``prepare_image``).
+Prompt chains per frame: a positive click on an object, a negative one on it, a positive
+one on the background; a box around another object, a negative click in it, a positive one;
+a lone negative click. Every step's mask at the frame's size is compared.
+
 Each case runs with the reference's hole filling (its compiled connected-components
 extension replaced, in this process only, by twoshot's CPU one) and without it (the
 extension absent, as on any CPU install: the reference warns and skips the step; twoshot
@@ -37,6 +51,7 @@ its package ``__init__`` (Hydra) is bypassed, ``iopath`` is stubbed and the conf
 ``_target_`` entries are instantiated here. Nothing of it is installed or imported by twoshot.
 
     python benchmarks/sam2_reference.py --reference /path/to/sam2 [--frames 10] [--image-size 256]
+    python benchmarks/sam2_reference.py --reference /path/to/sam2 --sections clicks --size toy
 
 ``run(reference, ...) -> dict`` returns the figures.
 """
@@ -52,6 +67,7 @@ import time
 import types
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +80,16 @@ from twoshot.config import InferenceConfig
 from twoshot.data.fixtures import random_video
 from twoshot.inference import PropagationEngine
 from twoshot.model.sam2 import SIZES, Sam2, Sam2Propagator, connected_components, load_sam2
+from twoshot.model.sam2.prompt import NEGATIVE, POSITIVE, PromptSegmenter, prepare_image, prompt_sequence
+from twoshot.model.sam2.sizes import Sam2Size
 
 CASES: tuple[str, ...] = ("forward", "bidirectional")
-CONFIGS = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
+SECTIONS: tuple[str, ...] = ("propagation", "clicks")
+CONFIGS = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l", "toy": "t"}
+# The reference's Hiera cannot pool queries in a global-attention block (its window size 0
+# divides), which the toy trunk does in blocks 2 and 3: here "toy" attends within windows
+# there (the same parameters, so the same state dict).
+REFERENCE_TOY = replace(SIZES["toy"], global_att_blocks=())
 OBJECT_SCORE_BIAS = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
@@ -125,9 +148,12 @@ def instantiate(node: Any) -> Any:
 
 
 def build_reference(path: Path, size: str, image_size: int, state: dict[str, torch.Tensor]) -> Any:
-    """The reference ``SAM2VideoPredictor`` of ``size`` at ``image_size`` with weights ``state``."""
+    """The reference ``SAM2VideoPredictor`` of ``size`` at ``image_size`` with weights ``state``
+    (``toy``: the tiny config with :data:`REFERENCE_TOY`'s trunk and memory attention depth)."""
     config_file = path / "sam2" / "configs" / "sam2.1" / f"sam2.1_hiera_{CONFIGS[size]}.yaml"
     model = _numbers(yaml.safe_load(config_file.read_text()))["model"]
+    if size == "toy":
+        shape_reference_like(model, REFERENCE_TOY)
     model["_target_"] = "sam2.sam2_video_predictor.SAM2VideoPredictor"
     model["image_size"] = image_size
     # build_sam2_video_predictor's post-processing overrides
@@ -141,6 +167,21 @@ def build_reference(path: Path, size: str, image_size: int, state: dict[str, tor
     predictor = instantiate(model)
     predictor.load_state_dict(state, strict=True)
     return predictor.eval()
+
+
+def shape_reference_like(model: dict[str, Any], size: Sam2Size) -> None:
+    """Set a reference config's trunk, neck and memory attention depth to a twoshot size."""
+    trunk = model["image_encoder"]["trunk"]
+    trunk.update(
+        embed_dim=size.embed_dim,
+        num_heads=size.num_heads,
+        stages=list(size.stages),
+        global_att_blocks=list(size.global_att_blocks),
+        window_spec=list(size.window_spec),
+        window_pos_embed_bkg_spatial_size=list(size.pos_embed_size),
+    )
+    model["image_encoder"]["neck"]["backbone_channel_list"] = size.channel_list
+    model["memory_attention"]["num_layers"] = size.memory_layers
 
 
 def write_jpegs(frames: np.ndarray, folder: Path) -> np.ndarray:
@@ -230,6 +271,18 @@ def agreement(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
     }
 
 
+def benchmark_model(size: str, image_size: int, checkpoint: Path | None) -> Sam2:
+    """twoshot's model: the published weights of ``checkpoint``, or random ones (from torch's
+    current seed) whose object-score bias is raised so that objects are seen."""
+    if checkpoint is not None:
+        model = load_sam2(checkpoint, size=size, image_size=image_size)
+    else:
+        model = Sam2((REFERENCE_TOY if size == "toy" else SIZES[size]).with_image_size(image_size))
+        with torch.no_grad():
+            model.state_dict()[OBJECT_SCORE_BIAS].fill_(4.0)
+    return model.eval()
+
+
 def run(
     reference: Path,
     *,
@@ -243,13 +296,7 @@ def run(
 ) -> dict[str, Any]:
     """All cases with and without hole filling; returns {case/mode: agreement figures}."""
     torch.manual_seed(seed)
-    if checkpoint is not None:
-        model = load_sam2(checkpoint, size=size, image_size=image_size)
-    else:
-        model = Sam2(SIZES[size].with_image_size(image_size))
-        with torch.no_grad():
-            model.state_dict()[OBJECT_SCORE_BIAS].fill_(4.0)
-    model.eval()
+    model = benchmark_model(size, image_size, checkpoint)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     frames, labels = random_video(
         num_frames, (image_size, image_size), object_ids=(1, 2, 3), first_frames={3: enter}, seed=seed
@@ -297,6 +344,97 @@ def run(
     return results
 
 
+def click_chains(labels: np.ndarray) -> list[tuple[tuple[float, float, float, float] | None, list[Any]]]:
+    """Prompt chains on a frame with objects 1 and 2 (labels uint8 [H, W]): (box or None,
+    clicks [(x, y, label)]), each click a further step."""
+
+    def inside(obj: int, which: float) -> tuple[float, float]:
+        ys, xs = np.nonzero(labels == obj)
+        i = int(which * (len(xs) - 1))
+        return float(xs[i]) + 0.5, float(ys[i]) + 0.5
+
+    ys, xs = np.nonzero(labels == 0)
+    background = (float(xs[len(xs) // 3]), float(ys[len(ys) // 3]))
+    ys2, xs2 = np.nonzero(labels == 2)
+    box = (float(xs2.min()) - 1.5, float(ys2.min()) - 1.5, float(xs2.max()) + 2.5, float(ys2.max()) + 2.5)
+    height, width = labels.shape
+    box = (max(0.0, box[0]), max(0.0, box[1]), min(float(width), box[2]), min(float(height), box[3]))
+    return [
+        (None, [(*inside(1, 0.5), POSITIVE), (*inside(1, 0.9), NEGATIVE), (*background, POSITIVE)]),
+        (box, [(*inside(2, 0.2), NEGATIVE), (*inside(2, 0.7), POSITIVE)]),
+        (None, [(*inside(1, 0.3), NEGATIVE)]),
+    ]
+
+
+def reference_clicks(
+    predictor: Any, state: Any, frame: int, box: Any, clicks: list[Any]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One chain with the reference: per step, (mask bool [H, W], logits float32 [H, W])."""
+    predictor.reset_state(state)
+    out = []
+    calls: list[tuple[Any, list[Any]]] = ([(box, [])] if box is not None else []) + [
+        (None, [c]) for c in clicks
+    ]
+    for n, (call_box, call_clicks) in enumerate(calls):
+        points = [[x, y] for x, y, _ in call_clicks] or None
+        point_labels = [label for _, _, label in call_clicks] or None
+        _, _, logits = predictor.add_new_points_or_box(
+            state, frame, 1, points=points, labels=point_labels, box=call_box, clear_old_points=n == 0
+        )
+        logits = logits[0, 0].float().numpy()
+        out.append((logits > 0, logits))
+    return out
+
+
+def run_clicks(
+    reference: Path, model: Sam2, size: str, image_size: int, frames_to_click: int = 2, seed: int = 0
+) -> dict[str, Any]:
+    """The ``clicks`` section, with and without hole filling: {mode: figures}."""
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    shape = (3 * image_size // 4, 5 * image_size // 4)
+    frames, labels = random_video(frames_to_click, shape, object_ids=(1, 2), seed=seed)
+    config = InferenceConfig(size=-1, exact=True, amp=True, amp_dtype="bfloat16", device="cpu")
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        frames = write_jpegs(frames, Path(tmp))
+        for fill in (True, False):
+            import_reference(reference, fill)
+            predictor = build_reference(reference, size, image_size, weights)
+            segmenter = PromptSegmenter(model, config, "cpu", fill_hole_area=8 if fill else 0)
+            equal = total = identical = steps = foreground = 0
+            worst = 0.0
+            with warnings.catch_warnings(), torch.autocast("cpu", dtype=torch.bfloat16):
+                warnings.simplefilter("ignore")
+                state = predictor.init_state(tmp)
+                # The same network input on both sides (the reference's own frames come from PIL).
+                state["images"] = torch.cat([prepare_image(f, image_size) for f in frames])
+                state["cached_features"] = {}
+                for frame in range(frames_to_click):
+                    features = segmenter.features(frames[frame])
+                    for box, clicks in click_chains(labels[frame]):
+                        expected = reference_clicks(predictor, state, frame, box, clicks)
+                        chain = None
+                        for n, (ref_mask, ref_logits) in enumerate(expected):
+                            count = n + (0 if box is not None else 1)
+                            points = prompt_sequence(box, clicks[:count])
+                            logits, chain = segmenter.segment(features, points, shape, chain)
+                            mask = logits.numpy() > 0
+                            equal += int((mask == ref_mask).sum())
+                            total += mask.size
+                            identical += bool((mask == ref_mask).all())
+                            foreground += int(ref_mask.sum())
+                            worst = max(worst, float(np.abs(logits.numpy() - ref_logits).max()))
+                            steps += 1
+            results[f"clicks/{'fill' if fill else 'no-fill'}"] = {
+                "pixels_equal": equal / total,
+                "steps_identical": identical,
+                "steps": steps,
+                "reference_foreground": foreground / total,
+                "max_logit_difference": worst,
+            }
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", type=Path, required=True, help="checkout of facebookresearch/sam2")
@@ -307,19 +445,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", type=Path, help="published weights instead of random ones")
     parser.add_argument("--fp32", action="store_true", help="also twoshot's float32 mode")
-    args = parser.parse_args(argv)
-    results = run(
-        args.reference,
-        size=args.size,
-        image_size=args.image_size,
-        num_frames=args.frames,
-        enter=args.enter,
-        seed=args.seed,
-        checkpoint=args.checkpoint,
-        fp32=args.fp32,
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}"
     )
+    args = parser.parse_args(argv)
+    sections = args.sections.split(",")
+    if set(sections) - set(SECTIONS):
+        parser.error(f"--sections: expected some of {', '.join(SECTIONS)}")
+    results: dict[str, Any] = {}
+    if "propagation" in sections:
+        results.update(
+            run(
+                args.reference,
+                size=args.size,
+                image_size=args.image_size,
+                num_frames=args.frames,
+                enter=args.enter,
+                seed=args.seed,
+                checkpoint=args.checkpoint,
+                fp32=args.fp32,
+            )
+        )
+    if "clicks" in sections:
+        torch.manual_seed(args.seed)
+        model = benchmark_model(args.size, args.image_size, args.checkpoint)
+        started = time.perf_counter()
+        results.update(run_clicks(args.reference, model, args.size, args.image_size, seed=args.seed))
+        print(f"clicks: {time.perf_counter() - started:.1f} s")
     for key, value in results.items():
-        if isinstance(value, int):
+        if key.startswith("clicks/"):
+            print(
+                f"{key:28s} {100 * value['pixels_equal']:.4f}% pixels equal, "
+                f"{value['steps_identical']}/{value['steps']} steps identical, largest logit "
+                f"difference {value['max_logit_difference']:.3g} "
+                f"(reference: {100 * value['reference_foreground']:.1f}% object pixels)"
+            )
+        elif isinstance(value, int):
             print(f"{key}: {value} pixels")
         elif key.startswith("seconds/"):
             print(f"{key:28s} twoshot {value['twoshot']:.1f} s, reference {value['reference']:.1f} s")

@@ -7,7 +7,9 @@ that the exported masks equal ``twoshot pseudo-label``'s and that the model's fr
 suggestions are offered and marked; one corrects and accepts propagated frames (the
 correction keeps the propagated mask); one uses every tool for new objects (each its own
 id, each in the Objects bar, GrabCut busy until it answers) and checks that suggestions
-persist and that the export holds out a video.
+persist and that the export holds out a video; one segments an object with SAM 2 clicks
+(a click, a Shift+click that shrinks the mask, the PNG on disk, undo) and checks that the
+Click tool is hidden, with the reason shown, without a SAM 2 checkpoint.
 """
 
 from __future__ import annotations
@@ -461,3 +463,80 @@ def test_lock_hide_background_only_and_playback(browser, tmp_path: Path) -> None
         page.wait_for_function("window.annotator.state.frame === 2")
         page.close()
     assert errors == []
+
+
+def test_click_to_segment_with_sam2(browser, tmp_path: Path) -> None:
+    """The Click tool with a random ``sam2-toy`` checkpoint: a click on an object gives the
+    server's mask for it, a Shift+click inside shrinks it, and the saved PNG holds the last
+    mask; without SAM 2 the tool is not offered and the toolbar says why."""
+    from twoshot.model.sam2.prompt import PromptSegmenter, prompt_sequence
+
+    data = make_davis(tmp_path / "davis", {"bear": 4}, size=(H, W), annotate=[])
+    torch.manual_seed(0)
+    sam = build_model(load_config("sam2-toy").model)
+    with torch.no_grad():  # random weights that see objects
+        sam.state_dict()["sam_mask_decoder.pred_obj_score_head.layers.2.bias"].fill_(4.0)
+    checkpoint = tmp_path / "sam2-toy.pth"
+    save_weights(sam, checkpoint)
+    store = AnnotationStore(data.root)
+    model, config = load_for_inference(checkpoint, kind="sam2")
+    jobs = PropagationJobs(store, model, config)
+    segmenter = PromptSegmenter(model, config)
+    features = segmenter.features(store.frame_rgb("bear", 0))
+
+    def expected(points: list) -> np.ndarray:
+        logits, _ = segmenter.segment(features, prompt_sequence(None, points), (H, W))
+        return (logits > 0).numpy()
+
+    ys, xs = np.nonzero(data.labels["bear"][0] == 1)
+    positive = (float(xs.mean()) + 0.5, float(ys.mean()) + 0.5, 1)
+    first = expected([positive])
+    # A negative click on the first mask that shrinks it (the weights are random).
+    my, mx = np.nonzero(first)
+    candidates = [
+        (float(mx[i]) + 0.5, float(my[i]) + 0.5, 0) for i in range(0, len(mx), max(1, len(mx) // 12))
+    ]
+    negative = min(candidates, key=lambda c: expected([positive, c]).sum())
+    assert expected([positive, negative]).sum() < first.sum() - 20
+    mask = "Array.from(window.annotator.state.mask)"
+    sent: list[dict] = []
+    with serving(store, jobs) as url:
+        page, errors = open_page(browser, url)
+        page.on(
+            "request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/segment") else None
+        )
+        assert page.is_visible("#click-tool") and not page.is_visible("#click-note")
+        page.keyboard.press("c")
+        page.mouse.click(*at(page, positive[0], positive[1]))
+        page.wait_for_function(f"{mask}.some((v) => v === 1)")
+        page.wait_for_function("document.querySelector('#busy').textContent === ''")
+        got = np.array(page.evaluate(mask), np.uint8).reshape(H, W)
+        assert [p[2] for p in sent[0]["points"]] == [1] and sent[0]["object"] == 1
+        np.testing.assert_array_equal(got == 1, expected(sent[0]["points"]))
+        page.keyboard.down("Shift")
+        page.mouse.click(*at(page, negative[0], negative[1]))
+        page.keyboard.up("Shift")
+        page.wait_for_function("window.annotator.state.history.get('bear/0').undo.length === 2")
+        shrunk = np.array(page.evaluate(mask), np.uint8).reshape(H, W)
+        assert [p[2] for p in sent[1]["points"]] == [1, 0]
+        np.testing.assert_array_equal(shrunk == 1, expected(sent[1]["points"]))
+        assert (shrunk == 1).sum() < (got == 1).sum()
+        assert (
+            page.locator("canvas").count()
+            and page.evaluate("window.annotator.state.clicks.points.length") == 2
+        )
+        page.evaluate("window.annotator.flush()")
+        np.testing.assert_array_equal(read_mask(data.root / "Annotations/480p/bear/00000.png")[0], shrunk)
+        assert load_budget(store.budget_path) == {"bear": ["00000.jpg"]}
+        # Undo takes the negative click back with its mask.
+        page.keyboard.press("Control+z")
+        assert page.evaluate("window.annotator.state.clicks.points.length") == 1
+        np.testing.assert_array_equal(np.array(page.evaluate(mask), np.uint8).reshape(H, W), got)
+        assert errors == []
+    with serving(AnnotationStore(data.root)) as url:
+        page, errors = open_page(browser, url)
+        assert not page.is_visible("#click-tool") and page.is_visible("#click-note")
+        assert "needs a SAM 2 checkpoint" in page.get_attribute("#click-note", "title")
+        page.keyboard.press("c")
+        assert "needs a SAM 2 checkpoint" in page.inner_text("#message")
+        assert page.evaluate("window.annotator.state.tool") == "brush" and errors == []

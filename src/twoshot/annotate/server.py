@@ -27,6 +27,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from twoshot.annotate.clicks import ClickSegmenter, unavailable_reason
 from twoshot.annotate.export import export_dataset
 from twoshot.annotate.jobs import PropagationJobs
 from twoshot.annotate.security import TOKEN_HEADER, LocalOnly
@@ -57,6 +58,11 @@ def create_app(
         Path(export_dir) if export_dir is not None else store.budget_path.parent / "export"
     ).absolute()
     token = secrets.token_urlsafe(24)
+    model = jobs.engine.model if jobs is not None else None
+    no_clicks = unavailable_reason(model)
+    clicks = None
+    if jobs is not None and no_clicks is None:
+        clicks = ClickSegmenter(store, jobs.engine.model, jobs.engine.config, jobs.engine.device)
     page = (STATIC / "index.html").read_text(encoding="utf-8").replace("{{token}}", token)
 
     async def index(request: Request) -> Response:
@@ -73,6 +79,9 @@ def create_app(
                 "max_objects": store.max_objects,
                 # Model strategies need the checkpoint's engine.
                 "strategies": list(STRATEGIES) + (list(MODEL_STRATEGIES) if jobs is not None else []),
+                # Click-to-segment needs SAM 2; the page says why it is missing otherwise.
+                "clicks": clicks is not None,
+                "clicks_unavailable": no_clicks,
             }
         )
 
@@ -132,6 +141,17 @@ def create_app(
         rgb = await run_in_threadpool(store.frame_rgb, name, index)
         fg = await run_in_threadpool(grabcut_box, rgb, [int(round(v)) for v in box])
         return _raw(fg, "")
+
+    async def segment(request: Request) -> Response:
+        name, index = _frame(request)
+        payload = await _json(request)
+        if clicks is None:
+            raise RequestError(400, str(no_clicks))
+        fg, timing = await run_in_threadpool(clicks.segment, name, index, payload)
+        response = _raw(fg, "")
+        response.headers["X-Encoded"] = "1" if timing["encoded"] else "0"
+        response.headers["X-Seconds"] = f"{timing['seconds']:.4f}"
+        return response
 
     async def put_object(request: Request) -> Response:
         name = request.path_params["video"]
@@ -225,6 +245,7 @@ def create_app(
         Route(frame_path + "/mask", _guard(get_mask), methods=["GET"]),
         Route(frame_path + "/mask", _guard(put_mask), methods=["PUT"]),
         Route(frame_path + "/grabcut", _guard(grabcut), methods=["POST"]),
+        Route(frame_path + "/segment", _guard(segment), methods=["POST"]),
         Route(frame_path + "/propagated", _guard(propagated)),
         Route(video_path + "/objects/{obj:str}", _guard(put_object), methods=["PUT"]),
         Route(video_path + "/objects/{obj:str}", _guard(delete_object), methods=["DELETE"]),
@@ -240,6 +261,7 @@ def create_app(
         middleware=[Middleware(LocalOnly, token=token, names=hosts)],
     )
     app.state.store, app.state.jobs, app.state.export_dir = store, jobs, export_to
+    app.state.clicks = clicks
     app.state.token, app.state.token_header = token, TOKEN_HEADER
     return app
 

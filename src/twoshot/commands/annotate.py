@@ -49,7 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for action in parser._actions:
         if action.dest == "checkpoint":
             action.required = False
-            action.help = "weights to propagate with (STCN or Cutie); without: labeling only"
+            action.help = (
+                "weights to propagate with (STCN, Cutie or SAM 2; SAM 2 also segments from clicks); "
+                "without: labeling only"
+            )
 
 
 def run(args: argparse.Namespace) -> int:

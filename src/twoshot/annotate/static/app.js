@@ -18,6 +18,10 @@ async function init() {
     $("suggest-strategy").appendChild(option);
   }
   $("propagate").disabled = !S.info.propagation;
+  // Without a SAM 2 checkpoint the click tool is not offered; the toolbar says why.
+  $("click-tool").hidden = !S.info.clicks;
+  $("click-note").hidden = S.info.clicks;
+  $("click-note").title = S.info.clicks_unavailable || "";
   if (!S.info.propagation) $("progress").textContent = "no checkpoint loaded";
   await refreshVideos();
   const wanted = decodeURIComponent(location.hash.slice(1));
@@ -53,6 +57,7 @@ async function openVideo(name) {
   S.locked = new Set();
   S.object = S.objects.length ? S.objects[0].id : nextObjectId();
   S.suggested = new Set(S.video.suggested);
+  S.clicks = null;
   S.propCache = new Map();
   S.job = { state: "none", ready: new Set() };
   S.maskCanvas = makeCanvas(S.video.width, S.video.height);
@@ -93,6 +98,7 @@ async function loadFrame(index) {
     return;
   }
   if (token !== S.loadToken) return; // another frame was asked for meanwhile
+  if (S.frame !== index) endClicks();
   S.frame = index;
   S.img = img;
   S.mask = data;
@@ -263,6 +269,8 @@ function toImage(event) {
 }
 
 function setTool(tool) {
+  if (tool === "click" && !S.info.clicks) { showMessage(S.info.clicks_unavailable); return; }
+  if (tool !== "click") endClicks();
   S.tool = tool;
   S.polygon = [];
   for (const b of document.querySelectorAll("[data-tool]")) b.classList.toggle("active", b.dataset.tool === tool);
@@ -300,6 +308,9 @@ canvas.addEventListener("pointerdown", (event) => {
     draw();
   } else if (S.tool === "box") {
     S.drag = { kind: "box", start: p, end: p };
+  } else if (S.tool === "click") {
+    // A click is a point prompt (Shift or Alt: outside the object); a drag draws a box.
+    S.drag = { kind: "prompt", start: p, end: p, x: event.clientX, y: event.clientY, negative: event.shiftKey || event.altKey, moved: false };
   }
 });
 
@@ -315,8 +326,9 @@ canvas.addEventListener("pointermove", (event) => {
     paintLine(d.last[0], d.last[1], p[0], p[1], d.value);
     d.last = p;
     renderMask();
-  } else if (d && d.kind === "box") {
+  } else if (d && (d.kind === "box" || d.kind === "prompt")) {
     d.end = p;
+    if (d.kind === "prompt" && Math.hypot(event.clientX - d.x, event.clientY - d.y) > 4) d.moved = true;
   }
   draw();
 });
@@ -327,6 +339,13 @@ canvas.addEventListener("pointerup", (event) => {
   if (!d) return;
   if (d.kind === "paint") commit(d.before);
   else if (d.kind === "box") grabCut(d.start, toImage(event));
+  else if (d.kind === "prompt") {
+    const end = toImage(event);
+    if (d.moved) {
+      const box = [Math.min(d.start[0], end[0]), Math.min(d.start[1], end[1]), Math.max(d.start[0], end[0]), Math.max(d.start[1], end[1])];
+      addPrompt({ box });
+    } else addPrompt({ point: [d.start[0], d.start[1], d.negative ? 0 : 1] });
+  }
   draw();
 });
 
@@ -352,7 +371,7 @@ document.addEventListener("keydown", (event) => {
   if (ctrl && (k === "z" || k === "Z")) { event.preventDefault(); (event.shiftKey ? redo : undo)(); return; }
   if (ctrl && (k === "y" || k === "Y")) { event.preventDefault(); redo(); return; }
   if (ctrl) return;
-  const tools = { b: "brush", e: "eraser", p: "polygon", f: "fill", g: "box" };
+  const tools = { b: "brush", e: "eraser", p: "polygon", f: "fill", g: "box", c: "click" };
   if (k === "ArrowLeft" || k === "a") { event.shiftKey ? stepLabeled(-1) : loadFrame(S.frame - 1); }
   else if (k === "ArrowRight" || k === "d") { event.shiftKey ? stepLabeled(1) : loadFrame(S.frame + 1); }
   else if (k === "A") stepLabeled(-1);
@@ -363,7 +382,7 @@ document.addEventListener("keydown", (event) => {
   else if (k >= "1" && k <= "9") { const obj = S.objects[Number(k) - 1]; if (obj) selectObject(obj.id); }
   else if (k === "n") addObject();
   else if (k === "Enter") closePolygon();
-  else if (k === "Escape") { S.polygon = []; S.drag = null; draw(); }
+  else if (k === "Escape") { S.polygon = []; S.drag = null; endClicks(); draw(); }
   else if (k === "o") { $("overlay").checked = !$("overlay").checked; S.overlay = $("overlay").checked; draw(); }
   else if (k === "r") propagate();
   else if (k === "k") acceptPropagated();

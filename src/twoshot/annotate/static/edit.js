@@ -53,6 +53,7 @@ function acceptPropagated() {
 function undo() {
   const h = history();
   if (!h.undo.length) return;
+  undoPrompt();
   h.redo.push(S.mask.slice());
   S.mask = h.undo.pop();
   renderMask(); draw(); queueSave();
@@ -61,6 +62,7 @@ function undo() {
 function redo() {
   const h = history();
   if (!h.redo.length) return;
+  endClicks();
   h.undo.push(S.mask.slice());
   S.mask = h.redo.pop();
   renderMask(); draw(); queueSave();
@@ -143,6 +145,97 @@ async function grabCut(start, end) {
       commit(before);
     } catch (e) { showMessage(`GrabCut failed: ${e.message}`); }
   });
+}
+
+// ------------------------------------------------------------------------------------------
+// Click-to-segment (SAM 2 checkpoints): clicks and a box on this frame, for the current
+// object. The server answers the object's mask for all the prompts so far; it replaces the
+// object's pixels of the frame as it was when the first prompt was given (other objects,
+// locks and "only on background" respected) and is saved as any edit. Prompts given while a
+// request runs are sent together with the next one.
+
+function clickSession() {
+  const c = S.clicks;
+  return c && S.video && c.video === S.video.name && c.frame === S.frame && c.object === S.object ? c : null;
+}
+
+function endClicks() {
+  if (!S.clicks) return;
+  S.clicks = null;
+  draw();
+}
+
+// prompt: {box: [x0, y0, x1, y1]} (starts new prompts) or {point: [x, y, label]}.
+async function addPrompt(prompt) {
+  if (!S.info.clicks) { showMessage(S.info.clicks_unavailable); return; }
+  const { width, height } = S.video;
+  const clip = (v, hi) => Math.max(0, Math.min(hi, v));
+  let c = clickSession();
+  if (!c || prompt.box) c = { video: S.video.name, frame: S.frame, object: S.object, box: null, points: [], base: null, sent: 0, applied: [] };
+  if (prompt.box) {
+    const [x0, y0, x1, y1] = prompt.box;
+    c.box = [clip(x0, width), clip(y0, height), clip(x1, width), clip(y1, height)];
+  } else {
+    const [x, y, label] = prompt.point;
+    if (x < 0 || y < 0 || x > width || y > height) return;  // a click beside the frame
+    c.points.push([x, y, label]);
+  }
+  c.version = (c.version || 0) + 1;
+  S.clicks = c;
+  draw();
+  if (c.running) return;  // the running request sends these prompts when it is answered
+  c.running = true;
+  try {
+    const video = S.video.name;
+    if (!S.registered.get(video).has(c.object)) {
+      ensureObject(c.object);
+      const obj = S.objects.find((o) => o.id === c.object);
+      if (!(await saveObject(obj, {}, video))) return;
+    }
+    while (c.sent !== c.version && S.clicks === c) {
+      c.sent = c.version;
+      await segmentOnce(c);
+    }
+  } finally { c.running = false; }
+}
+
+async function segmentOnce(c) {
+  const body = JSON.stringify({ object: c.object, box: c.box, points: c.points });
+  const prompts = { box: c.box, n: c.points.length };  // what this answer is for
+  await busy("segmenting…", async () => {
+    let fg;
+    try {
+      const response = await api("POST", `${frameUrl(c.video, c.frame)}/segment`, body, { "Content-Type": "application/json" });
+      fg = new Uint8Array(await response.arrayBuffer());
+      S.lastSegment = { encoded: response.headers.get("X-Encoded") === "1", seconds: Number(response.headers.get("X-Seconds")) };
+    } catch (e) {
+      showMessage(`segmenting failed: ${e.message}`);
+      if (S.clicks === c) endClicks();
+      return;
+    }
+    if (S.clicks !== c || c.video !== S.video.name || c.frame !== S.frame) return;  // left meanwhile
+    const before = c.base ? S.mask.slice() : startEdit();
+    if (!c.base) c.base = S.mask.slice();
+    S.mask = c.base.slice();
+    for (let i = 0; i < S.mask.length; i++) if (S.mask[i] === c.object && !S.locked.has(c.object)) S.mask[i] = 0;
+    for (let i = 0; i < fg.length; i++) if (fg[i] && writable(i, c.object)) S.mask[i] = c.object;
+    c.applied.push(prompts);
+    commit(before);
+    if (!fg.some((v) => v)) showMessage("SAM 2 found no object here: add a click or draw a box", "info");
+  });
+}
+
+// Undo during click prompts also takes back the prompts of the answer it undoes.
+function undoPrompt() {
+  const c = clickSession();
+  if (!c) return;
+  c.applied.pop();
+  const previous = c.applied[c.applied.length - 1];
+  if (!previous) { S.clicks = null; return; }
+  c.box = previous.box;
+  c.points = c.points.slice(0, previous.n);
+  c.version += 1;
+  c.sent = c.version;  // the mask comes back from the undo history, not from the server
 }
 
 // ------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ const S = {
   registered: new Map(),
   hidden: new Set(), locked: new Set(), onlyBackground: false,
   busy: new Map(), playing: null,
+  // Click-to-segment prompts on the frame shown: {video, frame, object, box, points, base}.
+  clicks: null, lastSegment: null,
 };
 const TOKEN = document.querySelector('meta[name="twoshot-token"]').content;
 const LOW_CONFIDENCE = Math.round(0.6 * 255);

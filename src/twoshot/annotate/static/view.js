@@ -87,8 +87,25 @@ function draw() {
     if (S.hover) ctx.lineTo(S.hover[0], S.hover[1]);
     ctx.stroke();
   }
-  if (S.drag && S.drag.kind === "box") {
-    ctx.strokeStyle = "#ff0";
+  const c = clickSession();
+  if (c) {
+    if (c.box) {
+      ctx.strokeStyle = "#0ff";
+      ctx.setLineDash([4 / S.zoom, 3 / S.zoom]);
+      ctx.strokeRect(c.box[0], c.box[1], c.box[2] - c.box[0], c.box[3] - c.box[1]);
+      ctx.setLineDash([]);
+    }
+    for (const [x, y, label] of c.points) {
+      ctx.fillStyle = label ? "#3f3" : "#f33";
+      ctx.strokeStyle = "#000";
+      ctx.beginPath();
+      ctx.arc(x, y, 4 / S.zoom, 0, 2 * Math.PI);
+      ctx.fill();
+      ctx.stroke();
+    }
+  }
+  if (S.drag && (S.drag.kind === "box" || (S.drag.kind === "prompt" && S.drag.moved))) {
+    ctx.strokeStyle = S.drag.kind === "box" ? "#ff0" : "#0ff";
     const [x0, y0] = S.drag.start;
     const [x1, y1] = S.drag.end;
     ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
@@ -211,6 +228,7 @@ function renderObjects() {
 function toggle(set, id) { if (set.has(id)) set.delete(id); else set.add(id); }
 
 function selectObject(id, rerender = true) {
+  if (id !== S.object) endClicks();
   S.object = id;
   for (const li of $("objects").children) li.classList.toggle("current", Number(li.dataset.id) === id);
   if (rerender) draw();
