@@ -532,7 +532,7 @@ def test_one_way_propagation_from_a_labeled_frame(davis, checkpoint: Path) -> No
 
     def expected(order: list[int], origin: int) -> dict[int, np.ndarray]:
         """A forward run over ``order`` from ``origin``'s mask, straight from the engine."""
-        runs = jobs.engine.frames(frames[order], {0: davis.labels["bear"][origin]}, mode="forward")
+        runs = jobs.engine.frames(frames[order], {0: davis.labels["bear"][origin]}, direction="forward")
         return {order[out.frame]: out.labels for out in runs}
 
     for body, order, origin in (
