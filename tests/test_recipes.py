@@ -66,13 +66,13 @@ def test_recipes_build_the_pipeline_stages(davis: tuple[Path, Path], tmp_path: P
     phase1 = build_recipe("phase1", config, root, "davis", "train", budget=budget)
     assert phase1.section == "main" and phase1.dataset is None and isinstance(phase1.mode, Phase1Mode)
     naive = build_recipe("naive", config, root, "davis", "train", budget=budget)
-    assert naive.mode is None and naive.dataset is not None and naive.dataset.mode == "labeled_only"  # type: ignore[attr-defined]
+    assert naive.mode is None and naive.dataset is not None and naive.dataset.sampling == "labeled_only"  # type: ignore[attr-defined]
     full = build_recipe("main", config, root, "davis", "train")
-    assert full.dataset is not None and full.dataset.mode == "full"  # type: ignore[attr-defined]
+    assert full.dataset is not None and full.dataset.sampling == "full"  # type: ignore[attr-defined]
     phase2 = build_recipe(
         "phase2", config, root, "davis", "train", budget=budget, bank=_bank(tmp_path, root, budget)
     )
-    assert isinstance(phase2.mode, Phase2Mode) and phase2.dataset.mode == "bank"  # type: ignore[union-attr]
+    assert isinstance(phase2.mode, Phase2Mode) and phase2.dataset.sampling == "bank"  # type: ignore[union-attr]
     # Every clip dataset takes its objects per clip from the stage's section.
     three = load_config("tiny", overrides=["main.num_objects=3"])
     phase1 = build_recipe("phase1", three, root, "davis", "train", budget=budget)

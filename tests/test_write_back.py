@@ -132,7 +132,12 @@ def test_crop_resize_matrix_matches_the_half_pixel_convention() -> None:
 def test_samples_carry_their_geometry_and_object_ids(tmp_path: Path) -> None:
     video = make_video(tmp_path, "a", num_frames=6)
     dataset = VOSClipDataset(
-        [video], 32, mode="bank", seed=2, repeats=4, augment=dataclasses.replace(ClipAugment(32), **NO_COLOUR)
+        [video],
+        32,
+        sampling="bank",
+        seed=2,
+        repeats=4,
+        augment=dataclasses.replace(ClipAugment(32), **NO_COLOUR),
     )
     for index in range(len(dataset)):
         sample = dataset[index]
@@ -373,7 +378,7 @@ def _train_phase2(videos: list[VideoSequence], bank: Path, out: Path, write_back
         "twoshot.refine_threshold=0.34",
         f"twoshot.write_back={str(write_back).lower()}",
     )
-    dataset = VOSClipDataset(videos, 32, mode="bank", seed=1, repeats=2)
+    dataset = VOSClipDataset(videos, 32, sampling="bank", seed=1, repeats=2)
     mode = Phase2Mode(config.twoshot, bank=bank, videos=videos)
     train(config, "main", dataset, out, mode=mode, device="cpu", progress=False)
 

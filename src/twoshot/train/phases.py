@@ -50,8 +50,8 @@ class _Averages:
 class Phase1Mode(SupervisedMode):
     """Two-shot phase 1: labeled-frame warm-up, then EMA-teacher pseudo labels.
 
-    warmup_dataset: clips from labeled frames only (VOSClipDataset mode ``labeled_only``).
-    clip_dataset: clips starting at a labeled frame over all frames (mode ``phase1``), whose
+    warmup_dataset: clips from labeled frames only (VOSClipDataset sampling ``labeled_only``).
+    clip_dataset: clips starting at a labeled frame over all frames (sampling ``phase1``), whose
     unlabeled frames have ``cls_gt`` -1 and ``labeled`` False.
     """
 

@@ -53,7 +53,7 @@ def clip_options(config: Config, kind: str) -> dict[str, Any]:
         "max_skip": cfg.max_skip_values[0],
         "seed": cfg.seed,
         "annotation_stride": DATASET_LAYOUTS[kind].annotation_stride,
-        "num_frames": cfg.num_frames,  # modes full and bank only (Cutie's 8-frame clips)
+        "num_frames": cfg.num_frames,  # samplings full and bank only (Cutie's 8-frame clips)
         "num_objects": cfg.num_objects,
     }
 
@@ -71,7 +71,7 @@ def full_recipe(config: Config, sequences: Sequence[VideoSequence], kind: str) -
     """Supervised training on every annotated frame of ``sequences``."""
     from twoshot.data.vos_clips import VOSClipDataset
 
-    dataset = VOSClipDataset(sequences, config.main.crop_size, mode="full", **clip_options(config, kind))
+    dataset = VOSClipDataset(sequences, config.main.crop_size, sampling="full", **clip_options(config, kind))
     return StageRecipe("main", dataset, None)
 
 
@@ -80,7 +80,7 @@ def naive_recipe(config: Config, budgeted: Sequence[VideoSequence], kind: str) -
     from twoshot.data.vos_clips import VOSClipDataset
 
     options = clip_options(config, kind)
-    dataset = VOSClipDataset(budgeted, config.main.crop_size, mode="labeled_only", **options)
+    dataset = VOSClipDataset(budgeted, config.main.crop_size, sampling="labeled_only", **options)
     return StageRecipe("main", dataset, None)
 
 
@@ -90,9 +90,9 @@ def phase1_recipe(config: Config, budgeted: Sequence[VideoSequence], kind: str) 
     from twoshot.train.phases import Phase1Mode
 
     crop, options = config.main.crop_size, clip_options(config, kind)
-    warm = VOSClipDataset(budgeted, crop, mode="labeled_only", **options)
+    warm = VOSClipDataset(budgeted, crop, sampling="labeled_only", **options)
     clips = VOSClipDataset(
-        budgeted, crop, mode="phase1", labeled_clip_share=config.twoshot.labeled_clip_share, **options
+        budgeted, crop, sampling="phase1", labeled_clip_share=config.twoshot.labeled_clip_share, **options
     )
     return StageRecipe("main", None, Phase1Mode(warm, clips, config.twoshot))
 
@@ -105,7 +105,7 @@ def phase2_recipe(config: Config, sequences: Sequence[VideoSequence], bank: str 
 
     videos = bank_sequences(list(sequences), Path(bank))
     options = {**clip_options(config, "davis"), "annotation_stride": 1}  # the bank labels every frame
-    dataset = VOSClipDataset(videos, config.main.crop_size, mode="bank", **options)
+    dataset = VOSClipDataset(videos, config.main.crop_size, sampling="bank", **options)
     # With twoshot.write_back the mode rewrites the bank's PNGs of unlabeled frames.
     return StageRecipe("main", dataset, Phase2Mode(config.twoshot, bank=bank, videos=videos))
 
@@ -187,7 +187,7 @@ def build_stage_dataset(
     """The stage's clip dataset from a folder on disk (the ``static`` or ``full`` recipe of
     :mod:`twoshot.train.recipes`).
 
-    static: StaticClipDataset(data) (image/mask pairs); main: VOSClipDataset(mode "full")
+    static: StaticClipDataset(data) (image/mask pairs); main: VOSClipDataset(sampling "full")
     over ``open_dataset(kind, data, split)``, kind auto-detected when None, YouTube-VOS with
     its every-5th-frame annotation stride. Crop size, seed and clip length come from the
     stage's TrainConfig. Raises UserError for a missing or unusable dataset.
