@@ -232,7 +232,7 @@ def time_trainer(
     dataset = build_stage_dataset("main", config, root, "davis", "train")
     trainer = Trainer(config, "main", dataset, out, device=device, progress=False)
     times: list[float] = []
-    original = trainer.mode.after_step
+    original = trainer.regime.after_step
 
     def after_step(model: torch.nn.Module, it: int) -> None:
         if trainer.device.type == "cuda":
@@ -240,7 +240,7 @@ def time_trainer(
         times.append(time.perf_counter())
         original(model, it)
 
-    trainer.mode.after_step = after_step  # type: ignore[method-assign]
+    trainer.regime.after_step = after_step  # type: ignore[method-assign]
     try:
         trainer.run()
     finally:

@@ -1,4 +1,4 @@
-"""Each training stage's data and mode, built from the configuration in one place.
+"""Each training stage's data and regime, built from the configuration in one place.
 
 ``twoshot pipeline`` and ``twoshot train --stage ...`` both build their stages here:
 
@@ -28,7 +28,7 @@ from twoshot.data.budget import Budget, apply_budget, load_budget
 from twoshot.data.folders import DATASET_LAYOUTS
 from twoshot.data.layout import VideoSequence
 from twoshot.errors import UserError
-from twoshot.train.modes import TrainingMode
+from twoshot.train.regimes import TrainingRegime
 
 RECIPES = ("static", "full", "naive", "phase1", "phase2")
 ALIASES = {"main": "full"}  # the stage's name before the recipes had names of their own
@@ -37,12 +37,12 @@ ALIASES = {"main": "full"}  # the stage's name before the recipes had names of t
 @dataclass
 class StageRecipe:
     """What the trainer needs for one stage: the TrainConfig section it runs under
-    (``static`` or ``main``), the clip dataset (None when the mode provides it) and the mode
+    (``static`` or ``main``), the clip dataset (None when the regime provides it) and the regime
     (None: plain supervised training)."""
 
     section: str
     dataset: Dataset[Any] | None
-    mode: TrainingMode | None
+    regime: TrainingRegime | None
 
 
 def clip_options(config: Config, kind: str) -> dict[str, Any]:
@@ -85,29 +85,29 @@ def naive_recipe(config: Config, budgeted: Sequence[VideoSequence], kind: str) -
 
 
 def phase1_recipe(config: Config, budgeted: Sequence[VideoSequence], kind: str) -> StageRecipe:
-    """Two-shot phase 1 on the budgeted videos (the mode switches datasets at ``end_warm``)."""
+    """Two-shot phase 1 on the budgeted videos (the regime switches datasets at ``end_warm``)."""
     from twoshot.data.vos_clips import VOSClipDataset
-    from twoshot.train.phases import Phase1Mode
+    from twoshot.train.phases import Phase1Regime
 
     crop, options = config.main.crop_size, clip_options(config, kind)
     warm = VOSClipDataset(budgeted, crop, sampling="labeled_only", **options)
     clips = VOSClipDataset(
         budgeted, crop, sampling="phase1", labeled_clip_share=config.twoshot.labeled_clip_share, **options
     )
-    return StageRecipe("main", None, Phase1Mode(warm, clips, config.twoshot))
+    return StageRecipe("main", None, Phase1Regime(warm, clips, config.twoshot))
 
 
 def phase2_recipe(config: Config, sequences: Sequence[VideoSequence], bank: str | Path) -> StageRecipe:
     """Two-shot phase 2 on the pseudo-label bank ``bank`` of the training videos ``sequences``."""
     from twoshot.bank import bank_sequences
     from twoshot.data.vos_clips import VOSClipDataset
-    from twoshot.train.phases import Phase2Mode
+    from twoshot.train.phases import Phase2Regime
 
     videos = bank_sequences(list(sequences), Path(bank))
     options = {**clip_options(config, "davis"), "annotation_stride": 1}  # the bank labels every frame
     dataset = VOSClipDataset(videos, config.main.crop_size, sampling="bank", **options)
-    # With twoshot.write_back the mode rewrites the bank's PNGs of unlabeled frames.
-    return StageRecipe("main", dataset, Phase2Mode(config.twoshot, bank=bank, videos=videos))
+    # With twoshot.write_back the regime rewrites the bank's PNGs of unlabeled frames.
+    return StageRecipe("main", dataset, Phase2Regime(config.twoshot, bank=bank, videos=videos))
 
 
 def budgeted_videos(
