@@ -11,7 +11,9 @@ Files in ``out_dir`` (rank 0 writes them, atomically):
 - ``checkpoint.pt``: the training checkpoint every ``save_every`` iterations and at the end:
   ``{it, network, optimizer, scheduler, scaler, rng, stream, curriculum, mode, stage,
   world_size, config}`` (``it`` = completed iterations; ``network`` is a raw state dict,
-  so :func:`twoshot.model.checkpoint.read_state_dict` reads it as the published checkpoints);
+  so :func:`twoshot.model.checkpoint.read_state_dict` reads it as the published checkpoints;
+  ``mode`` is the regime's ``extra_state()``: the key, ``config.json``'s ``mode`` and the
+  ``mode/`` scalars keep their first name so that older checkpoints resume);
 - ``final.pth``: the final weights in the published checkpoints' format (:func:`save_weights`);
 - ``config.json``: the configuration of the run; ``log.jsonl`` and ``tensorboard/``: logs.
 
