@@ -77,7 +77,7 @@ def put(client: TestClient, video: str, frame: int, labels: np.ndarray | bytes, 
 
 def test_info_videos_and_details(client: TestClient, davis) -> None:
     info = client.get("/api/info").json()
-    assert info["kind"] == "davis" and info["propagation"] is False
+    assert info["layout"] == "davis" and info["propagation"] is False
     assert info["strategies"] == ["random", "uniform", "ends"]
     assert client.get("/api/videos").json()["videos"] == [
         {"name": "bear", "frames": 8, "labeled": 0},

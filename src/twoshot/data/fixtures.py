@@ -44,7 +44,7 @@ class GeneratedDataset:
     """What a ``make_*`` fixture wrote.
 
     root: path to give ``open_dataset`` (for a video: the video file).
-    kind / split: the ``open_dataset`` arguments that read it back.
+    layout / split: the ``open_dataset`` arguments that read it back.
     frames: video -> uint8 [T, H, W, 3] as generated (before JPEG / video compression).
     labels: video -> uint8 [T, H, W], the full ground truth of every frame.
     annotated: video -> frame indices whose annotation PNG was written.
@@ -53,7 +53,7 @@ class GeneratedDataset:
     """
 
     root: Path
-    kind: str
+    layout: str
     split: str | None
     frames: dict[str, np.ndarray] = field(default_factory=dict)
     labels: dict[str, np.ndarray] = field(default_factory=dict)
@@ -136,7 +136,7 @@ def make_davis(
     """
     root = Path(root)
     videos = dict(videos or {"bear": 6, "cat": 5})
-    data = GeneratedDataset(root=root, kind="davis", split="train")
+    data = GeneratedDataset(root=root, layout="davis", split="train")
     for v, (name, length) in enumerate(sorted(videos.items())):
         frames, labels = random_video(length, size, object_ids=object_ids, seed=seed * 1000 + v)
         names = _names(length)
@@ -188,7 +188,7 @@ def make_youtube(
     videos = dict(videos or {"a1b2c3": 16, "d4e5f6": 11})
     first_frames = dict({3: 5} if first_frames is None else first_frames)
     is_train = split.lower().startswith("train")
-    data = GeneratedDataset(root=Path(root), kind="youtube", split=split)
+    data = GeneratedDataset(root=Path(root), layout="youtube", split=split)
     meta: dict[str, dict] = {"videos": {}}
     for v, (name, length) in enumerate(sorted(videos.items())):
         frames, labels = random_video(
@@ -249,7 +249,7 @@ def make_generic(
     root = Path(root)
     videos = dict(videos or {"clip": 6})
     first_frames = dict(first_frames or {})
-    data = GeneratedDataset(root=root, kind="generic", split=None)
+    data = GeneratedDataset(root=root, layout="generic", split=None)
     for v, (name, length) in enumerate(sorted(videos.items())):
         frames, labels = random_video(
             length, size, object_ids=object_ids, first_frames=first_frames, seed=seed * 1000 + v
@@ -295,7 +295,7 @@ def make_video_file(
     name = path.stem
     return GeneratedDataset(
         root=path,
-        kind="video",
+        layout="video",
         split=None,
         frames={name: frames},
         labels={name: labels},
