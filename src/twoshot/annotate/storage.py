@@ -37,6 +37,7 @@ from twoshot.data.budget import (
     resolve_entries,
     save_budget,
 )
+from twoshot.data.folders import DATASET_LAYOUTS
 from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import DAVIS_PALETTE, read_mask, write_mask
 from twoshot.data.writers import palette_colors
@@ -101,8 +102,11 @@ class AnnotationStore:
             raise UserError(f"--max-objects {max_objects}: expected 1..255 (object ids are palette indices)")
         self.max_objects = max_objects
         self.layout = layout or readers.detect_layout(self.data, split or "train")
-        if self.layout == "youtube" and split is None and not (self.data / "meta.json").is_file():
-            split = "train"  # a YouTube-VOS root: its training videos are the ones to label
+        rules = DATASET_LAYOUTS.get(self.layout)
+        if split is None and rules is not None and rules.split_folders:
+            # A YouTube-VOS root: its training videos are the ones to label (a DAVIS split is
+            # a list of videos; without one the app shows every video folder).
+            split = rules.default_split(self.data, training=True)
         # Every path served or written must resolve inside this folder.
         self.root = (self.data.parent if self.data.is_file() else self.data).resolve()
         self.videos: dict[str, Video] = {v.seq.name: v for v in list_videos(self.data, self.layout, split)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from twoshot.commands.common import add_progress_argument
@@ -199,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     split = args.split if args.split is not None else DATASET_LAYOUTS[layout].default_split(args.data, False)
     masks = args.masks
     if layout == "video" and masks is None:
-        masks = str(Path(args.data).with_name(f"{Path(args.data).stem}_masks"))
+        masks = str(DATASET_LAYOUTS["video"].annotation_root(args.data, None))
     sequences = open_dataset(layout, args.data, split, masks=masks if layout == "video" else None)
     model, config = load_model_and_config(args)
     engine = PropagationEngine(model, config)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from twoshot.data.folders import DATASET_LAYOUTS
 from twoshot.data.masks import write_frame, write_mask
 
 PathLike = str | os.PathLike[str]
@@ -289,7 +290,7 @@ def make_video_file(
     path = Path(path)
     frames, labels = random_video(num_frames, size, object_ids=object_ids, seed=seed)
     write_video(path, frames, fps=fps)
-    masks_dir = path.with_name(f"{path.stem}_masks")
+    masks_dir = DATASET_LAYOUTS["video"].annotation_root(path, None)
     for i in mask_frames:
         write_mask(masks_dir / f"{i:05d}.png", labels[i], palette)
     name = path.stem
