@@ -12,8 +12,7 @@ Files in ``out_dir`` (rank 0 writes them, atomically):
   ``{it, network, optimizer, scheduler, scaler, rng, stream, curriculum, mode, stage,
   world_size, config}`` (``it`` = completed iterations; ``network`` is a raw state dict,
   so :func:`twoshot.model.checkpoint.read_state_dict` reads it as the published checkpoints;
-  ``mode`` is the regime's ``extra_state()``: the key, ``config.json``'s ``mode`` and the
-  ``mode/`` scalars keep their first name so that older checkpoints resume);
+  ``mode``: the regime's ``extra_state()``, a name kept so that older checkpoints resume);
 - ``final.pth``: the final weights in the published checkpoints' format (:func:`save_weights`);
 - ``config.json``: the configuration of the run; ``log.jsonl`` and ``tensorboard/``: logs.
 
