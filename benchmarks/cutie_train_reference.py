@@ -55,7 +55,7 @@ from twoshot.config import Config, apply_override, load_config
 from twoshot.data.batch import ClipBatch
 from twoshot.data.fixtures import random_video
 from twoshot.model.cutie import Cutie
-from twoshot.train.modes import SupervisedMode
+from twoshot.train.regimes import SupervisedRegime
 from twoshot.train.trainer import Trainer
 
 # In float64: the reference's own constants are made in the default dtype (float64 here).
@@ -149,7 +149,7 @@ def twoshot_config(model: str, steps: int, frames: int, size: int, slots: int, b
     return config
 
 
-class Recorder(SupervisedMode):
+class Recorder(SupervisedRegime):
     """Supervised training that keeps a copy of the weights after every step."""
 
     def __init__(self) -> None:
@@ -163,7 +163,7 @@ def run_twoshot(config: Config, dataset: GeneratedClips, init: Path, out: Path) 
     """twoshot's Trainer over ``dataset``: per step the batch, the generator states at the
     forward pass, the loss terms and the weights after the step."""
     recorder = Recorder()
-    trainer = Trainer(config, "main", dataset, out, init=init, mode=recorder, device="cpu", progress=False)
+    trainer = Trainer(config, "main", dataset, out, init=init, regime=recorder, device="cpu", progress=False)
     model = trainer.model
     states: list[tuple[torch.Tensor, Any]] = []
     batches: list[ClipBatch] = []

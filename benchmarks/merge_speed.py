@@ -1,7 +1,7 @@
 """Pseudo-label bank time per frame: nearest merge, fused merge, fused + flip (one video).
 
 Random-weight model, one generated video, labeled frames at 1/4 and 3/4 of it; each variant
-runs ``engine.propagate(mode="bidirectional")`` with the settings of its row, the variants
+runs ``engine.propagate(direction="bidirectional")`` with the settings of its row, the variants
 taking turns (A B C, C B A, ...) so that they share the machine's load.
 
     python benchmarks/merge_speed.py                  # tiny, 40 frames at 480p, ~2 min on 2 cores
@@ -48,7 +48,7 @@ def run(preset: str = "tiny", num_frames: int = 40, size: int = 480, rounds: int
     engines["nearest"].propagate(frames[:2], {0: labels[0]})  # warm-up
     timing = interleave(
         {
-            name: (lambda e=engine: e.propagate(frames, given, mode="bidirectional"))
+            name: (lambda e=engine: e.propagate(frames, given, direction="bidirectional"))
             for name, engine in engines.items()
         },
         rounds,

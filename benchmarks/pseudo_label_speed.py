@@ -7,7 +7,7 @@ stops each direction at the last frame it is responsible for. Both are timed in 
 process on the same generated 480p video with the same random-weight model, and the merged
 masks are asserted identical.
 
-The reference is run with the engine's forward mode on the sub-videos (``frames[s:]`` and
+The reference is run with the engine's forward direction on the sub-videos (``frames[s:]`` and
 ``frames[s::-1]``) with one frame per key-encoder call: that is STCN's ``InferenceCore``
 loop, as ``tests/test_inference.py`` checks mask for mask.
 
@@ -87,7 +87,7 @@ def run(
     engine.propagate(frames[:2], {0: labels[0]})  # warm-up
     timing = interleave(
         {
-            "shared": lambda: engine.propagate(frames, given, mode="bidirectional"),
+            "shared": lambda: engine.propagate(frames, given, direction="bidirectional"),
             "reference": lambda: reference_four_runs(model, config, frames, given),
         },
         rounds,

@@ -18,7 +18,7 @@ c. inference frames/s and peak memory at 480p for ``tiny`` and ``stcn`` (``stcn`
    its default, interleaved, with the pixels whose mask differs (``inference_speed.fast_path``;
    ``--compile`` adds torch.compile, which takes minutes to compile on a small CPU).
    Reference: STCN's published 20.2 frames/s (34.1 with AMP) on a GTX 2080 Ti.
-d. training data loader: clips/s of ``VOSClipDataset`` (full mode, 384x384 crops of 480p
+d. training data loader: clips/s of ``VOSClipDataset`` (full sampling, 384x384 crops of 480p
    JPEG videos) with 0 and 2 worker processes, interleaved (``train_speed.time_loader``).
 
 The machine (CPU model, cores, torch and its threads, device, load average before and after)
@@ -199,7 +199,7 @@ def section_d(sizes: dict[str, Any]) -> tuple[list[list[Any]], dict]:
     rows = [
         [
             "d",
-            f"training loader, VOSClipDataset full mode, 480x854 JPEG -> 384x384 clips, "
+            f"training loader, VOSClipDataset full sampling, 480x854 JPEG -> 384x384 clips, "
             f"batch 4, {name.replace('_', ' ')}",
             f"**{medians[name]:.1f} clips/s** (median of {sizes['loader_rounds']})",
             "-",

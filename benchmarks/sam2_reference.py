@@ -18,12 +18,12 @@ Cases (each object tracked on its own, as SAM 2 does):
   ``--enter``. Reference: ``tools/vos_inference.py``'s per-object protocol: per object,
   ``reset_state``, ``add_new_mask`` on its first frame, ``propagate_in_video`` from there;
   the objects' logits combined by ``_apply_non_overlapping_constraints`` and > 0.
-  twoshot: ``PropagationEngine.frames`` in ``forward`` mode.
+  twoshot: ``PropagationEngine.frames`` in the ``forward`` direction.
 - ``bidirectional``: all objects given on two labeled frames, each other frame from its
   nearest labeled frame (twoshot's pseudo-label scheme). Reference: per labeled frame and
   object, a fresh state, ``add_new_mask`` there, ``propagate_in_video(start_frame_idx=...,
   reverse=False)`` and, in another fresh state, ``reverse=True``. twoshot: the engine in
-  ``bidirectional`` mode; each frame compared with the reference run of its source frame and
+  ``bidirectional`` direction; each frame compared with the reference run of its source frame and
   direction.
 
 ``clicks`` (``--sections clicks``): click-to-segment, as ``twoshot annotate`` does it, against
@@ -324,9 +324,9 @@ def run(
             for mode, amp in modes:
                 engine = twoshot_engine(model, amp, 8 if fill else 0, num_frames)
                 started = time.perf_counter()
-                outs = list(engine.frames(frames, given, mode="forward"))
+                outs = list(engine.frames(frames, given, direction="forward"))
                 pairs = [(o.labels, ref_forward[o.frame]) for o in outs if o.frame not in given]
-                both = list(engine.frames(frames, {f: labels[f] for f in labeled}, mode="bidirectional"))
+                both = list(engine.frames(frames, {f: labels[f] for f in labeled}, direction="bidirectional"))
                 seconds = time.perf_counter() - started
                 both_pairs = [
                     (o.labels, ref_both[(o.source, o.frame)])

@@ -7,7 +7,7 @@
   ``tiny,cutie-tiny``), batch 4 x 3 frames at 96x96, fp32. CUDA (if present): ``stcn``
   preset, batch 8 x 3 frames at 384x384 with AMP, and the GPU utilisation sampled with
   nvidia-smi while it runs.
-- loader: clips per second from ``VOSClipDataset`` (mode full, STCN augmentation) through the
+- loader: clips per second from ``VOSClipDataset`` (sampling full, STCN augmentation) through the
   trainer's batch stream, on a generated DAVIS-layout folder of 480x854 JPEG videos, with 0
   and N DataLoader workers.
 - trainer: iterations per second of :class:`twoshot.train.trainer.Trainer` end to end (data,
@@ -183,7 +183,7 @@ def time_loader(root: Path, crop: int, batch: int, workers: int, batches: int) -
     from twoshot.data.vos_clips import VOSClipDataset
     from twoshot.train.loader import ClipStream
 
-    dataset = VOSClipDataset(open_dataset("davis", root, "train"), crop, mode="full", repeats=8)
+    dataset = VOSClipDataset(open_dataset("davis", root, "train"), crop, sampling="full", repeats=8)
     stream = ClipStream(batch, workers, seed=0, rank=0, world=1, skip_at=lambda it: 10)
     stream.next_batch(dataset, 0)  # start the workers
     start = time.perf_counter()
@@ -232,7 +232,7 @@ def time_trainer(
     dataset = build_stage_dataset("main", config, root, "davis", "train")
     trainer = Trainer(config, "main", dataset, out, device=device, progress=False)
     times: list[float] = []
-    original = trainer.mode.after_step
+    original = trainer.regime.after_step
 
     def after_step(model: torch.nn.Module, it: int) -> None:
         if trainer.device.type == "cuda":
@@ -240,7 +240,7 @@ def time_trainer(
         times.append(time.perf_counter())
         original(model, it)
 
-    trainer.mode.after_step = after_step  # type: ignore[method-assign]
+    trainer.regime.after_step = after_step  # type: ignore[method-assign]
     try:
         trainer.run()
     finally:

@@ -2,8 +2,8 @@
 
 The paper's code (a checkout given with ``--seed-repo``: its ``model/model.py`` with
 ``STCNModel.do_pass``, ``BootstrappedCE`` and the EMA teacher) and twoshot's trainer
-(:meth:`twoshot.train.trainer.Trainer.step`, the body of its loop, with ``SupervisedMode``,
-``Phase1Mode`` or ``Phase2Mode``) train the same STCN weights on the same batches, step by
+(:meth:`twoshot.train.trainer.Trainer.step`, the body of its loop, with ``SupervisedRegime``,
+``Phase1Regime`` or ``Phase2Regime``) train the same STCN weights on the same batches, step by
 step, in three scenarios:
 
 - **supervised**: plain STCN training over iterations 19998.. (the bootstrapped CE switches
@@ -16,7 +16,7 @@ step, in three scenarios:
 For each step it prints both losses and their relative difference, which batch each side
 trained on (the paper's names: ``ori``, labeled-only clips; ``semi``, clips with unlabeled
 frames, or phase 2's bank clips) and how many target pixels agree (frames 1-2, after
-pseudo-labelling or refinement; with the share of them labeled and the share twoshot's mode
+pseudo-labelling or refinement; with the share of them labeled and the share twoshot's regime
 changed); after the last step the largest weight
 difference of the student and of the teacher, next to the largest change the steps made.
 
@@ -280,8 +280,8 @@ def run_twoshot(work: Path, scenario_name: str, steps: int, dtype_name: str) -> 
 
     from twoshot.config import TwoShotConfig, load_config
     from twoshot.data.batch import ClipBatch
-    from twoshot.train.modes import SupervisedMode, TrainingMode
-    from twoshot.train.phases import Phase1Mode, Phase2Mode
+    from twoshot.train.phases import Phase1Regime, Phase2Regime
+    from twoshot.train.regimes import SupervisedRegime, TrainingRegime
     from twoshot.train.trainer import Trainer
 
     dtype = torch_dtype(dtype_name)
@@ -293,22 +293,22 @@ def run_twoshot(work: Path, scenario_name: str, steps: int, dtype_name: str) -> 
         overrides=[f"main.batch_size={CLIPS}", "main.num_workers=0", "main.amp=false", f"main.seed={SEED}"],
     )
     settings = TwoShotConfig(**scenario.twoshot)
-    mode: TrainingMode = SupervisedMode()
+    regime: TrainingRegime = SupervisedRegime()
     if scenario_name == "phase1":
-        mode = Phase1Mode("labeled", "partial", settings)  # type: ignore[arg-type]
+        regime = Phase1Regime("labeled", "partial", settings)  # type: ignore[arg-type]
     elif scenario_name == "phase2":
-        mode = Phase2Mode(settings)
+        regime = Phase2Regime(settings)
     batches = torch.load(work / "batches.pt", weights_only=True)
     record: dict[str, Any] = {"loss": [], "frames": [], "p": [], "targets": [], "used": [], "changed": []}
     trainer = Trainer(
         config, "main", None, work / f"twoshot-{scenario_name}", init=work / "weights.pth",
-        mode=mode, device="cpu", progress=False,
+        regime=regime, device="cpu", progress=False,
     )  # fmt: skip
     try:
         for step in range(steps):
             it = scenario.first_it + step
             warm, after = scenario_inputs(scenario_name, batches[step])
-            chosen = mode.dataset(it)
+            chosen = regime.dataset(it)
             used = "semi" if chosen == "partial" or scenario_name == "phase2" else "ori"
             inputs = after if chosen == "partial" or scenario_name == "phase2" else warm
             cls_gt = inputs["cls_gt"]
@@ -329,7 +329,7 @@ def run_twoshot(work: Path, scenario_name: str, steps: int, dtype_name: str) -> 
             record["changed"].append(float((done.batch.cls_gt != cls_gt)[:, 1:].double().mean()))
             record["used"].append(used)
         record["student"] = trainer.model.state_dict()
-        teacher = getattr(mode, "teacher", None)
+        teacher = getattr(regime, "teacher", None)
         if teacher is not None:
             record["teacher"] = teacher.state_dict()
     finally:

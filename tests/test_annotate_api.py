@@ -77,7 +77,7 @@ def put(client: TestClient, video: str, frame: int, labels: np.ndarray | bytes, 
 
 def test_info_videos_and_details(client: TestClient, davis) -> None:
     info = client.get("/api/info").json()
-    assert info["kind"] == "davis" and info["propagation"] is False
+    assert info["layout"] == "davis" and info["propagation"] is False
     assert info["strategies"] == ["random", "uniform", "ends"]
     assert client.get("/api/videos").json()["videos"] == [
         {"name": "bear", "frames": 8, "labeled": 0},
@@ -532,7 +532,7 @@ def test_one_way_propagation_from_a_labeled_frame(davis, checkpoint: Path) -> No
 
     def expected(order: list[int], origin: int) -> dict[int, np.ndarray]:
         """A forward run over ``order`` from ``origin``'s mask, straight from the engine."""
-        runs = jobs.engine.frames(frames[order], {0: davis.labels["bear"][origin]}, mode="forward")
+        runs = jobs.engine.frames(frames[order], {0: davis.labels["bear"][origin]}, direction="forward")
         return {order[out.frame]: out.labels for out in runs}
 
     for body, order, origin in (

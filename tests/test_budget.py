@@ -110,8 +110,8 @@ def test_youtube_budget_uses_annotated_frames_only(tmp_path: Path) -> None:
 def test_apply_budget_restricts_masks_and_survives_deleting_unlabeled_pngs(tmp_path: Path) -> None:
     davis = make_davis(tmp_path / "d", {"bear": 8, "cat": 6})
     yt = make_youtube(tmp_path / "yt")
-    for kind, data in (("davis", davis), ("youtube", yt)):
-        seqs = open_dataset(kind, data.root, "train")
+    for layout, data in (("davis", davis), ("youtube", yt)):
+        seqs = open_dataset(layout, data.root, "train")
         budget = make_budget(seqs, 2, "random", seed=3)
         keep = set()
         for seq in seqs:
@@ -121,7 +121,7 @@ def test_apply_budget_restricts_masks_and_survives_deleting_unlabeled_pngs(tmp_p
         for png in data.root.rglob("*.png"):
             if png not in keep:
                 png.unlink()
-        seqs = open_dataset(kind, data.root, "train")
+        seqs = open_dataset(layout, data.root, "train")
         labeled = apply_budget(seqs, budget)
         for seq in labeled:
             assert [seq.frame_paths[i].name for i in sorted(seq.mask_paths)] == budget[seq.name]

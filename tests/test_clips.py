@@ -159,13 +159,13 @@ def check_sample(sample: ClipBatch, size: int = CROP, slots: int = 2) -> None:
         assert (masks[slot].sum() > 0) == bool(present[slot])
 
 
-@pytest.mark.parametrize("mode", ["full", "labeled_only", "phase1", "bank"])
-def test_sample_format_in_every_mode(tmp_path, mode):
+@pytest.mark.parametrize("sampling", ["full", "labeled_only", "phase1", "bank"])
+def test_sample_format_in_every_sampling(tmp_path, sampling):
     videos = [
-        make_video(tmp_path, "a", labeled=None if mode in ("full", "bank") else [1, 6]),
-        make_video(tmp_path, "b", objects=1, labeled=None if mode in ("full", "bank") else [0, 5]),
+        make_video(tmp_path, "a", labeled=None if sampling in ("full", "bank") else [1, 6]),
+        make_video(tmp_path, "b", objects=1, labeled=None if sampling in ("full", "bank") else [0, 5]),
     ]
-    dataset = VOSClipDataset(videos, CROP, mode=mode, seed=1, repeats=3)
+    dataset = VOSClipDataset(videos, CROP, sampling=sampling, seed=1, repeats=3)
     assert len(dataset) == 6
     for index in range(len(dataset)):
         sample = dataset[index]
@@ -175,12 +175,12 @@ def test_sample_format_in_every_mode(tmp_path, mode):
         assert sample.first_masks[0, 0].sum() > 0  # the target is an object of the first frame
         if name == "b":
             assert sample.selector.tolist() == [[1.0, 0.0]] and sample.first_masks[0, 1].sum() == 0
-        if mode in ("labeled_only", "phase1"):
+        if sampling in ("labeled_only", "phase1"):
             labeled = {"a": {1, 6}, "b": {0, 5}}[name]
             assert frames[0] in labeled
             flags = [f in labeled for f in frames]
             assert sample.labeled[0].tolist() == flags
-            if mode == "labeled_only":
+            if sampling == "labeled_only":
                 assert all(flags)
         else:
             assert sample.labeled.all()
@@ -284,7 +284,7 @@ def test_phase1_opens_only_budgeted_annotations(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "listdir", lambda p=".": listed.append(str(p)) or real_listdir(p))
     monkeypatch.setattr(os, "scandir", lambda p=".": listed.append(str(p)) or real_scandir(p))
 
-    dataset = VOSClipDataset(videos, CROP, mode="phase1", seed=0, repeats=20, max_skip=3)
+    dataset = VOSClipDataset(videos, CROP, sampling="phase1", seed=0, repeats=20, max_skip=3)
     unlabeled_seen = 0
     for index in range(len(dataset)):
         sample = dataset[index]
@@ -302,7 +302,7 @@ def test_phase1_labeled_clip_share(tmp_path, share):
     budget = [2, 9]
     videos = [make_video(tmp_path, name, num_frames=12, labeled=budget) for name in ("a", "b")]
     dataset = VOSClipDataset(
-        videos, CROP, mode="phase1", seed=0, repeats=40, max_skip=11, labeled_clip_share=share
+        videos, CROP, sampling="phase1", seed=0, repeats=40, max_skip=11, labeled_clip_share=share
     )
     all_labeled = [bool(dataset[i].labeled.all()) for i in range(len(dataset))]
     for index, labeled in enumerate(all_labeled):
@@ -321,7 +321,7 @@ def test_phase1_labeled_clip_share(tmp_path, share):
 def test_labeled_clip_share_must_be_a_probability(tmp_path):
     video = make_video(tmp_path, "a", num_frames=12, labeled=[2, 9])
     with pytest.raises(UserError, match="labeled_clip_share must be in"):
-        VOSClipDataset([video], CROP, mode="phase1", labeled_clip_share=1.5)
+        VOSClipDataset([video], CROP, sampling="phase1", labeled_clip_share=1.5)
 
 
 def test_max_skip_and_epoch_setters(tmp_path):
@@ -358,7 +358,7 @@ def assert_same_batches(a: list[ClipBatch], b: list[ClipBatch]) -> None:
 
 def test_bit_identical_batches_with_two_workers(tmp_path):
     videos = [make_video(tmp_path, n, num_frames=10, labeled=[1, 7]) for n in ("a", "b", "c")]
-    dataset = VOSClipDataset(videos, CROP, mode="phase1", seed=9, repeats=2)
+    dataset = VOSClipDataset(videos, CROP, sampling="phase1", seed=9, repeats=2)
     dataset.set_epoch(3)
     first = batches(dataset, 2)
     assert_same_batches(first, batches(dataset, 2))
@@ -468,7 +468,7 @@ def test_short_videos_are_skipped_with_a_warning_or_refused(tmp_path):
         VOSClipDataset([short], CROP)
     unlabeled = make_video(tmp_path, "bare", labeled=[])
     with pytest.raises(UserError, match="bare.*no annotated frame"):
-        VOSClipDataset([unlabeled], CROP, mode="phase1")
+        VOSClipDataset([unlabeled], CROP, sampling="phase1")
 
 
 def test_video_without_any_object(tmp_path):
@@ -501,14 +501,14 @@ def test_unreadable_and_missing_files(tmp_path):
         VOSClipDataset([gone], CROP)
     bank = make_video(tmp_path, "holey", labeled=[0, 1, 2, 4, 5, 6, 7])
     with pytest.raises(UserError, match="holey.*no mask for frame 00003"):
-        VOSClipDataset([bank], CROP, mode="bank")
+        VOSClipDataset([bank], CROP, sampling="bank")
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "x.jpg").write_bytes(b"junk")
     write_gray_mask(tmp_path / "s" / "x.png", static_pair(0)[1])
     with pytest.raises(UserError, match="x.jpg: cannot read image"):
         StaticClipDataset(tmp_path / "s", CROP)[0]
-    with pytest.raises(UserError, match="unknown clip mode"):
-        VOSClipDataset([make_video(tmp_path, "ok")], CROP, mode="dense")
+    with pytest.raises(UserError, match="unknown clip sampling"):
+        VOSClipDataset([make_video(tmp_path, "ok")], CROP, sampling="dense")
 
 
 def test_mask_size_must_match_its_frame(tmp_path):

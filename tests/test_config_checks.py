@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from twoshot.cli import main as cli_main
-from twoshot.config import load_config
+from twoshot.config import InferenceConfig, TrainConfig, load_config
+from twoshot.config_checks import check_inference_settings, check_train_config
 from twoshot.data.fixtures import make_davis
 from twoshot.errors import UserError
 
@@ -83,6 +84,24 @@ def test_pipeline_refuses_a_bad_configuration_before_writing(
     err = capsys.readouterr().err
     assert key in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_an_unregistered_model_kind_is_refused_naming_model_kind() -> None:
+    """Every check that takes a model kind refuses one no spec registers (a network built
+    directly with its own ``kind``), naming the key, rather than skipping the model's checks."""
+    from twoshot.inference import PropagationEngine
+    from twoshot.model import build_model
+
+    message = "config key 'model.kind': 'nosuch' is not a model; choose one of: stcn, cutie, sam2"
+    with pytest.raises(UserError) as inference:
+        check_inference_settings(InferenceConfig(), "nosuch")
+    with pytest.raises(UserError) as training:
+        check_train_config(TrainConfig(), "main", "nosuch")
+    network = build_model(load_config("tiny").model)
+    network.kind = "nosuch"  # type: ignore[misc]  # an instance of no registered kind
+    with pytest.raises(UserError) as engine:
+        PropagationEngine(network, InferenceConfig(device="cpu"))
+    assert str(inference.value) == str(training.value) == str(engine.value) == message
 
 
 def test_good_presets_load() -> None:

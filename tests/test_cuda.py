@@ -31,8 +31,8 @@ from twoshot.data.readers import open_dataset
 from twoshot.inference import PropagationEngine
 from twoshot.inference.pseudo_label import build_bank
 from twoshot.model import STCN, build_model, load_model, save_weights
-from twoshot.train.modes import SupervisedMode
 from twoshot.train.recipes import build_stage_dataset
+from twoshot.train.regimes import SupervisedRegime
 from twoshot.train.trainer import Trainer
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -145,7 +145,7 @@ class Crash(Exception):
     """Stands in for a killed job."""
 
 
-class CrashAfter(SupervisedMode):
+class CrashAfter(SupervisedRegime):
     """Supervised training that raises after 0-based iteration ``at``."""
 
     def __init__(self, at: int | None) -> None:
@@ -156,7 +156,9 @@ class CrashAfter(SupervisedMode):
             raise Crash(it)
 
 
-def _amp_trainer(preset: str, out: Path, mode: SupervisedMode | None = None, resume: bool = False) -> Trainer:
+def _amp_trainer(
+    preset: str, out: Path, regime: SupervisedRegime | None = None, resume: bool = False
+) -> Trainer:
     config = toy_config("main.iterations=8", "main.save_every=4", "main.amp=true")
     if preset == "stcn":
         # STCN's own learning rate: at the toy 1e-3, four Adam steps grow the activations of
@@ -165,7 +167,14 @@ def _amp_trainer(preset: str, out: Path, mode: SupervisedMode | None = None, res
         stcn = load_config("stcn")
         config.model, config.main.lr = stcn.model, stcn.main.lr
     return Trainer(
-        config, "main", ToyClips(n=8, size=64), out, mode=mode, resume=resume, device="cuda", progress=False
+        config,
+        "main",
+        ToyClips(n=8, size=64),
+        out,
+        regime=regime,
+        resume=resume,
+        device="cuda",
+        progress=False,
     )
 
 
@@ -188,13 +197,13 @@ def test_amp_training_step_scales_and_resumes(tmp_path: Path, preset: str) -> No
     ]
     assert len(changed) > len(start) // 2  # the scaler let optimiser steps through
 
-    crashed = _amp_trainer(preset, tmp_path / "resumed", mode=CrashAfter(5))
+    crashed = _amp_trainer(preset, tmp_path / "resumed", regime=CrashAfter(5))
     with pytest.raises(Crash):
         crashed.run()
     crashed.close()
     saved = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
     assert saved["it"] == 4 and saved["scaler"]["scale"] > 0
-    resumed = _amp_trainer(preset, tmp_path / "resumed", mode=CrashAfter(None), resume=True)
+    resumed = _amp_trainer(preset, tmp_path / "resumed", regime=CrashAfter(None), resume=True)
     assert resumed.it == 4
     assert resumed.scaler.state_dict() == saved["scaler"]
     resumed.run()

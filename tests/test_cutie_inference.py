@@ -385,7 +385,7 @@ def test_bidirectional_runs_keep_their_own_memory_and_sensory_state() -> None:
     model = tiny_model()
     rgb, labels = random_video(12, (64, 96), object_ids=(1, 2), seed=4)
     engine = PropagationEngine(model, InferenceConfig(mem_every=2, top_k=30, size=-1, device="cpu"))
-    both = engine.propagate(rgb, {2: labels[2], 9: labels[9]}, mode="bidirectional")
+    both = engine.propagate(rgb, {2: labels[2], 9: labels[9]}, direction="bidirectional")
     assert both.sources == [2, 2, 2, 2, 2, 2, 9, 9, 9, 9, 9, 9]
     for order, outputs in (
         ([2, 1, 0], [1, 0]),

@@ -17,9 +17,8 @@ from twoshot.data.batch import ClipBatch
 from twoshot.model.cutie.spec import CutieTrainSettings
 from twoshot.model.registry import build_model
 from twoshot.train.forward import ClipOutput
-from twoshot.train.modes import SupervisedMode
 from twoshot.train.objectives import CutieObjective, STCNObjective, objective_for
-from twoshot.train.phases import Phase1Mode, Phase2Mode
+from twoshot.train.phases import Phase1Regime, Phase2Regime
 from twoshot.train.point_loss import (
     PointSampling,
     cutie_clip_loss,
@@ -29,6 +28,7 @@ from twoshot.train.point_loss import (
     sample_points,
     uncertainty,
 )
+from twoshot.train.regimes import SupervisedRegime
 from twoshot.train.trainer import Trainer, train
 
 
@@ -175,8 +175,8 @@ def test_objectives_by_model_kind() -> None:
     assert [g["weight_decay"] for g in groups] == [1e-3, 0.0, 1e-3]
 
 
-def _run(config: Any, out: Path, mode: Any = None, data: Any = None) -> Trainer:
-    trainer = Trainer(config, "main", data or ToyClips(n=4), out, mode=mode, device="cpu", progress=False)
+def _run(config: Any, out: Path, regime: Any = None, data: Any = None) -> Trainer:
+    trainer = Trainer(config, "main", data or ToyClips(n=4), out, regime=regime, device="cpu", progress=False)
     try:
         trainer.run()
     finally:
@@ -191,16 +191,16 @@ def test_one_step_of_every_stage(tmp_path: Path) -> None:
         "static": (None, ToyClips(n=4)),
         "main": (None, ToyClips(n=4)),
         # Iteration 1 warms up on labeled clips; iteration 2 trains on a teacher-labeled one.
-        "phase1": (Phase1Mode(ToyClips(n=4), ToyClips(n=4, labeled_frames=1), settings), None),
-        "phase2": (Phase2Mode(settings), ToyClips(n=4)),
+        "phase1": (Phase1Regime(ToyClips(n=4), ToyClips(n=4, labeled_frames=1), settings), None),
+        "phase2": (Phase2Regime(settings), ToyClips(n=4)),
     }
-    for name, (mode, data) in runs.items():
+    for name, (regime, data) in runs.items():
         stage = "static" if name == "static" else "main"
         config = cutie_toy_config(
             f"{stage}.iterations=2", f"{stage}.lr_steps=[]", f"{stage}.batch_size=2", f"{stage}.num_workers=0"
         )
         config.static.cutie.num_points = 256
-        trainer = Trainer(config, stage, data, tmp_path / name, mode=mode, device="cpu", progress=False)
+        trainer = Trainer(config, stage, data, tmp_path / name, regime=regime, device="cpu", progress=False)
         try:
             trainer.run()
         finally:
@@ -210,10 +210,10 @@ def test_one_step_of_every_stage(tmp_path: Path) -> None:
             start.state_dict()["mask_decoder.pred.weight"],
         ), name
         if name == "phase1":
-            assert isinstance(mode, Phase1Mode) and mode.teacher is not None
+            assert isinstance(regime, Phase1Regime) and regime.teacher is not None
 
 
-class RandomIgnore(SupervisedMode):
+class RandomIgnore(SupervisedRegime):
     """Ignores a random fifth of the pixels (the global generator must survive a resume)."""
 
     name = "random-ignore"
@@ -240,13 +240,13 @@ def test_resume_is_bit_identical(tmp_path: Path) -> None:
     config = cutie_toy_config("main.iterations=5", "main.save_every=3", "main.lr_steps=[2]")
     data = lambda: ToyClips(n=3, frames=5)  # noqa: E731
     whole = train(
-        config, "main", data(), tmp_path / "whole", mode=RandomIgnore(), device="cpu", progress=False
+        config, "main", data(), tmp_path / "whole", regime=RandomIgnore(), device="cpu", progress=False
     )
     out = tmp_path / "parts"
     with pytest.raises(Crash):
-        train(config, "main", data(), out, mode=CrashAt(3), device="cpu", progress=False)
+        train(config, "main", data(), out, regime=CrashAt(3), device="cpu", progress=False)
     resumed = train(
-        config, "main", data(), out, resume=True, mode=RandomIgnore(), device="cpu", progress=False
+        config, "main", data(), out, resume=True, regime=RandomIgnore(), device="cpu", progress=False
     )
     expected, actual = torch.load(whole, weights_only=True), torch.load(resumed, weights_only=True)
     for name in expected:
@@ -326,7 +326,7 @@ def test_cutie_presets_train_on_three_objects_and_bad_counts_are_refused() -> No
             load_config("cutie-tiny", overrides=[key])
 
 
-class Recorder(Phase1Mode):
+class Recorder(Phase1Regime):
     """Phase 1 that records what each step's loss receives (object slots and logit channels)."""
 
     def __init__(self, *args: Any) -> None:
@@ -358,16 +358,16 @@ def test_a_cutie_step_on_clips_of_three_objects(tmp_path: Path) -> None:
         "twoshot.pseudo_threshold=0.34",  # an untrained teacher is never 90% sure
     )
     recipe = build_recipe("phase1", config, root, "davis", "train", budget=budget)
-    assert isinstance(recipe.mode, Phase1Mode)
-    clips = recipe.mode.clip_dataset
+    assert isinstance(recipe.regime, Phase1Regime)
+    clips = recipe.regime.clip_dataset
     assert clips.num_objects == 3 and any(clips[i].selector.sum() == 3 for i in range(len(clips)))
-    mode = Recorder(recipe.mode.warmup_dataset, clips, config.twoshot)
+    regime = Recorder(recipe.regime.warmup_dataset, clips, config.twoshot)
     start = build_model(config.model).state_dict()["mask_decoder.pred.weight"]
-    trainer = _run(config, tmp_path / "run", mode=mode, data=None)
+    trainer = _run(config, tmp_path / "run", regime=regime, data=None)
     # Iteration 1: labeled-only clips; iteration 2: teacher labels on the unlabeled frames.
-    assert [channels for _, channels, _ in mode.seen] == [4, 4]
-    assert all(len(row) == 3 for selector, _, _ in mode.seen for row in selector)
-    assert mode.seen[1][2]  # some unlabeled pixel got a label from the teacher
+    assert [channels for _, channels, _ in regime.seen] == [4, 4]
+    assert all(len(row) == 3 for selector, _, _ in regime.seen for row in selector)
+    assert regime.seen[1][2]  # some unlabeled pixel got a label from the teacher
     assert not torch.equal(trainer.model.state_dict()["mask_decoder.pred.weight"], start)
 
 

@@ -96,7 +96,7 @@ def test_generic_with_backward_and_overlays(model: STCN, checkpoint: Path, tmp_p
     assert _infer(checkpoint, "--data", str(data.root), "--out", str(out), "--backward", "--overlay") == 0
     seq = open_dataset("generic", data.root)[0]
     written = np.stack([read_mask(out / "clip" / f"{n}.png")[0] for n in seq.frame_names])
-    np.testing.assert_array_equal(written, _expected(model, seq, mode="bidirectional"))
+    np.testing.assert_array_equal(written, _expected(model, seq, direction="bidirectional"))
     assert written[:3].any()  # frames before 3 come backwards
     assert len(list((out / "overlays" / "clip").glob("*.png"))) == 7
 

@@ -228,7 +228,7 @@ def test_each_frame_encoded_once_and_values_batched_over_objects(
     assert forward.stats.key_encodes == 11 and forward.stats.encoder_calls == 3
     assert calls == [3, 3]  # frames 0 and 5 (10 is last), all objects in one call
     calls.clear()
-    both = engine.propagate(frames, {2: labels[2], 8: labels[8]}, mode="bidirectional")
+    both = engine.propagate(frames, {2: labels[2], 8: labels[8]}, direction="bidirectional")
     # four runs share one encoding of each frame; the labeled frames are kept as given
     assert both.stats.runs == 4 and both.stats.key_encodes == 11
     np.testing.assert_array_equal(both.masks[[2, 8]], labels[[2, 8]])

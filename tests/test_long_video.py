@@ -74,14 +74,14 @@ def test_memory_never_exceeds_the_cap_and_keeps_labeled_frames(model: STCN, bank
     frames, labels = random_video(48, (32, 40), object_ids=(1, 2), seed=11)
     # Two labeled frames, both directions: four runs, each with its own capped bank.
     result = _engine(model, mem_every=1, max_memory_frames=3).propagate(
-        frames, {12: labels[12], 36: labels[36]}, mode="bidirectional"
+        frames, {12: labels[12], 36: labels[36]}, direction="bidirectional"
     )
     assert result.stats.runs == 4 and result.stats.peak_memory_frames == 3
     assert len(bank_log) > 40
     _check_cap(bank_log)
     np.testing.assert_array_equal(result.masks[[12, 36]], labels[[12, 36]])
 
-    # Objects appearing later (forward mode): three annotated frames and a cap of 2. The
+    # Objects appearing later (forward direction): three annotated frames and a cap of 2. The
     # annotated frames stay although they exceed the cap; other frames come and go.
     frames, labels = random_video(30, (36, 40), object_ids=(1, 2, 3), first_frames={2: 6, 3: 14}, seed=12)
     given = {
@@ -112,7 +112,7 @@ def test_key_cache_does_not_grow_with_the_video(model: STCN) -> None:
         result = _engine(model, key_batch=4).propagate(
             frames,
             {length // 4: labels[length // 4], 3 * length // 4: labels[3 * length // 4]},
-            mode="bidirectional",
+            direction="bidirectional",
         )
         peaks.append(result.stats.peak_cached_frames)
     # A batch, plus a labeled frame kept for its second run, however long the video.
@@ -123,15 +123,15 @@ def test_key_cache_does_not_grow_with_the_video(model: STCN) -> None:
 # Streaming outputs
 
 
-@pytest.mark.parametrize("mode,given_frames", [("forward", (3,)), ("bidirectional", (4, 15))])
+@pytest.mark.parametrize("direction,given_frames", [("forward", (3,)), ("bidirectional", (4, 15))])
 def test_engine_yields_each_frame_once_as_propagate_collects(
-    model: STCN, mode: str, given_frames: tuple[int, ...]
+    model: STCN, direction: str, given_frames: tuple[int, ...]
 ) -> None:
     frames, labels = random_video(20, (32, 40), seed=15)
     given = {f: labels[f] for f in given_frames}
     engine = _engine(model, mem_every=3)
-    full = engine.propagate(frames, given, mode=mode, confidence=True, probabilities=True)
-    propagation = engine.frames(frames, given, mode=mode, confidence=True, probabilities=True)
+    full = engine.propagate(frames, given, direction=direction, confidence=True, probabilities=True)
+    propagation = engine.frames(frames, given, direction=direction, confidence=True, probabilities=True)
     assert propagation.object_ids == full.object_ids and propagation.size == (32, 40)
     seen: list[int] = []
     for out in propagation:
@@ -146,7 +146,7 @@ def test_engine_yields_each_frame_once_as_propagate_collects(
         channels = [0] + [full.object_ids.index(o) + 1 for o in out.object_ids]
         np.testing.assert_array_equal(out.probabilities.numpy(), full.probabilities[out.frame, channels])
     assert sorted(seen) == list(range(20))
-    if mode == "bidirectional":
+    if direction == "bidirectional":
         assert seen[:2] == list(given_frames)  # the labeled frames come first
     else:
         assert seen[-3:] == [0, 1, 2]  # frames before the annotation come last

@@ -39,10 +39,14 @@ def video() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _run(
-    model: STCN, frames: np.ndarray, masks: dict[int, np.ndarray], mode: str = "forward", **changes: object
+    model: STCN,
+    frames: np.ndarray,
+    masks: dict[int, np.ndarray],
+    direction: str = "forward",
+    **changes: object,
 ) -> PropagationResult:
     engine = PropagationEngine(model, dataclasses.replace(CONFIG, **changes))  # type: ignore[arg-type]
-    return engine.propagate(frames, masks, mode=mode, probabilities=True)
+    return engine.propagate(frames, masks, direction=direction, probabilities=True)
 
 
 def test_fused_schedule_covers_each_gap_from_both_sides() -> None:
@@ -63,8 +67,8 @@ def test_fused_merge_equals_hand_combination_of_two_runs(
         model = build_model(load_config("cutie-tiny").model).eval()  # type: ignore[assignment]
     frames, labels = video
     given = {A: labels[A], B: labels[B]}
-    fused = _run(model, frames, given, mode="bidirectional", merge="fused")
-    nearest = _run(model, frames, given, mode="bidirectional")
+    fused = _run(model, frames, given, direction="bidirectional", merge="fused")
+    nearest = _run(model, frames, given, direction="bidirectional")
     # The two single-direction runs, each a forward propagation over its own frames.
     fwd = _run(model, frames[A:B], {0: labels[A]}).probabilities
     bwd = _run(model, frames[B:A:-1].copy(), {0: labels[B]}).probabilities
@@ -98,9 +102,9 @@ def test_flip_equals_average_with_the_mirrored_run(model: STCN, video: tuple[np.
 def test_scales_equal_average_of_runs_at_each_size(model: STCN, video: tuple[np.ndarray, np.ndarray]) -> None:
     frames, labels = video
     given = {A: labels[A], B: labels[B]}
-    result = _run(model, frames, given, mode="bidirectional", scales=[1.0, 1.5])
-    plain = _run(model, frames, given, mode="bidirectional").probabilities
-    larger = _run(model, frames, given, mode="bidirectional", size=72).probabilities  # 48 x 1.5
+    result = _run(model, frames, given, direction="bidirectional", scales=[1.0, 1.5])
+    plain = _run(model, frames, given, direction="bidirectional").probabilities
+    larger = _run(model, frames, given, direction="bidirectional", size=72).probabilities  # 48 x 1.5
     assert plain is not None and larger is not None and result.probabilities is not None
     np.testing.assert_allclose(result.probabilities, (plain + larger) / 2, atol=1e-6)
     np.testing.assert_array_equal(result.masks[[A, B]], labels[[A, B]])  # labeled frames kept
@@ -109,8 +113,10 @@ def test_scales_equal_average_of_runs_at_each_size(model: STCN, video: tuple[np.
 def test_default_settings_take_the_plain_path(model: STCN, video: tuple[np.ndarray, np.ndarray]) -> None:
     frames, labels = video
     given = {A: labels[A], B: labels[B]}
-    explicit = _run(model, frames, given, mode="bidirectional", merge="nearest", flip=False, scales=[1.0])
-    default = _run(model, frames, given, mode="bidirectional")
+    explicit = _run(
+        model, frames, given, direction="bidirectional", merge="nearest", flip=False, scales=[1.0]
+    )
+    default = _run(model, frames, given, direction="bidirectional")
     np.testing.assert_array_equal(explicit.masks, default.masks)
     assert explicit.probabilities is not None and default.probabilities is not None
     assert np.array_equal(explicit.probabilities, default.probabilities)

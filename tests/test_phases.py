@@ -1,4 +1,4 @@
-"""Two-shot phase modes: dataset switch, teacher pseudo labels, EMA, refinement."""
+"""Two-shot phase regimes: dataset switch, teacher pseudo labels, EMA, refinement."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from twoshot.config import TwoShotConfig, load_config
 from twoshot.data.batch import ClipBatch
 from twoshot.model import build_model
 from twoshot.train.forward import ClipOutput, forward_batch
-from twoshot.train.phases import Phase1Mode, Phase2Mode
+from twoshot.train.phases import Phase1Regime, Phase2Regime
 from twoshot.train.targets import IGNORE, confident_labels
 
 
@@ -34,10 +34,10 @@ def _batch(labeled: list[bool]) -> ClipBatch:
 
 def test_phase1_switches_after_the_end_of_warmup_as_the_paper() -> None:
     # The paper's code trains on labeled-only clips while ``it <= end_warm`` (0-based).
-    mode = Phase1Mode("warm", "clips", TwoShotConfig(end_warm=10))  # type: ignore[arg-type]
-    assert [mode.dataset(it) for it in (0, 9, 10, 11, 12)] == ["warm", "warm", "warm", "clips", "clips"]
+    regime = Phase1Regime("warm", "clips", TwoShotConfig(end_warm=10))  # type: ignore[arg-type]
+    assert [regime.dataset(it) for it in (0, 9, 10, 11, 12)] == ["warm", "warm", "warm", "clips", "clips"]
     batch = _batch([True, False, True])
-    assert mode.prepare_targets(batch, None, it=10) is batch  # type: ignore[arg-type]
+    assert regime.prepare_targets(batch, None, it=10) is batch  # type: ignore[arg-type]
 
 
 def _two_object_batch() -> ClipBatch:
@@ -75,21 +75,21 @@ def _paper_rule(probs: torch.Tensor, threshold: float) -> torch.Tensor:
 def test_phase1_targets_come_from_the_teacher_not_the_student() -> None:
     torch.manual_seed(0)
     student = build_model(load_config("tiny").model).eval()
-    mode = Phase1Mode(None, None, TwoShotConfig(end_warm=0, pseudo_threshold=0.9))  # type: ignore[arg-type]
-    mode.start(student, torch.device("cpu"))
-    assert mode.teacher is not None
+    regime = Phase1Regime(None, None, TwoShotConfig(end_warm=0, pseudo_threshold=0.9))  # type: ignore[arg-type]
+    regime.start(student, torch.device("cpu"))
+    assert regime.teacher is not None
     # A teacher unlike the student: other random weights, its decoder's output sharpened so
     # that many pixels are confident (the student's are not: none reaches 0.9).
     torch.manual_seed(2)
-    mode.teacher.load_state_dict(build_model(load_config("tiny").model).state_dict())
+    regime.teacher.load_state_dict(build_model(load_config("tiny").model).state_dict())
     with torch.no_grad():
-        mode.teacher.decoder.pred.weight.mul_(30.0)
-        mode.teacher.decoder.pred.bias.mul_(30.0)
+        regime.teacher.decoder.pred.weight.mul_(30.0)
+        regime.teacher.decoder.pred.bias.mul_(30.0)
     batch = _two_object_batch()
     with torch.no_grad():
         outputs = forward_batch(student, batch)
-        prepared = mode.prepare_targets(batch, outputs, it=1)
-        _, teacher_probs = mode.teacher.clip_forward(batch.rgb, batch.first_masks, batch.selector)
+        prepared = regime.prepare_targets(batch, outputs, it=1)
+        _, teacher_probs = regime.teacher.clip_forward(batch.rgb, batch.first_masks, batch.selector)
     expected = batch.cls_gt.clone()
     for clip, frame in ((0, 1), (1, 1), (1, 2)):  # the unlabeled frames
         expected[clip, frame] = _paper_rule(teacher_probs[clip, frame - 1], 0.9)
@@ -100,51 +100,51 @@ def test_phase1_targets_come_from_the_teacher_not_the_student() -> None:
     assert ignored + background + target == 3072 and min(ignored, background, target) >= 100
     assert float(outputs.probs.max(dim=2).values.max()) < 0.9  # the student labels nothing
     assert prepared.rgb is batch.rgb and batch.cls_gt[:, 1].eq(IGNORE).all()  # a new batch
-    scalars = mode.log_scalars()
+    scalars = regime.log_scalars()
     assert scalars["pseudo_label_share"] == pytest.approx((background + target) / 3072)
-    assert mode.log_scalars() == {}
+    assert regime.log_scalars() == {}
 
 
 def test_phase1_leaves_warmup_batches_alone_and_updates_the_teacher() -> None:
     model = build_model(load_config("tiny").model)
-    mode = Phase1Mode(None, None, TwoShotConfig(end_warm=100))  # type: ignore[arg-type]
-    mode.start(model, torch.device("cpu"))
+    regime = Phase1Regime(None, None, TwoShotConfig(end_warm=100))  # type: ignore[arg-type]
+    regime.start(model, torch.device("cpu"))
     batch = _batch([True, True, True])
-    assert mode.prepare_targets(batch, None, it=3) is batch  # type: ignore[arg-type]
+    assert regime.prepare_targets(batch, None, it=3) is batch  # type: ignore[arg-type]
     with torch.no_grad():
         model.decoder.pred.bias.add_(1.0)
-    before = mode.teacher.decoder.pred.bias.clone()
-    mode.after_step(model, it=1)  # alpha 0.5
-    torch.testing.assert_close(mode.teacher.decoder.pred.bias, before + 0.5)
-    restored = Phase1Mode(None, None, TwoShotConfig())  # type: ignore[arg-type]
+    before = regime.teacher.decoder.pred.bias.clone()
+    regime.after_step(model, it=1)  # alpha 0.5
+    torch.testing.assert_close(regime.teacher.decoder.pred.bias, before + 0.5)
+    restored = Phase1Regime(None, None, TwoShotConfig())  # type: ignore[arg-type]
     restored.start(build_model(load_config("tiny").model), torch.device("cpu"))
-    restored.load_extra_state(mode.extra_state())
-    assert torch.equal(restored.teacher.decoder.pred.bias, mode.teacher.decoder.pred.bias)
+    restored.load_extra_state(regime.extra_state())
+    assert torch.equal(restored.teacher.decoder.pred.bias, regime.teacher.decoder.pred.bias)
 
 
 def test_phase1_without_teacher_uses_the_student() -> None:
     model = build_model(load_config("tiny").model).eval()
-    mode = Phase1Mode(None, None, TwoShotConfig(end_warm=0, use_teacher=False, pseudo_threshold=0.5))  # type: ignore[arg-type]
-    mode.start(model, torch.device("cpu"))
-    assert mode.teacher is None and mode.extra_state() == {}
+    regime = Phase1Regime(None, None, TwoShotConfig(end_warm=0, use_teacher=False, pseudo_threshold=0.5))  # type: ignore[arg-type]
+    regime.start(model, torch.device("cpu"))
+    assert regime.teacher is None and regime.extra_state() == {}
     batch = _batch([True, False, False])
     with torch.no_grad():
         outputs = forward_batch(model, batch)
-    prepared = mode.prepare_targets(batch, outputs, it=1)
+    prepared = regime.prepare_targets(batch, outputs, it=1)
     assert torch.equal(prepared.cls_gt[:, 2], confident_labels(outputs.probs[:, 1], 0.5))
 
 
 def test_phase2_refines_only_after_the_start_iteration() -> None:
-    mode = Phase2Mode(TwoShotConfig(phase2_start_update=10, refine_threshold=0.99))
+    regime = Phase2Regime(TwoShotConfig(phase2_start_update=10, refine_threshold=0.99))
     batch = _batch([True, True, True])
     probs = torch.zeros(2, 2, 3, 32, 32)
     probs[:, :, 0] = 1.0  # the model is sure everything is background
 
     outputs = ClipOutput(probs.log(), probs)
-    assert mode.prepare_targets(batch, outputs, it=9) is batch
-    refined = mode.prepare_targets(batch, outputs, it=10).cls_gt
+    assert regime.prepare_targets(batch, outputs, it=9) is batch
+    refined = regime.prepare_targets(batch, outputs, it=10).cls_gt
     assert (refined[:, 1:] == 0).all() and torch.equal(refined[:, 0], batch.cls_gt[:, 0])
-    assert mode.log_scalars()["refined_share"] > 0
+    assert regime.log_scalars()["refined_share"] > 0
 
 
 class FixedTeacher(torch.nn.Module):
@@ -185,10 +185,10 @@ def test_phase1_teacher_targets_with_three_objects() -> None:
         names=("clip",),
         frames=torch.tensor([[4, 5, 6]]),
     )
-    mode = Phase1Mode(None, None, TwoShotConfig(end_warm=0, pseudo_threshold=0.9))  # type: ignore[arg-type]
-    mode.teacher = FixedTeacher(probs)
+    regime = Phase1Regime(None, None, TwoShotConfig(end_warm=0, pseudo_threshold=0.9))  # type: ignore[arg-type]
+    regime.teacher = FixedTeacher(probs)
     student = ClipOutput(torch.zeros_like(probs), torch.full_like(probs, 0.25))
-    prepared = mode.prepare_targets(batch, student, it=1)
+    prepared = regime.prepare_targets(batch, student, it=1)
     assert prepared.cls_gt[0, 1, 0].tolist() == [0, 1, 2, 3, IGNORE, IGNORE, IGNORE]
     assert torch.equal(prepared.cls_gt[0, 0], truth[0]) and torch.equal(prepared.cls_gt[0, 2], truth[2])
-    assert mode.log_scalars()["pseudo_label_share"] == pytest.approx(4 / 7)
+    assert regime.log_scalars()["pseudo_label_share"] == pytest.approx(4 / 7)

@@ -10,6 +10,7 @@ import PIL.Image
 import pytest
 
 from twoshot.data.fixtures import make_davis, make_generic, make_video_file, make_youtube
+from twoshot.data.folders import DATASET_LAYOUTS
 from twoshot.data.masks import write_mask
 from twoshot.data.readers import (
     detect_layout,
@@ -55,6 +56,26 @@ def test_davis_split_selects_videos_and_reads_back_exactly(davis) -> None:
     assert set(np.unique(labels[0])) == {0, 1, 2}
     assert palette is not None and palette[3:6] == bytes((128, 0, 0))  # DAVIS red for id 1
     assert load_frames(seq, [4, 1]).shape == (2, 24, 32, 3)
+
+
+def test_dataset_layout_names_the_folders_the_readers_read(tmp_path: Path, davis, youtube) -> None:
+    """DatasetLayout's image and annotation roots (what the annotation app, the pipeline and
+    ``infer`` rely on) are the folders open_dataset reads, for every layout and a split."""
+    make_generic(tmp_path / "generic" / "part", {"dog": 4})  # a generic split sub-folder
+    cases = [(davis.root, "davis", "train"), (youtube.root, "youtube", "train")]
+    for root, layout, split in [*cases, (tmp_path / "generic", "generic", "part")]:
+        rules = DATASET_LAYOUTS[layout]
+        for seq in open_dataset(layout, root, split):
+            assert {p.parent for p in seq.frame_paths} == {rules.image_root(root, split) / seq.name}
+            assert {p.parent for p in seq.mask_paths.values()} == {
+                rules.annotation_root(root, split) / seq.name
+            }
+    video = make_video_file(tmp_path / "clip.mp4", 3)
+    assert (
+        DATASET_LAYOUTS["video"].annotation_root(video.root, None)
+        == video.masks_dir
+        == tmp_path / "clip_masks"
+    )
 
 
 def test_davis_full_resolution(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """Stage recipes (twoshot.train.recipes) and ``twoshot train --stage naive|phase1|phase2``:
-the same data and modes as the pipeline; a mismatched budget or bank is refused, naming the
+the same data and regimes as the pipeline; a mismatched budget or bank is refused, naming the
 file, before anything is written."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from twoshot.bank import FORMAT, file_sha256
 from twoshot.cli import main as cli_main
 from twoshot.config import load_config
 from twoshot.data.fixtures import make_davis
-from twoshot.train.phases import Phase1Mode, Phase2Mode
+from twoshot.train.phases import Phase1Regime, Phase2Regime
 from twoshot.train.recipes import build_recipe
 
 TINY = [
@@ -64,20 +64,20 @@ def test_recipes_build_the_pipeline_stages(davis: tuple[Path, Path], tmp_path: P
     root, budget = davis
     config = load_config("tiny")
     phase1 = build_recipe("phase1", config, root, "davis", "train", budget=budget)
-    assert phase1.section == "main" and phase1.dataset is None and isinstance(phase1.mode, Phase1Mode)
+    assert phase1.section == "main" and phase1.dataset is None and isinstance(phase1.regime, Phase1Regime)
     naive = build_recipe("naive", config, root, "davis", "train", budget=budget)
-    assert naive.mode is None and naive.dataset is not None and naive.dataset.mode == "labeled_only"  # type: ignore[attr-defined]
+    assert naive.regime is None and naive.dataset is not None and naive.dataset.sampling == "labeled_only"  # type: ignore[attr-defined]
     full = build_recipe("main", config, root, "davis", "train")
-    assert full.dataset is not None and full.dataset.mode == "full"  # type: ignore[attr-defined]
+    assert full.dataset is not None and full.dataset.sampling == "full"  # type: ignore[attr-defined]
     phase2 = build_recipe(
         "phase2", config, root, "davis", "train", budget=budget, bank=_bank(tmp_path, root, budget)
     )
-    assert isinstance(phase2.mode, Phase2Mode) and phase2.dataset.mode == "bank"  # type: ignore[union-attr]
+    assert isinstance(phase2.regime, Phase2Regime) and phase2.dataset.sampling == "bank"  # type: ignore[union-attr]
     # Every clip dataset takes its objects per clip from the stage's section.
     three = load_config("tiny", overrides=["main.num_objects=3"])
     phase1 = build_recipe("phase1", three, root, "davis", "train", budget=budget)
-    assert isinstance(phase1.mode, Phase1Mode)
-    datasets = [phase1.mode.warmup_dataset, phase1.mode.clip_dataset]
+    assert isinstance(phase1.regime, Phase1Regime)
+    datasets = [phase1.regime.warmup_dataset, phase1.regime.clip_dataset]
     datasets.append(build_recipe("full", three, root, "davis", "train").dataset)
     assert [d.num_objects for d in datasets] == [3, 3, 3]  # type: ignore[union-attr]
 

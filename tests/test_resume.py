@@ -12,7 +12,7 @@ import torch
 from helpers import ToyClips, toy_config
 from twoshot.data.batch import ClipBatch
 from twoshot.train.forward import ClipOutput
-from twoshot.train.modes import SupervisedMode
+from twoshot.train.regimes import SupervisedRegime
 from twoshot.train.trainer import train
 
 
@@ -20,7 +20,7 @@ class Crash(Exception):
     """Stands in for a killed job."""
 
 
-class CountingMode(SupervisedMode):
+class CountingRegime(SupervisedRegime):
     """Has state that must survive the resume; crashes after iteration ``crash_at`` if set.
 
     Its targets depend on the global torch generator, so a resume that lost the RNG state
@@ -64,16 +64,32 @@ def test_resume_is_bit_identical(tmp_path: Path, workers: int) -> None:
         f"main.num_workers={workers}",
     )
     whole = train(
-        config, "main", ToyClips(n=5), tmp_path / "whole", mode=CountingMode(), device="cpu", progress=False
+        config,
+        "main",
+        ToyClips(n=5),
+        tmp_path / "whole",
+        regime=CountingRegime(),
+        device="cpu",
+        progress=False,
     )
 
     out = tmp_path / "parts"
     with pytest.raises(Crash):
-        train(config, "main", ToyClips(n=5), out, mode=CountingMode(crash_at=6), device="cpu", progress=False)
+        train(
+            config,
+            "main",
+            ToyClips(n=5),
+            out,
+            regime=CountingRegime(crash_at=6),
+            device="cpu",
+            progress=False,
+        )
     assert torch.load(out / "checkpoint.pt", weights_only=True)["it"] == 5
-    mode = CountingMode()
-    resumed = train(config, "main", ToyClips(n=5), out, resume=True, mode=mode, device="cpu", progress=False)
-    assert mode.loaded == {"steps": 5} and mode.steps == 8
+    regime = CountingRegime()
+    resumed = train(
+        config, "main", ToyClips(n=5), out, resume=True, regime=regime, device="cpu", progress=False
+    )
+    assert regime.loaded == {"steps": 5} and regime.steps == 8
 
     expected, actual = torch.load(whole, weights_only=True), torch.load(resumed, weights_only=True)
     assert expected.keys() == actual.keys()

@@ -109,8 +109,8 @@ def test_backward_run_equals_forward_run_on_the_reversed_video(
     frames, labels = video
     last = len(frames) - 1
     given = {last: labels[last]}
-    backward = engine(model).propagate(frames, given, mode="bidirectional")
-    forward = engine(model).propagate(frames[::-1].copy(), {0: labels[last]}, mode="forward")
+    backward = engine(model).propagate(frames, given, direction="bidirectional")
+    forward = engine(model).propagate(frames[::-1].copy(), {0: labels[last]}, direction="forward")
     assert backward.sources == [last] * len(frames)
     assert np.array_equal(backward.masks, forward.masks[::-1])
     assert (backward.masks[: last - 1] > 0).mean() > 0.05  # something was tracked

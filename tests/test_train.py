@@ -1,4 +1,4 @@
-"""Training: clip forward, bootstrapped CE with ignored pixels, the loop, modes, logs, bad input."""
+"""Training: clip forward, bootstrapped CE with ignored pixels, the loop, regimes, logs, bad input."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from twoshot.train.loss import (
     iou_counts,
     object_channels,
 )
-from twoshot.train.modes import SupervisedMode, TrainingMode
+from twoshot.train.regimes import SupervisedRegime, TrainingRegime
 from twoshot.train.trainer import Trainer, TrainingDiverged, train
 
 # ----------------------------------------------------------------------------------------
@@ -243,7 +243,7 @@ def test_train_writes_weights_logs_and_keeps_batchnorm_frozen(tmp_path: Path) ->
     assert skips == [max_skip_at(it, 6) for it in range(6)] == [5, 15, 25, 25, 25, 5]
 
 
-class RecordingMode(SupervisedMode):
+class RecordingRegime(SupervisedRegime):
     """Switches dataset at it 3, ignores every target of frame 2, records the hook calls."""
 
     name = "recording"
@@ -293,13 +293,13 @@ def test_mode_hooks_dataset_switch_and_ignored_frames(
         return seen[-1]
 
     monkeypatch.setattr(objectives_module, "clip_loss", spy)
-    mode = RecordingMode(ToyClips(prefix="a"), ToyClips(prefix="b"))
-    assert isinstance(mode, TrainingMode)
-    train(toy_config(), "main", None, tmp_path / "run", mode=mode, device="cpu", progress=False)
-    assert mode.calls[0] == ("start", -1)
-    assert mode.calls[1:] == [(hook, it) for it in range(6) for hook in ("prepare", "after")]
-    assert all(n.startswith("a") for names in mode.names[:3] for n in names)
-    assert all(n.startswith("b") for names in mode.names[3:] for n in names)
+    regime = RecordingRegime(ToyClips(prefix="a"), ToyClips(prefix="b"))
+    assert isinstance(regime, TrainingRegime)
+    train(toy_config(), "main", None, tmp_path / "run", regime=regime, device="cpu", progress=False)
+    assert regime.calls[0] == ("start", -1)
+    assert regime.calls[1:] == [(hook, it) for it in range(6) for hook in ("prepare", "after")]
+    assert all(n.startswith("a") for names in regime.names[:3] for n in names)
+    assert all(n.startswith("b") for names in regime.names[3:] for n in names)
     assert all(result.frames[1].item() == 0.0 for result in seen)  # frame 2 fully ignored
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert records[-1]["mode/counter"] == 6.0

@@ -29,7 +29,7 @@ from twoshot.errors import UserError
 from twoshot.inference.frames import FrameOutput
 from twoshot.pipeline import Pipeline
 from twoshot.train.forward import ClipOutput
-from twoshot.train.phases import Phase2Mode
+from twoshot.train.phases import Phase2Regime
 from twoshot.train.trainer import train
 from twoshot.train.write_back import NO_LABEL, merge_classes, rewrite_frame
 
@@ -132,7 +132,12 @@ def test_crop_resize_matrix_matches_the_half_pixel_convention() -> None:
 def test_samples_carry_their_geometry_and_object_ids(tmp_path: Path) -> None:
     video = make_video(tmp_path, "a", num_frames=6)
     dataset = VOSClipDataset(
-        [video], 32, mode="bank", seed=2, repeats=4, augment=dataclasses.replace(ClipAugment(32), **NO_COLOUR)
+        [video],
+        32,
+        sampling="bank",
+        seed=2,
+        repeats=4,
+        augment=dataclasses.replace(ClipAugment(32), **NO_COLOUR),
     )
     for index in range(len(dataset)):
         sample = dataset[index]
@@ -230,7 +235,7 @@ def test_write_back_changes_exactly_the_expected_pixels(tmp_path: Path) -> None:
     palette = bytes(reversed(DAVIS_PALETTE))  # a non-default palette must survive
     bank = make_bank(tmp_path, [video], {"a": [0, 3]}, {"a": masks}, palette)
     before = {p.name: p.read_bytes() for p in (bank / "a").glob("*.png")}
-    mode = Phase2Mode(
+    regime = Phase2Regime(
         TwoShotConfig(phase2_start_update=0, refine_threshold=0.99, write_back=True),
         bank=bank,
         videos=[video],
@@ -248,7 +253,7 @@ def test_write_back_changes_exactly_the_expected_pixels(tmp_path: Path) -> None:
     }  # ... but the second object on rows 12-13
     batch = fake_batch([1, 2, 3], identity, [1, 2])
     probs = confident_probs([regions, everything])
-    prepared = mode.prepare_targets(batch, ClipOutput(probs.log(), probs), it=0)
+    prepared = regime.prepare_targets(batch, ClipOutput(probs.log(), probs), it=0)
     assert prepared.cls_gt[0, 1, 0, 0] == 1  # the loss targets are refined as before
 
     expected = masks[2].copy()
@@ -264,7 +269,7 @@ def test_write_back_changes_exactly_the_expected_pixels(tmp_path: Path) -> None:
     assert {name for name in after if after[name] != before[name]} == {"00002.png"}
     assert not temp_files(bank)
 
-    scalars = mode.log_scalars()
+    scalars = regime.log_scalars()
     assert scalars["written_back_pixels"] == int((expected != masks[2]).sum())
     assert scalars["written_back_files"] == 1
     assert 0 < scalars["written_back_share"] < 1
@@ -283,12 +288,12 @@ def test_write_back_changes_exactly_the_expected_pixels(tmp_path: Path) -> None:
         0: (slice(2, 10), slice(0, 20)),
     }
     probs = confident_probs([regions, {}])
-    mode.prepare_targets(batch, ClipOutput(probs.log(), probs), it=5)
+    regime.prepare_targets(batch, ClipOutput(probs.log(), probs), it=5)
     expected = masks[4].copy()
     expected[0:1, 17:20] = 1
     expected[2:10][masks[4][2:10] == 1] = 0
     assert np.array_equal(read_mask(bank / "a" / "00004.png")[0], expected)
-    mode.log_scalars()
+    regime.log_scalars()
     manifest = json.loads((bank / "manifest.json").read_text())
     assert manifest["write_back"]["files_rewritten"] == 2
     # Re-finishing the bank (a rerun of pseudo-labelling) keeps the write-back record.
@@ -300,17 +305,19 @@ def test_write_back_changes_exactly_the_expected_pixels(tmp_path: Path) -> None:
 def test_write_back_needs_the_bank_and_its_manifest(tmp_path: Path) -> None:
     settings = TwoShotConfig(write_back=True)
     with pytest.raises(UserError, match="bank folder"):
-        Phase2Mode(settings)
+        Phase2Regime(settings)
     with pytest.raises(UserError, match="manifest"):
-        Phase2Mode(settings, bank=tmp_path, videos=[fake_video()])
+        Phase2Regime(settings, bank=tmp_path, videos=[fake_video()])
     bank = make_bank(tmp_path, [fake_video()], {"a": [0]}, {"a": bank_masks()})
     with pytest.raises(UserError, match="not recorded"):
-        Phase2Mode(settings, bank=bank, videos=[fake_video("b")])
-    mode = Phase2Mode(TwoShotConfig(write_back=True, phase2_start_update=0), bank=bank, videos=[fake_video()])
+        Phase2Regime(settings, bank=bank, videos=[fake_video("b")])
+    regime = Phase2Regime(
+        TwoShotConfig(write_back=True, phase2_start_update=0), bank=bank, videos=[fake_video()]
+    )
     probs = confident_probs([{}, {}])
     toy = fake_batch([0, 1, 2], np.eye(3), [1, 2], geometry=False)
     with pytest.raises(UserError, match="lack geometry, crop_box, frame_size, object_ids.*VOSClipDataset"):
-        mode.prepare_targets(toy, ClipOutput(probs.log(), probs), it=0)
+        regime.prepare_targets(toy, ClipOutput(probs.log(), probs), it=0)
 
 
 # ---------------------------------------------------------------- locking
@@ -373,9 +380,9 @@ def _train_phase2(videos: list[VideoSequence], bank: Path, out: Path, write_back
         "twoshot.refine_threshold=0.34",
         f"twoshot.write_back={str(write_back).lower()}",
     )
-    dataset = VOSClipDataset(videos, 32, mode="bank", seed=1, repeats=2)
-    mode = Phase2Mode(config.twoshot, bank=bank, videos=videos)
-    train(config, "main", dataset, out, mode=mode, device="cpu", progress=False)
+    dataset = VOSClipDataset(videos, 32, sampling="bank", seed=1, repeats=2)
+    regime = Phase2Regime(config.twoshot, bank=bank, videos=videos)
+    train(config, "main", dataset, out, regime=regime, device="cpu", progress=False)
 
 
 def test_without_write_back_the_bank_is_left_alone(bank_run, tmp_path: Path) -> None:

@@ -166,11 +166,11 @@ class ToyPropagator(Propagator):
         image: torch.Tensor,
         features: Any,
         prob: torch.Tensor,
-        kind: str | None,
+        lifetime: str | None,
         *,
         pinned: bool = False,
     ) -> None:
-        if kind is None:
+        if lifetime is None:
             return
         memory.keys.append(features.key[0].flatten(1))
         memory.values.append(F.avg_pool2d(prob[:, 1:], STRIDE)[0].flatten(1))

@@ -5,17 +5,9 @@ VOS model behind one interface: STCN, the paper's model, and Cutie (CVPR 2024), 
 their published checkpoints unchanged.
 """
 
-from typing import Any
-
 from twoshot._version import __version__
+from twoshot.lazy import lazy_exports
 
 __all__ = ["__version__", "Predictor"]
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy: ``import twoshot`` stays light (no torch) until the Predictor is asked for.
-    if name == "Predictor":
-        from twoshot.inference.predictor import Predictor
-
-        return Predictor
-    raise AttributeError(f"module 'twoshot' has no attribute {name!r}")
+# ``import twoshot`` stays light (no torch) until the Predictor is asked for.
+__getattr__ = lazy_exports(__name__, {"Predictor": "twoshot.inference.predictor"})

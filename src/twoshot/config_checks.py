@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         TrainConfig,
         TwoShotConfig,
     )
+    from twoshot.model.spec import ModelSpec
 
 MAX_OBJECTS = 254
 """Most objects a clip can hold: label-map ids 1..254 (0 is background, 255 "don't care")."""
@@ -82,15 +83,21 @@ def _refuse(checks: list[tuple[bool, str, str]], values: Any, prefix: str) -> No
             raise UserError(f"config key '{prefix}{key}': {what}, got {getattr(values, key)!r}")
 
 
-def check_model_config(model: ModelConfig) -> None:
-    """Raise UserError naming the key if ``model`` describes no network twoshot can build."""
+def registered_spec(kind: str) -> ModelSpec:
+    """The spec of the registered model ``kind`` (``model.kind``); UserError naming that key
+    and the registered models otherwise."""
     from twoshot.model.registry import model_kinds, spec_for
 
-    if model.kind not in model_kinds():
+    if kind not in model_kinds():
         raise UserError(
-            f"config key 'model.kind': {model.kind!r} is not a model; choose one of: "
-            f"{', '.join(model_kinds())}"
+            f"config key 'model.kind': {kind!r} is not a model; choose one of: {', '.join(model_kinds())}"
         )
+    return spec_for(kind)
+
+
+def check_model_config(model: ModelConfig) -> None:
+    """Raise UserError naming the key if ``model`` describes no network twoshot can build."""
+    spec = registered_spec(model.kind)
     for name in ("key_block", "value_block"):
         if getattr(model, name) not in ("basic", "bottleneck"):
             raise UserError(
@@ -109,7 +116,7 @@ def check_model_config(model: ModelConfig) -> None:
         raise UserError(
             f"config key 'model.decoder_dims': widths must be at least 1, got {model.decoder_dims}"
         )
-    check = spec_for(model.kind).check_model
+    check = spec.check_model
     if check is not None:
         check(model)
 
@@ -164,9 +171,7 @@ def check_train_config(cfg: TrainConfig, stage: str, kind: str | None = None) ->
         )
     check_curriculum(cfg.max_skip_values, cfg.max_skip_fractions, f"{stage}.")
     if kind is not None:
-        from twoshot.model.registry import spec_for
-
-        check: Callable[[TrainConfig, str], None] | None = spec_for(kind).check_train
+        check: Callable[[TrainConfig, str], None] | None = registered_spec(kind).check_train
         if check is not None:
             check(cfg, stage)
 
@@ -233,7 +238,7 @@ def check_pipeline_config(pipeline: PipelineConfig, need_data: bool = True) -> N
 
 def check_inference_settings(config: InferenceConfig, kind: str | None = None) -> None:
     """Raise UserError naming the key if propagation cannot run under ``config`` (and, with
-    ``kind``, with that model). Called at load and again by the engine, the bank and
+    ``kind``, with that model, which must be registered). Called at load and again by the engine, the bank and
     ``twoshot infer`` after its flags changed the settings, before any work."""
     checks = [
         (config.mem_every >= 1, "mem_every", "must be at least 1"),
@@ -272,10 +277,6 @@ def check_inference_settings(config: InferenceConfig, kind: str | None = None) -
             "fp32 kernels; drop one of the two"
         )
     if kind is not None:
-        from twoshot.model.registry import model_kinds, spec_for
-
-        if kind not in model_kinds():  # a network built directly, of a model not registered
-            return
-        check = spec_for(kind).check_inference
+        check = registered_spec(kind).check_inference
         if check is not None:
             check(config)

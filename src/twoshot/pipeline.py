@@ -144,7 +144,7 @@ class Pipeline:
         init: Path | str | None,
         folder: Path | None = None,
     ) -> Path:
-        """Train model ``name`` (config section ``stage``) on the (dataset, mode) that ``make``
+        """Train model ``name`` (config section ``stage``) on the (dataset, regime) that ``make``
         builds (:func:`_parts` of a recipe) into ``folder`` (default ``out/<name>``) unless its
         weights exist; resumes from a checkpoint."""
         from twoshot.train.trainer import train
@@ -156,7 +156,7 @@ class Pipeline:
             return final
 
         def work() -> Path:
-            dataset, mode = make()
+            dataset, regime = make()
             resume = (out_dir / "checkpoint.pt").is_file()
             return train(
                 self.config,
@@ -165,7 +165,7 @@ class Pipeline:
                 out_dir,
                 init=init,
                 resume=resume,
-                mode=mode,
+                regime=regime,
                 device=self.p.device,
                 progress=self.progress,
             )
@@ -467,8 +467,8 @@ def round_name(round_: int) -> str:
 
 
 def _parts(recipe: StageRecipe) -> tuple[Any, Any]:
-    """(dataset, mode) of a stage recipe (every video stage runs in section ``main``)."""
-    return recipe.dataset, recipe.mode
+    """(dataset, regime) of a stage recipe (every video stage runs in section ``main``)."""
+    return recipe.dataset, recipe.regime
 
 
 def run_pipeline(config: Config, log: Callable[[str], None] = print, progress: bool = True) -> PipelineReport:

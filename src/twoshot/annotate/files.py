@@ -28,9 +28,15 @@ class Video:
 
 def list_videos(data: Path, layout: str, split: str | None) -> list[Video]:
     """The videos of the dataset ``data`` of layout ``layout``, each with its annotation folder
-    (which may not exist). UserError for a missing image folder or an empty video file."""
+    (which may not exist; where it is comes from the layout's
+    :class:`~twoshot.data.folders.DatasetLayout`). UserError for an unknown layout, a missing
+    image folder or an empty video file."""
+    if layout not in folders.DATASET_LAYOUTS:
+        raise UserError(f"unknown dataset layout {layout!r}")
+    rules = folders.DATASET_LAYOUTS[layout]
+    annotations = rules.annotation_root(data, split)
     if layout == "video":
-        mask_dir = data.with_name(f"{data.stem}_masks")
+        mask_dir = annotations
         num = readers.video_frame_count(data)
         if num == 0:
             raise UserError(f"{data}: empty video (no frames decoded)")
@@ -40,19 +46,8 @@ def list_videos(data: Path, layout: str, split: str | None) -> list[Video]:
         seq = VideoSequence(data.stem, [], names, dict(sorted(masks.items())), video_file=data)
         return [Video(seq, mask_dir)]
     if layout == "youtube":
-        base = data if split is None else data / split
-        return [
-            Video(seq, base / "Annotations" / seq.name)
-            for seq in readers.open_dataset("youtube", data, split)
-        ]
-    if layout == "davis":
-        images = data / "JPEGImages" / "480p"
-        annotations = data / "Annotations" / "480p"
-    elif layout == "generic":
-        base = data if split is None else data / split
-        images, annotations = base / "JPEGImages", base / "Annotations"
-    else:
-        raise UserError(f"unknown dataset layout {layout!r}")
+        return [Video(seq, annotations / seq.name) for seq in readers.open_dataset("youtube", data, split)]
+    images = rules.image_root(data, split)
     if not images.is_dir():
         raise UserError(f"{images}: folder is missing")
     names = sorted(

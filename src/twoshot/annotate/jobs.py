@@ -2,7 +2,7 @@
 
 A job runs what ``twoshot pseudo-label`` runs for one video: the video restricted to its
 labeled frames by ``apply_budget``, its labeled masks, and the engine's ``bidirectional``
-mode with confidence (as :func:`twoshot.inference.pseudo_label.pseudo_label_frames`), so its
+direction with confidence (as :func:`twoshot.inference.pseudo_label.pseudo_label_frames`), so its
 masks equal the bank's for the same checkpoint and labels. Frames are kept in memory as the
 engine yields them (each one final), so the page shows the first ones while the rest are
 computed. Jobs share one engine, and a lock runs them one at a time (the engine is CPU/GPU
@@ -157,7 +157,7 @@ class PropagationJobs:
                     propagation = self.engine.frames(
                         frames,
                         job.labeled,
-                        mode="bidirectional",
+                        direction="bidirectional",
                         output_frames=wanted if job.reused else None,
                         confidence=True,
                     )
@@ -168,7 +168,10 @@ class PropagationJobs:
                         order.reverse()
                     wanted = order
                     propagation = self.engine.frames(
-                        [frames[f] for f in order], {0: job.labeled[origin]}, mode="forward", confidence=True
+                        [frames[f] for f in order],
+                        {0: job.labeled[origin]},
+                        direction="forward",
+                        confidence=True,
                     )
                 for out in propagation:
                     if job.cancel.is_set():

@@ -72,7 +72,7 @@ def create_app(
         return JSONResponse(
             {
                 "data": str(store.data),
-                "kind": store.kind,
+                "layout": store.layout,
                 "budget": str(store.budget_path),
                 "export": str(export_to),
                 "propagation": jobs is not None,

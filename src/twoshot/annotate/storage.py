@@ -37,6 +37,7 @@ from twoshot.data.budget import (
     resolve_entries,
     save_budget,
 )
+from twoshot.data.folders import DATASET_LAYOUTS
 from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import DAVIS_PALETTE, read_mask, write_mask
 from twoshot.data.writers import palette_colors
@@ -77,7 +78,7 @@ class AnnotationStore:
 
     data: a DAVIS, YouTube-VOS or generic folder, or a video file (masks then go to
     ``<stem>_masks/<frame index>.png`` beside it, as ``twoshot infer`` reads them).
-    kind: the layout (None = detected); split: DAVIS/YouTube-VOS split (None = every video
+    layout: the dataset layout (None = detected); split: DAVIS/YouTube-VOS split (None = every video
     folder for DAVIS; for YouTube-VOS the root if it holds meta.json, else ``train``);
     budget: the budget JSON to read and update (None = :func:`default_budget_path`);
     max_objects: the highest object id a video may use (1..255).
@@ -88,7 +89,7 @@ class AnnotationStore:
     def __init__(
         self,
         data: str | os.PathLike[str],
-        kind: str | None = None,
+        layout: str | None = None,
         split: str | None = None,
         budget: str | os.PathLike[str] | None = None,
         max_objects: int = DEFAULT_MAX_OBJECTS,
@@ -100,12 +101,15 @@ class AnnotationStore:
         if not 1 <= max_objects <= 255:
             raise UserError(f"--max-objects {max_objects}: expected 1..255 (object ids are palette indices)")
         self.max_objects = max_objects
-        self.kind = kind or readers.detect_layout(self.data, split or "train")
-        if self.kind == "youtube" and split is None and not (self.data / "meta.json").is_file():
-            split = "train"  # a YouTube-VOS root: its training videos are the ones to label
+        self.layout = layout or readers.detect_layout(self.data, split or "train")
+        rules = DATASET_LAYOUTS.get(self.layout)
+        if split is None and rules is not None and rules.split_folders:
+            # A YouTube-VOS root: its training videos are the ones to label (a DAVIS split is
+            # a list of videos; without one the app shows every video folder).
+            split = rules.default_split(self.data, training=True)
         # Every path served or written must resolve inside this folder.
         self.root = (self.data.parent if self.data.is_file() else self.data).resolve()
-        self.videos: dict[str, Video] = {v.seq.name: v for v in list_videos(self.data, self.kind, split)}
+        self.videos: dict[str, Video] = {v.seq.name: v for v in list_videos(self.data, self.layout, split)}
         if not self.videos:
             raise UserError(f"{self.data}: no videos")
         self.budget_path = Path(budget).absolute() if budget is not None else default_budget_path(self.data)

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(store, jobs, args.export, hosts=[args.host])
     labeled = sum(1 for frames in store.labeled.values() if frames)
     print(
-        f"twoshot annotate: {len(store.videos)} videos ({store.kind}), {labeled} with labels, "
+        f"twoshot annotate: {len(store.videos)} videos ({store.layout}), {labeled} with labels, "
         f"budget {store.budget_path}{', propagation on' if jobs else ''}"
     )
     print(f"twoshot annotate: open http://{shown}:{port}/  (Ctrl+C to stop)", flush=True)

@@ -73,17 +73,17 @@ def run(args: argparse.Namespace) -> int:
             f"--checkpoint is used only by --strategy {' or '.join(MODEL_STRATEGIES)}, not {args.strategy}"
         )
     split = args.split
-    kind = args.dataset or detect_layout(args.data, split or "train")
+    layout = args.dataset or detect_layout(args.data, split or "train")
     if split is None:
-        split = DATASET_LAYOUTS[kind].default_split(args.data, True)
-    sequences = open_dataset(kind, args.data, split, resolution=args.resolution)
+        split = DATASET_LAYOUTS[layout].default_split(args.data, True)
+    sequences = open_dataset(layout, args.data, split, resolution=args.resolution)
     if model_based:
         budget = _model_budget(sequences, args)
     else:
         budget = make_budget(sequences, shots=args.shots, strategy=args.strategy, seed=args.seed)
     save_budget(args.out, budget)
     print(
-        f"wrote {args.out} ({kind}{'/' + split if split else ''}, {args.strategy}, "
+        f"wrote {args.out} ({layout}{'/' + split if split else ''}, {args.strategy}, "
         f"{args.shots} per video, seed {args.seed})"
     )
     print(summarize_budget(sequences, budget, shots=args.shots).text())

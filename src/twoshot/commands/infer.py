@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from twoshot.commands.common import add_progress_argument
@@ -195,16 +194,16 @@ def run(args: argparse.Namespace) -> int:
     from twoshot.inference.predict import predict_sequences
 
     # YouTube-VOS roots hold split folders: look for valid/meta.json when no split is given.
-    kind = args.dataset or detect_layout(args.data, args.split or "valid")
-    split = args.split if args.split is not None else DATASET_LAYOUTS[kind].default_split(args.data, False)
+    layout = args.dataset or detect_layout(args.data, args.split or "valid")
+    split = args.split if args.split is not None else DATASET_LAYOUTS[layout].default_split(args.data, False)
     masks = args.masks
-    if kind == "video" and masks is None:
-        masks = str(Path(args.data).with_name(f"{Path(args.data).stem}_masks"))
-    sequences = open_dataset(kind, args.data, split, masks=masks if kind == "video" else None)
+    if layout == "video" and masks is None:
+        masks = str(DATASET_LAYOUTS["video"].annotation_root(args.data, None))
+    sequences = open_dataset(layout, args.data, split, masks=masks if layout == "video" else None)
     model, config = load_model_and_config(args)
     engine = PropagationEngine(model, config)
     print(
-        f"twoshot infer: {len(sequences)} videos from {args.data} ({kind}"
+        f"twoshot infer: {len(sequences)} videos from {args.data} ({layout}"
         f"{', ' + split if split else ''}) on {engine.device}, shorter side "
         f"{'native' if config.size == -1 else config.size}"
     )
@@ -212,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         engine,
         sequences,
         args.out,
-        youtube=kind == "youtube",
+        youtube=layout == "youtube",
         all_frames=args.all_frames,
         backward=args.backward,
         overlay=args.overlay,

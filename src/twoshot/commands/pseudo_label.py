@@ -43,16 +43,16 @@ def run(args: argparse.Namespace) -> int:
     from twoshot.data.readers import detect_layout, open_dataset
     from twoshot.inference.pseudo_label import build_bank
 
-    kind = args.dataset or detect_layout(args.data, args.split)
-    if kind == "video":
+    layout = args.dataset or detect_layout(args.data, args.split)
+    if layout == "video":
         raise UserError(
             f"{args.data}: pseudo-labelling needs a dataset folder (davis, youtube "
             "or generic), not a video file"
         )
     split: str | None = args.split
-    if kind == "generic" and not (Path(args.data) / args.split).is_dir():
+    if layout == "generic" and not (Path(args.data) / args.split).is_dir():
         split = None  # a generic root holds JPEGImages/ itself
-    sequences = open_dataset(kind, args.data, split)
+    sequences = open_dataset(layout, args.data, split)
     model, config = load_model_and_config(args)
     summary = build_bank(
         model,

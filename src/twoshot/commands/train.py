@@ -1,6 +1,6 @@
 """``twoshot train``: one training stage -- static-image pretraining, full supervision, the naive
 2-shot baseline, two-shot phase 1 or phase 2 -- for any model (``model.kind``); each stage's data
-and mode come from :mod:`twoshot.train.recipes`, as in ``twoshot pipeline``.
+and regime come from :mod:`twoshot.train.recipes`, as in ``twoshot pipeline``.
 
 Runs unchanged under ``torchrun --nproc_per_node=N -m twoshot.cli train ...`` (or the
 ``twoshot`` script): each process trains ``batch_size`` samples per step, so the global batch
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         init=args.init,
         resume=args.resume,
-        mode=recipe.mode,
+        regime=recipe.regime,
         device=args.device,
         progress=not args.no_progress,
     )

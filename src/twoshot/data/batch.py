@@ -7,7 +7,7 @@ those into the batch the trainer consumes. K is the same for every clip of a dat
 ``num_objects``): a clip with fewer objects pads its slots, which ``selector`` marks 0.
 
 Phases substitute targets with :meth:`ClipBatch.replace` (``batch.replace(cls_gt=...)``);
-the batch itself is immutable, so a mode never changes what another hook sees.
+the batch itself is immutable, so a regime never changes what another hook sees.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from twoshot.data.folders import DATASET_LAYOUTS
 from twoshot.data.masks import write_frame, write_mask
 
 PathLike = str | os.PathLike[str]
@@ -44,7 +45,7 @@ class GeneratedDataset:
     """What a ``make_*`` fixture wrote.
 
     root: path to give ``open_dataset`` (for a video: the video file).
-    kind / split: the ``open_dataset`` arguments that read it back.
+    layout / split: the ``open_dataset`` arguments that read it back.
     frames: video -> uint8 [T, H, W, 3] as generated (before JPEG / video compression).
     labels: video -> uint8 [T, H, W], the full ground truth of every frame.
     annotated: video -> frame indices whose annotation PNG was written.
@@ -53,7 +54,7 @@ class GeneratedDataset:
     """
 
     root: Path
-    kind: str
+    layout: str
     split: str | None
     frames: dict[str, np.ndarray] = field(default_factory=dict)
     labels: dict[str, np.ndarray] = field(default_factory=dict)
@@ -136,7 +137,7 @@ def make_davis(
     """
     root = Path(root)
     videos = dict(videos or {"bear": 6, "cat": 5})
-    data = GeneratedDataset(root=root, kind="davis", split="train")
+    data = GeneratedDataset(root=root, layout="davis", split="train")
     for v, (name, length) in enumerate(sorted(videos.items())):
         frames, labels = random_video(length, size, object_ids=object_ids, seed=seed * 1000 + v)
         names = _names(length)
@@ -188,7 +189,7 @@ def make_youtube(
     videos = dict(videos or {"a1b2c3": 16, "d4e5f6": 11})
     first_frames = dict({3: 5} if first_frames is None else first_frames)
     is_train = split.lower().startswith("train")
-    data = GeneratedDataset(root=Path(root), kind="youtube", split=split)
+    data = GeneratedDataset(root=Path(root), layout="youtube", split=split)
     meta: dict[str, dict] = {"videos": {}}
     for v, (name, length) in enumerate(sorted(videos.items())):
         frames, labels = random_video(
@@ -249,7 +250,7 @@ def make_generic(
     root = Path(root)
     videos = dict(videos or {"clip": 6})
     first_frames = dict(first_frames or {})
-    data = GeneratedDataset(root=root, kind="generic", split=None)
+    data = GeneratedDataset(root=root, layout="generic", split=None)
     for v, (name, length) in enumerate(sorted(videos.items())):
         frames, labels = random_video(
             length, size, object_ids=object_ids, first_frames=first_frames, seed=seed * 1000 + v
@@ -289,13 +290,13 @@ def make_video_file(
     path = Path(path)
     frames, labels = random_video(num_frames, size, object_ids=object_ids, seed=seed)
     write_video(path, frames, fps=fps)
-    masks_dir = path.with_name(f"{path.stem}_masks")
+    masks_dir = DATASET_LAYOUTS["video"].annotation_root(path, None)
     for i in mask_frames:
         write_mask(masks_dir / f"{i:05d}.png", labels[i], palette)
     name = path.stem
     return GeneratedDataset(
         root=path,
-        kind="video",
+        layout="video",
         split=None,
         frames={name: frames},
         labels={name: labels},

@@ -27,14 +27,15 @@ FRAME_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 
 @dataclass(frozen=True)
 class DatasetLayout:
-    """The rules of one on-disk dataset layout that commands, recipes and the pipeline need
-    beyond opening it (:func:`twoshot.data.readers.open_dataset`).
+    """The rules of one on-disk dataset layout that commands, recipes, the pipeline and the
+    annotation app need beyond opening it (:func:`twoshot.data.readers.open_dataset`): where
+    its frames and annotations are, its default splits, its annotation stride.
 
     name: ``davis`` | ``youtube`` | ``generic`` | ``video``; annotation_stride: every how
     many frames a training video is annotated (YouTube-VOS: 5); train_split / eval_split:
-    the splits commands default to (None: the root itself); split_folders: splits are
-    sub-folders holding ``meta.json`` (YouTube-VOS), so a default split is taken only where
-    that folder exists.
+    the splits commands default to (None: the root itself); split_folders: a split is a
+    sub-folder of the root (YouTube-VOS, whose default split is taken only where that folder
+    holds ``meta.json``, and generic folders; a DAVIS split is a list of videos).
     """
 
     name: str
@@ -50,10 +51,23 @@ class DatasetLayout:
             return None
         return split
 
+    def split_root(self, root: str | Path, split: str | None) -> Path:
+        """The folder holding ``split``'s JPEGImages / Annotations (``root`` itself unless
+        splits are sub-folders)."""
+        return Path(root) / split if self.split_folders and split else Path(root)
+
+    def image_root(self, root: str | Path, split: str | None) -> Path:
+        """The folder of per-video frame folders of ``split`` under ``root`` (DAVIS: 480p)."""
+        base = self.split_root(root, split) / "JPEGImages"
+        return base / "480p" if self.name == "davis" else base
+
     def annotation_root(self, root: str | Path, split: str | None) -> Path:
-        """The folder of per-video annotation folders of ``split`` under ``root``."""
-        base = Path(root) / split if self.split_folders and split else Path(root)
-        return base / "Annotations" / "480p" if self.name == "davis" else base / "Annotations"
+        """The folder of per-video annotation folders of ``split`` under ``root`` (DAVIS:
+        480p); for a video file ``root``, the folder of its masks, ``<stem>_masks`` beside it."""
+        if self.name == "video":
+            return Path(root).with_name(f"{Path(root).stem}_masks")
+        base = self.split_root(root, split) / "Annotations"
+        return base / "480p" if self.name == "davis" else base
 
 
 DATASET_LAYOUTS: dict[str, DatasetLayout] = {
@@ -61,7 +75,7 @@ DATASET_LAYOUTS: dict[str, DatasetLayout] = {
     "youtube": DatasetLayout(
         "youtube", annotation_stride=5, train_split="train", eval_split="valid", split_folders=True
     ),
-    "generic": DatasetLayout("generic"),
+    "generic": DatasetLayout("generic", split_folders=True),
     "video": DatasetLayout("video"),
 }
 """Every layout :func:`twoshot.data.readers.open_dataset` reads, by name."""

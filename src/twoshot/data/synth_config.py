@@ -158,10 +158,10 @@ class SynthConfig:
                     value: Any = text.strip().lower() in ("true", "1", "yes")
                 elif isinstance(current, tuple):
                     parts = [p for p in text.replace(" ", "").split(",") if p]
-                    kind = type(current[0])
+                    element_type = type(current[0])
                     if len(parts) != 2:
                         raise ValueError(text)
-                    value = (kind(parts[0]), kind(parts[1]))
+                    value = (element_type(parts[0]), element_type(parts[1]))
                 else:
                     value = type(current)(text)
             except ValueError:

@@ -89,13 +89,13 @@ def load_photos() -> tuple[tuple[str, np.ndarray, bool], ...]:
 class TextureFamily:
     """A recipe for look-alike textures.
 
-    kind: "photo" (crops of ``photos()[source]``) or "noise" / "stripes" / "spots" (procedural).
+    pattern: "photo" (crops of ``photos()[source]``) or "noise" / "stripes" / "spots" (procedural).
     source: photo index for "photo".
-    colors: 3 RGB colours (0..1) for procedural kinds, and the tint of a gray photo.
+    colors: 3 RGB colours (0..1) for procedural patterns, and the tint of a gray photo.
     detail: spatial frequency of procedural textures (cycles per patch, roughly).
     """
 
-    kind: str
+    pattern: str
     source: int
     colors: tuple[tuple[float, float, float], ...]
     detail: float
@@ -118,8 +118,8 @@ def random_family(rng: np.random.Generator, photo_share: float, use_photos: bool
     colors = _random_colors(rng, 3)
     if photos and rng.random() < photo_share:
         return TextureFamily("photo", int(rng.integers(len(photos))), colors, 0.0)
-    kind = ("noise", "stripes", "spots")[int(rng.integers(3))]
-    return TextureFamily(kind, -1, colors, float(rng.uniform(2.0, 6.0)))
+    pattern = ("noise", "stripes", "spots")[int(rng.integers(3))]
+    return TextureFamily(pattern, -1, colors, float(rng.uniform(2.0, 6.0)))
 
 
 def _fractal_noise(rng: np.random.Generator, size: int, detail: float) -> np.ndarray:
@@ -156,12 +156,12 @@ def _colorize(value: np.ndarray, colors: tuple[tuple[float, float, float], ...])
 def _procedural_patch(family: TextureFamily, rng: np.random.Generator, size: int) -> np.ndarray:
     """A fresh procedural texture of the family (same recipe and colours, new randomness)."""
     noise = _fractal_noise(rng, size, family.detail)
-    if family.kind == "stripes":
+    if family.pattern == "stripes":
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
         theta = rng.uniform(0, np.pi)
         wave = np.sin(2 * np.pi * family.detail * (xx * np.cos(theta) + yy * np.sin(theta)) + 4.0 * noise)
         value = 0.5 + 0.5 * wave
-    elif family.kind == "spots":
+    elif family.pattern == "spots":
         fine = _fractal_noise(rng, size, family.detail * 2.5)
         value = 0.6 * noise + 0.4 * (fine > 0.6)
     else:
@@ -176,10 +176,10 @@ def texture_patch(
 
     For a photo: a random square crop whose side is ``crop`` (fraction of the photo's short
     side), randomly flipped / turned, resized to ``size``; gray photos are tinted with the
-    family's colours. Procedural kinds draw new noise with the family's recipe.
+    family's colours. Procedural patterns draw new noise with the family's recipe.
     """
     size = int(max(4, size))
-    if family.kind != "photo":
+    if family.pattern != "photo":
         return _procedural_patch(family, rng, size).astype(np.float32)
     photos = load_photos()
     _, photo, gray = photos[family.source % len(photos)]

@@ -1,7 +1,7 @@
 """Map-style dataset of training clips from videos (STCN main training, two-shot phases).
 
 :class:`VOSClipDataset` turns ``list[VideoSequence]`` into training clips, each a
-:class:`~twoshot.data.batch.ClipBatch` of one clip (T = 3, or ``num_frames`` in modes full
+:class:`~twoshot.data.batch.ClipBatch` of one clip (T = 3, or ``num_frames`` in samplings full
 and bank; S = crop size; K = ``num_objects``) with every field set:
 
 - the objects are up to K distinct objects present in frame 0 *after* augmentation, drawn by
@@ -13,7 +13,7 @@ and bank; S = crop size; K = ``num_objects``) with every field set:
 - ``geometry``, ``crop_box``, ``frame_size`` and ``object_ids`` let phase 2 write refined
   labels back onto the original frames (:mod:`twoshot.train.write_back`).
 
-Modes (DESIGN.md §2):
+Samplings (DESIGN.md §2):
 
 - ``full``: STCN main training; clips by STCN's sampling over the annotated frames (all of
   them in DAVIS; YouTube-VOS's every-5th-frame lists use ``annotation_stride=5``).
@@ -26,9 +26,9 @@ Modes (DESIGN.md §2):
 - ``bank``: phase 2; every frame has a (pseudo) label in the bank and any may be the
   reference; STCN sampling over all frames. A video missing bank PNGs is an error.
 
-With ``num_frames`` other than 3 (Cutie's 8-frame clips), modes full and bank draw their
+With ``num_frames`` other than 3 (Cutie's 8-frame clips), samplings full and bank draw their
 frames as Cutie does (:func:`twoshot.data.sampling.sample_window_frames`), from the annotated
-frames (full) or all frames (bank); the other modes keep 3-frame clips.
+frames (full) or all frames (bank); the other samplings keep 3-frame clips.
 
 A sample is a pure function of ``(seed, epoch, index)`` and the current max skip:
 :meth:`set_epoch` and :meth:`set_max_skip` change them. DataLoader workers hold their own copy
@@ -64,21 +64,21 @@ from twoshot.data.sampling import (
 )
 from twoshot.errors import UserError
 
-MODES = ("full", "labeled_only", "phase1", "bank")
+CLIP_SAMPLINGS = ("full", "labeled_only", "phase1", "bank")
 VOID_LABEL = 255  # DAVIS-style "don't care"; never chosen as an object, read as background
 
 
 class VOSClipDataset(Dataset):
     """Training clips from videos; one sample per video per ``repeats`` (see module doc).
 
-    sequences: the videos; crop_size: S; mode: one of :data:`MODES`; max_skip: the initial
+    sequences: the videos; crop_size: S; sampling: one of :data:`CLIP_SAMPLINGS`; max_skip: the initial
     curriculum value (frames; divided by ``annotation_stride`` for lists of every n-th
     frame, e.g. 5 for YouTube-VOS); seed: base of every sample's generator; repeats: the
     dataset lists each video this many times (distinct samples; helps tiny datasets fill
     batches); max_tries: crops re-drawn when the first frame loses every object (STCN: 5);
     augment: the clip augmentation (STCN's at ``crop_size`` by default);
-    labeled_clip_share: mode ``phase1`` only, the chance that a sample is a labeled-only
-    clip (as mode ``labeled_only``) instead of a phase-1 clip (0 = the reference);
+    labeled_clip_share: sampling ``phase1`` only, the chance that a sample is a labeled-only
+    clip (as sampling ``labeled_only``) instead of a phase-1 clip (0 = the reference);
     num_objects: K, the objects per clip (STCN 2, Cutie 3).
     Videos with fewer than 3 frames or without annotations are skipped with one warning;
     UserError if none is usable or if a listed file is missing.
@@ -88,7 +88,7 @@ class VOSClipDataset(Dataset):
         self,
         sequences: Sequence[VideoSequence],
         crop_size: int,
-        mode: str = "full",
+        sampling: str = "full",
         *,
         max_skip: int = 5,
         annotation_stride: int = 1,
@@ -100,8 +100,8 @@ class VOSClipDataset(Dataset):
         num_frames: int = CLIP_LENGTH,
         num_objects: int = 2,
     ) -> None:
-        if mode not in MODES:
-            raise UserError(f"unknown clip mode {mode!r}; choose one of: {', '.join(MODES)}")
+        if sampling not in CLIP_SAMPLINGS:
+            raise UserError(f"unknown clip sampling {sampling!r}; choose one of: {', '.join(CLIP_SAMPLINGS)}")
         if crop_size < 1:
             raise UserError(f"crop size must be positive, got {crop_size}")
         if repeats < 1 or max_tries < 1:
@@ -114,11 +114,11 @@ class VOSClipDataset(Dataset):
             raise UserError(f"labeled_clip_share must be in [0, 1], got {labeled_clip_share}")
         if num_objects < 1:
             raise UserError(f"a training clip needs at least 1 object, got num_objects={num_objects}")
-        self.mode = mode
+        self.sampling = sampling
         self.num_objects = num_objects
-        # Modes full and bank take clips of num_frames frames (Cutie's 8-frame clips); the
+        # Samplings full and bank take clips of num_frames frames (Cutie's 8-frame clips); the
         # two-shot warm-up and phase-1 clips are 3 frames by the method's design.
-        self.num_frames = num_frames if mode in ("full", "bank") else CLIP_LENGTH
+        self.num_frames = num_frames if sampling in ("full", "bank") else CLIP_LENGTH
         self.labeled_clip_share = labeled_clip_share
         self.crop_size = crop_size
         self.annotation_stride = annotation_stride
@@ -165,7 +165,11 @@ class VOSClipDataset(Dataset):
             )
         if video.num_frames < self.num_frames:
             return f"{video.num_frames} frames, clips need {self.num_frames}"
-        if self.num_frames != CLIP_LENGTH and self.mode == "full" and len(video.mask_paths) < self.num_frames:
+        if (
+            self.num_frames != CLIP_LENGTH
+            and self.sampling == "full"
+            and len(video.mask_paths) < self.num_frames
+        ):
             return f"{len(video.mask_paths)} annotated frames, clips need {self.num_frames}"
         if not video.mask_paths:
             return "no annotated frame"
@@ -175,7 +179,7 @@ class VOSClipDataset(Dataset):
                 f"video {video.name}: annotation for frame {bad[0]}, but the video "
                 f"has {video.num_frames} frames"
             )
-        if self.mode == "bank" and len(video.mask_paths) < video.num_frames:
+        if self.sampling == "bank" and len(video.mask_paths) < video.num_frames:
             missing = next(i for i in range(video.num_frames) if i not in video.mask_paths)
             raise UserError(
                 f"video {video.name}: the pseudo-label bank has no mask for frame "
@@ -201,18 +205,18 @@ class VOSClipDataset(Dataset):
         self.max_skip = effective_max_skip(max_skip, self.annotation_stride)
 
     def sample_frames(self, rng: np.random.Generator, video_index: int) -> list[int]:
-        """Frame indices of one clip of video ``video_index`` under the dataset's mode."""
+        """Frame indices of one clip of video ``video_index`` under the dataset's sampling."""
         video = self.videos[video_index]
         source = cast(RandomSource, rng)  # a Generator is one; its overloaded stubs hide it
-        if self.mode == "phase1" and not (
+        if self.sampling == "phase1" and not (
             self.labeled_clip_share > 0 and rng.random() < self.labeled_clip_share
         ):
             return sample_phase1_frames(source, video.num_frames, self._annotated[video_index], self.max_skip)
-        if self.num_frames != CLIP_LENGTH:  # modes full and bank only
-            positions = self._annotated[video_index] if self.mode == "full" else range(video.num_frames)
+        if self.num_frames != CLIP_LENGTH:  # samplings full and bank only
+            positions = self._annotated[video_index] if self.sampling == "full" else range(video.num_frames)
             picks = sample_window_frames(source, len(positions), self.num_frames, self.max_skip)
             return [int(positions[p]) for p in picks]
-        if self.mode == "bank":
+        if self.sampling == "bank":
             return sample_stcn_frames(source, video.num_frames, self.max_skip)
         return sample_list_frames(source, self._annotated[video_index], self.max_skip)
 
@@ -235,7 +239,7 @@ class VOSClipDataset(Dataset):
             ]
             clip = self.augment.augment_clip(rng, images, masks)
             first = clip.masks[0]
-            assert first is not None  # every mode starts at an annotated frame
+            assert first is not None  # every sampling starts at an annotated frame
             objects = [int(o) for o in np.unique(first) if o not in (0, VOID_LABEL)]
             if objects:
                 chosen = sample_objects(cast(RandomSource, rng), objects, self.num_objects)

@@ -11,6 +11,7 @@ from twoshot.inference.engine import PropagationEngine
 from twoshot.inference.frames import EngineStats, PropagationResult
 from twoshot.inference.predictor import Predictor
 from twoshot.inference.schedule import assign_sources
+from twoshot.lazy import lazy_exports
 
 __all__ = [
     "Predictor",
@@ -20,12 +21,5 @@ __all__ = [
     "assign_sources",
     "build_bank",
 ]
-
-
-def __getattr__(name: str) -> object:
-    # build_bank pulls in the dataset readers and writers: imported on first use only.
-    if name == "build_bank":
-        from twoshot.inference.pseudo_label import build_bank
-
-        return build_bank
-    raise AttributeError(f"module 'twoshot.inference' has no attribute {name!r}")
+# build_bank pulls in the dataset readers and writers: imported on first use only.
+__getattr__ = lazy_exports(__name__, {"build_bank": "twoshot.inference.pseudo_label"})

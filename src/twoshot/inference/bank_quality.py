@@ -69,10 +69,10 @@ def video_labels(
     if engine is None:
         raise ValueError(f"method {method!r} needs an engine")
     if method == "bank":
-        return engine.propagate(load_frames(seq), masks, mode="bidirectional").masks
+        return engine.propagate(load_frames(seq), masks, direction="bidirectional").masks
     if method == "forward":
         first = min(masks)
-        return engine.propagate(load_frames(seq), {first: masks[first]}, mode="forward").masks
+        return engine.propagate(load_frames(seq), {first: masks[first]}, direction="forward").masks
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 

@@ -93,7 +93,7 @@ def _run(
     of frame ``order[0]``), its memory holding only that frame and its own predictions.
     Yields (frame, float32 [1+K, H, W] on the CPU) for the other frames, channels
     background then ``ids`` (objects the mask lacks get 0)."""
-    propagation = engine.frames(_Ordered(frames, order), {0: mask}, mode="forward", probabilities=True)
+    propagation = engine.frames(_Ordered(frames, order), {0: mask}, direction="forward", probabilities=True)
     position = [0] + [1 + ids.index(obj) for obj in propagation.object_ids]
     for out in propagation:
         if out.frame == 0:

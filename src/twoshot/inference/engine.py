@@ -60,7 +60,7 @@ from twoshot.inference.key_cache import FramesOnDemand, FrameSource, KeyCache
 from twoshot.inference.schedule import Run, forward_runs, fused_runs, nearest_runs
 from twoshot.model.interface import VOSModel, Wrap, inference_memory_format
 
-MODES: tuple[str, ...] = ("forward", "bidirectional")
+DIRECTIONS: tuple[str, ...] = ("forward", "bidirectional")
 
 
 def _check_precision(config: InferenceConfig, device: torch.device, model: VOSModel) -> None:
@@ -85,7 +85,7 @@ def _check_precision(config: InferenceConfig, device: torch.device, model: VOSMo
 class Propagation(Iterator[FrameOutput]):
     """The frames of one video's propagation, each yielded once, as soon as it is final.
 
-    Order: in ``bidirectional`` mode the labeled frames first; then each run's frames as it
+    Order: in the ``bidirectional`` direction the labeled frames first; then each run's frames as it
     reaches them; frames no run reaches (e.g. before the first annotation) last. Attributes
     known before iterating: ``object_ids`` (the video's, ascending), ``num_frames``, ``size``
     (H, W); ``stats`` is complete once the iteration is over.
@@ -164,7 +164,7 @@ class PropagationEngine:
         frames: FrameSource,
         masks_by_frame: Mapping[int, np.ndarray],
         *,
-        mode: str = "forward",
+        direction: str = "forward",
         output_frames: Collection[int] | None = None,
         confidence: bool = False,
         probabilities: bool = False,
@@ -173,9 +173,9 @@ class PropagationEngine:
 
         frames: T frames, uint8 [H, W, 3] each (an array [T, H, W, 3] or a lazy sequence,
             read about once per frame).
-        masks_by_frame: {frame index: uint8 [H, W] object ids}. ``forward`` mode: each
+        masks_by_frame: {frame index: uint8 [H, W] object ids}. direction ``forward``: each
             object starts on the first frame whose mask shows it; later masks add objects
-            (YouTube-VOS) or overwrite an object's pixels there. ``bidirectional`` mode
+            (YouTube-VOS) or overwrite an object's pixels there. ``bidirectional``
             (two-shot pseudo labels): every given frame is a labeled frame showing all its
             objects; each other frame takes the propagation from its nearest labeled frame
             (DESIGN.md section 2; ``config.merge == "fused"``: frames between two labeled
@@ -191,8 +191,8 @@ class PropagationEngine:
         frame of the video is yielded exactly once (frames not in ``output_frames`` may come
         as background with source None).
         """
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         num_frames = len(frames)
         if num_frames == 0:
             raise UserError("empty video: no frames")
@@ -204,7 +204,9 @@ class PropagationEngine:
         object_ids = sorted({int(o) for m in masks.values() for o in np.unique(m) if o != 0})
         cfg = self.config
         wanted = None if output_frames is None else {int(f) for f in output_frames}
-        plan = forward_runs if mode == "forward" else fused_runs if cfg.merge == "fused" else nearest_runs
+        plan = (
+            forward_runs if direction == "forward" else fused_runs if cfg.merge == "fused" else nearest_runs
+        )
         every_frame = self.propagator.segments_every_frame
         runs = plan(num_frames, list(masks), wanted, cfg.mem_every, cfg.include_last, every_frame)
         stats = EngineStats(runs=len(runs))
@@ -216,9 +218,9 @@ class PropagationEngine:
             (scale, flip) for scale in cfg.scales for flip in ((False, True) if cfg.flip else (False,))
         ]
         if variants == [(1.0, False)]:
-            generator = self._generate(frames, masks, mode, runs, output, stats)
+            generator = self._generate(frames, masks, direction, runs, output, stats)
         else:
-            generator = self._augmented(frames, masks, mode, runs, output, variants, stats)
+            generator = self._augmented(frames, masks, direction, runs, output, variants, stats)
         return Propagation(generator, object_ids, num_frames, (height, width), stats)
 
     def propagate(
@@ -226,7 +228,7 @@ class PropagationEngine:
         frames: FrameSource,
         masks_by_frame: Mapping[int, np.ndarray],
         *,
-        mode: str = "forward",
+        direction: str = "forward",
         output_frames: Collection[int] | None = None,
         confidence: bool = False,
         probabilities: bool = False,
@@ -239,7 +241,7 @@ class PropagationEngine:
         propagation = self.frames(
             frames,
             masks_by_frame,
-            mode=mode,
+            direction=direction,
             output_frames=output_frames,
             confidence=confidence,
             probabilities=probabilities,
@@ -272,7 +274,7 @@ class PropagationEngine:
         self,
         frames: FrameSource,
         masks: dict[int, np.ndarray],
-        mode: str,
+        direction: str,
         runs: list[Run],
         output: FrameMaker,
         variants: list[tuple[float, bool]],
@@ -296,7 +298,7 @@ class PropagationEngine:
             source: FrameSource = _Mirrored(frames) if flip else frames
             given = {f: np.ascontiguousarray(m[:, ::-1]) for f, m in masks.items()} if flip else masks
             part = EngineStats()
-            parts.append((flip, part, self._generate(source, given, mode, runs, maker, part)))
+            parts.append((flip, part, self._generate(source, given, direction, runs, maker, part)))
         for outs in zip(*(generator for _, _, generator in parts)):
             with torch.inference_mode():
                 total: torch.Tensor | None = None
@@ -321,7 +323,7 @@ class PropagationEngine:
         self,
         frames: FrameSource,
         masks: dict[int, np.ndarray],
-        mode: str,
+        direction: str,
         runs: list[Run],
         output: FrameMaker,
         stats: EngineStats,
@@ -356,7 +358,7 @@ class PropagationEngine:
             return output.predicted(frame, held.total / held.weight, output.object_ids, held.source)
 
         covered: set[int] = set()
-        if mode == "bidirectional":
+        if direction == "bidirectional":
             for frame, labels in masks.items():
                 covered.add(frame)
                 yield output.given(frame, labels, source=frame)

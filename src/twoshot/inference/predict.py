@@ -189,7 +189,7 @@ def _write_video(
     propagation = engine.frames(
         frames,
         given,
-        mode="bidirectional" if backward else "forward",
+        direction="bidirectional" if backward else "forward",
         output_frames=sorted(wanted) if wanted is not None else None,
     )
     with contextlib.ExitStack() as stack:

@@ -106,7 +106,7 @@ class Predictor:
         return self.engine.propagate(
             frames,
             masks_by_frame,
-            mode="bidirectional" if backward else "forward",
+            direction="bidirectional" if backward else "forward",
             probabilities=probabilities,
             confidence=confidence,
         )

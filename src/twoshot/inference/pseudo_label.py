@@ -77,7 +77,9 @@ def pseudo_label_frames(
     for index, labels in labeled_masks.items():
         if not labels.any():
             raise UserError(f"{seq.mask_paths[index]}: labeled frame shows no object")
-    propagation = engine.frames(load_frames(seq), labeled_masks, mode="bidirectional", confidence=confidence)
+    propagation = engine.frames(
+        load_frames(seq), labeled_masks, direction="bidirectional", confidence=confidence
+    )
     return propagation, sorted(labeled_masks), palette
 
 

@@ -40,7 +40,7 @@ def propagation_uncertainty(engine: PropagationEngine, predictions: Predictions 
 
     def uncertainty(frames: FrameSource, masks: Mapping[int, np.ndarray]) -> np.ndarray:
         scores = np.zeros(len(frames))
-        for out in engine.frames(frames, masks, mode="bidirectional", confidence=True):
+        for out in engine.frames(frames, masks, direction="bidirectional", confidence=True):
             assert out.confidence is not None
             scores[out.frame] = 1.0 - float(out.confidence.mean()) / 255.0
             if predictions is not None:

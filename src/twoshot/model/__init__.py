@@ -5,8 +5,7 @@ a folder with a spec (:mod:`twoshot.model.spec`) listed in :mod:`twoshot.model.r
 The names below are imported on first use: the configuration reads the registry without
 importing torch."""
 
-import importlib
-from typing import Any
+from twoshot.lazy import lazy_exports
 
 _EXPORTS = {
     "STCN": "twoshot.model.stcn.network",
@@ -22,9 +21,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'twoshot.model' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -145,14 +145,14 @@ class Propagator(ABC):
         image: torch.Tensor,
         features: FrameFeatures,
         prob: torch.Tensor,
-        kind: str | None,
+        lifetime: str | None,
         *,
         pinned: bool = False,
     ) -> None:
         """Take a frame's final probabilities (after any annotation overlay) into ``memory``.
 
         Called once for every frame a run processes, in order. prob float [1, 1+K, Hp, Wp]
-        as :meth:`segment` returns; kind: :data:`PERMANENT` or :data:`TEMPORARY` to add
+        as :meth:`segment` returns; lifetime: :data:`PERMANENT` or :data:`TEMPORARY` to add
         the frame to memory, None to only update recurrent state (models without any
         ignore it); pinned: the frame is an annotation, never evicted from bounded memory.
         """

@@ -6,8 +6,7 @@ importing a light submodule (``twoshot.train.targets``) does not load the whole 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from twoshot.lazy import lazy_exports
 
 _EXPORTS = {
     "train": "twoshot.train.trainer",
@@ -15,8 +14,8 @@ _EXPORTS = {
     "TrainingDiverged": "twoshot.train.trainer",
     "build_stage_dataset": "twoshot.train.recipes",
     "STAGES": "twoshot.train.trainer",
-    "TrainingMode": "twoshot.train.modes",
-    "SupervisedMode": "twoshot.train.modes",
+    "TrainingRegime": "twoshot.train.regimes",
+    "SupervisedRegime": "twoshot.train.regimes",
     "ClipOutput": "twoshot.train.forward",
     "forward_batch": "twoshot.train.forward",
     "clip_loss": "twoshot.train.loss",
@@ -24,9 +23,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'twoshot.train' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -12,7 +12,7 @@ One DataLoader serves many epochs: its batch sampler is endless and each index c
 whichever process makes the sample when they change. This is what rebuilding the loader per
 epoch and per curriculum step would do, without restarting the worker processes -- a small
 dataset (a handful of videos) has epochs of a single batch. The loader is rebuilt only when
-the dataset object changes (a TrainingMode switching phase) or on resume.
+the dataset object changes (a TrainingRegime switching phase) or on resume.
 
 Each sample is also made with Python's, NumPy's and torch's global generators seeded from
 (seed, epoch, index), so datasets that draw from the global generators are reproducible too,

@@ -1,4 +1,4 @@
-"""The two training phases of the two-shot method as :class:`TrainingMode` hooks (DESIGN §2).
+"""The two training phases of the two-shot method as :class:`TrainingRegime` hooks (DESIGN §2).
 
 Phase 1 trains on the labeled frames only up to iteration ``end_warm`` (0-based, included, as
 the paper's code), then on clips that start at a labeled frame and run over all frames, with
@@ -23,7 +23,7 @@ from twoshot.data.batch import ClipBatch
 from twoshot.data.layout import VideoSequence
 from twoshot.errors import UserError
 from twoshot.train.forward import ClipOutput, forward_batch
-from twoshot.train.modes import SupervisedMode
+from twoshot.train.regimes import SupervisedRegime
 from twoshot.train.targets import IGNORE, confident_labels, pseudo_label_targets, refine_targets
 from twoshot.train.teacher import ema_update, make_teacher
 from twoshot.train.write_back import BankWriter
@@ -47,11 +47,11 @@ class _Averages:
         return means
 
 
-class Phase1Mode(SupervisedMode):
+class Phase1Regime(SupervisedRegime):
     """Two-shot phase 1: labeled-frame warm-up, then EMA-teacher pseudo labels.
 
-    warmup_dataset: clips from labeled frames only (VOSClipDataset mode ``labeled_only``).
-    clip_dataset: clips starting at a labeled frame over all frames (mode ``phase1``), whose
+    warmup_dataset: clips from labeled frames only (VOSClipDataset sampling ``labeled_only``).
+    clip_dataset: clips starting at a labeled frame over all frames (sampling ``phase1``), whose
     unlabeled frames have ``cls_gt`` -1 and ``labeled`` False.
     """
 
@@ -135,7 +135,7 @@ class Phase1Mode(SupervisedMode):
         return self.averages.pop()
 
 
-class Phase2Mode(SupervisedMode):
+class Phase2Regime(SupervisedRegime):
     """Two-shot phase 2: train on the pseudo-label bank with online refinement.
 
     settings: the two-shot settings. bank / videos: the pseudo-label bank folder and the

@@ -1,9 +1,9 @@
 """The training loop of any model (STCN's, DESIGN.md §2-3) with the two-shot extension point.
 
 One iteration: the next batch from the seeded stream (max skip by the curriculum), the clip
-forward pass (:mod:`twoshot.train.forward`) under AMP on CUDA, the mode's targets, the
+forward pass (:mod:`twoshot.train.forward`) under AMP on CUDA, the regime's targets, the
 bootstrapped CE (:mod:`twoshot.train.loss`), backward, optional gradient clipping, Adam step,
-MultiStepLR step, the mode's ``after_step``. BatchNorm is frozen: the network stays in eval
+MultiStepLR step, the regime's ``after_step``. BatchNorm is frozen: the network stays in eval
 mode throughout, as in STCN (its affine parameters still train).
 
 Files in ``out_dir`` (rank 0 writes them, atomically):
@@ -11,7 +11,8 @@ Files in ``out_dir`` (rank 0 writes them, atomically):
 - ``checkpoint.pt``: the training checkpoint every ``save_every`` iterations and at the end:
   ``{it, network, optimizer, scheduler, scaler, rng, stream, curriculum, mode, stage,
   world_size, config}`` (``it`` = completed iterations; ``network`` is a raw state dict,
-  so :func:`twoshot.model.checkpoint.read_state_dict` reads it as the published checkpoints);
+  so :func:`twoshot.model.checkpoint.read_state_dict` reads it as the published checkpoints;
+  ``mode``: the regime's ``extra_state()``, a name kept so that older checkpoints resume);
 - ``final.pth``: the final weights in the published checkpoints' format (:func:`save_weights`);
 - ``config.json``: the configuration of the run; ``log.jsonl`` and ``tensorboard/``: logs.
 
@@ -49,8 +50,8 @@ from twoshot.train.forward import ClipModel, ClipOutput, forward_batch
 from twoshot.train.loader import ClipStream
 from twoshot.train.logger import TrainLogger, accumulate_window, clip_grid
 from twoshot.train.loss import LossResult, iou_counts
-from twoshot.train.modes import SupervisedMode, TrainingMode
 from twoshot.train.objectives import Objective, objective_for
+from twoshot.train.regimes import SupervisedRegime, TrainingRegime
 
 STAGES = ("static", "main")
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -104,7 +105,7 @@ class Trainer:
         out_dir: str | Path,
         init: str | Path | None = None,
         resume: bool = False,
-        mode: TrainingMode | None = None,
+        regime: TrainingRegime | None = None,
         device: str | torch.device = "auto",
         progress: bool = True,
     ) -> None:
@@ -116,7 +117,7 @@ class Trainer:
         check_train_config(self.cfg, stage, config.model.kind)
         check_stage(config, stage)
         self.out_dir = Path(out_dir)
-        self.mode: TrainingMode = mode if mode is not None else SupervisedMode()
+        self.regime: TrainingRegime = regime if regime is not None else SupervisedRegime()
         self.dataset = dataset
         self.progress = progress
         self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
@@ -186,7 +187,7 @@ class Trainer:
         )
         self.it = 0
         self.last_saved: int | None = None
-        self.mode.start(self.model, self.device)
+        self.regime.start(self.model, self.device)
         if resume:
             self._load(self.checkpoint_path)
 
@@ -198,12 +199,12 @@ class Trainer:
         return max_skip_at(it, self.cfg.iterations, self.cfg.max_skip_values, self.cfg.max_skip_fractions)
 
     def dataset_at(self, it: int) -> Dataset[Any]:
-        """The dataset of iteration ``it``: the mode's, else the stage's."""
-        chosen = self.mode.dataset(it)
+        """The dataset of iteration ``it``: the regime's, else the stage's."""
+        chosen = self.regime.dataset(it)
         if chosen is None:
             chosen = self.dataset
         if chosen is None:
-            raise UserError("no training dataset: pass one, or a TrainingMode that provides it")
+            raise UserError("no training dataset: pass one, or a TrainingRegime that provides it")
         return chosen
 
     # ------------------------------------------------------------------------------------
@@ -225,7 +226,7 @@ class Trainer:
                     "stage": self.stage,
                     "world_size": ctx.world,
                     "global_batch_size": cfg.batch_size * ctx.world,
-                    "mode": getattr(self.mode, "name", type(self.mode).__name__),
+                    "mode": getattr(self.regime, "name", type(self.regime).__name__),
                     "config": to_dict(self.config),
                 },
             )
@@ -271,9 +272,9 @@ class Trainer:
     def step(self, batch: ClipBatch, it: int) -> StepResult:
         """One optimisation step of 0-based iteration ``it`` on ``batch`` (on the device).
 
-        The loop body of :meth:`run`: forward (under AMP on CUDA), the mode's targets, the
+        The loop body of :meth:`run`: forward (under AMP on CUDA), the regime's targets, the
         loss, backward, optional gradient clipping, optimiser, scaler and scheduler steps, the
-        mode's ``after_step``; then ``self.it = it + 1``. Raises TrainingDiverged on a
+        regime's ``after_step``; then ``self.it = it + 1``. Raises TrainingDiverged on a
         non-finite loss. Returns the batch with the targets the loss used, the predictions,
         the loss and the learning rate of the step.
         """
@@ -281,7 +282,7 @@ class Trainer:
         with torch.autocast(self.device.type, enabled=self.use_amp):
             output = forward_batch(self.net, batch)
             with torch.no_grad():
-                batch = self.mode.prepare_targets(batch, output, it)
+                batch = self.regime.prepare_targets(batch, output, it)
         loss = self.objective.loss(output, batch, it)
         loss_value = self._check_finite(loss.total, it, cfg.iterations)
         self.optimizer.zero_grad(set_to_none=True)
@@ -294,7 +295,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        self.mode.after_step(self.model, it)
+        self.regime.after_step(self.model, it)
         self.it = it + 1
         return StepResult(batch, output, loss, loss_value, grad_norm, lr)
 
@@ -354,7 +355,7 @@ class Trainer:
         scalars["perf/it_per_s"] = steps / elapsed if elapsed > 0 else 0.0
         if self.use_amp:
             scalars["train/amp_scale"] = float(self.scaler.get_scale())
-        for name, value in self.mode.log_scalars().items():
+        for name, value in self.regime.log_scalars().items():
             scalars[f"mode/{name}"] = float(value)
         return scalars
 
@@ -407,7 +408,7 @@ class Trainer:
                 "rng": rng_states,
                 "stream": self.stream.state_dict(),
                 "curriculum": {"max_skip": self.max_skip(self.it)},
-                "mode": self.mode.extra_state(),
+                "mode": self.regime.extra_state(),
                 "stage": self.stage,
                 "world_size": self.ctx.world,
                 "config": to_dict(self.cfg),
@@ -432,7 +433,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.mode.load_extra_state(state["mode"])
+        self.regime.load_extra_state(state["mode"])
         rng = state["rng"]
         self._set_rng_state(rng[self.ctx.rank] if self.ctx.rank < len(rng) else rng[0])
         self.it = int(state["it"])
@@ -453,24 +454,32 @@ def train(
     out_dir: str | Path,
     init: str | Path | None = None,
     resume: bool = False,
-    mode: TrainingMode | None = None,
+    regime: TrainingRegime | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
 ) -> Path:
     """Train the configured model for one stage and return the path of its final weights.
 
     config: the full Config (the ``stage`` section's TrainConfig drives the run, ``model``
-    the network). stage: ``static`` or ``main`` (two-shot phases use ``main`` with a mode).
+    the network). stage: ``static`` or ``main`` (two-shot phases use ``main`` with a regime).
     dataset: the clip dataset (e.g. from :func:`twoshot.train.recipes.build_stage_dataset`;
-    may be None when the mode provides datasets). out_dir: checkpoint, weights and logs.
+    may be None when the regime provides datasets). out_dir: checkpoint, weights and logs.
     init: weights to start from (any form :func:`read_state_dict` accepts; ignored on
-    resume). resume: continue from ``out_dir/checkpoint.pt``. mode: a :class:`TrainingMode`
+    resume). resume: continue from ``out_dir/checkpoint.pt``. regime: a :class:`TrainingRegime`
     (default supervised). device: auto | cpu | cuda | cuda:N (torchrun processes take
     cuda:LOCAL_RANK). progress: tqdm bar.
     Under torchrun every process calls this; rank 0 logs and saves.
     """
     trainer = Trainer(
-        config, stage, dataset, out_dir, init=init, resume=resume, mode=mode, device=device, progress=progress
+        config,
+        stage,
+        dataset,
+        out_dir,
+        init=init,
+        resume=resume,
+        regime=regime,
+        device=device,
+        progress=progress,
     )
     try:
         return trainer.run()

@@ -1,6 +1,6 @@
 """Optional write-back of phase-2 refined labels to the pseudo-label bank (DESIGN §2).
 
-With ``twoshot.write_back`` on, :class:`~twoshot.train.phases.Phase2Mode` hands every refined
+With ``twoshot.write_back`` on, :class:`~twoshot.train.phases.Phase2Regime` hands every refined
 batch to a :class:`BankWriter`. For every sample and clip frame 1..T-1, the pixels where the
 model is confident (``confident_labels(prob, refine_threshold) != -1``) are warped back onto
 the original frame with the inverse of the clip's geometry (nearest neighbour; only frame

@@ -7,7 +7,7 @@
 
 async function init() {
   S.info = await getJSON("/api/info");
-  $("dataset").textContent = `${S.info.data} (${S.info.kind})`;
+  $("dataset").textContent = `${S.info.data} (${S.info.layout})`;
   $("budget-path").textContent = `budget: ${S.info.budget}`;
   $("export-path").textContent = `to ${S.info.export}`;
   for (const name of S.info.strategies) {

@@ -29,25 +29,19 @@ own memory (frames from its first memory frame on), sensory memory and object su
 the object transformer and the "other objects" channels of the pixel fusion run per bucket.
 """
 
-import importlib
-from typing import Any
+from twoshot.lazy import lazy_exports
 
 # Imported on first use: the configuration reads ``spec`` without importing torch.
 _EXPORTS = {
-    "Cutie": "network",
-    "CutieFeatures": "network",
-    "CutiePropagator": "propagator",
-    "CutieRunMemory": "propagator",
-    "memory_settings": "propagator",
-    "MemorySettings": "store",
-    "expand_single_object": "weights",
-    "is_single_object": "weights",
+    "Cutie": ".network",
+    "CutieFeatures": ".network",
+    "CutiePropagator": ".propagator",
+    "CutieRunMemory": ".propagator",
+    "memory_settings": ".propagator",
+    "MemorySettings": ".store",
+    "expand_single_object": ".weights",
+    "is_single_object": ".weights",
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"twoshot.model.cutie.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'twoshot.model.cutie' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

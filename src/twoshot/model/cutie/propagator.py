@@ -210,27 +210,27 @@ class CutiePropagator(Propagator):
         image: torch.Tensor,
         features: FrameFeatures,
         prob: torch.Tensor,
-        kind: str | None,
+        lifetime: str | None,
         *,
         pinned: bool = False,
     ) -> None:
-        """Record the frame's masks; on a memory frame (kind PERMANENT) encode them into memory.
+        """Record the frame's masks; on a memory frame (lifetime PERMANENT) encode them into memory.
 
         prob [1, 1+K, Hp, Wp]. ``pinned`` is not used: as in the reference, each bucket's first
         memory frame is its permanent one, and later annotated frames are ordinary memory.
         """
         assert isinstance(memory, CutieRunMemory) and isinstance(features, CutieFeatures)
-        if kind == TEMPORARY:
+        if lifetime == TEMPORARY:
             raise ValueError("cutie has no temporary memory frame")
         masks = prob[:, 1:]
         if masks.shape[1] != memory.num_objects:
             raise ValueError(f"probabilities for {masks.shape[1]} objects, {memory.num_objects} enabled")
         memory.last_mask = masks
-        if kind == PERMANENT:
+        if lifetime == PERMANENT:
             self._add_memory(memory, image, features, masks)
             memory.last_memory_frame = memory.frame
-        elif kind is not None:
-            raise ValueError(f"unknown memory kind {kind!r}")
+        elif lifetime is not None:
+            raise ValueError(f"unknown memory lifetime {lifetime!r}")
         memory.frame += 1
 
     def _add_memory(

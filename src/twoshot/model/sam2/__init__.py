@@ -15,35 +15,29 @@ What a model registry needs: the model class :class:`Sam2` (``kind`` "sam2"), it
 :func:`detect_size`, :func:`check_sam2_state`) and loading (:func:`load_sam2`).
 """
 
-import importlib
-from typing import Any
+from twoshot.lazy import lazy_exports
 
 # Imported on first use: the configuration reads ``spec`` without importing torch.
 _EXPORTS = {
-    "CHECKPOINT_FILES": "sizes",
-    "FILL_HOLE_AREA": "postprocess",
-    "SIZES": "sizes",
-    "Sam2": "network",
-    "Sam2Features": "network",
-    "Sam2Propagator": "propagator",
-    "Sam2RunMemory": "propagator",
-    "Sam2Size": "sizes",
-    "SamOutput": "network",
-    "check_sam2_state": "weights",
-    "connected_components": "postprocess",
-    "detect_size": "weights",
-    "fill_holes": "postprocess",
-    "is_sam2_state": "weights",
-    "load_sam2": "weights",
-    "probabilities": "propagator",
-    "read_state": "weights",
-    "size_named": "sizes",
+    "CHECKPOINT_FILES": ".sizes",
+    "FILL_HOLE_AREA": ".postprocess",
+    "SIZES": ".sizes",
+    "Sam2": ".network",
+    "Sam2Features": ".network",
+    "Sam2Propagator": ".propagator",
+    "Sam2RunMemory": ".propagator",
+    "Sam2Size": ".sizes",
+    "SamOutput": ".network",
+    "check_sam2_state": ".weights",
+    "connected_components": ".postprocess",
+    "detect_size": ".weights",
+    "fill_holes": ".postprocess",
+    "is_sam2_state": ".weights",
+    "load_sam2": ".weights",
+    "probabilities": ".propagator",
+    "read_state": ".weights",
+    "size_named": ".sizes",
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"twoshot.model.sam2.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'twoshot.model.sam2' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -20,7 +20,7 @@ Distances are counted in frames of the run in its own direction, so forward and 
 runs are the reference's ``propagate_in_video(reverse=False / True)``. Objects are combined
 into probabilities as the reference's separate-object VOS evaluation combines them: a pixel
 is background unless some object's logit is positive, and then the object with the highest
-logit. Every frame is memorised (``inference.mem_every`` and the memory kinds are not used);
+logit. Every frame is memorised (``inference.mem_every`` and the memory lifetimes are not used);
 only the frames still readable are kept, so memory is bounded at any video length.
 
 Precision: with ``inference.amp`` the work runs under autocast to ``inference.amp_dtype`` on
@@ -181,7 +181,7 @@ class Sam2Propagator(Propagator):
         image: torch.Tensor,
         features: FrameFeatures,
         prob: torch.Tensor,
-        kind: str | None,
+        lifetime: str | None,
         *,
         pinned: bool = False,
     ) -> None:
@@ -192,7 +192,7 @@ class Sam2Propagator(Propagator):
         here when it has no prediction for this frame (new, or the annotation replaced every
         prediction) or, on an annotated frame (``pinned``), when its channel is a hard mask
         (every value within 1e-6 of 0 or 1, some foreground) that differs from its own
-        prediction. ``kind`` is not used: SAM 2 keeps every frame.
+        prediction. ``lifetime`` is not used: SAM 2 keeps every frame.
         """
         assert isinstance(memory, Sam2RunMemory) and isinstance(features, Sam2Features)
         if prob.shape[1] - 1 != memory.num_objects:

@@ -56,15 +56,15 @@ class STCNPropagator(Propagator):
         image: torch.Tensor,
         features: FrameFeatures,
         prob: torch.Tensor,
-        kind: str | None,
+        lifetime: str | None,
         *,
         pinned: bool = False,
     ) -> None:
-        """Encode the values of every enabled object and add the frame (when ``kind`` is set)."""
-        if kind is None:
+        """Encode the values of every enabled object and add the frame (when ``lifetime`` is set)."""
+        if lifetime is None:
             return  # STCN keeps no state between frames besides its memory
         assert isinstance(memory, MemoryStore)
         feats: KeyFeatures = features  # type: ignore[assignment]
         with self.autocast(image):
             values = self._encode_value(image, feats.f16, prob[:, 1:])
-        memory.add(feats.key[0], values[0], temporary=kind == TEMPORARY, pinned=pinned)
+        memory.add(feats.key[0], values[0], temporary=lifetime == TEMPORARY, pinned=pinned)

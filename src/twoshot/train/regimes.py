@@ -1,8 +1,8 @@
-"""The trainer's extension point: a :class:`TrainingMode` decides what is trained on and how
+"""The trainer's extension point: a :class:`TrainingRegime` decides what is trained on and how
 targets are made; the trainer owns everything else (optimiser, AMP, schedule, checkpoints,
 distribution, logging).
 
-Plain STCN training is :class:`SupervisedMode` (every hook a no-op). The two-shot phases
+Plain STCN training is :class:`SupervisedRegime` (every hook a no-op). The two-shot phases
 subclass it: phase 1 switches from a labeled-frames-only dataset to phase-1 clips at the
 warm-up boundary, fills unlabeled frames' targets from an EMA teacher and updates the
 teacher after each step; phase 2 refines the targets with the model's confident predictions.
@@ -36,7 +36,7 @@ from twoshot.train.forward import ClipOutput
 
 
 @runtime_checkable
-class TrainingMode(Protocol):
+class TrainingRegime(Protocol):
     """What a training phase customises. See the module docstring for the call order."""
 
     name: str
@@ -75,7 +75,7 @@ class TrainingMode(Protocol):
         """Scalars to log now (e.g. share of pseudo-labeled pixels since the last call)."""
 
 
-class SupervisedMode:
+class SupervisedRegime:
     """Plain supervised STCN training: targets are the data's ``cls_gt`` as they come.
 
     Subclass it to override only the hooks a phase needs.
