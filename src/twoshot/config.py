@@ -133,6 +133,10 @@ class TwoShotConfig:
     # 2); each further round rebuilds the bank with the previous round's phase-2 model and
     # trains phase 2 again on it (docs/training.md, "Self-training rounds").
     rounds: int = 1
+    # ``twoshot pipeline`` only: a trained teacher's weights (any registered model, told from
+    # the checkpoint's keys). Phase 1 is skipped: the bank is made with this teacher, under its
+    # own inference settings, and phase 2 trains the configured model on it (docs/training.md).
+    teacher: str | None = None
 
 
 @dataclass

@@ -205,6 +205,8 @@ def check_twoshot_config(twoshot: TwoShotConfig) -> None:
         (twoshot.phase2_start_update >= 0, "phase2_start_update", "must be >= 0"),
         (0.0 < twoshot.refine_threshold <= 1.0, "refine_threshold", "must be in (0, 1]"),
     ]
+    if twoshot.teacher is not None and not twoshot.teacher.strip():
+        raise UserError("config key 'twoshot.teacher': empty; give a checkpoint file or null")
     _refuse(checks, twoshot, "twoshot.")
 
 
