@@ -338,3 +338,105 @@ def test_frames_on_demand_indexing() -> None:
     assert [int(f[0, 0, 0]) for f in frames] == [0, 1, 2, 3, 4]
     with pytest.raises(IndexError, match="frame 5 of a 5-frame video"):
         frames[5]
+
+
+# -- SAM 2: bounded by design; max_memory_frames caps the given frames read; offload ---------
+
+
+@pytest.fixture(scope="module")
+def sam2_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    sam = build_model(load_config("sam2-toy", overrides=["model.sam2.image_size=64"]).model)
+    with torch.no_grad():  # random weights that see the objects: masks are not empty
+        sam.state_dict()["sam_mask_decoder.pred_obj_score_head.layers.2.bias"].fill_(4.0)
+    return sam.eval()
+
+
+def _sam2_run(
+    model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch, **settings: object
+) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
+    """Forward run over 40 frames given on frames 0, 6, ..., 24 -> (labels [T, H, W], per
+    processed frame the (conditioning, tracked) frames each object holds)."""
+    from twoshot.model.sam2.propagator import Sam2RunMemory
+
+    frames, labels = random_video(40, (48, 64), object_ids=(1, 2), seed=5)
+    sizes: list[list[tuple[int, int]]] = []
+    original = getattr(Sam2RunMemory.note_peak, "__wrapped__", Sam2RunMemory.note_peak)  # not a spy
+
+    def note_peak(self: Sam2RunMemory) -> None:
+        original(self)
+        sizes.append([(len(t.conditioning), len(t.recent)) for t in self.tracks])
+
+    note_peak.__wrapped__ = original  # type: ignore[attr-defined]
+    monkeypatch.setattr(Sam2RunMemory, "note_peak", note_peak)
+    config = load_config("sam2-toy").inference
+    engine = PropagationEngine(model, InferenceConfig(**{**config.__dict__, "device": "cpu", **settings}))
+    given = {f: labels[f] for f in range(0, 25, 6)}
+    return engine.propagate(frames, given, mode="forward").masks, sizes
+
+
+def test_sam2_memory_stays_bounded_and_the_cap_keeps_the_nearest_given_frames(
+    sam2_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    free, free_sizes = _sam2_run(sam2_model, monkeypatch)
+    capped, capped_sizes = _sam2_run(sam2_model, monkeypatch, max_memory_frames=8)
+    assert len(free_sizes) == len(capped_sizes) == 40
+    # Unbounded: every given frame stays a conditioning frame; tracked frames stop at 15.
+    assert [s[0][0] for s in free_sizes] == [min(t // 6 + 1, 5) for t in range(40)]
+    assert max(n for s in free_sizes for _, n in s) == 15
+    # Capped at 8 (6 previous + 2 given): at most 2 conditioning frames, the older ones read
+    # as tracked frames while recent; nothing grows after frame 12 (the third given frame).
+    assert [s[0][0] for s in capped_sizes] == [min(t // 6 + 1, 2) for t in range(40)]
+    held = [c + n for s in capped_sizes for c, n in s]
+    assert max(held) <= 2 + 15
+    late = [max(c + n for c, n in s) for s in capped_sizes[12:]]
+    assert max(late) == max(held) and late[-1] == max(held)
+    # Frames before the third given frame read the same memory either way.
+    np.testing.assert_array_equal(capped[:13], free[:13])
+    # A cap that holds every given frame changes nothing.
+    roomy, _ = _sam2_run(sam2_model, monkeypatch, max_memory_frames=11)
+    np.testing.assert_array_equal(roomy, free)
+
+
+def test_sam2_refuses_caps_it_cannot_apply_and_offload_is_sam2_only() -> None:
+    from twoshot.errors import UserError
+
+    with pytest.raises(UserError) as error:
+        load_config("sam2-toy", overrides=["inference.max_memory_frames=7"])
+    assert str(error.value) == (
+        "config key 'inference.max_memory_frames': SAM 2 reads its 6 previous frames and at least 2 "
+        "given frames, so it takes at least 8 (or null: every given frame), got 7"
+    )
+    load_config("sam2-toy", overrides=["inference.max_memory_frames=8", "inference.offload=true"])
+    with pytest.raises(UserError) as error:
+        load_config("tiny", overrides=["inference.offload=true"])
+    assert str(error.value) == (
+        "inference.offload: the stcn model keeps its features on the device; only sam2 can offload them"
+    )
+
+
+def test_sam2_offload_keeps_features_and_memories_on_the_cpu_with_the_same_masks(
+    sam2_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from twoshot.model.sam2.propagator import Sam2Propagator
+
+    stored: list[torch.device] = []
+    original = Sam2Propagator._frame_memory
+
+    def frame_memory(self: Sam2Propagator, *args: object, **kwargs: object) -> object:
+        memory = original(self, *args, **kwargs)  # type: ignore[arg-type]
+        stored.extend(t.device for t in (memory.features, memory.positions, memory.pointer))
+        return memory
+
+    monkeypatch.setattr(Sam2Propagator, "_frame_memory", frame_memory)
+    plain, _ = _sam2_run(sam2_model, monkeypatch)
+    offloaded, _ = _sam2_run(sam2_model, monkeypatch, offload=True)
+    np.testing.assert_array_equal(offloaded, plain)
+    assert stored and set(stored) == {torch.device("cpu")}
+    config = InferenceConfig(size=-1, device="cpu", offload=True)
+    propagator = PropagationEngine(sam2_model, config).propagator
+    assert isinstance(propagator, Sam2Propagator) and propagator.storage_device == torch.device("cpu")
+    features = propagator.encode_frames(torch.zeros(2, 3, 64, 64))
+    assert {t.device for t in (*features.high_res, features.features, features.positions)} == {
+        torch.device("cpu")
+    }

@@ -278,6 +278,11 @@ def check_inference_settings(config: InferenceConfig, kind: str | None = None) -
 
         if kind not in model_kinds():  # a network built directly, of a model not registered
             return
+        if config.offload and not spec_for(kind).offload:
+            raise UserError(
+                f"inference.offload: the {kind} model keeps its features on the device; "
+                f"only {', '.join(k for k in model_kinds() if spec_for(k).offload)} can offload them"
+            )
         check = spec_for(kind).check_inference
         if check is not None:
             check(config)

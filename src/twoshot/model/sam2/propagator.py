@@ -23,6 +23,16 @@ is background unless some object's logit is positive, and then the object with t
 logit. Every frame is memorised (``inference.mem_every`` and the memory kinds are not used);
 only the frames still readable are kept, so memory is bounded at any video length.
 
+Long videos: ``inference.max_memory_frames`` N caps the conditioning frames an object reads
+at the N - 6 nearest in time (the reference's ``max_cond_frames_in_attn``; N >= 8, checked
+by the spec); in a run every given frame lies behind the current one, so the oldest is
+dropped from the conditioning set, and read as a tracked frame while it is among the last
+6 (memories) or 15 (pointers) frames, as the reference reads its unselected conditioning
+frames. An object then holds at most N - 6 + 15 frames. ``inference.offload`` keeps the
+cached frame features and the memories in CPU memory (the reference's
+``offload_video_to_cpu`` / ``offload_state_to_cpu``) and moves each to the device when it is
+read: the same values, device memory independent of the features waiting in the cache.
+
 Precision: with ``inference.amp`` the work runs under autocast to ``inference.amp_dtype`` on
 any device (SAM 2's native mode, bfloat16, on a CPU too) and memories are stored in bfloat16
 as the reference stores them; without it everything is float32 (twoshot's own mode).
@@ -126,6 +136,8 @@ class Sam2Propagator(Propagator):
         self.model = model
         self.fill_hole_area = fill_hole_area
         self.num_frames = num_frames
+        cap = config.max_memory_frames
+        self.max_conditioning = None if cap is None else cap - (NUM_MASKMEM - 1)
         self._encode_image = wrap(model.encode_image, "encode_image")
         self._attend_memory = wrap(model.attend_memory, "attend_memory")
 
@@ -135,6 +147,17 @@ class Sam2Propagator(Propagator):
         if not self.config.amp:
             return contextlib.nullcontext()
         return torch.autocast(tensor.device.type, dtype=self.dtype)
+
+    @property
+    def storage_device(self) -> torch.device | None:
+        """Where features and memories are kept between uses: the CPU with
+        ``inference.offload``, else None (where they were computed)."""
+        return torch.device("cpu") if self.config.offload else None
+
+    def _stored(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` on :attr:`storage_device`."""
+        device = self.storage_device
+        return tensor if device is None else tensor.to(device)
 
     @property
     def storage_dtype(self) -> torch.dtype:
@@ -151,7 +174,8 @@ class Sam2Propagator(Propagator):
             )
         with self.autocast(images):
             features: Sam2Features = self._encode_image(images)
-        return features
+        device = self.storage_device
+        return features if device is None else features.to(device)
 
     def new_memory(self) -> Sam2RunMemory:
         """An empty memory for a new run."""
@@ -164,6 +188,7 @@ class Sam2Propagator(Propagator):
         assert isinstance(memory, Sam2RunMemory) and isinstance(features, Sam2Features)
         if not memory.tracks:
             raise RuntimeError("segment before any object was given")
+        features = features.to(image.device)
         logits = []
         with self.autocast(image):
             for track in memory.tracks:
@@ -198,6 +223,7 @@ class Sam2Propagator(Propagator):
         if prob.shape[1] - 1 != memory.num_objects:
             raise ValueError(f"probabilities for {prob.shape[1] - 1} objects, {memory.num_objects} enabled")
         step = memory.frame
+        features = features.to(image.device)
         with self.autocast(image):
             for k, track in enumerate(memory.tracks):
                 channel = prob[0, 1 + k]
@@ -224,6 +250,11 @@ class Sam2Propagator(Propagator):
         high = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
         track.recent.pop(step, None)
         track.conditioning[step] = self._frame_memory(features, high, output, binarize=True)
+        if self.max_conditioning is not None and len(track.conditioning) > self.max_conditioning:
+            # The farthest given frame is no longer read as one; the reference still reads
+            # such a frame as an ordinary memory while it is recent enough.
+            oldest = min(track.conditioning)
+            track.recent[oldest] = track.conditioning.pop(oldest)
 
     def _remember(self, track: ObjectTrack, step: int, features: Sam2Features) -> None:
         """Keep ``step`` as a tracked frame of ``track``, from its own prediction."""
@@ -241,7 +272,8 @@ class Sam2Propagator(Propagator):
         encoded, positions = self.model.encode_memory(
             features.features, high_res, output.object_score, binarize
         )
-        return FrameMemory(encoded.to(self.storage_dtype), positions, output.obj_ptr)
+        stored = self._stored
+        return FrameMemory(stored(encoded.to(self.storage_dtype)), stored(positions), stored(output.obj_ptr))
 
     def _track(self, memory: Sam2RunMemory, track: ObjectTrack, features: Sam2Features) -> SamOutput:
         """One object's prediction on the current frame from its memory."""
@@ -271,7 +303,7 @@ class Sam2Propagator(Propagator):
         num_pointer_tokens = 0
         if pointers:
             batch = 1
-            stacked = torch.stack([p for _, p in pointers], dim=0)
+            stacked = torch.stack([p.to(device) for _, p in pointers], dim=0)
             distances = torch.tensor([d for d, _ in pointers]).to(device=device)
             pointer_pos = model.obj_ptr_tpos_proj(sine_1d(distances / (readable - 1), HIDDEN_DIM))
             pointer_pos = pointer_pos.unsqueeze(1).expand(-1, batch, MEMORY_DIM)
