@@ -66,7 +66,7 @@ from twoshot.inference import PropagationEngine
 from twoshot.model.sam2 import SIZES, Sam2, Sam2Propagator, connected_components, load_sam2
 
 CASES: tuple[str, ...] = ("forward", "bidirectional")
-CONFIGS = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
+CONFIGS = {"toy": "t", "tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
 OBJECT_SCORE_BIAS = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
@@ -130,6 +130,22 @@ def build_reference(path: Path, size: str, image_size: int, state: dict[str, tor
     model = _numbers(yaml.safe_load(config_file.read_text()))["model"]
     model["_target_"] = "sam2.sam2_video_predictor.SAM2VideoPredictor"
     model["image_size"] = image_size
+    if size == "toy":  # twoshot's own size: the tiny config with the toy trunk and one memory layer
+        toy = SIZES["toy"]
+        # The toy's global-attention blocks 2 and 3 start a stage (query pooling), which the
+        # reference's Hiera cannot run (its window arithmetic divides by zero there). A block
+        # takes the window of the stage before it; windows that cover the whole map (16 and 8
+        # tokens for blocks 2 and 3 at a 128-pixel input) are global attention.
+        model["image_encoder"]["trunk"].update(
+            embed_dim=toy.embed_dim,
+            num_heads=toy.num_heads,
+            stages=list(toy.stages),
+            global_att_blocks=[],
+            window_spec=[toy.window_spec[0], image_size // 8, image_size // 16, toy.window_spec[3]],
+            window_pos_embed_bkg_spatial_size=list(toy.pos_embed_size),
+        )
+        model["image_encoder"]["neck"]["backbone_channel_list"] = toy.channel_list
+        model["memory_attention"]["num_layers"] = toy.memory_layers
     # build_sam2_video_predictor's post-processing overrides
     model["sam_mask_decoder_extra_args"] = {
         "dynamic_multimask_via_stability": True,
