@@ -24,6 +24,14 @@ Cases (each object tracked on its own, as SAM 2 does):
   reverse=False)`` and, in another fresh state, ``reverse=True``. twoshot: the engine in
   ``bidirectional`` mode; each frame compared with the reference run of its source frame and
   direction.
+- ``multi``: objects 1 and 2 given on frame 0 and again on frame ``--second`` in one forward
+  run. Reference: per object, ``add_new_mask`` on both frames, then ``propagate_in_video``
+  (every frame reads both conditioning frames, also the later one). twoshot: the engine in
+  ``forward`` mode with both frames annotated.
+- ``non-square``: the ``forward`` case's objects 1 and 2 on a video of ``--non-square``
+  (H, W) pixels (default 3/4 x 5/4 of ``image_size``, multiples of 16: no padding), which
+  both sides resize to ``image_size`` x ``image_size``: the reference's JPEG loader with
+  PIL's ``resize`` (bicubic on the uint8 frame), twoshot as its propagator does.
 
 Each case runs with the reference's hole filling (its compiled connected-components
 extension replaced, in this process only, by twoshot's CPU one) and without it (the
@@ -65,7 +73,7 @@ from twoshot.data.fixtures import random_video
 from twoshot.inference import PropagationEngine
 from twoshot.model.sam2 import SIZES, Sam2, Sam2Propagator, connected_components, load_sam2
 
-CASES: tuple[str, ...] = ("forward", "bidirectional")
+CASES: tuple[str, ...] = ("forward", "bidirectional", "multi", "non-square")
 CONFIGS = {"toy": "t", "tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
 OBJECT_SCORE_BIAS = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
@@ -221,6 +229,21 @@ def reference_bidirectional(
     return out
 
 
+def reference_multi(
+    predictor: Any, state: Any, labels: np.ndarray, given: list[int]
+) -> dict[int, np.ndarray]:
+    """The ``multi`` case with the reference: {frame: uint8 ids}, every object given on every
+    frame of ``given`` before one forward ``propagate_in_video``."""
+    ids = [int(o) for o in np.unique(labels[given[0]]) if o]
+    per_object = {
+        obj: dict(reference_run(predictor, state, {f: labels[f] == obj for f in given}, given[0], False))
+        for obj in ids
+    }
+    return {
+        f: combine([per_object[o].get(f) for o in ids], ids, labels.shape[1:]) for f in range(len(labels))
+    }
+
+
 def twoshot_engine(model: Sam2, amp: bool, fill_hole_area: int, num_frames: int) -> PropagationEngine:
     """twoshot's engine for SAM 2: exact layouts, bfloat16 autocast with ``amp`` (else fp32)."""
     config = InferenceConfig(size=-1, exact=True, amp=amp, amp_dtype="bfloat16", device="cpu")
@@ -256,8 +279,11 @@ def run(
     seed: int = 0,
     checkpoint: Path | None = None,
     fp32: bool = False,
+    cases: tuple[str, ...] = CASES,
+    second: int = 5,
+    non_square: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """All cases with and without hole filling; returns {case/mode: agreement figures}."""
+    """``cases`` with and without hole filling; returns {case/mode: agreement figures}."""
     torch.manual_seed(seed)
     if checkpoint is not None:
         model = load_sam2(checkpoint, size=size, image_size=image_size)
@@ -274,10 +300,16 @@ def run(
     first[first == 3] = 0
     given = {0: first, enter: np.where(labels[enter] == 3, 3, 0).astype(np.uint8)}
     labeled = [1, num_frames - 2]
+    multi = [0, second]
+    multi_labels = labels.copy()
+    multi_labels[multi_labels == 3] = 0
+    wide = non_square or (image_size * 3 // 4 // 16 * 16, image_size * 5 // 4 // 16 * 16)
+    wide_frames, wide_labels = random_video(num_frames, wide, object_ids=(1, 2), seed=seed + 1)
     results: dict[str, Any] = {}
     reference_labels: dict[bool, dict[int, np.ndarray]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as wide_tmp:
         frames = write_jpegs(frames, Path(tmp))
+        wide_frames = write_jpegs(wide_frames, Path(wide_tmp))
         for fill in (True, False):
             import_reference(reference, fill)
             predictor = build_reference(reference, size, image_size, weights)
@@ -287,6 +319,11 @@ def run(
                 state = predictor.init_state(tmp)
                 ref_forward = reference_forward(predictor, state, labels, given)
                 ref_both = reference_bidirectional(predictor, state, labels, labeled)
+                ref_multi = reference_multi(predictor, state, multi_labels, multi) if "multi" in cases else {}
+                ref_wide: dict[int, np.ndarray] = {}
+                if "non-square" in cases:
+                    wide_state = predictor.init_state(wide_tmp)
+                    ref_wide = reference_forward(predictor, wide_state, wide_labels, {0: wide_labels[0]})
                 ref_seconds = time.perf_counter() - started
             reference_labels[fill] = ref_forward
             modes = [("bf16", True)] + ([("fp32", False)] if fp32 else [])
@@ -305,6 +342,16 @@ def run(
                 tag = f"{'fill' if fill else 'no-fill'}/{mode}"
                 results[f"forward/{tag}"] = agreement(pairs)
                 results[f"bidirectional/{tag}"] = agreement(both_pairs)
+                if "multi" in cases:
+                    outs = engine.frames(frames, {f: multi_labels[f] for f in multi}, mode="forward")
+                    by_frame = {o.frame: (o.labels, ref_multi[o.frame]) for o in outs if o.frame not in multi}
+                    results[f"multi/{tag}"] = agreement(list(by_frame.values()))
+                    before = [pair for f, pair in by_frame.items() if f < second]
+                    results[f"multi, frames before {second}/{tag}"] = agreement(before)
+                if "non-square" in cases:
+                    outs = engine.frames(wide_frames, {0: wide_labels[0]}, mode="forward")
+                    wide_pairs = [(o.labels, ref_wide[o.frame]) for o in outs if o.frame != 0]
+                    results[f"non-square {wide[0]}x{wide[1]}/{tag}"] = agreement(wide_pairs)
                 results[f"seconds/{tag}"] = {"twoshot": seconds, "reference": ref_seconds}
     changed = sum(
         int((reference_labels[True][f] != reference_labels[False][f]).sum()) for f in range(num_frames)
@@ -323,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", type=Path, help="published weights instead of random ones")
     parser.add_argument("--fp32", action="store_true", help="also twoshot's float32 mode")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--second", type=int, default=5, help="multi: the second given frame")
+    parser.add_argument(
+        "--non-square", type=int, nargs=2, metavar=("H", "W"), help="non-square: the frame size"
+    )
     args = parser.parse_args(argv)
     results = run(
         args.reference,
@@ -333,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         checkpoint=args.checkpoint,
         fp32=args.fp32,
+        cases=tuple(args.cases),
+        second=args.second,
+        non_square=tuple(args.non_square) if args.non_square else None,
     )
     for key, value in results.items():
         if isinstance(value, int):
