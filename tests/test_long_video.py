@@ -353,26 +353,29 @@ def sam2_model() -> torch.nn.Module:
 
 
 def _sam2_run(
-    model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch, **settings: object
+    model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch, length: int = 40, **settings: object
 ) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
-    """Forward run over 40 frames given on frames 0, 6, ..., 24 -> (labels [T, H, W], per
-    processed frame the (conditioning, tracked) frames each object holds)."""
-    from twoshot.model.sam2.propagator import Sam2RunMemory
+    """Forward run over ``length`` frames given on :data:`GIVEN` frames -> (labels [T, H, W],
+    after each processed frame the (conditioning, tracked) frames each object holds)."""
+    from twoshot.model.sam2.propagator import Sam2Propagator, Sam2RunMemory
 
-    frames, labels = random_video(40, (48, 64), object_ids=(1, 2), seed=5)
+    frames, labels = random_video(length, (48, 64), object_ids=(1, 2), seed=5)
     sizes: list[list[tuple[int, int]]] = []
-    original = getattr(Sam2RunMemory.note_peak, "__wrapped__", Sam2RunMemory.note_peak)  # not a spy
+    original = getattr(Sam2Propagator.memorize, "__wrapped__", Sam2Propagator.memorize)  # not a spy
 
-    def note_peak(self: Sam2RunMemory) -> None:
-        original(self)
-        sizes.append([(len(t.conditioning), len(t.recent)) for t in self.tracks])
+    def memorize(self: Sam2Propagator, memory: Sam2RunMemory, *args: object, **kwargs: object) -> None:
+        original(self, memory, *args, **kwargs)  # type: ignore[arg-type]
+        sizes.append([(len(t.conditioning), len(t.recent)) for t in memory.tracks])
 
-    note_peak.__wrapped__ = original  # type: ignore[attr-defined]
-    monkeypatch.setattr(Sam2RunMemory, "note_peak", note_peak)
+    memorize.__wrapped__ = original  # type: ignore[attr-defined]
+    monkeypatch.setattr(Sam2Propagator, "memorize", memorize)
     config = load_config("sam2-toy").inference
     engine = PropagationEngine(model, InferenceConfig(**{**config.__dict__, "device": "cpu", **settings}))
-    given = {f: labels[f] for f in range(0, 25, 6)}
+    given = {f: labels[f] for f in GIVEN if f < length}
     return engine.propagate(frames, given, mode="forward").masks, sizes
+
+
+GIVEN = range(0, 19, 6)
 
 
 def test_sam2_memory_stays_bounded_and_the_cap_keeps_the_nearest_given_frames(
@@ -381,20 +384,21 @@ def test_sam2_memory_stays_bounded_and_the_cap_keeps_the_nearest_given_frames(
     free, free_sizes = _sam2_run(sam2_model, monkeypatch)
     capped, capped_sizes = _sam2_run(sam2_model, monkeypatch, max_memory_frames=8)
     assert len(free_sizes) == len(capped_sizes) == 40
-    # Unbounded: every given frame stays a conditioning frame; tracked frames stop at 15.
-    assert [s[0][0] for s in free_sizes] == [min(t // 6 + 1, 5) for t in range(40)]
+    # Every given frame is read from the start (as the reference reads them); tracked frames
+    # stop at 15 (the pointers' reach).
+    assert all(c == len(GIVEN) for s in free_sizes for c, _ in s)
     assert max(n for s in free_sizes for _, n in s) == 15
-    # Capped at 8 (6 previous + 2 given): at most 2 conditioning frames, the older ones read
-    # as tracked frames while recent; nothing grows after frame 12 (the third given frame).
-    assert [s[0][0] for s in capped_sizes] == [min(t // 6 + 1, 2) for t in range(40)]
-    held = [c + n for s in capped_sizes for c, n in s]
-    assert max(held) <= 2 + 15
-    late = [max(c + n for c, n in s) for s in capped_sizes[12:]]
-    assert max(late) == max(held) and late[-1] == max(held)
-    # Frames before the third given frame read the same memory either way.
-    np.testing.assert_array_equal(capped[:13], free[:13])
+    # Capped at 8 (6 previous + 2 given frames): of the passed given frames only the 2 newest
+    # stay conditioning frames (no later frame can choose an older one); the later given
+    # frames are held until passed. After the last given frame nothing grows.
+    passed = [sum(1 for g in GIVEN if g <= t) for t in range(40)]
+    expected = [min(p, 2) + len(GIVEN) - p for p in passed]
+    assert [s[0][0] for s in capped_sizes] == [s[1][0] for s in capped_sizes] == expected
+    held = [max(c + n for c, n in s) for s in capped_sizes]
+    assert max(held[18:]) <= 2 + 15 and held[33:] == [held[-1]] * 7
+    assert not np.array_equal(capped, free)  # the cap changes what is read
     # A cap that holds every given frame changes nothing.
-    roomy, _ = _sam2_run(sam2_model, monkeypatch, max_memory_frames=11)
+    roomy, _ = _sam2_run(sam2_model, monkeypatch, max_memory_frames=6 + len(GIVEN))
     np.testing.assert_array_equal(roomy, free)
 
 
@@ -429,8 +433,8 @@ def test_sam2_offload_keeps_features_and_memories_on_the_cpu_with_the_same_masks
         return memory
 
     monkeypatch.setattr(Sam2Propagator, "_frame_memory", frame_memory)
-    plain, _ = _sam2_run(sam2_model, monkeypatch)
-    offloaded, _ = _sam2_run(sam2_model, monkeypatch, offload=True)
+    plain, _ = _sam2_run(sam2_model, monkeypatch, 10)
+    offloaded, _ = _sam2_run(sam2_model, monkeypatch, 10, offload=True)
     np.testing.assert_array_equal(offloaded, plain)
     assert stored and set(stored) == {torch.device("cpu")}
     config = InferenceConfig(size=-1, device="cpu", offload=True)

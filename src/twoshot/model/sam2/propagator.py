@@ -23,12 +23,19 @@ is background unless some object's logit is positive, and then the object with t
 logit. Every frame is memorised (``inference.mem_every`` and the memory kinds are not used);
 only the frames still readable are kept, so memory is bounded at any video length.
 
+Several given frames in one run: the engine hands every later given frame of an object
+over as soon as the object is enabled (:meth:`Sam2Propagator.condition_ahead`), so that, as
+in the reference (``add_new_mask`` on each, then ``propagate_in_video``), every frame reads
+all of the object's conditioning frames, later ones included (their pointers only once
+passed), and a given frame is not tracked again when the run reaches it.
+
 Long videos: ``inference.max_memory_frames`` N caps the conditioning frames an object reads
-at the N - 6 nearest in time (the reference's ``max_cond_frames_in_attn``; N >= 8, checked
-by the spec); in a run every given frame lies behind the current one, so the oldest is
-dropped from the conditioning set, and read as a tracked frame while it is among the last
-6 (memories) or 15 (pointers) frames, as the reference reads its unselected conditioning
-frames. An object then holds at most N - 6 + 15 frames. ``inference.offload`` keeps the
+at N - 6 (the reference's ``max_cond_frames_in_attn``; N >= 8, checked by the spec): the
+nearest before and after the current frame, then the nearest others; those not chosen are
+read as tracked frames while among the last 6 (memories) or 15 (pointers) frames, as the
+reference reads them. A passed conditioning frame with N - 6 newer passed ones is never
+chosen again and is kept as a tracked frame only (dropped when too old), so an object holds
+at most N - 6 passed given frames, its later ones and 15 tracked frames. ``inference.offload`` keeps the
 cached frame features and the memories in CPU memory (the reference's
 ``offload_video_to_cpu`` / ``offload_state_to_cpu``) and moves each to the device when it is
 read: the same values, device memory independent of the features waiting in the cache.
@@ -43,11 +50,14 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from twoshot.config import InferenceConfig
 from twoshot.model.interface import FrameFeatures, FramePreparation, Propagator, RunMemory, Wrap, no_wrap
+from twoshot.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from twoshot.model.sam2.layers import sine_1d
 from twoshot.model.sam2.network import Sam2, Sam2Features, SamOutput
 from twoshot.model.sam2.postprocess import FILL_HOLE_AREA, fill_holes
@@ -121,8 +131,11 @@ class Sam2Propagator(Propagator):
     """
 
     segments_every_frame = True
-    # The reference resizes the frame, then normalises; black padding, no upscaling by the engine.
-    preparation = FramePreparation(normalize_first=False, upscale=False)
+    reads_ahead = True
+    # The reference resizes the frame, then normalises; no upscaling by the engine, and no
+    # padding: every frame is resized to the square input here, and masks come back at the
+    # frame's own size as the reference's do.
+    preparation = FramePreparation(normalize_first=False, upscale=False, pad_to=1)
 
     def __init__(
         self,
@@ -165,13 +178,17 @@ class Sam2Propagator(Propagator):
         return torch.bfloat16 if self.config.amp else torch.float32
 
     def encode_frames(self, images: torch.Tensor) -> Sam2Features:
-        """Features of normalised frames [B, 3, Hp, Wp], resized to the model's square input
-        (bilinear, antialiased) when they are not already that size."""
+        """Features of normalised frames [B, 3, H, W], resized to the model's square input
+        when they are not already that size: with ``inference.exact`` as the reference's
+        video loader resizes (:func:`resize_as_reference`), else bilinear, antialiased."""
         size = self.model.image_size
         if images.shape[-2:] != (size, size):
-            images = F.interpolate(
-                images, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-            )
+            if self.config.exact:
+                images = resize_as_reference(images, size)
+            else:
+                images = F.interpolate(
+                    images, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+                )
         with self.autocast(images):
             features: Sam2Features = self._encode_image(images)
         device = self.storage_device
@@ -227,12 +244,28 @@ class Sam2Propagator(Propagator):
         with self.autocast(image):
             for k, track in enumerate(memory.tracks):
                 channel = prob[0, 1 + k]
-                if track.predicted_at != step or (pinned and _given(channel, track.predicted_mask)):
+                if step in track.conditioning:
+                    pass  # given here and taken ahead (condition_ahead): the same memory
+                elif track.predicted_at != step or (pinned and _given(channel, track.predicted_mask)):
                     self._condition(track, step, features, channel > 0.5)
                 else:
                     self._remember(track, step, features)
+                self._retire_conditioning(track, step)
         memory.note_peak()
         memory.frame += 1
+
+    def condition_ahead(
+        self, memory: RunMemory, step: int, features: FrameFeatures, masks: torch.Tensor
+    ) -> None:
+        """Make run step ``step`` (not reached yet) a conditioning frame of each object whose
+        mask in ``masks`` (bool [K, H, W], the enabled objects) has foreground."""
+        assert isinstance(memory, Sam2RunMemory) and isinstance(features, Sam2Features)
+        features = features.to(masks.device)
+        with self.autocast(masks):
+            for track, mask in zip(memory.tracks, masks):
+                if bool(mask.any()):
+                    self._condition(track, step, features, mask)
+        memory.note_peak()
 
     # -- internals --------------------------------------------------------------------------
 
@@ -250,11 +283,30 @@ class Sam2Propagator(Propagator):
         high = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
         track.recent.pop(step, None)
         track.conditioning[step] = self._frame_memory(features, high, output, binarize=True)
-        if self.max_conditioning is not None and len(track.conditioning) > self.max_conditioning:
-            # The farthest given frame is no longer read as one; the reference still reads
-            # such a frame as an ordinary memory while it is recent enough.
-            oldest = min(track.conditioning)
-            track.recent[oldest] = track.conditioning.pop(oldest)
+
+    def _retire_conditioning(self, track: ObjectTrack, step: int) -> None:
+        """Under a cap of C conditioning frames, keep a passed one (<= ``step``) with C newer
+        passed ones as a tracked frame only: no later frame can choose it."""
+        cap = self.max_conditioning
+        if cap is None:
+            return
+        passed = sorted((s for s in track.conditioning if s <= step), reverse=True)
+        for old in passed[cap:]:
+            track.recent[old] = track.conditioning.pop(old)
+
+    def _chosen_conditioning(self, track: ObjectTrack, step: int) -> list[int]:
+        """The conditioning steps read at ``step``: all, or under a cap of C the nearest
+        before and at-or-after it, then the nearest others (the reference's choice, in run
+        steps: a backward run's "before" is later in its frames)."""
+        steps = list(track.conditioning)
+        cap = self.max_conditioning
+        if cap is None or len(steps) <= cap:
+            return steps
+        before = max((s for s in steps if s < step), default=None)
+        after = min((s for s in steps if s >= step), default=None)
+        chosen = [s for s in (before, after) if s is not None]
+        others = sorted((s for s in steps if s not in chosen), key=lambda s: abs(s - step))
+        return chosen + others[: cap - len(chosen)]
 
     def _remember(self, track: ObjectTrack, step: int, features: Sam2Features) -> None:
         """Keep ``step`` as a tracked frame of ``track``, from its own prediction."""
@@ -280,9 +332,12 @@ class Sam2Propagator(Propagator):
         step = memory.frame
         model = self.model
         device = features.features.device
-        spatial: list[tuple[int, FrameMemory]] = [(0, m) for m in track.conditioning.values()]
+        chosen = self._chosen_conditioning(track, step)
+        unchosen = {s: m for s, m in track.conditioning.items() if s not in chosen}
+        spatial: list[tuple[int, FrameMemory]] = [(0, track.conditioning[s]) for s in chosen]
         for t_pos in range(1, NUM_MASKMEM):
-            previous = track.recent.get(step - (NUM_MASKMEM - t_pos))
+            back = step - (NUM_MASKMEM - t_pos)
+            previous = track.recent.get(back, unchosen.get(back))
             if previous is not None:
                 spatial.append((t_pos, previous))
         tokens, token_pos = [], []
@@ -293,11 +348,11 @@ class Sam2Propagator(Propagator):
         readable = (
             MAX_OBJECT_POINTERS if self.num_frames is None else min(self.num_frames, MAX_OBJECT_POINTERS)
         )
-        pointers = [(step - s, m.pointer) for s, m in track.conditioning.items() if s <= step]
+        pointers = [(step - s, track.conditioning[s].pointer) for s in chosen if s <= step]
         for distance in range(1, readable):
             if step - distance < 0:
                 break
-            previous = track.recent.get(step - distance)
+            previous = track.recent.get(step - distance, unchosen.get(step - distance))
             if previous is not None:
                 pointers.append((distance, previous.pointer))
         num_pointer_tokens = 0
@@ -340,6 +395,25 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
     return prob.scatter(
         0, winner, torch.where(won > others, won, torch.nextafter(others, torch.ones_like(others)))
     )
+
+
+def resize_as_reference(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Normalised frames [B, 3, H, W] -> [B, 3, size, size] as the reference's JPEG video
+    loader makes them: the uint8 frame resized by PIL (its default filter, bicubic), divided
+    by 255 in float64, then normalised in float32. The uint8 values are recovered exactly from
+    the engine's normalised float32 frames (within 1e-4 of an integer); the resize runs on
+    the CPU."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1)
+    rgb = ((images * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
+    resized = []
+    for frame in rgb.permute(0, 2, 3, 1).cpu().numpy():
+        pixels = np.asarray(Image.fromarray(frame).resize((size, size))) / 255.0
+        resized.append(torch.from_numpy(pixels).permute(2, 0, 1).float())
+    out = torch.stack(resized).to(images.device)
+    out -= mean
+    out /= std
+    return out
 
 
 def _given(channel: torch.Tensor, predicted: torch.Tensor | None) -> bool:
