@@ -27,8 +27,7 @@ printed before and after: bfloat16 without ``avx512_bf16`` / ``amx_bf16`` is emu
         [--toy-frames 20] [--tiny-frames 4] [--rounds 2] [--threads 1]
 
 sam2.1-tiny at 1024 takes about 18 s a frame on a 2-core CPU, so its video is short (4
-frames by default); pointer distances of videos below 16 frames are scaled by the reference
-and not by ``twoshot infer`` (docs/models.md), so its masks may differ there.
+frames by default).
 """
 
 from __future__ import annotations

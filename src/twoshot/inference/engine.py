@@ -373,6 +373,7 @@ class PropagationEngine:
         )
         for run in runs:
             cache.plan(run.frames)
+        self.propagator.start_video(len(frames))
         for run in runs:
             for out in self._execute(run, masks, cache, output.geometry, emit, stats):
                 covered.add(out.frame)

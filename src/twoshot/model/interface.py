@@ -119,6 +119,10 @@ class Propagator(ABC):
     # :meth:`condition_ahead` as soon as their objects are enabled.
     reads_ahead: ClassVar[bool] = False
 
+    def start_video(self, num_frames: int) -> None:  # noqa: B027 - an optional hook
+        """A new video of ``num_frames`` frames starts (SAM 2 scales its pointer distances by
+        the length of videos under 16 frames); nothing by default."""
+
     def condition_ahead(
         self, memory: RunMemory, step: int, features: FrameFeatures, masks: torch.Tensor
     ) -> None:

@@ -254,6 +254,11 @@ class Sam2Propagator(Propagator):
         memory.note_peak()
         memory.frame += 1
 
+    def start_video(self, num_frames: int) -> None:
+        """Take the video's length (the reference scales pointer distances of videos under
+        16 frames by it)."""
+        self.num_frames = num_frames
+
     def condition_ahead(
         self, memory: RunMemory, step: int, features: FrameFeatures, masks: torch.Tensor
     ) -> None:
