@@ -44,7 +44,13 @@ The reference needs only PyYAML, PIL, numpy, tqdm and torch (all twoshot depende
 its package ``__init__`` (Hydra) is bypassed, ``iopath`` is stubbed and the config's
 ``_target_`` entries are instantiated here. Nothing of it is installed or imported by twoshot.
 
+``--size toy`` builds twoshot's ``sam2-toy`` in the reference: the tiny config with the toy
+trunk and one memory-attention layer, and windows that cover the whole map where the toy
+has global attention on a block that starts a stage (the reference's Hiera cannot run
+global attention there; a window over the whole map is the same computation).
+
     python benchmarks/sam2_reference.py --reference /path/to/sam2 [--frames 10] [--image-size 256]
+    python benchmarks/sam2_reference.py --reference /path/to/sam2 --cases multi non-square
 
 ``run(reference, ...) -> dict`` returns the figures.
 """
