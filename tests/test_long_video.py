@@ -384,15 +384,16 @@ def test_sam2_memory_stays_bounded_and_the_cap_keeps_the_nearest_given_frames(
     free, free_sizes = _sam2_run(sam2_model, monkeypatch)
     capped, capped_sizes = _sam2_run(sam2_model, monkeypatch, max_memory_frames=8)
     assert len(free_sizes) == len(capped_sizes) == 40
-    # Every given frame is read from the start (as the reference reads them); tracked frames
-    # stop at 15 (the pointers' reach).
-    assert all(c == len(GIVEN) for s in free_sizes for c, _ in s)
+    # Every given frame is read from the start (as the reference reads them: the later ones
+    # are taken right after frame 0 is memorised); tracked frames stop at 15 (the pointers' reach).
+    assert free_sizes[0] == [(1, 0), (1, 0)]
+    assert all(c == len(GIVEN) for s in free_sizes[1:] for c, _ in s)
     assert max(n for s in free_sizes for _, n in s) == 15
     # Capped at 8 (6 previous + 2 given frames): of the passed given frames only the 2 newest
     # stay conditioning frames (no later frame can choose an older one); the later given
     # frames are held until passed. After the last given frame nothing grows.
     passed = [sum(1 for g in GIVEN if g <= t) for t in range(40)]
-    expected = [min(p, 2) + len(GIVEN) - p for p in passed]
+    expected = [1] + [min(p, 2) + len(GIVEN) - p for p in passed[1:]]
     assert [s[0][0] for s in capped_sizes] == [s[1][0] for s in capped_sizes] == expected
     held = [max(c + n for c, n in s) for s in capped_sizes]
     assert max(held[18:]) <= 2 + 15 and held[33:] == [held[-1]] * 7
