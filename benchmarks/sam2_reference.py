@@ -342,7 +342,7 @@ def run(
                 started = time.perf_counter()
                 tag = f"{'fill' if fill else 'no-fill'}/{mode}"
                 if "forward" in cases:
-                    outs = list(engine.frames(frames, given, mode="forward"))
+                    outs = list(engine.frames(frames, given))  # forward
                     pairs = [(o.labels, ref_forward[o.frame]) for o in outs if o.frame not in given]
                     results[f"forward/{tag}"] = agreement(pairs)
                 if "bidirectional" in cases:
@@ -354,13 +354,13 @@ def run(
                     ]
                     results[f"bidirectional/{tag}"] = agreement(both_pairs)
                 if "multi" in cases:
-                    outs = engine.frames(frames, {f: multi_labels[f] for f in multi}, mode="forward")
+                    outs = engine.frames(frames, {f: multi_labels[f] for f in multi})  # forward
                     by_frame = {o.frame: (o.labels, ref_multi[o.frame]) for o in outs if o.frame not in multi}
                     results[f"multi/{tag}"] = agreement(list(by_frame.values()))
                     before = [pair for f, pair in by_frame.items() if f < second]
                     results[f"multi, frames before {second}/{tag}"] = agreement(before)
                 if "non-square" in cases:
-                    outs = engine.frames(wide_frames, {0: wide_labels[0]}, mode="forward")
+                    outs = engine.frames(wide_frames, {0: wide_labels[0]})  # forward
                     wide_pairs = [(o.labels, ref_wide[o.frame]) for o in outs if o.frame != 0]
                     results[f"non-square {wide[0]}x{wide[1]}/{tag}"] = agreement(wide_pairs)
                 seconds = time.perf_counter() - started

@@ -372,7 +372,7 @@ def _sam2_run(
     config = load_config("sam2-toy").inference
     engine = PropagationEngine(model, InferenceConfig(**{**config.__dict__, "device": "cpu", **settings}))
     given = {f: labels[f] for f in GIVEN if f < length}
-    return engine.propagate(frames, given, mode="forward").masks, sizes
+    return engine.propagate(frames, given).masks, sizes  # forward
 
 
 GIVEN = range(0, 19, 6)

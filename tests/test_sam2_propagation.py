@@ -254,7 +254,7 @@ def test_later_given_frames_are_read_from_the_start_of_the_run(
 
     monkeypatch.setattr(Sam2Propagator, "_track", spy)
     eng = engine(model)
-    propagation = eng.frames(frames, {0: first, 5: first}, mode="forward")
+    propagation = eng.frames(frames, {0: first, 5: first})  # forward
     list(propagation)
     # Both objects read given frames 0 and 5 on every tracked frame, before frame 5 too (as
     # the reference's add_new_mask on both, then propagate_in_video); frame 5 gives both
