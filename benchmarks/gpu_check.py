@@ -27,6 +27,11 @@ train      ``stcn`` optimisation steps at the reference batches (4 per GPU for t
            profile (the share of the time the GPU is busy); the clip loader's clips/s with
            worker processes; the whole trainer with that loader. Together they say whether
            training is bound by the data, the host or the GPU.
+sam2       SAM 2.1 (random weights whose object-score head sees the objects) on a generated
+           480p video with 2 objects: sam2.1-tiny at its 1024 input on CUDA (``sam2-toy``
+           on a CPU) in float32 and in its own bfloat16 autocast, and bfloat16 with
+           ``inference.offload`` (features and memories in CPU memory): frames/s, peak CUDA
+           memory, and the share of mask pixels equal to float32's (offload: to bfloat16's).
 twoshot    the two-shot method on generated videos with the demo's data and schedule
            (``twoshot demo``): naive 2-shot, two-shot, full supervision (J&F with standard
            errors), the bank, the time per stage.
@@ -61,7 +66,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS: tuple[str, ...] = ("tests", "inference", "train", "twoshot")
+SECTIONS: tuple[str, ...] = ("tests", "inference", "train", "sam2", "twoshot")
 
 # Published inference speeds of the reference models (DAVIS 2017 val, 480p).
 PUBLISHED = {
@@ -612,6 +617,71 @@ def section_train(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
 # Section: the two-shot method on generated videos
 
 
+def section_sam2(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
+    """SAM 2's speed, memory and precision agreement (see the module docstring)."""
+    import numpy as np
+    import torch
+
+    from common import timed
+    from twoshot.config import load_config
+    from twoshot.data.fixtures import random_video
+    from twoshot.inference import PropagationEngine
+    from twoshot.model import build_model
+
+    cuda = ctx.cuda
+    preset = "sam2.1-tiny" if cuda else "sam2-toy"
+    frames = (16 if ctx.quick else 48) if cuda else (3 if ctx.quick else 8)
+    height, width = inference_frame_size(cuda, ctx.quick)
+    video, labels = random_video(frames, (height, width), object_ids=(1, 2), seed=0)
+    torch.manual_seed(0)
+    config = load_config(preset)
+    model = build_model(config.model).eval()
+    with torch.no_grad():  # random weights that see the objects: the masks are not empty
+        model.state_dict()["sam_mask_decoder.pred_obj_score_head.layers.2.bias"].fill_(4.0)
+    variants = {
+        "fp32": {"amp": False},
+        "bf16": {"amp": True, "amp_dtype": "bfloat16"},
+        "bf16, offload": {"amp": True, "amp_dtype": "bfloat16", "offload": True},
+    }
+    rows: list[Row] = []
+    results: dict[str, Any] = {}
+    masks: dict[str, Any] = {}
+    for name, settings in variants.items():
+        inference = dataclasses.replace(config.inference, device=ctx.device, **settings)
+        engine = PropagationEngine(model, inference)
+        timed(partial(engine.propagate, video[:2], {0: labels[0]}), engine.device)  # warm-up
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        result, seconds = timed(partial(engine.propagate, video, {0: labels[0]}), engine.device)
+        masks[name] = result.masks
+        peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+        against = "fp32" if name == "bf16" else "bf16" if name == "bf16, offload" else None
+        equal = None if against is None else float(np.mean(result.masks[1:] == masks[against][1:]))
+        results[name] = {
+            "frames": frames,
+            "seconds": round(seconds, 3),
+            "frames_per_second": round(frames / seconds, 2),
+            "peak_cuda_mib": None if peak is None else round(peak),
+            "pixels_equal_to": against,
+            "pixels_equal": equal,
+            "foreground": float(np.mean(result.masks[1:] > 0)),
+        }
+        memory = f", peak CUDA {peak:.0f} MiB" if peak is not None else ""
+        agree = "" if equal is None else f"; {100 * equal:.3f}% of mask pixels equal to {against}'s"
+        rows.append(
+            [
+                "sam2",
+                f"{preset}, {name}, {frames} frames {width}x{height}, 2 objects",
+                f"**{frames / seconds:.2f} frames/s**{memory}{agree}",
+                "SAM 2.1 README: 91.2 frames/s (tiny, A100, compiled)" if cuda else "-",
+            ]
+        )
+        del engine
+        if cuda:
+            torch.cuda.empty_cache()
+    return rows, {"preset": preset, "size": [height, width], "results": results}
+
+
 def twoshot_scale(cuda: bool, quick: bool) -> tuple[str, Any, int]:
     """(name, ``twoshot.demo.DemoScale``, DataLoader workers) of the two-shot section.
 
@@ -752,7 +822,7 @@ class Context:
 
 # Seconds a section needs at least on a GPU (--budget skips a section with less time left)
 # and that a compiled inference variant needs (compiling the stcn network takes a minute).
-SECTION_MINIMUM = {"tests": 120, "inference": 80, "train": 30, "twoshot": 150}
+SECTION_MINIMUM = {"tests": 120, "inference": 80, "train": 30, "sam2": 60, "twoshot": 150}
 COMPILE_MINIMUM = 100
 
 
@@ -760,6 +830,7 @@ SECTION_FUNCTIONS: dict[str, Callable[[Context], tuple[list[Row], dict[str, Any]
     "tests": section_tests,
     "inference": section_inference,
     "train": section_train,
+    "sam2": section_sam2,
     "twoshot": section_twoshot,
 }
 

@@ -29,6 +29,16 @@ generated 24-frame videos at 96x96 (``--save-checkpoint`` keeps it for the next 
     python benchmarks/long_video.py                               # 200 frames; ~5 min on 2 quiet cores
     python benchmarks/long_video.py --frames 60 --jf-frames 120 --train-iterations 100   # quick
     python benchmarks/long_video.py --frames 2000 --configs cap --skip-accuracy         # 2 000 frames, capped
+    python benchmarks/long_video.py --model sam2-toy --frames 2000 --given-every 100 --cap 8 --configs cap \
+        --skip-accuracy                                                               # SAM 2, 2 000 frames
+
+**SAM 2** (``--model sam2-toy``, random weights whose object-score head sees the objects):
+the preset's own inference settings (bfloat16 autocast, 128-pixel input), ``--cap`` is
+``max_memory_frames`` (SAM 2: its 6 previous frames plus the ``cap - 6`` given frames
+nearest in time; at least 8), ``--given-every K`` gives the objects' masks on every K-th
+frame as well (so that the given frames, the only part of SAM 2's memory that can grow,
+do), ``--offload`` keeps features and memories in CPU memory (a no-op on a CPU). The
+accuracy part is STCN's only.
 
 ``run(...) -> dict`` does the same for a benchmark runner.
 """
@@ -119,6 +129,9 @@ def measure_memory(
     size: tuple[int, int] = (480, 854),
     samples: int = 20,
     seed: int = 0,
+    model_name: str = "tiny",
+    given_every: int | None = None,
+    offload: bool = False,
 ) -> dict[str, Any]:
     """One configuration, in this process (call it in a fresh one: the peak RSS is per process).
 
@@ -128,10 +141,18 @@ def measure_memory(
     """
     video = LongVideo(frames, size, seed=seed)
     torch.manual_seed(seed)
-    model = build_model(load_config("tiny").model).eval()
+    preset = load_config(model_name)
+    model = build_model(preset.model).eval()
     cap_value = None if config_name == "unbounded" else cap
-    engine = PropagationEngine(model, InferenceConfig(size=480, device="cpu", max_memory_frames=cap_value))
+    if preset.model.kind == "sam2":
+        with torch.no_grad():  # random weights that see the objects: the masks are not empty
+            model.state_dict()["sam_mask_decoder.pred_obj_score_head.layers.2.bias"].fill_(4.0)
+        settings = dataclasses.replace(preset.inference, device="cpu", max_memory_frames=cap_value)
+    else:
+        settings = InferenceConfig(size=480, device="cpu", max_memory_frames=cap_value)
+    engine = PropagationEngine(model, dataclasses.replace(settings, offload=offload))
     engine.propagate(video[:2], {0: video.labels(0)})  # warm-up
+    given = {t: video.labels(t) for t in range(0, frames, given_every or frames)}
     start_rss = rss_mb()
     every = max(1, frames // samples)
     rss: list[tuple[int, float, float]] = []
@@ -145,17 +166,20 @@ def measure_memory(
     start = time.perf_counter()
     streamed = config_name != "cap_in_memory"
     if streamed:
-        propagation = engine.frames(video, {0: video.labels(0)})
+        propagation = engine.frames(video, given)
         for out in propagation:
             progress(out.frame)  # a real caller writes the PNG here (predict_sequences does)
         stats = propagation.stats
     else:
-        stats = engine.propagate(video, {0: video.labels(0)}, progress=progress).stats
+        stats = engine.propagate(video, given, progress=progress).stats
     seconds = time.perf_counter() - start
     quarter = max(1, len(stamps) // 4)
     half = [(mb, peak) for frame, mb, peak in rss if frame >= frames // 2]
     return {
         "config": config_name,
+        "model": model_name,
+        "given_frames": len(given),
+        "offload": offload,
         "frames": frames,
         "max_memory_frames": cap_value,
         "streamed": streamed,
@@ -277,12 +301,26 @@ def run(
     jf_caps: Sequence[int] = (2, 5, 10),
     threads: int | None = None,
     seed: int = 0,
+    model_name: str = "tiny",
+    given_every: int | None = None,
+    offload: bool = False,
 ) -> dict:
     """Both parts (see the module docstring). Returns {"machine", "memory": {config: report},
     "accuracy": {...} or None, "model": how the accuracy model was obtained}."""
     threads = threads or torch.get_num_threads()
     memory = {
-        name: _child({"config_name": name, "frames": frames, "cap": cap, "seed": seed, "threads": threads})
+        name: _child(
+            {
+                "config_name": name,
+                "frames": frames,
+                "cap": cap,
+                "seed": seed,
+                "threads": threads,
+                "model_name": model_name,
+                "given_every": given_every,
+                "offload": offload,
+            }
+        )
         for name in configs
     }
     report: dict[str, Any] = {
@@ -291,7 +329,7 @@ def run(
         "accuracy": None,
         "model": None,
     }
-    if not accuracy:
+    if not accuracy or model_name != "tiny":
         return report
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -323,6 +361,12 @@ def format_report(report: dict) -> str:
         f"({m['torch_threads']} threads), load average {m['load_average_1min']}",
         "",
     ]
+    first = next(iter(report["memory"].values()), {})
+    if first.get("model", "tiny") != "tiny":
+        lines[-1:-1] = [
+            f"model {first['model']}, masks given on {first['given_frames']} frames, "
+            f"offload {'on' if first['offload'] else 'off'}"
+        ]
     rows = []
     for name, r in report["memory"].items():
         rows.append(
@@ -399,6 +443,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jf-caps", type=int, nargs="+", default=[2, 5, 10])
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--json", default=None, metavar="PATH")
+    parser.add_argument(
+        "--model", default="tiny", choices=("tiny", "sam2-toy"), help="the memory part's model"
+    )
+    parser.add_argument(
+        "--given-every", type=int, default=None, metavar="K", help="masks on every K-th frame too"
+    )
+    parser.add_argument("--offload", action="store_true", help="SAM 2: features and memories in CPU memory")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
@@ -423,6 +474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.jf_videos,
         args.jf_caps,
         args.threads,
+        model_name=args.model,
+        given_every=args.given_every,
+        offload=args.offload,
     )
     print_report(format_report(report), report, args.json)
     return 0

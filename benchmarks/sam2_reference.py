@@ -4,7 +4,7 @@ Builds the reference ``SAM2VideoPredictor`` (facebookresearch/sam2, from a check
 gives with ``--reference``) from its config (``configs/sam2.1/sam2.1_hiera_t.yaml`` by
 default) with the overrides its ``build_sam2_video_predictor`` applies (dynamic multimask,
 binarised memory of given masks, ``fill_hole_area`` 8) and a small ``image_size`` (``--size
-toy``: that config with the toy trunk, :data:`REFERENCE_TOY`), and
+toy``: that config with twoshot's ``sam2-toy`` trunk, see below), and
 twoshot's :class:`~twoshot.model.sam2.Sam2` with the same weights: random ones (seeded,
 twoshot's state dict loaded into the reference with ``strict=True``; the object-score head's
 last bias raised so that objects are seen and the masks are not empty), or a published
@@ -25,6 +25,14 @@ Cases (each object tracked on its own, as SAM 2 does):
   reverse=False)`` and, in another fresh state, ``reverse=True``. twoshot: the engine in
   ``bidirectional`` direction; each frame compared with the reference run of its source frame and
   direction.
+- ``multi``: objects 1 and 2 given on frame 0 and again on frame ``--second`` in one forward
+  run. Reference: per object, ``add_new_mask`` on both frames, then ``propagate_in_video``
+  (every frame reads both conditioning frames, also the later one). twoshot: the engine in
+  ``forward`` mode with both frames annotated.
+- ``non-square``: the ``forward`` case's objects 1 and 2 on a video of ``--non-square``
+  (H, W) pixels (default 3/4 x 5/4 of ``image_size``, multiples of 16: no padding), which
+  both sides resize to ``image_size`` x ``image_size``: the reference's JPEG loader with
+  PIL's ``resize`` (bicubic on the uint8 frame), twoshot as its propagator does.
 
 ``clicks`` (``--sections clicks``): click-to-segment, as ``twoshot annotate`` does it, against
 the reference's ``add_new_points_or_box`` on a frame not tracked yet (an initial
@@ -50,8 +58,14 @@ The reference needs only PyYAML, PIL, numpy, tqdm and torch (all twoshot depende
 its package ``__init__`` (Hydra) is bypassed, ``iopath`` is stubbed and the config's
 ``_target_`` entries are instantiated here. Nothing of it is installed or imported by twoshot.
 
+``--size toy`` builds twoshot's ``sam2-toy`` in the reference: the tiny config with the toy
+trunk and one memory-attention layer, and windows that cover the whole map where the toy
+has global attention on a block that starts a stage (the reference's Hiera cannot run
+global attention there; a window over the whole map is the same computation).
+
     python benchmarks/sam2_reference.py --reference /path/to/sam2 [--frames 10] [--image-size 256]
     python benchmarks/sam2_reference.py --reference /path/to/sam2 --sections clicks --size toy
+    python benchmarks/sam2_reference.py --reference /path/to/sam2 --cases multi non-square
 
 ``run(reference, ...) -> dict`` returns the figures.
 """
@@ -67,7 +81,6 @@ import time
 import types
 import warnings
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -81,15 +94,10 @@ from twoshot.data.fixtures import random_video
 from twoshot.inference import PropagationEngine
 from twoshot.model.sam2 import SIZES, Sam2, Sam2Propagator, connected_components, load_sam2
 from twoshot.model.sam2.prompt import NEGATIVE, POSITIVE, PromptSegmenter, prepare_image, prompt_sequence
-from twoshot.model.sam2.sizes import Sam2Size
 
-CASES: tuple[str, ...] = ("forward", "bidirectional")
+CASES: tuple[str, ...] = ("forward", "bidirectional", "multi", "non-square")
 SECTIONS: tuple[str, ...] = ("propagation", "clicks")
-CONFIGS = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l", "toy": "t"}
-# The reference's Hiera cannot pool queries in a global-attention block (its window size 0
-# divides), which the toy trunk does in blocks 2 and 3: here "toy" attends within windows
-# there (the same parameters, so the same state dict).
-REFERENCE_TOY = replace(SIZES["toy"], global_att_blocks=())
+CONFIGS = {"toy": "t", "tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
 OBJECT_SCORE_BIAS = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
@@ -149,13 +157,27 @@ def instantiate(node: Any) -> Any:
 
 def build_reference(path: Path, size: str, image_size: int, state: dict[str, torch.Tensor]) -> Any:
     """The reference ``SAM2VideoPredictor`` of ``size`` at ``image_size`` with weights ``state``
-    (``toy``: the tiny config with :data:`REFERENCE_TOY`'s trunk and memory attention depth)."""
+    (``toy``: the tiny config with ``sam2-toy``'s trunk and memory attention depth)."""
     config_file = path / "sam2" / "configs" / "sam2.1" / f"sam2.1_hiera_{CONFIGS[size]}.yaml"
     model = _numbers(yaml.safe_load(config_file.read_text()))["model"]
-    if size == "toy":
-        shape_reference_like(model, REFERENCE_TOY)
     model["_target_"] = "sam2.sam2_video_predictor.SAM2VideoPredictor"
     model["image_size"] = image_size
+    if size == "toy":  # twoshot's own size: the tiny config with the toy trunk and one memory layer
+        toy = SIZES["toy"]
+        # The toy's global-attention blocks 2 and 3 start a stage (query pooling), which the
+        # reference's Hiera cannot run (its window arithmetic divides by zero there). A block
+        # takes the window of the stage before it; windows that cover the whole map (16 and 8
+        # tokens for blocks 2 and 3 at a 128-pixel input) are global attention.
+        model["image_encoder"]["trunk"].update(
+            embed_dim=toy.embed_dim,
+            num_heads=toy.num_heads,
+            stages=list(toy.stages),
+            global_att_blocks=[],
+            window_spec=[toy.window_spec[0], image_size // 8, image_size // 16, toy.window_spec[3]],
+            window_pos_embed_bkg_spatial_size=list(toy.pos_embed_size),
+        )
+        model["image_encoder"]["neck"]["backbone_channel_list"] = toy.channel_list
+        model["memory_attention"]["num_layers"] = toy.memory_layers
     # build_sam2_video_predictor's post-processing overrides
     model["sam_mask_decoder_extra_args"] = {
         "dynamic_multimask_via_stability": True,
@@ -167,21 +189,6 @@ def build_reference(path: Path, size: str, image_size: int, state: dict[str, tor
     predictor = instantiate(model)
     predictor.load_state_dict(state, strict=True)
     return predictor.eval()
-
-
-def shape_reference_like(model: dict[str, Any], size: Sam2Size) -> None:
-    """Set a reference config's trunk, neck and memory attention depth to a twoshot size."""
-    trunk = model["image_encoder"]["trunk"]
-    trunk.update(
-        embed_dim=size.embed_dim,
-        num_heads=size.num_heads,
-        stages=list(size.stages),
-        global_att_blocks=list(size.global_att_blocks),
-        window_spec=list(size.window_spec),
-        window_pos_embed_bkg_spatial_size=list(size.pos_embed_size),
-    )
-    model["image_encoder"]["neck"]["backbone_channel_list"] = size.channel_list
-    model["memory_attention"]["num_layers"] = size.memory_layers
 
 
 def write_jpegs(frames: np.ndarray, folder: Path) -> np.ndarray:
@@ -246,6 +253,21 @@ def reference_bidirectional(
     return out
 
 
+def reference_multi(
+    predictor: Any, state: Any, labels: np.ndarray, given: list[int]
+) -> dict[int, np.ndarray]:
+    """The ``multi`` case with the reference: {frame: uint8 ids}, every object given on every
+    frame of ``given`` before one forward ``propagate_in_video``."""
+    ids = [int(o) for o in np.unique(labels[given[0]]) if o]
+    per_object = {
+        obj: dict(reference_run(predictor, state, {f: labels[f] == obj for f in given}, given[0], False))
+        for obj in ids
+    }
+    return {
+        f: combine([per_object[o].get(f) for o in ids], ids, labels.shape[1:]) for f in range(len(labels))
+    }
+
+
 def twoshot_engine(model: Sam2, amp: bool, fill_hole_area: int, num_frames: int) -> PropagationEngine:
     """twoshot's engine for SAM 2: exact layouts, bfloat16 autocast with ``amp`` (else fp32)."""
     config = InferenceConfig(size=-1, exact=True, amp=amp, amp_dtype="bfloat16", device="cpu")
@@ -277,7 +299,7 @@ def benchmark_model(size: str, image_size: int, checkpoint: Path | None) -> Sam2
     if checkpoint is not None:
         model = load_sam2(checkpoint, size=size, image_size=image_size)
     else:
-        model = Sam2((REFERENCE_TOY if size == "toy" else SIZES[size]).with_image_size(image_size))
+        model = Sam2(SIZES[size].with_image_size(image_size))
         with torch.no_grad():
             model.state_dict()[OBJECT_SCORE_BIAS].fill_(4.0)
     return model.eval()
@@ -293,8 +315,11 @@ def run(
     seed: int = 0,
     checkpoint: Path | None = None,
     fp32: bool = False,
+    cases: tuple[str, ...] = CASES,
+    second: int = 5,
+    non_square: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """All cases with and without hole filling; returns {case/mode: agreement figures}."""
+    """``cases`` with and without hole filling; returns {case/mode: agreement figures}."""
     torch.manual_seed(seed)
     model = benchmark_model(size, image_size, checkpoint)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
@@ -305,10 +330,16 @@ def run(
     first[first == 3] = 0
     given = {0: first, enter: np.where(labels[enter] == 3, 3, 0).astype(np.uint8)}
     labeled = [1, num_frames - 2]
+    multi = [0, second]
+    multi_labels = labels.copy()
+    multi_labels[multi_labels == 3] = 0
+    wide = non_square or (image_size * 3 // 4 // 16 * 16, image_size * 5 // 4 // 16 * 16)
+    wide_frames, wide_labels = random_video(num_frames, wide, object_ids=(1, 2), seed=seed + 1)
     results: dict[str, Any] = {}
     reference_labels: dict[bool, dict[int, np.ndarray]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as wide_tmp:
         frames = write_jpegs(frames, Path(tmp))
+        wide_frames = write_jpegs(wide_frames, Path(wide_tmp))
         for fill in (True, False):
             import_reference(reference, fill)
             predictor = build_reference(reference, size, image_size, weights)
@@ -316,31 +347,55 @@ def run(
                 warnings.simplefilter("ignore")
                 started = time.perf_counter()
                 state = predictor.init_state(tmp)
-                ref_forward = reference_forward(predictor, state, labels, given)
-                ref_both = reference_bidirectional(predictor, state, labels, labeled)
+                ref_forward = reference_forward(predictor, state, labels, given) if "forward" in cases else {}
+                ref_both = (
+                    reference_bidirectional(predictor, state, labels, labeled)
+                    if "bidirectional" in cases
+                    else {}
+                )
+                ref_multi = reference_multi(predictor, state, multi_labels, multi) if "multi" in cases else {}
+                ref_wide: dict[int, np.ndarray] = {}
+                if "non-square" in cases:
+                    wide_state = predictor.init_state(wide_tmp)
+                    ref_wide = reference_forward(predictor, wide_state, wide_labels, {0: wide_labels[0]})
                 ref_seconds = time.perf_counter() - started
             reference_labels[fill] = ref_forward
             modes = [("bf16", True)] + ([("fp32", False)] if fp32 else [])
             for mode, amp in modes:
                 engine = twoshot_engine(model, amp, 8 if fill else 0, num_frames)
                 started = time.perf_counter()
-                outs = list(engine.frames(frames, given, direction="forward"))
-                pairs = [(o.labels, ref_forward[o.frame]) for o in outs if o.frame not in given]
-                both = list(engine.frames(frames, {f: labels[f] for f in labeled}, direction="bidirectional"))
-                seconds = time.perf_counter() - started
-                both_pairs = [
-                    (o.labels, ref_both[(o.source, o.frame)])
-                    for o in both
-                    if o.frame not in labeled and o.source is not None
-                ]
                 tag = f"{'fill' if fill else 'no-fill'}/{mode}"
-                results[f"forward/{tag}"] = agreement(pairs)
-                results[f"bidirectional/{tag}"] = agreement(both_pairs)
+                if "forward" in cases:
+                    outs = list(engine.frames(frames, given))  # forward
+                    pairs = [(o.labels, ref_forward[o.frame]) for o in outs if o.frame not in given]
+                    results[f"forward/{tag}"] = agreement(pairs)
+                if "bidirectional" in cases:
+                    both = list(
+                        engine.frames(frames, {f: labels[f] for f in labeled}, direction="bidirectional")
+                    )
+                    both_pairs = [
+                        (o.labels, ref_both[(o.source, o.frame)])
+                        for o in both
+                        if o.frame not in labeled and o.source is not None
+                    ]
+                    results[f"bidirectional/{tag}"] = agreement(both_pairs)
+                if "multi" in cases:
+                    outs = engine.frames(frames, {f: multi_labels[f] for f in multi})  # forward
+                    by_frame = {o.frame: (o.labels, ref_multi[o.frame]) for o in outs if o.frame not in multi}
+                    results[f"multi/{tag}"] = agreement(list(by_frame.values()))
+                    before = [pair for f, pair in by_frame.items() if f < second]
+                    results[f"multi, frames before {second}/{tag}"] = agreement(before)
+                if "non-square" in cases:
+                    outs = engine.frames(wide_frames, {0: wide_labels[0]})  # forward
+                    wide_pairs = [(o.labels, ref_wide[o.frame]) for o in outs if o.frame != 0]
+                    results[f"non-square {wide[0]}x{wide[1]}/{tag}"] = agreement(wide_pairs)
+                seconds = time.perf_counter() - started
                 results[f"seconds/{tag}"] = {"twoshot": seconds, "reference": ref_seconds}
-    changed = sum(
-        int((reference_labels[True][f] != reference_labels[False][f]).sum()) for f in range(num_frames)
-    )
-    results["hole-filling changes (reference, forward case)"] = changed
+    if "forward" in cases:
+        changed = sum(
+            int((reference_labels[True][f] != reference_labels[False][f]).sum()) for f in range(num_frames)
+        )
+        results["hole-filling changes (reference, forward case)"] = changed
     return results
 
 
@@ -448,6 +503,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}"
     )
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--second", type=int, default=5, help="multi: the second given frame")
+    parser.add_argument(
+        "--non-square", type=int, nargs=2, metavar=("H", "W"), help="non-square: the frame size"
+    )
     args = parser.parse_args(argv)
     sections = args.sections.split(",")
     if set(sections) - set(SECTIONS):
@@ -464,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 checkpoint=args.checkpoint,
                 fp32=args.fp32,
+                cases=tuple(args.cases),
+                second=args.second,
+                non_square=tuple(args.non_square) if args.non_square else None,
             )
         )
     if "clicks" in sections:

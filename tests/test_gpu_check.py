@@ -48,6 +48,7 @@ def test_cpu_quick_run_reports_every_section(tmp_path: Path) -> None:
         "tests": "ok",
         "inference": "ok",
         "train": "ok",
+        "sam2": "ok",
         "twoshot": "ok",
     }
     # Without a GPU the CUDA tests are collected and skipped, not left out.
@@ -61,6 +62,13 @@ def test_cpu_quick_run_reports_every_section(tmp_path: Path) -> None:
     assert "profile" not in sections["train"]["details"]
     train = sections["train"]["details"]
     assert train["loader_clips_per_s"] > 0 and train["trainer_it_per_s"] > 0
+    sam2 = sections["sam2"]["details"]["results"]
+    assert (
+        set(sam2) == {"fp32", "bf16", "bf16, offload"} and sections["sam2"]["details"]["preset"] == "sam2-toy"
+    )
+    # The masks are not empty, and offloading changes where the memories live, not their values.
+    assert sam2["bf16"]["foreground"] > 0 and sam2["bf16, offload"]["pixels_equal"] == 1.0
+    assert 0.0 <= sam2["bf16"]["pixels_equal"] <= 1.0 and sam2["bf16"]["pixels_equal_to"] == "fp32"
     scores = sections["twoshot"]["details"]["scores"]
     assert set(scores) >= {"phase2", "naive", "full"}
     assert all(0.0 <= value <= 100.0 for value in scores.values())

@@ -338,3 +338,110 @@ def test_frames_on_demand_indexing() -> None:
     assert [int(f[0, 0, 0]) for f in frames] == [0, 1, 2, 3, 4]
     with pytest.raises(IndexError, match="frame 5 of a 5-frame video"):
         frames[5]
+
+
+# -- SAM 2: bounded by design; max_memory_frames caps the given frames read; offload ---------
+
+
+@pytest.fixture(scope="module")
+def sam2_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    sam = build_model(load_config("sam2-toy", overrides=["model.sam2.image_size=64"]).model)
+    with torch.no_grad():  # random weights that see the objects: masks are not empty
+        sam.state_dict()["sam_mask_decoder.pred_obj_score_head.layers.2.bias"].fill_(4.0)
+    return sam.eval()
+
+
+def _sam2_run(
+    model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch, length: int = 40, **settings: object
+) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
+    """Forward run over ``length`` frames given on :data:`GIVEN` frames -> (labels [T, H, W],
+    after each processed frame the (conditioning, tracked) frames each object holds)."""
+    from twoshot.model.sam2.propagator import Sam2Propagator, Sam2RunMemory
+
+    frames, labels = random_video(length, (48, 64), object_ids=(1, 2), seed=5)
+    sizes: list[list[tuple[int, int]]] = []
+    original = getattr(Sam2Propagator.memorize, "__wrapped__", Sam2Propagator.memorize)  # not a spy
+
+    def memorize(self: Sam2Propagator, memory: Sam2RunMemory, *args: object, **kwargs: object) -> None:
+        original(self, memory, *args, **kwargs)  # type: ignore[arg-type]
+        sizes.append([(len(t.conditioning), len(t.recent)) for t in memory.tracks])
+
+    memorize.__wrapped__ = original  # type: ignore[attr-defined]
+    monkeypatch.setattr(Sam2Propagator, "memorize", memorize)
+    config = load_config("sam2-toy").inference
+    engine = PropagationEngine(model, InferenceConfig(**{**config.__dict__, "device": "cpu", **settings}))
+    given = {f: labels[f] for f in GIVEN if f < length}
+    return engine.propagate(frames, given).masks, sizes  # forward
+
+
+GIVEN = range(0, 19, 6)
+
+
+def test_sam2_memory_stays_bounded_and_the_cap_keeps_the_nearest_given_frames(
+    sam2_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    free, free_sizes = _sam2_run(sam2_model, monkeypatch)
+    capped, capped_sizes = _sam2_run(sam2_model, monkeypatch, max_memory_frames=8)
+    assert len(free_sizes) == len(capped_sizes) == 40
+    # Every given frame is read from the start (as the reference reads them: the later ones
+    # are taken right after frame 0 is memorised); tracked frames stop at 15 (the pointers' reach).
+    assert free_sizes[0] == [(1, 0), (1, 0)]
+    assert all(c == len(GIVEN) for s in free_sizes[1:] for c, _ in s)
+    assert max(n for s in free_sizes for _, n in s) == 15
+    # Capped at 8 (6 previous + 2 given frames): of the passed given frames only the 2 newest
+    # stay conditioning frames (no later frame can choose an older one); the later given
+    # frames are held until passed. After the last given frame nothing grows.
+    passed = [sum(1 for g in GIVEN if g <= t) for t in range(40)]
+    expected = [1] + [min(p, 2) + len(GIVEN) - p for p in passed[1:]]
+    assert [s[0][0] for s in capped_sizes] == [s[1][0] for s in capped_sizes] == expected
+    held = [max(c + n for c, n in s) for s in capped_sizes]
+    assert max(held[18:]) <= 2 + 15 and held[33:] == [held[-1]] * 7
+    assert not np.array_equal(capped, free)  # the cap changes what is read
+    # A cap that holds every given frame changes nothing.
+    roomy, _ = _sam2_run(sam2_model, monkeypatch, max_memory_frames=6 + len(GIVEN))
+    np.testing.assert_array_equal(roomy, free)
+
+
+def test_sam2_refuses_caps_it_cannot_apply_and_offload_is_sam2_only() -> None:
+    from twoshot.errors import UserError
+
+    with pytest.raises(UserError) as error:
+        load_config("sam2-toy", overrides=["inference.max_memory_frames=7"])
+    assert str(error.value) == (
+        "config key 'inference.max_memory_frames': SAM 2 reads its 6 previous frames and at least 2 "
+        "given frames, so it takes at least 8 (or null: every given frame), got 7"
+    )
+    load_config("sam2-toy", overrides=["inference.max_memory_frames=8", "inference.offload=true"])
+    with pytest.raises(UserError) as error:
+        load_config("tiny", overrides=["inference.offload=true"])
+    assert str(error.value) == (
+        "inference.offload: the stcn model keeps its features on the device; only sam2 can offload them"
+    )
+
+
+def test_sam2_offload_keeps_features_and_memories_on_the_cpu_with_the_same_masks(
+    sam2_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from twoshot.model.sam2.propagator import Sam2Propagator
+
+    stored: list[torch.device] = []
+    original = Sam2Propagator._frame_memory
+
+    def frame_memory(self: Sam2Propagator, *args: object, **kwargs: object) -> object:
+        memory = original(self, *args, **kwargs)  # type: ignore[arg-type]
+        stored.extend(t.device for t in (memory.features, memory.positions, memory.pointer))
+        return memory
+
+    monkeypatch.setattr(Sam2Propagator, "_frame_memory", frame_memory)
+    plain, _ = _sam2_run(sam2_model, monkeypatch, 10)
+    offloaded, _ = _sam2_run(sam2_model, monkeypatch, 10, offload=True)
+    np.testing.assert_array_equal(offloaded, plain)
+    assert stored and set(stored) == {torch.device("cpu")}
+    config = InferenceConfig(size=-1, device="cpu", offload=True)
+    propagator = PropagationEngine(sam2_model, config).propagator
+    assert isinstance(propagator, Sam2Propagator) and propagator.storage_device == torch.device("cpu")
+    features = propagator.encode_frames(torch.zeros(2, 3, 64, 64))
+    assert {t.device for t in (*features.high_res, features.features, features.positions)} == {
+        torch.device("cpu")
+    }

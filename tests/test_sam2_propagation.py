@@ -186,6 +186,11 @@ def test_bank_equals_forward_and_backward_runs(model: Sam2, tmp_path: Path) -> N
     frames = load_frames(sequences[0])
     gt = {i: read_mask(sequences[0].mask_paths[i])[0] for i in (a, b)}
     eng = engine(model, config)
+    # The bank's runs scale pointer distances by the whole video's length (8 frames, as the
+    # reference's state does); the clips below would use their own.
+    assert isinstance(eng.propagator, Sam2Propagator)
+    eng.propagator.start_video = lambda num_frames: None  # type: ignore[method-assign]
+    eng.propagator.num_frames = len(frames)
     fwd = {s: eng.propagate(frames[s:], {0: gt[s]}).masks for s in (a, b)}
     bwd = {s: eng.propagate(frames[s::-1].copy(), {0: gt[s]}).masks[::-1] for s in (a, b)}
     bank = np.stack(
@@ -233,3 +238,52 @@ def test_a_later_annotation_conditions_only_the_objects_it_gives(
     assert list(memory.tracks[0].conditioning) == [0, 4]
     assert list(memory.tracks[1].conditioning) == [0]
     assert 4 in memory.tracks[1].recent
+
+
+def test_later_given_frames_are_read_from_the_start_of_the_run(
+    model: Sam2, video: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frames, labels = video
+    first = np.where(labels[0] == 3, 0, labels[0]).astype(np.uint8)
+    read: list[tuple[int, list[int]]] = []
+    track = Sam2Propagator._track
+
+    def spy(self: Sam2Propagator, memory: Sam2RunMemory, tracked: object, features: object) -> object:
+        read.append((memory.frame, list(tracked.conditioning)))  # type: ignore[attr-defined]
+        return track(self, memory, tracked, features)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Sam2Propagator, "_track", spy)
+    eng = engine(model)
+    propagation = eng.frames(frames, {0: first, 5: first})  # forward
+    list(propagation)
+    # Both objects read given frames 0 and 5 on every tracked frame, before frame 5 too (as
+    # the reference's add_new_mask on both, then propagate_in_video); frame 5 gives both
+    # objects, so it is not tracked.
+    assert [f for f, _ in read[::2]] == [1, 2, 3, 4, 6, 7]
+    assert all(given == [0, 5] for _, given in read)
+    assert propagation.stats.key_encodes == len(frames)  # frame 5 encoded once, read twice
+
+
+def test_frames_are_resized_as_the_reference_loader_resizes_them(model: Sam2) -> None:
+    from PIL import Image
+
+    from twoshot.inference.geometry import Geometry, prepare_frames
+    from twoshot.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+    frames, _ = random_video(2, (50, 70), seed=3)
+    geometry = Geometry.for_frames(50, 70, -1, upscale=False, multiple=Sam2Propagator.preparation.pad_to)
+    assert geometry.padding == (0, 0, 0, 0) and geometry.padded == (50, 70)
+    images = prepare_frames(frames, geometry, torch.device("cpu"), normalize_first=False)
+    resized = Sam2Propagator(model, CONFIG).model.image_size
+    from twoshot.model.sam2.propagator import resize_as_reference
+
+    ours = resize_as_reference(images, resized)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    for frame, got in zip(frames, ours):
+        pixels = np.asarray(Image.fromarray(frame).resize((resized, resized))) / 255.0
+        expected = (torch.from_numpy(pixels).permute(2, 0, 1).float() - mean) / std
+        assert torch.equal(got, expected)
+    # Masks come back at the frame's own size (no padding in between).
+    out = engine(model).propagate(frames, {0: (frames[0, :, :, 0] > 128).astype(np.uint8)})
+    assert out.masks.shape == (2, 50, 70)

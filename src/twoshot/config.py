@@ -133,6 +133,10 @@ class TwoShotConfig:
     # 2); each further round rebuilds the bank with the previous round's phase-2 model and
     # trains phase 2 again on it (docs/training.md, "Self-training rounds").
     rounds: int = 1
+    # ``twoshot pipeline`` only: a trained teacher's weights (any registered model, told from
+    # the checkpoint's keys). Phase 1 is skipped: the bank is made with this teacher, under its
+    # own inference settings, and phase 2 trains the configured model on it (docs/training.md).
+    teacher: str | None = None
 
 
 @dataclass
@@ -147,6 +151,9 @@ class InferenceConfig:
     amp_dtype: str = "float16"  # float16 | bfloat16: the autocast type with amp
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_memory_frames: int | None = None  # bounded memory for long videos; None = unbounded
+    # Keep cached frame features and memories in CPU memory, moved to the device when read
+    # (SAM 2 only, whose spec allows it: long videos on a small accelerator; a no-op on a CPU).
+    offload: bool = False
     # Frames per key-encoder call (features are cached per video). None: 8 on CUDA, 1 on a
     # CPU, where one frame per call measured 1.08-1.14x faster and matches STCN bit for bit.
     key_batch: int | None = None

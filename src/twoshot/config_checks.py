@@ -210,6 +210,8 @@ def check_twoshot_config(twoshot: TwoShotConfig) -> None:
         (twoshot.phase2_start_update >= 0, "phase2_start_update", "must be >= 0"),
         (0.0 < twoshot.refine_threshold <= 1.0, "refine_threshold", "must be in (0, 1]"),
     ]
+    if twoshot.teacher is not None and not twoshot.teacher.strip():
+        raise UserError("config key 'twoshot.teacher': empty; give a checkpoint file or null")
     _refuse(checks, twoshot, "twoshot.")
 
 
@@ -277,6 +279,15 @@ def check_inference_settings(config: InferenceConfig, kind: str | None = None) -
             "fp32 kernels; drop one of the two"
         )
     if kind is not None:
-        check = registered_spec(kind).check_inference
+        spec = registered_spec(kind)
+        if config.offload and not spec.offload:
+            from twoshot.model.registry import model_kinds, spec_for
+
+            offloading = ", ".join(k for k in model_kinds() if spec_for(k).offload)
+            raise UserError(
+                f"inference.offload: the {kind} model keeps its features on the device; "
+                f"only {offloading} can offload them"
+            )
+        check = spec.check_inference
         if check is not None:
             check(config)

@@ -5,8 +5,10 @@ killed at any point resumes where it stopped (a training step resumes from its c
 
 1. ``budget``   the label budget (given, or made from shots / strategy / seed);
 2. ``static``   optional static-image pretraining (all later training starts from it);
-3. ``phase1``   semi-supervised training with the EMA teacher;
-4. ``bank``     the pseudo-label bank from phase 1's model (bidirectional propagation);
+3. ``phase1``   semi-supervised training with the EMA teacher (skipped with
+                ``twoshot.teacher``: a given checkpoint of any model is the teacher);
+4. ``bank``     the pseudo-label bank from phase 1's model, or the given teacher
+                (bidirectional propagation);
 5. ``phase2``   retraining on the bank with online refinement (``twoshot.write_back``:
                 also rewriting the bank's PNGs of unlabeled frames);
 5b. ``round-r`` with ``twoshot.rounds`` >= 2, self-training round r = 2, 3, ...: a bank
@@ -195,9 +197,10 @@ class Pipeline:
             init,
         )
 
-    def bank(self, budget_path: Path, weights: Path, round_: int = 1) -> Path:
+    def bank(self, budget_path: Path, weights: Path, round_: int = 1, given: bool = False) -> Path:
         """Step 4: the pseudo-label bank from ``weights`` (phase 1's; in self-training round
-        ``round_`` >= 2 the previous round's phase 2's, into ``round-<r>/bank``)."""
+        ``round_`` >= 2 the previous round's phase 2's, into ``round-<r>/bank``; ``given``:
+        the ``twoshot.teacher`` checkpoint, loaded with its own sizes and inference settings)."""
         from twoshot.bank import bank_is_complete
         from twoshot.inference.pseudo_label import build_bank
         from twoshot.model import load_model
@@ -209,13 +212,18 @@ class Pipeline:
             return bank
 
         def work() -> Path:
-            model = load_model(weights, self.config.model)
+            if given:
+                from twoshot.train.given_teacher import load_teacher
+
+                model, inference = load_teacher(str(weights))
+            else:
+                model, inference = load_model(weights, self.config.model), self.config.inference
             build_bank(
                 model,
                 self.train_sequences,
                 budget_path,
                 bank,
-                self.config.inference,
+                inference,
                 checkpoint=weights,
                 device=resolve_device(self.p.device),
                 progress=self.progress,
@@ -358,12 +366,18 @@ class Pipeline:
         """UserError naming the key, file or split if any stage would fail on its input: the
         configuration (with the run's own rules: ``lr_steps`` within each trained stage's
         ``iterations``, ``twoshot.end_warm`` before ``main.iterations``), the training and
-        validation splits, the budget (it must fit the training videos), the static data and
-        the initial weights. Reads folder listings and the budget only; writes nothing."""
+        validation splits, the budget (it must fit the training videos), the static data,
+        the initial weights and the given teacher's. Reads folder listings, the budget and
+        the teacher's weights only; writes nothing."""
         check_config(self.config)
         if self.p.static_data and not self.p.init:
             check_stage(self.config, "static")
-        check_stage(self.config, "main", two_shot=True)
+        teacher = self.config.twoshot.teacher
+        check_stage(self.config, "main", two_shot=teacher is None)  # end_warm: phase 1's
+        if teacher is not None:
+            from twoshot.train.given_teacher import check_teacher
+
+            check_teacher(teacher)
         if self.p.init and not Path(self.p.init).is_file():
             raise UserError(f"pipeline.init: {self.p.init}: weights file not found")
         if self.p.static_data and not self.p.init and not Path(self.p.static_data).is_dir():
@@ -405,8 +419,10 @@ class Pipeline:
         weights: dict[str, Path] = {}
         if init is not None and self.p.static_data and not self.p.init:
             weights["static"] = init
-        weights["phase1"] = self.phase1(budget, init)
-        banks = [self.bank(budget_path, weights["phase1"])]
+        teacher = self.config.twoshot.teacher
+        if teacher is None:
+            weights["phase1"] = self.phase1(budget, init)
+        banks = [self.bank(budget_path, Path(teacher) if teacher else weights["phase1"], given=bool(teacher))]
         weights["phase2"] = self.phase2(banks[0], init)
         latest = weights["phase2"]
         for round_ in range(2, self.config.twoshot.rounds + 1):

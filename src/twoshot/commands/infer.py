@@ -70,6 +70,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="bound memory for long videos (labeled frames are always kept)",
     )
     parser.add_argument(
+        "--offload",
+        action="store_true",
+        help="SAM 2: keep frame features and memories in CPU memory (long videos on a small GPU)",
+    )
+    parser.add_argument(
         "--exact",
         action="store_true",
         help="bit-identical to the reference implementation (slower: no channels-last "
@@ -141,6 +146,7 @@ def load_model_and_config(args: argparse.Namespace) -> tuple[VOSModel, Inference
         include_last=args.include_last or config.include_last,
         flip=getattr(args, "flip", False) or config.flip,
         exact=getattr(args, "exact", False) or config.exact,
+        offload=getattr(args, "offload", False) or config.offload,
     )
     check_inference_settings(config, model.kind)
     return model, config

@@ -52,6 +52,7 @@ from twoshot.inference.frames import (
     PartialFrame,
     PropagationResult,
     check_masks,
+    given_ahead,
     overlay_annotation,
     present_objects,
 )
@@ -210,10 +211,9 @@ class PropagationEngine:
         every_frame = self.propagator.segments_every_frame
         runs = plan(num_frames, list(masks), wanted, cfg.mem_every, cfg.include_last, every_frame)
         stats = EngineStats(runs=len(runs))
-        upscale = self.propagator.preparation.upscale
-        output = FrameMaker(
-            Geometry.for_frames(height, width, cfg.size, upscale), object_ids, confidence, probabilities
-        )
+        preparation = self.propagator.preparation
+        geometry = Geometry.for_frames(height, width, cfg.size, preparation.upscale, preparation.pad_to)
+        output = FrameMaker(geometry, object_ids, confidence, probabilities)
         variants = [
             (scale, flip) for scale in cfg.scales for flip in ((False, True) if cfg.flip else (False,))
         ]
@@ -292,7 +292,9 @@ class PropagationEngine:
             geometry = (
                 output.geometry
                 if scale == 1.0
-                else Geometry.for_frames(height, width, max(16, round(base * scale)), True)
+                else Geometry.for_frames(
+                    height, width, max(16, round(base * scale)), True, self.propagator.preparation.pad_to
+                )
             )
             maker = FrameMaker(geometry, output.object_ids, confidence=False, probabilities=True)
             source: FrameSource = _Mirrored(frames) if flip else frames
@@ -373,6 +375,7 @@ class PropagationEngine:
         )
         for run in runs:
             cache.plan(run.frames)
+        self.propagator.start_video(len(frames))
         for run in runs:
             for out in self._execute(run, masks, cache, output.geometry, emit, stats):
                 covered.add(out.frame)
@@ -409,6 +412,7 @@ class PropagationEngine:
                 cached = cache.acquire(step.frame, frames[index + 1 :])
                 present = present_objects(masks[step.frame]) if step.annotation else []
                 prob: torch.Tensor | None = None  # [1, 1+K, Hp, Wp], background first
+                new: list[int] = []
                 # An annotation that shows every enabled object replaces the whole prediction.
                 if step.predict and not (step.annotation and all(o in present for o in channels.ids)):
                     prob = propagator.segment(memory, cached.image, cached.features)
@@ -424,6 +428,9 @@ class PropagationEngine:
                 propagator.memorize(
                     memory, cached.image, cached.features, prob, step.memory, pinned=step.annotation
                 )
+                if step.annotation and new and propagator.reads_ahead:  # SAM 2: later given frames now
+                    later = [(i, s.frame) for i, s in enumerate(run.steps) if i > index and s.annotation]
+                    given_ahead(propagator, memory, later, new, channels.ids, masks, cache, geometry)
                 if step.memory is not None:
                     stats.value_encodes += 1
                 result = emit(run, step.frame, prob[0], channels.ids, source) if step.emit else None

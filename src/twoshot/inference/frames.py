@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,6 +14,10 @@ import torch
 from twoshot.errors import UserError
 from twoshot.inference.geometry import Geometry, labels_from_prob, prepare_masks, to_original
 from twoshot.model.aggregate import aggregate
+
+if TYPE_CHECKING:
+    from twoshot.inference.key_cache import KeyCache
+    from twoshot.model.interface import Propagator, RunMemory
 
 
 @dataclass
@@ -240,3 +245,26 @@ class PartialFrame:
     weight: float
     source: int
     best: float
+
+
+def given_ahead(
+    propagator: Propagator,
+    memory: RunMemory,
+    later: list[tuple[int, int]],
+    new: list[int],
+    ids: list[int],
+    masks: Mapping[int, np.ndarray],
+    cache: KeyCache,
+    geometry: Geometry,
+) -> None:
+    """Hand a propagator that ``reads_ahead`` the later annotated frames of its run for the
+    objects ``new`` just enabled: ``later`` (run step, frame) pairs; ids: every enabled object
+    in channel order; each frame's features are read from ``cache`` (one extra planned use)."""
+    for step, frame in later:
+        onehot = prepare_masks(masks[frame], ids, geometry, cache.device) > 0.5
+        onehot[[i for i, obj in enumerate(ids) if obj not in new]] = False
+        if not bool(onehot.any()):
+            continue
+        cache.plan([frame])  # read now, and again when the run reaches it
+        propagator.condition_ahead(memory, step, cache.acquire(frame).features, onehot)
+        cache.release(frame)

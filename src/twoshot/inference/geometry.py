@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from twoshot.model.preprocess import Padding, normalize_images, pad_divide_by, unpad
+from twoshot.model.preprocess import Padding, normalize_images, unpad
 
 
 def processing_size(height: int, width: int, size: int, upscale: bool = True) -> tuple[int, int]:
@@ -44,11 +44,14 @@ class Geometry:
     padding: Padding
 
     @classmethod
-    def for_frames(cls, height: int, width: int, size: int, upscale: bool = True) -> Geometry:
+    def for_frames(
+        cls, height: int, width: int, size: int, upscale: bool = True, multiple: int = 16
+    ) -> Geometry:
         """Geometry of a (height, width) video processed at shorter side ``size`` (-1 native;
-        smaller videos keep their size unless ``upscale``)."""
+        smaller videos keep their size unless ``upscale``), padded to a ``multiple`` of pixels
+        (1: not padded)."""
         proc = processing_size(height, width, size, upscale)
-        extra_h, extra_w = (-proc[0]) % 16, (-proc[1]) % 16
+        extra_h, extra_w = (-proc[0]) % multiple, (-proc[1]) % multiple
         pad = (extra_w // 2, extra_w - extra_w // 2, extra_h // 2, extra_h - extra_h // 2)
         return cls((height, width), proc, pad)
 
@@ -82,8 +85,7 @@ def prepare_frames(
     x = normalize_images(x) if normalize_first else x.float() / 255.0
     if geometry.resized:
         x = F.interpolate(x, size=geometry.processed, mode="bilinear", align_corners=False, antialias=True)
-    x, pad = pad_divide_by(x, 16)
-    assert pad == geometry.padding
+    x = _padded(x, geometry.padding)
     if not normalize_first:
         x = normalize_images(x)
     # Channels-first memory, as STCN's ToTensor gives: the HWC permute would otherwise make
@@ -105,7 +107,12 @@ def prepare_masks(
         x = F.interpolate(x[None, None].float(), size=geometry.processed, mode="nearest")[0, 0]
     ids = torch.tensor(object_ids, device=device, dtype=x.dtype).view(-1, 1, 1)
     onehot = (x[None] == ids).float()
-    return pad_divide_by(onehot, 16)[0]
+    return _padded(onehot, geometry.padding)
+
+
+def _padded(x: torch.Tensor, padding: Padding) -> torch.Tensor:
+    """x [..., H, W] zero-padded by (left, right, top, bottom) ``padding`` (x itself if none)."""
+    return F.pad(x, padding) if any(padding) else x
 
 
 def to_original(prob: torch.Tensor, geometry: Geometry) -> torch.Tensor:

@@ -94,10 +94,14 @@ class FramePreparation:
     False: resize the [0, 1] frames, pad them with black, then normalise (Cutie, which
     normalises inside the network). upscale: frames whose shorter side is below
     ``inference.size`` are enlarged to it (STCN); False: only larger frames are shrunk (Cutie).
+    pad_to: the network input's sides are zero-padded to a multiple of this (16: the strides
+    of STCN's and Cutie's encoders; 1: no padding, for a model that resizes every frame to
+    its own input, as SAM 2).
     """
 
     normalize_first: bool = True
     upscale: bool = True
+    pad_to: int = 16
 
 
 class Propagator(ABC):
@@ -110,6 +114,22 @@ class Propagator(ABC):
 
     segments_every_frame: ClassVar[bool] = False
     preparation: ClassVar[FramePreparation] = FramePreparation()
+    # The model reads a run's later annotated frames before it reaches them (SAM 2: every
+    # given frame conditions every frame of its run); the engine then hands them over with
+    # :meth:`condition_ahead` as soon as their objects are enabled.
+    reads_ahead: ClassVar[bool] = False
+
+    def start_video(self, num_frames: int) -> None:  # noqa: B027 - an optional hook
+        """A new video of ``num_frames`` frames starts (SAM 2 scales its pointer distances by
+        the length of videos under 16 frames); nothing by default."""
+
+    def condition_ahead(
+        self, memory: RunMemory, step: int, features: FrameFeatures, masks: torch.Tensor
+    ) -> None:
+        """Take the given masks of the frame at index ``step`` of the run (later than the
+        current one) into ``memory``: masks bool [K, H, W] for the enabled objects, all-False
+        for an object not given there. Only called when ``reads_ahead``."""
+        raise NotImplementedError
 
     def __init__(self, config: InferenceConfig) -> None:
         self.config = config

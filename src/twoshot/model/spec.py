@@ -44,6 +44,7 @@ class ModelSpec:
     check_train: raise UserError naming the key if a stage's TrainConfig (``static`` or
     ``main``, the second argument) is out of range for this model.
     check_inference: raise UserError naming the key if this model cannot run InferenceConfig.
+    offload: whether its propagator honours ``inference.offload`` (refused for the others).
     demo_preset: the preset ``twoshot demo --model <kind>`` trains (None: no demo).
     demo_overrides: ``key=value`` overrides the demo adds to that preset.
     """
@@ -60,6 +61,7 @@ class ModelSpec:
     check_model: Callable[[ModelConfig], None] | None = None
     check_train: Callable[[TrainConfig, str], None] | None = None
     check_inference: Callable[[InferenceConfig], None] | None = None
+    offload: bool = False
     demo_preset: str | None = None
     demo_overrides: tuple[str, ...] = ()
 

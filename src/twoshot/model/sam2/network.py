@@ -51,6 +51,14 @@ class Sam2Features:
         """A copy that owns its storage."""
         return Sam2Features([x.clone() for x in self.high_res], self.features.clone(), self.positions.clone())
 
+    def to(self, device: torch.device) -> Sam2Features:
+        """The features on ``device`` (self where they already are)."""
+        if self.features.device == device:
+            return self
+        return Sam2Features(
+            [x.to(device) for x in self.high_res], self.features.to(device), self.positions.to(device)
+        )
+
 
 @dataclass
 class SamOutput:

@@ -23,6 +23,23 @@ is background unless some object's logit is positive, and then the object with t
 logit. Every frame is memorised (``inference.mem_every`` and the memory lifetimes are not used);
 only the frames still readable are kept, so memory is bounded at any video length.
 
+Several given frames in one run: the engine hands every later given frame of an object
+over as soon as the object is enabled (:meth:`Sam2Propagator.condition_ahead`), so that, as
+in the reference (``add_new_mask`` on each, then ``propagate_in_video``), every frame reads
+all of the object's conditioning frames, later ones included (their pointers only once
+passed), and a given frame is not tracked again when the run reaches it.
+
+Long videos: ``inference.max_memory_frames`` N caps the conditioning frames an object reads
+at N - 6 (the reference's ``max_cond_frames_in_attn``; N >= 8, checked by the spec): the
+nearest before and after the current frame, then the nearest others; those not chosen are
+read as tracked frames while among the last 6 (memories) or 15 (pointers) frames, as the
+reference reads them. A passed conditioning frame with N - 6 newer passed ones is never
+chosen again and is kept as a tracked frame only (dropped when too old), so an object holds
+at most N - 6 passed given frames, its later ones and 15 tracked frames. ``inference.offload`` keeps the
+cached frame features and the memories in CPU memory (the reference's
+``offload_video_to_cpu`` / ``offload_state_to_cpu``) and moves each to the device when it is
+read: the same values, device memory independent of the features waiting in the cache.
+
 Precision: with ``inference.amp`` the work runs under autocast to ``inference.amp_dtype`` on
 any device (SAM 2's native mode, bfloat16, on a CPU too) and memories are stored in bfloat16
 as the reference stores them; without it everything is float32 (twoshot's own mode).
@@ -33,11 +50,14 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from twoshot.config import InferenceConfig
 from twoshot.model.interface import FrameFeatures, FramePreparation, Propagator, RunMemory, Wrap, no_wrap
+from twoshot.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from twoshot.model.sam2.layers import sine_1d
 from twoshot.model.sam2.network import Sam2, Sam2Features, SamOutput
 from twoshot.model.sam2.postprocess import FILL_HOLE_AREA, fill_holes
@@ -111,8 +131,11 @@ class Sam2Propagator(Propagator):
     """
 
     segments_every_frame = True
-    # The reference resizes the frame, then normalises; black padding, no upscaling by the engine.
-    preparation = FramePreparation(normalize_first=False, upscale=False)
+    reads_ahead = True
+    # The reference resizes the frame, then normalises; no upscaling by the engine, and no
+    # padding: every frame is resized to the square input here, and masks come back at the
+    # frame's own size as the reference's do.
+    preparation = FramePreparation(normalize_first=False, upscale=False, pad_to=1)
 
     def __init__(
         self,
@@ -126,6 +149,8 @@ class Sam2Propagator(Propagator):
         self.model = model
         self.fill_hole_area = fill_hole_area
         self.num_frames = num_frames
+        cap = config.max_memory_frames
+        self.max_conditioning = None if cap is None else cap - (NUM_MASKMEM - 1)
         self._encode_image = wrap(model.encode_image, "encode_image")
         self._attend_memory = wrap(model.attend_memory, "attend_memory")
 
@@ -137,21 +162,37 @@ class Sam2Propagator(Propagator):
         return torch.autocast(tensor.device.type, dtype=self.dtype)
 
     @property
+    def storage_device(self) -> torch.device | None:
+        """Where features and memories are kept between uses: the CPU with
+        ``inference.offload``, else None (where they were computed)."""
+        return torch.device("cpu") if self.config.offload else None
+
+    def _stored(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` on :attr:`storage_device`."""
+        device = self.storage_device
+        return tensor if device is None else tensor.to(device)
+
+    @property
     def storage_dtype(self) -> torch.dtype:
         """Memories are kept in bfloat16 under AMP (as the reference keeps them), else float32."""
         return torch.bfloat16 if self.config.amp else torch.float32
 
     def encode_frames(self, images: torch.Tensor) -> Sam2Features:
-        """Features of normalised frames [B, 3, Hp, Wp], resized to the model's square input
-        (bilinear, antialiased) when they are not already that size."""
+        """Features of normalised frames [B, 3, H, W], resized to the model's square input
+        when they are not already that size: with ``inference.exact`` as the reference's
+        video loader resizes (:func:`resize_as_reference`), else bilinear, antialiased."""
         size = self.model.image_size
         if images.shape[-2:] != (size, size):
-            images = F.interpolate(
-                images, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-            )
+            if self.config.exact:
+                images = resize_as_reference(images, size)
+            else:
+                images = F.interpolate(
+                    images, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+                )
         with self.autocast(images):
             features: Sam2Features = self._encode_image(images)
-        return features
+        device = self.storage_device
+        return features if device is None else features.to(device)
 
     def new_memory(self) -> Sam2RunMemory:
         """An empty memory for a new run."""
@@ -164,6 +205,7 @@ class Sam2Propagator(Propagator):
         assert isinstance(memory, Sam2RunMemory) and isinstance(features, Sam2Features)
         if not memory.tracks:
             raise RuntimeError("segment before any object was given")
+        features = features.to(image.device)
         logits = []
         with self.autocast(image):
             for track in memory.tracks:
@@ -198,15 +240,37 @@ class Sam2Propagator(Propagator):
         if prob.shape[1] - 1 != memory.num_objects:
             raise ValueError(f"probabilities for {prob.shape[1] - 1} objects, {memory.num_objects} enabled")
         step = memory.frame
+        features = features.to(image.device)
         with self.autocast(image):
             for k, track in enumerate(memory.tracks):
                 channel = prob[0, 1 + k]
-                if track.predicted_at != step or (pinned and _given(channel, track.predicted_mask)):
+                if step in track.conditioning:
+                    pass  # given here and taken ahead (condition_ahead): the same memory
+                elif track.predicted_at != step or (pinned and _given(channel, track.predicted_mask)):
                     self._condition(track, step, features, channel > 0.5)
                 else:
                     self._remember(track, step, features)
+                self._retire_conditioning(track, step)
         memory.note_peak()
         memory.frame += 1
+
+    def start_video(self, num_frames: int) -> None:
+        """Take the video's length (the reference scales pointer distances of videos under
+        16 frames by it)."""
+        self.num_frames = num_frames
+
+    def condition_ahead(
+        self, memory: RunMemory, step: int, features: FrameFeatures, masks: torch.Tensor
+    ) -> None:
+        """Make run step ``step`` (not reached yet) a conditioning frame of each object whose
+        mask in ``masks`` (bool [K, H, W], the enabled objects) has foreground."""
+        assert isinstance(memory, Sam2RunMemory) and isinstance(features, Sam2Features)
+        features = features.to(masks.device)
+        with self.autocast(masks):
+            for track, mask in zip(memory.tracks, masks):
+                if bool(mask.any()):
+                    self._condition(track, step, features, mask)
+        memory.note_peak()
 
     # -- internals --------------------------------------------------------------------------
 
@@ -225,6 +289,30 @@ class Sam2Propagator(Propagator):
         track.recent.pop(step, None)
         track.conditioning[step] = self._frame_memory(features, high, output, binarize=True)
 
+    def _retire_conditioning(self, track: ObjectTrack, step: int) -> None:
+        """Under a cap of C conditioning frames, keep a passed one (<= ``step``) with C newer
+        passed ones as a tracked frame only: no later frame can choose it."""
+        cap = self.max_conditioning
+        if cap is None:
+            return
+        passed = sorted((s for s in track.conditioning if s <= step), reverse=True)
+        for old in passed[cap:]:
+            track.recent[old] = track.conditioning.pop(old)
+
+    def _chosen_conditioning(self, track: ObjectTrack, step: int) -> list[int]:
+        """The conditioning steps read at ``step``: all, or under a cap of C the nearest
+        before and at-or-after it, then the nearest others (the reference's choice, in run
+        steps: a backward run's "before" is later in its frames)."""
+        steps = list(track.conditioning)
+        cap = self.max_conditioning
+        if cap is None or len(steps) <= cap:
+            return steps
+        before = max((s for s in steps if s < step), default=None)
+        after = min((s for s in steps if s >= step), default=None)
+        chosen = [s for s in (before, after) if s is not None]
+        others = sorted((s for s in steps if s not in chosen), key=lambda s: abs(s - step))
+        return chosen + others[: cap - len(chosen)]
+
     def _remember(self, track: ObjectTrack, step: int, features: Sam2Features) -> None:
         """Keep ``step`` as a tracked frame of ``track``, from its own prediction."""
         assert track.prediction is not None
@@ -241,16 +329,20 @@ class Sam2Propagator(Propagator):
         encoded, positions = self.model.encode_memory(
             features.features, high_res, output.object_score, binarize
         )
-        return FrameMemory(encoded.to(self.storage_dtype), positions, output.obj_ptr)
+        stored = self._stored
+        return FrameMemory(stored(encoded.to(self.storage_dtype)), stored(positions), stored(output.obj_ptr))
 
     def _track(self, memory: Sam2RunMemory, track: ObjectTrack, features: Sam2Features) -> SamOutput:
         """One object's prediction on the current frame from its memory."""
         step = memory.frame
         model = self.model
         device = features.features.device
-        spatial: list[tuple[int, FrameMemory]] = [(0, m) for m in track.conditioning.values()]
+        chosen = self._chosen_conditioning(track, step)
+        unchosen = {s: m for s, m in track.conditioning.items() if s not in chosen}
+        spatial: list[tuple[int, FrameMemory]] = [(0, track.conditioning[s]) for s in chosen]
         for t_pos in range(1, NUM_MASKMEM):
-            previous = track.recent.get(step - (NUM_MASKMEM - t_pos))
+            back = step - (NUM_MASKMEM - t_pos)
+            previous = track.recent.get(back, unchosen.get(back))
             if previous is not None:
                 spatial.append((t_pos, previous))
         tokens, token_pos = [], []
@@ -261,17 +353,17 @@ class Sam2Propagator(Propagator):
         readable = (
             MAX_OBJECT_POINTERS if self.num_frames is None else min(self.num_frames, MAX_OBJECT_POINTERS)
         )
-        pointers = [(step - s, m.pointer) for s, m in track.conditioning.items() if s <= step]
+        pointers = [(step - s, track.conditioning[s].pointer) for s in chosen if s <= step]
         for distance in range(1, readable):
             if step - distance < 0:
                 break
-            previous = track.recent.get(step - distance)
+            previous = track.recent.get(step - distance, unchosen.get(step - distance))
             if previous is not None:
                 pointers.append((distance, previous.pointer))
         num_pointer_tokens = 0
         if pointers:
             batch = 1
-            stacked = torch.stack([p for _, p in pointers], dim=0)
+            stacked = torch.stack([p.to(device) for _, p in pointers], dim=0)
             distances = torch.tensor([d for d, _ in pointers]).to(device=device)
             pointer_pos = model.obj_ptr_tpos_proj(sine_1d(distances / (readable - 1), HIDDEN_DIM))
             pointer_pos = pointer_pos.unsqueeze(1).expand(-1, batch, MEMORY_DIM)
@@ -308,6 +400,25 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
     return prob.scatter(
         0, winner, torch.where(won > others, won, torch.nextafter(others, torch.ones_like(others)))
     )
+
+
+def resize_as_reference(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Normalised frames [B, 3, H, W] -> [B, 3, size, size] as the reference's JPEG video
+    loader makes them: the uint8 frame resized by PIL (its default filter, bicubic), divided
+    by 255 in float64, then normalised in float32. The uint8 values are recovered exactly from
+    the engine's normalised float32 frames (within 1e-4 of an integer); the resize runs on
+    the CPU."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1)
+    rgb = ((images * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
+    resized = []
+    for frame in rgb.permute(0, 2, 3, 1).cpu().numpy():
+        pixels = np.asarray(Image.fromarray(frame).resize((size, size))) / 255.0
+        resized.append(torch.from_numpy(pixels).permute(2, 0, 1).float())
+    out = torch.stack(resized).to(images.device)
+    out -= mean
+    out /= std
+    return out
 
 
 def _given(channel: torch.Tensor, predicted: torch.Tensor | None) -> bool:

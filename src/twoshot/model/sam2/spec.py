@@ -12,10 +12,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from twoshot.errors import UserError
+from twoshot.model.sam2.sizes import NUM_MASKMEM
 from twoshot.model.spec import ModelSpec, section_of
 
 if TYPE_CHECKING:
-    from twoshot.config import ModelConfig
+    from twoshot.config import InferenceConfig, ModelConfig
+
+MIN_MEMORY_FRAMES = NUM_MASKMEM - 1 + 2
+"""The smallest ``inference.max_memory_frames`` SAM 2 takes: 6 previous + 2 given frames."""
 
 SIZE_NAMES: tuple[str, ...] = ("toy", "tiny", "small", "base_plus", "large")
 """The names ``model.sam2.size`` takes (:data:`twoshot.model.sam2.sizes.SIZES`)."""
@@ -55,6 +59,23 @@ def check_sam2_model(model: ModelConfig) -> None:
         )
 
 
+def check_sam2_inference(config: InferenceConfig) -> None:
+    """Raise UserError naming the key if SAM 2 cannot run under ``config``.
+
+    ``inference.max_memory_frames`` N is, for SAM 2, the most memory frames an object reads:
+    its 6 previous frames and the N - 6 conditioning (given) frames nearest in time (the
+    reference's ``max_cond_frames_in_attn``, which needs at least 2); so N >= 8 or null (every
+    conditioning frame, the reference's default).
+    """
+    cap = config.max_memory_frames
+    if cap is not None and cap < MIN_MEMORY_FRAMES:
+        raise UserError(
+            f"config key 'inference.max_memory_frames': SAM 2 reads its {NUM_MASKMEM - 1} previous "
+            f"frames and at least 2 given frames, so it takes at least {MIN_MEMORY_FRAMES} (or null: "
+            f"every given frame), got {cap}"
+        )
+
+
 SPEC = ModelSpec(
     kind="sam2",
     network="twoshot.model.sam2.network:Sam2",
@@ -63,4 +84,6 @@ SPEC = ModelSpec(
     presets=("sam2-toy", "sam2.1-tiny", "sam2.1-small", "sam2.1-base-plus", "sam2.1-large"),
     sizes=Sam2Sizes,
     check_model=check_sam2_model,
+    check_inference=check_sam2_inference,
+    offload=True,
 )
