@@ -32,6 +32,14 @@ What is aligned, and how (inside this process only; twoshot's code is not change
 
 ``compare_cutie_training(cutie_repo, steps, dtype) -> dict`` prints the table and returns the
 figures (``benchmarks/train_vs_reference.py --cutie PATH`` calls it).
+
+``--demo OUT`` instead trains cutie-tiny on the Cutie demo's data (``twoshot.demo.CUTIE_FULL``,
+static pretraining then full supervision) with twoshot's Trainer and, after each of its steps,
+the reference's ``do_pass`` on the same batch, both with the encoders' BatchNorm frozen as the
+reference freezes it, then scores both sides' models as the demo does (validation J&F, bank
+J&F against copying the nearest labeled mask); ``demo_comparison(cutie_repo, out) -> dict``:
+
+    python benchmarks/cutie_train_reference.py --reference /path/to/Cutie --demo /tmp/ref-demo
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def test_demo_config_per_model(tmp_path: Path) -> None:
     assert cutie.twoshot.end_warm == CUTIE_FULL.end_warm
     # Trained from scratch: the pixel encoder learns at the full rate (the reference's 0.1x
     # left cutie-tiny's keys untrained), video stages at 1e-3 (docs/results.md).
-    assert cutie.static.iterations == CUTIE_FULL.static_iterations == 500
+    assert cutie.static.iterations == CUTIE_FULL.static_iterations == 1000
     assert cutie.static.cutie.backbone_lr_ratio == cutie.main.cutie.backbone_lr_ratio == 1.0
     assert cutie.main.lr == 1e-3
 
