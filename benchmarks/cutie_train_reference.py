@@ -603,7 +603,13 @@ def train_side_by_side(
         return forward(*args)
 
     with cpu_reference(ref):
+        # Building the reference's network draws from the global generators, which twoshot's
+        # run (seeded when its Trainer was built) reads for its memory picks and sensory coin.
+        before = (torch.get_rng_state(), np.random.get_state(), random.getstate())
         reference = _reference_trainer(ref, path, config, section, start)
+        torch.set_rng_state(before[0])
+        np.random.set_state(before[1])
+        random.setstate(before[2])
         step = [0]
 
         def loss_then_reference_step(output: Any, batch: ClipBatch, it: int) -> Any:
@@ -635,26 +641,35 @@ def train_side_by_side(
     return final, reference_weights
 
 
+@contextlib.contextmanager
+def reference_batchnorm_trains() -> Iterator[None]:
+    """The reference's encoders train their BatchNorm (its ``train()`` overrides, which freeze
+    it, are set aside), as ``cutie-tiny`` does."""
+    from cutie.model import big_modules
+
+    saved = (big_modules.PixelEncoder.train, big_modules.MaskEncoder.train)
+    big_modules.PixelEncoder.train = nn.Module.train  # type: ignore[method-assign]
+    big_modules.MaskEncoder.train = nn.Module.train  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        big_modules.PixelEncoder.train, big_modules.MaskEncoder.train = saved  # type: ignore[method-assign]
+
+
 def demo_comparison(
-    cutie_repo: str, out: Path, *, seed: int = 0, overrides: Sequence[str] = ()
+    cutie_repo: str, out: Path, *, seed: int = 0, overrides: Sequence[str] = (), train_bn: bool = False
 ) -> dict[str, Any]:
     """Cutie-tiny on the Cutie demo's data (``twoshot.demo.CUTIE_FULL``: static pretraining,
     then full supervision), trained by twoshot and by the reference's training step from the
     same weights on the same batches, the encoders' BatchNorm frozen on both sides (the
-    reference freezes it); each model's J&F on the validation videos and its bank's against the
-    training videos' ground truth (2 labeled frames per video, the demo's budget), next to
-    copying the nearest labeled mask. ``overrides``: more config overrides (``KEY=VALUE``).
-    Folders under ``out``; returns the scores."""
-    import json
-
+    reference freezes it), or with ``train_bn`` training on both sides (``cutie-tiny``'s
+    setting; the reference's freezing set aside); each model's J&F on the validation videos
+    and its bank's against the training videos' ground truth (2 labeled frames per video, the
+    demo's budget), next to copying the nearest labeled mask. ``overrides``: more config
+    overrides (``KEY=VALUE``). Folders under ``out``; returns the scores."""
     from twoshot.data.synth import generate_or_reuse
     from twoshot.demo import CUTIE_FULL as S
     from twoshot.demo import demo_config
-    from twoshot.inference.bank_quality import score_method
-    from twoshot.inference.engine import PropagationEngine
-    from twoshot.model import load_model
-    from twoshot.pipeline import Pipeline
-    from twoshot.train.recipes import full_recipe, static_recipe
 
     data = out / "data"
     generate_or_reuse(
@@ -662,10 +677,26 @@ def demo_comparison(
         val_videos=S.val_videos, static_images=S.static_images,
     )  # fmt: skip
     config = demo_config(S, data, out / "run", "cpu", "cutie")
-    for item in ("static.freeze_bn=true", "main.freeze_bn=true", *overrides):
+    frozen = () if train_bn else ("static.freeze_bn=true", "main.freeze_bn=true")
+    for item in (*frozen, *overrides):
         apply_override(config, item)
     path = Path(cutie_repo).resolve()
     ref = import_training(path, config)
+    context = reference_batchnorm_trains() if train_bn else contextlib.nullcontext()
+    with context:
+        return _demo_scores(ref, path, config, out)
+
+
+def _demo_scores(ref: dict[str, Any], path: Path, config: Config, out: Path) -> dict[str, Any]:
+    """The two trainings of :func:`demo_comparison` and their scores."""
+    import json
+
+    from twoshot.inference.bank_quality import score_method
+    from twoshot.inference.engine import PropagationEngine
+    from twoshot.model import load_model
+    from twoshot.pipeline import Pipeline
+    from twoshot.train.recipes import full_recipe, static_recipe
+
     pipeline = Pipeline(config, log=lambda _: None, progress=False)
     _, budget = pipeline.budget()
     static_data = config.pipeline.static_data
@@ -677,7 +708,7 @@ def demo_comparison(
     ours_full, theirs_full = train_side_by_side(
         ref, path, config, "main", dataset, (ours_static, theirs_static), out / "full"
     )
-    scores: dict[str, Any] = {"threads": torch.get_num_threads()}
+    scores: dict[str, Any] = {"threads": torch.get_num_threads(), "freeze_bn": config.static.freeze_bn}
     copy = score_method("copy", pipeline.train_sequences, budget)
     scores["copy"] = 100 * copy.j_and_f
     for name, weights in (
@@ -716,13 +747,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         "score both (J&F, bank); --seed is the data's seed",
     )
     parser.add_argument(
+        "--train-bn",
+        action="store_true",
+        help="with --demo: BatchNorm trains on both sides (cutie-tiny's setting) instead of frozen",
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="with --demo: a config override"
     )
     args = parser.parse_args(argv)
     # The reference's CUDA autocast calls warn on every use; they are disabled here anyway.
     warnings.filterwarnings("ignore", message=".*torch.cuda.amp.autocast.*")
     if args.demo is not None:
-        demo_comparison(args.reference, args.demo, seed=args.seed, overrides=args.set)
+        demo_comparison(args.reference, args.demo, seed=args.seed, overrides=args.set, train_bn=args.train_bn)
         return
     compare_cutie_training(
         args.reference,
