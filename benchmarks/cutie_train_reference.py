@@ -32,6 +32,14 @@ What is aligned, and how (inside this process only; twoshot's code is not change
 
 ``compare_cutie_training(cutie_repo, steps, dtype) -> dict`` prints the table and returns the
 figures (``benchmarks/train_vs_reference.py --cutie PATH`` calls it).
+
+``--demo OUT`` instead trains cutie-tiny on the Cutie demo's data (``twoshot.demo.CUTIE_FULL``,
+static pretraining then full supervision) with twoshot's Trainer and, after each of its steps,
+the reference's ``do_pass`` on the same batch, both with the encoders' BatchNorm frozen as the
+reference freezes it, then scores both sides' models as the demo does (validation J&F, bank
+J&F against copying the nearest labeled mask); ``demo_comparison(cutie_repo, out) -> dict``:
+
+    python benchmarks/cutie_train_reference.py --reference /path/to/Cutie --demo /tmp/ref-demo
 """
 
 from __future__ import annotations
@@ -240,12 +248,16 @@ class ResNetStandIn:
         return net
 
 
-def reference_stage_config(ref: dict[str, Any], path: Path, config: Config) -> tuple[Any, Any]:
-    """(cfg, stage_cfg): train_config.yaml's main training with twoshot's ``config.main``."""
+def reference_stage_config(
+    ref: dict[str, Any], path: Path, config: Config, section: str = "main"
+) -> tuple[Any, Any]:
+    """(cfg, stage_cfg): train_config.yaml's main training with twoshot's ``config.<section>``
+    (``main`` or ``static``)."""
     conf = ref["OmegaConf"]
     train = conf.load(path / "cutie" / "config" / "train_config.yaml")
     stage = train.main_training
-    main, cutie = config.main, config.main.cutie
+    main = getattr(config, section)
+    cutie = main.cutie
     stage.batch_size = main.batch_size
     stage.amp = False
     stage.num_iterations = main.iterations
@@ -526,6 +538,195 @@ def print_comparison(result: dict[str, Any]) -> None:
         print(f"| {name} | {diff:.2e} | {diff / max(result['largest_update'], 1e-300):.1e} |")
 
 
+# --- the demo's training, both codes --------------------------------------------------------
+
+
+def _reference_trainer(ref: dict[str, Any], path: Path, config: Config, section: str, weights: Any) -> Any:
+    """A reference Trainer for twoshot's ``config.<section>`` holding ``weights``."""
+    cfg, stage_cfg = reference_stage_config(ref, path, config, section)
+    log = types.SimpleNamespace(log_string=lambda *a: None, info=lambda *a: None, time_estimator=None)
+    trainer = ref["trainer"].Trainer(cfg, stage_cfg, log, None)
+    trainer.cutie.module.load_state_dict(weights, strict=True)
+    return trainer
+
+
+def _reference_data(batch: ClipBatch) -> dict[str, Any]:
+    """twoshot's batch as the reference's ``data`` dict (frames back in [0, 1])."""
+    dtype = batch.rgb.dtype
+    mean, std = MEAN.to(dtype)[:, None, None], STD.to(dtype)[:, None, None]
+    return {
+        "rgb": batch.rgb * std + mean,
+        "first_frame_gt": batch.first_masks[:, None],
+        "cls_gt": batch.cls_gt[:, :, None],
+        "selector": batch.selector,
+        "info": {"num_objects": batch.selector.sum(dim=1).long()},
+    }
+
+
+def train_side_by_side(
+    ref: dict[str, Any],
+    path: Path,
+    config: Config,
+    section: str,
+    dataset: Any,
+    init: tuple[Path, Path] | None,
+    out: Path,
+) -> tuple[Path, Path]:
+    """One stage (``section``: ``static`` or ``main``) of twoshot's Trainer over ``dataset``;
+    after each of its steps the reference's ``do_pass`` trains its own model on the same batch,
+    from the same generator states (restored afterwards, so that twoshot's run is the one it
+    would be alone). ``init``: (twoshot's, the reference's) starting weights; None: both start
+    from the Trainer's seeded initialisation. Returns (twoshot's, the reference's) final
+    weights: ``out/twoshot/final.pth``, ``out/reference.pth``."""
+    import random
+
+    from twoshot.fsutil import save_torch
+    from twoshot.model.checkpoint import read_state_dict
+
+    ours = init[0] if init else None
+    trainer = Trainer(config, section, dataset, out / "twoshot", init=ours, device="cpu", progress=False)
+    model = trainer.model
+    own = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    start = read_state_dict(init[1]) if init else own
+    losses_module, draws = ref["losses"], ref["draws"]
+    one_hot = losses_module.cls_to_one_hot
+    seeds: list[int] = []
+    states: list[Any] = []
+    forward, objective_loss = model.training_forward, trainer.objective.loss
+
+    def next_sample_one_hot(cls_gt: torch.Tensor, num_objects: int) -> torch.Tensor:
+        draws.generator = torch.Generator().manual_seed(seeds.pop(0))
+        return one_hot(cls_gt, num_objects)
+
+    def recording_forward(*args: Any) -> Any:
+        states[:] = [(torch.get_rng_state(), np.random.get_state(), random.getstate())]
+        return forward(*args)
+
+    with cpu_reference(ref):
+        # Building the reference's network draws from the global generators, which twoshot's
+        # run (seeded when its Trainer was built) reads for its memory picks and sensory coin.
+        before = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+        reference = _reference_trainer(ref, path, config, section, start)
+        torch.set_rng_state(before[0])
+        np.random.set_state(before[1])
+        random.setstate(before[2])
+        step = [0]
+
+        def loss_then_reference_step(output: Any, batch: ClipBatch, it: int) -> Any:
+            result = objective_loss(output, batch, it)
+            now = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+            torch.set_rng_state(states[0][0])
+            np.random.set_state(states[0][1])
+            random.setstate(states[0][2])
+            assert batch.sample_seed is not None
+            seeds[:] = [int(seed) for seed in batch.sample_seed]
+            with torch.enable_grad():
+                reference.do_pass(_reference_data(batch), step[0])
+            step[0] += 1
+            torch.set_rng_state(now[0])
+            np.random.set_state(now[1])
+            random.setstate(now[2])
+            return result
+
+        losses_module.cls_to_one_hot = next_sample_one_hot
+        model.training_forward = recording_forward  # type: ignore[method-assign]
+        trainer.objective.loss = loss_then_reference_step  # type: ignore[method-assign]
+        try:
+            final = trainer.run()
+        finally:
+            trainer.close()
+            losses_module.cls_to_one_hot = one_hot
+    reference_weights = out / "reference.pth"
+    save_torch(reference_weights, reference.cutie.module.state_dict())
+    return final, reference_weights
+
+
+@contextlib.contextmanager
+def reference_batchnorm_trains() -> Iterator[None]:
+    """The reference's encoders train their BatchNorm (its ``train()`` overrides, which freeze
+    it, are set aside), as ``cutie-tiny`` does."""
+    from cutie.model import big_modules
+
+    saved = (big_modules.PixelEncoder.train, big_modules.MaskEncoder.train)
+    big_modules.PixelEncoder.train = nn.Module.train  # type: ignore[method-assign]
+    big_modules.MaskEncoder.train = nn.Module.train  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        big_modules.PixelEncoder.train, big_modules.MaskEncoder.train = saved  # type: ignore[method-assign]
+
+
+def demo_comparison(
+    cutie_repo: str, out: Path, *, seed: int = 0, overrides: Sequence[str] = (), train_bn: bool = False
+) -> dict[str, Any]:
+    """Cutie-tiny on the Cutie demo's data (``twoshot.demo.CUTIE_FULL``: static pretraining,
+    then full supervision), trained by twoshot and by the reference's training step from the
+    same weights on the same batches, the encoders' BatchNorm frozen on both sides (the
+    reference freezes it), or with ``train_bn`` training on both sides (``cutie-tiny``'s
+    setting; the reference's freezing set aside); each model's J&F on the validation videos
+    and its bank's against the training videos' ground truth (2 labeled frames per video, the
+    demo's budget), next to copying the nearest labeled mask. ``overrides``: more config
+    overrides (``KEY=VALUE``). Folders under ``out``; returns the scores."""
+    from twoshot.data.synth import generate_or_reuse
+    from twoshot.demo import CUTIE_FULL as S
+    from twoshot.demo import demo_config
+
+    data = out / "data"
+    generate_or_reuse(
+        data, videos=S.videos, frames=S.frames, size=(S.size, S.size), objects=(1, 3), seed=seed,
+        val_videos=S.val_videos, static_images=S.static_images,
+    )  # fmt: skip
+    config = demo_config(S, data, out / "run", "cpu", "cutie")
+    frozen = () if train_bn else ("static.freeze_bn=true", "main.freeze_bn=true")
+    for item in (*frozen, *overrides):
+        apply_override(config, item)
+    path = Path(cutie_repo).resolve()
+    ref = import_training(path, config)
+    context = reference_batchnorm_trains() if train_bn else contextlib.nullcontext()
+    with context:
+        return _demo_scores(ref, path, config, out)
+
+
+def _demo_scores(ref: dict[str, Any], path: Path, config: Config, out: Path) -> dict[str, Any]:
+    """The two trainings of :func:`demo_comparison` and their scores."""
+    import json
+
+    from twoshot.inference.bank_quality import score_method
+    from twoshot.inference.engine import PropagationEngine
+    from twoshot.model import load_model
+    from twoshot.pipeline import Pipeline
+    from twoshot.train.recipes import full_recipe, static_recipe
+
+    pipeline = Pipeline(config, log=lambda _: None, progress=False)
+    _, budget = pipeline.budget()
+    static_data = config.pipeline.static_data
+    assert static_data is not None
+    ours_static, theirs_static = train_side_by_side(
+        ref, path, config, "static", static_recipe(config, static_data).dataset, None, out / "static"
+    )
+    dataset = full_recipe(config, pipeline.train_sequences, pipeline.layout).dataset
+    ours_full, theirs_full = train_side_by_side(
+        ref, path, config, "main", dataset, (ours_static, theirs_static), out / "full"
+    )
+    scores: dict[str, Any] = {"threads": torch.get_num_threads(), "freeze_bn": config.static.freeze_bn}
+    copy = score_method("copy", pipeline.train_sequences, budget)
+    scores["copy"] = 100 * copy.j_and_f
+    for name, weights in (
+        ("twoshot static", ours_static),
+        ("reference static", theirs_static),
+        ("twoshot full", ours_full),
+        ("reference full", theirs_full),
+    ):
+        key = name.replace(" ", "-")
+        val = pipeline.evaluate(key, pipeline.predict(key, weights))["J&F-Mean"]
+        engine = PropagationEngine(load_model(weights, config.model), config.inference)
+        bank = score_method("bank", pipeline.train_sequences, budget, engine).j_and_f
+        scores[name] = {"val": 100 * val, "bank": 100 * bank}
+        print(f"{name}: validation J&F {100 * val:.1f}, bank {100 * bank:.1f} (copy {scores['copy']:.1f})")
+    (out / "scores.json").write_text(json.dumps(scores, indent=1))
+    return scores
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -538,9 +739,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=64, help="clip height and width")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--demo",
+        type=Path,
+        metavar="OUT",
+        help="instead: train cutie-tiny on the Cutie demo's data (in OUT) with both codes and "
+        "score both (J&F, bank); --seed is the data's seed",
+    )
+    parser.add_argument(
+        "--train-bn",
+        action="store_true",
+        help="with --demo: BatchNorm trains on both sides (cutie-tiny's setting) instead of frozen",
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="with --demo: a config override"
+    )
     args = parser.parse_args(argv)
     # The reference's CUDA autocast calls warn on every use; they are disabled here anyway.
     warnings.filterwarnings("ignore", message=".*torch.cuda.amp.autocast.*")
+    if args.demo is not None:
+        demo_comparison(args.reference, args.demo, seed=args.seed, overrides=args.set, train_bn=args.train_bn)
+        return
     compare_cutie_training(
         args.reference,
         args.steps,

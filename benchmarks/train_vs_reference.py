@@ -406,8 +406,11 @@ def run(
     size: int = 96,
     scenarios: Sequence[str] = SCENARIOS,
     work: Path | None = None,
+    rounding_threads: int | None = None,
 ) -> dict[str, Any]:
-    """Compare the scenarios (with ``seed_repo``) and Cutie (with ``cutie``); the figures."""
+    """Compare the scenarios (with ``seed_repo``) and Cutie (with ``cutie``); the figures.
+    ``rounding_threads``: also run the paper's steps again with that many intra-op threads
+    and compare them with its first run (same code, another summation order)."""
     check_checkouts(seed_repo, cutie)
     from common import machine_info
 
@@ -424,28 +427,18 @@ def run(
         torch.save(make_batches(steps, size, dtype), root / "batches.pt")
         start = torch.load(root / "weights.pth", weights_only=True)
         for name in scenarios:
-            command = [
-                sys.executable,
-                str(HERE),
-                "--run-reference",
-                str(seed_repo),
-                str(root),
-                name,
-                str(steps),
-                dtype,
-            ]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise SystemExit(
-                    f"the paper's training step failed ({name}):\n{done.stdout[-2000:]}{done.stderr[-4000:]}"
-                )
-            reference = torch.load(root / f"reference-{name}.pt", weights_only=True)
+            reference = _reference_record(seed_repo, root, name, steps, dtype, None)
             ours = run_twoshot(root, name, steps, dtype)
             report[name] = {
                 "first_it": SCENARIO_SETTINGS[name].first_it,
                 **compare_scenario(reference, ours, start),
             }
-            (root / f"reference-{name}.pt").unlink()
+            if rounding_threads is not None:
+                again = _reference_record(seed_repo, root, name, steps, dtype, rounding_threads)
+                report[name]["rounding_control"] = {
+                    "threads": rounding_threads,
+                    **compare_scenario(reference, again, start),
+                }
             print(format_scenario(name, report[name]), flush=True)
         if work is None:
             import shutil
@@ -454,6 +447,30 @@ def run(
     if cutie is not None:
         report["cutie"] = run_cutie(cutie, steps, dtype)
     return report
+
+
+def _reference_record(
+    seed_repo: Path, root: Path, name: str, steps: int, dtype: str, threads: int | None
+) -> dict[str, Any]:
+    """The paper's steps of scenario ``name`` in a process of its own (intra-op ``threads``;
+    None: this process's environment); the record :func:`run_reference` writes."""
+    import os
+
+    import torch
+
+    command = [sys.executable, str(HERE), "--run-reference", str(seed_repo), str(root), name]
+    command += [str(steps), dtype]
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        output = done.stdout[-2000:] + done.stderr[-4000:]
+        raise SystemExit(f"the paper's training step failed ({name}):\n{output}")
+    path = root / f"reference-{name}.pt"
+    record: dict[str, Any] = torch.load(path, weights_only=True)
+    path.unlink()
+    return record
 
 
 def check_checkouts(seed_repo: Path | None, cutie: Path | None) -> None:
@@ -527,6 +544,20 @@ def format_scenario(name: str, figures: dict[str, Any]) -> str:
                 lines.append(f"{head} ({where}), max update {value['max_update']:.1e}, ratio {ratio:.1e}")
         elif value is not None:
             lines.append(f"{part}: {value}")
+    control = figures.get("rounding_control")
+    if control is not None:
+        worst = max(row["relative_diff"] for row in control["steps"])
+        lines.append(
+            f"paper ({control['threads']} threads) against paper (this process's threads): "
+            f"losses within {worst:.1e} relative"
+        )
+        for part in ("student", "teacher"):
+            value = control.get(part)
+            if isinstance(value, dict) and value["diff_over_update"] is not None:
+                lines.append(
+                    f"  {part}: max diff {value['max_abs_diff']:.1e} ({value['worst_tensor']}), "
+                    f"ratio to the max update {value['diff_over_update']:.1e}"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -546,6 +577,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--only", choices=SCENARIOS, action="append", help="one scenario (repeatable)")
     parser.add_argument("--work", type=Path, help="keep the weights and batches here")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument(
+        "--rounding-control",
+        type=int,
+        metavar="THREADS",
+        help="also run the paper's steps with THREADS intra-op threads and compare them with its "
+        "first run: the size of a change of summation order within one code",
+    )
     opts = parser.parse_args(args)
     if opts.steps < 1:
         parser.error("--steps must be >= 1")
@@ -553,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--size must be a multiple of 16, at least 32")
     report = run(
         opts.seed_repo, opts.cutie, steps=opts.steps, dtype=opts.dtype, size=opts.size,
-        scenarios=opts.only or SCENARIOS, work=opts.work,
+        scenarios=opts.only or SCENARIOS, work=opts.work, rounding_threads=opts.rounding_control,
     )  # fmt: skip
     from common import print_report
 

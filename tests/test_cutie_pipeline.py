@@ -45,6 +45,8 @@ def test_pipeline_with_cutie(tmp_path: Path) -> None:
     config.pipeline.device = "cpu"
     report = run_pipeline(config, log=lambda _: None, progress=False)
     assert [m.name for m in report.models] == ["static", "phase1", "phase2"]
+    # 4 iterations test the plumbing, not learning (test_learning.py checks that cutie-tiny's
+    # training beats the untrained model and the copy baseline).
     assert all(0.0 <= m.j_and_f <= 1.0 for m in report.models)
     assert report.bank_j_and_f is not None
     for stage in ("static", "phase1", "phase2"):
@@ -67,7 +69,7 @@ def test_demo_config_per_model(tmp_path: Path) -> None:
     assert cutie.twoshot.end_warm == CUTIE_FULL.end_warm
     # Trained from scratch: the pixel encoder learns at the full rate (the reference's 0.1x
     # left cutie-tiny's keys untrained), video stages at 1e-3 (docs/results.md).
-    assert cutie.static.iterations == CUTIE_FULL.static_iterations == 500
+    assert cutie.static.iterations == CUTIE_FULL.static_iterations == 1000
     assert cutie.static.cutie.backbone_lr_ratio == cutie.main.cutie.backbone_lr_ratio == 1.0
     assert cutie.main.lr == 1e-3
 

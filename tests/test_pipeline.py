@@ -74,6 +74,8 @@ def test_pipeline_runs_every_stage_then_skips_and_resumes(dataset: Path, tmp_pat
         f"{name}_{o}" for name, first in firsts.items() for o in range(1, int(first.max()) + 1)
     )
     for model in report.models:
+        # 8 iterations test the plumbing, not learning (their models score no better than an
+        # untrained one); that training learns is checked in test_learning.py.
         assert 0.0 <= model.j_and_f <= 1.0
         assert model.j_and_f == pytest.approx((model.j_mean + model.f_mean) / 2)
         # objects weigh equally: the global J&F is the mean of the per-object ones

@@ -93,3 +93,16 @@ def test_comparison_of_losses_targets_and_weights(bench: ModuleType) -> None:
     text = bench.format_scenario("phase1", {"first_it": 5, **result})
     assert "| 5 | semi / semi | 1.00000 / 1.00000 | 2 | 2.5 | 2.5e-01 | 75.0000% (50.0% labeled) |" in text
     assert "student: max |paper - twoshot| 2.5e-01 (w), max update 2.2e+00, ratio 1.1e-01" in text
+
+
+def test_rounding_control_is_printed_beside_the_comparison(bench: ModuleType) -> None:
+    start = {"w": torch.zeros(2)}
+    first = {"loss": [4.0], "p": [1.0], "used": ["ori"], "targets": [torch.zeros(1, 3, 1, 1)]}
+    again = {**first, "loss": [4.0 + 4e-12]}
+    first["student"], again["student"] = {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([1.0, 2.5])}
+    control = bench.compare_scenario(first, again, start)
+    text = bench.format_scenario(
+        "supervised", {"first_it": 0, **control, "rounding_control": {"threads": 2, **control}}
+    )
+    assert "paper (2 threads) against paper (this process's threads): losses within 1.0e-12 relative" in text
+    assert "  student: max diff 5.0e-01 (w), ratio to the max update 2.0e-01" in text

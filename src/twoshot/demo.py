@@ -73,14 +73,17 @@ QUICK = DemoScale(
 # static iterations. Pretraining decides whether Cutie-tiny learns to propagate: the phase-1
 # model's bank scored 51.1 J&F after 300 static iterations and 57.1 after 500 (copying the
 # nearest labeled mask: 43.4), for about 2 min more (docs/results.md, "Why Cutie-tiny learned
-# no propagation").
+# no propagation"). At 500 what it learned hung on the rounding order: the static model scored
+# 34.4 J&F with one intra-op thread and 24.4 with two; 1000 iterations lift both (51.8 and
+# 44.6) and their banks to 17-23 J&F above copying (docs/results.md, "Robust to the rounding
+# order"), for about 2 min more on the idle machine.
 CUTIE_FULL = DemoScale(
     videos=40,
     val_videos=20,
     frames=24,
     size=96,
     static_images=200,
-    static_iterations=500,
+    static_iterations=1000,
     iterations=200,
     end_warm=60,
     phase2_start_update=100,
