@@ -171,7 +171,13 @@ class Trainer:
                 clip_model, device_ids=[self.device] if self.device.type == "cuda" else None, **sync
             )
         self.optimizer = self.objective.optimizer(self.model, self.use_amp)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.lr_steps, cfg.lr_gamma)
+        # A model's own schedule (SAM 2: cosine) if its objective has one, else MultiStepLR.
+        own_schedule = getattr(self.objective, "scheduler", None)
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler = (
+            own_schedule(self.optimizer)
+            if own_schedule is not None
+            else torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.lr_steps, cfg.lr_gamma)
+        )
         self.scaler = torch.amp.GradScaler(
             self.device.type, init_scale=self.objective.grad_scale, enabled=self.use_amp
         )
