@@ -102,4 +102,6 @@ SPEC = ModelSpec(
     check_model=check_sam2_model,
     check_train=check_sam2_train,
     demo_preset="sam2-toy",
+    # The demo's 96x96 frames at the toy's input size: no resizing in training or inference.
+    demo_overrides=("model.sam2.image_size=96",),
 )
