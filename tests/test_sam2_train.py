@@ -250,3 +250,43 @@ def test_pipeline_trains_every_stage_with_sam2(tmp_path: Path) -> None:
         json.loads(line) for line in (tmp_path / "run" / "phase1" / "log.jsonl").read_text().splitlines()
     ]
     assert any("train/loss_mask" in record for record in logged)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients() -> None:
+    config = toy_config()
+    torch.manual_seed(0)
+    model = Sam2(config.model).eval()
+    objective = Sam2Objective(config.main)
+    batch = clip(batch=2)
+    results = []
+    for recompute in (False, True):
+        model.gradient_checkpointing = recompute
+        model.zero_grad()
+        logits, probs, aux = model.training_forward(batch.rgb, batch.first_masks, batch.selector)
+        loss = objective.loss(ClipOutput(logits, probs, aux), batch, 0)  # type: ignore[arg-type]
+        loss.total.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((float(loss.total.detach()), grads))
+    (plain, plain_grads), (recomputed, recomputed_grads) = results
+    assert recomputed == pytest.approx(plain, rel=1e-5)
+    assert plain_grads.keys() == recomputed_grads.keys()
+    for name, grad in plain_grads.items():
+        assert torch.allclose(recomputed_grads[name], grad, rtol=1e-3, atol=1e-6), name
+
+
+def test_fine_tuning_from_a_published_file_with_the_image_encoder_frozen(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    start = Sam2(toy_config().model).state_dict()  # type: ignore[attr-defined]
+    published = tmp_path / "sam2.1_hiera_toy.pt"
+    torch.save({"model": start}, published)  # the published files' layout
+    root = make_davis(tmp_path / "davis", {"bear": 5}, size=(S, S), object_ids=(1, 2)).root
+    out = tmp_path / "tuned"
+    argv = ["train", "--stage", "full", "--data", str(root), "--out", str(out), "--preset", "sam2-toy"]
+    keys = [f"model.sam2.image_size={S}", f"main.crop_size={S}", "main.batch_size=1", "main.iterations=2"]
+    frozen = ["main.sam2.freeze_image_encoder=true", "main.sam2.gradient_checkpointing=true"]
+    assert (
+        cli_main([*argv, "--init", str(published), "--device", "cpu", "--no-progress", *keys, *frozen]) == 0
+    )
+    tuned = torch.load(out / "final.pth", weights_only=True)
+    assert all(torch.equal(tuned[n], v) for n, v in start.items() if n.startswith("image_encoder."))
+    assert not torch.equal(tuned["memory_attention.norm.weight"], start["memory_attention.norm.weight"])

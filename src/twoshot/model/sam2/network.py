@@ -102,6 +102,9 @@ class Sam2(VOSModel):
     """
 
     kind: ClassVar[str] = "sam2"
+    # Training: recompute each frame's image features and tracking step in the backward pass
+    # instead of keeping their activations (set from ``<stage>.sam2.gradient_checkpointing``).
+    gradient_checkpointing: bool = False
     reference_autocasts_on_cpu: ClassVar[bool] = True  # its predictor runs under bf16 autocast
 
     def __init__(

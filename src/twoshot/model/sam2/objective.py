@@ -100,7 +100,12 @@ class Sam2Objective:
         self.settings = sam2_train_settings(cfg)
 
     def configure(self, model: nn.Module) -> None:
-        """Freeze the image encoder when ``<stage>.sam2.freeze_image_encoder``."""
+        """Freeze the image encoder when ``<stage>.sam2.freeze_image_encoder``; gradient
+        checkpointing from ``<stage>.sam2.gradient_checkpointing``."""
+        from twoshot.model.sam2.network import Sam2
+
+        if isinstance(model, Sam2):
+            model.gradient_checkpointing = self.settings.gradient_checkpointing
         if self.settings.freeze_image_encoder:
             for name, param in model.named_parameters():
                 if name.startswith("image_encoder."):

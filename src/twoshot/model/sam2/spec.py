@@ -50,7 +50,8 @@ class Sam2TrainSettings:
     image_encoder_lr_ratio: float = 0.6  # image encoder lr = lr x this (vision_lr 3e-6 / 5e-6)
     layer_decay: float = 0.9  # per Hiera block, from the last block down
     end_lr_ratio: float = 0.1  # cosine schedule from lr to lr x this
-    freeze_image_encoder: bool = False
+    freeze_image_encoder: bool = False  # train the memory, heads and pointers only
+    gradient_checkpointing: bool = False  # recompute activations per frame in the backward pass
 
 
 def sam2_train_settings(cfg: TrainConfig) -> Sam2TrainSettings:

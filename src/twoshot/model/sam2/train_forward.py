@@ -18,6 +18,11 @@ draws no random number):
   predicted IoU is the frame's output and is encoded into memory from its sigmoid;
 - nothing is detached: gradients flow through memories and pointers into earlier frames.
 
+With ``model.gradient_checkpointing`` (``<stage>.sam2.gradient_checkpointing``) the image
+encoder runs one frame at a time and each frame's image features and tracking step are
+recomputed in the backward pass rather than stored (the same values; less memory, about one
+more forward pass of time).
+
 Not reproduced: point and box prompts, correction clicks, several initial conditioning
 frames; dropout and drop path (twoshot's SAM 2 has none: the reference's 0.1 memory-attention
 dropout and 0.1 drop path draw random numbers in an order twoshot does not mirror).
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from twoshot.model.sam2.layers import sine_1d
 from twoshot.model.sam2.network import NO_OBJECT_SCORE, Sam2, Sam2Features
@@ -161,7 +167,17 @@ def track_objects(
     """
     b, t = rgb.shape[:2]
     frames, masks = _resized_inputs(model, rgb, first_masks)
-    features = model.encode_image(frames)
+    recompute = model.gradient_checkpointing and torch.is_grad_enabled()
+    if recompute:
+        # One frame at a time: only one frame's image-encoder activations live at once.
+        per_frame = [checkpoint(model.encode_image, frame[None], use_reentrant=False) for frame in frames]
+        features = Sam2Features(
+            [torch.cat([f.high_res[i] for f in per_frame]) for i in range(2)],
+            torch.cat([f.features for f in per_frame]),
+            torch.cat([f.positions for f in per_frame]),
+        )
+    else:
+        features = model.encode_image(frames)
     objects = [(i, k) for i in range(b) for k in range(selector.size(1)) if bool(selector[i, k] > 0.5)]
     clips = torch.tensor([i for i, _ in objects], device=rgb.device)
     slots = torch.tensor([k for _, k in objects], device=rgb.device)
@@ -171,6 +187,8 @@ def track_objects(
         current = features.index(clips * t + frame)
         if frame == 0:
             out = _given_frame(model, current, masks[clips, slots].unsqueeze(1))
+        elif recompute:
+            out = checkpoint(_tracked_frame, model, current, history, frame, t, use_reentrant=False)
         else:
             out = _tracked_frame(model, current, history, frame, t)
         history[frame] = out
