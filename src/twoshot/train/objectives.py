@@ -22,7 +22,10 @@ from twoshot.train.loss import LossResult, clip_loss
 
 
 class Objective(Protocol):
-    """A model kind's training recipe (loss, optimiser, scaler), bound to one stage's config."""
+    """A model kind's training recipe (loss, optimiser, scaler), bound to one stage's config.
+
+    It may also have ``scheduler(optimizer) -> LRScheduler`` (stepped after every optimiser
+    step; SAM 2's cosine schedule); without it the trainer uses MultiStepLR on ``lr_steps``."""
 
     grad_scale: float  # the GradScaler's initial scale under AMP
 
