@@ -126,6 +126,18 @@ class CutieObjective:
         )
 
 
+def scheduler_for(
+    objective: Objective, optimizer: torch.optim.Optimizer, cfg: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The objective's own learning-rate schedule (its ``scheduler(optimizer)``, e.g. SAM 2's
+    cosine one) if it has one, else MultiStepLR on ``cfg.lr_steps`` / ``cfg.lr_gamma``."""
+    own = getattr(objective, "scheduler", None)
+    if own is not None:
+        schedule: torch.optim.lr_scheduler.LRScheduler = own(optimizer)
+        return schedule
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.lr_steps, cfg.lr_gamma)
+
+
 def objective_for(kind: str, cfg: TrainConfig) -> Objective:
     """The training recipe of model kind ``kind`` (its spec's ``objective``) under stage
     settings ``cfg``; UserError listing the models if ``kind`` is not registered."""

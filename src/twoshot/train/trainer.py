@@ -50,7 +50,7 @@ from twoshot.train.loader import ClipStream
 from twoshot.train.logger import TrainLogger, accumulate_window, clip_grid
 from twoshot.train.loss import LossResult, iou_counts
 from twoshot.train.modes import SupervisedMode, TrainingMode
-from twoshot.train.objectives import Objective, objective_for
+from twoshot.train.objectives import Objective, objective_for, scheduler_for
 
 STAGES = ("static", "main")
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -171,13 +171,7 @@ class Trainer:
                 clip_model, device_ids=[self.device] if self.device.type == "cuda" else None, **sync
             )
         self.optimizer = self.objective.optimizer(self.model, self.use_amp)
-        # A model's own schedule (SAM 2: cosine) if its objective has one, else MultiStepLR.
-        own_schedule = getattr(self.objective, "scheduler", None)
-        self.scheduler: torch.optim.lr_scheduler.LRScheduler = (
-            own_schedule(self.optimizer)
-            if own_schedule is not None
-            else torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.lr_steps, cfg.lr_gamma)
-        )
+        self.scheduler = scheduler_for(self.objective, self.optimizer, cfg)
         self.scaler = torch.amp.GradScaler(
             self.device.type, init_scale=self.objective.grad_scale, enabled=self.use_amp
         )
