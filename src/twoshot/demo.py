@@ -88,7 +88,8 @@ CUTIE_FULL = DemoScale(
 
 # SAM 2 (sam2-toy at 96 px): a training step of 4 clips took 1.2 s on the shared development
 # machine (load 9), about 4x STCN-tiny's, so every stage is short; SAM 2 resizes frames to its
-# input itself, so inference runs at the frame size (docs/results.md).
+# input itself, so inference runs at the frame size. The whole demo took 9 min 21 s at load
+# 2.5-6 (docs/results.md).
 SAM2_FULL = DemoScale(
     videos=40,
     val_videos=20,
