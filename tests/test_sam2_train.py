@@ -198,7 +198,7 @@ def test_forward_outputs_and_learning_on_a_repeated_clip() -> None:
         loss.total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        losses.append(float(loss.total))
+        losses.append(float(loss.total.detach()))
     assert losses[-1] < 0.5 * losses[0]
     assert losses[-1] < losses[-2]
 
