@@ -34,6 +34,9 @@ confident on part of each frame, as trained weights are; the batches are generat
 
 ``--cutie PATH`` adds Cutie's training step against twoshot's Cutie recipe, from
 ``benchmarks/cutie_train_reference.py`` (``compare_cutie_training``), when that file is there.
+``--sam2 PATH`` adds SAM 2's training step (``SAM2Train``, ``MultiStepMultiMasksAndIous``, its
+optimiser) against twoshot's SAM 2 recipe, from ``benchmarks/sam2_train_reference.py``
+(``compare_sam2_training``; the reference needs ``pip install hydra-core fvcore``).
 ``run(...) -> dict`` returns the figures.
 """
 
@@ -400,6 +403,7 @@ def compare_scenario(
 def run(
     seed_repo: Path | None,
     cutie: Path | None = None,
+    sam2: Path | None = None,
     *,
     steps: int = 4,
     dtype: str = "float64",
@@ -408,10 +412,11 @@ def run(
     work: Path | None = None,
     rounding_threads: int | None = None,
 ) -> dict[str, Any]:
-    """Compare the scenarios (with ``seed_repo``) and Cutie (with ``cutie``); the figures.
-    ``rounding_threads``: also run the paper's steps again with that many intra-op threads
-    and compare them with its first run (same code, another summation order)."""
-    check_checkouts(seed_repo, cutie)
+    """Compare the scenarios (with ``seed_repo``), Cutie (with ``cutie``) and SAM 2 (with
+    ``sam2``); the figures. ``rounding_threads``: also run the paper's steps again with that
+    many intra-op threads and compare them with its first run (same code, another summation
+    order)."""
+    check_checkouts(seed_repo, cutie, sam2)
     from common import machine_info
 
     report: dict[str, Any] = {
@@ -446,6 +451,8 @@ def run(
             shutil.rmtree(root, ignore_errors=True)
     if cutie is not None:
         report["cutie"] = run_cutie(cutie, steps, dtype)
+    if sam2 is not None:
+        report["sam2"] = run_sam2(sam2, steps, dtype)
     return report
 
 
@@ -473,10 +480,15 @@ def _reference_record(
     return record
 
 
-def check_checkouts(seed_repo: Path | None, cutie: Path | None) -> None:
-    """SystemExit with a message when neither checkout is given or one is not what it should be."""
-    if seed_repo is None and cutie is None:
-        raise SystemExit("give --seed-repo (the two-shot paper's code) and/or --cutie (hkchengrex/Cutie)")
+def check_checkouts(seed_repo: Path | None, cutie: Path | None, sam2: Path | None = None) -> None:
+    """SystemExit with a message when no checkout is given or one is not what it should be."""
+    if seed_repo is None and cutie is None and sam2 is None:
+        raise SystemExit(
+            "give --seed-repo (the two-shot paper's code), --cutie (hkchengrex/Cutie) and/or "
+            "--sam2 (facebookresearch/sam2)"
+        )
+    if sam2 is not None and not (sam2 / "training" / "loss_fns.py").is_file():
+        raise SystemExit(f"--sam2 {sam2}: not a checkout of facebookresearch/sam2 (no training/loss_fns.py)")
     if seed_repo is not None and not (seed_repo / "model" / "model.py").is_file():
         raise SystemExit(
             f"--seed-repo {seed_repo}: not a checkout of the two-shot paper's code (no model/model.py)"
@@ -497,6 +509,13 @@ def run_cutie(cutie: Path, steps: int, dtype: str) -> dict[str, Any]:
     module = importlib.import_module("cutie_train_reference")
     figures: dict[str, Any] = module.compare_cutie_training(str(cutie), steps, dtype)
     print("cutie:", json.dumps(figures, indent=2, default=str))
+    return figures
+
+
+def run_sam2(sam2: Path, steps: int, dtype: str) -> dict[str, Any]:
+    """SAM 2's comparison (``sam2_train_reference.py``, toy sizes, 8-frame clips)."""
+    module = importlib.import_module("sam2_train_reference")
+    figures: dict[str, Any] = module.compare_sam2_training(str(sam2), steps, dtype)
     return figures
 
 
@@ -571,6 +590,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--seed-repo", type=Path, help="checkout of the two-shot paper's code")
     parser.add_argument("--cutie", type=Path, help="checkout of hkchengrex/Cutie")
+    parser.add_argument("--sam2", type=Path, help="checkout of facebookresearch/sam2 (its training/ folder)")
     parser.add_argument("--steps", type=int, default=4, help="training steps per scenario (default 4)")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     parser.add_argument("--size", type=int, default=96, help="clip size in pixels, a multiple of 16 (96)")
@@ -590,7 +610,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if opts.size < 32 or opts.size % 16:
         parser.error("--size must be a multiple of 16, at least 32")
     report = run(
-        opts.seed_repo, opts.cutie, steps=opts.steps, dtype=opts.dtype, size=opts.size,
+        opts.seed_repo, opts.cutie, opts.sam2, steps=opts.steps, dtype=opts.dtype, size=opts.size,
         scenarios=opts.only or SCENARIOS, work=opts.work, rounding_threads=opts.rounding_control,
     )  # fmt: skip
     from common import print_report

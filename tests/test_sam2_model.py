@@ -144,6 +144,10 @@ def test_checkpoints_of_other_models_and_sizes_are_refused(toy: Sam2, tmp_path: 
         load_sam2(tmp_path / "missing.pt")
 
 
-def test_training_is_refused_with_a_clear_message(toy: Sam2) -> None:
-    with pytest.raises(UserError, match="training SAM 2 is not supported yet"):
-        toy.clip_forward(torch.zeros(1, 2, 3, 128, 128), torch.zeros(1, 1, 128, 128), torch.ones(1, 1))
+def test_clip_forward_segments_the_later_frames(toy: Sam2) -> None:
+    first = torch.zeros(1, 1, 128, 128)
+    first[..., 30:70, 40:90] = 1.0
+    with torch.no_grad():
+        logits, probs = toy.clip_forward(torch.zeros(1, 3, 3, 128, 128), first, torch.ones(1, 1))
+    assert logits.shape == probs.shape == (1, 2, 2, 128, 128)
+    assert torch.allclose(probs.sum(2), torch.ones(1, 2, 128, 128), atol=1e-5)

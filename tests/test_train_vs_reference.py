@@ -20,7 +20,10 @@ def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 def test_checkouts_missing_or_wrong_stop_with_a_message(bench: ModuleType, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as stop:
         bench.main([])
-    assert str(stop.value) == "give --seed-repo (the two-shot paper's code) and/or --cutie (hkchengrex/Cutie)"
+    assert str(stop.value) == (
+        "give --seed-repo (the two-shot paper's code), --cutie (hkchengrex/Cutie) and/or "
+        "--sam2 (facebookresearch/sam2)"
+    )
     with pytest.raises(SystemExit) as stop:
         bench.main(["--seed-repo", str(tmp_path / "nowhere")])
     assert str(stop.value) == (
@@ -29,6 +32,11 @@ def test_checkouts_missing_or_wrong_stop_with_a_message(bench: ModuleType, tmp_p
     with pytest.raises(SystemExit) as stop:
         bench.main(["--cutie", str(tmp_path)])
     assert str(stop.value) == f"--cutie {tmp_path}: not a checkout of hkchengrex/Cutie (no cutie/ folder)"
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--sam2", str(tmp_path)])
+    assert str(stop.value) == (
+        f"--sam2 {tmp_path}: not a checkout of facebookresearch/sam2 (no training/loss_fns.py)"
+    )
 
 
 def test_bad_options_are_refused(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:

@@ -89,8 +89,25 @@ CUTIE_FULL = DemoScale(
     phase2_start_update=100,
 )
 
+# SAM 2 (sam2-toy at 96 px): a training step of 4 clips took 1.2 s on the shared development
+# machine (load 9), about 4x STCN-tiny's, so every stage is short; SAM 2 resizes frames to its
+# input itself, so inference runs at the frame size. The whole demo took 9 min 21 s at load
+# 2.5-6 (docs/results.md).
+SAM2_FULL = DemoScale(
+    videos=40,
+    val_videos=20,
+    frames=24,
+    size=96,
+    static_images=200,
+    static_iterations=150,
+    iterations=80,
+    end_warm=25,
+    phase2_start_update=40,
+    inference_scale=1.0,
+)
+
 # Models with a schedule of their own at full scale; the others run FULL.
-_FULL_SCALES = {"cutie": CUTIE_FULL}
+_FULL_SCALES = {"cutie": CUTIE_FULL, "sam2": SAM2_FULL}
 
 
 def demo_models() -> tuple[str, ...]:

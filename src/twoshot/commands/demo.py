@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         choices=demo_models(),
         default="stcn",
-        help="stcn (the tiny preset) or cutie (cutie-tiny, a shorter schedule); any model but "
+        help="stcn (the tiny preset), cutie (cutie-tiny) or sam2 (sam2-toy), the last two with "
+        "shorter schedules; any model but "
         "stcn writes to ./twoshot-demo-<model> by default",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")

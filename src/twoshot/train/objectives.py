@@ -22,7 +22,10 @@ from twoshot.train.loss import LossResult, clip_loss
 
 
 class Objective(Protocol):
-    """A model kind's training recipe (loss, optimiser, scaler), bound to one stage's config."""
+    """A model kind's training recipe (loss, optimiser, scaler), bound to one stage's config.
+
+    It may also have ``scheduler(optimizer) -> LRScheduler`` (stepped after every optimiser
+    step; SAM 2's cosine schedule); without it the trainer uses MultiStepLR on ``lr_steps``."""
 
     grad_scale: float  # the GradScaler's initial scale under AMP
 
@@ -121,6 +124,18 @@ class CutieObjective:
         return cutie_clip_loss(
             output.logits, output.aux, batch.cls_gt, batch.selector, self.settings, batch.sample_seed
         )
+
+
+def scheduler_for(
+    objective: Objective, optimizer: torch.optim.Optimizer, cfg: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The objective's own learning-rate schedule (its ``scheduler(optimizer)``, e.g. SAM 2's
+    cosine one) if it has one, else MultiStepLR on ``cfg.lr_steps`` / ``cfg.lr_gamma``."""
+    own = getattr(objective, "scheduler", None)
+    if own is not None:
+        schedule: torch.optim.lr_scheduler.LRScheduler = own(optimizer)
+        return schedule
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.lr_steps, cfg.lr_gamma)
 
 
 def objective_for(kind: str, cfg: TrainConfig) -> Objective:

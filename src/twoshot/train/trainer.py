@@ -50,7 +50,7 @@ from twoshot.train.forward import ClipModel, ClipOutput, forward_batch
 from twoshot.train.loader import ClipStream
 from twoshot.train.logger import TrainLogger, accumulate_window, clip_grid
 from twoshot.train.loss import LossResult, iou_counts
-from twoshot.train.objectives import Objective, objective_for
+from twoshot.train.objectives import Objective, objective_for, scheduler_for
 from twoshot.train.regimes import SupervisedRegime, TrainingRegime
 
 STAGES = ("static", "main")
@@ -172,7 +172,7 @@ class Trainer:
                 clip_model, device_ids=[self.device] if self.device.type == "cuda" else None, **sync
             )
         self.optimizer = self.objective.optimizer(self.model, self.use_amp)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.lr_steps, cfg.lr_gamma)
+        self.scheduler = scheduler_for(self.objective, self.optimizer, cfg)
         self.scaler = torch.amp.GradScaler(
             self.device.type, init_scale=self.objective.grad_scale, enabled=self.use_amp
         )

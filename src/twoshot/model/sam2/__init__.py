@@ -6,8 +6,9 @@ Modules: :mod:`.sizes` (the published sizes and a toy one), :mod:`.network` (the
 :mod:`.memory` (memory attention and encoder), :mod:`.heads` (SAM's prompt encoder and mask
 decoder), :mod:`.layers` (shared blocks), :mod:`.propagator` (semi-supervised tracking from
 masks), :mod:`.postprocess` (hole filling), :mod:`.weights` (checkpoints), :mod:`.spec` (the
-model plugin: config section, presets, checkpoint prefixes), :mod:`.objective` (training,
-refused for now).
+model plugin: config section, presets, checkpoint prefixes), :mod:`.objective` (the training
+recipe: optimiser groups and schedule), :mod:`.train_forward` (the training forward),
+:mod:`.loss` (the training loss).
 
 What a model registry needs: the model class :class:`Sam2` (``kind`` "sam2"), its size type
 :class:`Sam2Size` (validated when built) and presets :data:`SIZES` (``toy``, ``tiny``,

@@ -110,6 +110,9 @@ class Sam2(VOSModel):
     """
 
     kind: ClassVar[str] = "sam2"
+    # Training: recompute each frame's image features and tracking step in the backward pass
+    # instead of keeping their activations (set from ``<stage>.sam2.gradient_checkpointing``).
+    gradient_checkpointing: bool = False
     reference_autocasts_on_cpu: ClassVar[bool] = True  # its predictor runs under bf16 autocast
 
     def __init__(
@@ -158,8 +161,19 @@ class Sam2(VOSModel):
     def clip_forward(
         self, rgb: torch.Tensor, first_masks: torch.Tensor, selector: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Not available: twoshot runs SAM 2 for inference (and as a teacher) only."""
-        raise UserError("training SAM 2 is not supported yet: use it for inference or as the teacher")
+        """(logits, probs) [B, T-1, K+1, H, W] of frames 1..T-1 from frame 0's masks (see
+        :func:`twoshot.model.sam2.train_forward.training_forward`)."""
+        logits, probs, _ = self.training_forward(rgb, first_masks, selector)
+        return logits, probs
+
+    def training_forward(
+        self, rgb: torch.Tensor, first_masks: torch.Tensor, selector: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """SAM 2's training forward (the reference's ``SAM2Train`` with a mask prompt on frame
+        0): :func:`twoshot.model.sam2.train_forward.training_forward`."""
+        from twoshot.model.sam2.train_forward import training_forward
+
+        return training_forward(self, rgb, first_masks, selector)
 
     # -- per-frame operations ------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """SAM 2.1 as a twoshot model plugin (see :mod:`twoshot.model.spec`): its size section
-(``model.sam2``: :class:`Sam2Sizes`), its presets and checkpoint recognition.
+(``model.sam2``: :class:`Sam2Sizes`), its training settings (``static.sam2`` / ``main.sam2``:
+:class:`Sam2TrainSettings`), presets and checkpoint recognition.
 
-SAM 2 runs for inference and as the pseudo-label teacher of other models; training it is
-not supported yet, so its objective (:class:`twoshot.model.sam2.objective.Sam2Objective`)
-refuses every training stage.
+Its training recipe is :class:`twoshot.model.sam2.objective.Sam2Objective` (the reference's
+``SAM2Train`` forward, ``MultiStepMultiMasksAndIous`` loss and optimiser).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from twoshot.model.sam2.sizes import NUM_MASKMEM
 from twoshot.model.spec import ModelSpec, section_of
 
 if TYPE_CHECKING:
-    from twoshot.config import InferenceConfig, ModelConfig
+    from twoshot.config import InferenceConfig, ModelConfig, TrainConfig
 
 MIN_MEMORY_FRAMES = NUM_MASKMEM - 1 + 2
 """The smallest ``inference.max_memory_frames`` SAM 2 takes: 6 previous + 2 given frames."""
@@ -37,6 +37,43 @@ class Sam2Sizes:
 
     size: str = "base_plus"
     image_size: int | None = None
+
+
+@dataclass
+class Sam2TrainSettings:
+    """Training settings only SAM 2 reads (``static.sam2`` / ``main.sam2``). Defaults are the
+    reference's fine-tuning config (``sam2.1_hiera_b+_MOSE_finetune.yaml``); the stage's
+    ``lr`` (its base_lr), ``weight_decay`` and ``grad_clip`` are the shared keys."""
+
+    mask_weight: float = 20.0  # focal loss
+    dice_weight: float = 1.0
+    iou_weight: float = 1.0  # L1 between predicted and actual IoU
+    class_weight: float = 1.0  # object score
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    image_encoder_lr_ratio: float = 0.6  # image encoder lr = lr x this (vision_lr 3e-6 / 5e-6)
+    layer_decay: float = 0.9  # per Hiera block, from the last block down
+    end_lr_ratio: float = 0.1  # cosine schedule from lr to lr x this
+    freeze_image_encoder: bool = False  # train the memory, heads and pointers only
+    gradient_checkpointing: bool = False  # recompute activations per frame in the backward pass
+
+
+def sam2_train_settings(cfg: TrainConfig) -> Sam2TrainSettings:
+    """The ``<stage>.sam2`` section of a stage's TrainConfig."""
+    return section_of(cfg, "sam2", Sam2TrainSettings)
+
+
+def check_sam2_train(cfg: TrainConfig, stage: str) -> None:
+    """Raise UserError naming the key if ``<stage>.sam2`` is out of range."""
+    settings = sam2_train_settings(cfg)
+    for key in ("mask_weight", "dice_weight", "iou_weight", "class_weight", "focal_gamma"):
+        if getattr(settings, key) < 0:
+            raise UserError(f"config key '{stage}.sam2.{key}': must be >= 0, got {getattr(settings, key)}")
+    for key in ("image_encoder_lr_ratio", "layer_decay", "end_lr_ratio"):
+        if not getattr(settings, key) > 0:
+            raise UserError(f"config key '{stage}.sam2.{key}': must be above 0, got {getattr(settings, key)}")
+    if cfg.num_frames < 2:
+        raise UserError(f"config key '{stage}.num_frames': SAM 2 trains on clips of at least 2 frames")
 
 
 def sam2_sizes(model: ModelConfig) -> Sam2Sizes:
@@ -83,7 +120,12 @@ SPEC = ModelSpec(
     checkpoint_prefixes=("image_encoder.trunk.", "memory_attention.", "sam_mask_decoder."),
     presets=("sam2-toy", "sam2.1-tiny", "sam2.1-small", "sam2.1-base-plus", "sam2.1-large"),
     sizes=Sam2Sizes,
+    train_settings=Sam2TrainSettings,
     check_model=check_sam2_model,
     check_inference=check_sam2_inference,
     offload=True,
+    check_train=check_sam2_train,
+    demo_preset="sam2-toy",
+    # The demo's 96x96 frames at the toy's input size: no resizing in training or inference.
+    demo_overrides=("model.sam2.image_size=96",),
 )
