@@ -490,28 +490,41 @@ def compare_cutie_training(
         dataset = GeneratedClips(4 * batch, frames, size, slots, seed)
         ours = run_twoshot(config, dataset, init, Path(tmp) / "run")
         theirs = run_reference(ref, path, config, start, ours)
-    rows = []
-    worst_loss = 0.0
-    for it, (a, b) in enumerate(zip(ours["losses"], theirs["losses"])):
+    pairs = []
+    for a, b in zip(ours["losses"], theirs["losses"]):
         terms = {"total": (a["total"], b["total_loss"])}
         terms.update({k: (v, b[reference_term(k)]) for k, v in a.items() if k != "total"})
+        pairs.append(terms)
+    result = {"model": model, "dtype": dtype}
+    result.update(step_comparison(pairs, ours["weights"][-1], theirs["weights"][-1], start, show))
+    print_comparison(result)
+    return result
+
+
+def step_comparison(
+    losses: list[dict[str, tuple[float, float]]],
+    ours: dict[str, torch.Tensor],
+    theirs: dict[str, torch.Tensor],
+    start: dict[str, torch.Tensor],
+    show: int,
+) -> dict[str, Any]:
+    """Per-step loss terms {name: (twoshot, reference)} and both sides' final weights ->
+    {"steps", "weights" (the ``show`` worst), "max_loss_rel", "max_weight_abs",
+    "largest_update", "max_weight_rel_update"}: what a training comparison reports."""
+    rows = []
+    for it, terms in enumerate(losses):
         rel = max(abs(x - y) / max(abs(y), 1e-30) for x, y in terms.values())
-        worst_loss = max(worst_loss, rel)
         rows.append({"step": it + 1, "terms": terms, "max_rel": rel})
-    diffs, largest = weight_differences(ours["weights"][-1], theirs["weights"][-1], start)
+    diffs, largest = weight_differences(ours, theirs, start)
     worst = diffs[0][1] if diffs else 0.0
-    result = {
-        "model": model,
-        "dtype": dtype,
+    return {
         "steps": rows,
         "weights": diffs[:show],
-        "max_loss_rel": worst_loss,
+        "max_loss_rel": max((row["max_rel"] for row in rows), default=0.0),
         "max_weight_abs": worst,
         "largest_update": largest,
         "max_weight_rel_update": worst / largest if largest > 0 else 0.0,
     }
-    print_comparison(result)
-    return result
 
 
 def print_comparison(result: dict[str, Any]) -> None:

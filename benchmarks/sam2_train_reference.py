@@ -57,7 +57,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cutie_train_reference import GeneratedClips, Recorder, precision, weight_differences  # noqa: E402
+from cutie_train_reference import GeneratedClips, Recorder, precision, step_comparison  # noqa: E402
 from sam2_reference import OBJECT_SCORE_BIAS, _numbers, instantiate  # noqa: E402
 from twoshot.config import Config, apply_override, load_config  # noqa: E402
 from twoshot.data.batch import ClipBatch  # noqa: E402
@@ -312,25 +312,10 @@ def compare_sam2_training(
         ours = run_twoshot(config, dataset, init, Path(tmp) / "run")
         parts = build_reference(ref, path, model, image_size, start)
         theirs = run_reference(parts, ours["batches"])
-    rows, worst_loss = [], 0.0
-    for it, (a, b) in enumerate(zip(ours["losses"], theirs["losses"])):
-        terms = {k: (a[k], b[k]) for k in ("total", *TERMS)}
-        rel = max(abs(x - y) / max(abs(y), 1e-30) for x, y in terms.values())
-        worst_loss = max(worst_loss, rel)
-        rows.append({"step": it + 1, "terms": terms, "max_rel": rel})
-    diffs, largest = weight_differences(ours["weights"][-1], theirs["weights"][-1], start)
-    worst = diffs[0][1] if diffs else 0.0
-    result = {
-        "model": model,
-        "dtype": dtype,
-        "steps": rows,
-        "weights": diffs[:show],
-        "max_loss_rel": worst_loss,
-        "max_weight_abs": worst,
-        "largest_update": largest,
-        "max_weight_rel_update": worst / largest if largest > 0 else 0.0,
-        "seconds": time.perf_counter() - started,
-    }
+    pairs = [{k: (a[k], b[k]) for k in ("total", *TERMS)} for a, b in zip(ours["losses"], theirs["losses"])]
+    result = {"model": model, "dtype": dtype}
+    result.update(step_comparison(pairs, ours["weights"][-1], theirs["weights"][-1], start, show))
+    result["seconds"] = time.perf_counter() - started
     print_comparison(result)
     return result
 
