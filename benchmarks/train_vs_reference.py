@@ -162,7 +162,10 @@ def make_batches(steps: int, size: int, dtype: str) -> list[dict[str, Any]]:
             image = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).double() / 255
             rgbs.append((image - mean.double()) / std.double())
             labels.append(torch.from_numpy(masks.astype(np.int64)))
-        rgb = torch.stack(rgbs).to(torch_dtype(dtype))
+        # Contiguous, as both codes' data loaders give it: the permuted (channels-last) layout
+        # makes twoshot's keys channels-last where the paper's code copies them to NCHW, and
+        # the affinity then rounds differently on the two sides.
+        rgb = torch.stack(rgbs).to(torch_dtype(dtype)).contiguous()
         truth = torch.stack(labels)
         selector = torch.tensor([[1.0, 1.0], [1.0, 0.0]], dtype=torch_dtype(dtype))
         partial = torch.tensor([[True, False, True], [True, False, False]])

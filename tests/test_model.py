@@ -224,3 +224,21 @@ def test_backbone_file_that_fits_nothing_is_reported(tmp_path: Path) -> None:
     cfg.backbone_weights = str(tmp_path / "resnet101.pth")
     with pytest.raises(UserError, match="resnet101.pth: fits neither"):
         build_model(cfg)
+
+
+def test_channel_gate_averages_in_stcn_order() -> None:
+    """CBAM's channel gate rounds as STCN's (avg_pool2d over the map, not mean()), bit for bit:
+    the two orders differ by an ulp on most channels, which the float64 comparison with the
+    paper's training code measured (docs/training.md)."""
+    import torch.nn.functional as F
+
+    from twoshot.model.stcn.modules import ChannelGate
+
+    torch.manual_seed(3)
+    gate = ChannelGate(64).double()
+    x = torch.randn(4, 64, 6, 6, dtype=torch.float64)
+    pooled = F.avg_pool2d(x, (6, 6), stride=(6, 6)).flatten(1)
+    assert not torch.equal(pooled, x.mean(dim=(2, 3)))  # the data tells the two orders apart
+    with torch.no_grad():
+        expected = x * torch.sigmoid(gate.mlp(pooled) + gate.mlp(x.amax(dim=(2, 3))))[:, :, None, None]
+        assert torch.equal(gate(x), expected)

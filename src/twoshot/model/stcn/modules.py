@@ -65,7 +65,15 @@ class ChannelGate(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        attention = self.mlp(x.mean(dim=(2, 3))) + self.mlp(x.amax(dim=(2, 3)))
+        # avg_pool2d over the whole map, as STCN: x.mean() sums in another order, and that
+        # one-ulp difference was the largest source of the float64 training gap to the paper's
+        # code (docs/training.md).
+        if torch.onnx.is_in_onnx_export():
+            average = x.mean(dim=(2, 3))  # the exporter needs a fixed pooling kernel
+        else:
+            size = (x.shape[2], x.shape[3])
+            average = F.avg_pool2d(x, size, stride=size).flatten(1)
+        attention = self.mlp(average) + self.mlp(x.amax(dim=(2, 3)))
         return x * torch.sigmoid(attention)[:, :, None, None]
 
 
