@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -23,12 +24,20 @@ ort = pytest.importorskip("onnxruntime")
 fast_agreement = load_benchmark("fast_agreement")
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+# With OpenVINO loaded in the pytest process, a whole-suite run segfaulted later, inside a
+# subprocess.run of test_sam2_cli (not reproduced with these files alone): its tests run only
+# when asked for, e.g. TWOSHOT_TEST_OPENVINO=1 python -m pytest tests/test_onnx_runtime.py.
+OPENVINO_SKIP = (
+    "openvino is not installed (pip install 'twoshot[openvino]')"
+    if not HAS_OPENVINO
+    else "set TWOSHOT_TEST_OPENVINO=1 to run the OpenVINO tests (see the comment above)"
+)
 RUNTIMES = [
     "onnxruntime",
     pytest.param(
         "openvino",
         marks=pytest.mark.skipif(
-            not HAS_OPENVINO, reason="openvino is not installed (pip install 'twoshot[openvino]')"
+            not HAS_OPENVINO or os.environ.get("TWOSHOT_TEST_OPENVINO") != "1", reason=OPENVINO_SKIP
         ),
     ),
 ]
