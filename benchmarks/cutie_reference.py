@@ -315,6 +315,45 @@ def run(
     return results
 
 
+def segment_folders(reference: str | Path, model: str, weights: Path, data: Path, out: Path) -> None:
+    """Cutie's own inference over a generic-layout dataset, as its ``eval_vos.py`` loop does
+    it for a DAVIS-style video (which needs Hydra and CUDA, so it is not run itself): the
+    evaluation config of :func:`reference_config`, CUTIE with the state dict ``weights``,
+    one ``InferenceCore`` per video; each JPEG of ``data/JPEGImages/<video>`` read with PIL as
+    ``ToTensor`` gives it, the first frame's ``data/Annotations/<video>`` mask (ids 1..K)
+    given on frame 0, every frame's argmax written to ``out/<video>/<frame>.png`` with that
+    mask's palette. Frames must have a shorter side of 480 (the evaluation's size; no resize)."""
+    from PIL import Image
+
+    path = Path(reference).resolve()
+    ref = import_reference(path)
+    cfg = reference_config(
+        ref, path, model, mem_every=5, long_term=False, max_tokens=10_000, buffer_tokens=2_000
+    )
+    network = ref["CUTIE"](cfg).eval()
+    network.load_state_dict(torch.load(weights, map_location="cpu"), strict=True)
+    for video in sorted(p.name for p in (data / "JPEGImages").iterdir()):
+        frames = sorted((data / "JPEGImages" / video).glob("*.jpg"))
+        annotation = Image.open(sorted((data / "Annotations" / video).glob("*.png"))[0])
+        mask = torch.from_numpy(np.array(annotation, dtype=np.int64))
+        objects = [int(o) for o in torch.unique(mask) if o != 0]
+        if objects != list(range(1, len(objects) + 1)):
+            raise SystemExit(f"{video}: object ids {objects}, expected 1..K")
+        core = ref["InferenceCore"](network, cfg=cfg)
+        (out / video).mkdir(parents=True, exist_ok=True)
+        with torch.inference_mode():
+            for t, frame in enumerate(frames):
+                rgb = np.array(Image.open(frame).convert("RGB"), dtype=np.uint8)
+                image = torch.from_numpy(rgb).permute(2, 0, 1).contiguous().float().div(255)
+                if min(image.shape[-2:]) != 480:
+                    raise SystemExit(f"{frame}: shorter side {min(image.shape[-2:])}, expected 480")
+                given = (mask, objects) if t == 0 else (None, None)
+                prob = core.step(image, *given, end=t == len(frames) - 1)
+                labels = Image.fromarray(prob.argmax(0).numpy().astype(np.uint8), mode="P")
+                labels.putpalette(annotation.getpalette() or [])
+                labels.save(out / video / f"{frame.stem}.png")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter

@@ -7,8 +7,10 @@ random network, unless asked for) propagates a generated video (objects 1 and 2 
 on frame 0, object 3 entering and annotated on frame ``--enter``) with the exact path
 (``inference.exact``) and with each variant:
 
-- ``fast``: the default path (STCN: folded BatchNorm, shared per-frame halves, channels-last;
-  Cutie: the exact path, see ``VOSModel.channels_last_when_fast``);
+- ``fast``: the preset's default path (``stcn``: folded BatchNorm, shared per-frame halves,
+  channels-last; ``tiny``: the exact path, its ``inference.exact``; Cutie: the exact path,
+  see ``VOSModel.channels_last_when_fast``);
+- ``fast_path``: the default path with ``inference.exact`` off (``tiny``'s old default);
 - ``channels_last``: the default path with channels-last forced on (Cutie's old default);
 - ``bf16``: the default path under bfloat16 autocast (``inference.amp`` with ``amp_dtype:
   bfloat16``; native on CPUs with AVX-512 BF16 or AMX);
@@ -49,11 +51,12 @@ from twoshot.model.interface import VOSModel
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "fast": {},
-    "channels_last": {"channels_last": True},
-    "bf16": {"amp": True, "amp_dtype": "bfloat16"},
-    "fold_only": {"channels_last": False},
-    "shared_only": {"channels_last": False},
-    "channels_last_only": {"channels_last": True},
+    "fast_path": {"exact": False},
+    "channels_last": {"channels_last": True, "exact": False},
+    "bf16": {"amp": True, "amp_dtype": "bfloat16", "exact": False},
+    "fold_only": {"channels_last": False, "exact": False},
+    "shared_only": {"channels_last": False, "exact": False},
+    "channels_last_only": {"channels_last": True, "exact": False},
 }
 INGREDIENTS = ("fold_only", "shared_only", "channels_last_only")
 

@@ -13,13 +13,15 @@ smallest first), the peak of Python/NumPy allocations (``tracemalloc``) and, on 
 
 ``--fast-path`` instead compares the engine's speed options on one preset, interleaved
 round by round on the same clip: the default engine (the model's fast inference copy,
-channels-last for STCN), ``exact`` (the reference's layout and operations, bit for bit),
+channels-last for STCN; the exact path for ``tiny``, whose preset sets it), ``exact`` (the
+reference's layout and operations, bit for bit), ``fast`` (``inference.exact`` off),
 channels-last forced on (Cutie's default keeps the reference's layout), the fast copy
 without channels-last, key encoding in batches of 8 frames (``key_batch=8``: the CUDA
 default; a CPU's is 1), ``compile`` (torch.compile; its compile time is reported
 separately), one intra-op thread, ``bf16`` (autocast to bfloat16, on a CPU too: native
-with AVX-512 BF16 or AMX), ``onnxruntime`` (STCN's networks exported to ONNX and run by
-ONNX Runtime, on a CPU with the onnx extra) and on CUDA ``amp`` (float16).
+with AVX-512 BF16 or AMX), ``onnxruntime`` and ``openvino`` (STCN's or Cutie's networks
+exported to ONNX and run by that runtime, on a CPU with its extra) and on CUDA ``amp``
+(float16). Every option but ``default`` and ``exact`` turns ``inference.exact`` off.
 Each option's masks are compared with the default engine's (pixels that differ).
 
     python benchmarks/inference_speed.py                       # tiny 24 frames, stcn 4 frames (CPU)
@@ -139,6 +141,7 @@ def run(
 FAST_PATH_OPTIONS: tuple[str, ...] = (
     "default",
     "exact",
+    "fast",
     "channels_last",
     "no_channels_last",
     "key_batch_8",
@@ -146,6 +149,7 @@ FAST_PATH_OPTIONS: tuple[str, ...] = (
     "one_thread",
     "bf16",
     "onnxruntime",
+    "openvino",
     "amp",
 )
 
@@ -182,21 +186,25 @@ def fast_path(
         wanted = [o for o in wanted if o != "amp"]
     if not hasattr(torch, "compile"):
         wanted = [o for o in wanted if "compile" not in o]
-    if cuda or preset_config.model.kind != "stcn" or importlib.util.find_spec("onnxruntime") is None:
-        wanted = [o for o in wanted if o != "onnxruntime"]  # STCN on a CPU, with the onnx extra
+    for runtime in ("onnxruntime", "openvino"):  # STCN and Cutie on a CPU, with the extra installed
+        if cuda or preset_config.model.kind == "sam2" or importlib.util.find_spec(runtime) is None:
+            wanted = [o for o in wanted if o != runtime]
     if base.channels_last_when_fast:
         wanted = [o for o in wanted if o != "channels_last"]  # the default already is
+    # The fast-path options turn inference.exact off: a preset may default to the exact path (tiny).
     settings = {
         "default": {},
         "exact": {"exact": True},
-        "channels_last": {"channels_last": True},
-        "no_channels_last": {"channels_last": False},
+        "fast": {"exact": False},
+        "channels_last": {"channels_last": True, "exact": False},
+        "no_channels_last": {"channels_last": False, "exact": False},
         "key_batch_8": {"key_batch": 8},
-        "compile": {"compile": True},
+        "compile": {"compile": True, "exact": False},
         "one_thread": {},
-        "bf16": {"amp": True, "amp_dtype": "bfloat16"},
-        "onnxruntime": {"runtime": "onnxruntime"},
-        "amp": {"amp": True},
+        "bf16": {"amp": True, "amp_dtype": "bfloat16", "exact": False},
+        "onnxruntime": {"runtime": "onnxruntime", "exact": False},
+        "openvino": {"runtime": "openvino", "exact": False},
+        "amp": {"amp": True, "exact": False},
     }
     threads = torch.get_num_threads()
     engines: dict[str, PropagationEngine] = {}

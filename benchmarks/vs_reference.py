@@ -12,9 +12,21 @@ data with the same STCN-format weights:
   ``--mem_every 5 --output_all --davis``), then ``phase2_scripts/merge_left_right.py``,
   against ``twoshot pseudo-label`` with the same two labeled frames per video.
 
+- **cutie**: Cutie's own inference (from a checkout of hkchengrex/Cutie given with
+  ``--cutie``; its ``InferenceCore`` with its evaluation config, driven over the JPEG frames
+  as its ``eval_vos.py`` does, :func:`cutie_reference.segment_folders`: that script itself
+  needs Hydra and CUDA) against ``twoshot infer --preset cutie-small`` (``--cutie-model``)
+  on the same generic-layout data, with the same random Cutie weights.
+
 Each variant is a fresh process, timed from start to exit (wall, user and system CPU
-seconds), in interleaved rounds (A B, B A, ...); the report gives the medians and the
-median of the per-round ratios, and the share of mask pixels on which the outputs agree.
+seconds), in interleaved rounds (the order rotates and reverses from round to round); the
+report gives the medians and the median of the per-round ratios, and the share of mask
+pixels on which the outputs agree. ``--variants`` runs several twoshot variants in the same
+rounds against the same reference runs, e.g. ``default= bf16='--amp --amp-dtype bfloat16'
+onnxruntime='--runtime onnxruntime' openvino='--runtime openvino'``; ``--env KEY=VALUE``
+sets environment variables of every process (``ONEDNN_MAX_CPU_ISA=AVX2
+ATEN_CPU_CAPABILITY=avx2`` restricts torch's kernels to AVX2; ONNX Runtime and OpenVINO
+have no such switch and may still use AVX-512).
 
 Nothing is vendored or downloaded: the checkouts are imported from the paths given, and
 run unedited. On a machine without CUDA (or without torchvision) the benchmark makes them
@@ -37,6 +49,8 @@ folders it runs them from.
 
     python benchmarks/vs_reference.py --stcn ~/src/STCN --seed-repo ~/src/Two-shot-VOS
     python benchmarks/vs_reference.py --stcn ~/src/STCN --only inference --rounds 3
+    python benchmarks/vs_reference.py --cutie ~/src/Cutie --only cutie --videos 1 --frames 10 \
+        --variants default= onnxruntime='--runtime onnxruntime'
 
 Defaults: 2 videos x 12 frames at 480x640, 3 objects, labeled frames 2 and 9, random
 weights with the key projection scaled by ``KEY_SCALE`` (the reference's top-k softmax
@@ -297,6 +311,23 @@ def make_weights(layout: Layout, weights: Path | None) -> None:
     torch.save(model.state_dict(), layout.weights)
 
 
+def make_cutie_weights(layout: Layout, model: str) -> Path:
+    """Save random Cutie weights (``cutie-<model>``'s initialisation with BatchNorm statistics
+    and affine terms randomised as :func:`cutie_reference.randomise` does) as a state dict."""
+    import torch
+
+    from cutie_reference import randomise
+    from twoshot.config import load_config
+    from twoshot.model.cutie import Cutie
+
+    torch.manual_seed(0)
+    network = Cutie(load_config(f"cutie-{model}").model).eval()
+    randomise(network, 0)
+    path = layout.root / f"cutie-{model}.pth"
+    torch.save(network.state_dict(), path)
+    return path
+
+
 def reference_command(checkout: Path, script: str, argv: Sequence[str]) -> list[str]:
     """The command line that runs a reference script through this benchmark's stand-ins."""
     return [sys.executable, str(HERE), "--run-reference", str(checkout), script, "--", *argv]
@@ -336,9 +367,38 @@ def _twoshot_model_options(layout: Layout) -> list[str]:
     return ["--checkpoint", str(layout.weights), "--preset", "stcn", "--no-progress"]
 
 
-def inference_variants(layout: Layout, stcn: Path, out: Path, extra: Sequence[str]) -> dict[str, Any]:
-    """STCN's eval_generic.py and ``twoshot infer``: name -> (commands, output folder)."""
-    ref_out, ours_out = out / "stcn-infer", out / "twoshot-infer"
+def twoshot_infer_variants(
+    layout: Layout, out: Path, model_options: Sequence[str], variants: dict[str, list[str]]
+) -> dict[str, Any]:
+    """``twoshot infer`` on the generic data once per variant (name -> extra options):
+    name -> (commands, output folder)."""
+    result = {}
+    for name, extra in variants.items():
+        folder = out / f"twoshot-infer-{name}"
+        options = ["--dataset", "generic", "--data", str(layout.generic), "--out", str(folder)]
+        result[name] = ([(twoshot_command("infer", *options, *model_options, *extra), layout.root)], folder)
+    return result
+
+
+def cutie_variants(
+    layout: Layout, cutie: Path, model: str, out: Path, variants: dict[str, list[str]]
+) -> dict[str, Any]:
+    """Cutie's InferenceCore over the generic data and ``twoshot infer`` per variant: name ->
+    (commands, output folder), the reference first."""
+    weights = make_cutie_weights(layout, model)
+    ref_out = out / "cutie-infer"
+    argv = [str(cutie), model, str(weights), str(layout.generic), str(ref_out)]
+    reference = [([sys.executable, str(HERE), "--run-cutie-reference", *argv], layout.root)]
+    options = ["--checkpoint", str(weights), "--preset", f"cutie-{model}", "--no-progress"]
+    return {"reference": (reference, ref_out), **twoshot_infer_variants(layout, out, options, variants)}
+
+
+def inference_variants(
+    layout: Layout, stcn: Path, out: Path, variants: dict[str, list[str]]
+) -> dict[str, Any]:
+    """STCN's eval_generic.py and ``twoshot infer`` per variant: name -> (commands, output
+    folder), the reference first."""
+    ref_out = out / "stcn-infer"
     reference = [
         (
             reference_command(
@@ -356,9 +416,8 @@ def inference_variants(layout: Layout, stcn: Path, out: Path, extra: Sequence[st
             layout.root,
         )
     ]
-    options = ["--dataset", "generic", "--data", str(layout.generic), "--out", str(ours_out)]
-    ours = [(twoshot_command("infer", *options, *_twoshot_model_options(layout), *extra), layout.root)]
-    return {"reference": (reference, ref_out), "twoshot": (ours, ours_out)}
+    ours = twoshot_infer_variants(layout, out, _twoshot_model_options(layout), variants)
+    return {"reference": (reference, ref_out), **ours}
 
 
 def bank_variants(layout: Layout, seed_repo: Path, out: Path, extra: Sequence[str]) -> dict[str, Any]:
@@ -421,10 +480,14 @@ def compare(
     videos: Sequence[str],
     outputs_to_clear: dict[str, Path],
 ) -> dict[str, Any]:
-    """Interleaved rounds of the two variants; their medians, the speed-up and the agreement."""
-    usage: dict[str, list[Usage]] = {"reference": [], "twoshot": []}
-    order = ["reference", "twoshot"]
+    """Interleaved rounds of the reference and every other variant (the order rotates by one
+    and reverses from round to round); the reference's medians, and for each other variant
+    its medians, its speed-up (median of the per-round ratios) and its agreement."""
+    names = list(variants)
+    usage: dict[str, list[Usage]] = {n: [] for n in names}
     for index in range(rounds):
+        shift = index % len(names)
+        order = names[shift:] + names[:shift]
         for variant in order if index % 2 == 0 else order[::-1]:
             clear([outputs_to_clear[variant]])
             commands, _ = variants[variant]
@@ -435,25 +498,46 @@ def compare(
                 f"(user {last.user:.1f}, system {last.system:.1f})",
                 flush=True,
             )
-    share, files = agreement(variants["reference"][1], variants["twoshot"][1], videos)
-    ratios = [r.wall / t.wall for r, t in zip(usage["reference"], usage["twoshot"])]
 
-    def med(variant: str, attr: str) -> float:
-        return round(statistics.median(getattr(u, attr) for u in usage[variant]), 2)
+    def summary(variant: str) -> dict[str, Any]:
+        runs = usage[variant]
+        return {
+            **{
+                f"{a}_s": round(statistics.median(getattr(u, a) for u in runs), 2)
+                for a in ("wall", "user", "system")
+            },
+            "walls": [round(u.wall, 1) for u in runs],
+            "cpus": [round(u.user + u.system, 1) for u in runs],
+        }
 
-    return {
-        **{f"{v}_{a}_s": med(v, a) for v in usage for a in ("wall", "user", "system")},
-        "speedup": round(statistics.median(ratios), 3),
-        "speedups": [round(r, 3) for r in ratios],
-        "agreement": share,
-        "masks_compared": files,
-    }
+    result: dict[str, Any] = {"reference": summary("reference"), "variants": {}}
+    for variant in names[1:]:
+        share, files = agreement(variants["reference"][1], variants[variant][1], videos)
+        ratios = [r.wall / t.wall for r, t in zip(usage["reference"], usage[variant], strict=True)]
+        result["variants"][variant] = {
+            **summary(variant),
+            "speedup": round(statistics.median(ratios), 3),
+            "speedups": [round(r, 3) for r in ratios],
+            # CPU seconds (user + system): steadier than wall time on a shared machine.
+            "cpu_speedup": round(
+                statistics.median(
+                    (r.user + r.system) / (t.user + t.system)
+                    for r, t in zip(usage["reference"], usage[variant], strict=True)
+                ),
+                3,
+            ),
+            "agreement": share,
+            "masks_compared": files,
+        }
+    return result
 
 
 def run(
     stcn: Path | None,
     seed_repo: Path | None,
     *,
+    cutie: Path | None = None,
+    cutie_model: str = "small",
     videos: int = 2,
     frames: int = 12,
     size: tuple[int, int] = (480, 640),
@@ -461,9 +545,13 @@ def run(
     rounds: int = 3,
     weights: Path | None = None,
     twoshot_args: Sequence[str] = (),
+    variants: dict[str, list[str]] | None = None,
+    extra_env: dict[str, str] | None = None,
     work: Path | None = None,
 ) -> dict[str, Any]:
-    """Generate the data, then time each piece of work whose checkout is given."""
+    """Generate the data, then time each piece of work whose checkout is given. ``variants``:
+    twoshot variants of the inference comparisons (name -> extra options; default
+    ``{"default": twoshot_args}``); ``extra_env``: environment of every process."""
     from common import machine_info
 
     if stcn is not None and not (stcn / "eval_generic.py").is_file():
@@ -472,16 +560,21 @@ def run(
         raise SystemExit(
             f"{seed_repo}: not a checkout of the two-shot paper's code (no eval_youtube_phase2.py)"
         )
-    if stcn is None and seed_repo is None:
-        raise SystemExit("give --stcn and/or --seed-repo")
+    if cutie is not None and not (cutie / "cutie" / "inference" / "inference_core.py").is_file():
+        raise SystemExit(f"{cutie}: not a Cutie checkout (no cutie/inference/inference_core.py)")
+    if stcn is None and seed_repo is None and cutie is None:
+        raise SystemExit("give --stcn, --seed-repo and/or --cutie")
+    infer_variants = variants or {"default": list(twoshot_args)}
     root = Path(work or tempfile.mkdtemp(prefix="vs-reference-"))
     layout = Layout(root)
     make_data(layout, videos, frames, size, objects)
     make_weights(layout, weights)
     out = root / "out"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(extra_env or {})}
     report: dict[str, Any] = {
         "machine": machine_info("cpu"),
+        "env": dict(extra_env or {}),
+        "threads": os.environ.get("OMP_NUM_THREADS", "default"),
         "data": {
             "videos": videos,
             "frames": frames,
@@ -491,57 +584,75 @@ def run(
             "weights": str(weights) if weights else "random",
         },
         "twoshot_args": list(twoshot_args),
+        "variants": infer_variants,
     }
+    pieces: list[tuple[str, dict[str, Any], dict[str, Path]]] = []
     if stcn is not None:
-        variants = inference_variants(layout, stcn, out, twoshot_args)
-        report["inference"] = compare(
-            "inference", variants, rounds, env, layout.videos, {v: variants[v][1] for v in variants}
-        )
+        found = inference_variants(layout, stcn, out, infer_variants)
+        pieces.append(("inference", found, {v: found[v][1] for v in found}))
+    if cutie is not None:
+        found = cutie_variants(layout, cutie, cutie_model, out, infer_variants)
+        pieces.append(("cutie", found, {v: found[v][1] for v in found}))
     if seed_repo is not None:
-        variants = bank_variants(layout, seed_repo, out, twoshot_args)
-        report["bank"] = compare(
-            "bank",
-            variants,
-            rounds,
-            env,
-            layout.videos,
-            {"reference": root / "vos_phase2", "twoshot": variants["twoshot"][1]},
-        )
+        found = bank_variants(layout, seed_repo, out, twoshot_args)
+        pieces.append(("bank", found, {"reference": root / "vos_phase2", "twoshot": found["twoshot"][1]}))
+    for name, found, outputs in pieces:
+        report[name] = compare(name, found, rounds, env, layout.videos, outputs)
+    report["load_average_end"] = round(os.getloadavg()[0], 2)
     if work is None:
         shutil.rmtree(root, ignore_errors=True)
     return report
 
 
-def _usage(figures: dict[str, Any], side: str) -> str:
-    """'W s (user U, sys S)' of one side of a comparison."""
-    wall, user, system = (figures[f"{side}_{part}_s"] for part in ("wall", "user", "system"))
-    return f"{wall} s (user {user}, sys {system})"
+def _usage(figures: dict[str, Any]) -> str:
+    """'W s (user U, sys S; runs [...])' of one variant of a comparison."""
+    return (
+        f"{figures['wall_s']} s (user {figures['user_s']}, sys {figures['system_s']}; "
+        f"runs {figures['walls']})"
+    )
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The comparison as a Markdown table."""
+    """The comparison as a Markdown table: one row per twoshot variant of each piece of work."""
     from common import markdown_table
 
     labels = {
         "inference": ("STCN eval_generic.py", "twoshot infer"),
+        "cutie": ("Cutie InferenceCore", "twoshot infer"),
         "bank": ("paper: 4 runs + merge", "twoshot pseudo-label"),
     }
     rows = []
     for key, (ref_name, ours_name) in labels.items():
         if key not in report:
             continue
-        r = report[key]
-        rows.append(
-            [
-                key,
-                f"{ref_name}: {_usage(r, 'reference')}",
-                f"{ours_name}: {_usage(r, 'twoshot')}",
-                f"**{r['speedup']}x** ({', '.join(map(str, r['speedups']))})",
-                f"{100 * r['agreement']:.4f}% of {r['masks_compared']} masks",
-            ]
-        )
+        ref = report[key]["reference"]
+        for variant, r in report[key]["variants"].items():
+            rows.append(
+                [
+                    key,
+                    f"{ref_name}: {_usage(ref)}",
+                    f"{ours_name} {variant}: {_usage(r)}",
+                    f"**{r['speedup']}x** ({', '.join(map(str, r['speedups']))}); CPU {r['cpu_speedup']}x",
+                    f"{100 * r['agreement']:.4f}% of {r['masks_compared']} masks",
+                ]
+            )
     table = markdown_table(["work", "reference", "twoshot", "speed-up (per round)", "pixels agreeing"], rows)
-    return f"{table}\n\nmachine: {json.dumps(report['machine'])}\ndata: {json.dumps(report['data'])}"
+    return (
+        f"{table}\n\nmachine: {json.dumps(report['machine'])}\nenv: {json.dumps(report['env'])}, "
+        f"OMP_NUM_THREADS {report['threads']}, 1-minute load at the end {report['load_average_end']}\n"
+        f"data: {json.dumps(report['data'])}"
+    )
+
+
+def _pairs(values: Sequence[str], option: str) -> dict[str, str]:
+    """``NAME=VALUE`` strings as a dict; SystemExit naming ``option`` for one without ``=``."""
+    pairs = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"{option} {value!r}: expected NAME=VALUE")
+        pairs[name] = rest
+    return pairs
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -551,27 +662,50 @@ def main(argv: Sequence[str] | None = None) -> None:
         checkout, script, rest = Path(args[1]), args[2], args[4:]
         run_reference_script(checkout, script, rest)
         return
+    if args[:1] == ["--run-cutie-reference"]:
+        from cutie_reference import segment_folders
+
+        checkout, model, weights, data, out = args[1:6]
+        segment_folders(Path(checkout), model, Path(weights), Path(data), Path(out))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stcn", type=Path, help="checkout of hkchengrex/STCN (inference)")
     parser.add_argument("--seed-repo", type=Path, help="checkout of the two-shot paper's code (bank)")
+    parser.add_argument("--cutie", type=Path, help="checkout of hkchengrex/Cutie (Cutie inference)")
+    parser.add_argument("--cutie-model", choices=("small", "base"), default="small")
     parser.add_argument("--weights", type=Path, help="STCN-format weights (default: random)")
     parser.add_argument("--videos", type=int, default=2)
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
     parser.add_argument("--objects", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", choices=("inference", "bank"), help="one piece of work only")
+    parser.add_argument("--only", choices=("inference", "bank", "cutie"), help="one piece of work only")
     parser.add_argument(
         "--work", type=Path, help="keep the data and outputs here (default: a temporary folder)"
     )
     parser.add_argument("--twoshot-args", default="", help="extra options for twoshot, e.g. '--exact'")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        metavar="NAME=OPTIONS",
+        help="twoshot infer variants timed in the same rounds, e.g. default= ort='--runtime onnxruntime'",
+    )
+    parser.add_argument(
+        "--env", nargs="+", default=[], metavar="KEY=VALUE", help="environment of every process"
+    )
     parser.add_argument("--json", help="also write the figures here")
     opts = parser.parse_args(args)
     if opts.frames <= max(LABELED):
         parser.error(f"--frames must exceed the last labeled frame ({max(LABELED)})")
+    variants = None
+    if opts.variants:
+        variants = {name: value.split() for name, value in _pairs(opts.variants, "--variants").items()}
     report = run(
-        None if opts.only == "bank" else opts.stcn,
-        None if opts.only == "inference" else opts.seed_repo,
+        opts.stcn if opts.only in (None, "inference") else None,
+        opts.seed_repo if opts.only in (None, "bank") else None,
+        cutie=opts.cutie if opts.only in (None, "cutie") else None,
+        cutie_model=opts.cutie_model,
         videos=opts.videos,
         frames=opts.frames,
         size=tuple(opts.size),
@@ -579,6 +713,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         rounds=opts.rounds,
         weights=opts.weights,
         twoshot_args=opts.twoshot_args.split(),
+        variants=variants,
+        extra_env=_pairs(opts.env, "--env"),
         work=opts.work,
     )
     from common import print_report

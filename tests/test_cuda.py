@@ -8,6 +8,7 @@ reports them as skipped; ``pytest -m cuda`` runs only these, and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -365,7 +366,8 @@ def test_bank_sharded_over_two_processes_equals_one(tmp_path: Path) -> None:
         open_dataset("davis", data.root, "train"),
         budget,
         tmp_path / "single",
-        InferenceConfig(size=-1, device="cuda"),
+        # What the command line runs: the tiny preset's settings (its exact path included).
+        dataclasses.replace(load_config("tiny").inference, device="cuda"),
         checkpoint=ckpt,
         progress=False,
     )

@@ -3,6 +3,7 @@ manifest checks, budget errors, confidence maps, the CLI and torchrun sharding."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -287,7 +288,8 @@ def test_two_ranks_shard_videos_and_rank0_writes_the_manifest(model: STCN, tmp_p
         sequences,
         budget,
         tmp_path / "single",
-        InferenceConfig(size=-1, device="cpu"),
+        # What the command line runs: the tiny preset's settings (its exact path included).
+        dataclasses.replace(load_config("tiny").inference, device="cpu"),
         checkpoint=ckpt,
         progress=False,
     )

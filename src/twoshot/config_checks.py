@@ -36,7 +36,7 @@ MERGES: tuple[str, ...] = ("nearest", "fused")
 """The ways bidirectional propagation merges directions (``inference.merge``)."""
 
 AMP_DTYPES: tuple[str, ...] = ("float16", "bfloat16")
-RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime")
+RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
 """What runs the per-frame networks (``inference.runtime``)."""
 TRAIN_STAGES: tuple[str, ...] = ("static", "main")
 BASELINES: tuple[str, ...] = ("naive", "full")

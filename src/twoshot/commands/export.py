@@ -7,13 +7,13 @@ import argparse
 from twoshot.config import preset_names
 from twoshot.model.registry import model_kinds
 
-HELP = "export a model's per-frame networks (ONNX; STCN only so far)"
+HELP = "export a model's per-frame networks (ONNX; STCN and Cutie)"
 FORMATS: tuple[str, ...] = ("onnx",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--checkpoint, --model, --preset, --format, --out, --exact."""
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="STCN weights to export")
+    """--checkpoint, --model, --preset, --format, --out, --exact, --size, --objects."""
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="STCN or Cutie weights to export")
     parser.add_argument("--model", choices=model_kinds(), default=None, help="architecture of the weights")
     parser.add_argument(
         "--preset", choices=preset_names(), default=None, help="model sizes (default: guessed)"
@@ -23,7 +23,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--exact",
         action="store_true",
-        help="export the network as it is, not the fast inference copy (BatchNorm folded)",
+        help="STCN: export the network as it is, not the fast inference copy (BatchNorm folded)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="Cutie (required): the padded frame size the networks are exported for (multiples of 16)",
+    )
+    parser.add_argument(
+        "--objects",
+        type=int,
+        default=2,
+        help="Cutie: objects per memory bucket the networks take (default 2)",
     )
 
 
@@ -33,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from twoshot.inference.predictor import load_for_inference
 
     model, _ = load_for_inference(args.checkpoint, args.preset, args.model)
-    for path in export_onnx(model, args.out, exact=args.exact):
+    size = tuple(args.size) if args.size else None
+    for path in export_onnx(model, args.out, exact=args.exact, size=size, objects=args.objects):
         print(path)
     return 0

@@ -96,8 +96,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--runtime",
         choices=RUNTIMES,
         default=None,
-        help="what runs the networks: torch (default) or onnxruntime (STCN only, CPU, needs "
-        "pip install 'twoshot[onnx]'; masks agree with torch's on >= 99.9%% of pixels)",
+        help="what runs the networks: torch (default), onnxruntime or openvino (STCN and Cutie, "
+        "CPU, need pip install 'twoshot[onnx]' or 'twoshot[openvino]'; docs/inference.md)",
     )
     parser.add_argument(
         "--merge",

@@ -145,12 +145,14 @@ class PropagationEngine:
         # Module.to's stubs lack memory_format, which it takes at run time.
         self.model = model.to(self.device, memory_format=self.memory_format).eval()  # type: ignore[call-overload]
         wrap: Wrap = _compile_or_eager if self.config.compile else _eager
-        if self.config.runtime == "onnxruntime":
-            from twoshot.inference.onnx_runtime import OnnxRuntimeWrap
+        if self.config.runtime != "torch":
+            from twoshot.inference.onnx_runtime import RuntimeWrap
 
             if self.device.type != "cpu":
-                raise UserError(f"inference.runtime onnxruntime runs on a CPU, not on {self.device}")
-            wrap = OnnxRuntimeWrap()
+                raise UserError(
+                    f"inference.runtime {self.config.runtime} runs on a CPU, not on {self.device}"
+                )
+            wrap = RuntimeWrap(self.config.runtime)
         self.propagator = self.model.propagator(self.config, wrap)
 
     @property
