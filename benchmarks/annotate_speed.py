@@ -27,6 +27,7 @@ each a ``POST .../segment`` as the page sends it, timed from request to answer.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import statistics
@@ -35,8 +36,9 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -72,6 +74,29 @@ def _switch(base: str, frame: int, propagated: bool) -> float:
     return time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def _serving(jobs: PropagationJobs) -> Iterator[tuple[Any, str]]:
+    """The annotate app over ``jobs`` on a free localhost port, in a thread, for the block:
+    (the app, the URL of its video ``clip``); stopped afterwards."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    app = create_app(jobs.store, jobs)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.01)
+        yield app, f"http://127.0.0.1:{sock.getsockname()[1]}/api/videos/clip"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
 def run(
     preset: str = "tiny", frames: int = 100, device: str = "cpu", size: tuple[int, int] = (480, 854)
 ) -> dict:
@@ -79,25 +104,16 @@ def run(
     import dataclasses
 
     import torch
-    import uvicorn
 
     torch.manual_seed(0)
     config = load_config(preset)
     model = build_model(config.model)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         data = make_davis(Path(tmp) / "davis", {"clip": frames}, size=size, annotate=[])
-        store = AnnotationStore(data.root)
-        jobs = PropagationJobs(store, model, dataclasses.replace(config.inference, device=device))
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        app = create_app(store, jobs)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.01)
-        base = f"http://127.0.0.1:{sock.getsockname()[1]}/api/videos/clip"
+        jobs = PropagationJobs(
+            AnnotationStore(data.root), model, dataclasses.replace(config.inference, device=device)
+        )
+        app, base = stack.enter_context(_serving(jobs))
         labeled = [0, frames - 1]
         for obj in sorted({int(v) for index in labeled for v in np.unique(data.labels["clip"][index])} - {0}):
             _request(f"{base}/objects/{obj}", "PUT", app.state.token, b'{"color": "#800000"}')
@@ -129,9 +145,6 @@ def run(
             time.sleep(0.05)
         total = time.perf_counter() - start
         after = [_switch(base, f % frames, True) for f in range(5, 25)]
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
     if status["state"] != "done":
         raise RuntimeError(f"propagation ended {status['state']}: {status.get('error')}")
 
@@ -169,7 +182,6 @@ def run_clicks(
     import dataclasses
 
     import torch
-    import uvicorn
 
     torch.manual_seed(0)
     config = load_config(preset)
@@ -179,20 +191,12 @@ def run_clicks(
     further: list[float] = []
     server_first: list[float] = []
     server_further: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         data = make_davis(Path(tmp) / "davis", {"clip": click_frames}, size=size, annotate=[])
-        store = AnnotationStore(data.root)
-        jobs = PropagationJobs(store, model, dataclasses.replace(config.inference, device=device))
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        app = create_app(store, jobs)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.01)
-        base = f"http://127.0.0.1:{sock.getsockname()[1]}/api/videos/clip"
+        jobs = PropagationJobs(
+            AnnotationStore(data.root), model, dataclasses.replace(config.inference, device=device)
+        )
+        app, base = stack.enter_context(_serving(jobs))
         _request(f"{base}/objects/1", "PUT", app.state.token, b'{"color": "#800000"}')
         rng = np.random.default_rng(0)
         height, width = size
@@ -217,9 +221,6 @@ def run_clicks(
                     raise RuntimeError(f"frame {frame}, click {n + 1}: features encoded={encoded}")
                 (first if n == 0 else further).append(elapsed)
                 (server_first if n == 0 else server_further).append(seconds)
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
     return {
         "preset": preset,
         "image_size": model.image_size,
