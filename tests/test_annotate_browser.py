@@ -94,8 +94,13 @@ def open_page(browser, url: str):
 
 
 def at(page, x: float, y: float) -> tuple[float, float]:
-    """Page coordinates of image pixel (x, y) under the current zoom and pan."""
-    point = page.evaluate(f"window.annotator.toClient({x}, {y})")
+    """Page coordinates of image pixel (x, y) under the current zoom and pan, read after two
+    animation frames: a change of layout (a new object's chip wrapping the toolbar) resizes
+    the canvas, and the page refits its view in a ResizeObserver callback, after layout."""
+    point = page.evaluate(
+        "new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(() => "
+        f"done(window.annotator.toClient({x}, {y})))))"
+    )
     return point["x"], point["y"]
 
 
