@@ -21,7 +21,7 @@ from twoshot.errors import UserError
 from twoshot.model.interface import Propagator, VOSModel, Wrap, no_wrap
 from twoshot.model.sam2.heads import MaskDecoder, PromptEncoder
 from twoshot.model.sam2.hiera import ImageEncoder
-from twoshot.model.sam2.layers import MLP
+from twoshot.model.sam2.layers import MLP, sine_1d
 from twoshot.model.sam2.memory import MemoryAttention, MemoryEncoder
 from twoshot.model.sam2.sizes import HIDDEN_DIM, MEMORY_DIM, NUM_MASKMEM, SIZES, Sam2Size
 
@@ -266,6 +266,21 @@ class Sam2(VOSModel):
             *memory.shape
         )
         return memory, positions
+
+    def pointer_tokens(
+        self, pointers: list[tuple[int, torch.Tensor]], readable: int, batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Object pointers as memory tokens: ``pointers`` [(temporal distance, pointer [batch,
+        HIDDEN_DIM])], distances scaled by ``readable`` - 1 -> (tokens, positions), each
+        [P * HIDDEN_DIM / MEMORY_DIM, batch, MEMORY_DIM] (each pointer split in
+        MEMORY_DIM-wide tokens, as the reference's memory attention reads them)."""
+        stacked = torch.stack([p for _, p in pointers], dim=0)
+        distances = torch.tensor([d for d, _ in pointers], device=stacked.device)
+        pointer_pos = self.obj_ptr_tpos_proj(sine_1d(distances / (readable - 1), HIDDEN_DIM))
+        pointer_pos = pointer_pos.unsqueeze(1).expand(-1, batch, MEMORY_DIM)
+        split = HIDDEN_DIM // MEMORY_DIM
+        stacked = stacked.reshape(-1, batch, split, MEMORY_DIM).permute(0, 2, 1, 3).flatten(0, 1)
+        return stacked, pointer_pos.repeat_interleave(split, dim=0)
 
     def attend_memory(
         self,

@@ -58,10 +58,9 @@ from PIL import Image
 from twoshot.config import InferenceConfig
 from twoshot.model.interface import FrameFeatures, FramePreparation, Propagator, RunMemory, Wrap, no_wrap
 from twoshot.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from twoshot.model.sam2.layers import sine_1d
 from twoshot.model.sam2.network import Sam2, Sam2Features, SamOutput
 from twoshot.model.sam2.postprocess import FILL_HOLE_AREA, fill_holes
-from twoshot.model.sam2.sizes import HIDDEN_DIM, MAX_OBJECT_POINTERS, MEMORY_DIM, NUM_MASKMEM
+from twoshot.model.sam2.sizes import MAX_OBJECT_POINTERS, NUM_MASKMEM
 
 HARD = 1e-6  # the engine's overlaid masks are within ~1e-7 of 0 or 1 everywhere
 
@@ -362,15 +361,9 @@ class Sam2Propagator(Propagator):
                 pointers.append((distance, previous.pointer))
         num_pointer_tokens = 0
         if pointers:
-            batch = 1
-            stacked = torch.stack([p.to(device) for _, p in pointers], dim=0)
-            distances = torch.tensor([d for d, _ in pointers]).to(device=device)
-            pointer_pos = model.obj_ptr_tpos_proj(sine_1d(distances / (readable - 1), HIDDEN_DIM))
-            pointer_pos = pointer_pos.unsqueeze(1).expand(-1, batch, MEMORY_DIM)
-            split = HIDDEN_DIM // MEMORY_DIM
-            stacked = stacked.reshape(-1, batch, split, MEMORY_DIM).permute(0, 2, 1, 3).flatten(0, 1)
+            stacked, pointer_pos = model.pointer_tokens([(d, p.to(device)) for d, p in pointers], readable, 1)
             tokens.append(stacked)
-            token_pos.append(pointer_pos.repeat_interleave(split, dim=0))
+            token_pos.append(pointer_pos)
             num_pointer_tokens = stacked.shape[0]
         conditioned = self._attend_memory(
             features.features,

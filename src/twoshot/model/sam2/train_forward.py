@@ -36,9 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from twoshot.model.sam2.layers import sine_1d
 from twoshot.model.sam2.network import NO_OBJECT_SCORE, Sam2, Sam2Features
-from twoshot.model.sam2.sizes import HIDDEN_DIM, MAX_OBJECT_POINTERS, MEMORY_DIM, NUM_MASKMEM
+from twoshot.model.sam2.sizes import MAX_OBJECT_POINTERS, NUM_MASKMEM
 
 
 @dataclass
@@ -113,14 +112,9 @@ def _tracked_frame(
             break
         if previous >= 1:
             pointers.append((distance, history[previous].pointer))
-    stacked = torch.stack([p for _, p in pointers], dim=0)
-    distances = torch.tensor([d for d, _ in pointers], device=stacked.device)
-    pointer_pos = model.obj_ptr_tpos_proj(sine_1d(distances / (readable - 1), HIDDEN_DIM))
-    pointer_pos = pointer_pos.unsqueeze(1).expand(-1, n, MEMORY_DIM)
-    split = HIDDEN_DIM // MEMORY_DIM
-    stacked = stacked.reshape(-1, n, split, MEMORY_DIM).permute(0, 2, 1, 3).flatten(0, 1)
+    stacked, pointer_pos = model.pointer_tokens(pointers, readable, n)
     tokens.append(stacked)
-    token_pos.append(pointer_pos.repeat_interleave(split, dim=0))
+    token_pos.append(pointer_pos)
     conditioned = model.attend_memory(
         features.features, features.positions, torch.cat(tokens), torch.cat(token_pos), stacked.shape[0]
     )
