@@ -156,6 +156,27 @@ def check_no_gaps(folder: Path, frames: list[Path]) -> None:
             )
 
 
+def folder_sequence(
+    frames_folder: Path,
+    masks_folder: Path,
+    suffixes: Sequence[str] = FRAME_SUFFIXES,
+    *,
+    gapless: bool = False,
+) -> VideoSequence:
+    """One video of a folder layout: its frames (``suffixes``; with ``gapless``, numbered without
+    gaps) and the masks of ``masks_folder`` matched to them by name (at least one required)."""
+    frames = list_frames(frames_folder, suffixes)
+    if gapless:
+        check_no_gaps(frames_folder, frames)
+    frame_names = [p.stem for p in frames]
+    return VideoSequence(
+        name=frames_folder.name,
+        frame_paths=frames,
+        frame_names=frame_names,
+        mask_paths=match_masks(masks_folder, frame_names, required=True),
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # DAVIS 2017
 
@@ -174,20 +195,9 @@ def open_davis(root: Path, split: str | None, resolution: str) -> list[VideoSequ
         names = read_davis_split(root, split)
     if not names:
         raise UserError(f"{images}: no videos")
-    sequences = []
-    for name in names:
-        frames = list_frames(images / name, (".jpg", ".jpeg"))
-        check_no_gaps(images / name, frames)
-        frame_names = [p.stem for p in frames]
-        sequences.append(
-            VideoSequence(
-                name=name,
-                frame_paths=frames,
-                frame_names=frame_names,
-                mask_paths=match_masks(annotations / name, frame_names, required=True),
-            )
-        )
-    return sequences
+    return [
+        folder_sequence(images / name, annotations / name, (".jpg", ".jpeg"), gapless=True) for name in names
+    ]
 
 
 def read_davis_split(root: Path, split: str) -> list[str]:
@@ -309,16 +319,4 @@ def open_generic(root: Path, split: str | None) -> list[VideoSequence]:
     )
     if not names:
         raise UserError(f"{images}: no video folders")
-    sequences = []
-    for name in names:
-        frames = list_frames(images / name)
-        frame_names = [p.stem for p in frames]
-        sequences.append(
-            VideoSequence(
-                name=name,
-                frame_paths=frames,
-                frame_names=frame_names,
-                mask_paths=match_masks(base / "Annotations" / name, frame_names, required=True),
-            )
-        )
-    return sequences
+    return [folder_sequence(images / name, base / "Annotations" / name) for name in names]
