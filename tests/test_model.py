@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from twoshot.model import STCN, build_model, load_checkpoint, load_model, save_w
 from twoshot.model.aggregate import aggregate
 from twoshot.model.checkpoint import read_state_dict
 from twoshot.model.preprocess import pad_divide_by, unpad
+from twoshot.model.registry import build_skeleton
 from twoshot.model.resnet import ResNetTrunk
 from twoshot.model.stcn.memory import memory_affinity, readout
 from twoshot.model.stcn.weights import expand_value_conv1
@@ -191,6 +194,33 @@ def test_mismatch_lists_keys_counts_and_the_fitting_preset(tiny: STCN, tmp_path:
     assert "1 missing keys: decoder.pred.bias" in message
     assert "1 unexpected keys: extra.weight" in message
     assert "preset" not in message.split("\n")[-1] or "fit" not in message
+
+
+@pytest.mark.parametrize("preset", ["tiny", "cutie-tiny", "sam2-toy", "sam2.1-tiny"])
+def test_skeleton_has_the_models_names_and_shapes(preset: str) -> None:
+    config = load_config(preset).model
+    expected = {k: (v.shape, v.dtype) for k, v in build_model(config).state_dict().items()}
+    assert {k: (v.shape, v.dtype) for k, v in build_skeleton(config).state_dict().items()} == expected
+
+
+def test_telling_the_preset_of_raw_weights_does_not_import_the_compiler() -> None:
+    """A published checkpoint's preset is told by building each candidate's skeleton; on the
+    meta device that imported torch._dynamo (1.5-2 s of every such run's start-up)."""
+    script = (
+        "import sys, torch\n"
+        "before = 'torch._dynamo' in sys.modules\n"
+        "from twoshot.config import load_config\n"
+        "from twoshot.model import build_model\n"
+        "from twoshot.model.checkpoint import matching_preset\n"
+        "state = build_model(load_config('sam2-toy').model).state_dict()\n"
+        "print(matching_preset(state), before, 'torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    preset, before, after = out.split()
+    assert preset == "sam2-toy"
+    if before == "True":
+        pytest.skip("this torch imports torch._dynamo with torch itself")
+    assert after == "False"
 
 
 def _fake_torchvision_resnet(block: str, layers: list[int], width: int, seed: int) -> dict[str, torch.Tensor]:

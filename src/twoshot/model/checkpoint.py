@@ -25,7 +25,7 @@ from twoshot.config import Config, ModelConfig, config_from_dict, load_config, p
 from twoshot.errors import UserError
 from twoshot.fsutil import save_torch
 from twoshot.model.interface import VOSModel
-from twoshot.model.registry import model_class, model_kinds, spec_for, specs
+from twoshot.model.registry import build_skeleton, model_class, model_kinds, spec_for, specs
 from twoshot.model.spec import import_object
 
 
@@ -118,8 +118,7 @@ def matching_preset(state: Mapping[str, torch.Tensor]) -> str | None:
         config = load_config(name).model
         if config.kind != kind:
             continue
-        with torch.device("meta"):
-            candidate = model_class(kind)(config)
+        candidate = build_skeleton(config)
         if not any(_mismatches(candidate.state_dict(), state).values()):
             return name
     return None

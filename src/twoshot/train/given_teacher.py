@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from twoshot.config import InferenceConfig
 from twoshot.config_checks import check_inference_settings
 from twoshot.errors import UserError
@@ -28,7 +26,7 @@ from twoshot.model.checkpoint import (
     saved_config,
 )
 from twoshot.model.interface import VOSModel
-from twoshot.model.registry import model_class, model_kinds
+from twoshot.model.registry import build_skeleton, model_kinds
 
 KEY = "twoshot.teacher"
 
@@ -60,8 +58,7 @@ def check_teacher(path: str) -> str:
                     "from 'twoshot train' lies beside them"
                 )
         else:
-            with torch.device("meta"):
-                network = model_class(saved.model.kind)(saved.model)
+            network = build_skeleton(saved.model)
             check_state_dict(network, state, path)
             check_inference_settings(saved.inference, kind)
     except UserError as exc:
