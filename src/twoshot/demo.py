@@ -18,7 +18,6 @@ import numpy as np
 from twoshot.config import Config, load_config
 from twoshot.errors import UserError
 from twoshot.model.spec import ModelSpec
-from twoshot.pipeline import run_pipeline
 from twoshot.report import PipelineReport
 
 
@@ -206,6 +205,8 @@ def run_demo(
         static_images=scale.static_images,
     )
     config = demo_config(scale, data, out / "run", device, model)
+    from twoshot.pipeline import run_pipeline  # torch: not at import, which `twoshot --help` does
+
     report = run_pipeline(config, log=log, progress=progress)
     # The bank's own quality next to the baselines a user has without it (run/bank_value.md).
     from twoshot.inference.bank_quality import demo_bank_value

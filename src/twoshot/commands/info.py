@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import platform
 
-import torch
-
 from twoshot._version import __version__
 from twoshot.config import preset_names
 
@@ -19,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the environment summary. Returns 0."""
+    import torch  # not at import: the CLI builds every command's parser for `twoshot --help`
+
     print(f"twoshot {__version__}")
     print(f"python {platform.python_version()}  torch {torch.__version__}")
     cuda = torch.cuda.is_available()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from twoshot.commands.common import add_config_arguments, add_progress_argument, config_from_args
-from twoshot.pipeline import run_pipeline
 from twoshot.report import format_report
 
 HELP = "run the whole two-shot method with baselines and write a report (resumable)"
@@ -35,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, option)
         if value is not None:
             setattr(config.pipeline, key, value)
+    from twoshot.pipeline import run_pipeline  # torch: not at import, which `twoshot --help` does
+
     report = run_pipeline(config, progress=not args.no_progress)
     print()
     print(format_report(report))
