@@ -17,7 +17,6 @@ environment variables (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -34,8 +33,10 @@ def keep_freed_memory() -> bool:
     if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        # The process's own symbols, libc's among them: ctypes.util.find_library would run
+        # `ldconfig -p` in a subprocess on every command, and a process that has loaded
+        # OpenVINO's runtime was seen to die of SIGSEGV while waiting on that child.
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # musl and other C libraries have no mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
