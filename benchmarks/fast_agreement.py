@@ -128,25 +128,59 @@ def entering_video(
     return video, {0: first, enter: later}
 
 
+def logit_layers(model: torch.nn.Module) -> tuple[torch.nn.Module, list[torch.nn.Module]]:
+    """(the module whose output, or first output, is the objects' logits; the layers whose
+    weights and biases scale them): STCN's and Cutie's final convolution; SAM 2's mask
+    decoder and the last layers of its hypernetwork MLPs (a mask's logits are their outputs'
+    dot products with the upscaled map, so scaling all of them scales every mask)."""
+    decoder = getattr(model, "sam_mask_decoder", None)
+    if decoder is not None:
+        return decoder, [mlp.layers[-1] for mlp in decoder.output_hypernetworks_mlps]
+    conv = final_conv(model)
+    return conv, [conv]
+
+
+SAM2_OBJECT_SCORE_BIAS = 4.0  # SAM 2: the object-score head sees every object
+
+
 def calibrated_model(
     preset: str, config: InferenceConfig, video: np.ndarray, first: np.ndarray, logit_std: float, seed: int
 ) -> VOSModel:
-    """``preset``'s network with :func:`seeded_weights`, its final convolution (weights and
-    bias) scaled so that the logits it gives on frame 1, segmented by the exact path from
-    ``first`` (frame 0's masks), have standard deviation ``logit_std`` (0: left unscaled)."""
+    """``preset``'s network with :func:`seeded_weights`, its logit layers (:func:`logit_layers`,
+    weights and biases) scaled so that the logits it gives on frame 1, segmented by the exact
+    path from ``first`` (frame 0's masks), have standard deviation ``logit_std`` (0: left
+    unscaled). SAM 2 keeps its own initialisation, seeded (with :func:`seeded_weights`
+    every object got nearly the same logits and object 1 won every pixel from frame 1 on),
+    its object-score head's last bias set to :data:`SAM2_OBJECT_SCORE_BIAS` so that the
+    objects are seen."""
+    sam2 = load_config(preset).model.kind == "sam2"
+    if sam2:
+        torch.manual_seed(seed)
     model = build_model(load_config(preset).model)
-    seeded_weights(model, seed)
+    decoder = getattr(model, "sam_mask_decoder", None)
+    if not sam2:
+        seeded_weights(model, seed)
+    else:
+        model.eval()
+        with torch.no_grad():
+            decoder.pred_obj_score_head.layers[-1].bias.fill_(SAM2_OBJECT_SCORE_BIAS)
     if logit_std <= 0:
         return model
-    conv = final_conv(model)
+    hooked, layers = logit_layers(model)
     spread: list[float] = []
-    hook = conv.register_forward_hook(lambda module, inputs, out: spread.append(float(out.std())))
+
+    def record(module: torch.nn.Module, inputs: Any, out: Any) -> None:
+        spread.append(float((out[0] if isinstance(out, tuple) else out).std()))
+
+    hook = hooked.register_forward_hook(record)
     PropagationEngine(model, dataclasses.replace(config, exact=True)).propagate(video[:2], {0: first})
     hook.remove()
+    # SAM 2's decoder also runs for the given masks of frame 0: frame 1's call is the last.
+    scale = logit_std / spread[-1 if decoder is not None else 0]
     with torch.no_grad():
-        conv.weight.mul_(logit_std / spread[0])
-        assert conv.bias is not None
-        conv.bias.mul_(logit_std / spread[0])
+        for layer in layers:
+            layer.weight.mul_(scale)
+            layer.bias.mul_(scale)
     return model
 
 
