@@ -16,7 +16,12 @@ on frame 0, object 3 entering and annotated on frame ``--enter``) with the exact
   bfloat16``; native on CPUs with AVX-512 BF16 or AMX);
 - STCN only, one ingredient of its fast path at a time on the exact network: ``fold_only``
   (BatchNorm folded into the encoders), ``shared_only`` (the decoder's and value fuser's
-  shared halves), ``channels_last_only``.
+  shared halves), ``channels_last_only``;
+- ``fp32``: the fast path in float32 (``exact`` and ``amp`` off: SAM 2's presets set both);
+  ``onnxruntime`` / ``openvino``: the same with the networks run by that runtime.
+
+``--baseline VARIANT`` compares against that variant instead of the exact path (the runtimes
+against ``fp32``, the torch path they replace).
 
 It prints, per preset and variant, the share of equal label pixels on every frame, the worst
 frame, the largest probability difference and the seconds of each run, with the CPU's flags.
@@ -57,6 +62,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fold_only": {"channels_last": False, "exact": False},
     "shared_only": {"channels_last": False, "exact": False},
     "channels_last_only": {"channels_last": True, "exact": False},
+    "fp32": {"exact": False, "amp": False},
+    "onnxruntime": {"runtime": "onnxruntime", "exact": False, "amp": False},
+    "openvino": {"runtime": "openvino", "exact": False, "amp": False},
 }
 INGREDIENTS = ("fold_only", "shared_only", "channels_last_only")
 
@@ -192,10 +200,12 @@ def run(
     logit_std: float = 1.0,
     variants: Sequence[str] = ("fast", "channels_last", "bf16"),
     seed: int = 0,
+    baseline: str = "exact",
 ) -> dict[str, Any]:
     """The figures: {"machine": ..., "settings": ..., "results": {preset: {variant: {...}}}}
-    with per-frame agreement, its minimum and mean, the largest probability difference, the
-    share of uncertain pixels (top probability below 0.9) on the exact path, and seconds."""
+    with per-frame agreement with the ``baseline`` (the exact path, or a variant's name), its
+    minimum and mean, the largest probability difference, the share of uncertain pixels (top
+    probability below 0.9) on the baseline, and seconds."""
     from common import machine_info  # here: tests import this script without benchmarks/ on the path
 
     video, masks = entering_video(size, frames, enter, seed)
@@ -205,7 +215,8 @@ def run(
         torch.manual_seed(seed)
         model = calibrated_model(preset, config, video, masks[0], logit_std, seed)
         start = time.perf_counter()
-        exact = PropagationEngine(model, dataclasses.replace(config, exact=True)).propagate(
+        base = VARIANTS[baseline] if baseline != "exact" else {"exact": True}
+        exact = PropagationEngine(model, dataclasses.replace(config, **base)).propagate(
             video, masks, probabilities=True
         )
         exact_s = time.perf_counter() - start
@@ -244,6 +255,7 @@ def run(
             "enter": enter,
             "logit_std": logit_std,
             "seed": seed,
+            "baseline": baseline,
         },
         "results": results,
     }
@@ -265,12 +277,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--variants", nargs="+", default=["fast", "channels_last", "bf16"], choices=list(VARIANTS)
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--baseline",
+        default="exact",
+        choices=["exact", *VARIANTS],
+        help="what the variants are compared with",
+    )
     args = parser.parse_args(argv)
     report = run(
-        args.presets, tuple(args.size), args.frames, args.enter, args.logit_std, args.variants, args.seed
+        args.presets,
+        tuple(args.size),
+        args.frames,
+        args.enter,
+        args.logit_std,
+        args.variants,
+        args.seed,
+        args.baseline,
     )
     print(machine_line(report["machine"]))
-    print("| preset | variant | worst frame | mean | per frame | max prob diff | s (exact s) |")
+    print(f"baseline: {args.baseline}")
+    print("| preset | variant | worst frame | mean | per frame | max prob diff | s (baseline s) |")
     print("|---|---|---|---|---|---|---|")
     for preset, row in report["results"].items():
         for name in args.variants:

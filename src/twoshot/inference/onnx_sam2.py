@@ -102,12 +102,28 @@ def key_rotation(
 
 
 class _ImageEncoder(nn.Module):
+    """The trunk's positional embedding (bicubic from the parameters, the same for every frame)
+    is computed here by torch and exported as a constant: traced, OpenVINO spent 107-151 s
+    folding its interpolation to the 256 x 256 grid of a 1024 input when compiling."""
+
+    positions_table: torch.Tensor
+
     def __init__(self, model: Sam2) -> None:
         super().__init__()
         self.model = model
+        trunk = model.image_encoder.trunk
+        grid = model.image_size // trunk.patch_embed.proj.stride[0]
+        with torch.no_grad():
+            self.register_buffer("positions_table", trunk.positions((grid, grid)), persistent=False)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        f = self.model.encode_image(images)
+        trunk = self.model.image_encoder.trunk
+        table = self.positions_table
+        trunk.positions = lambda hw: table  # type: ignore[method-assign]
+        try:
+            f = self.model.encode_image(images)
+        finally:
+            del trunk.positions
         return f.high_res[0], f.high_res[1], f.features, f.positions
 
 
