@@ -252,6 +252,14 @@ def test_export_writes_sam2_networks_with_a_dynamic_memory(tmp_path: Path) -> No
     with torch.no_grad():
         expected = model.attend_memory(features, positions, memory, memory_pos, pointer_tokens)
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4)
+    # The image encoder file (its positional table a constant) on another frame than traced.
+    session = ort.InferenceSession(str(out / "encode_image.onnx"), providers=["CPUExecutionProvider"])
+    images = torch.randn(1, 3, 128, 128, generator=generator)
+    with torch.no_grad():
+        feats = model.encode_image(images)
+    got_maps = session.run(None, {"images": images.numpy()})
+    for a, b in zip(got_maps, [*feats.high_res, feats.features, feats.positions], strict=True):
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-4, atol=1e-4)
     with pytest.raises(UserError, match=r"--size \(64, 64\): SAM 2's networks take its square input"):
         from twoshot.inference.onnx_runtime import export_onnx
 

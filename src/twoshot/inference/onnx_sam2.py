@@ -21,7 +21,9 @@ propagator tracks each object on its own):
   sigmoid of a tracked frame's logits, made in torch), ``object_score`` -> ``memory`` and
   ``memory_positions`` [1, 64, h, w].
 
-Which memories and pointers a frame reads, their temporal encodings and the pointers'
+The frame size is fixed because the model resizes every frame to S; the trunk's positional
+embedding for that grid is a constant of the graph (see :class:`_ImageEncoder`). Which
+memories and pointers a frame reads, their temporal encodings and the pointers'
 position projection (one linear layer on at most 16 rows) stay in torch, in the propagator.
 
 RoPE: the model rotates queries and keys as complex numbers, which the ONNX exporter cannot
