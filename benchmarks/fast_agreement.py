@@ -16,7 +16,12 @@ on frame 0, object 3 entering and annotated on frame ``--enter``) with the exact
   bfloat16``; native on CPUs with AVX-512 BF16 or AMX);
 - STCN only, one ingredient of its fast path at a time on the exact network: ``fold_only``
   (BatchNorm folded into the encoders), ``shared_only`` (the decoder's and value fuser's
-  shared halves), ``channels_last_only``.
+  shared halves), ``channels_last_only``;
+- ``fp32``: the fast path in float32 (``exact`` and ``amp`` off: SAM 2's presets set both);
+  ``onnxruntime`` / ``openvino``: the same with the networks run by that runtime.
+
+``--baseline VARIANT`` compares against that variant instead of the exact path (the runtimes
+against ``fp32``, the torch path they replace).
 
 It prints, per preset and variant, the share of equal label pixels on every frame, the worst
 frame, the largest probability difference and the seconds of each run, with the CPU's flags.
@@ -57,6 +62,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fold_only": {"channels_last": False, "exact": False},
     "shared_only": {"channels_last": False, "exact": False},
     "channels_last_only": {"channels_last": True, "exact": False},
+    "fp32": {"exact": False, "amp": False},
+    "onnxruntime": {"runtime": "onnxruntime", "exact": False, "amp": False},
+    "openvino": {"runtime": "openvino", "exact": False, "amp": False},
 }
 INGREDIENTS = ("fold_only", "shared_only", "channels_last_only")
 
@@ -128,25 +136,59 @@ def entering_video(
     return video, {0: first, enter: later}
 
 
+def logit_layers(model: torch.nn.Module) -> tuple[torch.nn.Module, list[torch.nn.Module]]:
+    """(the module whose output, or first output, is the objects' logits; the layers whose
+    weights and biases scale them): STCN's and Cutie's final convolution; SAM 2's mask
+    decoder and the last layers of its hypernetwork MLPs (a mask's logits are their outputs'
+    dot products with the upscaled map, so scaling all of them scales every mask)."""
+    decoder = getattr(model, "sam_mask_decoder", None)
+    if decoder is not None:
+        return decoder, [mlp.layers[-1] for mlp in decoder.output_hypernetworks_mlps]
+    conv = final_conv(model)
+    return conv, [conv]
+
+
+SAM2_OBJECT_SCORE_BIAS = 4.0  # SAM 2: the object-score head sees every object
+
+
 def calibrated_model(
     preset: str, config: InferenceConfig, video: np.ndarray, first: np.ndarray, logit_std: float, seed: int
 ) -> VOSModel:
-    """``preset``'s network with :func:`seeded_weights`, its final convolution (weights and
-    bias) scaled so that the logits it gives on frame 1, segmented by the exact path from
-    ``first`` (frame 0's masks), have standard deviation ``logit_std`` (0: left unscaled)."""
+    """``preset``'s network with :func:`seeded_weights`, its logit layers (:func:`logit_layers`,
+    weights and biases) scaled so that the logits it gives on frame 1, segmented by the exact
+    path from ``first`` (frame 0's masks), have standard deviation ``logit_std`` (0: left
+    unscaled). SAM 2 keeps its own initialisation, seeded (with :func:`seeded_weights`
+    every object got nearly the same logits and object 1 won every pixel from frame 1 on),
+    its object-score head's last bias set to :data:`SAM2_OBJECT_SCORE_BIAS` so that the
+    objects are seen."""
+    sam2 = load_config(preset).model.kind == "sam2"
+    if sam2:
+        torch.manual_seed(seed)
     model = build_model(load_config(preset).model)
-    seeded_weights(model, seed)
+    decoder = getattr(model, "sam_mask_decoder", None)
+    if not sam2:
+        seeded_weights(model, seed)
+    else:
+        model.eval()
+        with torch.no_grad():
+            decoder.pred_obj_score_head.layers[-1].bias.fill_(SAM2_OBJECT_SCORE_BIAS)
     if logit_std <= 0:
         return model
-    conv = final_conv(model)
+    hooked, layers = logit_layers(model)
     spread: list[float] = []
-    hook = conv.register_forward_hook(lambda module, inputs, out: spread.append(float(out.std())))
+
+    def record(module: torch.nn.Module, inputs: Any, out: Any) -> None:
+        spread.append(float((out[0] if isinstance(out, tuple) else out).std()))
+
+    hook = hooked.register_forward_hook(record)
     PropagationEngine(model, dataclasses.replace(config, exact=True)).propagate(video[:2], {0: first})
     hook.remove()
+    # SAM 2's decoder also runs for the given masks of frame 0: frame 1's call is the last.
+    scale = logit_std / spread[-1 if decoder is not None else 0]
     with torch.no_grad():
-        conv.weight.mul_(logit_std / spread[0])
-        assert conv.bias is not None
-        conv.bias.mul_(logit_std / spread[0])
+        for layer in layers:
+            layer.weight.mul_(scale)
+            layer.bias.mul_(scale)
     return model
 
 
@@ -158,10 +200,12 @@ def run(
     logit_std: float = 1.0,
     variants: Sequence[str] = ("fast", "channels_last", "bf16"),
     seed: int = 0,
+    baseline: str = "exact",
 ) -> dict[str, Any]:
     """The figures: {"machine": ..., "settings": ..., "results": {preset: {variant: {...}}}}
-    with per-frame agreement, its minimum and mean, the largest probability difference, the
-    share of uncertain pixels (top probability below 0.9) on the exact path, and seconds."""
+    with per-frame agreement with the ``baseline`` (the exact path, or a variant's name), its
+    minimum and mean, the largest probability difference, the share of uncertain pixels (top
+    probability below 0.9) on the baseline, and seconds."""
     from common import machine_info  # here: tests import this script without benchmarks/ on the path
 
     video, masks = entering_video(size, frames, enter, seed)
@@ -171,7 +215,8 @@ def run(
         torch.manual_seed(seed)
         model = calibrated_model(preset, config, video, masks[0], logit_std, seed)
         start = time.perf_counter()
-        exact = PropagationEngine(model, dataclasses.replace(config, exact=True)).propagate(
+        base = VARIANTS[baseline] if baseline != "exact" else {"exact": True}
+        exact = PropagationEngine(model, dataclasses.replace(config, **base)).propagate(
             video, masks, probabilities=True
         )
         exact_s = time.perf_counter() - start
@@ -210,6 +255,7 @@ def run(
             "enter": enter,
             "logit_std": logit_std,
             "seed": seed,
+            "baseline": baseline,
         },
         "results": results,
     }
@@ -231,12 +277,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--variants", nargs="+", default=["fast", "channels_last", "bf16"], choices=list(VARIANTS)
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--baseline",
+        default="exact",
+        choices=["exact", *VARIANTS],
+        help="what the variants are compared with",
+    )
     args = parser.parse_args(argv)
     report = run(
-        args.presets, tuple(args.size), args.frames, args.enter, args.logit_std, args.variants, args.seed
+        args.presets,
+        tuple(args.size),
+        args.frames,
+        args.enter,
+        args.logit_std,
+        args.variants,
+        args.seed,
+        args.baseline,
     )
     print(machine_line(report["machine"]))
-    print("| preset | variant | worst frame | mean | per frame | max prob diff | s (exact s) |")
+    print(f"baseline: {args.baseline}")
+    print("| preset | variant | worst frame | mean | per frame | max prob diff | s (baseline s) |")
     print("|---|---|---|---|---|---|---|")
     for preset, row in report["results"].items():
         for name in args.variants:

@@ -18,13 +18,25 @@ building included:
   users do), ``propagate_in_video``, the objects' logits combined (> 0, highest wins) and
   written as PNGs; under ``torch.autocast("cpu", dtype=torch.bfloat16)``.
 
-Reported per size: the median wall seconds of each side, frames/s (frames / median wall,
-so process start-up counts), the median per-round ratio, the CPU seconds, and the share of
-pixels whose labels agree (frame 0 excluded). The CPU's flags and the load average are
-printed before and after: bfloat16 without ``avx512_bf16`` / ``amx_bf16`` is emulated.
+``--variants NAME=OPTIONS ...`` times several twoshot variants in the same rounds (extra
+``twoshot infer`` options each; default one, ``twoshot=``), e.g. the runtimes against the
+float32 torch path they replace::
 
-    python benchmarks/sam2_speed.py --reference /path/to/sam2 [--sizes toy tiny]
-        [--toy-frames 20] [--tiny-frames 4] [--rounds 2] [--threads 1]
+    --variants torch-fp32='--no-exact --no-amp' \
+        onnxruntime='--runtime onnxruntime --no-exact --no-amp' \
+        openvino='--runtime openvino --no-exact --no-amp'
+
+Without ``--reference`` only the twoshot variants run, and agreement is measured against
+the first of them.
+
+Reported per size: the median wall seconds of each side, frames/s (frames / median wall,
+so process start-up counts), the median per-round ratio to the baseline (the reference, or
+the first variant), the CPU seconds, and the share of pixels whose labels agree with the
+baseline (frame 0 excluded). The CPU's flags and the load average are printed before and
+after: bfloat16 without ``avx512_bf16`` / ``amx_bf16`` is emulated.
+
+    python benchmarks/sam2_speed.py [--reference /path/to/sam2] [--sizes toy tiny]
+        [--toy-frames 20] [--tiny-frames 4] [--rounds 2] [--threads 1] [--variants ...]
 
 sam2.1-tiny at 1024 takes about 18 s a frame on a 2-core CPU, so its video is short (4
 frames by default).
@@ -134,41 +146,63 @@ def agreement(reference: Path, ours: Path) -> float:
     return equal / max(total, 1)
 
 
-def measure(reference: Path, size: str, frames: int, rounds: int, threads: int, work: Path) -> dict[str, Any]:
-    """Both sides on one generated video of ``frames`` frames; see the module docstring."""
+def measure(
+    reference: Path | None,
+    size: str,
+    frames: int,
+    rounds: int,
+    threads: int,
+    work: Path,
+    variants: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """The reference (when its checkout is given) and each twoshot variant (name -> extra
+    ``twoshot infer`` options) on one generated video of ``frames`` frames; see the module
+    docstring."""
     image_size = SIZES[size]["image_size"]
     root, weights = work / size / "data", work / size / "weights.pth"
     make_video(root, frames, image_size)
     make_weights(size, weights)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
-    ours, theirs = work / size / "twoshot", work / size / "reference"
-    spec = {
-        "reference": str(reference),
-        "weights": str(weights),
-        "size": size,
-        "image_size": image_size,
-        "root": str(root),
-        "out": str(theirs),
-        "threads": threads,
-    }
+    theirs = work / size / "reference"
     twoshot = [sys.executable, "-m", "twoshot", "infer", "--checkpoint", str(weights), "--data", str(root)]
-    twoshot += ["--dataset", "generic", "--out", str(ours), "--device", "cpu", "--no-progress"]
-    variants = {
-        "reference": lambda: _run([sys.executable, str(HERE), "--child-reference", json.dumps(spec)], env),
-        "twoshot": lambda: _run(twoshot, env),
-    }
-    timing = interleave(variants, rounds)
-    result: dict[str, Any] = {"frames": frames, "image_size": image_size}
-    for name in variants:
+    twoshot += ["--dataset", "generic", "--device", "cpu", "--no-progress"]
+    outputs: dict[str, Path] = {}
+    commands: dict[str, Any] = {}
+    if reference is not None:
+        spec = {
+            "reference": str(reference),
+            "weights": str(weights),
+            "size": size,
+            "image_size": image_size,
+            "root": str(root),
+            "out": str(theirs),
+            "threads": threads,
+        }
+        outputs["reference"] = theirs
+        commands["reference"] = lambda: _run(
+            [sys.executable, str(HERE), "--child-reference", json.dumps(spec)], env
+        )
+    for name, extra in (variants or {"twoshot": []}).items():
+        out = work / size / f"twoshot-{name}"
+        outputs[name] = out / "v"
+        command = [*twoshot, "--out", str(out), *extra]
+        commands[name] = lambda command=command: _run(command, env)
+    timing = interleave(commands, rounds)
+    names = list(commands)
+    baseline = names[0]
+    result: dict[str, Any] = {"frames": frames, "image_size": image_size, "baseline": baseline, "sides": {}}
+    for name in names:
         wall = timing.median(name)
-        result[name] = {
+        side: dict[str, Any] = {
             "seconds": [round(s, 2) for s in timing.seconds[name]],
             "median_s": round(wall, 2),
             "frames_per_second": round(frames / wall, 3),
             "cpu_s": round(statistics.median(timing.cpu[name]), 1),
         }
-    result["reference_over_twoshot"] = round(timing.ratio("reference", "twoshot"), 3)
-    result["pixels_equal"] = agreement(theirs, ours / "v")
+        if name != baseline:
+            side["baseline_over_this"] = round(timing.ratio(baseline, name), 3)
+            side["pixels_equal"] = agreement(outputs[baseline], outputs[name])
+        result["sides"][name] = side
     return result
 
 
@@ -176,19 +210,20 @@ def format_report(report: dict[str, Any]) -> str:
     """The table of a :func:`main` report."""
     rows = []
     for size, r in report["sizes"].items():
-        for side in ("reference", "twoshot"):
+        for name, side in r["sides"].items():
             rows.append(
                 [
                     size,
                     f"{r['frames']} x {r['image_size']}²",
-                    side,
-                    r[side]["median_s"],
-                    r[side]["frames_per_second"],
-                    r[side]["cpu_s"],
-                    r["reference_over_twoshot"] if side == "twoshot" else "",
-                    f"{100 * r['pixels_equal']:.3f}%" if side == "twoshot" else "",
+                    name,
+                    side["median_s"],
+                    side["frames_per_second"],
+                    side["cpu_s"],
+                    side.get("baseline_over_this", ""),
+                    f"{100 * side['pixels_equal']:.3f}%" if "pixels_equal" in side else "",
                 ]
             )
+    baseline = next(iter(report["sizes"].values()))["baseline"] if report["sizes"] else "baseline"
     header = [
         "size",
         "video",
@@ -196,8 +231,8 @@ def format_report(report: dict[str, Any]) -> str:
         "median wall s",
         "frames/s",
         "CPU s",
-        "reference / twoshot",
-        "pixels equal",
+        f"{baseline} / side",
+        f"pixels equal to {baseline}",
     ]
     return "\n".join(
         [
@@ -217,14 +252,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny-frames", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of both sides")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        metavar="NAME=OPTIONS",
+        help="twoshot infer variants timed in the same rounds, e.g. torch-fp32='--no-exact --no-amp' "
+        "onnxruntime='--runtime onnxruntime --no-exact --no-amp'",
+    )
     parser.add_argument("--json", default=None, metavar="PATH")
     parser.add_argument("--child-reference", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_reference is not None:
         child_reference(json.loads(args.child_reference))
         return 0
-    if args.reference is None:
-        parser.error("--reference is required")
+    variants = None
+    if args.variants:
+        pairs = [v.split("=", 1) for v in args.variants]
+        if any(len(p) != 2 or not p[0] for p in pairs):
+            parser.error(f"--variants {args.variants}: give NAME=OPTIONS pairs")
+        variants = {name: value.split() for name, value in pairs}
     import torch
 
     torch.set_num_threads(args.threads)
@@ -233,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.sizes:
             frames = args.toy_frames if size == "toy" else args.tiny_frames
             report["sizes"][size] = measure(
-                args.reference, size, frames, args.rounds, args.threads, Path(tmp)
+                args.reference, size, frames, args.rounds, args.threads, Path(tmp), variants
             )
             print(f"{size}: {json.dumps(report['sizes'][size])}", flush=True)
     report["machine_after"] = machine_info("cpu")

@@ -1,5 +1,5 @@
-"""ONNX export of STCN's and Cutie's per-frame networks, and the onnxruntime and openvino
-runtimes inside the engine."""
+"""ONNX export of STCN's, Cutie's and SAM 2's per-frame networks, and the onnxruntime and
+openvino runtimes inside the engine."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -147,15 +148,122 @@ def test_export_refuses_cutie_without_a_size(tmp_path: Path) -> None:
 
 
 def test_runtime_refuses_other_models_and_settings() -> None:
-    sam2 = build_model(load_config("sam2-toy").model)
-    with pytest.raises(UserError, match="support the stcn and cutie models, not 'sam2'"):
-        PropagationEngine(sam2, InferenceConfig(device="cpu", runtime="onnxruntime"))
+    from twoshot.inference.onnx_runtime import RuntimeWrap
+
+    with pytest.raises(UserError, match="support the stcn, cutie and sam2 models, not 'Linear'"):
+        RuntimeWrap("onnxruntime")(torch.nn.Linear(1, 1).forward, "encode_image")
     with pytest.raises(UserError, match="inference.runtime onnxruntime with inference.exact"):
         PropagationEngine(_tiny(), InferenceConfig(device="cpu", runtime="onnxruntime", exact=True))
+    # SAM 2's presets run the reference's bfloat16 mode: the runtime names the key to turn off.
+    sam2_config = replace(load_config("sam2-toy").inference, device="cpu", runtime="onnxruntime", exact=False)
+    with pytest.raises(UserError, match="inference.runtime onnxruntime with inference.amp"):
+        PropagationEngine(build_model(load_config("sam2-toy").model), sam2_config)
     with pytest.raises(
         UserError, match="inference.runtime 'tensorrt': choose one of torch, onnxruntime, openvino"
     ):
         PropagationEngine(_tiny(), InferenceConfig(device="cpu", runtime="tensorrt"))
+
+
+# --- SAM 2 ---------------------------------------------------------------------------------
+
+SAM2_VIDEO = ((96, 128), 12, 3)  # frame size, frames, the frame object 3 enters on
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_runtime_engine_agrees_with_torch_on_every_frame_sam2(runtime: str) -> None:
+    """sam2-toy with its networks run by the runtime: >= 99.9% of each frame's pixels equal
+    to the torch path, 12 frames through the memory, object 3 entering on frame 3, weights
+    calibrated to mixed probabilities."""
+    size, frames, enter = SAM2_VIDEO
+    video, masks = fast_agreement.entering_video(size, frames, enter)
+    config = InferenceConfig(size=-1, device="cpu")
+    model = fast_agreement.calibrated_model("sam2-toy", config, video, masks[0], 1.0, seed=0)
+    expected = PropagationEngine(model, config).propagate(video, masks, probabilities=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's tracer warnings
+        engine = PropagationEngine(model, replace(config, runtime=runtime))
+        got = engine.propagate(video, masks, probabilities=True)
+    assert got.probabilities is not None and expected.probabilities is not None
+    # Worth its name only with mixed masks: every object from frame 3 on, and on each tracked
+    # frame >= 10% of the pixels within 0.2 of the runner-up's probability.
+    assert all(set(np.unique(m).tolist()) == {0, 1, 2, 3} for m in expected.masks[enter:])
+    top2 = np.sort(expected.probabilities, axis=1)[:, -2:]
+    close = (top2[:, 1] - top2[:, 0] < 0.2).mean(axis=(1, 2))
+    assert all(close[t] >= 0.1 for t in range(frames) if t not in masks), close.round(3).tolist()
+    agreement = (got.masks == expected.masks).mean(axis=(1, 2))
+    assert all(a >= 0.999 for a in agreement), agreement.round(5).tolist()
+    assert np.abs(got.probabilities - expected.probabilities).max() < 1e-4
+
+
+def test_sam2_rope_in_real_arithmetic_equals_the_complex_rotation() -> None:
+    """The memory attention as exported (real cos / sin rotations, the keys' given as inputs,
+    pointer tokens left by cos 1 / sin 0) gives the model's own output to the bit, for
+    several counts of memory frames and pointer tokens."""
+    from twoshot.inference.onnx_sam2 import key_rotation, real_rope
+    from twoshot.model.sam2 import Sam2
+
+    torch.manual_seed(0)
+    model = Sam2("toy").eval()
+    generator = torch.Generator().manual_seed(1)
+    features, positions = (torch.randn(1, 256, 8, 8, generator=generator) for _ in range(2))
+    for frames, pointer_tokens in ((1, 4), (3, 12), (7, 64)):
+        tokens = frames * 64 + pointer_tokens
+        memory, memory_pos = (torch.randn(tokens, 1, 64, generator=generator) for _ in range(2))
+        with torch.no_grad():
+            expected = model.attend_memory(features, positions, memory, memory_pos, pointer_tokens)
+            cos, sin = key_rotation(model, tokens, pointer_tokens, 64, torch.device("cpu"))
+            with real_rope(model, cos, sin):
+                got = model.attend_memory(features, positions, memory, memory_pos, 0)
+        assert torch.equal(got, expected), (frames, pointer_tokens)
+    assert "forward" not in vars(model.memory_attention.layers[0].self_attn)  # restored
+
+
+def test_export_writes_sam2_networks_with_a_dynamic_memory(tmp_path: Path) -> None:
+    from twoshot.inference import onnx_sam2
+    from twoshot.model.sam2 import Sam2
+
+    torch.manual_seed(0)
+    model = Sam2("toy").eval()
+    out = _export(tmp_path, "sam2-toy", model)
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [
+        "attend_memory.onnx",
+        "encode_image.onnx",
+        "encode_memory.onnx",
+        "mask_as_output.onnx",
+        "onnx.json",
+        "track_heads.onnx",
+    ]
+    manifest = json.loads((out / "onnx.json").read_text())
+    assert manifest["model"] == "sam2" and manifest["image_size"] == 128
+    assert manifest["parts"]["encode_image"]["inputs"]["images"] == [1, 3, 128, 128]
+    assert manifest["parts"]["attend_memory"]["inputs"]["memory"] == ["memory_tokens", 1, 64]
+    assert manifest["parts"]["track_heads"]["outputs"] == ["low_res", "high_res", "obj_ptr", "object_score"]
+    # The memory attention file at another memory length than the one traced (3 frames and
+    # 5 pointers of 4 tokens against 2 and 2) against the torch model.
+    session = ort.InferenceSession(str(out / "attend_memory.onnx"), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(2)
+    features, positions = (torch.randn(1, 256, 8, 8, generator=generator) for _ in range(2))
+    tokens, pointer_tokens = 3 * 64 + 20, 20
+    memory, memory_pos = (torch.randn(tokens, 1, 64, generator=generator) for _ in range(2))
+    cos, sin = onnx_sam2.key_rotation(model, tokens, pointer_tokens, 64, torch.device("cpu"))
+    feeds = {"features": features, "positions": positions, "memory": memory, "memory_pos": memory_pos}
+    (got,) = session.run(None, {k: v.numpy() for k, v in {**feeds, "key_cos": cos, "key_sin": sin}.items()})
+    with torch.no_grad():
+        expected = model.attend_memory(features, positions, memory, memory_pos, pointer_tokens)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4)
+    # The image encoder file (its positional table a constant) on another frame than traced.
+    session = ort.InferenceSession(str(out / "encode_image.onnx"), providers=["CPUExecutionProvider"])
+    images = torch.randn(1, 3, 128, 128, generator=generator)
+    with torch.no_grad():
+        feats = model.encode_image(images)
+    got_maps = session.run(None, {"images": images.numpy()})
+    for a, b in zip(got_maps, [*feats.high_res, feats.features, feats.positions], strict=True):
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(UserError, match=r"--size \(64, 64\): SAM 2's networks take its square input"):
+        from twoshot.inference.onnx_runtime import export_onnx
+
+        export_onnx(model, tmp_path / "y", size=(64, 64))
 
 
 def test_missing_runtime_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -167,3 +275,47 @@ def test_missing_runtime_package_names_the_extra(monkeypatch: pytest.MonkeyPatch
     message = r"need the optional packages onnx and openvino: pip install 'twoshot\[openvino\]'"
     with pytest.raises(UserError, match=message):
         require_runtime("openvino")
+
+
+def test_infer_cli_runs_sam2_with_the_runtime_once_the_preset_modes_are_off(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``twoshot infer --runtime onnxruntime`` on sam2-toy: refused while the preset's exact and
+    amp are on, naming the key; with ``--no-exact --no-amp`` the masks agree with the torch
+    run of the same flags on >= 99.9% of the pixels."""
+    from twoshot.cli import main
+    from twoshot.data.fixtures import make_generic
+    from twoshot.data.masks import read_mask
+
+    data = make_generic(tmp_path / "data", {"clip": 6}, size=(64, 96), image_ext=".png")
+    model = fast_agreement.calibrated_model(
+        "sam2-toy",
+        InferenceConfig(size=-1, device="cpu"),
+        data.frames["clip"],
+        data.labels["clip"][0],
+        1.0,
+        0,
+    )
+    save_weights(model, tmp_path / "w.pth")
+    base = [
+        "infer",
+        "--data",
+        str(data.root),
+        "--checkpoint",
+        str(tmp_path / "w.pth"),
+        "--preset",
+        "sam2-toy",
+    ]
+    base += ["--device", "cpu", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "refused"), "--runtime", "onnxruntime"]) == 2
+    assert "inference.runtime onnxruntime with inference.exact" in capsys.readouterr().err
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, extra in (("torch", []), ("onnxruntime", ["--runtime", "onnxruntime"])):
+            assert main([*base, "--out", str(tmp_path / name), "--no-exact", "--no-amp", *extra]) == 0
+    frames = sorted((tmp_path / "torch" / "clip").glob("*.png"))
+    assert len(frames) == 6
+    torch_masks = np.stack([read_mask(p)[0] for p in frames])
+    runtime_masks = np.stack([read_mask(tmp_path / "onnxruntime" / "clip" / p.name)[0] for p in frames])
+    assert set(np.unique(torch_masks[-1]).tolist()) == {0, 1, 2}
+    assert (torch_masks == runtime_masks).mean() >= 0.999

@@ -165,8 +165,9 @@ class InferenceConfig:
     exact: bool = False
     channels_last: bool | None = None  # NHWC convolutions; None: on unless ``exact``
     compile: bool = False  # torch.compile the network; falls back to eager where unavailable
-    # Which runtime runs the networks: "torch", "onnxruntime" or "openvino" (STCN and Cutie,
-    # CPU, the optional onnx / openvino extras; twoshot.inference.onnx_runtime, docs/inference.md).
+    # Which runtime runs the networks: "torch", "onnxruntime" or "openvino" (STCN, Cutie and
+    # SAM 2, CPU, fp32, the optional onnx / openvino extras; twoshot.inference.onnx_runtime,
+    # docs/inference.md).
     runtime: str = "torch"
     # How bidirectional propagation (the bank, infer --backward) merges directions: "nearest"
     # (the paper's rule: each frame from its nearest labeled frame) or "fused" (a frame between

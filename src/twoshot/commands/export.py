@@ -7,13 +7,15 @@ import argparse
 from twoshot.config import preset_names
 from twoshot.model.registry import model_kinds
 
-HELP = "export a model's per-frame networks (ONNX; STCN and Cutie)"
+HELP = "export a model's per-frame networks (ONNX; STCN, Cutie and SAM 2)"
 FORMATS: tuple[str, ...] = ("onnx",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--checkpoint, --model, --preset, --format, --out, --exact, --size, --objects."""
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="STCN or Cutie weights to export")
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="CKPT", help="STCN, Cutie or SAM 2 weights to export"
+    )
     parser.add_argument("--model", choices=model_kinds(), default=None, help="architecture of the weights")
     parser.add_argument(
         "--preset", choices=preset_names(), default=None, help="model sizes (default: guessed)"
@@ -31,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs=2,
         default=None,
         metavar=("H", "W"),
-        help="Cutie (required): the padded frame size the networks are exported for (multiples of 16)",
+        help="Cutie (required): the padded frame size the networks are exported for (multiples "
+        "of 16); SAM 2: its square input, taken from the model when left out",
     )
     parser.add_argument(
         "--objects",

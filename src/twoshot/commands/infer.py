@@ -76,14 +76,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--exact",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="bit-identical to the reference implementation (slower: no channels-last "
-        "convolutions, no folded BatchNorm; the default agrees on all but a few pixels in a million)",
+        "convolutions, no folded BatchNorm; the default agrees on all but a few pixels in a "
+        "million); --no-exact: the fast path where the preset sets exact (tiny, SAM 2)",
     )
     parser.add_argument(
         "--amp",
-        action="store_true",
-        help="half-precision autocast (CUDA; on a CPU with --amp-dtype bfloat16 only)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="half-precision autocast (CUDA; on a CPU with --amp-dtype bfloat16 only); "
+        "--no-amp: float32 where the preset sets amp (SAM 2)",
     )
     parser.add_argument(
         "--amp-dtype",
@@ -96,8 +100,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--runtime",
         choices=RUNTIMES,
         default=None,
-        help="what runs the networks: torch (default), onnxruntime or openvino (STCN and Cutie, "
-        "CPU, need pip install 'twoshot[onnx]' or 'twoshot[openvino]'; docs/inference.md)",
+        help="what runs the networks: torch (default), onnxruntime or openvino (STCN, Cutie, "
+        "SAM 2 with --no-exact --no-amp; CPU, need pip install 'twoshot[onnx]' or "
+        "'twoshot[openvino]'; docs/inference.md)",
     )
     parser.add_argument(
         "--merge",
@@ -142,10 +147,10 @@ def load_model_and_config(args: argparse.Namespace) -> tuple[VOSModel, Inference
         config,
         **{k: v for k, v in changes.items() if v is not None},
         device=args.device,
-        amp=args.amp or config.amp,
+        amp=config.amp if args.amp is None else args.amp,
         include_last=args.include_last or config.include_last,
         flip=getattr(args, "flip", False) or config.flip,
-        exact=getattr(args, "exact", False) or config.exact,
+        exact=config.exact if getattr(args, "exact", None) is None else args.exact,
         offload=getattr(args, "offload", False) or config.offload,
     )
     check_inference_settings(config, model.kind)

@@ -5,12 +5,13 @@ The engine calls a model's heavy networks through a :data:`~twoshot.model.interf
 ONNX and runs it with ONNX Runtime (``runtime="onnxruntime"``) or OpenVINO (``"openvino"``) on
 the CPU, in float32, so memory, scheduling, aggregation and output handling stay the engine's
 own. Supported: STCN (``stcn``, ``tiny``; :mod:`twoshot.inference.onnx_stcn`, exported once
-with dynamic shapes) and Cutie (:mod:`twoshot.inference.onnx_cutie`, exported for each frame
-size and object count a run meets).
+with dynamic shapes), Cutie (:mod:`twoshot.inference.onnx_cutie`, exported for each frame
+size and object count a run meets) and SAM 2 (:mod:`twoshot.inference.onnx_sam2`, exported
+once at the model's input size, the memory length dynamic).
 
 :func:`export_onnx` writes the same networks as files (``twoshot export --format onnx``):
-``<name>.onnx`` for each, plus ``onnx.json`` naming the inputs and outputs (and, for Cutie,
-the fixed shapes). Optional packages: ``onnx`` and ``onnxruntime`` (``pip install
+``<name>.onnx`` for each, plus ``onnx.json`` naming the inputs and outputs (and, for Cutie
+and SAM 2, the fixed shapes). Optional packages: ``onnx`` and ``onnxruntime`` (``pip install
 'twoshot[onnx]'``), ``openvino`` (``pip install 'twoshot[openvino]'``).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,11 @@ from torch import nn
 
 from twoshot.errors import UserError
 from twoshot.fsutil import atomic_open, write_json
-from twoshot.inference import onnx_cutie, onnx_stcn
+from twoshot.inference import onnx_cutie, onnx_sam2, onnx_stcn
 from twoshot.inference.onnx_stcn import Run
 from twoshot.model.cutie.network import Cutie
 from twoshot.model.interface import VOSModel
+from twoshot.model.sam2.network import Sam2
 from twoshot.model.stcn.network import STCN
 
 OPSET = 17
@@ -58,12 +61,12 @@ def require_runtime(runtime: str) -> Any:
     return loaded[-1]
 
 
-def _check_model(model: object) -> STCN | Cutie:
-    """``model`` as an STCN or a Cutie; UserError for any other model."""
-    if not isinstance(model, STCN | Cutie):
+def _check_model(model: object) -> STCN | Cutie | Sam2:
+    """``model`` as an STCN, a Cutie or a SAM 2; UserError for any other model."""
+    if not isinstance(model, STCN | Cutie | Sam2):
         raise UserError(
-            "ONNX export and the onnxruntime / openvino runtimes support the stcn and cutie "
-            f"models, not {getattr(model, 'kind', type(model).__name__)!r}"
+            "ONNX export and the onnxruntime / openvino runtimes support the stcn, cutie and "
+            f"sam2 models, not {getattr(model, 'kind', type(model).__name__)!r}"
         )
     return model
 
@@ -77,7 +80,10 @@ def export_module(
 ) -> bytes:
     """``module`` (put in eval mode) traced on ``inputs`` as the bytes of an ONNX model."""
     buffer = io.BytesIO()
-    with torch.no_grad(), onnx_cutie.area_as_average_pool():
+    # The tracer's warnings (shapes taken as constants, indexing notes) are about the traced
+    # shapes, which the callers fix or declare dynamic; a run would print dozens of them.
+    with torch.no_grad(), onnx_cutie.area_as_average_pool(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             module.eval(),
             inputs,
@@ -104,6 +110,13 @@ def export_cutie_part(model: Cutie, name: str, inputs: tuple[torch.Tensor, ...])
     return export_module(wrapper(model), inputs, input_names, outputs)
 
 
+def export_sam2_part(model: Sam2, name: str, inputs: tuple[torch.Tensor, ...]) -> bytes:
+    """Part ``name`` of SAM 2 (:data:`onnx_sam2.PARTS`) for inputs of the shapes of ``inputs``,
+    the memory length dynamic."""
+    wrapper, input_names, outputs, axes = onnx_sam2.PARTS[name]
+    return export_module(wrapper(model), inputs, input_names, outputs, axes)
+
+
 def export_onnx(
     model: VOSModel,
     out: str | Path,
@@ -116,8 +129,10 @@ def export_onnx(
 
     STCN: dynamic shapes; ``exact``: the network as it is, else its fast inference copy
     (BatchNorm folded). Cutie: fixed shapes, for padded ``size`` (height, width; multiples of
-    16, required) frames and ``objects`` objects in one memory bucket. UserError for another
-    model, a missing or bad size, or without the onnx extra."""
+    16, required) frames and ``objects`` objects in one memory bucket. SAM 2: fixed shapes at
+    its square input (``size`` None or that square; ``objects`` unused: one object at a
+    time), the memory length dynamic. UserError for another model, a missing or bad size, or without the onnx
+    extra."""
     require_runtime("onnxruntime")
     network = _check_model(model)
     folder = Path(out)
@@ -129,6 +144,26 @@ def export_onnx(
         parts = {name: export_stcn_part(stcn, name) for name in onnx_stcn.PARTS}
         manifest["fast_copy"] = not exact
         manifest["parts"] = {n: {"inputs": p[1], "outputs": p[2]} for n, p in onnx_stcn.PARTS.items()}
+    elif isinstance(network, Sam2):
+        sam2 = network.to("cpu").eval()
+        square = (sam2.image_size, sam2.image_size)
+        if size is not None and tuple(size) != square:
+            raise UserError(
+                f"--size {size}: SAM 2's networks take its square input {square} "
+                "(model.sam2.image_size); leave --size out"
+            )
+        manifest["image_size"] = sam2.image_size
+        manifest["parts"] = {}
+        for name, (_, inputs, outputs, axes) in onnx_sam2.PARTS.items():
+            examples = onnx_sam2.examples(sam2, name)
+            parts[name] = export_sam2_part(sam2, name, examples)
+            manifest["parts"][name] = {
+                "inputs": {
+                    n: [axes.get(n, {}).get(i, d) for i, d in enumerate(t.shape)]
+                    for n, t in zip(inputs, examples, strict=True)
+                },
+                "outputs": outputs,
+            }
     else:
         if size is None or any(v <= 0 or v % 16 for v in size) or objects < 1:
             raise UserError(
@@ -164,6 +199,7 @@ def open_session(runtime: str, model: bytes, threads: int | None = None, keep_la
     if runtime == "onnxruntime":
         options = module.SessionOptions()
         options.intra_op_num_threads = count
+        options.log_severity_level = 3  # errors only: SAM 2's trunk draws shape-merge warnings
         if keep_layout:
             # Cutie: the blocked (NCHWc) convolutions of the highest level round differently,
             # which its thresholded attention turns into drift (docs/performance.md), as
@@ -197,12 +233,13 @@ def _as_tensors(outputs: list[Any]) -> list[torch.Tensor]:
 
 
 class RuntimeWrap:
-    """A :data:`~twoshot.model.interface.Wrap` running STCN's or Cutie's networks with
-    ``runtime`` (``onnxruntime`` or ``openvino``).
+    """A :data:`~twoshot.model.interface.Wrap` running STCN's, Cutie's or SAM 2's networks
+    with ``runtime`` (``onnxruntime`` or ``openvino``).
 
     ``wrap(fn, name)`` exports the network ``fn`` is bound to (its ``__self__``) for part
     ``name`` and returns a callable with ``fn``'s signature and results: STCN's parts are
-    exported once, Cutie's for each set of input shapes, when first called.
+    exported once, SAM 2's on their first call (from its inputs), Cutie's for each set of
+    input shapes, when first called.
     """
 
     def __init__(self, runtime: str, threads: int | None = None) -> None:
@@ -216,6 +253,11 @@ class RuntimeWrap:
             if name not in onnx_stcn.PARTS:
                 raise ValueError(f"{name}: not one of STCN's exported parts {sorted(onnx_stcn.PARTS)}")
             return onnx_stcn.call(name, self._open(export_stcn_part(network, name)))
+        if isinstance(network, Sam2):
+            if name not in onnx_sam2.PARTS:
+                raise ValueError(f"{name}: not one of SAM 2's exported parts {sorted(onnx_sam2.PARTS)}")
+            sam2 = network
+            return onnx_sam2.call(name, sam2, lambda inputs: self._open(export_sam2_part(sam2, name, inputs)))
         if name not in onnx_cutie.PARTS:
             raise ValueError(f"{name}: not one of Cutie's exported parts {sorted(onnx_cutie.PARTS)}")
         return onnx_cutie.call(

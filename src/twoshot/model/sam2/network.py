@@ -88,6 +88,12 @@ def token_map(x: torch.Tensor) -> torch.Tensor:
     return sequence_first(x).permute(1, 2, 0).view(b, c, h, w)
 
 
+def memory_mask(mask_logits: torch.Tensor, binarize: bool) -> torch.Tensor:
+    """Mask logits [B, 1, S, S] -> the mask a memory is encoded from: logits > 0 as 0 / 1
+    (given masks) or their sigmoid (tracked frames)."""
+    return (mask_logits > 0).float() if binarize else torch.sigmoid(mask_logits)
+
+
 def size_of_config(config: ModelConfig) -> Sam2Size:
     """The :class:`Sam2Size` a ModelConfig's ``model.sam2`` section names (its ``size`` at its
     ``image_size``, when set)."""
@@ -230,13 +236,24 @@ class Sam2(VOSModel):
         pointer = pointer + (1 - weight) * self.no_obj_ptr
         return SamOutput(masks, high, pointer, score)
 
+    def track_heads(self, image: torch.Tensor, high_res: list[torch.Tensor]) -> SamOutput:
+        """SAM's heads on a tracked frame's memory-conditioned features [B, 256, h, w]: no
+        prompt, the best of three masks by predicted IoU."""
+        return self.sam_heads(image, high_res, multimask=True)
+
     def mask_as_output(
         self, image: torch.Tensor, high_res: list[torch.Tensor], mask: torch.Tensor
     ) -> SamOutput:
         """A given binary mask [B, 1, S, S] as the frame's output (SAM 2's conditioning frames):
         logits +-10, the object pointer from SAM's heads prompted with the mask."""
-        mask = mask.float()
-        high = mask * MASK_SCALE + MASK_BIAS
+        low, high = self.given_mask_logits(mask)
+        pointer, score = self.given_mask_pointer(image, high_res, mask)
+        return SamOutput(low, high, pointer, score)
+
+    def given_mask_logits(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A given binary mask [B, 1, S, S] as mask logits +-10: (low [B, 1, S/4, S/4]
+        (antialiased bilinear), high [B, 1, S, S])."""
+        high = mask.float() * MASK_SCALE + MASK_BIAS
         low = F.interpolate(
             high,
             size=(high.size(-2) // 4, high.size(-1) // 4),
@@ -244,12 +261,21 @@ class Sam2(VOSModel):
             mode="bilinear",
             antialias=True,
         )
+        return low, high
+
+    def given_mask_pointer(
+        self, image: torch.Tensor, high_res: list[torch.Tensor], mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The object pointer [B, 256] and object score [B, 1] of a given binary mask
+        [B, 1, S, S] on stride-16 features [B, 256, h, w]: SAM's heads prompted with the
+        mask; an empty mask gives the no-object pointer and score -10."""
+        mask = mask.float()
         pointer = self.sam_heads(token_map(image), high_res, mask_input=self.mask_downsample(mask)).obj_ptr
         weight = torch.any(mask.flatten(1).float() > 0.0, dim=1)[..., None].float()
         score = MASK_SCALE * weight + MASK_BIAS
         pointer = weight * pointer
         pointer = pointer + (1 - weight) * self.no_obj_ptr
-        return SamOutput(low, high, pointer, score)
+        return pointer, score
 
     def encode_memory(
         self, features: torch.Tensor, mask_logits: torch.Tensor, object_score: torch.Tensor, binarize: bool
@@ -257,7 +283,12 @@ class Sam2(VOSModel):
         """A frame's memory: features [B, 256, h, w], mask logits [B, 1, S, S], object score
         [B, 1]; binarize: encode the mask as logits > 0 (given masks) rather than its sigmoid.
         Returns (memory [B, 64, h, w], position encoding [B, 64, h, w])."""
-        mask = (mask_logits > 0).float() if binarize else torch.sigmoid(mask_logits)
+        return self.encode_memory_of_mask(features, memory_mask(mask_logits, binarize), object_score)
+
+    def encode_memory_of_mask(
+        self, features: torch.Tensor, mask: torch.Tensor, object_score: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode_memory` of a mask already in [0, 1] (:func:`memory_mask`), [B, 1, S, S]."""
         mask = mask * MASK_SCALE
         mask = mask + MASK_BIAS
         memory, positions = self.memory_encoder(token_map(features), mask)

@@ -152,6 +152,9 @@ class Sam2Propagator(Propagator):
         self.max_conditioning = None if cap is None else cap - (NUM_MASKMEM - 1)
         self._encode_image = wrap(model.encode_image, "encode_image")
         self._attend_memory = wrap(model.attend_memory, "attend_memory")
+        self._track_heads = wrap(model.track_heads, "track_heads")
+        self._mask_as_output = wrap(model.mask_as_output, "mask_as_output")
+        self._encode_memory = wrap(model.encode_memory, "encode_memory")
 
     def autocast(self, tensor: torch.Tensor) -> contextlib.AbstractContextManager[object]:
         """Autocast to ``inference.amp_dtype`` on ``tensor``'s device (CPU included) with
@@ -282,7 +285,7 @@ class Sam2Propagator(Propagator):
                 given, size=(size, size), align_corners=False, mode="bilinear", antialias=True
             )
             given = (given >= 0.5).float()
-        output = self.model.mask_as_output(features.features, features.high_res, given)
+        output = self._mask_as_output(features.features, features.high_res, given)
         low = fill_holes(output.low_res, self.fill_hole_area)
         high = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
         track.recent.pop(step, None)
@@ -325,9 +328,7 @@ class Sam2Propagator(Propagator):
         self, features: Sam2Features, high_res: torch.Tensor, output: SamOutput, binarize: bool
     ) -> FrameMemory:
         """The memory of a frame whose mask logits at the input size are ``high_res``."""
-        encoded, positions = self.model.encode_memory(
-            features.features, high_res, output.object_score, binarize
-        )
+        encoded, positions = self._encode_memory(features.features, high_res, output.object_score, binarize)
         stored = self._stored
         return FrameMemory(stored(encoded.to(self.storage_dtype)), stored(positions), stored(output.obj_ptr))
 
@@ -372,7 +373,7 @@ class Sam2Propagator(Propagator):
             torch.cat(token_pos, dim=0),
             num_pointer_tokens,
         )
-        return model.sam_heads(conditioned, features.high_res, multimask=True)
+        return self._track_heads(conditioned, features.high_res)
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
