@@ -25,9 +25,10 @@ ort = pytest.importorskip("onnxruntime")
 fast_agreement = load_benchmark("fast_agreement")
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
-# With OpenVINO loaded in the pytest process, a whole-suite run segfaulted later, inside a
-# subprocess.run of test_sam2_cli (not reproduced with these files alone): its tests run only
-# when asked for, e.g. TWOSHOT_TEST_OPENVINO=1 python -m pytest tests/test_onnx_runtime.py.
+# With OpenVINO loaded in the pytest process, later tests that start child processes killed
+# the pytest process with SIGSEGV while it waited on the child (docs/performance.md, "ONNX
+# Runtime and OpenVINO"): its tests run only when asked for, in a pytest process of their
+# own, e.g. TWOSHOT_TEST_OPENVINO=1 python -m pytest tests/test_onnx_runtime.py.
 OPENVINO_SKIP = (
     "openvino is not installed (pip install 'twoshot[openvino]')"
     if not HAS_OPENVINO
