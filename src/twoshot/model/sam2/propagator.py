@@ -372,7 +372,9 @@ class Sam2Propagator(Propagator):
             torch.cat(token_pos, dim=0),
             num_pointer_tokens,
         )
-        return model.sam_heads(conditioned, features.high_res, multimask=True)
+        return model.sam_heads(
+            conditioned, features.high_res, multimask=model.use_multimask(initial=False, num_points=0)
+        )
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:

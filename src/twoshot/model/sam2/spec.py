@@ -33,10 +33,23 @@ class Sam2Sizes:
     twoshot's ``toy``); image_size: the square network input, None = the size's own (1024 for
     the published ones, 128 for ``toy``); any multiple of 32 fits the same weights. The
     ModelConfig's STCN / Cutie fields are unused.
+
+    The SAM heads' switches, under the reference's ``SAM2Base`` names and at the values every
+    published SAM 2.1 config sets (the constructor's own defaults are all false):
+    use_high_res_features_in_sam: the mask decoder adds the image encoder's stride-4 / 8 maps
+    (through its ``conv_s0`` / ``conv_s1``) while upscaling; off, those convolutions do not
+    exist and the masks come from the memory-conditioned stride-16 features alone.
+    multimask_output_in_sam: a frame prompted with at most one click (a box counts as two)
+    gets the decoder's three masks and keeps the best predicted IoU; off, always one mask.
+    multimask_output_for_tracking: tracked frames (no prompt) do the same; only read when
+    multimask_output_in_sam is on, as in the reference.
     """
 
     size: str = "base_plus"
     image_size: int | None = None
+    use_high_res_features_in_sam: bool = True
+    multimask_output_in_sam: bool = True
+    multimask_output_for_tracking: bool = True
 
 
 @dataclass
@@ -94,6 +107,11 @@ def check_sam2_model(model: ModelConfig) -> None:
         raise UserError(
             f"config key 'model.sam2.image_size': must be a positive multiple of 32 or null, got {image_size}"
         )
+    for key in ("use_high_res_features_in_sam", "multimask_output_in_sam", "multimask_output_for_tracking"):
+        if not isinstance(getattr(sizes, key), bool):
+            raise UserError(
+                f"config key 'model.sam2.{key}': must be true or false, got {getattr(sizes, key)!r}"
+            )
 
 
 def check_sam2_inference(config: InferenceConfig) -> None:
