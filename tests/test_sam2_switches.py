@@ -14,17 +14,17 @@ import torch
 
 from twoshot.config import ModelConfig, load_config, to_dict
 from twoshot.data.fixtures import random_video
+from twoshot.demo import SAM2_FULL, demo_config
 from twoshot.errors import UserError
 from twoshot.inference import PropagationEngine
 from twoshot.model import load_model
 from twoshot.model.checkpoint import save_weights
 from twoshot.model.sam2 import Sam2
 from twoshot.model.sam2.prompt import PromptSegmenter
-from twoshot.model.sam2.spec import Sam2Sizes, sam2_sizes
+from twoshot.model.sam2.spec import SWITCHES, Sam2Sizes, sam2_sizes, sam2_train_settings
 from twoshot.model.sam2.train_forward import training_forward
 
 S = 64
-SWITCHES = ("use_high_res_features_in_sam", "multimask_output_in_sam", "multimask_output_for_tracking")
 
 
 def toy(*overrides: str) -> Sam2:
@@ -60,7 +60,7 @@ class DecoderCalls:
 
 def test_defaults_are_the_published_configs() -> None:
     sizes = Sam2Sizes()
-    assert [getattr(sizes, key) for key in SWITCHES] == [True, True, True]
+    assert [getattr(sizes, key) for key in SWITCHES] == [True, True, True, True]
     model = Sam2("toy")
     assert {"sam_mask_decoder.conv_s0.weight", "sam_mask_decoder.conv_s1.bias"} <= set(model.state_dict())
     features = model.encode_image(torch.zeros(1, 3, 128, 128))
@@ -84,6 +84,25 @@ def test_without_high_res_features_the_decoder_upscales_the_conditioned_features
         got = without.sam_heads(image, features.high_res, multimask=True)
     assert torch.equal(got.high_res, expected.high_res)
     assert torch.equal(got.obj_ptr, expected.obj_ptr)
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_dynamic_multimask_replaces_unstable_single_masks_only_when_on(dynamic: bool) -> None:
+    model = toy(f"model.sam2.dynamic_multimask_via_stability={str(dynamic).lower()}")
+    features = model.encode_image(torch.randn(4, 3, S, S))
+    image = torch.randn(4, 256, S // 16, S // 16)
+    prompts = model.sam_prompt_encoder
+    points = (torch.zeros(4, 1, 2), -torch.ones(4, 1, dtype=torch.int32))
+    with torch.no_grad():
+        got = model.sam_heads(image, features.high_res, multimask=False)
+        sparse, dense = prompts(points, None)
+        masks, _, _, _ = model.sam_mask_decoder.predict(
+            image, prompts.dense_positions(), sparse, dense, features.high_res
+        )
+    single = torch.nn.functional.interpolate(masks[:, 0:1], size=(S, S), mode="bilinear", align_corners=False)
+    same = [torch.equal(got.high_res[i], single[i]) for i in range(4)]
+    # Random weights give unstable single masks (logits near 0): replaced when on, kept when off.
+    assert same == [not dynamic] * 4
 
 
 def test_multimask_follows_the_reference_rule() -> None:
@@ -185,3 +204,17 @@ def test_bad_values_are_refused_naming_the_key(key: str) -> None:
     setattr(sizes, key, "yes")
     with pytest.raises(UserError, match=f"^config key 'model.sam2.{key}': must be true or false, got 'yes'$"):
         Sam2(config)
+
+
+def test_the_demo_trains_the_toy_without_high_res_features_and_with_one_mask(tmp_path: Path) -> None:
+    config = demo_config(SAM2_FULL, tmp_path, tmp_path / "run", "cpu", "sam2")
+    sizes = sam2_sizes(config.model)
+    assert (sizes.size, sizes.image_size) == ("toy", 96)
+    assert [getattr(sizes, key) for key in SWITCHES] == [False, False, True, False]
+    assert sam2_train_settings(config.static).mask_weight == sam2_train_settings(config.main).mask_weight == 1
+    assert config.main.lr == 2e-4 and config.static.lr == 1e-3
+    assert config.static.iterations == SAM2_FULL.static_iterations == 300
+    # The preset itself keeps the published configs' switches (the reference checks use it).
+    preset = sam2_sizes(load_config("sam2-toy").model)
+    assert [getattr(preset, key) for key in SWITCHES] == [True, True, True, True]
+    assert not Sam2(config.model).use_multimask(initial=False, num_points=0)

@@ -143,9 +143,12 @@ class TwoWayTransformer(nn.Module):
 class MaskDecoder(nn.Module):
     """SAM 2's mask decoder with object-score prediction and high-resolution skips."""
 
-    def __init__(self, dim: int = 256, use_high_res_features: bool = True) -> None:
+    def __init__(
+        self, dim: int = 256, use_high_res_features: bool = True, dynamic_multimask: bool = True
+    ) -> None:
         super().__init__()
         self.use_high_res_features = use_high_res_features
+        self.dynamic_multimask = dynamic_multimask
         self.transformer = TwoWayTransformer(dim)
         self.iou_token = nn.Embedding(1, dim)
         self.num_mask_tokens = NUM_MULTIMASK_OUTPUTS + 1
@@ -218,12 +221,12 @@ class MaskDecoder(nn.Module):
         """(mask logits [B, M, 4h, 4w], IoU [B, M], output tokens [B, M', C], object score [B, 1]):
         multimask: the three multimask outputs (M = M' = 3); else one mask (M = M' = 1), the
         token always the single-mask one; dynamic (the video predictor's dynamic multimask,
-        which the reference skips in training): the single mask is replaced by the best-IoU
-        multimask output where it is unstable."""
+        which the reference skips in training; only with ``dynamic_multimask``): the single
+        mask is replaced by the best-IoU multimask output where it is unstable."""
         masks, iou, tokens, score = self.predict(image, image_pe, sparse, dense, high_res)
         if multimask:
             return masks[:, 1:, :, :], iou[:, 1:], tokens[:, 1:], score
-        if dynamic:
+        if dynamic and self.dynamic_multimask:
             masks, iou = _stable_or_best(masks, iou)
         else:
             masks, iou = masks[:, 0:1], iou[:, 0:1]

@@ -154,7 +154,9 @@ class Sam2(VOSModel):
         self.memory_attention = MemoryAttention(self.size.memory_layers)
         self.memory_encoder = MemoryEncoder()
         self.sam_prompt_encoder = PromptEncoder(HIDDEN_DIM, self.size.feature_size, self.image_size)
-        self.sam_mask_decoder = MaskDecoder(HIDDEN_DIM, self.use_high_res_features)
+        self.sam_mask_decoder = MaskDecoder(
+            HIDDEN_DIM, self.use_high_res_features, switches.dynamic_multimask_via_stability
+        )
         self.obj_ptr_proj = MLP(HIDDEN_DIM, HIDDEN_DIM, HIDDEN_DIM, 3)
         self.obj_ptr_tpos_proj = nn.Linear(HIDDEN_DIM, MEMORY_DIM)
 
