@@ -66,6 +66,7 @@ global attention there; a window over the whole map is the same computation).
     python benchmarks/sam2_reference.py --reference /path/to/sam2 [--frames 10] [--image-size 256]
     python benchmarks/sam2_reference.py --reference /path/to/sam2 --sections clicks --size toy
     python benchmarks/sam2_reference.py --reference /path/to/sam2 --cases multi non-square
+    python benchmarks/sam2_reference.py --reference /path/to/sam2 --size toy --switches-off
 
 ``run(reference, ...) -> dict`` returns the figures.
 """
@@ -89,11 +90,12 @@ import torch
 import yaml
 from PIL import Image
 
-from twoshot.config import InferenceConfig
+from twoshot.config import InferenceConfig, ModelConfig
 from twoshot.data.fixtures import random_video
 from twoshot.inference import PropagationEngine
 from twoshot.model.sam2 import SIZES, Sam2, Sam2Propagator, connected_components, load_sam2
 from twoshot.model.sam2.prompt import NEGATIVE, POSITIVE, PromptSegmenter, prepare_image, prompt_sequence
+from twoshot.model.sam2.spec import sam2_sizes
 
 CASES: tuple[str, ...] = ("forward", "bidirectional", "multi", "non-square")
 SECTIONS: tuple[str, ...] = ("propagation", "clicks")
@@ -155,9 +157,12 @@ def instantiate(node: Any) -> Any:
     return getattr(importlib.import_module(module), name)(**kwargs)
 
 
-def build_reference(path: Path, size: str, image_size: int, state: dict[str, torch.Tensor]) -> Any:
+def build_reference(
+    path: Path, size: str, image_size: int, state: dict[str, torch.Tensor], model_like: Sam2 | None = None
+) -> Any:
     """The reference ``SAM2VideoPredictor`` of ``size`` at ``image_size`` with weights ``state``
-    (``toy``: the tiny config with ``sam2-toy``'s trunk and memory attention depth)."""
+    (``toy``: the tiny config with ``sam2-toy``'s trunk and memory attention depth), with the
+    SAM heads' switches of ``model_like`` (None: the published configs')."""
     config_file = path / "sam2" / "configs" / "sam2.1" / f"sam2.1_hiera_{CONFIGS[size]}.yaml"
     model = _numbers(yaml.safe_load(config_file.read_text()))["model"]
     model["_target_"] = "sam2.sam2_video_predictor.SAM2VideoPredictor"
@@ -179,8 +184,14 @@ def build_reference(path: Path, size: str, image_size: int, state: dict[str, tor
         model["image_encoder"]["neck"]["backbone_channel_list"] = toy.channel_list
         model["memory_attention"]["num_layers"] = toy.memory_layers
     # build_sam2_video_predictor's post-processing overrides
+    dynamic = True
+    if model_like is not None:
+        model["use_high_res_features_in_sam"] = model_like.use_high_res_features
+        model["multimask_output_in_sam"] = model_like.multimask_output_in_sam
+        model["multimask_output_for_tracking"] = model_like.multimask_output_for_tracking
+        dynamic = model_like.sam_mask_decoder.dynamic_multimask
     model["sam_mask_decoder_extra_args"] = {
-        "dynamic_multimask_via_stability": True,
+        "dynamic_multimask_via_stability": dynamic,
         "dynamic_multimask_stability_delta": 0.05,
         "dynamic_multimask_stability_thresh": 0.98,
     }
@@ -293,11 +304,21 @@ def agreement(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
     }
 
 
-def benchmark_model(size: str, image_size: int, checkpoint: Path | None) -> Sam2:
+def benchmark_model(size: str, image_size: int, checkpoint: Path | None, switches_off: bool = False) -> Sam2:
     """twoshot's model: the published weights of ``checkpoint``, or random ones (from torch's
-    current seed) whose object-score bias is raised so that objects are seen."""
+    current seed) whose object-score bias is raised so that objects are seen; switches_off:
+    random weights with ``model.sam2``'s high-res features, multimask and dynamic multimask off."""
     if checkpoint is not None:
         model = load_sam2(checkpoint, size=size, image_size=image_size)
+    elif switches_off:
+        config = ModelConfig(kind="sam2")
+        sizes = sam2_sizes(config)
+        sizes.size, sizes.image_size = size, image_size
+        sizes.use_high_res_features_in_sam = sizes.multimask_output_in_sam = False
+        sizes.dynamic_multimask_via_stability = False
+        model = Sam2(config)
+        with torch.no_grad():
+            model.state_dict()[OBJECT_SCORE_BIAS].fill_(4.0)
     else:
         model = Sam2(SIZES[size].with_image_size(image_size))
         with torch.no_grad():
@@ -318,10 +339,11 @@ def run(
     cases: tuple[str, ...] = CASES,
     second: int = 5,
     non_square: tuple[int, int] | None = None,
+    switches_off: bool = False,
 ) -> dict[str, Any]:
     """``cases`` with and without hole filling; returns {case/mode: agreement figures}."""
     torch.manual_seed(seed)
-    model = benchmark_model(size, image_size, checkpoint)
+    model = benchmark_model(size, image_size, checkpoint, switches_off)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     frames, labels = random_video(
         num_frames, (image_size, image_size), object_ids=(1, 2, 3), first_frames={3: enter}, seed=seed
@@ -342,7 +364,7 @@ def run(
         wide_frames = write_jpegs(wide_frames, Path(wide_tmp))
         for fill in (True, False):
             import_reference(reference, fill)
-            predictor = build_reference(reference, size, image_size, weights)
+            predictor = build_reference(reference, size, image_size, weights, model)
             with warnings.catch_warnings(), torch.autocast("cpu", dtype=torch.bfloat16):
                 warnings.simplefilter("ignore")
                 started = time.perf_counter()
@@ -454,7 +476,7 @@ def run_clicks(
         frames = write_jpegs(frames, Path(tmp))
         for fill in (True, False):
             import_reference(reference, fill)
-            predictor = build_reference(reference, size, image_size, weights)
+            predictor = build_reference(reference, size, image_size, weights, model)
             segmenter = PromptSegmenter(model, config, "cpu", fill_hole_area=8 if fill else 0)
             equal = total = identical = steps = foreground = 0
             worst = 0.0
@@ -504,6 +526,11 @@ def main(argv: list[str] | None = None) -> int:
         "--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}"
     )
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument(
+        "--switches-off",
+        action="store_true",
+        help="random weights with high-res features, multimask and dynamic multimask off on both sides",
+    )
     parser.add_argument("--second", type=int, default=5, help="multi: the second given frame")
     parser.add_argument(
         "--non-square", type=int, nargs=2, metavar=("H", "W"), help="non-square: the frame size"
@@ -527,11 +554,12 @@ def main(argv: list[str] | None = None) -> int:
                 cases=tuple(args.cases),
                 second=args.second,
                 non_square=tuple(args.non_square) if args.non_square else None,
+                switches_off=args.switches_off,
             )
         )
     if "clicks" in sections:
         torch.manual_seed(args.seed)
-        model = benchmark_model(args.size, args.image_size, args.checkpoint)
+        model = benchmark_model(args.size, args.image_size, args.checkpoint, args.switches_off)
         started = time.perf_counter()
         results.update(run_clicks(args.reference, model, args.size, args.image_size, seed=args.seed))
         print(f"clicks: {time.perf_counter() - started:.1f} s")

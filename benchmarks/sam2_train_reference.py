@@ -34,6 +34,7 @@ The reference needs ``hydra-core`` and ``fvcore`` (``pip install hydra-core fvco
 tensordict, are replaced in this process by the two names the loss and model import from them).
 
     python benchmarks/sam2_train_reference.py --reference /path/to/sam2 [--model toy|tiny] [--steps 4]
+    python benchmarks/sam2_train_reference.py --reference /path/to/sam2 --switches-off
 
 ``compare_sam2_training(reference, ...) -> dict`` returns the figures.
 """
@@ -137,9 +138,12 @@ def import_reference(path: Path) -> dict[str, Any]:
     }
 
 
-def reference_model_config(path: Path, size: str, image_size: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def reference_model_config(
+    path: Path, size: str, image_size: int, switches_off: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(model node, trainer node) of the fine-tuning config with ``size``'s trunk and the
-    changes listed in the module doc."""
+    changes listed in the module doc; switches_off: without high-res features and multimask
+    (``--switches-off``)."""
     trainer = _numbers(yaml.safe_load((path / TRAINING_CONFIG).read_text()))["trainer"]
     model = copy.deepcopy(trainer["model"])
     s = SIZES[size]
@@ -163,16 +167,24 @@ def reference_model_config(path: Path, size: str, image_size: int) -> tuple[dict
     model["prob_to_use_pt_input_for_train"] = 0.0
     model["num_init_cond_frames_for_train"] = 1
     model["num_frames_to_correct_for_train"] = 1
+    if switches_off:
+        model["use_high_res_features_in_sam"] = False
+        model["multimask_output_in_sam"] = False
     return model, trainer
 
 
 def build_reference(
-    ref: dict[str, Any], path: Path, size: str, image_size: int, state: dict[str, torch.Tensor]
+    ref: dict[str, Any],
+    path: Path,
+    size: str,
+    image_size: int,
+    state: dict[str, torch.Tensor],
+    switches_off: bool = False,
 ) -> Any:
     """(model, loss, optimizer, clipper) of the reference with weights ``state``."""
     from omegaconf import OmegaConf
 
-    node, trainer = reference_model_config(path, size, image_size)
+    node, trainer = reference_model_config(path, size, image_size, switches_off)
     model = instantiate(node)
     model.load_state_dict(state, strict=True)
     model.train()
@@ -195,9 +207,18 @@ def build_reference(
     return model, loss, optimizer, clipper
 
 
-def twoshot_config(size: str, steps: int, frames: int, image_size: int, slots: int, batch: int) -> Config:
-    """The size's preset with a ``steps``-step main schedule and the reference's settings."""
-    config = load_config(PRESETS[size])
+SWITCHES_OFF = (
+    "model.sam2.use_high_res_features_in_sam=false",
+    "model.sam2.multimask_output_in_sam=false",
+)
+
+
+def twoshot_config(
+    size: str, steps: int, frames: int, image_size: int, slots: int, batch: int, switches_off: bool = False
+) -> Config:
+    """The size's preset with a ``steps``-step main schedule and the reference's settings
+    (switches_off: :data:`SWITCHES_OFF` as well)."""
+    config = load_config(PRESETS[size], overrides=SWITCHES_OFF if switches_off else ())
     for item in (
         f"model.sam2.image_size={image_size}",
         f"main.iterations={steps}",
@@ -290,6 +311,7 @@ def compare_sam2_training(
     slots: int = 2,
     seed: int = 0,
     show: int = 5,
+    switches_off: bool = False,
 ) -> dict[str, Any]:
     """Train twoshot's and the reference's SAM 2 ``steps`` steps on the same batches from the
     same weights; print the per-step losses side by side and the worst weight differences.
@@ -298,7 +320,7 @@ def compare_sam2_training(
     path = Path(reference).resolve()
     ref = import_reference(path)
     SIZES["toy"] = REFERENCE_TOY  # this process only (see REFERENCE_TOY)
-    config = twoshot_config(model, steps, frames, image_size, slots, batch)
+    config = twoshot_config(model, steps, frames, image_size, slots, batch, switches_off)
     started = time.perf_counter()
     with float64_everywhere(dtype), tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(seed)
@@ -310,7 +332,7 @@ def compare_sam2_training(
         torch.save(start, init)
         dataset = GeneratedClips(batch * steps, frames, image_size, slots, seed)
         ours = run_twoshot(config, dataset, init, Path(tmp) / "run")
-        parts = build_reference(ref, path, model, image_size, start)
+        parts = build_reference(ref, path, model, image_size, start, switches_off)
         theirs = run_reference(parts, ours["batches"])
     pairs = [{k: (a[k], b[k]) for k in ("total", *TERMS)} for a, b in zip(ours["losses"], theirs["losses"])]
     result = {"model": model, "dtype": dtype}
@@ -356,6 +378,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument(
+        "--switches-off", action="store_true", help="both sides without high-res features and multimask"
+    )
     opts = parser.parse_args(argv)
     compare_sam2_training(
         str(opts.reference),
@@ -366,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         image_size=opts.image_size,
         batch=opts.batch,
         slots=opts.slots,
+        switches_off=opts.switches_off,
     )
 
 

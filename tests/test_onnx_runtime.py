@@ -163,6 +163,10 @@ def test_runtime_refuses_other_models_and_settings() -> None:
         UserError, match="inference.runtime 'tensorrt': choose one of torch, onnxruntime, openvino"
     ):
         PropagationEngine(_tiny(), InferenceConfig(device="cpu", runtime="tensorrt"))
+    # The demo's sam2-toy drops the decoder's high-resolution features, which the graphs carry.
+    switched = load_config("sam2-toy", overrides=["model.sam2.use_high_res_features_in_sam=false"])
+    with pytest.raises(UserError, match="SAM 2 without model.sam2.use_high_res_features_in_sam"):
+        PropagationEngine(build_model(switched.model), replace(sam2_config, amp=False))
 
 
 # --- SAM 2 ---------------------------------------------------------------------------------

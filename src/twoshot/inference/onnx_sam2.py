@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from twoshot.errors import UserError
 from twoshot.inference.onnx_stcn import Run
 from twoshot.model.sam2.layers import RoPEAttention
 from twoshot.model.sam2.memory import MemoryAttentionLayer
@@ -224,9 +225,21 @@ EXAMPLE_MEMORY_FRAMES = 2  # spatial memories in the traced example (M is dynami
 EXAMPLE_POINTERS = 2
 
 
+def check_exportable(model: Sam2) -> None:
+    """UserError unless ``model``'s networks have the exported form: the graphs carry the
+    decoder's high-resolution features, which ``model.sam2.use_high_res_features_in_sam:
+    false`` (the demo's sam2-toy) removes."""
+    if not model.use_high_res_features:
+        raise UserError(
+            "inference.runtime / twoshot export: SAM 2 without model.sam2.use_high_res_features_in_sam "
+            "is not exported; run it with inference.runtime torch"
+        )
+
+
 def examples(model: Sam2, name: str) -> tuple[torch.Tensor, ...]:
     """Example inputs of part ``name`` at the model's input size: a random frame, its
     features, a random mask, two memory frames and two object pointers."""
+    check_exportable(model)
     generator = torch.Generator().manual_seed(0)
     size = model.image_size
     images = torch.randn(1, 3, size, size, generator=generator)
@@ -269,6 +282,7 @@ def call(name: str, model: Sam2, export: Callable[[tuple[torch.Tensor, ...]], Ru
     """A callable with the signature and results of ``model``'s method behind part ``name``
     (as the propagator calls it), computed by the network ``export`` gives for the inputs of
     its first call."""
+    check_exportable(model)
     run = _ExportedOnFirstCall(export)
     if name == "encode_image":
 

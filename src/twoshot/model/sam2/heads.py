@@ -143,8 +143,12 @@ class TwoWayTransformer(nn.Module):
 class MaskDecoder(nn.Module):
     """SAM 2's mask decoder with object-score prediction and high-resolution skips."""
 
-    def __init__(self, dim: int = 256) -> None:
+    def __init__(
+        self, dim: int = 256, use_high_res_features: bool = True, dynamic_multimask: bool = True
+    ) -> None:
         super().__init__()
+        self.use_high_res_features = use_high_res_features
+        self.dynamic_multimask = dynamic_multimask
         self.transformer = TwoWayTransformer(dim)
         self.iou_token = nn.Embedding(1, dim)
         self.num_mask_tokens = NUM_MULTIMASK_OUTPUTS + 1
@@ -157,8 +161,9 @@ class MaskDecoder(nn.Module):
             nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2),
             nn.GELU(),
         )
-        self.conv_s0 = nn.Conv2d(dim, dim // 8, kernel_size=1)
-        self.conv_s1 = nn.Conv2d(dim, dim // 4, kernel_size=1)
+        if use_high_res_features:
+            self.conv_s0 = nn.Conv2d(dim, dim // 8, kernel_size=1)
+            self.conv_s1 = nn.Conv2d(dim, dim // 4, kernel_size=1)
         self.output_hypernetworks_mlps = nn.ModuleList(
             MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens)
         )
@@ -175,7 +180,8 @@ class MaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """All four masks: (logits [B, 4, 4h, 4w], IoU [B, 4], mask tokens [B, 4, C],
         object score logits [B, 1]). image [B, C, h, w]; image_pe [1, C, h, w];
-        high_res: the stride-4 / stride-8 maps through conv_s0 / conv_s1."""
+        high_res: the stride-4 / stride-8 maps through conv_s0 / conv_s1, or [] without
+        high-resolution features (the upscaling adds nothing)."""
         output_tokens = torch.cat(
             [self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight]
         )
@@ -189,9 +195,12 @@ class MaskDecoder(nn.Module):
         mask_tokens = hs[:, 2 : 2 + self.num_mask_tokens, :]
         src = src.transpose(1, 2).reshape(b, c, h, w)
         up1, norm, act1, up2, act2 = self.output_upscaling
-        feat_s0, feat_s1 = high_res
-        upscaled = act1(norm(up1(src) + feat_s1))
-        upscaled = act2(up2(upscaled) + feat_s0)
+        if high_res:
+            feat_s0, feat_s1 = high_res
+            upscaled = act1(norm(up1(src) + feat_s1))
+            upscaled = act2(up2(upscaled) + feat_s0)
+        else:
+            upscaled = act2(up2(act1(norm(up1(src)))))
         hyper = torch.stack(
             [mlp(mask_tokens[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
@@ -207,15 +216,20 @@ class MaskDecoder(nn.Module):
         dense: torch.Tensor,
         multimask: bool,
         high_res: list[torch.Tensor],
+        dynamic: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mask logits [B, M, 4h, 4w], IoU [B, M], output tokens [B, M', C], object score [B, 1]):
-        multimask: the three multimask outputs (M = M' = 3); else one mask (M = M' = 1),
-        replaced by the best-IoU multimask output where it is unstable (the video predictor's
-        dynamic multimask), the token always the single-mask one."""
+        multimask: the three multimask outputs (M = M' = 3); else one mask (M = M' = 1), the
+        token always the single-mask one; dynamic (the video predictor's dynamic multimask,
+        which the reference skips in training; only with ``dynamic_multimask``): the single
+        mask is replaced by the best-IoU multimask output where it is unstable."""
         masks, iou, tokens, score = self.predict(image, image_pe, sparse, dense, high_res)
         if multimask:
             return masks[:, 1:, :, :], iou[:, 1:], tokens[:, 1:], score
-        masks, iou = _stable_or_best(masks, iou)
+        if dynamic and self.dynamic_multimask:
+            masks, iou = _stable_or_best(masks, iou)
+        else:
+            masks, iou = masks[:, 0:1], iou[:, 0:1]
         return masks, iou, tokens[:, 0:1], score
 
 

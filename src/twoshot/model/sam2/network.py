@@ -27,6 +27,7 @@ from twoshot.model.sam2.sizes import HIDDEN_DIM, MEMORY_DIM, NUM_MASKMEM, SIZES,
 
 NO_OBJECT_SCORE = -1024.0  # mask logits of an object predicted absent
 MASK_SCALE, MASK_BIAS = 20.0, -10.0  # masks -> logits for memory and for given masks
+MULTIMASK_MAX_POINTS = 1  # the published configs' multimask_max_pt_num (min 0)
 
 
 @dataclass
@@ -34,7 +35,8 @@ class Sam2Features:
     """One or more frames' image features (the engine's per-frame cache).
 
     high_res: the stride-4 and stride-8 maps through the decoder's conv_s0 / conv_s1,
-    [B, 32, 4h, 4w] and [B, 64, 2h, 2w]; features: the stride-16 map [B, 256, h, w];
+    [B, 32, 4h, 4w] and [B, 64, 2h, 2w] ([] without ``use_high_res_features_in_sam``);
+    features: the stride-16 map [B, 256, h, w];
     positions: its sine position encoding [B, 256, h, w].
     """
 
@@ -132,6 +134,13 @@ class Sam2(VOSModel):
             raise UserError(f"unknown SAM 2 size {size!r}: choose one of {', '.join(SIZES)}")
         self.config = config or ModelConfig(kind="sam2")
         self.image_size = self.size.image_size
+        from twoshot.model.sam2.spec import check_sam2_model, sam2_sizes
+
+        check_sam2_model(self.config)
+        switches = sam2_sizes(self.config)
+        self.use_high_res_features = switches.use_high_res_features_in_sam
+        self.multimask_output_in_sam = switches.multimask_output_in_sam
+        self.multimask_output_for_tracking = switches.multimask_output_for_tracking
         # Registered in the reference's order: its state dicts list them so.
         self.maskmem_tpos_enc = nn.Parameter(torch.zeros(NUM_MASKMEM, 1, 1, MEMORY_DIM))
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, HIDDEN_DIM))
@@ -151,7 +160,9 @@ class Sam2(VOSModel):
         self.memory_attention = MemoryAttention(self.size.memory_layers)
         self.memory_encoder = MemoryEncoder()
         self.sam_prompt_encoder = PromptEncoder(HIDDEN_DIM, self.size.feature_size, self.image_size)
-        self.sam_mask_decoder = MaskDecoder(HIDDEN_DIM)
+        self.sam_mask_decoder = MaskDecoder(
+            HIDDEN_DIM, self.use_high_res_features, switches.dynamic_multimask_via_stability
+        )
         self.obj_ptr_proj = MLP(HIDDEN_DIM, HIDDEN_DIM, HIDDEN_DIM, 3)
         self.obj_ptr_tpos_proj = nn.Linear(HIDDEN_DIM, MEMORY_DIM)
 
@@ -181,6 +192,17 @@ class Sam2(VOSModel):
 
         return training_forward(self, rgb, first_masks, selector)
 
+    def use_multimask(self, initial: bool, num_points: int) -> bool:
+        """Whether SAM's heads output three masks (the best predicted IoU kept) on a frame:
+        ``initial``: a frame prompted without memory (clicks), else a tracked frame;
+        num_points: its prompt points (a box counts two; 0 when tracking). The reference's
+        ``_use_multimask`` with the published configs' 0..1 points."""
+        return (
+            self.multimask_output_in_sam
+            and (initial or self.multimask_output_for_tracking)
+            and num_points <= MULTIMASK_MAX_POINTS
+        )
+
     # -- per-frame operations ------------------------------------------------------------
 
     def encode_image(self, images: torch.Tensor) -> Sam2Features:
@@ -190,6 +212,8 @@ class Sam2(VOSModel):
                 f"SAM 2 input must be {self.image_size}x{self.image_size}, got {tuple(images.shape)}"
             )
         features, positions = self.image_encoder(images)
+        if not self.use_high_res_features:
+            return Sam2Features([], features[2], positions[2])
         high_res = [self.sam_mask_decoder.conv_s0(features[0]), self.sam_mask_decoder.conv_s1(features[1])]
         # The reference reads the decoder's skip maps back from its token layout (see token_map).
         return Sam2Features([token_map(x) for x in high_res], features[2], positions[2])
@@ -238,8 +262,8 @@ class Sam2(VOSModel):
 
     def track_heads(self, image: torch.Tensor, high_res: list[torch.Tensor]) -> SamOutput:
         """SAM's heads on a tracked frame's memory-conditioned features [B, 256, h, w]: no
-        prompt, the best of three masks by predicted IoU."""
-        return self.sam_heads(image, high_res, multimask=True)
+        prompt; the best of three masks by predicted IoU when :meth:`use_multimask` says so."""
+        return self.sam_heads(image, high_res, multimask=self.use_multimask(initial=False, num_points=0))
 
     def mask_as_output(
         self, image: torch.Tensor, high_res: list[torch.Tensor], mask: torch.Tensor

@@ -14,8 +14,8 @@ segmented as SAM segments an image):
   on them with all the points so far and, as the mask prompt, the previous step's
   low-resolution logits clamped to +-32 (:meth:`PromptSegmenter.step`); with a single
   point the decoder's three multimask outputs are made and the one with the best predicted
-  IoU is kept, with more points the single-mask output (replaced by the best multimask one
-  where it is unstable);
+  IoU is kept, with more points (or ``model.sam2.multimask_output_in_sam`` off) the
+  single-mask output (replaced by the best multimask one where it is unstable);
 - small holes of the low-resolution logits are filled (as the propagator does,
   :mod:`.postprocess`), and these filled logits are both the next step's mask prompt and,
   upsampled bilinearly to the frame, the result (foreground where > 0).
@@ -142,7 +142,7 @@ class PromptSegmenter:
                 features.high_res,
                 mask_input=mask_input,
                 points=(coords, labels),
-                multimask=len(points) <= 1,
+                multimask=model.use_multimask(initial=True, num_points=len(points)),
             )
         return Step(tuple(points), fill_holes(output.low_res, self.fill_hole_area))
 

@@ -21,6 +21,14 @@ if TYPE_CHECKING:
 MIN_MEMORY_FRAMES = NUM_MASKMEM - 1 + 2
 """The smallest ``inference.max_memory_frames`` SAM 2 takes: 6 previous + 2 given frames."""
 
+SWITCHES: tuple[str, ...] = (
+    "use_high_res_features_in_sam",
+    "multimask_output_in_sam",
+    "multimask_output_for_tracking",
+    "dynamic_multimask_via_stability",
+)
+"""The boolean keys of ``model.sam2`` (the reference's options of the same names)."""
+
 SIZE_NAMES: tuple[str, ...] = ("toy", "tiny", "small", "base_plus", "large")
 """The names ``model.sam2.size`` takes (:data:`twoshot.model.sam2.sizes.SIZES`)."""
 
@@ -33,10 +41,26 @@ class Sam2Sizes:
     twoshot's ``toy``); image_size: the square network input, None = the size's own (1024 for
     the published ones, 128 for ``toy``); any multiple of 32 fits the same weights. The
     ModelConfig's STCN / Cutie fields are unused.
+
+    The SAM heads' switches, under the reference's ``SAM2Base`` names and at the values every
+    published SAM 2.1 config sets (the constructor's own defaults are all false):
+    use_high_res_features_in_sam: the mask decoder adds the image encoder's stride-4 / 8 maps
+    (through its ``conv_s0`` / ``conv_s1``) while upscaling; off, those convolutions do not
+    exist and the masks come from the memory-conditioned stride-16 features alone.
+    multimask_output_in_sam: a frame prompted with at most one click (a box counts as two)
+    gets the decoder's three masks and keeps the best predicted IoU; off, always one mask.
+    multimask_output_for_tracking: tracked frames (no prompt) do the same; only read when
+    multimask_output_in_sam is on, as in the reference. dynamic_multimask_via_stability (the
+    reference's mask-decoder option): in inference, a single mask that is unstable under a
+    +-0.05 change of threshold is replaced by the best of the three multimask outputs.
     """
 
     size: str = "base_plus"
     image_size: int | None = None
+    use_high_res_features_in_sam: bool = True
+    multimask_output_in_sam: bool = True
+    multimask_output_for_tracking: bool = True
+    dynamic_multimask_via_stability: bool = True
 
 
 @dataclass
@@ -94,6 +118,11 @@ def check_sam2_model(model: ModelConfig) -> None:
         raise UserError(
             f"config key 'model.sam2.image_size': must be a positive multiple of 32 or null, got {image_size}"
         )
+    for key in SWITCHES:
+        if not isinstance(getattr(sizes, key), bool):
+            raise UserError(
+                f"config key 'model.sam2.{key}': must be true or false, got {getattr(sizes, key)!r}"
+            )
 
 
 def check_sam2_inference(config: InferenceConfig) -> None:
@@ -127,5 +156,19 @@ SPEC = ModelSpec(
     check_train=check_sam2_train,
     demo_preset="sam2-toy",
     # The demo's 96x96 frames at the toy's input size: no resizing in training or inference.
-    demo_overrides=("model.sam2.image_size=96",),
+    # From random weights the toy reads its memory only without the decoder's high-resolution
+    # skips and with one mask per frame (it otherwise segments from features that carry no
+    # memory); the single mask is kept in inference as in training (the untrained multimask
+    # outputs replaced 44 % of it); focal weight 1 (20 drives it to background) and a 5x lower
+    # video-stage rate (1e-3 undid what static pretraining learned): docs/results.md, "The
+    # demo with SAM 2".
+    demo_overrides=(
+        "model.sam2.image_size=96",
+        "model.sam2.use_high_res_features_in_sam=false",
+        "model.sam2.multimask_output_in_sam=false",
+        "model.sam2.dynamic_multimask_via_stability=false",
+        "static.sam2.mask_weight=1",
+        "main.sam2.mask_weight=1",
+        "main.lr=2e-4",
+    ),
 )

@@ -15,7 +15,9 @@ draws no random number):
   (stride 1, as in training), and the object pointers of the conditioning frame and of up to
   ``min(T, 16) - 1`` earlier frames (distances scaled by ``min(T, 16) - 1``); SAM's decoder,
   without a prompt, outputs three masks (multimask tracking), the one with the highest
-  predicted IoU is the frame's output and is encoded into memory from its sigmoid;
+  predicted IoU is the frame's output and is encoded into memory from its sigmoid (with
+  ``model.sam2.multimask_output_for_tracking`` off: its single mask, as the reference in
+  training: no dynamic multimask);
 - nothing is detached: gradients flow through memories and pointers into earlier frames.
 
 With ``model.gradient_checkpointing`` (``<stage>.sam2.gradient_checkpointing``) the image
@@ -44,7 +46,8 @@ from twoshot.model.sam2.sizes import MAX_OBJECT_POINTERS, NUM_MASKMEM
 class FrameOutput:
     """One frame's predictions for the flattened objects (N of them).
 
-    multimasks: mask logits at the input size [N, M, S, S] (M = 3 tracked, 1 given);
+    multimasks: mask logits at the input size [N, M, S, S] (M = 3 tracked, 1 given or
+    tracked with single-mask tracking);
     ious: predicted IoUs [N, M]; scores: object score logits [N, 1]; chosen: the output mask
     logits [N, 1, S, S]; pointer: object pointers [N, 256]; memory / memory_pos: the encoded
     memory [N, 64, h, w] and its position encoding.
@@ -118,12 +121,13 @@ def _tracked_frame(
     conditioned = model.attend_memory(
         features.features, features.positions, torch.cat(tokens), torch.cat(token_pos), stacked.shape[0]
     )
-    return _multimask_heads(model, conditioned, features)
+    return _tracking_heads(model, conditioned, features)
 
 
-def _multimask_heads(model: Sam2, image: torch.Tensor, features: Sam2Features) -> FrameOutput:
-    """SAM's heads without a prompt, three masks (the reference's training path: no dynamic
-    multimask), the best predicted IoU chosen; then the frame's memory."""
+def _tracking_heads(model: Sam2, image: torch.Tensor, features: Sam2Features) -> FrameOutput:
+    """SAM's heads without a prompt: three masks, the best predicted IoU chosen, or with
+    ``multimask_output_for_tracking`` off the single mask (the reference's training path: no
+    dynamic multimask); then the frame's memory."""
     n = image.size(0)
     points = (
         torch.zeros(n, 1, 2, device=image.device),
@@ -132,7 +136,13 @@ def _multimask_heads(model: Sam2, image: torch.Tensor, features: Sam2Features) -
     prompts = model.sam_prompt_encoder
     sparse, dense = prompts(points, None)
     masks, ious, tokens, scores = model.sam_mask_decoder(
-        image, prompts.dense_positions(), sparse, dense, True, features.high_res
+        image,
+        prompts.dense_positions(),
+        sparse,
+        dense,
+        model.use_multimask(initial=False, num_points=0),
+        features.high_res,
+        dynamic=False,
     )
     visible = scores > 0
     masks = torch.where(visible[:, None, None], masks, NO_OBJECT_SCORE).float()
@@ -166,7 +176,7 @@ def track_objects(
         # One frame at a time: only one frame's image-encoder activations live at once.
         per_frame = [checkpoint(model.encode_image, frame[None], use_reentrant=False) for frame in frames]
         features = Sam2Features(
-            [torch.cat([f.high_res[i] for f in per_frame]) for i in range(2)],
+            [torch.cat([f.high_res[i] for f in per_frame]) for i in range(len(per_frame[0].high_res))],
             torch.cat([f.features for f in per_frame]),
             torch.cat([f.positions for f in per_frame]),
         )
@@ -207,8 +217,8 @@ def training_forward(
     aux): logits / probs [B, T-1, K+1, H, W] of frames 1..T-1 (objects combined as SAM 2's
     evaluation combines them, :func:`twoshot.model.sam2.propagator.probabilities`; logits are
     the log of the probabilities); aux at the input size S: ``masks`` [B, T, K, 3, S, S]
-    (frame 0: the given mask's logits in all three), ``ious`` [B, T, K, 3], ``scores``
-    [B, T, K, 1]; empty slots are zero.
+    (frame 0, and every frame with single-mask tracking: its one mask in all three),
+    ``ious`` [B, T, K, 3], ``scores`` [B, T, K, 1]; empty slots are zero.
     """
     from twoshot.model.sam2.propagator import probabilities
 
