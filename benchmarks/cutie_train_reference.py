@@ -680,15 +680,11 @@ def demo_comparison(
     and its bank's against the training videos' ground truth (2 labeled frames per video, the
     demo's budget), next to copying the nearest labeled mask. ``overrides``: more config
     overrides (``KEY=VALUE``). Folders under ``out``; returns the scores."""
-    from twoshot.data.synth import generate_or_reuse
     from twoshot.demo import CUTIE_FULL as S
-    from twoshot.demo import demo_config
+    from twoshot.demo import demo_config, demo_data
 
     data = out / "data"
-    generate_or_reuse(
-        data, videos=S.videos, frames=S.frames, size=(S.size, S.size), objects=(1, 3), seed=seed,
-        val_videos=S.val_videos, static_images=S.static_images,
-    )  # fmt: skip
+    demo_data(S, data, seed)
     config = demo_config(S, data, out / "run", "cpu", "cutie")
     frozen = () if train_bn else ("static.freeze_bn=true", "main.freeze_bn=true")
     for item in (*frozen, *overrides):

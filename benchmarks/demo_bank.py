@@ -21,8 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from twoshot.config import apply_override
-from twoshot.data.synth import generate_or_reuse
-from twoshot.demo import FULL, SAM2_FULL, demo_config
+from twoshot.demo import FULL, SAM2_FULL, demo_config, demo_data
 from twoshot.pipeline import Pipeline
 
 
@@ -45,16 +44,7 @@ def main() -> None:
         static_iterations=args.static_iterations or scale.static_iterations,
         iterations=args.iterations or scale.iterations,
     )
-    generate_or_reuse(
-        args.data,
-        videos=scale.videos,
-        frames=scale.frames,
-        size=(scale.size, scale.size),
-        objects=(1, 3),
-        seed=0,
-        val_videos=scale.val_videos,
-        static_images=scale.static_images,
-    )
+    demo_data(scale, args.data)
     config = demo_config(scale, args.data, args.out, "cpu", args.model)
     for override in args.overrides:
         apply_override(config, override)

@@ -718,24 +718,14 @@ def twoshot_scale(cuda: bool, quick: bool) -> tuple[str, Any, int]:
 def section_twoshot(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     """Generate videos and run the pipeline (static -> phase 1 -> bank -> phase 2, naive and
     full baselines) at the scale of :func:`twoshot_scale`."""
-    from twoshot.data.synth import generate_or_reuse
-    from twoshot.demo import demo_config
+    from twoshot.demo import demo_config, demo_data
     from twoshot.pipeline import run_pipeline
     from twoshot.report import format_report
 
     name, scale, workers = twoshot_scale(ctx.cuda, ctx.quick)
     folder = ctx.work / f"twoshot-{name}"
     start = time.perf_counter()
-    generate_or_reuse(
-        folder / "data",
-        videos=scale.videos,
-        frames=scale.frames,
-        size=(scale.size, scale.size),
-        objects=(1, 3),
-        seed=0,
-        val_videos=scale.val_videos,
-        static_images=scale.static_images,
-    )
+    demo_data(scale, folder / "data")
     synth_seconds = time.perf_counter() - start
     config = demo_config(scale, folder / "data", folder / "run", ctx.device)
     config.static.num_workers = config.main.num_workers = workers

@@ -33,8 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twoshot.config import Config
-from twoshot.data.synth import generate_or_reuse
-from twoshot.demo import FULL, DemoScale, demo_config
+from twoshot.demo import FULL, DemoScale, demo_config, demo_data
 from twoshot.errors import UserError
 from twoshot.fsutil import write_json
 from twoshot.pipeline import run_pipeline
@@ -175,16 +174,7 @@ def run(
     out = Path(out)
     data = out / "data"
     start = time.perf_counter()
-    generate_or_reuse(
-        data,
-        videos=size.videos,
-        frames=size.frames,
-        size=(size.size, size.size),
-        objects=(1, 3),
-        seed=seed,
-        val_videos=size.val_videos,
-        static_images=size.static_images,
-    )
+    demo_data(size, data, seed)
     reports: dict[str, list[PipelineReport]] = {}
     static = out / "k2" / "static" / "final.pth"
     for repeat in range(repeats):

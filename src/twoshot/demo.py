@@ -163,6 +163,23 @@ def demo_config(scale: DemoScale, data: Path, out: Path, device: str, model: str
     return config
 
 
+def demo_data(scale: DemoScale, data: Path, seed: int = 0) -> bool:
+    """Generate the demo's dataset at ``scale`` (1-3 objects a video) in ``data``, or reuse
+    one made there with the same arguments. Returns True if it was generated."""
+    from twoshot.data.synth import generate_or_reuse
+
+    return generate_or_reuse(
+        data,
+        videos=scale.videos,
+        frames=scale.frames,
+        size=(scale.size, scale.size),
+        objects=(1, 3),
+        seed=seed,
+        val_videos=scale.val_videos,
+        static_images=scale.static_images,
+    )
+
+
 def run_demo(
     out: str | Path | None = None,
     quick: bool = False,
@@ -183,7 +200,7 @@ def run_demo(
     holds data or a run made with other settings.
     Returns (the pipeline report, the paths of the pictures written).
     """
-    from twoshot.data.synth import generate_or_reuse, is_synth_output
+    from twoshot.data.synth import is_synth_output
 
     _demo_spec(model)
     scale = scale or (QUICK if quick else _FULL_SCALES.get(model, FULL))
@@ -195,16 +212,7 @@ def run_demo(
             f"[synth] generating {scale.videos}+{scale.val_videos} videos of {scale.frames} frames "
             f"at {scale.size}x{scale.size} in {data}"
         )
-    generate_or_reuse(
-        data,
-        videos=scale.videos,
-        frames=scale.frames,
-        size=(scale.size, scale.size),
-        objects=(1, 3),
-        seed=seed,
-        val_videos=scale.val_videos,
-        static_images=scale.static_images,
-    )
+    demo_data(scale, data, seed)
     config = demo_config(scale, data, out / "run", device, model)
     from twoshot.pipeline import run_pipeline  # torch: not at import, which `twoshot --help` does
 
