@@ -4,6 +4,7 @@ exported again; the folder setting is honoured."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,3 +163,13 @@ def test_infer_cli_honours_onnx_cache(tmp_path: Path, monkeypatch: pytest.Monkey
     assert main([*base, "--out", str(tmp_path / "c"), "--onnx-cache", "none"]) == 0
     assert exports.calls == 3
     assert len(_entries(tmp_path / "env" / "onnx")) == 3 and len(_entries(tmp_path / "given")) == 3
+
+
+@pytest.mark.parametrize("bad", [False, 3, "", "  "])
+def test_a_bad_onnx_cache_setting_is_refused(bad: object) -> None:
+    from twoshot.config_checks import check_inference_settings
+    from twoshot.errors import UserError
+
+    message = f"inference.onnx_cache {bad!r}: give a folder for the exported ONNX graphs, or none"
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_inference_settings(InferenceConfig(onnx_cache=bad))  # type: ignore[arg-type]
