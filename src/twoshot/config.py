@@ -169,6 +169,10 @@ class InferenceConfig:
     # SAM 2, CPU, fp32, the optional onnx / openvino extras; twoshot.inference.onnx_runtime,
     # docs/inference.md).
     runtime: str = "torch"
+    # Where the runtimes keep the ONNX graphs they export, so that later processes skip the
+    # export: None = $TWOSHOT_CACHE/onnx, else $XDG_CACHE_HOME/twoshot/onnx, else
+    # ~/.cache/twoshot/onnx; "none" = no cache (twoshot.inference.onnx_cache).
+    onnx_cache: str | None = None
     # How bidirectional propagation (the bank, infer --backward) merges directions: "nearest"
     # (the paper's rule: each frame from its nearest labeled frame) or "fused" (a frame between
     # two labeled frames averages both sides, weighted by temporal distance; docs/inference.md).

@@ -272,6 +272,12 @@ def check_inference_settings(config: InferenceConfig, kind: str | None = None) -
         )
     if config.runtime not in RUNTIMES:
         raise UserError(f"inference.runtime {config.runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    cache = config.onnx_cache
+    if cache is not None and (not isinstance(cache, str) or not cache.strip()):
+        raise UserError(
+            f"inference.onnx_cache {cache!r}: give a folder for the exported ONNX graphs, or none "
+            "to export in every process"
+        )
     if config.runtime != "torch" and (config.exact or config.compile or config.amp):
         option = "exact" if config.exact else "compile" if config.compile else "amp"
         raise UserError(

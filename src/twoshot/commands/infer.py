@@ -105,6 +105,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "'twoshot[openvino]'; docs/inference.md)",
     )
     parser.add_argument(
+        "--onnx-cache",
+        default=None,
+        metavar="DIR|none",
+        help="with --runtime: the folder keeping exported ONNX graphs for later runs (default "
+        "$TWOSHOT_CACHE/onnx or ~/.cache/twoshot/onnx); none: export in every process",
+    )
+    parser.add_argument(
         "--merge",
         default=None,
         metavar="nearest|fused",
@@ -140,6 +147,7 @@ def load_model_and_config(args: argparse.Namespace) -> tuple[VOSModel, Inference
         "max_memory_frames": args.max_memory_frames,
         "amp_dtype": args.amp_dtype,
         "runtime": getattr(args, "runtime", None),
+        "onnx_cache": getattr(args, "onnx_cache", None),
         "merge": getattr(args, "merge", None),
         "scales": getattr(args, "scales", None),
     }

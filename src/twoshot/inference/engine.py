@@ -152,7 +152,9 @@ class PropagationEngine:
                 raise UserError(
                     f"inference.runtime {self.config.runtime} runs on a CPU, not on {self.device}"
                 )
-            wrap = RuntimeWrap(self.config.runtime)
+            from twoshot.inference.onnx_cache import cache_folder
+
+            wrap = RuntimeWrap(self.config.runtime, cache=cache_folder(self.config.onnx_cache))
         self.propagator = self.model.propagator(self.config, wrap)
 
     @property

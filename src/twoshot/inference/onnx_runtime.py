@@ -31,6 +31,7 @@ from torch import nn
 from twoshot.errors import UserError
 from twoshot.fsutil import atomic_open, write_json
 from twoshot.inference import onnx_cutie, onnx_sam2, onnx_stcn
+from twoshot.inference.onnx_cache import GraphCache, shapes_key
 from twoshot.inference.onnx_stcn import Run
 from twoshot.model.cutie.network import Cutie
 from twoshot.model.interface import VOSModel
@@ -239,30 +240,51 @@ class RuntimeWrap:
     ``wrap(fn, name)`` exports the network ``fn`` is bound to (its ``__self__``) for part
     ``name`` and returns a callable with ``fn``'s signature and results: STCN's parts are
     exported once, SAM 2's on their first call (from its inputs), Cutie's for each set of
-    input shapes, when first called.
+    input shapes, when first called. ``cache``: the folder of a
+    :class:`~twoshot.inference.onnx_cache.GraphCache` that keeps the exported graphs for
+    later processes (None: export every time).
     """
 
-    def __init__(self, runtime: str, threads: int | None = None) -> None:
+    def __init__(self, runtime: str, threads: int | None = None, cache: Path | None = None) -> None:
         require_runtime(runtime)
         self.runtime = runtime
         self.threads = threads
+        self.cache = GraphCache(cache)
 
     def __call__(self, fn: Callable[..., Any], name: str) -> Callable[..., Any]:
         network = _check_model(getattr(fn, "__self__", None))
         if isinstance(network, STCN):
             if name not in onnx_stcn.PARTS:
                 raise ValueError(f"{name}: not one of STCN's exported parts {sorted(onnx_stcn.PARTS)}")
-            return onnx_stcn.call(name, self._open(export_stcn_part(network, name)))
+            _, inputs, _, axes = onnx_stcn.PARTS[name]
+            shapes = shapes_key(inputs, onnx_stcn.examples(network, name), axes)
+            graph = self.cache.graph(network, name, shapes, OPSET, lambda: export_stcn_part(network, name))
+            return onnx_stcn.call(name, self._open(graph))
         if isinstance(network, Sam2):
             if name not in onnx_sam2.PARTS:
                 raise ValueError(f"{name}: not one of SAM 2's exported parts {sorted(onnx_sam2.PARTS)}")
             sam2 = network
-            return onnx_sam2.call(name, sam2, lambda inputs: self._open(export_sam2_part(sam2, name, inputs)))
+
+            def export_sam2(inputs: tuple[torch.Tensor, ...]) -> Run:
+                _, names, _, axes = onnx_sam2.PARTS[name]
+                shapes = shapes_key(names, inputs, axes)
+                return self._open(
+                    self.cache.graph(sam2, name, shapes, OPSET, lambda: export_sam2_part(sam2, name, inputs))
+                )
+
+            return onnx_sam2.call(name, sam2, export_sam2)
         if name not in onnx_cutie.PARTS:
             raise ValueError(f"{name}: not one of Cutie's exported parts {sorted(onnx_cutie.PARTS)}")
-        return onnx_cutie.call(
-            name, lambda part, inputs: self._open(export_cutie_part(network, part, inputs), keep_layout=True)
-        )
+        cutie = network
+
+        def export_cutie(part: str, inputs: tuple[torch.Tensor, ...]) -> Run:
+            shapes = shapes_key(onnx_cutie.PARTS[part][1], inputs, None)
+            graph = self.cache.graph(
+                cutie, part, shapes, OPSET, lambda: export_cutie_part(cutie, part, inputs)
+            )
+            return self._open(graph, keep_layout=True)
+
+        return onnx_cutie.call(name, export_cutie)
 
     def _open(self, model: bytes, keep_layout: bool = False) -> Run:
         return open_session(self.runtime, model, self.threads, keep_layout)
