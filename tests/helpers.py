@@ -22,10 +22,10 @@ from twoshot.config import Config, load_config
 from twoshot.data.augment import Jitter
 from twoshot.data.batch import ClipBatch
 from twoshot.data.layout import VideoSequence
-from twoshot.data.masks import read_mask, write_frame, write_mask
+from twoshot.data.masks import write_frame, write_mask
 from twoshot.data.readers import open_dataset
 from twoshot.errors import UserError
-from twoshot.inference.bank_quality import score_labels
+from twoshot.inference.bank_quality import score_bank_folder
 from twoshot.model import STCN
 from twoshot.model.aggregate import aggregate
 from twoshot.model.preprocess import normalize_images, pad_divide_by, unpad
@@ -285,9 +285,5 @@ def written_j_and_f(predictions: Path, data: Path, split: str = "val") -> float:
     """J&F of the label PNGs ``predictions/<video>/<frame>.png`` against the ground truth of a
     DAVIS-layout ``data`` split (frame 0 given), scored as the pipeline scores a model."""
     sequences = open_dataset("davis", data, split)
-
-    def written(seq: VideoSequence, _: list[int]) -> np.ndarray:
-        return np.stack([read_mask(predictions / seq.name / f"{name}.png")[0] for name in seq.frame_names])
-
     first_frames = {seq.name: [seq.frame_names[0]] for seq in sequences}
-    return score_labels("written", sequences, first_frames, written).j_and_f
+    return score_bank_folder(predictions, sequences, first_frames).j_and_f
