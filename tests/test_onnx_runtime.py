@@ -3,9 +3,11 @@ openvino runtimes inside the engine."""
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import importlib.util
 import json
-import os
+import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -25,22 +27,11 @@ ort = pytest.importorskip("onnxruntime")
 fast_agreement = load_benchmark("fast_agreement")
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
-# With OpenVINO loaded in the pytest process, later tests that start child processes killed
-# the pytest process with SIGSEGV while it waited on the child (docs/performance.md, "ONNX
-# Runtime and OpenVINO"): its tests run only when asked for, in a pytest process of their
-# own, e.g. TWOSHOT_TEST_OPENVINO=1 python -m pytest tests/test_onnx_runtime.py.
-OPENVINO_SKIP = (
-    "openvino is not installed (pip install 'twoshot[openvino]')"
-    if not HAS_OPENVINO
-    else "set TWOSHOT_TEST_OPENVINO=1 to run the OpenVINO tests (see the comment above)"
-)
 RUNTIMES = [
     "onnxruntime",
     pytest.param(
         "openvino",
-        marks=pytest.mark.skipif(
-            not HAS_OPENVINO or os.environ.get("TWOSHOT_TEST_OPENVINO") != "1", reason=OPENVINO_SKIP
-        ),
+        marks=pytest.mark.skipif(not HAS_OPENVINO, reason="pip install 'twoshot[openvino]'"),
     ),
 ]
 
@@ -72,6 +63,36 @@ def test_runtime_engine_agrees_with_torch_on_every_frame(preset: str, runtime: s
     agreement = (got.masks == expected.masks).mean(axis=(1, 2))
     assert all(a >= 0.999 for a in agreement), agreement.round(5).tolist()
     assert np.abs(got.probabilities - expected.probabilities).max() < 1e-2
+
+
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+def _signal_stack_is_usable() -> bool:
+    """Whether this thread's alternate signal stack is disabled or lies in mapped memory."""
+    stack = _SignalStack()
+    assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack)) == 0
+    if stack.ss_flags & 2 or not stack.ss_sp:  # SS_DISABLE
+        return True
+    with open("/proc/self/maps") as maps:
+        spans = [[int(end, 16) for end in line.split()[0].split("-")] for line in maps]
+    return any(low <= stack.ss_sp and stack.ss_sp + stack.ss_size <= high for low, high in spans)
+
+
+@pytest.mark.skipif(not HAS_OPENVINO or sys.platform != "linux", reason="OpenVINO on Linux")
+def test_openvino_leaves_the_signal_stack_mapped() -> None:
+    """Every OpenVINO CPU plugin installs an alternate signal stack: with one ``Core`` per
+    session the main thread was left on an unmapped one, and the next Python signal handler
+    (a DataLoader worker's SIGCHLD) killed the process with SIGSEGV."""
+    video, masks = fast_agreement.entering_video((48, 64), 4, 3)
+    config = InferenceConfig(size=-1, device="cpu", runtime="openvino")
+    for _ in range(2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            PropagationEngine(_tiny(), config).propagate(video, masks)
+        gc.collect()
+        assert _signal_stack_is_usable()
 
 
 def _export(tmp_path: Path, preset: str, model: torch.nn.Module, *extra: str) -> Path:

@@ -17,6 +17,7 @@ and SAM 2, the fixed shapes). Optional packages: ``onnx`` and ``onnxruntime`` (`
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import warnings
@@ -208,7 +209,7 @@ def open_session(runtime: str, model: bytes, threads: int | None = None, keep_la
             options.graph_optimization_level = module.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         session = module.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         return lambda feeds: _as_tensors(session.run(None, _as_arrays(feeds)))
-    core = module.Core()
+    core = _openvino_core()
     # OpenVINO computes in bfloat16 by default on CPUs that have it: ask for float32.
     compiled = core.compile_model(
         core.read_model(model),
@@ -223,6 +224,16 @@ def open_session(runtime: str, model: bytes, threads: int | None = None, keep_la
         return _as_tensors([request.get_output_tensor(i).data.copy() for i in range(count_out)])
 
     return run
+
+
+@functools.cache
+def _openvino_core() -> Any:
+    """The process's one OpenVINO ``Core``. Each ``Core`` loads its own CPU plugin, which
+    installs an alternate signal stack on the calling thread and, when destroyed, puts back
+    the one it found: with several alive, destroyed out of order, the main thread was left
+    with an unmapped signal stack, and the next Python signal handler (a DataLoader worker's
+    SIGCHLD) killed the process with SIGSEGV (docs/performance.md)."""
+    return require_runtime("openvino").Core()
 
 
 def _as_arrays(feeds: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
