@@ -5,15 +5,16 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import load_benchmark
+from helpers import BENCHMARKS, load_benchmark
 from twoshot.config import InferenceConfig, load_config, preset_names
 from twoshot.config_checks import check_inference_settings
-from twoshot.data.fixtures import make_generic
+from twoshot.data.fixtures import make_davis, make_generic
 from twoshot.errors import UserError
 from twoshot.inference import PropagationEngine
 from twoshot.model import STCN, build_model, save_weights
@@ -164,6 +165,30 @@ LOGIT_STD = 1.0  # of the final convolution's logits on the first segmented fram
 # The kinds whose logit convolution fast_agreement.final_conv knows; a new model adds its own there.
 CALIBRATED_KINDS = ("stcn", "cutie")
 DRIFT_PRESETS = [p for p in preset_names() if load_config(p).model.kind in CALIBRATED_KINDS]
+
+
+def test_agreement_benchmark_measures_given_weights_on_a_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--checkpoint --data``: the given weights on the dataset's videos, frames of every
+    video in order; the figures equal an engine run here on the same videos."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # its `from common import ...`, as a script
+    make_davis(tmp_path / "d", {"a": 5, "b": 4}, size=(32, 48), splits={"val": ["a", "b"]}, seed=2)
+    model = fast_agreement.seeded_weights(build_model(load_config("tiny").model), 4)
+    save_weights(model, tmp_path / "w.pth")
+    report = fast_agreement.run(
+        ["tiny"], variants=("bf16",), checkpoint=tmp_path / "w.pth", data=tmp_path / "d", videos=2
+    )
+    config = dataclasses.replace(load_config("tiny").inference, size=-1, device="cpu")
+    bf16 = dataclasses.replace(config, amp=True, amp_dtype="bfloat16", exact=False)
+    expected = []
+    for video, given in fast_agreement.dataset_clips(tmp_path / "d", "val", 2):
+        exact = PropagationEngine(model, config).propagate(video, given)
+        other = PropagationEngine(model, bf16).propagate(video, given)
+        expected += [round(float((o == e).mean()), 5) for o, e in zip(other.masks, exact.masks, strict=True)]
+    assert len(expected) == 9 and min(expected) < 1  # bfloat16 moves some pixels: a real comparison
+    assert report["results"]["tiny"]["bf16"]["per_frame"] == expected
+    assert report["settings"]["data"] == f"{tmp_path / 'd'} (val, 2 videos)"
 
 
 @pytest.mark.parametrize("preset", DRIFT_PRESETS)
