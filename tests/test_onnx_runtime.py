@@ -158,6 +158,100 @@ def test_export_writes_cutie_networks_for_one_size(tmp_path: Path) -> None:
         np.testing.assert_allclose(a, b.numpy(), rtol=1e-4, atol=1e-4)
 
 
+def _infer(tmp_path: Path, data: Path, weights: Path, preset: str, out: str, *extra: str) -> int:
+    from twoshot.cli import main
+
+    args = ["infer", "--data", str(data), "--checkpoint", str(weights), "--preset", preset]
+    args += ["--device", "cpu", "--no-progress", "--out", str(tmp_path / out), "--runtime", "onnxruntime"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return main([*args, *extra])
+
+
+def _labels(folder: Path) -> np.ndarray:
+    from twoshot.data.masks import read_mask
+
+    return np.stack([read_mask(p)[0] for p in sorted(folder.glob("*.png"))])
+
+
+@pytest.mark.parametrize(
+    ("preset", "export_args"),
+    [("tiny", []), ("cutie-tiny", ["--size", "48", "64", "--objects", "2"])],
+)
+def test_infer_runs_the_exported_graphs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, preset: str, export_args: list[str]
+) -> None:
+    """``twoshot infer --runtime onnxruntime --onnx DIR`` runs the graphs ``twoshot export``
+    wrote (nothing is exported: the exporter is disabled) and writes the masks of a run that
+    exports them itself."""
+    from twoshot.data.fixtures import make_generic
+    from twoshot.inference import onnx_runtime
+
+    data = make_generic(tmp_path / "data", {"clip": 5}, size=(48, 64), image_ext=".png")
+    torch.manual_seed(1)
+    model = fast_agreement.seeded_weights(build_model(load_config(preset).model), 1)
+    graphs = _export(tmp_path, preset, model, *export_args)
+    extra = ["--no-exact"] if preset == "tiny" else []  # the tiny preset sets inference.exact
+    assert (
+        _infer(tmp_path, data.root, tmp_path / "w.pth", preset, "exported", "--onnx-cache", "none", *extra)
+        == 0
+    )
+
+    def no_export(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("exported although --onnx gave the graphs")
+
+    monkeypatch.setattr(onnx_runtime, "export_module", no_export)
+    assert (
+        _infer(tmp_path, data.root, tmp_path / "w.pth", preset, "given", "--onnx", str(graphs), *extra) == 0
+    )
+    expected = _labels(tmp_path / "exported" / "clip")
+    assert expected.shape == (5, 48, 64) and len(np.unique(expected)) > 1
+    np.testing.assert_array_equal(_labels(tmp_path / "given" / "clip"), expected)
+
+
+def test_infer_refuses_exported_graphs_that_do_not_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--onnx with graphs of other weights, of the exact network, of another frame size,
+    without a runtime, or from a folder without a manifest: a message naming the folder."""
+    from twoshot.data.fixtures import make_generic
+
+    data = make_generic(tmp_path / "data", {"clip": 3}, size=(48, 64), image_ext=".png")
+    cutie = fast_agreement.seeded_weights(build_model(load_config("cutie-tiny").model), 1)
+    graphs = _export(tmp_path / "cutie", "cutie-tiny", cutie, "--size", "64", "64", "--objects", "2")
+    weights = tmp_path / "cutie" / "w.pth"
+    assert _infer(tmp_path, data.root, weights, "cutie-tiny", "a", "--onnx", str(graphs)) == 2
+    message = capsys.readouterr().err
+    assert (
+        f"{graphs / 'encode_image.onnx'}: exported for inputs images 1x3x64x64, "
+        "this run needs images 1x3x48x64" in message
+    )
+    save_weights(fast_agreement.seeded_weights(cutie, 2), tmp_path / "other.pth")
+    assert _infer(tmp_path, data.root, tmp_path / "other.pth", "cutie-tiny", "b", "--onnx", str(graphs)) == 2
+    assert f"{graphs}: exported from other weights than this run's; export again" in capsys.readouterr().err
+    exact = _export(tmp_path / "stcn", "tiny", _tiny(), "--exact")
+    tiny = ["--no-exact"]
+    assert (
+        _infer(tmp_path, data.root, tmp_path / "stcn" / "w.pth", "tiny", "c", "--onnx", str(exact), *tiny)
+        == 2
+    )
+    assert (
+        "(exported with --exact; the runtimes run the fast copy: export without it)"
+        in capsys.readouterr().err
+    )
+    assert _infer(tmp_path, data.root, weights, "cutie-tiny", "d", "--onnx", str(tmp_path)) == 2
+    assert f"{tmp_path / 'onnx.json'}: not readable as the manifest" in capsys.readouterr().err
+    from twoshot.cli import main
+
+    args = ["infer", "--data", str(data.root), "--checkpoint", str(weights), "--preset", "cutie-tiny"]
+    assert main([*args, "--out", str(tmp_path / "e"), "--device", "cpu", "--onnx", str(graphs)]) == 2
+    assert (
+        "inference.onnx_graphs (--onnx) runs exported graphs: it needs inference.runtime"
+        in capsys.readouterr().err
+    )
+    assert not [p for name in "abcde" for p in (tmp_path / name).rglob("*.png")]
+
+
 def test_export_refuses_cutie_without_a_size(tmp_path: Path) -> None:
     from twoshot.inference.onnx_runtime import export_onnx
 

@@ -173,6 +173,9 @@ class InferenceConfig:
     # export: None = $TWOSHOT_CACHE/onnx, else $XDG_CACHE_HOME/twoshot/onnx, else
     # ~/.cache/twoshot/onnx; "none" = no cache (twoshot.inference.onnx_cache).
     onnx_cache: str | None = None
+    # A folder `twoshot export --format onnx` wrote: the runtime runs those graphs instead of
+    # exporting (the same weights and input shapes, checked; twoshot.inference.onnx_cache).
+    onnx_graphs: str | None = None
     # How bidirectional propagation (the bank, infer --backward) merges directions: "nearest"
     # (the paper's rule: each frame from its nearest labeled frame) or "fused" (a frame between
     # two labeled frames averages both sides, weighted by temporal distance; docs/inference.md).

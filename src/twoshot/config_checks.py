@@ -278,6 +278,14 @@ def check_inference_settings(config: InferenceConfig, kind: str | None = None) -
             f"inference.onnx_cache {cache!r}: give a folder for the exported ONNX graphs, or none "
             "to export in every process"
         )
+    graphs = config.onnx_graphs
+    if graphs is not None and (not isinstance(graphs, str) or not graphs.strip()):
+        raise UserError(f"inference.onnx_graphs {graphs!r}: give the folder twoshot export wrote")
+    if graphs is not None and config.runtime == "torch":
+        raise UserError(
+            "inference.onnx_graphs (--onnx) runs exported graphs: it needs inference.runtime "
+            "onnxruntime or openvino"
+        )
     if config.runtime != "torch" and (config.exact or config.compile or config.amp):
         option = "exact" if config.exact else "compile" if config.compile else "amp"
         raise UserError(

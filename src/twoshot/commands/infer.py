@@ -112,6 +112,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "$TWOSHOT_CACHE/onnx or ~/.cache/twoshot/onnx); none: export in every process",
     )
     parser.add_argument(
+        "--onnx",
+        default=None,
+        metavar="DIR",
+        help="with --runtime: run the graphs twoshot export --format onnx wrote to DIR (from the "
+        "same weights, for the video's input shapes) instead of exporting",
+    )
+    parser.add_argument(
         "--merge",
         default=None,
         metavar="nearest|fused",
@@ -148,6 +155,7 @@ def load_model_and_config(args: argparse.Namespace) -> tuple[VOSModel, Inference
         "amp_dtype": args.amp_dtype,
         "runtime": getattr(args, "runtime", None),
         "onnx_cache": getattr(args, "onnx_cache", None),
+        "onnx_graphs": getattr(args, "onnx", None),
         "merge": getattr(args, "merge", None),
         "scales": getattr(args, "scales", None),
     }

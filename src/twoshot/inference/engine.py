@@ -35,6 +35,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -154,7 +155,12 @@ class PropagationEngine:
                 )
             from twoshot.inference.onnx_cache import cache_folder
 
-            wrap = RuntimeWrap(self.config.runtime, cache=cache_folder(self.config.onnx_cache))
+            graphs = self.config.onnx_graphs
+            wrap = RuntimeWrap(
+                self.config.runtime,
+                cache=cache_folder(self.config.onnx_cache),
+                graphs=None if graphs is None else Path(graphs).expanduser(),
+            )
         self.propagator = self.model.propagator(self.config, wrap)
 
     @property

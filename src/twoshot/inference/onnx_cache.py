@@ -10,6 +10,9 @@ onnx's versions and the opset. A file is named ``<kind>-<part>-<key>.<content di
 an entry whose bytes do not match its digest (a truncated or damaged file) is removed and
 exported again, never loaded. Files are written atomically (:mod:`twoshot.fsutil`), so
 processes sharing the folder see whole files or none.
+
+:class:`ExportedGraphs` serves, with the same interface, the graphs ``twoshot export
+--format onnx`` wrote to a folder, checked against the network they stand for.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 from torch import nn
 
 from twoshot._version import __version__
+from twoshot.errors import UserError
 from twoshot.fsutil import atomic_open
 
 DISABLED = "none"
@@ -108,28 +112,39 @@ def shapes_key(
     }
 
 
-class GraphCache:
-    """ONNX graphs on disk in ``folder`` (None: no cache, every graph exported).
+class _Digests:
+    """:func:`weights_digest` of each network asked about, computed once: one instance serves
+    one engine, whose weights do not change while it runs."""
 
-    One instance serves one engine: a network's weights digest is computed once per
-    instance (the weights do not change while an engine runs).
-    """
+    def __init__(self) -> None:
+        self._held: dict[int, tuple[nn.Module, str]] = {}
+
+    def of(self, network: nn.Module) -> str:
+        held = self._held.get(id(network))
+        if held is None or held[0] is not network:
+            held = (network, weights_digest(network))
+            self._held[id(network)] = held
+        return held[1]
+
+
+def _kind(network: nn.Module) -> str:
+    return str(getattr(network, "kind", type(network).__name__))
+
+
+class GraphCache:
+    """ONNX graphs on disk in ``folder`` (None: no cache, every graph exported)."""
 
     def __init__(self, folder: Path | None) -> None:
         self.folder = folder
-        self._digests: dict[int, tuple[nn.Module, str]] = {}
+        self._digests = _Digests()
 
     def _identity(self, network: nn.Module) -> dict[str, object]:
-        held = self._digests.get(id(network))
-        if held is None or held[0] is not network:
-            held = (network, weights_digest(network))
-            self._digests[id(network)] = held
         return {
-            "kind": getattr(network, "kind", type(network).__name__),
+            "kind": _kind(network),
             "class": f"{type(network).__module__}.{type(network).__qualname__}",
             "config": repr(getattr(network, "config", None)),
             "modules": repr(network),
-            "weights": held[1],
+            "weights": self._digests.of(network),
             "channels_last": _channels_last(network),
         }
 
@@ -151,7 +166,7 @@ class GraphCache:
         saying which."""
         if self.folder is None:
             return export()
-        kind = getattr(network, "kind", type(network).__name__)
+        kind = _kind(network)
         stem = f"{kind}-{part}-{self.key(network, part, shapes, opset)}"
         for path in sorted(self.folder.glob(f"{stem}.*.onnx")):
             data = _read_whole(path)
@@ -171,6 +186,77 @@ class GraphCache:
             return data
         _note(f"ONNX graph {kind}/{part} exported in {time.perf_counter() - start:.1f} s, cached in {path}")
         return data
+
+
+class ExportedGraphs:
+    """The graphs ``twoshot export --format onnx`` wrote to ``folder`` (``inference.onnx_graphs``,
+    ``twoshot infer --onnx``), served in place of exporting: :meth:`graph` as
+    :meth:`GraphCache.graph`. A graph is served only for the network it was exported from
+    (the same weights digest and kind, as ``onnx.json`` records them) and for inputs of the
+    shapes it was exported for; UserError naming the folder and what differs otherwise."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        manifest = folder / "onnx.json"
+        try:
+            self.manifest = json.loads(manifest.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(
+                f"{manifest}: not readable as the manifest `twoshot export --format onnx` writes ({exc})"
+            ) from exc
+        if not isinstance(self.manifest, dict) or "weights" not in self.manifest:
+            raise UserError(
+                f"{manifest}: no weights digest (written by an older twoshot); export the graphs again"
+            )
+        self._digests = _Digests()
+
+    def check_network(self, network: nn.Module) -> None:
+        """UserError unless the graphs were exported from ``network`` (its kind and weights)."""
+        manifest, kind = self.manifest, _kind(network)
+        if manifest.get("model") != kind:
+            raise UserError(f"{self.folder}: graphs of a {manifest.get('model')} model, not of this {kind}")
+        if manifest.get("weights") != self._digests.of(network):
+            hint = ""
+            if manifest.get("fast_copy") is False:
+                hint = " (exported with --exact; the runtimes run the fast copy: export without it)"
+            raise UserError(
+                f"{self.folder}: exported from other weights than this run's{hint}; "
+                "export again from the same checkpoint"
+            )
+
+    def graph(
+        self,
+        network: nn.Module,
+        part: str,
+        shapes: dict[str, list[int | str]],
+        opset: int,
+        export: Callable[[], bytes],
+    ) -> bytes:
+        """The bytes of ``folder/<part>.onnx`` after checking that it is ``network``'s part
+        ``part`` for ``shapes`` at ``opset``; ``export`` is never called."""
+        self.check_network(network)
+        entry = self.manifest.get("parts", {}).get(part)
+        if entry is None or self.manifest.get("opset") != opset:
+            raise UserError(f"{self.folder}: no {part} graph at opset {opset}; export the graphs again")
+        if entry.get("shapes") != shapes:
+            raise UserError(
+                f"{self.folder / (part + '.onnx')}: exported for inputs {_shapes_text(entry.get('shapes'))}, "
+                f"this run needs {_shapes_text(shapes)} (Cutie's graphs hold one padded frame size "
+                "and object count: twoshot export --size H W --objects N)"
+            )
+        path = self.folder / f"{part}.onnx"
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise UserError(f"{path}: {exc.strerror or exc}") from exc
+        _note(f"ONNX graph {_kind(network)}/{part} read from {path}")
+        return data
+
+
+def _shapes_text(shapes: object) -> str:
+    if not isinstance(shapes, dict):
+        return repr(shapes)
+    return ", ".join(f"{name} {'x'.join(str(d) for d in dims[:-1])}" for name, dims in shapes.items())
 
 
 def _content_digest(data: bytes) -> str:

@@ -32,7 +32,7 @@ from torch import nn
 from twoshot.errors import UserError
 from twoshot.fsutil import atomic_open, write_json
 from twoshot.inference import onnx_cutie, onnx_sam2, onnx_stcn
-from twoshot.inference.onnx_cache import GraphCache, shapes_key
+from twoshot.inference.onnx_cache import ExportedGraphs, GraphCache, shapes_key, weights_digest
 from twoshot.inference.onnx_stcn import Run
 from twoshot.model.cutie.network import Cutie
 from twoshot.model.interface import VOSModel
@@ -145,7 +145,15 @@ def export_onnx(
         stcn = stcn.to("cpu", memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
         parts = {name: export_stcn_part(stcn, name) for name in onnx_stcn.PARTS}
         manifest["fast_copy"] = not exact
-        manifest["parts"] = {n: {"inputs": p[1], "outputs": p[2]} for n, p in onnx_stcn.PARTS.items()}
+        manifest["weights"] = weights_digest(stcn)
+        manifest["parts"] = {
+            n: {
+                "inputs": p[1],
+                "outputs": p[2],
+                "shapes": shapes_key(p[1], onnx_stcn.examples(stcn, n), p[3]),
+            }
+            for n, p in onnx_stcn.PARTS.items()
+        }
     elif isinstance(network, Sam2):
         sam2 = network.to("cpu").eval()
         square = (sam2.image_size, sam2.image_size)
@@ -155,6 +163,7 @@ def export_onnx(
                 "(model.sam2.image_size); leave --size out"
             )
         manifest["image_size"] = sam2.image_size
+        manifest["weights"] = weights_digest(sam2)
         manifest["parts"] = {}
         for name, (_, inputs, outputs, axes) in onnx_sam2.PARTS.items():
             examples = onnx_sam2.examples(sam2, name)
@@ -165,6 +174,7 @@ def export_onnx(
                     for n, t in zip(inputs, examples, strict=True)
                 },
                 "outputs": outputs,
+                "shapes": shapes_key(inputs, examples, axes),
             }
     else:
         if size is None or any(v <= 0 or v % 16 for v in size) or objects < 1:
@@ -173,6 +183,7 @@ def export_onnx(
                 "frame size (height and width, positive multiples of 16) and a positive object count"
             )
         cutie = network.to("cpu", memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
+        manifest["weights"] = weights_digest(cutie)
         manifest["parts"] = {}
         for name, (_, inputs, outputs) in onnx_cutie.PARTS.items():
             examples = onnx_cutie.examples(cutie, name, size[0], size[1], objects)
@@ -180,6 +191,7 @@ def export_onnx(
             manifest["parts"][name] = {
                 "inputs": {n: list(t.shape) for n, t in zip(inputs, examples, strict=True)},
                 "outputs": outputs,
+                "shapes": shapes_key(inputs, examples, None),
             }
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -253,17 +265,25 @@ class RuntimeWrap:
     exported once, SAM 2's on their first call (from its inputs), Cutie's for each set of
     input shapes, when first called. ``cache``: the folder of a
     :class:`~twoshot.inference.onnx_cache.GraphCache` that keeps the exported graphs for
-    later processes (None: export every time).
+    later processes (None: export every time). ``graphs``: a folder :func:`export_onnx`
+    wrote, whose graphs run instead of exporting any
+    (:class:`~twoshot.inference.onnx_cache.ExportedGraphs`; ``cache`` is then unused).
     """
 
-    def __init__(self, runtime: str, threads: int | None = None, cache: Path | None = None) -> None:
+    def __init__(
+        self, runtime: str, threads: int | None = None, cache: Path | None = None, graphs: Path | None = None
+    ) -> None:
         require_runtime(runtime)
         self.runtime = runtime
         self.threads = threads
-        self.cache = GraphCache(cache)
+        self.cache: GraphCache | ExportedGraphs = (
+            GraphCache(cache) if graphs is None else ExportedGraphs(graphs)
+        )
 
     def __call__(self, fn: Callable[..., Any], name: str) -> Callable[..., Any]:
         network = _check_model(getattr(fn, "__self__", None))
+        if isinstance(self.cache, ExportedGraphs):
+            self.cache.check_network(network)  # now, not at the first frame of a lazy export
         if isinstance(network, STCN):
             if name not in onnx_stcn.PARTS:
                 raise ValueError(f"{name}: not one of STCN's exported parts {sorted(onnx_stcn.PARTS)}")
