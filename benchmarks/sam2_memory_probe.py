@@ -57,15 +57,25 @@ def probe(weights: Path, data: Path, video: str, frames: list[int]) -> None:
     if len(ids) > 1:
         spread = _relative(conditioned[0][0], conditioned[0][1])
         print(f"frame {frames[1]}: conditioned features differ by {spread:.4f} between objects 1 and 2")
+    size = labels[0].shape
     for t, out in enumerate(outputs):
+        # Masks come at the model's input size; the IoUs are taken at the frame size.
+        multimasks, chosen = _at(out.multimasks, size), _at(out.chosen, size)
         for row, (_, slot) in enumerate(objects):
             truth = torch.from_numpy(labels[t] == ids[slot])
-            actual = [_iou(out.multimasks[row, j] > 0, truth) for j in range(out.multimasks.size(1))]
+            actual = [_iou(multimasks[row, j] > 0, truth) for j in range(multimasks.size(1))]
             print(
                 f"frame {frames[t]} object {ids[slot]}: score {out.scores[row].item():+.2f} "
                 f"predicted IoU {[round(v, 2) for v in out.ious[row].tolist()]} "
-                f"actual {[round(v, 2) for v in actual]} chosen {_iou(out.chosen[row, 0] > 0, truth):.2f}"
+                f"actual {[round(v, 2) for v in actual]} chosen {_iou(chosen[row, 0] > 0, truth):.2f}"
             )
+
+
+def _at(logits: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Mask logits [N, M, S, S] resized (bilinear) to ``size`` (H, W) when they differ."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 def _iou(mask: torch.Tensor, truth: torch.Tensor) -> float:
