@@ -29,18 +29,7 @@ SWITCHES: tuple[str, ...] = (
 )
 """The boolean keys of ``model.sam2`` (the reference's options of the same names)."""
 
-SIZE_NAMES: tuple[str, ...] = (
-    "toy",
-    "toy_w32",
-    "toy_w48",
-    "toy_w64",
-    "toy_w32_1221",
-    "toy_w32_1131",
-    "tiny",
-    "small",
-    "base_plus",
-    "large",
-)
+SIZE_NAMES: tuple[str, ...] = ("toy", "tiny", "small", "base_plus", "large")
 """The names ``model.sam2.size`` takes (:data:`twoshot.model.sam2.sizes.SIZES`)."""
 
 
