@@ -69,7 +69,8 @@ def test_size_names_and_validation() -> None:
     assert size_named("b+") is SIZES["base_plus"]
     assert size_named("sam2-toy") is SIZES["toy"]
     with pytest.raises(
-        UserError, match="unknown SAM 2 size 'huge': choose one of toy, tiny, small, base_plus, large"
+        UserError,
+        match="unknown SAM 2 size 'huge': choose one of toy, toy_wide, tiny, small, base_plus, large",
     ):
         size_named("huge")
     with pytest.raises(UserError, match="image_size 100 must be a positive multiple of 32"):

@@ -209,10 +209,11 @@ def test_bad_values_are_refused_naming_the_key(key: str) -> None:
 def test_the_demo_trains_the_toy_without_high_res_features_and_with_one_mask(tmp_path: Path) -> None:
     config = demo_config(SAM2_FULL, tmp_path, tmp_path / "run", "cpu", "sam2")
     sizes = sam2_sizes(config.model)
-    assert (sizes.size, sizes.image_size) == ("toy", 96)
+    assert (sizes.size, sizes.image_size) == ("toy_wide", 96)
     assert [getattr(sizes, key) for key in SWITCHES] == [False, False, True, False]
     assert sam2_train_settings(config.static).mask_weight == sam2_train_settings(config.main).mask_weight == 1
-    assert config.main.lr == 2e-4 and config.static.lr == 1e-3
+    assert config.main.lr == 2e-4 and config.static.lr == 5e-4
+    assert Sam2(config.model).image_encoder.trunk.patch_embed.proj.out_channels == 32
     assert config.static.iterations == SAM2_FULL.static_iterations == 300
     # The preset itself keeps the published configs' switches (the reference checks use it).
     preset = sam2_sizes(load_config("sam2-toy").model)

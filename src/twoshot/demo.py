@@ -88,11 +88,12 @@ CUTIE_FULL = DemoScale(
     phase2_start_update=100,
 )
 
-# SAM 2 (sam2-toy at 96 px, without the decoder's high-resolution skips: the spec's demo
-# overrides): a training step of 4 clips takes about 0.3-0.4 s on the shared development
-# machine, so the video stages are short; static pretraining runs 300 iterations, as its
-# training IoU rises only after about 120 (150 left a toy that does not track). SAM 2 resizes
-# frames to its input itself, so inference runs at the frame size (docs/results.md).
+# SAM 2 (sam2-toy's twice-as-wide trunk at 96 px, without the decoder's high-resolution
+# skips: the spec's demo overrides): a training step of 4 clips takes about 0.4 s on the
+# shared development machine, so the video stages are short; static pretraining runs 300
+# iterations, as its training IoU rises only after about 100-250 (150 left a toy that does
+# not track). SAM 2 resizes frames to its input itself, so inference runs at the frame size
+# (docs/results.md).
 SAM2_FULL = DemoScale(
     videos=40,
     val_videos=20,

@@ -48,7 +48,7 @@ def trunk_signature(state: Mapping[str, torch.Tensor]) -> tuple[int, tuple[int, 
 
 
 def detect_size(state: Mapping[str, torch.Tensor]) -> str | None:
-    """The preset (``toy`` / ``tiny`` / ``small`` / ``base_plus`` / ``large``) whose trunk
+    """The size (a key of :data:`~twoshot.model.sam2.sizes.SIZES`) whose trunk
     ``state`` has, or None (not SAM 2, or a size twoshot has no preset for)."""
     if not is_sam2_state(state) or "image_encoder.trunk.pos_embed" not in state:
         return None
