@@ -99,11 +99,11 @@ def export_module(
     return buffer.getvalue()
 
 
-def export_stcn_part(model: STCN, name: str) -> bytes:
-    """Part ``name`` (``encode_key``, ``encode_value``, ``decode``) of an STCN network, with
-    dynamic frame size and row count."""
-    wrapper, inputs, outputs, axes = onnx_stcn.PARTS[name]
-    return export_module(wrapper(model), onnx_stcn.examples(model, name), inputs, outputs, axes)
+def export_stcn_part(model: STCN, name: str, inputs: tuple[torch.Tensor, ...]) -> bytes:
+    """Part ``name`` (``encode_key``, ``encode_value``, ``decode``) of an STCN network traced on
+    ``inputs`` (:func:`onnx_stcn.examples`), with dynamic frame size and row count."""
+    wrapper, input_names, outputs, axes = onnx_stcn.PARTS[name]
+    return export_module(wrapper(model), inputs, input_names, outputs, axes)
 
 
 def export_cutie_part(model: Cutie, name: str, inputs: tuple[torch.Tensor, ...]) -> bytes:
@@ -143,17 +143,14 @@ def export_onnx(
     if isinstance(network, STCN):
         stcn = network if exact else network.fast_copy()
         stcn = stcn.to("cpu", memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
-        parts = {name: export_stcn_part(stcn, name) for name in onnx_stcn.PARTS}
         manifest["fast_copy"] = not exact
         manifest["weights"] = weights_digest(stcn)
-        manifest["parts"] = {
-            n: {
-                "inputs": p[1],
-                "outputs": p[2],
-                "shapes": shapes_key(p[1], onnx_stcn.examples(stcn, n), p[3]),
-            }
-            for n, p in onnx_stcn.PARTS.items()
-        }
+        manifest["parts"] = {}
+        for name, (_, inputs, outputs, axes) in onnx_stcn.PARTS.items():
+            examples = onnx_stcn.examples(stcn, name)
+            parts[name] = export_stcn_part(stcn, name, examples)
+            shapes = shapes_key(inputs, examples, axes)
+            manifest["parts"][name] = {"inputs": inputs, "outputs": outputs, "shapes": shapes}
     elif isinstance(network, Sam2):
         sam2 = network.to("cpu").eval()
         square = (sam2.image_size, sam2.image_size)
@@ -168,14 +165,7 @@ def export_onnx(
         for name, (_, inputs, outputs, axes) in onnx_sam2.PARTS.items():
             examples = onnx_sam2.examples(sam2, name)
             parts[name] = export_sam2_part(sam2, name, examples)
-            manifest["parts"][name] = {
-                "inputs": {
-                    n: [axes.get(n, {}).get(i, d) for i, d in enumerate(t.shape)]
-                    for n, t in zip(inputs, examples, strict=True)
-                },
-                "outputs": outputs,
-                "shapes": shapes_key(inputs, examples, axes),
-            }
+            manifest["parts"][name] = _part_entry(shapes_key(inputs, examples, axes), outputs)
     else:
         if size is None or any(v <= 0 or v % 16 for v in size) or objects < 1:
             raise UserError(
@@ -188,11 +178,7 @@ def export_onnx(
         for name, (_, inputs, outputs) in onnx_cutie.PARTS.items():
             examples = onnx_cutie.examples(cutie, name, size[0], size[1], objects)
             parts[name] = export_cutie_part(cutie, name, examples)
-            manifest["parts"][name] = {
-                "inputs": {n: list(t.shape) for n, t in zip(inputs, examples, strict=True)},
-                "outputs": outputs,
-                "shapes": shapes_key(inputs, examples, None),
-            }
+            manifest["parts"][name] = _part_entry(shapes_key(inputs, examples, None), outputs)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, data in parts.items():
@@ -202,6 +188,13 @@ def export_onnx(
         written.append(path)
     write_json(folder / "onnx.json", manifest)
     return [*written, folder / "onnx.json"]
+
+
+def _part_entry(shapes: dict[str, list[int | str]], outputs: list[str]) -> dict[str, Any]:
+    """A fixed-shape part's onnx.json entry: each input's shape (dynamic axes by name), the
+    outputs, and ``shapes`` (:func:`shapes_key`: the shapes with the dtype, which the
+    runtimes check a run's inputs against)."""
+    return {"inputs": {n: dims[:-1] for n, dims in shapes.items()}, "outputs": outputs, "shapes": shapes}
 
 
 def open_session(runtime: str, model: bytes, threads: int | None = None, keep_layout: bool = False) -> Run:
@@ -288,8 +281,11 @@ class RuntimeWrap:
             if name not in onnx_stcn.PARTS:
                 raise ValueError(f"{name}: not one of STCN's exported parts {sorted(onnx_stcn.PARTS)}")
             _, inputs, _, axes = onnx_stcn.PARTS[name]
-            shapes = shapes_key(inputs, onnx_stcn.examples(network, name), axes)
-            graph = self.cache.graph(network, name, shapes, OPSET, lambda: export_stcn_part(network, name))
+            examples = onnx_stcn.examples(network, name)
+            shapes = shapes_key(inputs, examples, axes)
+            graph = self.cache.graph(
+                network, name, shapes, OPSET, lambda: export_stcn_part(network, name, examples)
+            )
             return onnx_stcn.call(name, self._open(graph))
         if isinstance(network, Sam2):
             if name not in onnx_sam2.PARTS:
