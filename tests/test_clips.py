@@ -24,7 +24,7 @@ from twoshot.data.augment import (
 from twoshot.data.batch import ClipBatch, collate_clips
 from twoshot.data.layout import VideoSequence
 from twoshot.data.masks import write_frame, write_mask
-from twoshot.data.static_augment import StaticClipAugment
+from twoshot.data.static_augment import StaticClipAugment, shift_image
 from twoshot.data.static_clips import StaticClipDataset, find_static_pairs
 from twoshot.data.vos_clips import VOSClipDataset
 from twoshot.errors import UserError
@@ -116,6 +116,65 @@ def test_static_warp_keeps_image_and_mask_aligned_with_tps():
         from_colour = color_mask(pixels, RED)
         union = (from_colour | (out == 1)).sum()
         assert union > 0 and (from_colour & (out == 1)).sum() / union > 0.85
+
+
+def test_shift_image_moves_by_whole_pixels_and_fills_the_rest():
+    image = np.arange(20, dtype=np.uint8).reshape(4, 5)
+    moved = shift_image(image, 2, -1, 99)
+    expected = np.full((4, 5), 99, dtype=np.uint8)
+    expected[0:3, 2:5] = image[1:4, 0:3]
+    np.testing.assert_array_equal(moved, expected)
+    colour = np.stack([image] * 3, axis=-1)
+    np.testing.assert_array_equal(shift_image(colour, 2, -1, (99, 99, 99))[..., 1], expected)
+    assert (shift_image(image, 5, 0, 7) == 7).all()
+    np.testing.assert_array_equal(shift_image(image, 0, 0, 7), image)
+
+
+def _still_static_augment(size: int, translate: float) -> StaticClipAugment:
+    """STCN's static augmentation without colour, warps or scaling: only the shift moves."""
+    return dataclasses.replace(
+        StaticClipAugment(size),
+        clip_jitter=Jitter(),
+        frame_jitter=Jitter(),
+        grayscale_p=0.0,
+        hflip_p=0.0,
+        shared_scale=(1.0, 1.0),
+        frame_scale=(1.0, 1.0),
+        rotate=0.0,
+        shear=0.0,
+        tps_p=0.0,
+        translate=translate,
+    )
+
+
+def test_static_translate_shifts_each_frame_with_its_mask_within_reach():
+    image, labels = draw_frame(48, 48, 0, objects=1)
+    mask = labels == 1
+    rows, cols = np.nonzero(mask)
+    assert np.array_equal(_still_static_augment(48, 0.0)(np.random.default_rng(0), image, mask)[1][2], mask)
+    reach = round(0.25 * 48)
+    offsets = set()
+    for seed in range(20):
+        pixels, out = _still_static_augment(48, 0.25)(np.random.default_rng(seed), image, mask)
+        for t in range(3):
+            assert np.array_equal(out[t] == 1, color_mask(pixels[t], RED))
+            moved_rows, moved_cols = np.nonzero(out[t])
+            dy, dx = moved_rows.min() - rows.min(), moved_cols.min() - cols.min()
+            assert abs(dy) <= reach and abs(dx) <= reach
+            assert out[t].sum() >= 0.5 * mask.sum()
+            offsets.add((int(dy), int(dx)))
+    assert len(offsets) > 20  # frames move independently, not by one shift per clip
+
+
+def test_static_translate_keeps_half_an_object_at_the_border_in_view():
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    image[:] = BLUE_BG
+    image[:10, :10] = RED
+    mask = np.zeros((40, 40), dtype=bool)
+    mask[:10, :10] = True
+    for seed in range(20):
+        pixels, out = _still_static_augment(40, 0.45)(np.random.default_rng(seed), image, mask)
+        assert all(out[t].sum() >= 50 for t in range(3)), seed
 
 
 def test_normalisation():

@@ -137,3 +137,21 @@ def test_bad_budget_or_bank_names_the_file_and_writes_nothing(
     (foreign / "manifest.json").write_text(json.dumps(manifest))
     assert "the bank is not finished" in refused("phase2", "--bank", str(foreign))
     assert "not a pseudo-label bank" in refused("phase2", "--bank", str(tmp_path))
+
+
+def test_static_recipe_shifts_frames_by_static_translate(tmp_path: Path) -> None:
+    import numpy as np
+
+    from twoshot.data.masks import write_frame, write_mask
+
+    root = tmp_path / "static"
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[8:20, 10:24] = 1
+    write_frame(root / "a.jpg", np.full((32, 32, 3), 90, dtype=np.uint8))
+    write_mask(root / "a.png", mask)
+    still = build_recipe("static", load_config("tiny", overrides=["static.crop_size=32"]), root)
+    moving = build_recipe(
+        "static", load_config("tiny", overrides=["static.crop_size=32", "static.translate=0.25"]), root
+    )
+    assert still.dataset is not None and moving.dataset is not None
+    assert (still.dataset.augment.translate, moving.dataset.augment.translate) == (0.0, 0.25)

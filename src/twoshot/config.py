@@ -87,6 +87,9 @@ class TrainConfig:
     freeze_bn: bool = True  # STCN: BatchNorm frozen (eval mode); false trains it (models from scratch)
     seed: int = 14159265
     crop_size: int = 384
+    # Static pretraining only: each frame shifted by up to this fraction of the crop (whole
+    # pixels, per axis), so the object moves as in a video; 0 is STCN's augmentation.
+    translate: float = 0.0
     num_frames: int = 3
     # Objects per training clip (K): up to this many of frame 0's objects are drawn into each
     # clip, fewer slots padded. STCN: 2 (a target and a second object); the Cutie presets: 3 in

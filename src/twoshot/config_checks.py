@@ -154,6 +154,7 @@ def check_train_config(cfg: TrainConfig, stage: str, kind: str | None = None) ->
         (cfg.log_every >= 1, "log_every", "must be >= 1"),
         (cfg.image_every >= 1, "image_every", "must be >= 1"),
         (cfg.crop_size >= 16, "crop_size", "must be >= 16"),
+        (0.0 <= cfg.translate < 0.5, "translate", "must be in [0, 0.5)"),
         (cfg.lr > 0, "lr", "must be > 0"),
         (cfg.weight_decay >= 0, "weight_decay", "must be >= 0"),
         (0.0 < cfg.lr_gamma <= 1.0, "lr_gamma", "must be in (0, 1]"),

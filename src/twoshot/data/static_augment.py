@@ -4,6 +4,12 @@ One image + binary mask become 3 frames by a shared scale (0.8-1.5) + flip, per-
 affine (+-20 deg, scale 0.9-1.1, shear 10), resize of the shorter side to the crop, random
 crop, colour jitter, and a thin-plate spline warp with p 0.33. The affines compose into one
 warp per frame (one resampling). Shared helpers live in :mod:`twoshot.data.augment`.
+
+Optionally (``translate``, not in STCN's recipe, off by default) each frame is also shifted
+by whole pixels, so that the object moves between frames as in a video: an image no larger
+than the crop gets no movement from the random crop, and a model that reads its memory at
+the same place rather than by appearance is then as good as one that tracks
+(docs/results.md, "Moving the object in static pretraining").
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from twoshot.data.augment import (
     resize_image,
     to_grayscale,
 )
+
+SHIFT_TRIES = 10  # draws of a per-frame shift before keeping the frame where it is
 
 
 def tps_maps(
@@ -90,6 +98,9 @@ class StaticClipAugment:
     frame_jitter: Jitter = Jitter(0.1, 0.05, 0.05, 0.0)
     tps_p: float = 0.33
     tps_scale: float = 0.02
+    # Per-frame shift in whole pixels, each axis uniform in +-round(translate x crop size);
+    # redrawn (up to SHIFT_TRIES times, then none) while less than half the object stays.
+    translate: float = 0.0
 
     def __call__(
         self, rng: np.random.Generator, image: np.ndarray, mask: np.ndarray
@@ -153,6 +164,10 @@ class StaticClipAugment:
                 borderMode=cv2.BORDER_CONSTANT,
                 borderValue=0.0,
             )
+            if self.translate > 0:
+                dx, dy = self._draw_shift(rng, soft)
+                pixels = shift_image(pixels, dx, dy, FILL_RGB)
+                soft = shift_image(soft, dx, dy, 0.0)
             labels: np.ndarray = (soft > 0.5).astype(np.uint8)
             # TPS on a third of the frames, as the reference (it is the slow part).
             if rng.random() < self.tps_p:
@@ -171,3 +186,27 @@ class StaticClipAugment:
             out_images[t] = pixels
             out_masks[t] = labels
         return out_images, out_masks
+
+    def _draw_shift(self, rng: np.random.Generator, soft: np.ndarray) -> tuple[int, int]:
+        """A shift (dx, dy) of at most round(translate x crop) pixels per axis that keeps at
+        least half of the (soft) mask ``soft`` [S, S] in view; (0, 0) if none is found."""
+        reach = round(self.translate * self.crop_size)
+        area = float(soft.sum())
+        for _ in range(SHIFT_TRIES):
+            dx, dy = (int(v) for v in rng.integers(-reach, reach + 1, size=2))
+            if float(shift_image(soft, dx, dy, 0.0).sum()) >= 0.5 * area:
+                return dx, dy
+        return 0, 0
+
+
+def shift_image(image: np.ndarray, dx: int, dy: int, fill: float | tuple[int, ...]) -> np.ndarray:
+    """``image`` [H, W] or [H, W, C] moved by (dx, dy) whole pixels (right / down positive),
+    uncovered pixels set to ``fill``; same shape and dtype."""
+    height, width = image.shape[:2]
+    out = np.empty_like(image)
+    out[...] = fill
+    if abs(dx) < width and abs(dy) < height:
+        out[max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = image[
+            max(-dy, 0) : height - max(dy, 0), max(-dx, 0) : width - max(dx, 0)
+        ]
+    return out

@@ -60,10 +60,14 @@ def clip_options(config: Config, layout: str) -> dict[str, Any]:
 
 def static_recipe(config: Config, data: str | Path) -> StageRecipe:
     """Static-image pretraining on the image/mask pairs under ``data``."""
+    from twoshot.data.static_augment import StaticClipAugment
     from twoshot.data.static_clips import StaticClipDataset
 
     cfg = config.static
-    dataset = StaticClipDataset(data, cfg.crop_size, seed=cfg.seed, num_objects=cfg.num_objects)
+    augment = StaticClipAugment(cfg.crop_size, translate=cfg.translate)
+    dataset = StaticClipDataset(
+        data, cfg.crop_size, seed=cfg.seed, augment=augment, num_objects=cfg.num_objects
+    )
     return StageRecipe("static", dataset, None)
 
 
