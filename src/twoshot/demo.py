@@ -92,7 +92,7 @@ CUTIE_FULL = DemoScale(
 # high-resolution skips, on static clips whose frames move: the spec's demo overrides): a
 # static step of 4 clips takes about 0.6 s on 2 cores, a video step of 4 one-object clips
 # about as long, and inference at 192 px about 30 s per evaluation, so the video stages are
-# short; static pretraining runs 300 iterations (200 left a weaker tracker and bank). SAM 2
+# short; static pretraining runs 360 iterations (200 left a weaker tracker and bank). SAM 2
 # resizes frames to its input itself, so inference runs at the frame size (docs/results.md).
 SAM2_FULL = DemoScale(
     videos=40,
@@ -100,7 +100,7 @@ SAM2_FULL = DemoScale(
     frames=24,
     size=96,
     static_images=200,
-    static_iterations=300,
+    static_iterations=360,
     iterations=30,
     end_warm=9,
     phase2_start_update=15,

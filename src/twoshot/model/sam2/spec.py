@@ -175,7 +175,7 @@ SPEC = ModelSpec(
         "model.sam2.dynamic_multimask_via_stability=false",
         "static.sam2.mask_weight=1",
         "main.sam2.mask_weight=1",
-        "main.lr=2e-4",
+        "main.lr=1.5e-4",
         "main.num_objects=1",
     ),
 )
