@@ -212,7 +212,7 @@ def test_the_demo_trains_the_toy_at_192_on_moving_static_clips_with_one_mask(tmp
     assert (sizes.size, sizes.image_size) == ("toy_wide", 192)
     assert [getattr(sizes, key) for key in SWITCHES] == [False, False, True, False]
     assert sam2_train_settings(config.static).mask_weight == sam2_train_settings(config.main).mask_weight == 1
-    assert config.main.lr == 1.5e-4 and config.static.lr == 5e-4
+    assert config.main.lr == 3e-4 and config.static.lr == 5e-4
     assert (config.static.translate, config.main.translate) == (0.15, 0.0)
     assert (config.static.num_objects, config.main.num_objects) == (2, 1)
     assert Sam2(config.model).image_encoder.trunk.patch_embed.proj.out_channels == 32
