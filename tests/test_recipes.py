@@ -8,12 +8,14 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from twoshot.bank import FORMAT, file_sha256
 from twoshot.cli import main as cli_main
 from twoshot.config import load_config
 from twoshot.data.fixtures import make_davis
+from twoshot.data.masks import write_frame, write_mask
 from twoshot.train.phases import Phase1Regime, Phase2Regime
 from twoshot.train.recipes import build_recipe
 
@@ -140,10 +142,6 @@ def test_bad_budget_or_bank_names_the_file_and_writes_nothing(
 
 
 def test_static_recipe_shifts_frames_by_static_translate(tmp_path: Path) -> None:
-    import numpy as np
-
-    from twoshot.data.masks import write_frame, write_mask
-
     root = tmp_path / "static"
     mask = np.zeros((32, 32), dtype=np.uint8)
     mask[8:20, 10:24] = 1

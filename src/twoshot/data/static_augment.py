@@ -165,9 +165,7 @@ class StaticClipAugment:
                 borderValue=0.0,
             )
             if self.translate > 0:
-                dx, dy = self._draw_shift(rng, soft)
-                pixels = shift_image(pixels, dx, dy, FILL_RGB)
-                soft = shift_image(soft, dx, dy, 0.0)
+                pixels, soft = self._shift(rng, pixels, soft)
             labels: np.ndarray = (soft > 0.5).astype(np.uint8)
             # TPS on a third of the frames, as the reference (it is the slow part).
             if rng.random() < self.tps_p:
@@ -187,16 +185,20 @@ class StaticClipAugment:
             out_masks[t] = labels
         return out_images, out_masks
 
-    def _draw_shift(self, rng: np.random.Generator, soft: np.ndarray) -> tuple[int, int]:
-        """A shift (dx, dy) of at most round(translate x crop) pixels per axis that keeps at
-        least half of the (soft) mask ``soft`` [S, S] in view; (0, 0) if none is found."""
+    def _shift(
+        self, rng: np.random.Generator, pixels: np.ndarray, soft: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The frame ``pixels`` [S, S, 3] and its soft mask ``soft`` [S, S] moved by one shift
+        of at most round(translate x crop) pixels per axis that keeps at least half of the mask
+        in view; unmoved if none of SHIFT_TRIES draws does."""
         reach = round(self.translate * self.crop_size)
         area = float(soft.sum())
         for _ in range(SHIFT_TRIES):
             dx, dy = (int(v) for v in rng.integers(-reach, reach + 1, size=2))
-            if float(shift_image(soft, dx, dy, 0.0).sum()) >= 0.5 * area:
-                return dx, dy
-        return 0, 0
+            moved = shift_image(soft, dx, dy, 0.0)
+            if float(moved.sum()) >= 0.5 * area:
+                return shift_image(pixels, dx, dy, FILL_RGB), moved
+        return pixels, soft
 
 
 def shift_image(image: np.ndarray, dx: int, dy: int, fill: float | tuple[int, ...]) -> np.ndarray:
